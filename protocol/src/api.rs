@@ -1,0 +1,556 @@
+//! API keys and the typed request and response bodies of every API.
+//!
+//! Every body is the concatenation of its fields' encodings (see [`crate::wire`]), in the order
+//! declared here. A request body is decoded with [`RequestBody::decode`] once the header told the
+//! api key and version; a body must be consumed exactly, trailing bytes are an error.
+//!
+//! Key ranges are reserved so later APIs fit without renumbering: 0-9 data and topic APIs
+//! (this file), 10-19 consumer groups, 20-29 replication between brokers, 30-39 controller,
+//! 40-49 idempotent and transactional producers.
+//!
+//! ```
+//! use rill_protocol::api::{RequestBody, MetadataRequest};
+//! let body = RequestBody::Metadata(MetadataRequest { topics: Some(vec!["orders".into()]) });
+//! let bytes = body.encode_to_bytes();
+//! let back = RequestBody::decode(body.api_key() as u16, 0, bytes).unwrap();
+//! assert_eq!(back, body);
+//! ```
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::{ErrorCode, ProtocolError};
+use crate::wire::{decode_exact, wire_struct, Wire};
+
+/// The API a request calls. Numbers are stable.
+#[derive(Debug, Copy, Clone, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ApiKey {
+    ApiVersions = 0,
+    Metadata = 1,
+    CreateTopics = 2,
+    DeleteTopics = 3,
+    Produce = 4,
+    Fetch = 5,
+    ListOffsets = 6,
+}
+
+impl ApiKey {
+    /// Every API this protocol version defines.
+    pub const ALL: [ApiKey; 7] = [
+        ApiKey::ApiVersions,
+        ApiKey::Metadata,
+        ApiKey::CreateTopics,
+        ApiKey::DeleteTopics,
+        ApiKey::Produce,
+        ApiKey::Fetch,
+        ApiKey::ListOffsets,
+    ];
+
+    /// The key for a number, if this version knows it.
+    pub fn from_u16(key: u16) -> Option<ApiKey> {
+        ApiKey::ALL.into_iter().find(|k| *k as u16 == key)
+    }
+
+    /// Oldest and newest body version this crate can encode and decode.
+    pub fn supported_versions(self) -> (u16, u16) {
+        (0, 0)
+    }
+}
+
+/// Acknowledgement level of a produce request.
+#[derive(Debug, Copy, Clone, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Acks {
+    /// The broker sends no response at all.
+    None,
+    /// Acknowledged once the leader has appended the batch.
+    #[default]
+    Leader,
+    /// Acknowledged once every in-sync replica has the batch (below the high watermark).
+    All,
+}
+
+impl Wire for Acks {
+    fn encode(&self, buf: &mut BytesMut) {
+        let v: i8 = match self {
+            Acks::None => 0,
+            Acks::Leader => 1,
+            Acks::All => -1,
+        };
+        v.encode(buf);
+    }
+    fn decode(buf: &mut Bytes) -> Result<Self, ProtocolError> {
+        match i8::decode(buf)? {
+            0 => Ok(Acks::None),
+            1 => Ok(Acks::Leader),
+            -1 => Ok(Acks::All),
+            other => Err(ProtocolError::invalid(
+                "acks",
+                format!("{other} is not one of 0, 1, -1"),
+            )),
+        }
+    }
+}
+
+/// Which offset a ListOffsets partition asks for.
+#[derive(Debug, Copy, Clone, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum OffsetSpec {
+    /// The log start offset.
+    #[default]
+    Earliest,
+    /// The log end offset (for consumers: the high watermark).
+    Latest,
+    /// The first offset whose record timestamp is >= this (ms since the Unix epoch).
+    Timestamp(i64),
+}
+
+impl Wire for OffsetSpec {
+    fn encode(&self, buf: &mut BytesMut) {
+        match self {
+            OffsetSpec::Earliest => 0u8.encode(buf),
+            OffsetSpec::Latest => 1u8.encode(buf),
+            OffsetSpec::Timestamp(ts) => {
+                2u8.encode(buf);
+                ts.encode(buf);
+            }
+        }
+    }
+    fn decode(buf: &mut Bytes) -> Result<Self, ProtocolError> {
+        match u8::decode(buf)? {
+            0 => Ok(OffsetSpec::Earliest),
+            1 => Ok(OffsetSpec::Latest),
+            2 => Ok(OffsetSpec::Timestamp(i64::decode(buf)?)),
+            other => Err(ProtocolError::invalid(
+                "offset spec",
+                format!("kind {other} is not 0, 1 or 2"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+fn arb_bytes() -> impl proptest::strategy::Strategy<Value = Bytes> {
+    use proptest::prelude::*;
+    proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
+}
+
+// ---------------------------------------------------------------- ApiVersions (0)
+
+wire_struct! {
+    /// Asks which APIs and versions the broker supports. Always sent with version 0.
+    pub struct ApiVersionsRequest {}
+}
+
+wire_struct! {
+    /// One supported API and its version range.
+    pub struct ApiVersionRange {
+        pub api_key: u16,
+        pub min_version: u16,
+        pub max_version: u16,
+    }
+}
+
+wire_struct! {
+    pub struct ApiVersionsResponse {
+        pub apis: Vec<ApiVersionRange>,
+    }
+}
+
+// ---------------------------------------------------------------- Metadata (1)
+
+wire_struct! {
+    /// Asks for brokers and topics. `None` means every topic.
+    pub struct MetadataRequest {
+        pub topics: Option<Vec<String>>,
+    }
+}
+
+wire_struct! {
+    pub struct BrokerMetadata {
+        pub node_id: u32,
+        pub host: String,
+        pub port: u16,
+    }
+}
+
+wire_struct! {
+    pub struct PartitionMetadata {
+        pub error_code: ErrorCode,
+        pub partition: u32,
+        /// Node id of the leader; `None` while no leader is elected.
+        pub leader: Option<u32>,
+        pub leader_epoch: u32,
+        pub replicas: Vec<u32>,
+        pub isr: Vec<u32>,
+    }
+}
+
+wire_struct! {
+    pub struct TopicMetadata {
+        pub error_code: ErrorCode,
+        pub name: String,
+        pub partitions: Vec<PartitionMetadata>,
+    }
+}
+
+wire_struct! {
+    pub struct MetadataResponse {
+        pub cluster_id: String,
+        /// Node id of the active controller, if one is elected.
+        pub controller_id: Option<u32>,
+        pub brokers: Vec<BrokerMetadata>,
+        pub topics: Vec<TopicMetadata>,
+    }
+}
+
+// ---------------------------------------------------------------- CreateTopics (2)
+
+wire_struct! {
+    pub struct ConfigEntry {
+        pub key: String,
+        pub value: String,
+    }
+}
+
+wire_struct! {
+    pub struct CreatableTopic {
+        pub name: String,
+        pub partitions: u32,
+        pub replication_factor: u16,
+        pub configs: Vec<ConfigEntry>,
+    }
+}
+
+wire_struct! {
+    pub struct CreateTopicsRequest {
+        pub topics: Vec<CreatableTopic>,
+        pub timeout_ms: u32,
+        /// Check everything, create nothing.
+        pub validate_only: bool,
+    }
+}
+
+wire_struct! {
+    /// Outcome for one topic of a CreateTopics or DeleteTopics request.
+    pub struct TopicResult {
+        pub name: String,
+        pub error_code: ErrorCode,
+        pub error_message: Option<String>,
+    }
+}
+
+wire_struct! {
+    pub struct CreateTopicsResponse {
+        pub topics: Vec<TopicResult>,
+    }
+}
+
+// ---------------------------------------------------------------- DeleteTopics (3)
+
+wire_struct! {
+    pub struct DeleteTopicsRequest {
+        pub names: Vec<String>,
+        pub timeout_ms: u32,
+    }
+}
+
+wire_struct! {
+    pub struct DeleteTopicsResponse {
+        pub topics: Vec<TopicResult>,
+    }
+}
+
+// ---------------------------------------------------------------- Produce (4)
+
+wire_struct! {
+    pub struct ProducePartition {
+        pub partition: u32,
+        /// One or more record batches (see [`crate::batch`]), exactly as the producer built them.
+        #[cfg_attr(test, proptest(strategy = "arb_bytes()"))]
+        pub records: Bytes,
+    }
+}
+
+wire_struct! {
+    pub struct ProduceTopic {
+        pub name: String,
+        pub partitions: Vec<ProducePartition>,
+    }
+}
+
+wire_struct! {
+    pub struct ProduceRequest {
+        pub acks: Acks,
+        pub timeout_ms: u32,
+        pub topics: Vec<ProduceTopic>,
+    }
+}
+
+wire_struct! {
+    pub struct ProducePartitionResponse {
+        pub partition: u32,
+        pub error_code: ErrorCode,
+        /// Offset assigned to the first record of the first batch (meaningful when error_code = NONE).
+        pub base_offset: u64,
+        /// Broker time of the append when the topic uses log-append time, else -1.
+        pub log_append_time_ms: i64,
+        pub log_start_offset: u64,
+        pub error_message: Option<String>,
+    }
+}
+
+wire_struct! {
+    pub struct ProduceTopicResponse {
+        pub name: String,
+        pub partitions: Vec<ProducePartitionResponse>,
+    }
+}
+
+wire_struct! {
+    pub struct ProduceResponse {
+        pub topics: Vec<ProduceTopicResponse>,
+    }
+}
+
+// ---------------------------------------------------------------- Fetch (5)
+
+wire_struct! {
+    pub struct FetchPartition {
+        pub partition: u32,
+        /// Leader epoch the fetcher believes current; `None` skips the fencing check.
+        pub current_leader_epoch: Option<u32>,
+        pub fetch_offset: u64,
+        pub partition_max_bytes: u32,
+    }
+}
+
+wire_struct! {
+    pub struct FetchTopic {
+        pub name: String,
+        pub partitions: Vec<FetchPartition>,
+    }
+}
+
+wire_struct! {
+    pub struct FetchRequest {
+        /// Set by follower brokers (replication); `None` for consumers.
+        pub replica_id: Option<u32>,
+        /// Longest the broker may wait for `min_bytes` to accumulate.
+        pub max_wait_ms: u32,
+        pub min_bytes: u32,
+        /// Upper bound on record bytes in the whole response (at least one batch is returned
+        /// even if larger, so a consumer can always make progress).
+        pub max_bytes: u32,
+        pub topics: Vec<FetchTopic>,
+    }
+}
+
+wire_struct! {
+    pub struct FetchPartitionResponse {
+        pub partition: u32,
+        pub error_code: ErrorCode,
+        pub high_watermark: u64,
+        pub log_start_offset: u64,
+        /// Whole record batches, concatenated, as stored.
+        #[cfg_attr(test, proptest(strategy = "arb_bytes()"))]
+        pub records: Bytes,
+    }
+}
+
+wire_struct! {
+    pub struct FetchTopicResponse {
+        pub name: String,
+        pub partitions: Vec<FetchPartitionResponse>,
+    }
+}
+
+wire_struct! {
+    pub struct FetchResponse {
+        pub topics: Vec<FetchTopicResponse>,
+    }
+}
+
+// ---------------------------------------------------------------- ListOffsets (6)
+
+wire_struct! {
+    pub struct ListOffsetsPartition {
+        pub partition: u32,
+        pub current_leader_epoch: Option<u32>,
+        pub spec: OffsetSpec,
+    }
+}
+
+wire_struct! {
+    pub struct ListOffsetsTopic {
+        pub name: String,
+        pub partitions: Vec<ListOffsetsPartition>,
+    }
+}
+
+wire_struct! {
+    pub struct ListOffsetsRequest {
+        pub topics: Vec<ListOffsetsTopic>,
+    }
+}
+
+wire_struct! {
+    pub struct ListOffsetsPartitionResponse {
+        pub partition: u32,
+        pub error_code: ErrorCode,
+        /// Timestamp of the record found (by-timestamp lookups), else -1.
+        pub timestamp: i64,
+        /// The offset; `None` when a timestamp lookup found no record at or after the timestamp.
+        pub offset: Option<u64>,
+    }
+}
+
+wire_struct! {
+    pub struct ListOffsetsTopicResponse {
+        pub name: String,
+        pub partitions: Vec<ListOffsetsPartitionResponse>,
+    }
+}
+
+wire_struct! {
+    pub struct ListOffsetsResponse {
+        pub topics: Vec<ListOffsetsTopicResponse>,
+    }
+}
+
+// ---------------------------------------------------------------- dispatch
+
+macro_rules! body_enum {
+    ($(#[$meta:meta])* $enum:ident { $($key:ident => $ty:ident,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+        pub enum $enum { $($key($ty),)* }
+
+        impl $enum {
+            /// The api this body belongs to.
+            pub fn api_key(&self) -> ApiKey {
+                match self { $($enum::$key(_) => ApiKey::$key,)* }
+            }
+
+            /// Appends the body's encoding (no header) to `buf`.
+            pub fn encode(&self, buf: &mut BytesMut) {
+                match self { $($enum::$key(body) => body.encode(buf),)* }
+            }
+
+            /// The body's encoding in a fresh buffer.
+            pub fn encode_to_bytes(&self) -> Bytes {
+                let mut buf = BytesMut::new();
+                self.encode(&mut buf);
+                buf.freeze()
+            }
+
+            /// Decodes a body of api `api_key`, version `version`; the body must be consumed exactly.
+            pub fn decode(api_key: u16, version: u16, body: Bytes) -> Result<Self, ProtocolError> {
+                let key = ApiKey::from_u16(api_key).ok_or(ProtocolError::UnknownApiKey(api_key))?;
+                let (min, max) = key.supported_versions();
+                if version < min || version > max {
+                    return Err(ProtocolError::UnsupportedVersion { api_key, version });
+                }
+                Ok(match key { $(ApiKey::$key => $enum::$key(decode_exact(body, stringify!($ty))?),)* })
+            }
+        }
+    };
+}
+
+body_enum! {
+    /// Any request body.
+    RequestBody {
+        ApiVersions => ApiVersionsRequest,
+        Metadata => MetadataRequest,
+        CreateTopics => CreateTopicsRequest,
+        DeleteTopics => DeleteTopicsRequest,
+        Produce => ProduceRequest,
+        Fetch => FetchRequest,
+        ListOffsets => ListOffsetsRequest,
+    }
+}
+
+body_enum! {
+    /// Any response body.
+    ResponseBody {
+        ApiVersions => ApiVersionsResponse,
+        Metadata => MetadataResponse,
+        CreateTopics => CreateTopicsResponse,
+        DeleteTopics => DeleteTopicsResponse,
+        Produce => ProduceResponse,
+        Fetch => FetchResponse,
+        ListOffsets => ListOffsetsResponse,
+    }
+}
+
+/// The ApiVersions answer this crate supports, for brokers to send.
+pub fn supported_api_versions() -> ApiVersionsResponse {
+    ApiVersionsResponse {
+        apis: ApiKey::ALL
+            .iter()
+            .map(|key| {
+                let (min_version, max_version) = key.supported_versions();
+                ApiVersionRange {
+                    api_key: *key as u16,
+                    min_version,
+                    max_version,
+                }
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn every_request_round_trips(body in any::<RequestBody>()) {
+            let bytes = body.encode_to_bytes();
+            prop_assert_eq!(RequestBody::decode(body.api_key() as u16, 0, bytes).unwrap(), body);
+        }
+
+        #[test]
+        fn every_response_round_trips(body in any::<ResponseBody>()) {
+            let bytes = body.encode_to_bytes();
+            prop_assert_eq!(ResponseBody::decode(body.api_key() as u16, 0, bytes).unwrap(), body);
+        }
+
+        #[test]
+        fn every_truncation_of_a_valid_body_is_an_error(body in any::<RequestBody>(), cut in any::<proptest::sample::Index>()) {
+            let bytes = body.encode_to_bytes();
+            prop_assume!(!bytes.is_empty());
+            let cut = cut.index(bytes.len());
+            prop_assert!(RequestBody::decode(body.api_key() as u16, 0, bytes.slice(..cut)).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bodies_never_panic(key in 0u16..8, bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = RequestBody::decode(key, 0, Bytes::from(bytes.clone()));
+            let _ = ResponseBody::decode(key, 0, Bytes::from(bytes));
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let err = RequestBody::decode(ApiKey::ApiVersions as u16, 0, Bytes::from_static(&[1]))
+            .unwrap_err();
+        assert!(matches!(err, ProtocolError::TrailingBytes { .. }));
+    }
+
+    #[test]
+    fn unknown_key_and_version_map_to_error_codes() {
+        let err = RequestBody::decode(999, 0, Bytes::new()).unwrap_err();
+        assert_eq!(err.error_code(), ErrorCode::UNSUPPORTED_API);
+        let err = RequestBody::decode(0, 7, Bytes::new()).unwrap_err();
+        assert_eq!(err.error_code(), ErrorCode::UNSUPPORTED_VERSION);
+    }
+
+    #[test]
+    fn api_versions_lists_every_api() {
+        assert_eq!(supported_api_versions().apis.len(), ApiKey::ALL.len());
+    }
+}

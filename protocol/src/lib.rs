@@ -1,0 +1,20 @@
+//! `rill-protocol`: the Rill wire format, as pure encode/decode over `bytes` buffers.
+//!
+//! This crate does no I/O and starts no runtime: it turns bytes into typed values and back, so
+//! that the broker, the client, tests and fuzzers share one definition of the format.
+//!
+//! - [`frame`]: length-prefixed frames, request/response headers, and the tokio-util codecs.
+//! - [`api`]: api keys and every request and response body.
+//! - [`batch`]: the record batch (builder, zero-copy reader, validation).
+//! - [`error`]: the one error-code table ([`ErrorCode`]) and [`ProtocolError`].
+//! - [`wire`]: the primitive encodings everything above is made of.
+//!
+//! docs/PROTOCOL.md specifies every byte; this crate is its reference implementation.
+
+pub mod api;
+pub mod batch;
+pub mod error;
+pub mod frame;
+pub mod wire;
+
+pub use error::{ErrorCode, ProtocolError};
