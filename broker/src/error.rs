@@ -1,0 +1,79 @@
+//! The one error type of `rill-broker`, and its mapping onto protocol error codes.
+
+use std::path::PathBuf;
+
+use rill_protocol::{ErrorCode, ProtocolError};
+
+/// Result alias for the broker crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can fail inside the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file operation failed; `context` says which file and what the broker was doing.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A batch a client sent is malformed or fails its CRC.
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] ProtocolError),
+    /// A batch over the configured maximum.
+    #[error("record batch of {size_bytes} bytes exceeds the maximum of {max_bytes} bytes; send smaller batches or raise max_batch_bytes")]
+    BatchTooLarge { size_bytes: usize, max_bytes: usize },
+    /// A read or lookup outside `[log_start_offset, log_end_offset]`.
+    #[error("offset {offset} is outside the log range [{log_start_offset}, {log_end_offset}]")]
+    OffsetOutOfRange {
+        offset: u64,
+        log_start_offset: u64,
+        log_end_offset: u64,
+    },
+    /// A configuration value that cannot work.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// A log directory whose files cannot be turned into a log (wrong names, impossible sizes).
+    #[error("log directory {path} is unusable: {reason}")]
+    CorruptLog { path: PathBuf, reason: String },
+}
+
+impl Error {
+    /// Builds an [`Error::Io`] with context.
+    pub fn io(
+        context: impl Into<String>,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Error::Io {
+            context: context.into(),
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The protocol error code a client receives for this error.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            Error::Io { .. } | Error::CorruptLog { .. } => ErrorCode::STORAGE_ERROR,
+            Error::InvalidBatch(e) => match e {
+                ProtocolError::UnsupportedCompression(_) => ErrorCode::UNSUPPORTED_COMPRESSION,
+                _ => ErrorCode::CORRUPT_MESSAGE,
+            },
+            Error::BatchTooLarge { .. } => ErrorCode::MESSAGE_TOO_LARGE,
+            Error::OffsetOutOfRange { .. } => ErrorCode::OFFSET_OUT_OF_RANGE,
+            Error::InvalidConfig(_) => ErrorCode::INVALID_CONFIG,
+        }
+    }
+}
+
+/// Attaches file context to `std::io::Result`s.
+pub(crate) trait IoContext<T> {
+    fn context(self, what: &str, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn context(self, what: &str, path: &std::path::Path) -> Result<T> {
+        self.map_err(|e| Error::io(format!("{what} {}", path.display()), path, e))
+    }
+}

@@ -1,0 +1,150 @@
+//! Per-log settings with documented defaults, and their validation.
+
+use crate::error::{Error, Result};
+
+/// When appended data is forced to stable storage (fdatasync).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Every append is fdatasync'ed before `append` returns.
+    Always,
+    /// Appends return at once; the log is fdatasync'ed when `interval_ms` has passed since the
+    /// last flush (checked on append and by [`crate::log::Log::flush_if_due`]). Callers that must
+    /// not acknowledge before durability wait for [`crate::log::Log::flushed_offset`] to pass
+    /// their batch (group commit).
+    Interval { interval_ms: u64 },
+    /// Never fdatasync'ed by the log except when a segment is sealed and on close; the kernel
+    /// writes pages back when it likes.
+    Os,
+}
+
+impl std::str::FromStr for FlushPolicy {
+    type Err = Error;
+
+    /// Parses `always`, `os`, or `interval:<ms>`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "always" => Ok(FlushPolicy::Always),
+            "os" => Ok(FlushPolicy::Os),
+            _ => match s.strip_prefix("interval:").map(str::parse::<u64>) {
+                Some(Ok(interval_ms)) if interval_ms > 0 => {
+                    Ok(FlushPolicy::Interval { interval_ms })
+                }
+                _ => Err(Error::InvalidConfig(format!(
+                    "flush policy {s:?}: expected always, os or interval:<ms> with ms > 0"
+                ))),
+            },
+        }
+    }
+}
+
+/// Settings of one partition log. See docs/STORAGE.md for what each bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A segment is rolled when the next append would take it past this size. Default 1 GiB; at most 2 GiB.
+    pub segment_bytes: u64,
+    /// A non-empty segment is rolled once its first batch is this old. Default 7 days.
+    pub segment_ms: u64,
+    /// An index entry is written every this many bytes of log. Default 4 KiB.
+    pub index_interval_bytes: u64,
+    /// Size each index file is preallocated to; a full index rolls the segment. Default 10 MiB.
+    pub index_max_bytes: u64,
+    /// The active segment's file grows in steps of this size (fallocate). Default 16 MiB.
+    pub preallocate_bytes: u64,
+    /// Largest single batch accepted. Default 1 MiB.
+    pub max_batch_bytes: usize,
+    /// Sealed segments are deleted, oldest first, while the log stays at least this large. Default none.
+    pub retention_bytes: Option<u64>,
+    /// Sealed segments whose newest record is older than this are deleted. Default 7 days.
+    pub retention_ms: Option<u64>,
+    /// Default: `interval:1000`.
+    pub flush: FlushPolicy,
+    /// Most sealed segments of this log kept mapped at once (3 mappings each, no file handles). Default 8.
+    pub open_sealed_segments_max: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            index_interval_bytes: 4096,
+            index_max_bytes: 10 << 20,
+            preallocate_bytes: 16 << 20,
+            max_batch_bytes: 1 << 20,
+            retention_bytes: None,
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            flush: FlushPolicy::Interval { interval_ms: 1000 },
+            open_sealed_segments_max: 8,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks that the settings can work together.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |msg: String| Err(Error::InvalidConfig(msg));
+        if self.segment_bytes < 4096 || self.segment_bytes > (1 << 31) {
+            return fail(format!(
+                "segment_bytes {} must be between 4096 and 2147483648",
+                self.segment_bytes
+            ));
+        }
+        if (self.max_batch_bytes as u64) < 64 || self.max_batch_bytes as u64 > (1 << 30) {
+            return fail(format!(
+                "max_batch_bytes {} must be between 64 and 1073741824",
+                self.max_batch_bytes
+            ));
+        }
+        if self.index_interval_bytes == 0 {
+            return fail("index_interval_bytes must be positive".into());
+        }
+        if self.index_max_bytes < 64 || self.index_max_bytes > (1 << 30) {
+            return fail(format!(
+                "index_max_bytes {} must be between 64 and 1073741824",
+                self.index_max_bytes
+            ));
+        }
+        if self.preallocate_bytes < 4096 {
+            return fail(format!(
+                "preallocate_bytes {} must be at least 4096",
+                self.preallocate_bytes
+            ));
+        }
+        if self.open_sealed_segments_max == 0 {
+            return fail("open_sealed_segments_max must be at least 1".into());
+        }
+        if self.segment_ms == 0 {
+            return fail("segment_ms must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_policy_parses() {
+        assert_eq!(
+            "always".parse::<FlushPolicy>().unwrap(),
+            FlushPolicy::Always
+        );
+        assert_eq!(
+            "interval:5".parse::<FlushPolicy>().unwrap(),
+            FlushPolicy::Interval { interval_ms: 5 }
+        );
+        assert!("interval:0".parse::<FlushPolicy>().is_err());
+        assert!("sometimes".parse::<FlushPolicy>().is_err());
+    }
+
+    #[test]
+    fn default_is_valid_and_limits_are_checked() {
+        LogConfig::default().validate().unwrap();
+        let bad = LogConfig {
+            segment_bytes: 1 << 40,
+            ..LogConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

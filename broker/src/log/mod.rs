@@ -1,0 +1,34 @@
+//! The partition log storage engine.
+//!
+//! A partition is a directory of segments (`segment`), each a data file of record batches plus a
+//! sparse offset index and time index (`index`). [`Log`] (`partition`) owns the directory:
+//! appends (validate, assign offsets, one positional vectored write), zero-copy reads (`Bytes`
+//! slices of a read-only mapping), rolling, retention, truncation, timestamp lookup, flush
+//! policy and crash recovery. docs/STORAGE.md specifies the files byte by byte.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use rill_broker::log::{Log, LogConfig};
+//! use rill_protocol::batch::RecordBatchBuilder;
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
+//! let mut batch = RecordBatchBuilder::new();
+//! batch.append(1_700_000_000_000, None, Some(b"hello"), &[]);
+//! let info = log.append(&batch.build(), 0).unwrap();
+//! assert_eq!(info.base_offset, 0);
+//! let bytes: Bytes = log.read(0, 1 << 20).unwrap();
+//! assert!(!bytes.is_empty());
+//! ```
+
+pub mod config;
+pub(crate) mod index;
+pub mod partition;
+pub(crate) mod segment;
+
+pub use config::{FlushPolicy, LogConfig};
+pub use partition::{
+    now_ms, AppendInfo, Log, RecoveryReport, RetentionOutcome, RECOVERY_POINT_FILE,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,635 @@
+//! `Log`: one partition's ordered set of segments, and every operation on it.
+//!
+//! Owns the partition directory. Invariants: segments are keyed by base offset and the last one
+//! is the only active (writable) segment; offsets are assigned densely from the log end offset
+//! and never reused unless `truncate_to` removed them; the recovery point file never names an
+//! offset beyond the start of the active segment, and every segment before it was fdatasync'ed
+//! and trimmed when it was sealed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rill_protocol::batch::{batches, set_base_offset, set_leader_epoch, Compression, RecordBatch};
+use rill_protocol::ProtocolError;
+
+use crate::error::{Error, IoContext, Result};
+use crate::log::config::{FlushPolicy, LogConfig};
+use crate::log::segment::{header_max_timestamp, AppendBatch, Segment};
+
+/// Name of the recovery point checkpoint in a partition directory.
+pub const RECOVERY_POINT_FILE: &str = "recovery-point";
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub max_timestamp: i64,
+    pub batches: usize,
+}
+
+/// What opening a log found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    /// Segments whose data was scanned batch by batch (the active one, and any after the recovery point).
+    pub scanned_segments: usize,
+    /// Bytes of invalid (non-zero) data cut from segment tails.
+    pub truncated_bytes: u64,
+    /// One line per cut: segment, position and reason.
+    pub truncations: Vec<String>,
+    /// Segments whose index files were rebuilt from their data.
+    pub rebuilt_indexes: usize,
+    /// Segments deleted because an earlier segment was cut short.
+    pub deleted_segments: usize,
+}
+
+/// What retention removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub deleted_segments: usize,
+    pub deleted_bytes: u64,
+}
+
+/// A partition log. See the module docs.
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    segments: BTreeMap<u64, Segment>,
+    /// Sealed segments with open mappings, least recently used first.
+    open_sealed: VecDeque<u64>,
+    flushed_offset: u64,
+    last_flush: Instant,
+    recovery: RecoveryReport,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering it: see docs/STORAGE.md, "Recovery".
+    pub fn open(dir: &Path, config: LogConfig) -> Result<Log> {
+        config.validate()?;
+        fs::create_dir_all(dir).context("create log directory", dir)?;
+        let bases = list_segments(dir)?;
+        let recovery_point = read_recovery_point(dir);
+        // Trust sealed segments wholly before the one holding the recovery point; scan the rest.
+        let first_scanned = bases
+            .partition_point(|b| *b <= recovery_point)
+            .saturating_sub(1);
+        let mut report = RecoveryReport::default();
+        let mut segments = BTreeMap::new();
+        for (i, &base) in bases.iter().enumerate() {
+            let last = i + 1 == bases.len();
+            let loaded = if last {
+                Segment::recover(dir, base, &config, true)?
+            } else if i >= first_scanned {
+                Segment::recover(dir, base, &config, false)?
+            } else {
+                Segment::load_sealed(dir, base, &config)?
+            };
+            report.segments += 1;
+            report.scanned_segments += usize::from(i >= first_scanned || loaded.rebuilt_index);
+            report.rebuilt_indexes +=
+                usize::from(loaded.rebuilt_index && !last && i < first_scanned);
+            let segment = loaded.segment;
+            if let Some(previous) = segments
+                .values()
+                .next_back()
+                .map(|s: &Segment| s.next_offset)
+            {
+                if previous != base {
+                    tracing::warn!(dir = %dir.display(), segment = base, expected = previous, "gap in offsets between segments");
+                }
+            }
+            let cut_short = loaded.truncation_reason.is_some();
+            if let Some(reason) = loaded.truncation_reason {
+                let line = format!(
+                    "segment {base}: cut {} bytes at position {} (offset {}): {reason}",
+                    loaded.truncated_bytes, segment.size_bytes, segment.next_offset
+                );
+                tracing::warn!(dir = %dir.display(), "truncated invalid log data: {line}");
+                report.truncated_bytes += loaded.truncated_bytes;
+                report.truncations.push(line);
+            } else if loaded.rebuilt_index && !last && i < first_scanned {
+                tracing::info!(dir = %dir.display(), segment = base, "rebuilt missing or corrupt index files from the segment data");
+            }
+            segments.insert(base, segment);
+            if cut_short && !last {
+                for &later in &bases[i + 1..] {
+                    let doomed = Segment::recover(dir, later, &config, false).map(|l| l.segment);
+                    match doomed {
+                        Ok(segment) => segment.delete_files()?,
+                        Err(e) => {
+                            tracing::warn!(dir = %dir.display(), segment = later, "could not load segment after a cut: {e}")
+                        }
+                    }
+                    report.deleted_segments += 1;
+                }
+                tracing::warn!(dir = %dir.display(), deleted = bases.len() - i - 1, "deleted segments after a cut segment: their offsets no longer follow on");
+                break;
+            }
+        }
+        // The last segment must be the active one (a cut in the middle leaves a sealed one last).
+        if let Some(mut last) = segments.last_entry() {
+            if !last.get().is_active() {
+                let base = *last.key();
+                *last.get_mut() = Segment::recover(dir, base, &config, true)?.segment;
+            }
+        } else {
+            segments.insert(0, Segment::create(dir, 0, &config)?);
+            sync_dir(dir)?;
+        }
+        let mut log = Log {
+            dir: dir.to_owned(),
+            config,
+            segments,
+            open_sealed: VecDeque::new(),
+            flushed_offset: 0,
+            last_flush: Instant::now(),
+            recovery: report,
+        };
+        log.active()?.sync()?;
+        log.flushed_offset = log.log_end_offset();
+        log.write_recovery_point()?;
+        tracing::debug!(dir = %dir.display(), start = log.log_start_offset(), end = log.log_end_offset(), "log opened");
+        Ok(log)
+    }
+
+    /// The directory this log owns.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Changes settings (e.g. a topic's retention altered); they apply from the next operation.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// What the last open found and repaired.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// First offset still in the log.
+    pub fn log_start_offset(&self) -> u64 {
+        self.segments.values().next().map_or(0, |s| s.base_offset)
+    }
+
+    /// The offset the next appended record gets.
+    pub fn log_end_offset(&self) -> u64 {
+        self.segments
+            .values()
+            .next_back()
+            .map_or(0, |s| s.next_offset)
+    }
+
+    /// Every offset below this has been fdatasync'ed.
+    pub fn flushed_offset(&self) -> u64 {
+        self.flushed_offset
+    }
+
+    /// Bytes of valid data in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size_bytes).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Sealed segments that currently hold mappings (bounded by `open_sealed_segments_max`).
+    pub fn open_sealed_segments(&self) -> usize {
+        self.segments
+            .values()
+            .filter(|s| !s.is_active() && s.is_open())
+            .count()
+    }
+
+    fn active(&self) -> Result<&Segment> {
+        self.segments
+            .values()
+            .next_back()
+            .ok_or_else(|| Error::CorruptLog {
+                path: self.dir.clone(),
+                reason: "log has no segments".into(),
+            })
+    }
+
+    fn active_mut(&mut self) -> Result<&mut Segment> {
+        let dir = self.dir.clone();
+        self.segments
+            .values_mut()
+            .next_back()
+            .ok_or(Error::CorruptLog {
+                path: dir,
+                reason: "log has no segments".into(),
+            })
+    }
+
+    /// Appends one or more concatenated record batches, as a leader: validates every batch
+    /// (size, structure, CRC) before writing any, assigns offsets from the log end, stamps
+    /// `leader_epoch`, and writes them in one positional write. The producer's CRC stays valid
+    /// because base offset and leader epoch lie before the CRC-covered range.
+    pub fn append(&mut self, input: &Bytes, leader_epoch: i32) -> Result<AppendInfo> {
+        self.append_at(input, leader_epoch, now_ms())
+    }
+
+    /// [`Log::append`] with an explicit wall-clock time (for rolling by age).
+    pub fn append_at(
+        &mut self,
+        input: &Bytes,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo> {
+        if input.len() > (1 << 30) {
+            return Err(Error::BatchTooLarge {
+                size_bytes: input.len(),
+                max_bytes: 1 << 30,
+            });
+        }
+        let plan = self.plan_append(input, leader_epoch)?;
+        let total = input.len() as u64;
+        if self.active()?.needs_roll(total, &self.config, now_ms) {
+            self.roll()?;
+        }
+        let config = self.config.clone();
+        let active = self.active_mut()?;
+        active.append(input, &plan, &config, now_ms)?;
+        let info = AppendInfo {
+            base_offset: plan[0].base_offset,
+            last_offset: plan[plan.len() - 1].last_offset,
+            max_timestamp: plan
+                .iter()
+                .map(|b| b.max_timestamp)
+                .max()
+                .unwrap_or(i64::MIN),
+            batches: plan.len(),
+        };
+        match self.config.flush {
+            FlushPolicy::Always => {
+                self.flush()?;
+            }
+            FlushPolicy::Interval { .. } => {
+                self.flush_if_due()?;
+            }
+            FlushPolicy::Os => {}
+        }
+        Ok(info)
+    }
+
+    fn plan_append(&self, input: &Bytes, leader_epoch: i32) -> Result<Vec<AppendBatch>> {
+        let mut next_offset = self.log_end_offset();
+        let mut position = 0;
+        let mut plan = Vec::new();
+        for batch in batches(input.clone()) {
+            let batch = batch?;
+            if batch.size_bytes() > self.config.max_batch_bytes {
+                return Err(Error::BatchTooLarge {
+                    size_bytes: batch.size_bytes(),
+                    max_bytes: self.config.max_batch_bytes,
+                });
+            }
+            batch.validate()?;
+            if batch.record_count() == 0 {
+                return Err(ProtocolError::Invalid {
+                    what: "record batch",
+                    reason: "holds no records".into(),
+                }
+                .into());
+            }
+            let mut header = [0u8; 16];
+            header.copy_from_slice(&batch.as_bytes()[..16]);
+            set_base_offset(&mut header, next_offset);
+            set_leader_epoch(&mut header, leader_epoch);
+            let last_offset = next_offset + batch.record_count() as u64 - 1;
+            plan.push(AppendBatch {
+                range: position..position + batch.size_bytes(),
+                header,
+                base_offset: next_offset,
+                last_offset,
+                max_timestamp: batch.max_timestamp(),
+            });
+            position += batch.size_bytes();
+            next_offset = last_offset + 1;
+        }
+        if plan.is_empty() {
+            return Err(ProtocolError::Invalid {
+                what: "append",
+                reason: "no record batches in the request".into(),
+            }
+            .into());
+        }
+        Ok(plan)
+    }
+
+    /// Seals the active segment (if it holds data) and starts a new one at the log end.
+    pub fn roll(&mut self) -> Result<()> {
+        let active = self.active_mut()?;
+        if active.size_bytes == 0 {
+            return Ok(());
+        }
+        active.seal()?;
+        let base = active.next_offset;
+        let segment = Segment::create(&self.dir, base, &self.config)?;
+        self.segments.insert(base, segment);
+        sync_dir(&self.dir)?;
+        self.flushed_offset = self.flushed_offset.max(base);
+        self.write_recovery_point()?;
+        tracing::debug!(dir = %self.dir.display(), base, "rolled to a new segment");
+        Ok(())
+    }
+
+    /// Rolls the active segment if it is older than `segment_ms` (for callers that tick).
+    pub fn roll_if_due(&mut self, now_ms: i64) -> Result<bool> {
+        let due =
+            self.active()?.needs_roll(0, &self.config, now_ms) && self.active()?.size_bytes > 0;
+        if due {
+            self.roll()?;
+        }
+        Ok(due)
+    }
+
+    /// Whole batches from the one containing `offset`, up to `max_bytes` (at least one batch, so
+    /// a consumer always progresses), as `Bytes` borrowing the segment mapping: no data is
+    /// copied. Empty at the log end; an error outside `[log start, log end]`.
+    pub fn read(&mut self, offset: u64, max_bytes: usize) -> Result<Bytes> {
+        let (start, end) = (self.log_start_offset(), self.log_end_offset());
+        if offset < start || offset > end {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                log_start_offset: start,
+                log_end_offset: end,
+            });
+        }
+        let first = self
+            .segments
+            .range(..=offset)
+            .next_back()
+            .map_or(start, |(base, _)| *base);
+        let bases: Vec<u64> = self
+            .segments
+            .range(first..)
+            .map(|(base, _)| *base)
+            .collect();
+        for base in bases {
+            self.open_segment(base)?;
+            if let Some(bytes) = self
+                .segments
+                .get(&base)
+                .and_then(|s| s.read(offset, max_bytes))
+            {
+                return Ok(bytes);
+            }
+        }
+        Ok(Bytes::new())
+    }
+
+    /// Maps a sealed segment if needed, keeping at most `open_sealed_segments_max` mapped.
+    fn open_segment(&mut self, base: u64) -> Result<()> {
+        let Some(segment) = self.segments.get_mut(&base) else {
+            return Ok(());
+        };
+        if segment.is_active() {
+            return Ok(());
+        }
+        segment.ensure_open()?;
+        self.open_sealed.retain(|b| *b != base);
+        self.open_sealed.push_back(base);
+        while self.open_sealed.len() > self.config.open_sealed_segments_max {
+            if let Some(evicted) = self.open_sealed.pop_front() {
+                if let Some(s) = self.segments.get_mut(&evicted) {
+                    s.close_mappings();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first record whose timestamp is >= `timestamp`: `(offset, record timestamp)`, or `None`
+    /// if every record is older. For a compressed batch the batch's first offset and max timestamp.
+    pub fn offset_for_timestamp(&mut self, timestamp: i64) -> Result<Option<(u64, i64)>> {
+        let bases: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.max_timestamp >= timestamp && s.size_bytes > 0)
+            .map(|(b, _)| *b)
+            .collect();
+        for base in bases {
+            self.open_segment(base)?;
+            let Some(segment) = self.segments.get(&base) else {
+                continue;
+            };
+            let floor = segment.time_index_floor(timestamp)?;
+            let Some((mut position, _, _)) = segment.locate(floor) else {
+                continue;
+            };
+            while let Some(batch) = segment.batch_at(position) {
+                position += batch.len();
+                if header_max_timestamp(&batch) < timestamp {
+                    continue;
+                }
+                let batch = RecordBatch::parse(batch)?;
+                if batch.compression()? != Compression::None {
+                    return Ok(Some((batch.base_offset() as u64, batch.max_timestamp())));
+                }
+                for record in batch.records()? {
+                    let record = record?;
+                    if record.timestamp >= timestamp {
+                        return Ok(Some((record.offset, record.timestamp)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes every record at or after `offset` (rounded down to the start of the batch that
+    /// contains it); returns the new log end offset. Used by followers to drop a divergent tail.
+    pub fn truncate_to(&mut self, offset: u64) -> Result<u64> {
+        if offset >= self.log_end_offset() {
+            return Ok(self.log_end_offset());
+        }
+        let doomed: Vec<u64> = self.segments.range(offset..).map(|(b, _)| *b).collect();
+        for base in doomed {
+            if let Some(segment) = self.segments.remove(&base) {
+                self.open_sealed.retain(|b| *b != base);
+                segment.delete_files()?;
+            }
+        }
+        let config = self.config.clone();
+        match self.segments.last_entry() {
+            None => {
+                self.segments
+                    .insert(offset, Segment::create(&self.dir, offset, &config)?);
+            }
+            Some(mut last) => {
+                let base = *last.key();
+                self.open_sealed.retain(|b| *b != base);
+                let segment = last.get_mut();
+                segment.ensure_open()?;
+                segment.truncate_to(offset, &config)?;
+                if !segment.is_active() {
+                    *segment = Segment::recover(&self.dir, base, &config, true)?.segment;
+                }
+            }
+        }
+        sync_dir(&self.dir)?;
+        let end = self.log_end_offset();
+        self.flushed_offset = self.flushed_offset.min(end);
+        self.write_recovery_point()?;
+        tracing::info!(dir = %self.dir.display(), requested = offset, end, "truncated log");
+        Ok(end)
+    }
+
+    /// Deletes sealed segments, oldest first, while the log would stay at least `retention_bytes`
+    /// big, or while the segment's newest record is older than `retention_ms`. The active segment
+    /// is never deleted. Advances the log start offset.
+    pub fn enforce_retention(&mut self, now_ms: i64) -> Result<RetentionOutcome> {
+        let mut outcome = RetentionOutcome::default();
+        while self.segments.len() > 1 {
+            let Some(oldest) = self.segments.values().next() else {
+                break;
+            };
+            let total = self.size_bytes();
+            let by_size = self
+                .config
+                .retention_bytes
+                .is_some_and(|limit| total - oldest.size_bytes >= limit);
+            let by_time = self
+                .config
+                .retention_ms
+                .is_some_and(|ms| oldest.max_timestamp < now_ms.saturating_sub(ms as i64));
+            if !by_size && !by_time {
+                break;
+            }
+            let Some((base, segment)) = self.segments.pop_first() else {
+                break;
+            };
+            self.open_sealed.retain(|b| *b != base);
+            outcome.deleted_segments += 1;
+            outcome.deleted_bytes += segment.size_bytes;
+            segment.delete_files()?;
+        }
+        if outcome.deleted_segments > 0 {
+            tracing::info!(dir = %self.dir.display(), segments = outcome.deleted_segments, bytes = outcome.deleted_bytes, start = self.log_start_offset(), "retention deleted segments");
+        }
+        Ok(outcome)
+    }
+
+    /// fdatasync of the active segment; returns the new flushed offset.
+    pub fn flush(&mut self) -> Result<u64> {
+        self.active()?.sync()?;
+        self.flushed_offset = self.log_end_offset();
+        self.last_flush = Instant::now();
+        Ok(self.flushed_offset)
+    }
+
+    /// Flushes if the `interval` flush policy's interval has passed since the last flush.
+    pub fn flush_if_due(&mut self) -> Result<bool> {
+        let FlushPolicy::Interval { interval_ms } = self.config.flush else {
+            return Ok(false);
+        };
+        if self.flushed_offset == self.log_end_offset()
+            || self.last_flush.elapsed().as_millis() < u128::from(interval_ms)
+        {
+            return Ok(false);
+        }
+        self.flush()?;
+        Ok(true)
+    }
+
+    /// Flushes and records the recovery point; the log can be reopened without a tail scan
+    /// beyond the active segment.
+    pub fn close(mut self) -> Result<()> {
+        self.flush()?;
+        self.write_recovery_point()
+    }
+
+    /// Deletes the whole log directory (for deleting a topic). Readers' mappings stay valid.
+    pub fn delete(self) -> Result<()> {
+        let dir = self.dir.clone();
+        drop(self);
+        fs::remove_dir_all(&dir).context("delete log directory", &dir)
+    }
+
+    /// Writes the start of the active segment as the recovery point, atomically.
+    fn write_recovery_point(&self) -> Result<()> {
+        let point = self.active()?.base_offset;
+        let path = self.dir.join(RECOVERY_POINT_FILE);
+        let tmp = self.dir.join(format!("{RECOVERY_POINT_FILE}.tmp"));
+        let mut file = fs::File::create(&tmp).context("create checkpoint", &tmp)?;
+        file.write_all(format!("1 {point}\n").as_bytes())
+            .context("write checkpoint", &tmp)?;
+        file.sync_all().context("sync checkpoint", &tmp)?;
+        fs::rename(&tmp, &path).context("rename checkpoint", &path)?;
+        sync_dir(&self.dir)
+    }
+}
+
+/// Base offsets of the segments in `dir`, sorted. Removes leftovers of interrupted operations
+/// (temporary files, index files without a data file).
+fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    let mut index_files = Vec::new();
+    for entry in fs::read_dir(dir).context("list log directory", dir)? {
+        let entry = entry.context("list log directory", dir)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let (stem, ext) = name.split_once('.').unwrap_or((name, ""));
+        let base = (stem.len() == 20)
+            .then(|| stem.parse::<u64>().ok())
+            .flatten();
+        match (base, ext) {
+            (Some(base), "log") => bases.push(base),
+            (Some(base), "index" | "timeindex") => index_files.push((base, entry.path())),
+            (_, e) if e.ends_with("tmp") => {
+                let _ = fs::remove_file(entry.path());
+            }
+            _ => {}
+        }
+    }
+    bases.sort_unstable();
+    for (base, path) in index_files {
+        if bases.binary_search(&base).is_err() {
+            tracing::info!(path = %path.display(), "removing index file without a segment");
+            let _ = fs::remove_file(path);
+        }
+    }
+    Ok(bases)
+}
+
+/// The recovery point from the checkpoint; 0 (scan everything) if missing or unreadable.
+fn read_recovery_point(dir: &Path) -> u64 {
+    let path = dir.join(RECOVERY_POINT_FILE);
+    let Ok(text) = fs::read_to_string(&path) else {
+        return 0;
+    };
+    match text.trim().split_once(' ') {
+        Some(("1", point)) => point.parse().unwrap_or(0),
+        _ => {
+            tracing::warn!(path = %path.display(), "unreadable recovery point checkpoint: scanning every segment");
+            0
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .context("sync directory", dir)
+}

@@ -1,0 +1,774 @@
+//! One segment of a partition log: `<base_offset:020>.log` plus its two index files.
+//!
+//! A segment is *active* (the last one, appended to) or *sealed* (trimmed and read-only).
+//!
+//! - Active: the data file is preallocated in steps of `preallocate_bytes` with `fallocate` and
+//!   written with positional vectored writes (`pwritev`) — chosen over writing through a mapping
+//!   by the `append_path` bench (docs/STORAGE.md). Reads go through a shared read-only mapping of
+//!   the whole allocated length; when the file grows, a new mapping replaces it and readers keep
+//!   the old one alive through their `Bytes`.
+//! - Sealed: the data file is trimmed to its valid size; mappings are opened on demand and may be
+//!   dropped again by the log's open-segment limit. No file handle stays open.
+//!
+//! Invariants: `size` is the end of the last complete, CRC-checked batch, and no read ever returns
+//! bytes at or past `size`; batches are contiguous in offsets from `base_offset` to `next_offset`;
+//! a file is only shortened when the segment's own mapping has been dropped, and only bytes past
+//! `size` are ever cut, so `Bytes` handed to readers (which end at or before `size`) never point
+//! past the end of the file (no SIGBUS). Truncating *valid* data (`truncate_to`) zeroes it in
+//! place instead of shortening the file.
+
+use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use memmap2::Mmap;
+use rill_protocol::batch::{peek_offset_and_size, RecordBatch, BATCH_HEADER_BYTES};
+
+use crate::error::{Error, IoContext, Result};
+use crate::log::config::LogConfig;
+use crate::log::index::{
+    offset_entry, read_offset_entry, read_time_entry, time_entry, IndexFile, OFFSET_ENTRY_BYTES,
+    TIME_ENTRY_BYTES,
+};
+
+/// File name of a segment's data file.
+pub fn log_file_name(base_offset: u64) -> String {
+    format!("{base_offset:020}.log")
+}
+
+fn index_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.index"))
+}
+
+fn time_index_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.timeindex"))
+}
+
+/// Last offset of the batch whose header starts `header`.
+pub(crate) fn header_last_offset(header: &[u8]) -> u64 {
+    let base = u64::from_be_bytes(header[0..8].try_into().unwrap_or_default());
+    let delta = i32::from_be_bytes(header[23..27].try_into().unwrap_or_default());
+    base + delta.max(0) as u64
+}
+
+/// Largest timestamp of the batch whose header starts `header`.
+pub(crate) fn header_max_timestamp(header: &[u8]) -> i64 {
+    i64::from_be_bytes(header[35..43].try_into().unwrap_or_default())
+}
+
+/// Decides where index entries go, identically for appends and for rebuilding by scan.
+#[derive(Debug, Clone)]
+struct Indexer {
+    interval_bytes: u64,
+    bytes_since_entry: u64,
+    max_timestamp: i64,
+}
+
+impl Indexer {
+    fn new(interval_bytes: u64) -> Self {
+        Indexer {
+            interval_bytes,
+            bytes_since_entry: 0,
+            max_timestamp: i64::MIN,
+        }
+    }
+
+    /// Called for each batch before it is accounted; returns the entries to write, if any.
+    fn before_batch(
+        &mut self,
+        relative_offset: u32,
+        position: u32,
+    ) -> Option<([u8; OFFSET_ENTRY_BYTES], [u8; TIME_ENTRY_BYTES])> {
+        if position == 0 || self.bytes_since_entry < self.interval_bytes {
+            return None;
+        }
+        self.bytes_since_entry = 0;
+        Some((
+            offset_entry(relative_offset, position),
+            time_entry(self.max_timestamp, relative_offset),
+        ))
+    }
+
+    fn after_batch(&mut self, size_bytes: u64, max_timestamp: i64) {
+        self.bytes_since_entry += size_bytes;
+        self.max_timestamp = self.max_timestamp.max(max_timestamp);
+    }
+}
+
+/// What scanning a segment's bytes found.
+#[derive(Debug)]
+pub(crate) struct Scan {
+    pub valid_bytes: u64,
+    pub next_offset: u64,
+    pub max_timestamp: i64,
+    offset_entries: Vec<u8>,
+    time_entries: Vec<u8>,
+    indexer: Indexer,
+    /// Why the scan stopped before the end of the data, if it did.
+    pub stop_reason: Option<String>,
+    /// Whether everything after `valid_bytes` is zero (a preallocated tail, not lost data).
+    pub tail_is_zeros: bool,
+}
+
+/// Validates batches from the start of `data` (length, magic, contiguous offsets, CRC) and
+/// rebuilds index entries, stopping at the first invalid byte.
+pub(crate) fn scan(data: &Bytes, base_offset: u64, config: &LogConfig) -> Scan {
+    let mut indexer = Indexer::new(config.index_interval_bytes);
+    let (mut offset_entries, mut time_entries) = (Vec::new(), Vec::new());
+    let mut position = 0usize;
+    let mut next_offset = base_offset;
+    let mut stop_reason = None;
+    while position < data.len() {
+        let rest = &data[position..];
+        let reason = match peek_offset_and_size(rest) {
+            None => Some(format!(
+                "{} trailing bytes are too few for a batch header",
+                rest.len()
+            )),
+            Some((offset, size))
+                if size < BATCH_HEADER_BYTES as i64 || size > rest.len() as i64 =>
+            {
+                Some(format!(
+                    "batch at offset {offset} declares {size} bytes, {} remain",
+                    rest.len()
+                ))
+            }
+            Some((offset, _)) if offset != next_offset as i64 => {
+                Some(format!("batch has offset {offset}, expected {next_offset}"))
+            }
+            Some((_, size)) => {
+                let batch = RecordBatch::parse(data.slice(position..position + size as usize));
+                match batch {
+                    Err(e) => Some(e.to_string()),
+                    Ok(b) if b.compute_crc() != b.crc() => {
+                        Some(format!("CRC mismatch in batch at offset {next_offset}"))
+                    }
+                    Ok(b) if b.record_count() == 0 => {
+                        Some(format!("empty batch at offset {next_offset}"))
+                    }
+                    Ok(b) => {
+                        let relative = (next_offset - base_offset) as u32;
+                        if let Some((o, t)) = indexer.before_batch(relative, position as u32) {
+                            offset_entries.extend_from_slice(&o);
+                            time_entries.extend_from_slice(&t);
+                        }
+                        indexer.after_batch(size as u64, b.max_timestamp());
+                        next_offset = b.last_offset() as u64 + 1;
+                        position += size as usize;
+                        None
+                    }
+                }
+            }
+        };
+        if reason.is_some() {
+            stop_reason = reason;
+            break;
+        }
+    }
+    let tail_is_zeros = data[position..].iter().all(|b| *b == 0);
+    Scan {
+        valid_bytes: position as u64,
+        next_offset,
+        max_timestamp: indexer.max_timestamp,
+        offset_entries,
+        time_entries,
+        indexer,
+        stop_reason,
+        tail_is_zeros,
+    }
+}
+
+/// Maps `file` read-only as a `Bytes` owner, or empty `Bytes` for an empty file.
+fn map_bytes(file: &File, path: &Path) -> Result<Bytes> {
+    let len = file.metadata().context("stat segment", path)?.len();
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: Rill never shortens a data file below bytes a reader can hold (see module docs),
+    // and nothing outside the broker writes the data directory.
+    let map = unsafe { Mmap::map(file) }.context("map segment", path)?;
+    Ok(Bytes::from_owner(map))
+}
+
+struct ActiveState {
+    file: File,
+    data: Bytes,
+    allocated_bytes: u64,
+    offset_index: IndexFile,
+    time_index: IndexFile,
+    indexer: Indexer,
+}
+
+struct OpenSealed {
+    data: Bytes,
+    offset_index: IndexFile,
+}
+
+enum State {
+    Active(ActiveState),
+    Sealed(Option<OpenSealed>),
+}
+
+/// A segment. See the module docs for its two states and invariants.
+pub(crate) struct Segment {
+    pub base_offset: u64,
+    dir: PathBuf,
+    pub size_bytes: u64,
+    pub next_offset: u64,
+    /// Largest record timestamp in the segment (`i64::MIN` when empty).
+    pub max_timestamp: i64,
+    /// Broker wall-clock time (ms) of the first append, for rolling by age. Record timestamps
+    /// are not used: a producer sending old timestamps would otherwise roll on every append.
+    /// A segment recovered at startup counts from the time it was opened.
+    pub first_append_ms: Option<i64>,
+    state: State,
+}
+
+/// Result of loading a segment at open: the segment, and a description of what was cut or
+/// rebuilt (for the recovery report and log lines).
+pub(crate) struct Loaded {
+    pub segment: Segment,
+    pub truncated_bytes: u64,
+    pub truncation_reason: Option<String>,
+    pub rebuilt_index: bool,
+}
+
+impl Segment {
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(log_file_name(self.base_offset))
+    }
+
+    pub fn is_active(&self) -> bool {
+        matches!(self.state, State::Active(_))
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, State::Active(_) | State::Sealed(Some(_)))
+    }
+
+    /// Creates a new, empty active segment.
+    pub fn create(dir: &Path, base_offset: u64, config: &LogConfig) -> Result<Segment> {
+        let path = dir.join(log_file_name(base_offset));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .context("create segment", &path)?;
+        let scan = Scan {
+            valid_bytes: 0,
+            next_offset: base_offset,
+            max_timestamp: i64::MIN,
+            offset_entries: Vec::new(),
+            time_entries: Vec::new(),
+            indexer: Indexer::new(config.index_interval_bytes),
+            stop_reason: None,
+            tail_is_zeros: true,
+        };
+        Self::activate(dir, base_offset, file, scan, config)
+    }
+
+    fn activate(
+        dir: &Path,
+        base_offset: u64,
+        file: File,
+        scan: Scan,
+        config: &LogConfig,
+    ) -> Result<Segment> {
+        let path = dir.join(log_file_name(base_offset));
+        let offset_index = IndexFile::create_writable(
+            &index_path(dir, base_offset),
+            OFFSET_ENTRY_BYTES,
+            config.index_max_bytes,
+            &scan.offset_entries,
+        )?;
+        let time_index = IndexFile::create_writable(
+            &time_index_path(dir, base_offset),
+            TIME_ENTRY_BYTES,
+            config.index_max_bytes,
+            &scan.time_entries,
+        )?;
+        let data = map_bytes(&file, &path)?;
+        let allocated_bytes = data.len() as u64;
+        Ok(Segment {
+            base_offset,
+            dir: dir.to_owned(),
+            size_bytes: scan.valid_bytes,
+            next_offset: scan.next_offset,
+            max_timestamp: scan.max_timestamp,
+            first_append_ms: (scan.valid_bytes > 0).then(crate::log::now_ms),
+            state: State::Active(ActiveState {
+                file,
+                data,
+                allocated_bytes,
+                offset_index,
+                time_index,
+                indexer: scan.indexer,
+            }),
+        })
+    }
+
+    /// Scans a segment's whole data file, cuts it at the first invalid byte, and opens it as the
+    /// active segment (`active`) or writes fresh sealed indexes for it.
+    pub fn recover(
+        dir: &Path,
+        base_offset: u64,
+        config: &LogConfig,
+        active: bool,
+    ) -> Result<Loaded> {
+        let path = dir.join(log_file_name(base_offset));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .context("open segment", &path)?;
+        let data = map_bytes(&file, &path)?;
+        let file_len = data.len() as u64;
+        let scan = scan(&data, base_offset, config);
+        drop(data);
+        let cut = file_len - scan.valid_bytes;
+        let truncation_reason = match (&scan.stop_reason, scan.tail_is_zeros) {
+            (Some(reason), false) => Some(reason.clone()),
+            _ => None,
+        };
+        if cut > 0 {
+            // The scan's mapping is dropped, so shortening the file cannot fault a reader.
+            file.set_len(scan.valid_bytes)
+                .context("truncate segment", &path)?;
+            file.sync_all().context("sync segment", &path)?;
+        }
+        let truncated_bytes = if truncation_reason.is_some() { cut } else { 0 };
+        let segment = if active {
+            Self::activate(dir, base_offset, file, scan, config)?
+        } else {
+            let mut time_entries = scan.time_entries.clone();
+            if scan.valid_bytes > 0 {
+                time_entries.extend_from_slice(&time_entry(
+                    scan.max_timestamp,
+                    (scan.next_offset - base_offset) as u32,
+                ));
+            }
+            IndexFile::create_sealed(
+                &index_path(dir, base_offset),
+                OFFSET_ENTRY_BYTES,
+                &scan.offset_entries,
+            )?;
+            IndexFile::create_sealed(
+                &time_index_path(dir, base_offset),
+                TIME_ENTRY_BYTES,
+                &time_entries,
+            )?;
+            Segment {
+                base_offset,
+                dir: dir.to_owned(),
+                size_bytes: scan.valid_bytes,
+                next_offset: scan.next_offset,
+                max_timestamp: scan.max_timestamp,
+                first_append_ms: None,
+                state: State::Sealed(None),
+            }
+        };
+        Ok(Loaded {
+            segment,
+            truncated_bytes,
+            truncation_reason,
+            rebuilt_index: true,
+        })
+    }
+
+    /// Loads a sealed segment below the recovery point without reading its data: size from the
+    /// file, end offset and max timestamp from the time index's closing entry. Indexes that are
+    /// missing or fail their checks are rebuilt by a scan (which may also cut the segment).
+    pub fn load_sealed(dir: &Path, base_offset: u64, config: &LogConfig) -> Result<Loaded> {
+        let path = dir.join(log_file_name(base_offset));
+        let size_bytes = std::fs::metadata(&path)
+            .context("stat segment", &path)?
+            .len();
+        match Self::check_sealed_indexes(dir, base_offset, size_bytes) {
+            Some((next_offset, max_timestamp)) => Ok(Loaded {
+                segment: Segment {
+                    base_offset,
+                    dir: dir.to_owned(),
+                    size_bytes,
+                    next_offset,
+                    max_timestamp,
+                    first_append_ms: None,
+                    state: State::Sealed(None),
+                },
+                truncated_bytes: 0,
+                truncation_reason: None,
+                rebuilt_index: false,
+            }),
+            None => Self::recover(dir, base_offset, config, false),
+        }
+    }
+
+    /// Checks a sealed segment's indexes; returns (next offset, max timestamp) if they are sound.
+    fn check_sealed_indexes(dir: &Path, base_offset: u64, size_bytes: u64) -> Option<(u64, i64)> {
+        let offsets =
+            IndexFile::open_sealed(&index_path(dir, base_offset), OFFSET_ENTRY_BYTES).ok()??;
+        let times =
+            IndexFile::open_sealed(&time_index_path(dir, base_offset), TIME_ENTRY_BYTES).ok()??;
+        let (max_timestamp, end_relative) =
+            read_time_entry(times.entry(times.len().checked_sub(1)?));
+        if size_bytes == 0 || end_relative == 0 {
+            return None;
+        }
+        let mut previous = (None::<u32>, None::<u32>);
+        for i in 0..offsets.len() {
+            let (relative, position) = read_offset_entry(offsets.entry(i));
+            let increasing =
+                previous.0.is_none_or(|p| relative > p) && previous.1.is_none_or(|p| position > p);
+            if !increasing || relative >= end_relative || u64::from(position) >= size_bytes {
+                return None;
+            }
+            previous = (Some(relative), Some(position));
+        }
+        let mut previous = (i64::MIN, 0u32);
+        for i in 0..times.len() {
+            let (timestamp, relative) = read_time_entry(times.entry(i));
+            if timestamp < previous.0 || relative < previous.1 || relative > end_relative {
+                return None;
+            }
+            previous = (timestamp, relative);
+        }
+        Some((base_offset + u64::from(end_relative), max_timestamp))
+    }
+
+    /// Maps a sealed segment's data and offset index if they are not mapped. Returns whether it
+    /// opened anything (the log counts open segments).
+    pub fn ensure_open(&mut self) -> Result<bool> {
+        let State::Sealed(open @ None) = &mut self.state else {
+            return Ok(false);
+        };
+        let path = self.dir.join(log_file_name(self.base_offset));
+        let file = File::open(&path).context("open segment", &path)?;
+        let data = map_bytes(&file, &path)?;
+        if (data.len() as u64) < self.size_bytes {
+            return Err(Error::CorruptLog {
+                path,
+                reason: format!(
+                    "segment shrank to {} bytes, expected {}",
+                    data.len(),
+                    self.size_bytes
+                ),
+            });
+        }
+        let index_file = index_path(&self.dir, self.base_offset);
+        let offset_index =
+            IndexFile::open_sealed(&index_file, OFFSET_ENTRY_BYTES)?.ok_or_else(|| {
+                Error::CorruptLog {
+                    path: index_file,
+                    reason: "offset index changed under the broker".into(),
+                }
+            })?;
+        *open = Some(OpenSealed { data, offset_index });
+        Ok(true)
+    }
+
+    /// Drops a sealed segment's mappings (readers holding `Bytes` keep theirs alive).
+    pub fn close_mappings(&mut self) {
+        if let State::Sealed(open) = &mut self.state {
+            *open = None;
+        }
+    }
+
+    fn view(&self) -> Option<(&Bytes, &IndexFile)> {
+        match &self.state {
+            State::Active(a) => Some((&a.data, &a.offset_index)),
+            State::Sealed(Some(s)) => Some((&s.data, &s.offset_index)),
+            State::Sealed(None) => None,
+        }
+    }
+
+    /// Whether an append of `bytes` more must go to a new segment instead.
+    pub fn needs_roll(&self, bytes: u64, config: &LogConfig, now_ms: i64) -> bool {
+        let State::Active(active) = &self.state else {
+            return true;
+        };
+        if self.size_bytes == 0 {
+            return false;
+        }
+        let too_big = self.size_bytes + bytes > config.segment_bytes;
+        // Keep one time-index slot for the closing entry written on seal.
+        let index_full = active.offset_index.len() + 1
+            >= (config.index_max_bytes as usize / OFFSET_ENTRY_BYTES)
+            || active.time_index.len() + 2 >= (config.index_max_bytes as usize / TIME_ENTRY_BYTES);
+        let too_old = self
+            .first_append_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) >= config.segment_ms as i64);
+        // Relative offsets are u32: leave room for one more batch of up to i32::MAX records.
+        let offsets_exhausted = self.next_offset - self.base_offset > u64::from(u32::MAX / 2);
+        too_big || index_full || too_old || offsets_exhausted
+    }
+
+    /// Writes already-validated batches at the end of the active segment. `batches` gives, for
+    /// each batch, its byte range in `input`, assigned base and last offset, and max timestamp.
+    /// Base offsets and leader epochs are written from `headers` (12 + 4 bytes per batch) so the
+    /// producer's bytes are written as they are, in one vectored write and without a copy.
+    pub fn append(
+        &mut self,
+        input: &Bytes,
+        batches: &[AppendBatch],
+        config: &LogConfig,
+        now_ms: i64,
+    ) -> Result<()> {
+        let path = self.path();
+        let State::Active(active) = &mut self.state else {
+            return Err(Error::CorruptLog {
+                path,
+                reason: "append to a sealed segment".into(),
+            });
+        };
+        let total: u64 = batches.iter().map(|b| b.range.len() as u64).sum();
+        let end = self.size_bytes + total;
+        if end > active.allocated_bytes {
+            let step = config.preallocate_bytes;
+            let target = end.div_ceil(step) * step;
+            preallocate(
+                &active.file,
+                active.allocated_bytes,
+                target - active.allocated_bytes,
+                &path,
+            )?;
+            active.allocated_bytes = target;
+            active.data = map_bytes(&active.file, &path)?;
+        }
+        let mut slices = Vec::with_capacity(batches.len() * 3);
+        for batch in batches {
+            slices.push(IoSlice::new(&batch.header[..12]));
+            slices.push(IoSlice::new(&batch.header[12..16]));
+            slices.push(IoSlice::new(
+                &input[batch.range.start + 16..batch.range.end],
+            ));
+        }
+        write_all_vectored_at(&active.file, &mut slices, self.size_bytes)
+            .context("write segment", &path)?;
+        let mut position = self.size_bytes;
+        for batch in batches {
+            let relative = (batch.base_offset - self.base_offset) as u32;
+            if let Some((o, t)) = active.indexer.before_batch(relative, position as u32) {
+                active.offset_index.push(&o);
+                active.time_index.push(&t);
+            }
+            active
+                .indexer
+                .after_batch(batch.range.len() as u64, batch.max_timestamp);
+            position += batch.range.len() as u64;
+        }
+        debug_assert_eq!(position, end);
+        self.size_bytes = end;
+        self.first_append_ms.get_or_insert(now_ms);
+        self.next_offset = batches
+            .last()
+            .map_or(self.next_offset, |b| b.last_offset + 1);
+        self.max_timestamp = active.indexer.max_timestamp;
+        Ok(())
+    }
+
+    /// fdatasync of the active data file.
+    pub fn sync(&self) -> Result<()> {
+        if let State::Active(active) = &self.state {
+            active
+                .file
+                .sync_data()
+                .context("sync segment", &self.path())?;
+        }
+        Ok(())
+    }
+
+    /// Syncs, writes the closing time-index entry, trims data and index files, and turns the
+    /// segment read-only. The segment's own mapping is dropped before the data file is shortened.
+    pub fn seal(&mut self) -> Result<()> {
+        let path = self.path();
+        let State::Active(active) = &mut self.state else {
+            return Ok(());
+        };
+        active.file.sync_data().context("sync segment", &path)?;
+        if self.size_bytes > 0 {
+            let pushed = active.time_index.push(&time_entry(
+                self.max_timestamp,
+                (self.next_offset - self.base_offset) as u32,
+            ));
+            debug_assert!(pushed, "needs_roll keeps a slot for the closing time entry");
+        }
+        active.offset_index.seal()?;
+        active.time_index.seal()?;
+        active.data = Bytes::new();
+        active
+            .file
+            .set_len(self.size_bytes)
+            .context("trim segment", &path)?;
+        active.file.sync_all().context("sync segment", &path)?;
+        self.state = State::Sealed(None);
+        Ok(())
+    }
+
+    /// Finds the batch containing `offset` (or the first batch after it): its position, base
+    /// offset and size. `None` if the segment holds nothing at or after `offset`.
+    pub fn locate(&self, offset: u64) -> Option<(usize, u64, usize)> {
+        let (data, index) = self.view()?;
+        let relative = offset
+            .saturating_sub(self.base_offset)
+            .min(u64::from(u32::MAX)) as i64;
+        let start = index
+            .last_at_or_below(relative, |e| i64::from(read_offset_entry(e).0))
+            .map_or(0, |i| read_offset_entry(index.entry(i)).1 as usize);
+        let mut position = start;
+        let end = self.size_bytes as usize;
+        while position + BATCH_HEADER_BYTES <= end {
+            let header = &data[position..position + BATCH_HEADER_BYTES];
+            let (base, size) = peek_offset_and_size(header)?;
+            if header_last_offset(header) >= offset {
+                return Some((position, base as u64, size as usize));
+            }
+            position += size as usize;
+        }
+        None
+    }
+
+    /// Whole batches starting with the one containing `offset`, up to `max_bytes` (but at least
+    /// one batch), as a zero-copy slice of the mapping.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Option<Bytes> {
+        let (start, _, first_size) = self.locate(offset)?;
+        let (data, _) = self.view()?;
+        let end_limit = self.size_bytes as usize;
+        let mut end = start + first_size;
+        while end + BATCH_HEADER_BYTES <= end_limit {
+            let (_, size) = peek_offset_and_size(&data[end..])?;
+            if end + size as usize - start > max_bytes {
+                break;
+            }
+            end += size as usize;
+        }
+        debug_assert!(end <= end_limit);
+        Some(data.slice(start..end))
+    }
+
+    /// The whole batch starting at `position`, if one does (for timestamp lookups).
+    pub fn batch_at(&self, position: usize) -> Option<Bytes> {
+        let (data, _) = self.view()?;
+        let (_, size) = peek_offset_and_size(data.get(position..self.size_bytes as usize)?)?;
+        Some(data.slice(position..position + size as usize))
+    }
+
+    /// Removes every batch from the one containing `offset` on: zeroes those bytes in place
+    /// (never shortening a mapped file), makes the segment active again, and rebuilds its indexes.
+    pub fn truncate_to(&mut self, offset: u64, config: &LogConfig) -> Result<()> {
+        let Some((position, base, _)) = self.locate(offset) else {
+            return Ok(());
+        };
+        debug_assert!(base >= self.base_offset);
+        let path = self.path();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .context("open segment", &path)?;
+        let zeros = vec![0u8; 64 << 10];
+        let mut at = position as u64;
+        while at < self.size_bytes {
+            let n = (self.size_bytes - at).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], at)
+                .context("zero truncated segment tail", &path)?;
+            at += n as u64;
+        }
+        file.sync_data().context("sync segment", &path)?;
+        let data = map_bytes(&file, &path)?;
+        let scan = scan(&data.slice(..position), self.base_offset, config);
+        drop(data);
+        debug_assert_eq!(scan.valid_bytes, position as u64);
+        self.state = State::Sealed(None);
+        *self = Self::activate(&self.dir.clone(), self.base_offset, file, scan, config)?;
+        Ok(())
+    }
+
+    /// An offset at or before the first record with a timestamp >= `timestamp` (time index lookup).
+    pub fn time_index_floor(&self, timestamp: i64) -> Result<u64> {
+        let time_index = match &self.state {
+            State::Active(active) => return Ok(self.floor_in(&active.time_index, timestamp)),
+            State::Sealed(_) => IndexFile::open_sealed(
+                &time_index_path(&self.dir, self.base_offset),
+                TIME_ENTRY_BYTES,
+            )?,
+        };
+        Ok(time_index.map_or(self.base_offset, |index| self.floor_in(&index, timestamp)))
+    }
+
+    fn floor_in(&self, index: &IndexFile, timestamp: i64) -> u64 {
+        // Entries say "all batches before offset o have timestamps <= t": the last entry with
+        // t < timestamp is a safe place to start looking for the first timestamp >= `timestamp`.
+        index
+            .last_at_or_below(timestamp.saturating_sub(1), |e| read_time_entry(e).0)
+            .map_or(self.base_offset, |i| {
+                self.base_offset + u64::from(read_time_entry(index.entry(i)).1)
+            })
+    }
+
+    /// Deletes the segment's files. Mappings held by readers stay valid (the inode lives on).
+    pub fn delete_files(self) -> Result<()> {
+        for path in [
+            self.path(),
+            index_path(&self.dir, self.base_offset),
+            time_index_path(&self.dir, self.base_offset),
+        ] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("delete segment file", &path, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One batch of an append, after validation.
+#[derive(Debug, Clone)]
+pub(crate) struct AppendBatch {
+    pub range: std::ops::Range<usize>,
+    /// The batch's first 16 bytes as they will be stored: base offset, length, leader epoch.
+    pub header: [u8; 16],
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub max_timestamp: i64,
+}
+
+fn preallocate(file: &File, offset: u64, len: u64, path: &Path) -> Result<()> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len) {
+        Ok(()) => Ok(()),
+        // Filesystems without fallocate: extend the file (sparse) instead.
+        Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {
+            file.set_len(offset + len).context("extend segment", path)
+        }
+        Err(e) => Err(Error::io("preallocate segment", path, e.into())),
+    }
+}
+
+/// `pwritev` until every slice is written.
+fn write_all_vectored_at(
+    file: &File,
+    mut slices: &mut [IoSlice<'_>],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match rustix::io::pwritev(file, slices, offset) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "pwritev wrote nothing",
+                ))
+            }
+            Ok(n) => {
+                offset += n as u64;
+                IoSlice::advance_slices(&mut slices, n);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

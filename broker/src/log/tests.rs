@@ -1,0 +1,393 @@
+//! Behaviour of `Log`: append/read, roll, retention, truncation, timestamp lookup, reopen.
+
+use bytes::Bytes;
+use rill_protocol::batch::{batches, RecordBatch, RecordBatchBuilder};
+
+use super::*;
+use crate::Error;
+
+fn batch(records: usize, value_bytes: usize, timestamp: i64) -> Bytes {
+    let mut builder = RecordBatchBuilder::new();
+    for i in 0..records {
+        let value = vec![(i % 251) as u8; value_bytes];
+        builder.append(
+            timestamp + i as i64,
+            Some(format!("k{i}").as_bytes()),
+            Some(&value),
+            &[],
+        );
+    }
+    builder.build()
+}
+
+fn small_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 8 * 1024,
+        index_interval_bytes: 512,
+        preallocate_bytes: 4096,
+        retention_ms: None,
+        flush: FlushPolicy::Os,
+        open_sealed_segments_max: 2,
+        ..LogConfig::default()
+    }
+}
+
+/// Reads the whole log from the start, returning every batch.
+fn read_all(log: &mut Log) -> Vec<RecordBatch> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let bytes = log.read(offset, 4096).unwrap();
+        assert!(
+            !bytes.is_empty(),
+            "read at {offset} returned nothing before the log end"
+        );
+        for b in batches(bytes) {
+            let b = b.unwrap();
+            b.validate().unwrap();
+            offset = b.last_offset() as u64 + 1;
+            out.push(b);
+        }
+    }
+    out
+}
+
+#[test]
+fn append_assigns_dense_offsets_and_read_returns_whole_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    for i in 0..10 {
+        let info = log.append(&batch(3, 10, 1000), 7).unwrap();
+        assert_eq!((info.base_offset, info.last_offset), (i * 3, i * 3 + 2));
+    }
+    assert_eq!(log.log_end_offset(), 30);
+    let all = read_all(&mut log);
+    assert_eq!(all.len(), 10);
+    assert!(all.iter().all(|b| b.partition_leader_epoch() == 7));
+    // A read from an offset inside a batch starts at that batch.
+    let first = batches(log.read(4, 1).unwrap()).next().unwrap().unwrap();
+    assert_eq!(first.base_offset(), 3);
+    assert_eq!(
+        log.read(30, 1000).unwrap().len(),
+        0,
+        "reading at the end is empty, not an error"
+    );
+    assert!(matches!(
+        log.read(31, 1000),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn reads_are_slices_of_the_mapping_and_at_least_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    log.append(&batch(2, 100, 0), 0).unwrap();
+    log.append(&batch(2, 100, 0), 0).unwrap();
+    let a = log.read(0, 10).unwrap();
+    let b = log.read(0, 10).unwrap();
+    assert_eq!(
+        a.as_ptr(),
+        b.as_ptr(),
+        "two reads share the mapping: nothing was copied"
+    );
+    assert_eq!(
+        batches(a).count(),
+        1,
+        "max_bytes below one batch still returns one batch"
+    );
+    assert_eq!(batches(log.read(0, 1 << 20).unwrap()).count(), 2);
+}
+
+#[test]
+fn invalid_batches_are_rejected_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        max_batch_bytes: 2000,
+        ..small_config()
+    };
+    let mut log = Log::open(dir.path(), config).unwrap();
+    let mut corrupt = batch(2, 10, 0).to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    let good = batch(1, 10, 0);
+    let mut mixed = good.to_vec();
+    mixed.extend_from_slice(&corrupt);
+    assert!(matches!(
+        log.append(&Bytes::from(corrupt), 0),
+        Err(Error::InvalidBatch(_))
+    ));
+    assert!(
+        matches!(
+            log.append(&Bytes::from(mixed), 0),
+            Err(Error::InvalidBatch(_))
+        ),
+        "all or nothing"
+    );
+    assert!(matches!(
+        log.append(&batch(1, 3000, 0), 0),
+        Err(Error::BatchTooLarge { .. })
+    ));
+    assert!(matches!(
+        log.append(&Bytes::from_static(&[1, 2, 3]), 0),
+        Err(Error::InvalidBatch(_))
+    ));
+    assert!(matches!(
+        log.append(&Bytes::new(), 0),
+        Err(Error::InvalidBatch(_))
+    ));
+    assert_eq!(log.log_end_offset(), 0);
+    assert_eq!(log.size_bytes(), 0);
+}
+
+#[test]
+fn several_batches_in_one_append_get_consecutive_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    let mut input = batch(2, 5, 0).to_vec();
+    input.extend_from_slice(&batch(3, 5, 0));
+    let info = log.append(&Bytes::from(input), 0).unwrap();
+    assert_eq!(
+        (info.base_offset, info.last_offset, info.batches),
+        (0, 4, 2)
+    );
+    let bases: Vec<i64> = read_all(&mut log).iter().map(|b| b.base_offset()).collect();
+    assert_eq!(bases, vec![0, 2]);
+}
+
+#[test]
+fn rolls_by_size_and_reads_across_segments_within_the_mapping_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    for _ in 0..100 {
+        log.append(&batch(4, 60, 0), 0).unwrap();
+    }
+    assert!(
+        log.segment_count() > 3,
+        "8 KiB segments must have rolled: {}",
+        log.segment_count()
+    );
+    let all = read_all(&mut log);
+    assert_eq!(all.len(), 100);
+    assert!(
+        log.open_sealed_segments() <= 2,
+        "open sealed segments stay within the limit"
+    );
+    // Sealed segments are trimmed to their data.
+    let sealed = dir.path().join(format!("{:020}.log", 0));
+    assert!(std::fs::metadata(sealed).unwrap().len() <= 8 * 1024);
+}
+
+#[test]
+fn rolls_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_ms: 1000,
+        segment_bytes: 1 << 20,
+        ..small_config()
+    };
+    let mut log = Log::open(dir.path(), config).unwrap();
+    log.append_at(&batch(1, 10, 5_000), 0, 5_000).unwrap();
+    log.append_at(&batch(1, 10, 5_500), 0, 5_500).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    log.append_at(&batch(1, 10, 6_000), 0, 6_000).unwrap();
+    assert_eq!(
+        log.segment_count(),
+        2,
+        "the first batch is 1000 ms old: roll"
+    );
+    assert!(!log.roll_if_due(6_500).unwrap());
+    assert!(log.roll_if_due(7_000).unwrap());
+    assert_eq!(log.segment_count(), 3);
+}
+
+#[test]
+fn retention_by_size_and_time_deletes_whole_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    for i in 0..60 {
+        log.append(&batch(4, 60, i * 1000), 0).unwrap();
+    }
+    let segments = log.segment_count();
+    let before = log.size_bytes();
+    log.set_config(LogConfig {
+        retention_bytes: Some(before / 2),
+        ..small_config()
+    })
+    .unwrap();
+    let outcome = log.enforce_retention(0).unwrap();
+    assert!(outcome.deleted_segments > 0);
+    assert!(
+        log.size_bytes() >= before / 2,
+        "never below the retention size"
+    );
+    assert!(log.log_start_offset() > 0);
+    assert!(matches!(
+        log.read(0, 100),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(
+        read_all(&mut log).last().unwrap().last_offset() as u64 + 1,
+        log.log_end_offset()
+    );
+    assert!(!dir.path().join(format!("{:020}.log", 0)).exists());
+
+    log.set_config(LogConfig {
+        retention_ms: Some(1000),
+        ..small_config()
+    })
+    .unwrap();
+    // Timestamps reach 60 * 1000 + 3: at "now" = 1e9 every sealed segment is old, the active one stays.
+    log.enforce_retention(1_000_000_000).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    assert!(segments > 1);
+    assert_eq!(log.log_end_offset(), 240);
+}
+
+#[test]
+fn truncate_within_active_and_into_sealed_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 4096,
+            ..small_config()
+        },
+    )
+    .unwrap();
+    for _ in 0..50 {
+        log.append(&batch(2, 100, 0), 0).unwrap();
+    }
+    let end = log.log_end_offset();
+    assert_eq!(
+        log.truncate_to(end - 1).unwrap(),
+        end - 2,
+        "rounded down to the batch start"
+    );
+    assert!(log.segment_count() > 2);
+    assert_eq!(log.truncate_to(21).unwrap(), 20);
+    assert_eq!(log.log_end_offset(), 20);
+    let info = log.append(&batch(2, 100, 0), 0).unwrap();
+    assert_eq!(info.base_offset, 20);
+    assert_eq!(read_all(&mut log).len(), 11);
+    drop(log);
+    let mut reopened = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(
+        reopened.log_end_offset(),
+        22,
+        "truncated data does not come back after reopen"
+    );
+    assert_eq!(read_all(&mut reopened).len(), 11);
+    assert_eq!(reopened.truncate_to(0).unwrap(), 0);
+    assert_eq!(reopened.log_end_offset(), 0);
+    assert_eq!(reopened.append(&batch(1, 1, 0), 0).unwrap().base_offset, 0);
+}
+
+#[test]
+fn timestamp_lookup_finds_the_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 4096,
+        ..small_config()
+    };
+    let mut log = Log::open(dir.path(), config.clone()).unwrap();
+    // Batch i holds records with timestamps 10_000 + 100 i + {0, 1, 2, 3}.
+    for i in 0..80 {
+        log.append(&batch(4, 50, 10_000 + 100 * i), 0).unwrap();
+    }
+    assert!(log.segment_count() > 3);
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 10_000)));
+    assert_eq!(log.offset_for_timestamp(10_002).unwrap(), Some((2, 10_002)));
+    assert_eq!(log.offset_for_timestamp(10_004).unwrap(), Some((4, 10_100)));
+    assert_eq!(
+        log.offset_for_timestamp(15_001).unwrap(),
+        Some((201, 15_001))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(17_903).unwrap(),
+        Some((319, 17_903))
+    );
+    assert_eq!(log.offset_for_timestamp(17_904).unwrap(), None);
+    // Still right after a reopen, when sealed segments are known from their indexes only.
+    drop(log);
+    let mut log = Log::open(dir.path(), config).unwrap();
+    assert_eq!(
+        log.offset_for_timestamp(15_001).unwrap(),
+        Some((201, 15_001))
+    );
+}
+
+#[test]
+fn reopen_after_clean_close_gives_the_same_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    for i in 0..40 {
+        log.append(&batch(3, 80, i), 1).unwrap();
+    }
+    let before: Vec<Bytes> = read_all(&mut log)
+        .into_iter()
+        .map(RecordBatch::into_bytes)
+        .collect();
+    let (start, end, size) = (
+        log.log_start_offset(),
+        log.log_end_offset(),
+        log.size_bytes(),
+    );
+    log.close().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(
+        (
+            log.log_start_offset(),
+            log.log_end_offset(),
+            log.size_bytes()
+        ),
+        (start, end, size)
+    );
+    let report = log.recovery_report().clone();
+    assert_eq!(report.truncated_bytes, 0);
+    assert_eq!(
+        report.scanned_segments, 1,
+        "only the active segment is scanned after a clean close"
+    );
+    let after: Vec<Bytes> = read_all(&mut log)
+        .into_iter()
+        .map(RecordBatch::into_bytes)
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(log.append(&batch(1, 1, 0), 0).unwrap().base_offset, end);
+}
+
+#[test]
+fn flush_policies_track_the_flushed_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(
+        dir.path(),
+        LogConfig {
+            flush: FlushPolicy::Always,
+            ..small_config()
+        },
+    )
+    .unwrap();
+    log.append(&batch(2, 10, 0), 0).unwrap();
+    assert_eq!(
+        log.flushed_offset(),
+        2,
+        "always: flushed before append returns"
+    );
+    drop(log);
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(
+        dir.path(),
+        LogConfig {
+            flush: FlushPolicy::Interval {
+                interval_ms: 60_000,
+            },
+            ..small_config()
+        },
+    )
+    .unwrap();
+    log.append(&batch(2, 10, 0), 0).unwrap();
+    assert_eq!(log.flushed_offset(), 0, "interval: not yet due");
+    assert!(!log.flush_if_due().unwrap());
+    assert_eq!(log.flush().unwrap(), 2);
+}
