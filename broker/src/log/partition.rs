@@ -553,10 +553,10 @@ impl Log {
         Ok(true)
     }
 
-    /// Flushes and records the recovery point; the log can be reopened without a tail scan
-    /// beyond the active segment.
+    /// Flushes, trims the active segment's preallocated tail, and records the recovery point.
     pub fn close(mut self) -> Result<()> {
         self.flush()?;
+        self.active_mut()?.trim()?;
         self.write_recovery_point()
     }
 

@@ -607,6 +607,27 @@ impl Segment {
         Ok(())
     }
 
+    /// Syncs and trims the active segment's preallocated tail (clean shutdown). The segment's own
+    /// mapping is dropped first; it stays active for appends, which preallocate again.
+    pub fn trim(&mut self) -> Result<()> {
+        let path = self.path();
+        let State::Active(active) = &mut self.state else {
+            return Ok(());
+        };
+        active.file.sync_data().context("sync segment", &path)?;
+        if active.allocated_bytes > self.size_bytes {
+            active.data = Bytes::new();
+            active
+                .file
+                .set_len(self.size_bytes)
+                .context("trim segment", &path)?;
+            active.file.sync_all().context("sync segment", &path)?;
+            active.allocated_bytes = self.size_bytes;
+            active.data = map_bytes(&active.file, &path)?;
+        }
+        Ok(())
+    }
+
     /// Finds the batch containing `offset` (or the first batch after it): its position, base
     /// offset and size. `None` if the segment holds nothing at or after `offset`.
     pub fn locate(&self, offset: u64) -> Option<(usize, u64, usize)> {

@@ -1,0 +1,103 @@
+//! Shared helpers for the end-to-end tests: batch builders, log capture, a small PRNG, and
+//! `eventually` (poll a condition with a deadline instead of sleeping).
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rill_protocol::batch::RecordBatchBuilder;
+
+/// A batch of `records` records whose values are `value_bytes` copies of `tag`.
+pub fn batch(records: usize, value_bytes: usize, timestamp: i64, tag: u8) -> Bytes {
+    let mut builder = RecordBatchBuilder::new();
+    let value = vec![tag; value_bytes];
+    for i in 0..records {
+        builder.append(
+            timestamp + i as i64,
+            Some(format!("key-{i}").as_bytes()),
+            Some(&value),
+            &[],
+        );
+    }
+    builder.build()
+}
+
+/// xorshift64*: deterministic pseudo-random numbers for reproducible tests.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+
+    /// A seed from the clock, printed so a failing run can be repeated with `RILL_TEST_SEED`.
+    pub fn from_env_or_time(test: &str) -> Self {
+        let seed = std::env::var("RILL_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        eprintln!("{test}: RILL_TEST_SEED={seed}");
+        Rng::new(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `[low, high)`.
+    pub fn range(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next_u64() % (high - low)
+    }
+}
+
+/// Collects everything `tracing` writes while `f` runs, and returns it with `f`'s result.
+pub fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    let result = tracing::subscriber::with_default(subscriber, f);
+    let text =
+        String::from_utf8_lossy(&sink.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    (result, text)
+}
+
+/// Polls `condition` until it holds or `deadline` passes; panics with `what` on timeout.
+pub fn eventually(deadline: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    while !condition() {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
