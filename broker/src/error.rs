@@ -11,7 +11,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file operation failed; `context` says which file and what the broker was doing.
-    #[error("{context}: {source}")]
+    #[error("{context} {}: {source}", path.display())]
     Io {
         context: String,
         path: PathBuf,
@@ -74,6 +74,6 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn context(self, what: &str, path: &std::path::Path) -> Result<T> {
-        self.map_err(|e| Error::io(format!("{what} {}", path.display()), path, e))
+        self.map_err(|e| Error::io(what, path, e))
     }
 }

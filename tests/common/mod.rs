@@ -101,3 +101,40 @@ pub fn eventually(deadline: Duration, what: &str, mut condition: impl FnMut() ->
         pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
+
+/// Path of the `rill-broker` binary, built on first use. `cargo test` builds only the binaries of
+/// packages that have their own integration tests, so the root package's tests build it here
+/// (a no-op when it is fresh). Uses the same profile as the running test.
+pub fn broker_binary() -> std::path::PathBuf {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(|p| p.parent())
+            .expect("target/<profile> directory")
+            .to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = std::process::Command::new(cargo);
+        command.args([
+            "build",
+            "--quiet",
+            "-p",
+            "rill-broker",
+            "--bin",
+            "rill-broker",
+        ]);
+        if release {
+            command.arg("--release");
+        }
+        let status = command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building rill-broker failed");
+        profile_dir.join("rill-broker")
+    })
+    .clone()
+}

@@ -22,10 +22,12 @@
 
 pub mod config;
 pub(crate) mod index;
+pub mod manager;
 pub mod partition;
 pub(crate) mod segment;
 
 pub use config::{FlushPolicy, LogConfig};
+pub use manager::{LogManager, TopicPartition};
 pub use partition::{
     now_ms, AppendInfo, Log, RecoveryReport, RetentionOutcome, RECOVERY_POINT_FILE,
 };
