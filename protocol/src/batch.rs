@@ -36,6 +36,8 @@
 //! assert_eq!(record.value.as_deref(), Some(&b"clicked"[..]));
 //! ```
 
+use std::ops::Range;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::ProtocolError;
@@ -411,19 +413,7 @@ impl RecordBatch {
             });
         }
         if self.compression()? == Compression::None {
-            let mut records = self.records()?;
-            for (i, record) in records.by_ref().enumerate() {
-                let record = record?;
-                if record.offset != self.base_offset() as u64 + i as u64 {
-                    return Err(ProtocolError::invalid(
-                        "record",
-                        format!(
-                            "offset delta of record {i} is {}",
-                            record.offset as i64 - self.base_offset()
-                        ),
-                    ));
-                }
-            }
+            check_records(&self.bytes[BATCH_HEADER_BYTES..], self.record_count())?;
         }
         Ok(())
     }
@@ -449,6 +439,7 @@ impl RecordBatch {
 /// including bytes left over after the declared record count.
 #[derive(Debug)]
 pub struct Records {
+    /// The batch's records region; keys and values are sliced out of it without copying.
     rest: Bytes,
     remaining: u32,
     base_offset: i64,
@@ -486,68 +477,99 @@ impl Iterator for Records {
 
 impl Records {
     fn read_record(&mut self) -> Result<Record, ProtocolError> {
-        let mut cursor: &[u8] = &self.rest;
-        let length = get_varint(&mut cursor)?;
-        let header_len = self.rest.len() - cursor.len();
-        if length < 1 || length as usize > cursor.len() {
-            return Err(ProtocolError::invalid(
-                "record",
-                format!(
-                    "length {length} with {} bytes left in the batch",
-                    cursor.len()
-                ),
-            ));
-        }
-        self.rest.advance(header_len);
-        let body = self.rest.split_to(length as usize);
-        let mut cursor: &[u8] = &body;
-        let _attributes = cursor[0];
-        cursor = &cursor[1..];
-        let timestamp_delta = get_varlong(&mut cursor)?;
-        let offset_delta = get_varint(&mut cursor)?;
-        let key = take_opt_bytes(&body, &mut cursor, "record key")?;
-        let value = take_opt_bytes(&body, &mut cursor, "record value")?;
-        let header_count = get_varint(&mut cursor)?;
-        // Each header takes at least two bytes: a bound that needs no trust in the count.
-        if header_count < 0 || header_count as usize > cursor.len() / 2 {
-            return Err(ProtocolError::invalid(
-                "record",
-                format!(
-                    "header count {header_count} with {} bytes left",
-                    cursor.len()
-                ),
-            ));
-        }
-        let mut headers = Vec::with_capacity(header_count as usize);
-        for _ in 0..header_count {
-            let key = take_opt_bytes(&body, &mut cursor, "header key")?
-                .ok_or_else(|| ProtocolError::invalid("record header", "null header key"))?;
-            let value = take_opt_bytes(&body, &mut cursor, "header value")?;
-            headers.push(Header { key, value });
-        }
-        if !cursor.is_empty() {
-            return Err(ProtocolError::TrailingBytes {
-                what: "record",
-                trailing: cursor.len(),
+        let rest = self.rest.clone();
+        let mut headers = Vec::new();
+        let (raw, used) = parse_record(&rest, |key, value| {
+            headers.push(Header {
+                key: rest.slice(key),
+                value: value.map(|v| rest.slice(v)),
             });
-        }
-        Ok(Record {
-            offset: (self.base_offset + i64::from(offset_delta)) as u64,
-            timestamp: self.base_timestamp.wrapping_add(timestamp_delta),
-            key,
-            value,
+        })?;
+        let record = Record {
+            offset: (self.base_offset + i64::from(raw.offset_delta)) as u64,
+            timestamp: self.base_timestamp.wrapping_add(raw.timestamp_delta),
+            key: raw.key.map(|r| rest.slice(r)),
+            value: raw.value.map(|r| rest.slice(r)),
             headers,
-        })
+        };
+        self.rest.advance(used);
+        Ok(record)
     }
 }
 
-/// Reads a varint length and that many bytes from `cursor`, returning them as a zero-copy slice of
-/// `body` (which `cursor` points into).
-fn take_opt_bytes(
-    body: &Bytes,
+/// One record's fields as byte ranges of the buffer it was parsed from.
+struct RawRecord {
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<Range<usize>>,
+    value: Option<Range<usize>>,
+}
+
+/// Parses the record at the front of `buf` without allocating: returns its fields as ranges of
+/// `buf` and the bytes it occupies; `on_header` sees each header's key and value ranges.
+fn parse_record(
+    buf: &[u8],
+    mut on_header: impl FnMut(Range<usize>, Option<Range<usize>>),
+) -> Result<(RawRecord, usize), ProtocolError> {
+    let mut cursor = buf;
+    let length = get_varint(&mut cursor)?;
+    if length < 1 || length as usize > cursor.len() {
+        return Err(ProtocolError::invalid(
+            "record",
+            format!(
+                "length {length} with {} bytes left in the batch",
+                cursor.len()
+            ),
+        ));
+    }
+    let end = buf.len() - cursor.len() + length as usize;
+    let mut cursor = &buf[buf.len() - cursor.len() + 1..end]; // skip the attributes byte
+    let at = |cursor: &[u8]| end - cursor.len();
+    let timestamp_delta = get_varlong(&mut cursor)?;
+    let offset_delta = get_varint(&mut cursor)?;
+    let key = take_range(&mut cursor, at, "record key")?;
+    let value = take_range(&mut cursor, at, "record value")?;
+    let header_count = get_varint(&mut cursor)?;
+    // Each header takes at least two bytes: a bound that needs no trust in the count.
+    if header_count < 0 || header_count as usize > cursor.len() / 2 {
+        return Err(ProtocolError::invalid(
+            "record",
+            format!(
+                "header count {header_count} with {} bytes left",
+                cursor.len()
+            ),
+        ));
+    }
+    for _ in 0..header_count {
+        let key = take_range(&mut cursor, at, "header key")?
+            .ok_or_else(|| ProtocolError::invalid("record header", "null header key"))?;
+        let value = take_range(&mut cursor, at, "header value")?;
+        on_header(key, value);
+    }
+    if !cursor.is_empty() {
+        return Err(ProtocolError::TrailingBytes {
+            what: "record",
+            trailing: cursor.len(),
+        });
+    }
+    Ok((
+        RawRecord {
+            timestamp_delta,
+            offset_delta,
+            key,
+            value,
+        },
+        end,
+    ))
+}
+
+/// Reads a varint length (-1 = null) and skips that many bytes, returning their range; `at`
+/// turns the cursor into a position in the buffer being parsed.
+fn take_range(
     cursor: &mut &[u8],
+    at: impl Fn(&[u8]) -> usize,
     what: &'static str,
-) -> Result<Option<Bytes>, ProtocolError> {
+) -> Result<Option<Range<usize>>, ProtocolError> {
     let len = get_varint(cursor)?;
     if len == -1 {
         return Ok(None);
@@ -558,10 +580,32 @@ fn take_opt_bytes(
             format!("length {len} with {} bytes left", cursor.len()),
         ));
     }
-    let start = body.len() - cursor.len();
-    let slice = body.slice(start..start + len as usize);
+    let start = at(cursor);
     *cursor = &cursor[len as usize..];
-    Ok(Some(slice))
+    Ok(Some(start..start + len as usize))
+}
+
+/// Checks the structure of every record of an uncompressed batch, and that offset deltas run
+/// 0, 1, 2, ... — on plain slices, without creating a `Bytes` per field.
+fn check_records(records: &[u8], count: i32) -> Result<(), ProtocolError> {
+    let mut position = 0;
+    for i in 0..count {
+        let (raw, used) = parse_record(&records[position..], |_, _| {})?;
+        if raw.offset_delta != i {
+            return Err(ProtocolError::invalid(
+                "record",
+                format!("record {i} has offset delta {}", raw.offset_delta),
+            ));
+        }
+        position += used;
+    }
+    if position != records.len() {
+        return Err(ProtocolError::TrailingBytes {
+            what: "records",
+            trailing: records.len() - position,
+        });
+    }
+    Ok(())
 }
 
 /// Iterates the batches of a buffer holding several concatenated batches (a fetch response or a
