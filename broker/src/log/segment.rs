@@ -206,6 +206,21 @@ struct OpenSealed {
     offset_index: IndexFile,
 }
 
+impl ActiveState {
+    /// Drops the segment's own mapping, then shortens the file to `size_bytes` (only bytes past
+    /// the valid end, which no reader holds) and syncs data and length. The one place a data file
+    /// is shortened while the broker runs.
+    fn cut_to(&mut self, size_bytes: u64, path: &Path) -> Result<()> {
+        self.data = Bytes::new();
+        self.file
+            .set_len(size_bytes)
+            .context("trim segment", path)?;
+        self.file.sync_all().context("sync segment", path)?;
+        self.allocated_bytes = size_bytes;
+        Ok(())
+    }
+}
+
 enum State {
     Active(ActiveState),
     Sealed(Option<OpenSealed>),
@@ -580,14 +595,13 @@ impl Segment {
         Ok(())
     }
 
-    /// Syncs, writes the closing time-index entry, trims data and index files, and turns the
-    /// segment read-only. The segment's own mapping is dropped before the data file is shortened.
+    /// Writes the closing time-index entry, trims data and index files, syncs, and turns the
+    /// segment read-only.
     pub fn seal(&mut self) -> Result<()> {
         let path = self.path();
         let State::Active(active) = &mut self.state else {
             return Ok(());
         };
-        active.file.sync_data().context("sync segment", &path)?;
         if self.size_bytes > 0 {
             let pushed = active.time_index.push(&time_entry(
                 self.max_timestamp,
@@ -597,34 +611,23 @@ impl Segment {
         }
         active.offset_index.seal()?;
         active.time_index.seal()?;
-        active.data = Bytes::new();
-        active
-            .file
-            .set_len(self.size_bytes)
-            .context("trim segment", &path)?;
-        active.file.sync_all().context("sync segment", &path)?;
+        active.cut_to(self.size_bytes, &path)?;
         self.state = State::Sealed(None);
         Ok(())
     }
 
-    /// Syncs and trims the active segment's preallocated tail (clean shutdown). The segment's own
-    /// mapping is dropped first; it stays active for appends, which preallocate again.
+    /// Syncs and trims the active segment's preallocated tail (clean shutdown); it stays active,
+    /// and the next append preallocates again.
     pub fn trim(&mut self) -> Result<()> {
         let path = self.path();
         let State::Active(active) = &mut self.state else {
             return Ok(());
         };
-        active.file.sync_data().context("sync segment", &path)?;
-        if active.allocated_bytes > self.size_bytes {
-            active.data = Bytes::new();
-            active
-                .file
-                .set_len(self.size_bytes)
-                .context("trim segment", &path)?;
-            active.file.sync_all().context("sync segment", &path)?;
-            active.allocated_bytes = self.size_bytes;
-            active.data = map_bytes(&active.file, &path)?;
+        if active.allocated_bytes == self.size_bytes {
+            return active.file.sync_data().context("sync segment", &path);
         }
+        active.cut_to(self.size_bytes, &path)?;
+        active.data = map_bytes(&active.file, &path)?;
         Ok(())
     }
 
