@@ -125,13 +125,7 @@ impl Log {
             segments.insert(base, segment);
             if cut_short && !last {
                 for &later in &bases[i + 1..] {
-                    let doomed = Segment::recover(dir, later, &config, false).map(|l| l.segment);
-                    match doomed {
-                        Ok(segment) => segment.delete_files()?,
-                        Err(e) => {
-                            tracing::warn!(dir = %dir.display(), segment = later, "could not load segment after a cut: {e}")
-                        }
-                    }
+                    Segment::delete_files_of(dir, later)?;
                     report.deleted_segments += 1;
                 }
                 tracing::warn!(dir = %dir.display(), deleted = bases.len() - i - 1, "deleted segments after a cut segment: their offsets no longer follow on");

@@ -734,11 +734,17 @@ impl Segment {
 
     /// Deletes the segment's files. Mappings held by readers stay valid (the inode lives on).
     pub fn delete_files(self) -> Result<()> {
-        for path in [
-            self.path(),
-            index_path(&self.dir, self.base_offset),
-            time_index_path(&self.dir, self.base_offset),
-        ] {
+        Self::delete_files_of(&self.dir, self.base_offset)
+    }
+
+    /// Deletes the files of the segment at `base_offset` in `dir`, whichever of them exist.
+    pub fn delete_files_of(dir: &Path, base_offset: u64) -> Result<()> {
+        let paths = [
+            dir.join(log_file_name(base_offset)),
+            index_path(dir, base_offset),
+            time_index_path(dir, base_offset),
+        ];
+        for path in paths {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
