@@ -33,6 +33,15 @@ pub enum Error {
     /// A configuration value that cannot work.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The metadata controller failed (Raft error).
+    #[error("metadata controller: {0}")]
+    Controller(String),
+    /// This broker is not the active controller.
+    #[error("this broker is not the active controller (leader: {leader:?}); retry on the leader")]
+    NotController { leader: Option<u64> },
+    /// The metadata quorum has no leader yet.
+    #[error("the metadata quorum has not elected a controller yet; retry shortly")]
+    ClusterNotReady,
     /// A log directory whose files cannot be turned into a log (wrong names, impossible sizes).
     #[error("log directory {path} is unusable: {reason}")]
     CorruptLog { path: PathBuf, reason: String },
@@ -63,6 +72,9 @@ impl Error {
             Error::BatchTooLarge { .. } => ErrorCode::MESSAGE_TOO_LARGE,
             Error::OffsetOutOfRange { .. } => ErrorCode::OFFSET_OUT_OF_RANGE,
             Error::InvalidConfig(_) => ErrorCode::INVALID_CONFIG,
+            Error::Controller(_) => ErrorCode::UNKNOWN_SERVER_ERROR,
+            Error::NotController { .. } => ErrorCode::NOT_CONTROLLER,
+            Error::ClusterNotReady => ErrorCode::CLUSTER_NOT_READY,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `rill-broker`: the broker. Today it holds the storage engine ([`log`]); replication, the
 //! metadata controller, consumer groups and the network server come next (see docs/ARCHITECTURE.md).
 
+pub mod controller;
 pub mod error;
 pub mod log;
 

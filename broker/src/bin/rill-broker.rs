@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone();
     let manager =
         tokio::task::spawn_blocking(move || LogManager::open(&data_dir, config)).await??;
-    let partitions = manager.partitions().count();
+    let partitions = manager.partitions().len();
     tracing::info!(data_dir = %args.data_dir.display(), partitions, "rill-broker storage ready (the network server is not part of this build yet); Ctrl-C to stop");
 
     let manager = std::sync::Arc::new(std::sync::Mutex::new(Some(manager)));

@@ -7,6 +7,9 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::watch;
 
 use crate::error::{Error, IoContext, Result};
 use crate::log::{Log, LogConfig};
@@ -47,11 +50,63 @@ impl std::fmt::Display for TopicPartition {
     }
 }
 
-/// Owns the data directory lock and the open logs.
+/// One partition's log behind its own lock, plus a watch of its log end offset that long-polling
+/// fetches wait on (no busy polling).
+pub struct PartitionLog {
+    tp: TopicPartition,
+    log: Mutex<Log>,
+    end_offset: watch::Sender<u64>,
+}
+
+impl PartitionLog {
+    fn new(tp: TopicPartition, log: Log) -> Arc<PartitionLog> {
+        let (end_offset, _) = watch::channel(log.log_end_offset());
+        Arc::new(PartitionLog {
+            tp,
+            log: Mutex::new(log),
+            end_offset,
+        })
+    }
+
+    pub fn topic_partition(&self) -> &TopicPartition {
+        &self.tp
+    }
+
+    /// Runs `f` with the log locked. Blocking (file I/O): call from a blocking thread.
+    pub fn with_log<T>(&self, f: impl FnOnce(&mut Log) -> Result<T>) -> Result<T> {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let result = f(&mut log);
+        self.end_offset
+            .send_if_modified(|end| std::mem::replace(end, log.log_end_offset()) != *end);
+        result
+    }
+
+    /// Appends as leader (see [`Log::append`]) and wakes fetchers waiting for new data.
+    pub fn append(
+        &self,
+        batches: &bytes::Bytes,
+        leader_epoch: i32,
+    ) -> Result<crate::log::AppendInfo> {
+        self.with_log(|log| log.append(batches, leader_epoch))
+    }
+
+    /// The log end offset as last published (cheap, no lock).
+    pub fn log_end_offset(&self) -> u64 {
+        *self.end_offset.borrow()
+    }
+
+    /// A receiver that changes whenever the log end offset does.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.end_offset.subscribe()
+    }
+}
+
+/// Owns the data directory lock and the open logs. Cheap to share (`Arc`); each partition has
+/// its own lock, so partitions never wait on each other.
 pub struct LogManager {
     data_dir: PathBuf,
     default_config: LogConfig,
-    logs: BTreeMap<TopicPartition, Log>,
+    logs: RwLock<BTreeMap<TopicPartition, Arc<PartitionLog>>>,
     _lock: fs::File,
 }
 
@@ -92,12 +147,12 @@ impl LogManager {
             }
             let log = Log::open(&entry.path(), default_config.clone())?;
             tracing::info!(partition = %tp, start = log.log_start_offset(), end = log.log_end_offset(), segments = log.segment_count(), "opened partition log");
-            logs.insert(tp, log);
+            logs.insert(tp.clone(), PartitionLog::new(tp, log));
         }
         Ok(LogManager {
             data_dir: data_dir.to_owned(),
             default_config,
-            logs,
+            logs: RwLock::new(logs),
             _lock: lock,
         })
     }
@@ -106,63 +161,111 @@ impl LogManager {
         &self.data_dir
     }
 
+    pub fn default_config(&self) -> &LogConfig {
+        &self.default_config
+    }
+
+    fn read_logs(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, BTreeMap<TopicPartition, Arc<PartitionLog>>> {
+        self.logs.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_logs(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<TopicPartition, Arc<PartitionLog>>> {
+        self.logs.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Partitions with a log, in order.
-    pub fn partitions(&self) -> impl Iterator<Item = &TopicPartition> {
-        self.logs.keys()
+    pub fn partitions(&self) -> Vec<TopicPartition> {
+        self.read_logs().keys().cloned().collect()
     }
 
-    pub fn get_mut(&mut self, tp: &TopicPartition) -> Option<&mut Log> {
-        self.logs.get_mut(tp)
+    pub fn get(&self, tp: &TopicPartition) -> Option<Arc<PartitionLog>> {
+        self.read_logs().get(tp).cloned()
     }
 
-    /// Opens (creating if needed) the log of `tp` with `config` (or the default).
+    /// Opens (creating if needed) the log of `tp` with `config` (or the default); an existing
+    /// log gets `config` applied. Blocking (file I/O).
     pub fn get_or_create(
-        &mut self,
+        &self,
         tp: &TopicPartition,
         config: Option<LogConfig>,
-    ) -> Result<&mut Log> {
-        if !self.logs.contains_key(tp) {
-            if tp.topic.contains('/')
-                || TopicPartition::from_dir_name(&tp.dir_name()).as_ref() != Some(tp)
-            {
-                return Err(Error::InvalidConfig(format!(
-                    "{tp} cannot be a partition directory name"
-                )));
+    ) -> Result<Arc<PartitionLog>> {
+        if let Some(existing) = self.get(tp) {
+            if let Some(config) = config {
+                existing.with_log(|log| {
+                    if *log.config() != config {
+                        log.set_config(config)
+                    } else {
+                        Ok(())
+                    }
+                })?;
             }
-            let log = Log::open(
-                &self.data_dir.join(tp.dir_name()),
-                config.unwrap_or_else(|| self.default_config.clone()),
-            )?;
-            self.logs.insert(tp.clone(), log);
+            return Ok(existing);
         }
-        self.logs
-            .get_mut(tp)
-            .ok_or_else(|| Error::InvalidConfig(format!("{tp} vanished")))
+        if tp.topic.contains('/')
+            || TopicPartition::from_dir_name(&tp.dir_name()).as_ref() != Some(tp)
+        {
+            return Err(Error::InvalidConfig(format!(
+                "{tp} cannot be a partition directory name"
+            )));
+        }
+        let mut logs = self.write_logs();
+        if let Some(existing) = logs.get(tp) {
+            return Ok(existing.clone());
+        }
+        let log = Log::open(
+            &self.data_dir.join(tp.dir_name()),
+            config.unwrap_or_else(|| self.default_config.clone()),
+        )?;
+        let partition = PartitionLog::new(tp.clone(), log);
+        logs.insert(tp.clone(), partition.clone());
+        tracing::info!(partition = %tp, "created partition log");
+        Ok(partition)
     }
 
-    /// Deletes a partition's log and its directory.
-    pub fn delete(&mut self, tp: &TopicPartition) -> Result<bool> {
-        match self.logs.remove(tp) {
-            Some(log) => log.delete().map(|()| true),
-            None => Ok(false),
-        }
+    /// Deletes a partition's log and its directory. Blocking (file I/O).
+    pub fn delete(&self, tp: &TopicPartition) -> Result<bool> {
+        let Some(partition) = self.write_logs().remove(tp) else {
+            return Ok(false);
+        };
+        let dir = self.data_dir.join(tp.dir_name());
+        // Readers may still hold the Arc; the files go now, their mappings stay valid.
+        drop(partition);
+        fs::remove_dir_all(&dir).context("delete partition directory", &dir)?;
+        tracing::info!(partition = %tp, "deleted partition log");
+        Ok(true)
     }
 
-    /// Flushes every log whose interval flush is due; applies retention. For a periodic task.
-    pub fn tick(&mut self, now_ms: i64) -> Result<()> {
-        for log in self.logs.values_mut() {
-            log.flush_if_due()?;
-            log.roll_if_due(now_ms)?;
-            log.enforce_retention(now_ms)?;
+    /// Flushes every log whose interval flush is due; rolls by age; applies retention. Blocking.
+    pub fn tick(&self, now_ms: i64) -> Result<()> {
+        let partitions: Vec<Arc<PartitionLog>> = self.read_logs().values().cloned().collect();
+        for partition in partitions {
+            partition.with_log(|log| {
+                log.flush_if_due()?;
+                log.roll_if_due(now_ms)?;
+                log.enforce_retention(now_ms).map(|_| ())
+            })?;
         }
         Ok(())
     }
 
-    /// Flushes and closes every log (clean shutdown). Every log is closed even if one fails.
-    pub fn close(self) -> Result<()> {
+    /// Flushes and closes every log (clean shutdown). Every log is flushed even if one fails.
+    pub fn close(&self) -> Result<()> {
         let mut first_error = None;
-        for (tp, log) in self.logs {
-            if let Err(e) = log.close() {
+        for (tp, partition) in std::mem::take(&mut *self.write_logs()) {
+            let result = match Arc::try_unwrap(partition) {
+                Ok(partition) => partition
+                    .log
+                    .into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .close(),
+                // Still referenced by an in-flight request: flush it; the drop will not lose data.
+                Err(shared) => shared.with_log(|log| log.flush().map(|_| ())),
+            };
+            if let Err(e) = result {
                 tracing::error!(partition = %tp, "closing log failed: {e}");
                 first_error.get_or_insert(e);
             }
@@ -188,7 +291,7 @@ mod tests {
     #[test]
     fn reopens_partitions_and_locks_the_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let mut manager = LogManager::open(dir.path(), LogConfig::default()).unwrap();
+        let manager = LogManager::open(dir.path(), LogConfig::default()).unwrap();
         assert!(
             LogManager::open(dir.path(), LogConfig::default()).is_err(),
             "a second manager cannot lock the directory"
@@ -196,18 +299,20 @@ mod tests {
         let tp = TopicPartition::new("t", 0);
         let mut batch = rill_protocol::batch::RecordBatchBuilder::new();
         batch.append(0, None, Some(b"v"), &[]);
-        manager
-            .get_or_create(&tp, None)
-            .unwrap()
-            .append(&batch.build(), 0)
-            .unwrap();
-        manager.close().unwrap();
-        let mut manager = LogManager::open(dir.path(), LogConfig::default()).unwrap();
-        assert_eq!(
-            manager.partitions().cloned().collect::<Vec<_>>(),
-            vec![tp.clone()]
+        let partition = manager.get_or_create(&tp, None).unwrap();
+        let mut end = partition.subscribe();
+        partition.append(&batch.build(), 0).unwrap();
+        assert!(
+            end.has_changed().unwrap(),
+            "appends wake fetchers waiting on the log end"
         );
-        assert_eq!(manager.get_mut(&tp).unwrap().log_end_offset(), 1);
+        assert_eq!(*end.borrow_and_update(), 1);
+        drop((partition, end));
+        manager.close().unwrap();
+        drop(manager);
+        let manager = LogManager::open(dir.path(), LogConfig::default()).unwrap();
+        assert_eq!(manager.partitions(), vec![tp.clone()]);
+        assert_eq!(manager.get(&tp).unwrap().log_end_offset(), 1);
         assert!(manager.delete(&tp).unwrap());
         assert!(!dir.path().join("t-0").exists());
     }

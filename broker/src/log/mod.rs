@@ -27,7 +27,7 @@ pub mod partition;
 pub(crate) mod segment;
 
 pub use config::{FlushPolicy, LogConfig};
-pub use manager::{LogManager, TopicPartition};
+pub use manager::{LogManager, PartitionLog, TopicPartition};
 pub use partition::{
     now_ms, AppendInfo, Log, RecoveryReport, RetentionOutcome, RECOVERY_POINT_FILE,
 };

@@ -1,0 +1,206 @@
+//! The metadata state machine: applies committed commands to `MetadataState`, publishes each new
+//! state on a `watch` channel (the broker's other parts react to it), and keeps snapshots in
+//! `<data_dir>/raft/snapshot` (written atomically) so the Raft log can be purged.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError,
+    StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::controller::metadata::{CommandResult, MetadataState, NodeId};
+use crate::controller::TypeConfig;
+
+#[derive(Serialize, Deserialize, Clone)]
+enum StoredSnapshot {
+    V1 {
+        meta: SnapshotMeta<NodeId, BasicNode>,
+        state: MetadataState,
+    },
+}
+
+/// See the module docs.
+pub struct StateMachine {
+    dir: PathBuf,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    state: MetadataState,
+    publisher: watch::Sender<Arc<MetadataState>>,
+    snapshots_built: u64,
+}
+
+fn read_snapshot(dir: &Path) -> std::io::Result<Option<StoredSnapshot>> {
+    match std::fs::read(dir.join("snapshot")) {
+        Ok(bytes) => postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| std::io::Error::other(format!("raft/snapshot is corrupt: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_snapshot(dir: &Path, snapshot: &StoredSnapshot) -> std::io::Result<Vec<u8>> {
+    let bytes = postcard::to_allocvec(snapshot).map_err(std::io::Error::other)?;
+    let tmp = dir.join("snapshot.tmp");
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join("snapshot"))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(bytes)
+}
+
+impl StateMachine {
+    /// Loads the last snapshot (if any) from `dir`; openraft re-applies committed entries after it.
+    pub fn open(
+        dir: &Path,
+        publisher: watch::Sender<Arc<MetadataState>>,
+    ) -> std::io::Result<StateMachine> {
+        std::fs::create_dir_all(dir)?;
+        let mut machine = StateMachine {
+            dir: dir.to_owned(),
+            last_applied: None,
+            membership: StoredMembership::default(),
+            state: MetadataState::default(),
+            publisher,
+            snapshots_built: 0,
+        };
+        if let Some(StoredSnapshot::V1 { meta, state }) = read_snapshot(dir)? {
+            machine.last_applied = meta.last_log_id;
+            machine.membership = meta.last_membership;
+            machine.state = state;
+            machine.publish();
+        }
+        Ok(machine)
+    }
+
+    fn publish(&self) {
+        self.publisher.send_replace(Arc::new(self.state.clone()));
+    }
+
+    fn snapshot_meta(&self) -> SnapshotMeta<NodeId, BasicNode> {
+        let id = self.last_applied.map_or_else(
+            || "empty".to_string(),
+            |l| format!("{}-{}-{}", l.leader_id, l.index, self.snapshots_built),
+        );
+        SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id: id,
+        }
+    }
+}
+
+/// Builds a snapshot from a copy of the state taken when openraft asked for a builder.
+pub struct SnapshotBuilder {
+    dir: PathBuf,
+    snapshot: StoredSnapshot,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let bytes = write_snapshot(&self.dir, &self.snapshot)
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let StoredSnapshot::V1 { meta, .. } = self.snapshot.clone();
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>>
+    {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut results = Vec::new();
+        for entry in entries {
+            self.last_applied = Some(entry.log_id);
+            let result = match entry.payload {
+                EntryPayload::Blank => CommandResult::Ok,
+                EntryPayload::Normal(command) => {
+                    let result = self.state.apply(&command);
+                    tracing::debug!(?command, ?result, "applied metadata command");
+                    result
+                }
+                EntryPayload::Membership(membership) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    CommandResult::Ok
+                }
+            };
+            results.push(result);
+        }
+        self.publish();
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshots_built += 1;
+        SnapshotBuilder {
+            dir: self.dir.clone(),
+            snapshot: StoredSnapshot::V1 {
+                meta: self.snapshot_meta(),
+                state: self.state.clone(),
+            },
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let bytes = snapshot.into_inner();
+        let StoredSnapshot::V1 { state, .. } = postcard::from_bytes(&bytes).map_err(|e| {
+            StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e))
+        })?;
+        let stored = StoredSnapshot::V1 {
+            meta: meta.clone(),
+            state: state.clone(),
+        };
+        write_snapshot(&self.dir, &stored)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.state = state;
+        self.publish();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let stored =
+            read_snapshot(&self.dir).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(stored.map(|stored| {
+            let bytes = postcard::to_allocvec(&stored).unwrap_or_default();
+            let StoredSnapshot::V1 { meta, .. } = stored;
+            Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(bytes)),
+            }
+        }))
+    }
+}
