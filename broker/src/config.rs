@@ -1,0 +1,330 @@
+//! Broker configuration: a TOML file (`--config`) and command-line flags, flags winning over the
+//! file, documented defaults for everything else. `rill-broker` with no arguments is a working
+//! single-node broker on 127.0.0.1:9292 with its data under `./rill-data`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::log::{FlushPolicy, LogConfig};
+
+/// Every broker setting, with its default. Field names are the TOML keys.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// This broker's node id (unique in the cluster).
+    pub node_id: u64,
+    /// Address the client listener binds (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// `host:port` clients are told to use; defaults to the bound listen address.
+    pub advertised_address: Option<String>,
+    /// Where partition logs and the metadata Raft state live.
+    pub data_dir: PathBuf,
+    /// Log filter (RUST_LOG wins).
+    pub log_level: String,
+    /// `always`, `interval:<ms>` or `os`.
+    pub flush: String,
+    pub segment_bytes: u64,
+    pub segment_ms: u64,
+    /// 0 keeps data forever.
+    pub retention_ms: u64,
+    /// 0 means no size limit.
+    pub retention_bytes: u64,
+    /// Largest record batch accepted.
+    pub max_batch_bytes: usize,
+    /// Largest request frame accepted.
+    pub max_frame_bytes: usize,
+    /// Client connections beyond this are closed at once.
+    pub max_connections: usize,
+    /// Requests read ahead of their responses per connection.
+    pub in_flight_requests_max: usize,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Upper bound on produce timeouts and fetch long-poll waits.
+    pub request_timeout_ms: u64,
+    /// Produce/metadata for a missing topic creates it (off by default).
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics.
+    pub default_partitions: u32,
+    /// Period of the flush / age-roll / retention task.
+    pub tick_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 1,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9292)),
+            advertised_address: None,
+            data_dir: PathBuf::from("./rill-data"),
+            log_level: "info,openraft=warn".into(),
+            flush: "interval:1000".into(),
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: 0,
+            max_batch_bytes: 1 << 20,
+            max_frame_bytes: 64 << 20,
+            max_connections: 10_000,
+            in_flight_requests_max: 32,
+            idle_timeout_ms: 10 * 60 * 1000,
+            request_timeout_ms: 30_000,
+            auto_create_topics: false,
+            default_partitions: 1,
+            tick_ms: 100,
+        }
+    }
+}
+
+/// Command-line flags. Each one, when given, overrides the same key from `--config`.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "rill-broker",
+    version,
+    about = "Rill: a durable, replicated, partitioned message log broker."
+)]
+pub struct Flags {
+    /// TOML file with any of the settings below (flags win over the file).
+    #[arg(long, env = "RILL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This broker's node id [default: 1].
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// Client listener address [default: 127.0.0.1:9292; use port 0 for any free port].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// host:port advertised to clients [default: the bound listen address].
+    #[arg(long)]
+    pub advertised_address: Option<String>,
+    /// Data directory [default: ./rill-data].
+    #[arg(long, env = "RILL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log filter, e.g. info or rill_broker=debug [default: info,openraft=warn].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Flush policy: always | interval:<ms> | os [default: interval:1000].
+    #[arg(long)]
+    pub flush: Option<String>,
+    /// Segment size that triggers a roll, bytes [default: 1073741824].
+    #[arg(long)]
+    pub segment_bytes: Option<u64>,
+    /// Segment age that triggers a roll, ms [default: 604800000].
+    #[arg(long)]
+    pub segment_ms: Option<u64>,
+    /// Delete sealed segments older than this, ms; 0 = forever [default: 604800000].
+    #[arg(long)]
+    pub retention_ms: Option<u64>,
+    /// Delete oldest segments while a partition exceeds this, bytes; 0 = no limit [default: 0].
+    #[arg(long)]
+    pub retention_bytes: Option<u64>,
+    /// Largest record batch accepted, bytes [default: 1048576].
+    #[arg(long)]
+    pub max_batch_bytes: Option<usize>,
+    /// Largest request frame accepted, bytes [default: 67108864].
+    #[arg(long)]
+    pub max_frame_bytes: Option<usize>,
+    /// Most client connections [default: 10000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Requests read ahead of their responses per connection [default: 32].
+    #[arg(long)]
+    pub in_flight_requests_max: Option<usize>,
+    /// Close connections idle this long, ms [default: 600000].
+    #[arg(long)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Longest produce timeout or fetch wait honoured, ms [default: 30000].
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
+    /// Create missing topics on produce/metadata [default: false].
+    #[arg(long)]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics [default: 1].
+    #[arg(long)]
+    pub default_partitions: Option<u32>,
+    /// Period of the flush / roll / retention task, ms [default: 100].
+    #[arg(long)]
+    pub tick_ms: Option<u64>,
+}
+
+macro_rules! override_from_flags {
+    ($config:ident, $flags:ident, $($field:ident),*) => {
+        $(if let Some(value) = $flags.$field { $config.$field = value; })*
+    };
+}
+
+impl BrokerConfig {
+    /// The file (if any), then the flags over it.
+    pub fn load(flags: Flags) -> Result<BrokerConfig> {
+        let mut config = match &flags.config {
+            Some(path) => Self::from_file(path)?,
+            None => BrokerConfig::default(),
+        };
+        if let Some(address) = flags.advertised_address {
+            config.advertised_address = Some(address);
+        }
+        override_from_flags!(
+            config,
+            flags,
+            node_id,
+            listen,
+            data_dir,
+            log_level,
+            flush,
+            segment_bytes,
+            segment_ms,
+            retention_ms,
+            retention_bytes,
+            max_batch_bytes,
+            max_frame_bytes,
+            max_connections,
+            in_flight_requests_max,
+            idle_timeout_ms,
+            request_timeout_ms,
+            auto_create_topics,
+            default_partitions,
+            tick_ms
+        );
+        config.log_config()?;
+        if config.in_flight_requests_max == 0
+            || config.max_connections == 0
+            || config.default_partitions == 0
+        {
+            return Err(Error::InvalidConfig(
+                "in_flight_requests_max, max_connections and default_partitions must be positive"
+                    .into(),
+            ));
+        }
+        if config.max_frame_bytes < 1024 {
+            return Err(Error::InvalidConfig(format!(
+                "max_frame_bytes {} must be at least 1024",
+                config.max_frame_bytes
+            )));
+        }
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> Result<BrokerConfig> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io("read config file", path, e))?;
+        toml::from_str(&text).map_err(|e| Error::InvalidConfig(format!("{}: {e}", path.display())))
+    }
+
+    /// The default log settings of every partition (topics may override some).
+    pub fn log_config(&self) -> Result<LogConfig> {
+        let config = LogConfig {
+            segment_bytes: self.segment_bytes,
+            segment_ms: self.segment_ms,
+            retention_ms: (self.retention_ms > 0).then_some(self.retention_ms),
+            retention_bytes: (self.retention_bytes > 0).then_some(self.retention_bytes),
+            max_batch_bytes: self.max_batch_bytes,
+            flush: self.flush.parse::<FlushPolicy>()?,
+            ..LogConfig::default()
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Topic config keys accepted by CreateTopics, and how they change a partition's `LogConfig`.
+pub const TOPIC_CONFIG_KEYS: &[&str] = &[
+    "retention.ms",
+    "retention.bytes",
+    "segment.bytes",
+    "segment.ms",
+    "max.message.bytes",
+    "flush",
+];
+
+/// Applies topic configs over `base`; unknown keys and bad values are errors.
+pub fn topic_log_config(base: &LogConfig, configs: &BTreeMap<String, String>) -> Result<LogConfig> {
+    let mut config = base.clone();
+    for (key, value) in configs {
+        let number = || {
+            value.parse::<u64>().map_err(|_| {
+                Error::InvalidConfig(format!("{key}={value}: expected a non-negative integer"))
+            })
+        };
+        match key.as_str() {
+            "retention.ms" => config.retention_ms = Some(number()?).filter(|v| *v > 0),
+            "retention.bytes" => config.retention_bytes = Some(number()?).filter(|v| *v > 0),
+            "segment.bytes" => config.segment_bytes = number()?,
+            "segment.ms" => config.segment_ms = number()?,
+            "max.message.bytes" => config.max_batch_bytes = number()? as usize,
+            "flush" => config.flush = value.parse()?,
+            _ => {
+                return Err(Error::InvalidConfig(format!(
+                    "unknown topic config {key:?}; known: {}",
+                    TOPIC_CONFIG_KEYS.join(", ")
+                )))
+            }
+        }
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rill.toml");
+        std::fs::write(
+            &path,
+            "node_id = 7\nflush = \"always\"\nsegment_bytes = 65536\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config: Some(path),
+            node_id: Some(9),
+            ..Flags::default()
+        };
+        let config = BrokerConfig::load(flags).unwrap();
+        assert_eq!(config.node_id, 9, "flag wins");
+        assert_eq!(config.flush, "always", "file wins over default");
+        assert_eq!(config.segment_bytes, 65536);
+        assert_eq!(config.max_frame_bytes, 64 << 20, "default");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rill.toml");
+        std::fs::write(&path, "nodeid = 7\n").unwrap();
+        let err = BrokerConfig::load(Flags {
+            config: Some(path),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field"), "{err}");
+        let err = BrokerConfig::load(Flags {
+            flush: Some("sometimes".into()),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("flush policy"), "{err}");
+        let base = LogConfig::default();
+        assert!(topic_log_config(
+            &base,
+            &BTreeMap::from([("retention.ms".into(), "x".into())])
+        )
+        .is_err());
+        assert!(
+            topic_log_config(&base, &BTreeMap::from([("colour".into(), "red".into())])).is_err()
+        );
+        let c = topic_log_config(
+            &base,
+            &BTreeMap::from([("retention.ms".into(), "1000".into())]),
+        )
+        .unwrap();
+        assert_eq!(c.retention_ms, Some(1000));
+    }
+}

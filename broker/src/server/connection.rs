@@ -1,0 +1,165 @@
+//! One client connection: a reader that decodes frames and starts each request in order, and a
+//! writer that sends the responses in the same order.
+//!
+//! Between them runs a bounded queue of pending responses (`in_flight_requests_max`): the reader
+//! stops reading when it is full, so a client cannot make the broker buffer unbounded work.
+//! Handlers do their order-sensitive part (appends) before the next request is read and return
+//! the rest (e.g. a fetch's long poll) as a task. Responses are written with vectored writes:
+//! frame prefix + body chunks, record bytes straight from the segment mapping.
+//!
+//! Bad input: a frame over `max_frame_bytes` gets `REQUEST_TOO_LARGE` (when its correlation id is
+//! readable) and the connection is closed; an undecodable header closes the connection; an
+//! unknown api, unsupported version or malformed body gets an error response with an empty
+//! body. Every case logs a line. Nothing a client sends panics the broker.
+
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use futures::StreamExt;
+use rill_protocol::frame::{response_prefix, RequestCodec, ResponseHeader};
+use rill_protocol::{ErrorCode, ProtocolError};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+
+use super::handlers::{self, Pending};
+use super::BrokerState;
+
+/// A response on its way: the correlation id and the future body (None = send nothing).
+struct Outgoing {
+    correlation_id: u32,
+    reply: Pending,
+}
+
+pub(super) async fn serve(state: Arc<BrokerState>, socket: TcpStream, peer: SocketAddr) {
+    tracing::debug!(%peer, "connection opened");
+    let (read_half, write_half) = socket.into_split();
+    let (queue, pending) = mpsc::channel::<Outgoing>(state.config.in_flight_requests_max);
+    let writer = tokio::spawn(write_loop(write_half, pending, peer));
+    read_loop(&state, read_half, queue, peer).await;
+    // The queue is closed: the writer sends what is pending and ends.
+    if let Err(e) = writer.await {
+        tracing::warn!(%peer, "connection writer failed: {e}");
+    }
+    tracing::debug!(%peer, "connection closed");
+}
+
+async fn read_loop(
+    state: &Arc<BrokerState>,
+    read_half: tokio::net::tcp::OwnedReadHalf,
+    queue: mpsc::Sender<Outgoing>,
+    peer: SocketAddr,
+) {
+    let mut frames = FramedRead::new(read_half, RequestCodec::new(state.config.max_frame_bytes));
+    let idle = Duration::from_millis(state.config.idle_timeout_ms.max(1));
+    loop {
+        let next = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            next = tokio::time::timeout(idle, frames.next()) => next,
+        };
+        let frame = match next {
+            Err(_) => {
+                tracing::info!(%peer, ?idle, "closing idle connection");
+                return;
+            }
+            Ok(None) => return,
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(ProtocolError::FrameTooLarge {
+                len,
+                max,
+                correlation_id,
+            }))) => {
+                tracing::warn!(%peer, len, max, "request frame too large; closing the connection");
+                if let Some(correlation_id) = correlation_id {
+                    let reply = handlers::error_reply(ErrorCode::REQUEST_TOO_LARGE);
+                    let _ = queue
+                        .send(Outgoing {
+                            correlation_id,
+                            reply,
+                        })
+                        .await;
+                }
+                return;
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(%peer, "undecodable request, closing the connection: {e}");
+                return;
+            }
+        };
+        let correlation_id = frame.header.correlation_id;
+        let reply = handlers::start(state, frame, peer).await;
+        if queue
+            .send(Outgoing {
+                correlation_id,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return; // the writer failed: the peer is gone
+        }
+    }
+}
+
+async fn write_loop(
+    mut socket: OwnedWriteHalf,
+    mut pending: mpsc::Receiver<Outgoing>,
+    peer: SocketAddr,
+) {
+    while let Some(outgoing) = pending.recv().await {
+        let Some((error_code, body)) = outgoing.reply.await else {
+            continue;
+        };
+        let body_bytes: usize = body.iter().map(Bytes::len).sum();
+        let header = ResponseHeader {
+            correlation_id: outgoing.correlation_id,
+            error_code,
+        };
+        let mut chunks = Vec::with_capacity(body.len() + 1);
+        chunks.push(response_prefix(&header, body_bytes));
+        chunks.extend(body);
+        if let Err(e) = write_all_chunks(&mut socket, &mut chunks).await {
+            tracing::debug!(%peer, "writing a response failed, closing: {e}");
+            return;
+        }
+    }
+    let _ = socket.shutdown().await;
+}
+
+/// Writes every chunk with vectored writes, handling partial writes.
+async fn write_all_chunks(
+    socket: &mut OwnedWriteHalf,
+    chunks: &mut [Bytes],
+) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < chunks.len() {
+        let slices: Vec<IoSlice<'_>> = chunks[first..]
+            .iter()
+            .take(64)
+            .map(|c| IoSlice::new(c))
+            .collect();
+        let mut written = socket.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 && first < chunks.len() {
+            let len = chunks[first].len();
+            if written >= len {
+                written -= len;
+                first += 1;
+            } else {
+                chunks[first].advance(written);
+                written = 0;
+            }
+        }
+        while first < chunks.len() && chunks[first].is_empty() {
+            first += 1;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Fetch: returns whole batches from each requested partition as `Bytes` slices of the segment
+//! mapping (sent with a vectored write, never copied), up to `partition_max_bytes` per partition
+//! and `max_bytes` per response (at least one batch, so consumers always progress). When fewer
+//! than `min_bytes` are available it long-polls: it waits on the partitions' log-end watches
+//! (woken by appends, no busy polling) until `min_bytes` arrive or `max_wait_ms` passes
+//! (capped by `request_timeout_ms`). Runs as its own task, so a long poll never blocks the
+//! reading of the connection's next request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rill_protocol::api::{FetchPartitionResponse, FetchRequest, FetchResponse, FetchTopicResponse};
+use rill_protocol::ErrorCode;
+use tokio::sync::watch;
+
+use super::{leader_log, Pending};
+use crate::log::PartitionLog;
+use crate::server::BrokerState;
+use crate::Error;
+
+/// A partition's log and log-end watch, or the error code to answer for it.
+type Target = Result<(Arc<PartitionLog>, watch::Receiver<u64>), ErrorCode>;
+
+pub(super) fn handle(state: &Arc<BrokerState>, request: FetchRequest) -> Pending {
+    let state = state.clone();
+    let task = tokio::spawn(async move { respond(&state, request).await });
+    Box::pin(async move {
+        match task.await {
+            Ok(chunks) => Some((ErrorCode::NONE, chunks)),
+            Err(e) => {
+                tracing::error!("fetch task failed: {e}");
+                Some((ErrorCode::UNKNOWN_SERVER_ERROR, Vec::new()))
+            }
+        }
+    })
+}
+
+async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Vec<Bytes> {
+    let wait_ms = u64::from(request.max_wait_ms).min(state.config.request_timeout_ms);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    let metadata = state.controller.metadata();
+    // Resolve each partition once; watches are taken before reading so no append is missed.
+    let targets: Vec<Vec<Target>> = request
+        .topics
+        .iter()
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| {
+                    leader_log(state, &metadata, &t.name, p.partition).map(|log| {
+                        let watch = log.subscribe();
+                        (log, watch)
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    loop {
+        let (response, bytes, any_error) = read_once(&request, &targets);
+        let now = tokio::time::Instant::now();
+        if bytes >= request.min_bytes as usize
+            || any_error
+            || now >= deadline
+            || state.shutdown.is_cancelled()
+        {
+            return response.encode_chunks();
+        }
+        let mut waits: Vec<_> = targets
+            .iter()
+            .flatten()
+            .filter_map(|t| t.as_ref().ok())
+            .map(|(_, watch)| {
+                let mut watch = watch.clone();
+                Box::pin(async move { watch.changed().await })
+            })
+            .collect();
+        if waits.is_empty() {
+            return response.encode_chunks();
+        }
+        tokio::select! {
+            _ = futures::future::select_all(waits.iter_mut()) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = state.shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// One pass over every partition: returns the response, the record bytes in it, and whether a
+/// partition failed (errors are answered at once).
+fn read_once(request: &FetchRequest, targets: &[Vec<Target>]) -> (FetchResponse, usize, bool) {
+    let mut budget = request.max_bytes as usize;
+    let mut total = 0;
+    let mut any_error = false;
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for (topic, targets) in request.topics.iter().zip(targets) {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for (p, target) in topic.partitions.iter().zip(targets) {
+            let mut response = FetchPartitionResponse {
+                partition: p.partition,
+                error_code: ErrorCode::NONE,
+                high_watermark: 0,
+                log_start_offset: 0,
+                records: Bytes::new(),
+            };
+            match target {
+                Err(code) => {
+                    response.error_code = *code;
+                    any_error = true;
+                }
+                Ok((log, _)) => {
+                    // The first batch of the response is always allowed, even past max_bytes.
+                    let limit = (p.partition_max_bytes as usize).min(if total == 0 {
+                        usize::MAX
+                    } else {
+                        budget
+                    });
+                    let read = log.with_log(|l| {
+                        Ok((
+                            l.read(p.fetch_offset, limit.max(1)),
+                            l.log_end_offset(),
+                            l.log_start_offset(),
+                        ))
+                    });
+                    match read {
+                        Ok((Ok(records), end, start)) => {
+                            response.high_watermark = end;
+                            response.log_start_offset = start;
+                            let fits = total == 0 || records.len() <= budget;
+                            if fits && !records.is_empty() {
+                                budget = budget.saturating_sub(records.len());
+                                total += records.len();
+                                response.records = records;
+                            }
+                        }
+                        Ok((Err(e @ Error::OffsetOutOfRange { .. }), end, start)) => {
+                            response.error_code = e.error_code();
+                            response.high_watermark = end;
+                            response.log_start_offset = start;
+                            any_error = true;
+                        }
+                        Ok((Err(e), _, _)) | Err(e) => {
+                            tracing::error!(topic = %topic.name, partition = p.partition, "fetch read failed: {e}");
+                            response.error_code = e.error_code();
+                            any_error = true;
+                        }
+                    }
+                }
+            }
+            partitions.push(response);
+        }
+        topics.push(FetchTopicResponse {
+            name: topic.name.clone(),
+            partitions,
+        });
+    }
+    (FetchResponse { topics }, total, any_error)
+}

@@ -1,0 +1,58 @@
+//! ListOffsets: the earliest offset (log start), the latest (log end, which is the high
+//! watermark while partitions have one replica), or the first offset at or after a timestamp.
+
+use std::sync::Arc;
+
+use rill_protocol::api::{
+    ListOffsetsPartitionResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ListOffsetsTopicResponse, OffsetSpec, ResponseBody,
+};
+use rill_protocol::ErrorCode;
+
+use super::{leader_log, reply, Pending};
+use crate::server::BrokerState;
+
+pub(super) async fn handle(state: &Arc<BrokerState>, request: ListOffsetsRequest) -> Pending {
+    let metadata = state.controller.metadata();
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in topic.partitions {
+            let mut response = ListOffsetsPartitionResponse {
+                partition: p.partition,
+                error_code: ErrorCode::NONE,
+                timestamp: -1,
+                offset: None,
+            };
+            match leader_log(state, &metadata, &topic.name, p.partition) {
+                Err(code) => response.error_code = code,
+                Ok(log) => {
+                    // A timestamp lookup may read segment data: keep it off the async threads.
+                    let found = tokio::task::spawn_blocking(move || {
+                        log.with_log(|l| match p.spec {
+                            OffsetSpec::Earliest => Ok(Some((l.log_start_offset(), -1))),
+                            OffsetSpec::Latest => Ok(Some((l.log_end_offset(), -1))),
+                            OffsetSpec::Timestamp(ts) => l.offset_for_timestamp(ts),
+                        })
+                    })
+                    .await;
+                    match found {
+                        Ok(Ok(Some((offset, timestamp)))) => {
+                            response.offset = Some(offset);
+                            response.timestamp = timestamp;
+                        }
+                        Ok(Ok(None)) => {}
+                        Ok(Err(e)) => response.error_code = e.error_code(),
+                        Err(_) => response.error_code = ErrorCode::UNKNOWN_SERVER_ERROR,
+                    }
+                }
+            }
+            partitions.push(response);
+        }
+        topics.push(ListOffsetsTopicResponse {
+            name: topic.name,
+            partitions,
+        });
+    }
+    reply(ResponseBody::ListOffsets(ListOffsetsResponse { topics }))
+}

@@ -1,0 +1,94 @@
+//! Metadata: brokers, the active controller, and topics with their partitions' leaders,
+//! replicas and ISR. Unknown topics get UNKNOWN_TOPIC_OR_PARTITION, or are created when
+//! `auto_create_topics` is on.
+
+use std::sync::Arc;
+
+use rill_protocol::api::{
+    BrokerMetadata, MetadataRequest, MetadataResponse, PartitionMetadata, ResponseBody,
+    TopicMetadata,
+};
+use rill_protocol::ErrorCode;
+
+use super::{create_topic, error_reply, reply, Pending};
+use crate::controller::TopicInfo;
+use crate::server::BrokerState;
+
+pub(super) async fn handle(state: &Arc<BrokerState>, request: MetadataRequest) -> Pending {
+    if state.controller.leader().is_none() {
+        return error_reply(ErrorCode::CLUSTER_NOT_READY);
+    }
+    if let (Some(names), true) = (&request.topics, state.config.auto_create_topics) {
+        let metadata = state.controller.metadata();
+        for name in names.iter().filter(|n| !metadata.topics.contains_key(*n)) {
+            let (code, message) = create_topic(
+                state,
+                name,
+                state.config.default_partitions,
+                1,
+                Default::default(),
+                false,
+            )
+            .await;
+            if code != ErrorCode::NONE && code != ErrorCode::TOPIC_ALREADY_EXISTS {
+                tracing::warn!(topic = %name, ?code, ?message, "auto-creating topic failed");
+            }
+        }
+    }
+    let metadata = state.controller.metadata();
+    let brokers = metadata
+        .brokers
+        .values()
+        .map(|b| BrokerMetadata {
+            node_id: b.node_id as u32,
+            host: b.host.clone(),
+            port: b.port,
+        })
+        .collect();
+    let topics = match request.topics {
+        None => metadata.topics.values().map(describe).collect(),
+        Some(names) => names
+            .into_iter()
+            .map(|name| match metadata.topics.get(&name) {
+                Some(topic) => describe(topic),
+                None => TopicMetadata {
+                    error_code: ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                    name,
+                    partitions: Vec::new(),
+                },
+            })
+            .collect(),
+    };
+    let response = MetadataResponse {
+        cluster_id: "rill".into(),
+        controller_id: state.controller.leader().map(|l| l as u32),
+        brokers,
+        topics,
+    };
+    reply(ResponseBody::Metadata(response))
+}
+
+fn describe(topic: &TopicInfo) -> TopicMetadata {
+    let partitions = topic
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PartitionMetadata {
+            error_code: if p.leader.is_some() {
+                ErrorCode::NONE
+            } else {
+                ErrorCode::LEADER_NOT_AVAILABLE
+            },
+            partition: i as u32,
+            leader: p.leader.map(|l| l as u32),
+            leader_epoch: p.leader_epoch,
+            replicas: p.replicas.iter().map(|r| *r as u32).collect(),
+            isr: p.isr.iter().map(|r| *r as u32).collect(),
+        })
+        .collect();
+    TopicMetadata {
+        error_code: ErrorCode::NONE,
+        name: topic.name.clone(),
+        partitions,
+    }
+}

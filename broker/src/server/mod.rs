@@ -1,0 +1,255 @@
+//! The network server and the running broker.
+//!
+//! [`Broker::start`] opens the data directory (`LogManager`), starts the metadata controller,
+//! binds the client listener, and runs the background tasks: broker registration, metadata
+//! reconciliation (create/delete local partition logs to match the metadata), and the storage
+//! tick. [`Broker::shutdown`] stops accepting, lets connections finish their in-flight
+//! requests, closes the logs (flush + checkpoint) and stops the controller.
+//!
+//! `listener` accepts connections within `max_connections`; `connection` runs one connection
+//! (ordered, pipelined responses; vectored writes); `handlers/` holds one file per API.
+
+mod connection;
+pub mod handlers;
+mod listener;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{topic_log_config, BrokerConfig};
+use crate::controller::{Command, Controller, MetadataState, NodeId};
+use crate::error::{Error, Result};
+use crate::log::{now_ms, LogManager, TopicPartition};
+
+/// What every request handler can reach. Split by owner: logs, metadata, config.
+pub struct BrokerState {
+    pub config: BrokerConfig,
+    pub node_id: NodeId,
+    /// Host and port clients are told to connect to.
+    pub advertised: (String, u16),
+    pub logs: Arc<LogManager>,
+    pub controller: Controller,
+    pub shutdown: CancellationToken,
+}
+
+impl BrokerState {
+    /// Creates the local logs `metadata` assigns to this broker, and deletes the local logs of
+    /// `deleted_topics` (topics this broker saw being deleted). A local log of a topic the metadata
+    /// does not know, and that was not seen deleted, is a stray: it is kept, not served, and
+    /// reported, never silently destroyed. Blocking.
+    fn reconcile_blocking(
+        &self,
+        metadata: &MetadataState,
+        deleted_topics: &BTreeSet<String>,
+    ) -> Result<()> {
+        let base = self.logs.default_config().clone();
+        let mut wanted = BTreeSet::new();
+        for (topic, partition, _) in metadata.partitions_of(self.node_id) {
+            let tp = TopicPartition::new(topic, partition);
+            let configs = metadata
+                .topics
+                .get(topic)
+                .map(|t| t.configs.clone())
+                .unwrap_or_default();
+            let config = topic_log_config(&base, &configs).unwrap_or_else(|e| {
+                tracing::warn!(%tp, "topic config rejected, using broker defaults: {e}");
+                base.clone()
+            });
+            self.logs.get_or_create(&tp, Some(config))?;
+            wanted.insert(tp);
+        }
+        for tp in self.logs.partitions() {
+            if wanted.contains(&tp) {
+                continue;
+            }
+            if deleted_topics.contains(&tp.topic) && !metadata.topics.contains_key(&tp.topic) {
+                self.logs.delete(&tp)?;
+            } else if deleted_topics.is_empty() {
+                tracing::warn!(partition = %tp, "stray partition log: its topic is not in the cluster metadata; it is kept but not served");
+            }
+        }
+        Ok(())
+    }
+
+    /// [`BrokerState::reconcile_blocking`] on a blocking thread, against the current metadata.
+    pub async fn reconcile(self: &Arc<Self>, deleted_topics: BTreeSet<String>) -> Result<()> {
+        let state = self.clone();
+        let metadata = self.controller.metadata();
+        tokio::task::spawn_blocking(move || state.reconcile_blocking(&metadata, &deleted_topics))
+            .await
+            .map_err(|e| Error::Controller(format!("reconcile task failed: {e}")))?
+    }
+}
+
+/// A running broker.
+pub struct Broker {
+    state: Arc<BrokerState>,
+    local_addr: SocketAddr,
+    tracker: TaskTracker,
+}
+
+impl Broker {
+    /// Starts a broker: see the module docs.
+    pub async fn start(config: BrokerConfig) -> Result<Broker> {
+        let log_config = config.log_config()?;
+        let data_dir = config.data_dir.clone();
+        let logs = tokio::task::spawn_blocking(move || LogManager::open(&data_dir, log_config))
+            .await
+            .map_err(|e| Error::Controller(format!("opening logs failed: {e}")))??;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| Error::io("bind client listener on", config.listen.to_string(), e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("read listener address", config.listen.to_string(), e))?;
+        let advertised = advertised(&config, local_addr)?;
+        let voters = std::collections::BTreeMap::from([(
+            config.node_id,
+            format!("{}:{}", advertised.0, advertised.1),
+        )]);
+        let controller =
+            Controller::start(config.node_id, &config.data_dir.join("raft"), voters).await?;
+        let state = Arc::new(BrokerState {
+            node_id: config.node_id,
+            advertised,
+            logs: Arc::new(logs),
+            controller,
+            shutdown: CancellationToken::new(),
+            config,
+        });
+        let tracker = TaskTracker::new();
+        tracker.spawn(register_and_reconcile(state.clone()));
+        tracker.spawn(storage_tick(state.clone()));
+        tracker.spawn(listener::accept_loop(
+            state.clone(),
+            listener,
+            tracker.clone(),
+        ));
+        tracing::info!(node_id = state.node_id, listen = %local_addr, advertised = %format!("{}:{}", state.advertised.0, state.advertised.1), data_dir = %state.config.data_dir.display(), "rill-broker listening on {local_addr}");
+        Ok(Broker {
+            state,
+            local_addr,
+            tracker,
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn state(&self) -> &Arc<BrokerState> {
+        &self.state
+    }
+
+    /// Graceful shutdown: stop accepting, finish in-flight requests (at most `grace`), flush and
+    /// close every log, stop the controller.
+    pub async fn shutdown(self, grace: Duration) -> Result<()> {
+        self.state.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "connections still busy after the grace period; closing logs anyway"
+            );
+        }
+        let logs = self.state.logs.clone();
+        let closed = tokio::task::spawn_blocking(move || logs.close())
+            .await
+            .map_err(|e| Error::Controller(format!("close task failed: {e}")))?;
+        self.state.controller.shutdown().await;
+        closed
+    }
+}
+
+fn advertised(config: &BrokerConfig, local_addr: SocketAddr) -> Result<(String, u16)> {
+    let Some(address) = &config.advertised_address else {
+        return Ok((local_addr.ip().to_string(), local_addr.port()));
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| {
+        Error::InvalidConfig(format!("advertised_address {address:?} must be host:port"))
+    })?;
+    let port = port
+        .parse()
+        .map_err(|_| Error::InvalidConfig(format!("advertised_address {address:?}: bad port")))?;
+    Ok((host.to_string(), port))
+}
+
+/// Waits for the metadata quorum, registers this broker, then keeps local logs in step with
+/// the metadata until shutdown.
+async fn register_and_reconcile(state: Arc<BrokerState>) {
+    loop {
+        if state.shutdown.is_cancelled() {
+            return;
+        }
+        if state.controller.wait_ready(Duration::from_secs(5)).await {
+            let (host, port) = state.advertised.clone();
+            match state
+                .controller
+                .propose(Command::RegisterBroker {
+                    node_id: state.node_id,
+                    host,
+                    port,
+                })
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => tracing::warn!("registering with the controller failed, retrying: {e}"),
+            }
+        } else {
+            tracing::info!("waiting for the metadata quorum to elect a controller");
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    tracing::info!(node_id = state.node_id, "registered with the controller");
+    let mut metadata = state.controller.subscribe();
+    let mut previous = metadata.borrow_and_update().clone();
+    let mut deleted = BTreeSet::new();
+    loop {
+        if let Err(e) = state.reconcile(deleted).await {
+            tracing::error!("reconciling local logs with metadata failed: {e}");
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            changed = metadata.changed() => if changed.is_err() { return },
+        }
+        let current = metadata.borrow_and_update().clone();
+        deleted = previous
+            .topics
+            .keys()
+            .filter(|t| !current.topics.contains_key(*t))
+            .cloned()
+            .collect();
+        previous = current;
+    }
+}
+
+/// Interval flushes, age-based rolls and retention, every `tick_ms`.
+async fn storage_tick(state: Arc<BrokerState>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(state.config.tick_ms.max(1)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let logs = state.logs.clone();
+        match tokio::task::spawn_blocking(move || logs.tick(now_ms())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("storage tick failed: {e}"),
+            Err(e) => tracing::error!("storage tick task failed: {e}"),
+        }
+    }
+}
