@@ -119,7 +119,7 @@ impl ErrorCode {
 }
 
 /// Why bytes could not be decoded (or a frame could not be accepted).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
     #[error("truncated input: needed {needed} more bytes while decoding {what}")]
     Truncated { what: &'static str, needed: usize },

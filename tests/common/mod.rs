@@ -138,3 +138,143 @@ pub fn broker_binary() -> std::path::PathBuf {
     })
     .clone()
 }
+
+/// A real `rill-broker` process on 127.0.0.1 with a temp data directory. Killed when dropped.
+pub struct BrokerProcess {
+    child: std::process::Child,
+    /// `host:port` of the client listener.
+    pub address: String,
+    pub data_dir: std::path::PathBuf,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every stderr line seen so far (for assertions and failure messages).
+    pub log: Vec<String>,
+}
+
+impl BrokerProcess {
+    /// Starts a broker on an ephemeral port and waits until it listens.
+    pub fn start(data_dir: &std::path::Path, extra_args: &[&str]) -> BrokerProcess {
+        Self::start_on(data_dir, "127.0.0.1:0", extra_args)
+    }
+
+    /// Starts a broker on `listen` (e.g. the address of a broker being restarted).
+    pub fn start_on(
+        data_dir: &std::path::Path,
+        listen: &str,
+        extra_args: &[&str],
+    ) -> BrokerProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(broker_binary())
+            .args([
+                "--data-dir",
+                data_dir.to_str().expect("utf-8 path"),
+                "--listen",
+                listen,
+                "--log-level",
+                "info,openraft=warn",
+            ])
+            .args(extra_args)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn rill-broker");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut broker = BrokerProcess {
+            child,
+            address: String::new(),
+            data_dir: data_dir.to_owned(),
+            lines,
+            log: Vec::new(),
+        };
+        let line = broker.wait_for_line("rill-broker listening on", Duration::from_secs(60));
+        broker.address = line
+            .rsplit("listening on ")
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            .expect("address in the listening line")
+            .to_string();
+        broker
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "no broker log line containing {needle:?} ({e}); log so far:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// SIGKILL: no chance to flush or close anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait; returns whether it exited with status 0.
+    pub fn terminate(&mut self) -> bool {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client for `address` with short retry timings suited to tests.
+pub async fn client(address: &str) -> rill_client::Client {
+    let mut config = rill_client::ClientConfig::new(address);
+    config.retry_timeout = Duration::from_secs(30);
+    config.request_timeout = Duration::from_secs(10);
+    rill_client::Client::connect(config)
+        .await
+        .expect("connect to the broker")
+}
+
+/// Async version of [`eventually`].
+pub async fn eventually_async<F, Fut>(deadline: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    while !condition().await {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}

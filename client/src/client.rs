@@ -1,0 +1,325 @@
+//! [`Client`]: the cluster as the client sees it: bootstrap addresses, cached metadata, a pool
+//! of connections (separate ones for control, produce and fetch traffic, so a long-polling fetch
+//! never delays a produce), and retries of retriable errors with exponential backoff.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use rill_protocol::api::{MetadataRequest, RequestBody, ResponseBody, TopicMetadata};
+use rill_protocol::ErrorCode;
+use tokio::sync::Mutex;
+
+use crate::connection::Connection;
+use crate::error::{ClientError, Result};
+
+/// Settings shared by everything built on a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` of one or more brokers.
+    pub bootstrap: Vec<String>,
+    /// Name sent with every request (for broker logs).
+    pub client_id: String,
+    /// Longest wait for one response. Default 30 s.
+    pub request_timeout: Duration,
+    /// Longest a retried operation keeps retrying. Default 60 s.
+    pub retry_timeout: Duration,
+    /// First retry backoff, doubled up to `retry_backoff_max`. Default 50 ms / 1 s.
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+    /// Largest response frame accepted. Default 64 MiB.
+    pub max_frame_bytes: usize,
+    /// Requests in flight per connection. Default 16.
+    pub in_flight_requests_max: usize,
+}
+
+impl ClientConfig {
+    /// Defaults with these bootstrap addresses (`host:port`, comma-separated allowed).
+    pub fn new(bootstrap: &str) -> ClientConfig {
+        ClientConfig {
+            bootstrap: bootstrap
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            client_id: "rill-client".into(),
+            request_timeout: Duration::from_secs(30),
+            retry_timeout: Duration::from_secs(60),
+            retry_backoff: Duration::from_millis(50),
+            retry_backoff_max: Duration::from_secs(1),
+            max_frame_bytes: 64 << 20,
+            in_flight_requests_max: 16,
+        }
+    }
+}
+
+/// Which pool a request uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Purpose {
+    Control,
+    Produce,
+    Fetch,
+}
+
+/// Cached view of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub leader: Option<u32>,
+    pub leader_epoch: u32,
+    pub replicas: Vec<u32>,
+    pub isr: Vec<u32>,
+}
+
+/// Cached cluster metadata.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterMetadata {
+    pub cluster_id: String,
+    pub controller: Option<u32>,
+    /// node id -> `host:port`
+    pub brokers: HashMap<u32, String>,
+    pub topics: HashMap<String, Vec<PartitionInfo>>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    metadata: RwLock<ClusterMetadata>,
+    connections: Mutex<HashMap<(String, Purpose), Connection>>,
+}
+
+/// A handle to a Rill cluster. Cheap to clone; clones share metadata and connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Connects to the cluster through the bootstrap brokers and loads metadata.
+    pub async fn connect(config: ClientConfig) -> Result<Client> {
+        if config.bootstrap.is_empty() {
+            return Err(ClientError::Invalid(
+                "no bootstrap broker address given".into(),
+            ));
+        }
+        let client = Client {
+            inner: Arc::new(Inner {
+                config,
+                metadata: RwLock::default(),
+                connections: Mutex::default(),
+            }),
+        };
+        client
+            .retry("loading cluster metadata", || client.refresh_metadata())
+            .await?;
+        Ok(client)
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// A copy of the cached metadata.
+    pub fn metadata(&self) -> ClusterMetadata {
+        self.inner
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) async fn connection(&self, address: &str, purpose: Purpose) -> Result<Connection> {
+        let mut pool = self.inner.connections.lock().await;
+        let key = (address.to_string(), purpose);
+        if let Some(existing) = pool.get(&key).filter(|c| !c.is_closed()) {
+            return Ok(existing.clone());
+        }
+        let config = &self.inner.config;
+        let connection = Connection::connect(
+            address,
+            &config.client_id,
+            config.max_frame_bytes,
+            config.in_flight_requests_max,
+            config.request_timeout,
+        )
+        .await?;
+        pool.insert(key, connection.clone());
+        Ok(connection)
+    }
+
+    /// Sends to any reachable broker (known brokers first, then the bootstrap list).
+    pub(crate) async fn request_any(&self, body: RequestBody) -> Result<ResponseBody> {
+        let mut addresses: Vec<String> = self.metadata().brokers.values().cloned().collect();
+        addresses.sort();
+        addresses.extend(self.inner.config.bootstrap.iter().cloned());
+        let mut last_error = None;
+        for address in addresses {
+            match self.connection(&address, Purpose::Control).await {
+                Ok(connection) => match connection
+                    .request(body.clone(), self.inner.config.request_timeout)
+                    .await
+                {
+                    Err(e @ ClientError::Connection { .. }) => last_error = Some(e),
+                    other => return other,
+                },
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(ClientError::NoBrokers {
+            addresses: self.inner.config.bootstrap.join(","),
+            reason: last_error.map_or_else(|| "no address".into(), |e| e.to_string()),
+        })
+    }
+
+    /// Sends to a given broker.
+    pub(crate) async fn request_node(
+        &self,
+        node: u32,
+        purpose: Purpose,
+        body: RequestBody,
+        timeout: Duration,
+    ) -> Result<ResponseBody> {
+        let address = self.metadata().brokers.get(&node).cloned().ok_or_else(|| {
+            ClientError::broker(
+                ErrorCode::LEADER_NOT_AVAILABLE,
+                format!("broker {node} is not in the metadata"),
+                None,
+            )
+        })?;
+        self.connection(&address, purpose)
+            .await?
+            .request(body, timeout)
+            .await
+    }
+
+    pub(crate) async fn send_only_node(&self, node: u32, body: RequestBody) -> Result<()> {
+        let address = self.metadata().brokers.get(&node).cloned().ok_or_else(|| {
+            ClientError::broker(
+                ErrorCode::LEADER_NOT_AVAILABLE,
+                format!("broker {node} is not in the metadata"),
+                None,
+            )
+        })?;
+        self.connection(&address, Purpose::Produce)
+            .await?
+            .send_only(body)
+            .await
+    }
+
+    /// Reloads metadata for every topic.
+    pub async fn refresh_metadata(&self) -> Result<()> {
+        let ResponseBody::Metadata(response) = self
+            .request_any(RequestBody::Metadata(MetadataRequest { topics: None }))
+            .await?
+        else {
+            return Err(ClientError::Invalid(
+                "broker answered Metadata with another response type".into(),
+            ));
+        };
+        let metadata = ClusterMetadata {
+            cluster_id: response.cluster_id,
+            controller: response.controller_id,
+            brokers: response
+                .brokers
+                .into_iter()
+                .map(|b| (b.node_id, format!("{}:{}", b.host, b.port)))
+                .collect(),
+            topics: response
+                .topics
+                .into_iter()
+                .filter(|t| t.error_code == ErrorCode::NONE)
+                .map(|t| (t.name.clone(), partitions(t)))
+                .collect(),
+        };
+        *self
+            .inner
+            .metadata
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = metadata;
+        Ok(())
+    }
+
+    /// Partitions of `topic` from the cache, refreshing once if the topic is unknown.
+    pub async fn partitions(&self, topic: &str) -> Result<Vec<PartitionInfo>> {
+        if let Some(partitions) = self.metadata().topics.get(topic) {
+            return Ok(partitions.clone());
+        }
+        self.refresh_metadata().await?;
+        self.metadata().topics.get(topic).cloned().ok_or_else(|| {
+            ClientError::broker(
+                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("topic {topic}"),
+                Some("create it first (rill topic create)".into()),
+            )
+        })
+    }
+
+    /// The leader of a partition from the cache.
+    pub(crate) async fn leader(&self, topic: &str, partition: u32) -> Result<u32> {
+        let partitions = self.partitions(topic).await?;
+        let info = partitions.get(partition as usize).ok_or_else(|| {
+            ClientError::broker(
+                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("{topic}-{partition}"),
+                Some(format!("the topic has {} partitions", partitions.len())),
+            )
+        })?;
+        info.leader.ok_or_else(|| {
+            ClientError::broker(
+                ErrorCode::LEADER_NOT_AVAILABLE,
+                format!("{topic}-{partition}"),
+                None,
+            )
+        })
+    }
+
+    /// Runs `op` until it succeeds, fails with a non-retriable error, or `retry_timeout` passes;
+    /// refreshes metadata between attempts and backs off exponentially.
+    pub(crate) async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let config = &self.inner.config;
+        let started = Instant::now();
+        let mut backoff = config.retry_backoff;
+        loop {
+            match op().await {
+                Ok(value) => return Ok(value),
+                Err(e)
+                    if e.is_retriable() && started.elapsed() + backoff < config.retry_timeout =>
+                {
+                    tracing::debug!("{what} failed, retrying in {backoff:?}: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(config.retry_backoff_max);
+                    if let Err(refresh) = self.refresh_metadata().await {
+                        tracing::debug!("metadata refresh failed: {refresh}");
+                    }
+                }
+                Err(e) if e.is_retriable() => {
+                    return Err(ClientError::Timeout(
+                        started.elapsed(),
+                        format!("{what}: {e}"),
+                    ))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn partitions(topic: TopicMetadata) -> Vec<PartitionInfo> {
+    let mut partitions: Vec<PartitionInfo> = topic
+        .partitions
+        .into_iter()
+        .map(|p| PartitionInfo {
+            partition: p.partition,
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            replicas: p.replicas,
+            isr: p.isr,
+        })
+        .collect();
+    partitions.sort_by_key(|p| p.partition);
+    partitions
+}

@@ -1,0 +1,213 @@
+//! One multiplexed connection to a broker: many requests in flight (up to a limit), responses
+//! matched to requests in order (the broker answers each connection in request order).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use rill_protocol::api::{RequestBody, ResponseBody};
+use rill_protocol::frame::{RequestFrame, RequestHeader, ResponseCodec, ResponseFrame};
+use rill_protocol::ErrorCode;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::Framed;
+
+use crate::error::{ClientError, Result};
+
+type Reply = oneshot::Sender<Result<ResponseFrame>>;
+
+struct Outbound {
+    frame: RequestFrame,
+    reply: Option<(Reply, OwnedSemaphorePermit)>,
+}
+
+/// A connection; clones share it.
+#[derive(Clone)]
+pub(crate) struct Connection {
+    address: String,
+    client_id: String,
+    outbound: mpsc::Sender<Outbound>,
+    in_flight: Arc<Semaphore>,
+    next_correlation_id: Arc<AtomicU32>,
+}
+
+impl Connection {
+    pub async fn connect(
+        address: &str,
+        client_id: &str,
+        max_frame_bytes: usize,
+        in_flight_max: usize,
+        timeout: Duration,
+    ) -> Result<Connection> {
+        let connect = TcpStream::connect(address);
+        let socket = match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(socket)) => socket,
+            Ok(Err(e)) => {
+                return Err(ClientError::Connection {
+                    address: address.into(),
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(ClientError::Connection {
+                    address: address.into(),
+                    reason: format!("connect timed out after {timeout:?}"),
+                })
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let (mut sink, mut stream) =
+            Framed::new(socket, ResponseCodec::new(max_frame_bytes)).split();
+        let (outbound, mut requests) = mpsc::channel::<Outbound>(in_flight_max);
+        let waiting: Arc<Mutex<VecDeque<(u32, Reply, OwnedSemaphorePermit)>>> = Arc::default();
+        let address_owned = address.to_string();
+        let fail_all = {
+            let waiting = waiting.clone();
+            let address = address_owned.clone();
+            move |reason: String| {
+                let drained: Vec<_> = waiting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .drain(..)
+                    .collect();
+                for (_, reply, _) in drained {
+                    let _ = reply.send(Err(ClientError::Connection {
+                        address: address.clone(),
+                        reason: reason.clone(),
+                    }));
+                }
+            }
+        };
+        let writer_waiting = waiting.clone();
+        let writer_fail = fail_all.clone();
+        tokio::spawn(async move {
+            while let Some(request) = requests.recv().await {
+                if let Some((reply, permit)) = request.reply {
+                    writer_waiting
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back((request.frame.header.correlation_id, reply, permit));
+                }
+                if let Err(e) = sink.send(request.frame).await {
+                    writer_fail(format!("write failed: {e}"));
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                let frame = match stream.next().await {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(e)) => return fail_all(format!("read failed: {e}")),
+                    None => return fail_all("the broker closed the connection".into()),
+                };
+                let next = waiting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop_front();
+                match next {
+                    Some((id, reply, _permit)) if id == frame.header.correlation_id => {
+                        let _ = reply.send(Ok(frame));
+                    }
+                    Some((id, reply, _permit)) => {
+                        let reason = format!(
+                            "response for correlation id {} while waiting for {id}",
+                            frame.header.correlation_id
+                        );
+                        let _ = reply.send(Err(ClientError::Connection {
+                            address: address_owned.clone(),
+                            reason: reason.clone(),
+                        }));
+                        return fail_all(reason);
+                    }
+                    None => {
+                        return fail_all(format!(
+                            "unexpected response with correlation id {}",
+                            frame.header.correlation_id
+                        ))
+                    }
+                }
+            }
+        });
+        Ok(Connection {
+            address: address.into(),
+            client_id: client_id.into(),
+            outbound,
+            in_flight: Arc::new(Semaphore::new(in_flight_max)),
+            next_correlation_id: Arc::new(AtomicU32::new(1)),
+        })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.outbound.is_closed()
+    }
+
+    fn frame(&self, body: &RequestBody) -> RequestFrame {
+        let header = RequestHeader {
+            api_key: body.api_key() as u16,
+            api_version: 0,
+            correlation_id: self.next_correlation_id.fetch_add(1, Ordering::Relaxed),
+            client_id: self.client_id.clone(),
+        };
+        RequestFrame {
+            header,
+            body: body.encode_to_bytes(),
+        }
+    }
+
+    fn closed(&self) -> ClientError {
+        ClientError::Connection {
+            address: self.address.clone(),
+            reason: "connection closed".into(),
+        }
+    }
+
+    /// Sends a request and waits for its response (at most `timeout`).
+    pub async fn request(&self, body: RequestBody, timeout: Duration) -> Result<ResponseBody> {
+        let api_key = body.api_key();
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| self.closed())?;
+        let (reply, response) = oneshot::channel();
+        let frame = self.frame(&body);
+        self.outbound
+            .send(Outbound {
+                frame,
+                reply: Some((reply, permit)),
+            })
+            .await
+            .map_err(|_| self.closed())?;
+        let frame = match tokio::time::timeout(timeout, response).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => return Err(self.closed()),
+            Err(_) => {
+                return Err(ClientError::Timeout(
+                    timeout,
+                    format!("{api_key:?} request to {}", self.address),
+                ))
+            }
+        };
+        if frame.header.error_code != ErrorCode::NONE {
+            return Err(ClientError::broker(
+                frame.header.error_code,
+                format!("{api_key:?} request to {}", self.address),
+                None,
+            ));
+        }
+        Ok(ResponseBody::decode(api_key as u16, 0, frame.body)?)
+    }
+
+    /// Sends a request that gets no response (produce with acks = 0).
+    pub async fn send_only(&self, body: RequestBody) -> Result<()> {
+        let frame = self.frame(&body);
+        self.outbound
+            .send(Outbound { frame, reply: None })
+            .await
+            .map_err(|_| self.closed())
+    }
+}

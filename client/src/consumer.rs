@@ -1,0 +1,432 @@
+//! [`Consumer`] (without groups): assign partitions, seek, and `poll` records, or use it as a
+//! `futures::Stream`. After each poll the next fetch is started in the background (prefetch),
+//! so the broker round trip overlaps with the caller's processing; a seek or assignment change
+//! discards a prefetch made from old positions.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use rill_protocol::api::{
+    FetchPartition, FetchRequest, FetchTopic, OffsetSpec, RequestBody, ResponseBody,
+};
+use rill_protocol::batch::{batches, Header};
+use rill_protocol::ErrorCode;
+use tokio::task::JoinHandle;
+
+use crate::admin::{unexpected, Admin};
+use crate::client::{Client, Purpose};
+use crate::error::{ClientError, Result};
+
+/// Where to start when a partition has no position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+    /// Fail `poll` instead.
+    Error,
+}
+
+/// A position to seek to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekTo {
+    Earliest,
+    Latest,
+    Offset(u64),
+    /// The first record with a timestamp >= this (ms); the log end if none.
+    Timestamp(i64),
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Longest a fetch waits on the broker for `fetch_min_bytes`. Default 500 ms.
+    pub fetch_max_wait: Duration,
+    /// Default 1 byte: answer as soon as anything is there.
+    pub fetch_min_bytes: u32,
+    /// Default 50 MiB per fetch response.
+    pub fetch_max_bytes: u32,
+    /// Default 1 MiB per partition per fetch.
+    pub partition_max_bytes: u32,
+    /// Default `Earliest`; also applies when a position falls out of the log (retention).
+    pub offset_reset: OffsetReset,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            fetch_max_wait: Duration::from_millis(500),
+            fetch_min_bytes: 1,
+            fetch_max_bytes: 50 << 20,
+            partition_max_bytes: 1 << 20,
+            offset_reset: OffsetReset::Earliest,
+        }
+    }
+}
+
+/// A consumed record. Key, value and header bytes are slices of the fetched response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+}
+
+type Positions = BTreeMap<(String, u32), u64>;
+
+struct Fetched {
+    records: Vec<ConsumerRecord>,
+    positions: Positions,
+    /// Partitions whose position is out of the log.
+    out_of_range: Vec<(String, u32)>,
+}
+
+/// A consumer of assigned partitions. Not shared: one per task.
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+    /// Assigned partitions; `None` until a position is resolved.
+    positions: BTreeMap<(String, u32), Option<u64>>,
+    buffered: VecDeque<ConsumerRecord>,
+    prefetch: Option<(Positions, JoinHandle<Result<Fetched>>)>,
+}
+
+impl Consumer {
+    pub fn new(client: Client, config: ConsumerConfig) -> Consumer {
+        Consumer {
+            client,
+            config,
+            positions: BTreeMap::new(),
+            buffered: VecDeque::new(),
+            prefetch: None,
+        }
+    }
+
+    /// Replaces the assignment with these partitions; positions start per `offset_reset`.
+    pub fn assign(&mut self, partitions: impl IntoIterator<Item = (String, u32)>) {
+        self.positions = partitions.into_iter().map(|tp| (tp, None)).collect();
+        self.invalidate();
+    }
+
+    /// Assigns every partition of `topic`.
+    pub async fn assign_topic(&mut self, topic: &str) -> Result<()> {
+        let partitions = self.client.partitions(topic).await?;
+        self.assign(
+            partitions
+                .into_iter()
+                .map(|p| (topic.to_string(), p.partition)),
+        );
+        Ok(())
+    }
+
+    /// Assigned partitions.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.positions.keys().cloned().collect()
+    }
+
+    /// The next offset `poll` will return for a partition, if resolved.
+    pub fn position(&self, topic: &str, partition: u32) -> Option<u64> {
+        self.positions
+            .get(&(topic.to_string(), partition))
+            .copied()
+            .flatten()
+    }
+
+    fn invalidate(&mut self) {
+        self.buffered.clear();
+        if let Some((_, task)) = self.prefetch.take() {
+            task.abort();
+        }
+    }
+
+    /// Moves an assigned partition's position.
+    pub async fn seek(&mut self, topic: &str, partition: u32, to: SeekTo) -> Result<()> {
+        let key = (topic.to_string(), partition);
+        if !self.positions.contains_key(&key) {
+            return Err(ClientError::Invalid(format!(
+                "{topic}-{partition} is not assigned to this consumer"
+            )));
+        }
+        let offset = self.resolve(topic, partition, to).await?;
+        self.positions.insert(key, Some(offset));
+        self.invalidate();
+        Ok(())
+    }
+
+    /// Seeks every assigned partition.
+    pub async fn seek_all(&mut self, to: SeekTo) -> Result<()> {
+        for (topic, partition) in self.assignment() {
+            self.seek(&topic, partition, to).await?;
+        }
+        Ok(())
+    }
+
+    async fn resolve(&self, topic: &str, partition: u32, to: SeekTo) -> Result<u64> {
+        let admin = Admin::new(self.client.clone());
+        let spec = match to {
+            SeekTo::Offset(offset) => return Ok(offset),
+            SeekTo::Earliest => OffsetSpec::Earliest,
+            SeekTo::Latest => OffsetSpec::Latest,
+            SeekTo::Timestamp(ts) => OffsetSpec::Timestamp(ts),
+        };
+        let offset = self
+            .client
+            .retry("list offsets", || {
+                admin.partition_offset(topic, partition, spec)
+            })
+            .await?;
+        match offset {
+            Some(offset) => Ok(offset),
+            // No record at or after the timestamp: start at the end.
+            None => self
+                .client
+                .retry("list offsets", || {
+                    admin.partition_offset(topic, partition, OffsetSpec::Latest)
+                })
+                .await?
+                .ok_or_else(unexpected),
+        }
+    }
+
+    async fn resolve_missing(&mut self) -> Result<()> {
+        let missing: Vec<(String, u32)> = self
+            .positions
+            .iter()
+            .filter(|(_, p)| p.is_none())
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for (topic, partition) in missing {
+            let to = match self.config.offset_reset {
+                OffsetReset::Earliest => SeekTo::Earliest,
+                OffsetReset::Latest => SeekTo::Latest,
+                OffsetReset::Error => {
+                    return Err(ClientError::Invalid(format!(
+                        "{topic}-{partition} has no position and offset_reset is Error; seek first"
+                    )));
+                }
+            };
+            let offset = self.resolve(&topic, partition, to).await?;
+            self.positions.insert((topic, partition), Some(offset));
+        }
+        Ok(())
+    }
+
+    fn resolved_positions(&self) -> Positions {
+        self.positions
+            .iter()
+            .filter_map(|(tp, p)| p.map(|p| (tp.clone(), p)))
+            .collect()
+    }
+
+    /// Records from the assigned partitions, waiting up to `timeout` for some to arrive. Records
+    /// of one partition come in offset order. An empty vector means nothing arrived in time.
+    pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        if !self.buffered.is_empty() {
+            return Ok(self.buffered.drain(..).collect());
+        }
+        if self.positions.is_empty() {
+            tokio::time::sleep(timeout).await;
+            return Ok(Vec::new());
+        }
+        self.resolve_missing().await?;
+        let positions = self.resolved_positions();
+        let fetched = match self.prefetch.take() {
+            Some((from, task)) if from == positions => task
+                .await
+                .map_err(|e| ClientError::Invalid(format!("prefetch task failed: {e}")))??,
+            other => {
+                if let Some((_, task)) = other {
+                    task.abort();
+                }
+                fetch(self.client.clone(), self.config.clone(), positions, timeout).await?
+            }
+        };
+        for tp in &fetched.out_of_range {
+            let to = match self.config.offset_reset {
+                OffsetReset::Earliest => SeekTo::Earliest,
+                OffsetReset::Latest => SeekTo::Latest,
+                OffsetReset::Error => {
+                    return Err(ClientError::broker(
+                        ErrorCode::OFFSET_OUT_OF_RANGE,
+                        format!("fetch {}-{}", tp.0, tp.1),
+                        Some("seek to a valid offset".into()),
+                    ));
+                }
+            };
+            let offset = self.resolve(&tp.0, tp.1, to).await?;
+            self.positions.insert(tp.clone(), Some(offset));
+        }
+        for (tp, position) in &fetched.positions {
+            if let Some(slot) = self.positions.get_mut(tp) {
+                *slot = Some(*position);
+            }
+        }
+        // Prefetch the next fetch from the new positions while the caller works.
+        let next = self.resolved_positions();
+        let task = tokio::spawn(fetch(
+            self.client.clone(),
+            self.config.clone(),
+            next.clone(),
+            self.config.fetch_max_wait,
+        ));
+        self.prefetch = Some((next, task));
+        Ok(fetched.records)
+    }
+
+    /// The consumer as an endless stream of records (errors are yielded, then the stream goes on).
+    pub fn into_stream(self) -> impl Stream<Item = Result<ConsumerRecord>> {
+        futures::stream::unfold(self, |mut consumer| async move {
+            loop {
+                if let Some(record) = consumer.buffered.pop_front() {
+                    return Some((Ok(record), consumer));
+                }
+                match consumer.poll(consumer.config.fetch_max_wait).await {
+                    Ok(records) => consumer.buffered.extend(records),
+                    Err(e) => return Some((Err(e), consumer)),
+                }
+            }
+        })
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.prefetch.take() {
+            task.abort();
+        }
+    }
+}
+
+/// One fetch round from `positions`: a Fetch per leader, concurrently.
+async fn fetch(
+    client: Client,
+    config: ConsumerConfig,
+    positions: Positions,
+    wait: Duration,
+) -> Result<Fetched> {
+    let mut by_leader: HashMap<u32, Vec<(String, u32, u64)>> = HashMap::new();
+    let mut fetched = Fetched {
+        records: Vec::new(),
+        positions: positions.clone(),
+        out_of_range: Vec::new(),
+    };
+    let mut leaderless = false;
+    for ((topic, partition), offset) in &positions {
+        match client.leader(topic, *partition).await {
+            Ok(leader) => {
+                by_leader
+                    .entry(leader)
+                    .or_default()
+                    .push((topic.clone(), *partition, *offset))
+            }
+            Err(e) if e.is_retriable() => leaderless = true,
+            Err(e) => return Err(e),
+        }
+    }
+    if leaderless {
+        let _ = client.refresh_metadata().await;
+    }
+    let requests = by_leader.into_iter().map(|(leader, partitions)| {
+        let client = client.clone();
+        let config = config.clone();
+        async move {
+            let mut topics: Vec<FetchTopic> = Vec::new();
+            for (topic, partition, offset) in &partitions {
+                let fp = FetchPartition {
+                    partition: *partition,
+                    current_leader_epoch: None,
+                    fetch_offset: *offset,
+                    partition_max_bytes: config.partition_max_bytes,
+                };
+                match topics.iter_mut().find(|t| t.name == *topic) {
+                    Some(t) => t.partitions.push(fp),
+                    None => topics.push(FetchTopic {
+                        name: topic.clone(),
+                        partitions: vec![fp],
+                    }),
+                }
+            }
+            let request = FetchRequest {
+                replica_id: None,
+                max_wait_ms: wait.as_millis().min(u128::from(u32::MAX)) as u32,
+                min_bytes: config.fetch_min_bytes,
+                max_bytes: config.fetch_max_bytes,
+                topics,
+            };
+            let timeout = client.config().request_timeout + wait;
+            client
+                .request_node(leader, Purpose::Fetch, RequestBody::Fetch(request), timeout)
+                .await
+        }
+    });
+    let mut refresh = false;
+    for response in futures::future::join_all(requests).await {
+        let response = match response {
+            Ok(ResponseBody::Fetch(response)) => response,
+            Ok(_) => return Err(unexpected()),
+            Err(e) if e.is_retriable() => {
+                refresh = true;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for topic in response.topics {
+            for p in topic.partitions {
+                let key = (topic.name.clone(), p.partition);
+                match p.error_code {
+                    ErrorCode::NONE => {}
+                    ErrorCode::OFFSET_OUT_OF_RANGE => {
+                        fetched.out_of_range.push(key);
+                        continue;
+                    }
+                    code if code.is_retriable() => {
+                        refresh = true;
+                        continue;
+                    }
+                    code => {
+                        return Err(ClientError::broker(
+                            code,
+                            format!("fetch {}-{}", topic.name, p.partition),
+                            None,
+                        ))
+                    }
+                }
+                let Some(position) = fetched.positions.get_mut(&key) else {
+                    continue;
+                };
+                for batch in batches(p.records) {
+                    let batch = batch?;
+                    for record in batch.records()? {
+                        let record = record?;
+                        // A batch can start before the position asked for: skip what was already returned.
+                        if record.offset < *position {
+                            continue;
+                        }
+                        *position = record.offset + 1;
+                        fetched.records.push(ConsumerRecord {
+                            topic: topic.name.clone(),
+                            partition: p.partition,
+                            offset: record.offset,
+                            timestamp: record.timestamp,
+                            key: record.key,
+                            value: record.value,
+                            headers: record.headers,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if refresh {
+        let _ = client.refresh_metadata().await;
+        if fetched.records.is_empty() {
+            tokio::time::sleep(client.config().retry_backoff).await;
+        }
+    }
+    Ok(fetched)
+}

@@ -1,0 +1,65 @@
+//! The client's one error type.
+
+use rill_protocol::{ErrorCode, ProtocolError};
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum ClientError {
+    /// No broker could be reached.
+    #[error("cannot reach any broker ({addresses}): {reason}; is rill-broker running there?")]
+    NoBrokers { addresses: String, reason: String },
+    /// The connection to a broker failed or closed mid-request.
+    #[error("connection to {address} failed: {reason}")]
+    Connection { address: String, reason: String },
+    /// The broker answered with an error code.
+    #[error("{context}: {code}{}", message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    Broker {
+        code: ErrorCode,
+        context: String,
+        message: Option<String>,
+    },
+    /// A response could not be decoded.
+    #[error("malformed response: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The request did not complete in time (including retries).
+    #[error("timed out after {0:?}: {1}")]
+    Timeout(std::time::Duration, String),
+    /// Bad input from the caller.
+    #[error("{0}")]
+    Invalid(String),
+    /// The producer or consumer was closed.
+    #[error("closed")]
+    Closed,
+}
+
+impl ClientError {
+    /// Whether retrying (after refreshing metadata) may succeed.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Connection { .. } | ClientError::NoBrokers { .. } => true,
+            ClientError::Broker { code, .. } => code.is_retriable(),
+            _ => false,
+        }
+    }
+
+    /// The broker's error code, if this error is one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Broker { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn broker(
+        code: ErrorCode,
+        context: impl Into<String>,
+        message: Option<String>,
+    ) -> Self {
+        ClientError::Broker {
+            code,
+            context: context.into(),
+            message,
+        }
+    }
+}

@@ -1,0 +1,548 @@
+//! [`Producer`]: sends records in batches.
+//!
+//! `send` picks a partition (explicit, `murmur2(key)`, or sticky for unkeyed records), waits for
+//! buffer memory if `buffer_memory_bytes` is in use (backpressure: memory never grows without
+//! bound), appends the record to that partition's open batch and returns a [`DeliveryFuture`].
+//! A background sender closes a batch when it reaches `batch_size_bytes` or is `linger` old,
+//! groups ready batches by leader into one Produce request per broker, and pipelines requests.
+//! At most one batch per partition is in flight, so retries keep per-partition order. Retriable
+//! errors (not leader, disconnects, ...) refresh metadata and retry with backoff until
+//! `delivery_timeout`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rill_protocol::api::{
+    Acks, ProducePartition, ProduceRequest, ProduceTopic, RequestBody, ResponseBody,
+};
+use rill_protocol::batch::{Header, RecordBatchBuilder, BATCH_HEADER_BYTES};
+use rill_protocol::ErrorCode;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::client::{Client, Purpose};
+use crate::error::{ClientError, Result};
+use crate::partitioner::partition_for_key;
+
+/// Producer settings.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// Default: leader acknowledgement.
+    pub acks: Acks,
+    /// A batch is sent once it reaches this size. Default 64 KiB.
+    pub batch_size_bytes: usize,
+    /// ... or once its first record waited this long. Default 5 ms.
+    pub linger: Duration,
+    /// Bytes of records buffered (queued or in flight) before `send` waits. Default 32 MiB.
+    pub buffer_memory_bytes: usize,
+    /// How long a record may take to be acknowledged, retries included. Default 120 s.
+    pub delivery_timeout: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: Acks::Leader,
+            batch_size_bytes: 64 << 10,
+            linger: Duration::from_millis(5),
+            buffer_memory_bytes: 32 << 20,
+            delivery_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A record to send.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub topic: String,
+    pub partition: Option<u32>,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+    /// Milliseconds since the Unix epoch; default now.
+    pub timestamp: Option<i64>,
+}
+
+impl Record {
+    pub fn new(topic: impl Into<String>) -> Record {
+        Record {
+            topic: topic.into(),
+            ..Record::default()
+        }
+    }
+    pub fn key(mut self, key: impl Into<Bytes>) -> Record {
+        self.key = Some(key.into());
+        self
+    }
+    pub fn value(mut self, value: impl Into<Bytes>) -> Record {
+        self.value = Some(value.into());
+        self
+    }
+    pub fn partition(mut self, partition: u32) -> Record {
+        self.partition = Some(partition);
+        self
+    }
+    pub fn timestamp(mut self, timestamp_ms: i64) -> Record {
+        self.timestamp = Some(timestamp_ms);
+        self
+    }
+    pub fn header(mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Record {
+        self.headers.push(Header {
+            key: key.into(),
+            value: Some(value.into()),
+        });
+        self
+    }
+}
+
+/// Where a record was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMetadata {
+    pub topic: String,
+    pub partition: u32,
+    /// `None` with `acks = 0` (the broker does not answer).
+    pub offset: Option<u64>,
+    pub timestamp: i64,
+}
+
+/// Resolves when the record is acknowledged (or finally fails).
+pub struct DeliveryFuture(oneshot::Receiver<Result<RecordMetadata>>);
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    }
+}
+
+type TopicPartition = (String, u32);
+
+struct Batch {
+    builder: RecordBatchBuilder,
+    built: Option<Bytes>,
+    created: Instant,
+    full: bool,
+    deliveries: Vec<(oneshot::Sender<Result<RecordMetadata>>, i64)>,
+    _memory: Vec<OwnedSemaphorePermit>,
+    attempts: u32,
+    retry_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    queues: HashMap<TopicPartition, VecDeque<Batch>>,
+    in_flight: HashSet<TopicPartition>,
+    sticky: HashMap<String, u32>,
+    flushing: bool,
+}
+
+struct Shared {
+    client: Client,
+    config: ProducerConfig,
+    state: Mutex<State>,
+    wake: Notify,
+    idle: Notify,
+    memory: Arc<Semaphore>,
+    outstanding: AtomicUsize,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn complete(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Batch,
+        outcome: std::result::Result<Option<u64>, ClientError>,
+    ) {
+        let n = batch.deliveries.len();
+        for (i, (reply, timestamp)) in batch.deliveries.into_iter().enumerate() {
+            let result = match &outcome {
+                Ok(base) => Ok(RecordMetadata {
+                    topic: topic.to_string(),
+                    partition,
+                    offset: base.map(|b| b + i as u64),
+                    timestamp,
+                }),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = reply.send(result);
+        }
+        if self.outstanding.fetch_sub(n, Ordering::AcqRel) == n {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
+/// Stops the sender when the last `Producer` handle is dropped (after sending what is queued).
+struct CloseOnDrop(Arc<Shared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.wake.notify_one();
+    }
+}
+
+/// A batching producer. Cheap to clone; clones share batches and the sender.
+#[derive(Clone)]
+pub struct Producer {
+    shared: Arc<Shared>,
+    _close: Arc<CloseOnDrop>,
+}
+
+impl Producer {
+    /// A producer on `client` (spawns its sender task on the current runtime).
+    pub fn new(client: Client, config: ProducerConfig) -> Producer {
+        let memory = Arc::new(Semaphore::new(
+            config.buffer_memory_bytes.min(Semaphore::MAX_PERMITS),
+        ));
+        let shared = Arc::new(Shared {
+            client,
+            config,
+            state: Mutex::default(),
+            wake: Notify::new(),
+            idle: Notify::new(),
+            memory,
+            outstanding: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        });
+        tokio::spawn(sender(shared.clone()));
+        Producer {
+            _close: Arc::new(CloseOnDrop(shared.clone())),
+            shared,
+        }
+    }
+
+    /// Queues a record; waits only for buffer memory. Await the returned future for its offset.
+    pub async fn send(&self, record: Record) -> Result<DeliveryFuture> {
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(ClientError::Closed);
+        }
+        let partitions = shared.client.partitions(&record.topic).await?.len() as u32;
+        if partitions == 0 {
+            return Err(ClientError::Invalid(format!(
+                "topic {} has no partitions",
+                record.topic
+            )));
+        }
+        let size = RecordBatchBuilder::record_size_bytes(
+            record.key.as_ref().map(Bytes::len),
+            record.value.as_ref().map(Bytes::len),
+            &record.headers,
+        );
+        if size + BATCH_HEADER_BYTES > shared.config.buffer_memory_bytes {
+            return Err(ClientError::Invalid(format!(
+                "record of {size} bytes exceeds buffer_memory_bytes {}",
+                shared.config.buffer_memory_bytes
+            )));
+        }
+        let permit = shared
+            .memory
+            .clone()
+            .acquire_many_owned(size as u32)
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let timestamp = record.timestamp.unwrap_or_else(now_ms);
+        let (reply, delivery) = oneshot::channel();
+        let mut state = shared.lock();
+        let partition = match (record.partition, &record.key) {
+            (Some(p), _) if p < partitions => p,
+            (Some(p), _) => {
+                return Err(ClientError::Invalid(format!(
+                    "partition {p} does not exist: topic {} has {partitions}",
+                    record.topic
+                )))
+            }
+            (None, Some(key)) => partition_for_key(key, partitions),
+            (None, None) => {
+                *state
+                    .sticky
+                    .entry(record.topic.clone())
+                    .or_insert_with(|| (now_ms() as u32) % partitions)
+                    % partitions
+            }
+        };
+        let tp = (record.topic.clone(), partition);
+        let batch_size = shared.config.batch_size_bytes;
+        let queue = state.queues.entry(tp).or_default();
+        let needs_new = queue.back().is_none_or(|b| {
+            b.full
+                || b.built.is_some()
+                || (b.builder.size_bytes() + size > batch_size && b.builder.record_count() > 0)
+        });
+        if needs_new {
+            if let Some(last) = queue.back_mut() {
+                last.full = true;
+            }
+            queue.push_back(Batch {
+                builder: RecordBatchBuilder::with_capacity(
+                    batch_size.max(size + BATCH_HEADER_BYTES),
+                ),
+                built: None,
+                created: Instant::now(),
+                full: false,
+                deliveries: Vec::new(),
+                _memory: Vec::new(),
+                attempts: 0,
+                retry_at: None,
+            });
+        }
+        let batch = queue.back_mut().expect("a batch was pushed above");
+        batch.builder.append(
+            timestamp,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &record.headers,
+        );
+        batch.deliveries.push((reply, timestamp));
+        batch._memory.push(permit);
+        let became_full = batch.builder.size_bytes() >= batch_size;
+        batch.full |= became_full;
+        if became_full && record.partition.is_none() && record.key.is_none() {
+            // Sticky partitioning: move unkeyed records on once a batch is full.
+            state
+                .sticky
+                .insert(record.topic.clone(), (partition + 1) % partitions);
+        }
+        drop(state);
+        shared.outstanding.fetch_add(1, Ordering::AcqRel);
+        if became_full || shared.config.linger.is_zero() {
+            shared.wake.notify_one();
+        }
+        Ok(DeliveryFuture(delivery))
+    }
+
+    /// Sends everything queued now and waits until every record sent so far is acknowledged or failed.
+    pub async fn flush(&self) {
+        let shared = &self.shared;
+        loop {
+            let idle = shared.idle.notified();
+            if shared.outstanding.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            shared.lock().flushing = true;
+            shared.wake.notify_one();
+            idle.await;
+        }
+        shared.lock().flushing = false;
+    }
+
+    /// Flushes, then stops the sender. Later `send`s fail with `Closed`.
+    pub async fn close(&self) {
+        self.flush().await;
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Takes sendable batches (at most one in flight per partition), groups them by leader, sends.
+async fn sender(shared: Arc<Shared>) {
+    loop {
+        let now = Instant::now();
+        let mut ready: Vec<(TopicPartition, Batch)> = Vec::new();
+        let mut next_wake: Option<Instant> = None;
+        {
+            let mut state = shared.lock();
+            let drain = state.flushing || shared.closed.load(Ordering::Acquire);
+            let State {
+                queues, in_flight, ..
+            } = &mut *state;
+            for (tp, queue) in queues.iter_mut() {
+                if in_flight.contains(tp) {
+                    continue;
+                }
+                let Some(front) = queue.front() else { continue };
+                let due = match front.retry_at {
+                    Some(at) => at,
+                    None if front.full || drain => now,
+                    None => front.created + shared.config.linger,
+                };
+                if due <= now {
+                    if let Some(batch) = queue.pop_front() {
+                        in_flight.insert(tp.clone());
+                        ready.push((tp.clone(), batch));
+                    }
+                } else {
+                    next_wake = Some(next_wake.map_or(due, |w: Instant| w.min(due)));
+                }
+            }
+            queues.retain(|_, q| !q.is_empty());
+        }
+        if ready.is_empty() {
+            if shared.closed.load(Ordering::Acquire)
+                && shared.outstanding.load(Ordering::Acquire) == 0
+            {
+                return;
+            }
+            let sleep = next_wake.map_or(Duration::from_secs(1), |w| {
+                w.saturating_duration_since(Instant::now())
+            });
+            tokio::select! {
+                _ = shared.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+            continue;
+        }
+        let mut by_leader: HashMap<u32, Vec<(TopicPartition, Batch)>> = HashMap::new();
+        for (tp, batch) in ready {
+            match shared.client.leader(&tp.0, tp.1).await {
+                Ok(leader) => by_leader.entry(leader).or_default().push((tp, batch)),
+                Err(e) => retry_or_fail(&shared, tp, batch, e),
+            }
+        }
+        for (leader, batches) in by_leader {
+            tokio::spawn(send_to_leader(shared.clone(), leader, batches));
+        }
+    }
+}
+
+async fn send_to_leader(
+    shared: Arc<Shared>,
+    leader: u32,
+    mut batches: Vec<(TopicPartition, Batch)>,
+) {
+    let mut topics: Vec<ProduceTopic> = Vec::new();
+    for ((topic, partition), batch) in &mut batches {
+        let bytes = batch
+            .built
+            .get_or_insert_with(|| std::mem::take(&mut batch.builder).build())
+            .clone();
+        match topics.iter_mut().find(|t| t.name == *topic) {
+            Some(t) => t.partitions.push(ProducePartition {
+                partition: *partition,
+                records: bytes,
+            }),
+            None => topics.push(ProduceTopic {
+                name: topic.clone(),
+                partitions: vec![ProducePartition {
+                    partition: *partition,
+                    records: bytes,
+                }],
+            }),
+        }
+    }
+    let timeout = shared.client.config().request_timeout;
+    let request = RequestBody::Produce(ProduceRequest {
+        acks: shared.config.acks,
+        timeout_ms: timeout.as_millis() as u32,
+        topics,
+    });
+    if shared.config.acks == Acks::None {
+        let sent = shared.client.send_only_node(leader, request).await;
+        for ((topic, partition), batch) in batches {
+            match &sent {
+                Ok(()) => finish(&shared, &topic, partition, batch, Ok(None)),
+                Err(e) => retry_or_fail(&shared, (topic, partition), batch, e.clone()),
+            }
+        }
+        return;
+    }
+    let response = shared
+        .client
+        .request_node(leader, Purpose::Produce, request, timeout)
+        .await;
+    let mut results: HashMap<TopicPartition, (ErrorCode, u64, Option<String>)> = HashMap::new();
+    let failure = match response {
+        Ok(ResponseBody::Produce(response)) => {
+            for topic in response.topics {
+                for p in topic.partitions {
+                    results.insert(
+                        (topic.name.clone(), p.partition),
+                        (p.error_code, p.base_offset, p.error_message),
+                    );
+                }
+            }
+            None
+        }
+        Ok(_) => Some(crate::admin::unexpected()),
+        Err(e) => Some(e),
+    };
+    for (tp, batch) in batches {
+        let outcome = match (&failure, results.remove(&tp)) {
+            (Some(e), _) => Err(e.clone()),
+            (None, Some((ErrorCode::NONE, base, _))) => Ok(Some(base)),
+            (None, Some((code, _, message))) => Err(ClientError::broker(
+                code,
+                format!("produce to {}-{}", tp.0, tp.1),
+                message,
+            )),
+            (None, None) => Err(ClientError::Invalid(format!(
+                "no produce result for {}-{}",
+                tp.0, tp.1
+            ))),
+        };
+        match outcome {
+            Ok(base) => finish(&shared, &tp.0, tp.1, batch, Ok(base)),
+            Err(e) => retry_or_fail(&shared, tp, batch, e),
+        }
+    }
+}
+
+fn finish(
+    shared: &Shared,
+    topic: &str,
+    partition: u32,
+    batch: Batch,
+    outcome: std::result::Result<Option<u64>, ClientError>,
+) {
+    shared.complete(topic, partition, batch, outcome);
+    shared
+        .lock()
+        .in_flight
+        .remove(&(topic.to_string(), partition));
+    shared.wake.notify_one();
+}
+
+/// Puts a failed batch back at the front of its queue (order kept) or fails its records.
+fn retry_or_fail(shared: &Arc<Shared>, tp: TopicPartition, mut batch: Batch, error: ClientError) {
+    let expired = batch.created.elapsed() >= shared.config.delivery_timeout;
+    if !error.is_retriable() || expired {
+        let error = if expired && error.is_retriable() {
+            ClientError::Timeout(
+                shared.config.delivery_timeout,
+                format!("delivery to {}-{}: {error}", tp.0, tp.1),
+            )
+        } else {
+            error
+        };
+        return finish(shared, &tp.0.clone(), tp.1, batch, Err(error));
+    }
+    batch.attempts += 1;
+    let backoff =
+        shared.client.config().retry_backoff * 2u32.saturating_pow(batch.attempts.min(10));
+    batch.retry_at = Some(Instant::now() + backoff.min(shared.client.config().retry_backoff_max));
+    tracing::debug!(topic = %tp.0, partition = tp.1, attempt = batch.attempts, "retrying produce: {error}");
+    {
+        let mut state = shared.lock();
+        state
+            .queues
+            .entry(tp.clone())
+            .or_default()
+            .push_front(batch);
+        state.in_flight.remove(&tp);
+    }
+    let refresh = shared.clone();
+    tokio::spawn(async move {
+        let _ = refresh.client.refresh_metadata().await;
+        refresh.wake.notify_one();
+    });
+}

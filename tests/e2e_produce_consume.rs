@@ -1,0 +1,126 @@
+//! A real broker process driven through `rill-client`: create a topic, produce keyed records,
+//! consume them all in per-partition order, restart the broker and read them again.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{client, BrokerProcess};
+use rill_client::partitioner::partition_for_key;
+use rill_client::{
+    Admin, Consumer, ConsumerConfig, ConsumerRecord, NewTopic, Producer, ProducerConfig, Record,
+};
+
+const RECORDS: usize = 2000;
+
+async fn consume_all(
+    client: rill_client::Client,
+    topic: &str,
+    expected: usize,
+) -> Vec<ConsumerRecord> {
+    let mut consumer = Consumer::new(client, ConsumerConfig::default());
+    consumer.assign_topic(topic).await.unwrap();
+    let mut records = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while records.len() < expected {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consumed only {} of {expected} records",
+            records.len()
+        );
+        records.extend(consumer.poll(Duration::from_millis(500)).await.unwrap());
+    }
+    records
+}
+
+fn check(records: &[ConsumerRecord], partitions: u32) {
+    assert_eq!(records.len(), RECORDS);
+    let mut last_offset: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut last_value_per_key: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    for r in records {
+        let key = r.key.clone().unwrap();
+        assert_eq!(
+            r.partition,
+            partition_for_key(&key, partitions),
+            "keyed records land on murmur2(key) % partitions"
+        );
+        if let Some(previous) = last_offset.insert(r.partition, r.offset) {
+            assert_eq!(
+                r.offset,
+                previous + 1,
+                "offsets of a partition are consumed in order without gaps"
+            );
+        }
+        let value: usize = std::str::from_utf8(r.value.as_ref().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        if let Some(previous) = last_value_per_key.insert(key.to_vec(), value) {
+            assert!(value > previous, "records of one key keep their send order");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_consume_restart_and_read_again() {
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(data.path(), &[]);
+    let client = client(&broker.address).await;
+    Admin::new(client.clone())
+        .create_topic(NewTopic::new("events", 4))
+        .await
+        .unwrap();
+
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for i in 0..RECORDS {
+        let record = Record::new("events")
+            .key(format!("key-{}", i % 50))
+            .value(i.to_string());
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    producer.flush().await;
+    let mut acked = BTreeMap::new();
+    for delivery in deliveries {
+        let metadata = delivery.await.unwrap();
+        assert!(
+            acked
+                .insert((metadata.partition, metadata.offset.unwrap()), ())
+                .is_none(),
+            "every record gets its own offset"
+        );
+    }
+    assert_eq!(acked.len(), RECORDS);
+
+    let records = consume_all(client.clone(), "events", RECORDS).await;
+    check(&records, 4);
+    let offsets = Admin::new(client.clone())
+        .describe_topic("events")
+        .await
+        .unwrap();
+    assert_eq!(
+        offsets
+            .iter()
+            .map(|p| p.latest_offset.unwrap())
+            .sum::<u64>(),
+        RECORDS as u64
+    );
+
+    assert!(broker.terminate(), "SIGTERM: clean exit 0");
+    let address = broker.address.clone();
+    drop(broker);
+    let broker = BrokerProcess::start_on(data.path(), &address, &[]);
+    let client = common::client(&broker.address).await;
+    let again = consume_all(client, "events", RECORDS).await;
+    check(&again, 4);
+    let key = |r: &ConsumerRecord| (r.partition, r.offset, r.value.clone());
+    let mut before: Vec<_> = records.iter().map(key).collect();
+    let mut after: Vec<_> = again.iter().map(key).collect();
+    before.sort();
+    after.sort();
+    assert_eq!(
+        before, after,
+        "the restarted broker serves the same records"
+    );
+}
