@@ -1,0 +1,278 @@
+//! `rill`: the Rill command-line tool (in the style of rpk and kcat). Glue over `rill-client`.
+//! Tables for people by default, `--format json` for scripts; an error is one line on stderr
+//! and a non-zero exit code.
+
+mod bench;
+mod consume;
+mod produce;
+
+use std::collections::BTreeMap;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use comfy_table::Table;
+use rill_client::{Admin, Client, ClientConfig, NewTopic};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rill",
+    version,
+    about = "Manage and use a Rill cluster from the terminal."
+)]
+struct Cli {
+    /// Brokers to bootstrap from: host:port[,host:port...]
+    #[arg(
+        long,
+        global = true,
+        env = "RILL_BROKERS",
+        default_value = "127.0.0.1:9292"
+    )]
+    brokers: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    /// A table for people.
+    #[default]
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// `--format` of commands that print tables.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Output {
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The cluster: brokers and the active controller.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+    /// Publish one record per stdin line.
+    Produce(produce::Args),
+    /// Print records of a topic.
+    Consume(consume::Args),
+    /// Earliest and latest offset of every partition of a topic.
+    Offsets {
+        topic: String,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Load generator: produce or consume as fast as possible and report throughput and latency.
+    Bench {
+        #[command(subcommand)]
+        command: bench::Command,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Brokers and the active controller.
+    Info {
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        #[arg(long, default_value_t = 1)]
+        replicas: u16,
+        /// Topic config, repeatable: --config retention.ms=3600000
+        #[arg(long = "config", value_parser = parse_key_value)]
+        configs: Vec<(String, String)>,
+    },
+    /// List topics.
+    List {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Partitions, leaders, replicas, ISR and offsets of a topic.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Delete a topic and its data.
+    Delete { name: String },
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("RILL_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli).await {
+        eprintln!("rill: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+pub async fn connect(brokers: &str) -> anyhow::Result<Client> {
+    let mut config = ClientConfig::new(brokers);
+    config.client_id = "rill-cli".into();
+    config.retry_timeout = std::time::Duration::from_secs(15);
+    Ok(Client::connect(config).await?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Cluster {
+            command: ClusterCommand::Info { out },
+        } => {
+            let client = connect(&cli.brokers).await?;
+            let brokers = Admin::new(client.clone()).describe_cluster().await?;
+            let metadata = client.metadata();
+            if out.format == Format::Json {
+                let value = serde_json::json!({ "cluster_id": metadata.cluster_id, "controller": metadata.controller, "brokers": brokers });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+                return Ok(());
+            }
+            println!(
+                "cluster {}, active controller: {}",
+                metadata.cluster_id,
+                metadata.controller.map_or("none".into(), |c| c.to_string())
+            );
+            let mut table = Table::new();
+            table.set_header(["NODE", "ADDRESS", "CONTROLLER"]);
+            for b in brokers {
+                table.add_row([
+                    b.node_id.to_string(),
+                    b.address,
+                    if b.is_controller {
+                        "*".into()
+                    } else {
+                        String::new()
+                    },
+                ]);
+            }
+            println!("{table}");
+        }
+        Command::Topic { command } => topic(&cli.brokers, command).await?,
+        Command::Produce(args) => produce::run(&cli.brokers, args).await?,
+        Command::Consume(args) => consume::run(&cli.brokers, args).await?,
+        Command::Offsets { topic, out } => {
+            let admin = Admin::new(connect(&cli.brokers).await?);
+            let partitions = admin.describe_topic(&topic).await?;
+            if out.format == Format::Json {
+                let rows: Vec<_> = partitions.iter().map(|p| serde_json::json!({"partition": p.partition, "earliest": p.earliest_offset, "latest": p.latest_offset})).collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            let mut table = Table::new();
+            table.set_header(["PARTITION", "EARLIEST", "LATEST"]);
+            for p in partitions {
+                table.add_row([
+                    p.partition.to_string(),
+                    opt(p.earliest_offset),
+                    opt(p.latest_offset),
+                ]);
+            }
+            println!("{table}");
+        }
+        Command::Bench { command } => bench::run(&cli.brokers, command).await?,
+    }
+    Ok(())
+}
+
+fn opt<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+fn ids(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+async fn topic(brokers: &str, command: TopicCommand) -> anyhow::Result<()> {
+    let admin = Admin::new(connect(brokers).await?);
+    match command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            replicas,
+            configs,
+        } => {
+            let topic = NewTopic {
+                name: name.clone(),
+                partitions,
+                replication_factor: replicas,
+                configs: configs.into_iter().collect::<BTreeMap<_, _>>(),
+            };
+            admin.create_topic(topic).await?;
+            eprintln!(
+                "created topic {name} ({partitions} partitions, replication factor {replicas})"
+            );
+        }
+        TopicCommand::List { out } => {
+            let topics = admin.list_topics().await?;
+            if out.format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&topics)?);
+            } else {
+                topics.iter().for_each(|t| println!("{t}"));
+            }
+        }
+        TopicCommand::Describe { name, out } => {
+            let partitions = admin.describe_topic(&name).await?;
+            if out.format == Format::Json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "topic": name, "partitions": partitions })
+                    )?
+                );
+                return Ok(());
+            }
+            let mut table = Table::new();
+            table.set_header([
+                "PARTITION",
+                "LEADER",
+                "EPOCH",
+                "REPLICAS",
+                "ISR",
+                "EARLIEST",
+                "LATEST",
+            ]);
+            for p in partitions {
+                table.add_row([
+                    p.partition.to_string(),
+                    opt(p.leader),
+                    p.leader_epoch.to_string(),
+                    ids(&p.replicas),
+                    ids(&p.isr),
+                    opt(p.earliest_offset),
+                    opt(p.latest_offset),
+                ]);
+            }
+            println!("topic {name}\n{table}");
+        }
+        TopicCommand::Delete { name } => {
+            admin.delete_topic(&name).await?;
+            eprintln!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}
