@@ -102,41 +102,43 @@ pub fn eventually(deadline: Duration, what: &str, mut condition: impl FnMut() ->
     }
 }
 
-/// Path of the `rill-broker` binary, built on first use. `cargo test` builds only the binaries of
-/// packages that have their own integration tests, so the root package's tests build it here
-/// (a no-op when it is fresh). Uses the same profile as the running test.
+/// Path of the `rill-broker` binary, built on first use.
 pub fn broker_binary() -> std::path::PathBuf {
     static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/<test> -> target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(|p| p.parent())
-            .expect("target/<profile> directory")
-            .to_path_buf();
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut command = std::process::Command::new(cargo);
-        command.args([
-            "build",
-            "--quiet",
-            "-p",
-            "rill-broker",
-            "--bin",
-            "rill-broker",
-        ]);
-        if release {
-            command.arg("--release");
-        }
-        let status = command
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building rill-broker failed");
-        profile_dir.join("rill-broker")
-    })
-    .clone()
+    PATH.get_or_init(|| build_binary("rill-broker", "rill-broker"))
+        .clone()
+}
+
+/// Path of the `rill` CLI binary, built on first use.
+pub fn cli_binary() -> std::path::PathBuf {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| build_binary("rill-client", "rill"))
+        .clone()
+}
+
+/// `cargo test` builds only the binaries of packages that have their own integration tests, so
+/// the root package's tests build the ones they run (a no-op when fresh), in the test's profile.
+fn build_binary(package: &str, bin: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target/<profile> directory")
+        .to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    command.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if release {
+        command.arg("--release");
+    }
+    let status = command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building {bin} failed");
+    profile_dir.join(bin)
 }
 
 /// A real `rill-broker` process on 127.0.0.1 with a temp data directory. Killed when dropped.
@@ -206,8 +208,11 @@ impl BrokerProcess {
         broker
     }
 
-    /// Waits for a stderr line containing `needle`.
+    /// A stderr line containing `needle`: one already seen, or the next to arrive within `timeout`.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
