@@ -239,6 +239,23 @@ impl Client {
         Ok(())
     }
 
+    /// The number of partitions of `topic`, from the cache without copying it (the producer's
+    /// per-record path); refreshes once if the topic is unknown.
+    pub async fn partition_count(&self, topic: &str) -> Result<u32> {
+        let cached = self
+            .inner
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .topics
+            .get(topic)
+            .map(|p| p.len() as u32);
+        match cached {
+            Some(count) => Ok(count),
+            None => Ok(self.partitions(topic).await?.len() as u32),
+        }
+    }
+
     /// Partitions of `topic` from the cache, refreshing once if the topic is unknown.
     pub async fn partitions(&self, topic: &str) -> Result<Vec<PartitionInfo>> {
         if let Some(partitions) = self.metadata().topics.get(topic) {
@@ -256,6 +273,17 @@ impl Client {
 
     /// The leader of a partition from the cache.
     pub(crate) async fn leader(&self, topic: &str, partition: u32) -> Result<u32> {
+        let cached = self
+            .inner
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .topics
+            .get(topic)
+            .and_then(|p| p.get(partition as usize).map(|p| p.leader));
+        if let Some(Some(leader)) = cached {
+            return Ok(leader);
+        }
         let partitions = self.partitions(topic).await?;
         let info = partitions.get(partition as usize).ok_or_else(|| {
             ClientError::broker(

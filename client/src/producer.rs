@@ -135,12 +135,26 @@ struct Batch {
     retry_at: Option<Instant>,
 }
 
+/// Batches per topic and partition. Nested maps so that the per-record path looks topics up by
+/// `&str` and allocates nothing once a partition has a queue.
 #[derive(Default)]
 struct State {
-    queues: HashMap<TopicPartition, VecDeque<Batch>>,
+    queues: HashMap<String, HashMap<u32, VecDeque<Batch>>>,
     in_flight: HashSet<TopicPartition>,
     sticky: HashMap<String, u32>,
     flushing: bool,
+}
+
+impl State {
+    fn queue(&mut self, topic: &str, partition: u32) -> &mut VecDeque<Batch> {
+        if !self.queues.contains_key(topic) {
+            self.queues.insert(topic.to_string(), HashMap::new());
+        }
+        self.queues
+            .get_mut(topic)
+            .map(|partitions| partitions.entry(partition).or_default())
+            .expect("inserted above")
+    }
 }
 
 struct Shared {
@@ -231,7 +245,7 @@ impl Producer {
         if shared.closed.load(Ordering::Acquire) {
             return Err(ClientError::Closed);
         }
-        let partitions = shared.client.partitions(&record.topic).await?.len() as u32;
+        let partitions = shared.client.partition_count(&record.topic).await?;
         if partitions == 0 {
             return Err(ClientError::Invalid(format!(
                 "topic {} has no partitions",
@@ -267,17 +281,17 @@ impl Producer {
                 )))
             }
             (None, Some(key)) => partition_for_key(key, partitions),
-            (None, None) => {
-                *state
-                    .sticky
-                    .entry(record.topic.clone())
-                    .or_insert_with(|| (now_ms() as u32) % partitions)
-                    % partitions
-            }
+            (None, None) => match state.sticky.get(record.topic.as_str()) {
+                Some(p) => *p % partitions,
+                None => {
+                    let p = (now_ms() as u32) % partitions;
+                    state.sticky.insert(record.topic.clone(), p);
+                    p
+                }
+            },
         };
-        let tp = (record.topic.clone(), partition);
         let batch_size = shared.config.batch_size_bytes;
-        let queue = state.queues.entry(tp).or_default();
+        let queue = state.queue(&record.topic, partition);
         let needs_new = queue.back().is_none_or(|b| {
             b.full
                 || b.built.is_some()
@@ -366,26 +380,28 @@ async fn sender(shared: Arc<Shared>) {
             let State {
                 queues, in_flight, ..
             } = &mut *state;
-            for (tp, queue) in queues.iter_mut() {
-                if in_flight.contains(tp) {
-                    continue;
-                }
-                let Some(front) = queue.front() else { continue };
-                let due = match front.retry_at {
-                    Some(at) => at,
-                    None if front.full || drain => now,
-                    None => front.created + shared.config.linger,
-                };
-                if due <= now {
-                    if let Some(batch) = queue.pop_front() {
-                        in_flight.insert(tp.clone());
-                        ready.push((tp.clone(), batch));
+            for (topic, partitions) in queues.iter_mut() {
+                for (partition, queue) in partitions.iter_mut() {
+                    let Some(front) = queue.front() else { continue };
+                    let tp = (topic.clone(), *partition);
+                    if in_flight.contains(&tp) {
+                        continue;
                     }
-                } else {
-                    next_wake = Some(next_wake.map_or(due, |w: Instant| w.min(due)));
+                    let due = match front.retry_at {
+                        Some(at) => at,
+                        None if front.full || drain => now,
+                        None => front.created + shared.config.linger,
+                    };
+                    if due <= now {
+                        if let Some(batch) = queue.pop_front() {
+                            in_flight.insert(tp.clone());
+                            ready.push((tp, batch));
+                        }
+                    } else {
+                        next_wake = Some(next_wake.map_or(due, |w: Instant| w.min(due)));
+                    }
                 }
             }
-            queues.retain(|_, q| !q.is_empty());
         }
         if ready.is_empty() {
             if shared.closed.load(Ordering::Acquire)
@@ -533,11 +549,7 @@ fn retry_or_fail(shared: &Arc<Shared>, tp: TopicPartition, mut batch: Batch, err
     tracing::debug!(topic = %tp.0, partition = tp.1, attempt = batch.attempts, "retrying produce: {error}");
     {
         let mut state = shared.lock();
-        state
-            .queues
-            .entry(tp.clone())
-            .or_default()
-            .push_front(batch);
+        state.queue(&tp.0, tp.1).push_front(batch);
         state.in_flight.remove(&tp);
     }
     let refresh = shared.clone();
