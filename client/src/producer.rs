@@ -34,7 +34,9 @@ use crate::partitioner::partition_for_key;
 pub struct ProducerConfig {
     /// Default: leader acknowledgement.
     pub acks: Acks,
-    /// A batch is sent once it reaches this size. Default 64 KiB.
+    /// A batch is sent once it reaches this size. Default 512 KiB (keep it under the broker's
+    /// `max_batch_bytes`, 1 MiB by default). With one batch in flight per partition, this is
+    /// the main throughput lever: see docs/OPERATIONS.md, "Benchmarking".
     pub batch_size_bytes: usize,
     /// ... or once its first record waited this long. Default 5 ms.
     pub linger: Duration,
@@ -48,7 +50,7 @@ impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
             acks: Acks::Leader,
-            batch_size_bytes: 64 << 10,
+            batch_size_bytes: 512 << 10,
             linger: Duration::from_millis(5),
             buffer_memory_bytes: 32 << 20,
             delivery_timeout: Duration::from_secs(120),
@@ -123,6 +125,10 @@ impl Future for DeliveryFuture {
 }
 
 type TopicPartition = (String, u32);
+
+/// A new batch reserves this much and grows as records arrive, so idle partitions do not hold
+/// `batch_size_bytes` each.
+const INITIAL_BATCH_BYTES: usize = 16 << 10;
 
 struct Batch {
     builder: RecordBatchBuilder,
@@ -303,7 +309,7 @@ impl Producer {
             }
             queue.push_back(Batch {
                 builder: RecordBatchBuilder::with_capacity(
-                    batch_size.max(size + BATCH_HEADER_BYTES),
+                    INITIAL_BATCH_BYTES.max(size + BATCH_HEADER_BYTES),
                 ),
                 built: None,
                 created: Instant::now(),

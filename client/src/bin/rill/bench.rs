@@ -69,7 +69,7 @@ pub struct ProduceArgs {
     producers: u32,
     #[arg(long, value_enum, default_value = "1")]
     acks: AcksArg,
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = 512 * 1024)]
     batch_size: usize,
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
