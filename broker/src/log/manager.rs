@@ -239,12 +239,19 @@ impl LogManager {
         Ok(true)
     }
 
-    /// Flushes every log whose interval flush is due; rolls by age; applies retention. Blocking.
+    /// Flushes every log whose interval flush is due (the fdatasync runs with the partition
+    /// unlocked, so appends continue meanwhile); rolls by age; applies retention. Blocking.
     pub fn tick(&self, now_ms: i64) -> Result<()> {
         let partitions: Vec<Arc<PartitionLog>> = self.read_logs().values().cloned().collect();
         for partition in partitions {
+            if let Some(pending) = partition.with_log(|log| log.begin_flush_if_due())? {
+                let end_offset = pending.sync()?;
+                partition.with_log(|log| {
+                    log.flush_completed(end_offset);
+                    Ok(())
+                })?;
+            }
             partition.with_log(|log| {
-                log.flush_if_due()?;
                 log.roll_if_due(now_ms)?;
                 log.enforce_retention(now_ms).map(|_| ())
             })?;

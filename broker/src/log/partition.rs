@@ -55,6 +55,21 @@ pub struct RetentionOutcome {
     pub deleted_bytes: u64,
 }
 
+/// An interval flush in progress, detached from the log's lock. See [`Log::begin_flush_if_due`].
+pub struct PendingFlush {
+    file: fs::File,
+    end_offset: u64,
+    path: PathBuf,
+}
+
+impl PendingFlush {
+    /// fdatasync; returns the offset now durable, for [`Log::flush_completed`].
+    pub fn sync(self) -> Result<u64> {
+        self.file.sync_data().context("sync segment", &self.path)?;
+        Ok(self.end_offset)
+    }
+}
+
 /// A partition log. See the module docs.
 pub struct Log {
     dir: PathBuf,
@@ -531,6 +546,38 @@ impl Log {
         self.flushed_offset = self.log_end_offset();
         self.last_flush = Instant::now();
         Ok(self.flushed_offset)
+    }
+
+    /// Starts an `interval` flush if one is due, without doing the slow part: returns a handle
+    /// to the active segment's file and the offset the flush covers. The caller fdatasyncs it
+    /// with the log unlocked ([`PendingFlush::sync`], a disk sync can take 100 ms) and then
+    /// reports back with [`Log::flush_completed`], so appends never wait behind an interval flush.
+    pub fn begin_flush_if_due(&mut self) -> Result<Option<PendingFlush>> {
+        let FlushPolicy::Interval { interval_ms } = self.config.flush else {
+            return Ok(None);
+        };
+        if self.flushed_offset == self.log_end_offset()
+            || self.last_flush.elapsed().as_millis() < u128::from(interval_ms)
+        {
+            return Ok(None);
+        }
+        self.last_flush = Instant::now();
+        let Some(file) = self.active()?.clone_file()? else {
+            return Ok(None);
+        };
+        Ok(Some(PendingFlush {
+            file,
+            end_offset: self.log_end_offset(),
+            path: self.active()?.path(),
+        }))
+    }
+
+    /// Records a flush done with [`Log::begin_flush_if_due`].
+    pub fn flush_completed(&mut self, end_offset: u64) {
+        // A truncation meanwhile may have lowered the end: never claim more than the log holds.
+        self.flushed_offset = self
+            .flushed_offset
+            .max(end_offset.min(self.log_end_offset()));
     }
 
     /// Flushes if the `interval` flush policy's interval has passed since the last flush.

@@ -584,6 +584,18 @@ impl Segment {
         Ok(())
     }
 
+    /// A second handle to the active data file, to fdatasync it without holding the log.
+    pub fn clone_file(&self) -> Result<Option<File>> {
+        match &self.state {
+            State::Active(active) => active
+                .file
+                .try_clone()
+                .map(Some)
+                .context("duplicate segment handle", &self.path()),
+            State::Sealed(_) => Ok(None),
+        }
+    }
+
     /// fdatasync of the active data file.
     pub fn sync(&self) -> Result<()> {
         if let State::Active(active) = &self.state {
