@@ -14,14 +14,18 @@ use crate::error::{ClientError, Result};
 /// A topic to create.
 #[derive(Debug, Clone)]
 pub struct NewTopic {
+    /// Topic name: 1-249 characters of `[a-zA-Z0-9._-]`.
     pub name: String,
+    /// Number of partitions (1-10000).
     pub partitions: u32,
+    /// Replicas per partition; at most the number of live brokers.
     pub replication_factor: u16,
     /// Topic configs, e.g. `retention.ms`, `retention.bytes`, `segment.bytes`, `max.message.bytes`, `flush`.
     pub configs: BTreeMap<String, String>,
 }
 
 impl NewTopic {
+    /// A topic with replication factor 1 and no configs.
     pub fn new(name: impl Into<String>, partitions: u32) -> NewTopic {
         NewTopic {
             name: name.into(),
@@ -35,20 +39,30 @@ impl NewTopic {
 /// A partition with its offsets.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PartitionDescription {
+    /// Partition index.
     pub partition: u32,
+    /// Node id of the leader, if elected.
     pub leader: Option<u32>,
+    /// Incremented on every leadership change.
     pub leader_epoch: u32,
+    /// Node ids holding a replica; the first is the preferred leader.
     pub replicas: Vec<u32>,
+    /// Replicas in sync with the leader.
     pub isr: Vec<u32>,
+    /// Log start offset.
     pub earliest_offset: Option<u64>,
+    /// Log end offset (the next offset to be written).
     pub latest_offset: Option<u64>,
 }
 
 /// A broker of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BrokerDescription {
+    /// Broker node id.
     pub node_id: u32,
+    /// `host:port` clients use.
     pub address: String,
+    /// Whether this broker is the active metadata controller.
     pub is_controller: bool,
 }
 
@@ -59,6 +73,7 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// Admin operations over `client`.
     pub fn new(client: Client) -> Admin {
         Admin { client }
     }

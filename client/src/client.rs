@@ -27,6 +27,7 @@ pub struct ClientConfig {
     pub retry_timeout: Duration,
     /// First retry backoff, doubled up to `retry_backoff_max`. Default 50 ms / 1 s.
     pub retry_backoff: Duration,
+    /// Upper bound of the retry backoff.
     pub retry_backoff_max: Duration,
     /// Largest response frame accepted. Default 64 MiB.
     pub max_frame_bytes: usize,
@@ -65,20 +66,28 @@ pub(crate) enum Purpose {
 /// Cached view of one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionInfo {
+    /// Partition index.
     pub partition: u32,
+    /// Node id of the leader, if elected.
     pub leader: Option<u32>,
+    /// Incremented on every leadership change.
     pub leader_epoch: u32,
+    /// Node ids holding a replica.
     pub replicas: Vec<u32>,
+    /// Replicas in sync with the leader.
     pub isr: Vec<u32>,
 }
 
 /// Cached cluster metadata.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterMetadata {
+    /// Cluster name reported by the brokers.
     pub cluster_id: String,
+    /// Node id of the active controller, if elected.
     pub controller: Option<u32>,
     /// node id -> `host:port`
     pub brokers: HashMap<u32, String>,
+    /// Topic name -> partitions, in partition order.
     pub topics: HashMap<String, Vec<PartitionInfo>>,
 }
 
@@ -115,6 +124,7 @@ impl Client {
         Ok(client)
     }
 
+    /// The settings this client was created with.
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
     }

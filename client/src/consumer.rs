@@ -22,7 +22,9 @@ use crate::error::{ClientError, Result};
 /// Where to start when a partition has no position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetReset {
+    /// The log start offset.
     Earliest,
+    /// The log end offset: only records written from now on.
     Latest,
     /// Fail `poll` instead.
     Error,
@@ -31,8 +33,11 @@ pub enum OffsetReset {
 /// A position to seek to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeekTo {
+    /// The log start offset.
     Earliest,
+    /// The log end offset.
     Latest,
+    /// An exact offset.
     Offset(u64),
     /// The first record with a timestamp >= this (ms); the log end if none.
     Timestamp(i64),
@@ -68,12 +73,19 @@ impl Default for ConsumerConfig {
 /// A consumed record. Key, value and header bytes are slices of the fetched response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
+    /// Topic of the record.
     pub topic: String,
+    /// Partition of the record.
     pub partition: u32,
+    /// Offset of the record in its partition.
     pub offset: u64,
+    /// Record timestamp, ms since the Unix epoch.
     pub timestamp: i64,
+    /// Record key, if any.
     pub key: Option<Bytes>,
+    /// Record value, if any.
     pub value: Option<Bytes>,
+    /// Record headers.
     pub headers: Vec<Header>,
 }
 
@@ -97,6 +109,7 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// A consumer with no assignment.
     pub fn new(client: Client, config: ConsumerConfig) -> Consumer {
         Consumer {
             client,

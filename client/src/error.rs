@@ -2,21 +2,37 @@
 
 use rill_protocol::{ErrorCode, ProtocolError};
 
+/// Result alias of the client.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// Everything that can fail in the client. [`ClientError::is_retriable`] tells whether trying
+/// again (after a metadata refresh) may succeed.
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum ClientError {
     /// No broker could be reached.
     #[error("cannot reach any broker ({addresses}): {reason}; is rill-broker running there?")]
-    NoBrokers { addresses: String, reason: String },
+    NoBrokers {
+        /// The bootstrap addresses tried.
+        addresses: String,
+        /// The last failure.
+        reason: String,
+    },
     /// The connection to a broker failed or closed mid-request.
     #[error("connection to {address} failed: {reason}")]
-    Connection { address: String, reason: String },
+    Connection {
+        /// The broker's address.
+        address: String,
+        /// What failed.
+        reason: String,
+    },
     /// The broker answered with an error code.
     #[error("{context}: {code}{}", message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default())]
     Broker {
+        /// The protocol error code.
         code: ErrorCode,
+        /// What the client was doing.
         context: String,
+        /// The broker's explanation, when it sent one.
         message: Option<String>,
     },
     /// A response could not be decoded.

@@ -61,38 +61,49 @@ impl Default for ProducerConfig {
 /// A record to send.
 #[derive(Debug, Clone, Default)]
 pub struct Record {
+    /// Topic to write to.
     pub topic: String,
+    /// Partition; `None` picks one (key hash, or sticky for unkeyed records).
     pub partition: Option<u32>,
+    /// Key, if any: records with the same key go to the same partition.
     pub key: Option<Bytes>,
+    /// Value, if any.
     pub value: Option<Bytes>,
+    /// Headers (key and optional value).
     pub headers: Vec<Header>,
     /// Milliseconds since the Unix epoch; default now.
     pub timestamp: Option<i64>,
 }
 
 impl Record {
+    /// A record for `topic` with no key, value or headers.
     pub fn new(topic: impl Into<String>) -> Record {
         Record {
             topic: topic.into(),
             ..Record::default()
         }
     }
+    /// Sets the key.
     pub fn key(mut self, key: impl Into<Bytes>) -> Record {
         self.key = Some(key.into());
         self
     }
+    /// Sets the value.
     pub fn value(mut self, value: impl Into<Bytes>) -> Record {
         self.value = Some(value.into());
         self
     }
+    /// Sends to this partition.
     pub fn partition(mut self, partition: u32) -> Record {
         self.partition = Some(partition);
         self
     }
+    /// Sets the timestamp (ms since the Unix epoch).
     pub fn timestamp(mut self, timestamp_ms: i64) -> Record {
         self.timestamp = Some(timestamp_ms);
         self
     }
+    /// Adds a header.
     pub fn header(mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Record {
         self.headers.push(Header {
             key: key.into(),
@@ -105,10 +116,13 @@ impl Record {
 /// Where a record was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordMetadata {
+    /// Topic written to.
     pub topic: String,
+    /// Partition written to.
     pub partition: u32,
     /// `None` with `acks = 0` (the broker does not answer).
     pub offset: Option<u64>,
+    /// The record's timestamp.
     pub timestamp: i64,
 }
 
