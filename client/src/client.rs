@@ -189,27 +189,31 @@ impl Client {
         body: RequestBody,
         timeout: Duration,
     ) -> Result<ResponseBody> {
-        let address = self.metadata().brokers.get(&node).cloned().ok_or_else(|| {
-            ClientError::broker(
-                ErrorCode::LEADER_NOT_AVAILABLE,
-                format!("broker {node} is not in the metadata"),
-                None,
-            )
-        })?;
+        let address = self.node_address(node)?;
         self.connection(&address, purpose)
             .await?
             .request(body, timeout)
             .await
     }
 
-    pub(crate) async fn send_only_node(&self, node: u32, body: RequestBody) -> Result<()> {
-        let address = self.metadata().brokers.get(&node).cloned().ok_or_else(|| {
+    /// `host:port` of a broker, read from the cache without copying it.
+    fn node_address(&self, node: u32) -> Result<String> {
+        let metadata = self
+            .inner
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        metadata.brokers.get(&node).cloned().ok_or_else(|| {
             ClientError::broker(
                 ErrorCode::LEADER_NOT_AVAILABLE,
                 format!("broker {node} is not in the metadata"),
                 None,
             )
-        })?;
+        })
+    }
+
+    pub(crate) async fn send_only_node(&self, node: u32, body: RequestBody) -> Result<()> {
+        let address = self.node_address(node)?;
         self.connection(&address, Purpose::Produce)
             .await?
             .send_only(body)
