@@ -217,6 +217,43 @@ fn every_bad_input_gets_a_clear_error_and_the_broker_keeps_serving() {
     );
     assert_eq!(response.topics[0].partitions[0].high_watermark, 3);
 
+    // acks = 0: no response at all; the next response on the connection answers the next request.
+    let fire_and_forget = RequestBody::Produce(ProduceRequest {
+        acks: Acks::None,
+        timeout_ms: 1000,
+        topics: vec![ProduceTopic {
+            name: "good".into(),
+            partitions: vec![ProducePartition {
+                partition: 0,
+                records: batch(2, 10, 0, 2),
+            }],
+        }],
+    });
+    raw.send(
+        ApiKey::Produce as u16,
+        0,
+        &fire_and_forget.encode_to_bytes(),
+    );
+    let ResponseBody::ListOffsets(offsets) =
+        raw.call(RequestBody::ListOffsets(ListOffsetsRequest {
+            topics: vec![ListOffsetsTopic {
+                name: "good".into(),
+                partitions: vec![ListOffsetsPartition {
+                    partition: 0,
+                    current_leader_epoch: None,
+                    spec: OffsetSpec::Latest,
+                }],
+            }],
+        }))
+    else {
+        panic!("the response after an acks=0 produce must be the next request's")
+    };
+    assert_eq!(
+        offsets.topics[0].partitions[0].offset,
+        Some(5),
+        "the acks=0 batch was appended"
+    );
+
     // Request-level errors keep the connection open.
     raw.send(999, 0, &[]);
     assert_eq!(
@@ -291,9 +328,9 @@ fn every_bad_input_gets_a_clear_error_and_the_broker_keeps_serving() {
     let batches: Vec<_> = rill_protocol::batch::batches(records.clone())
         .map(|b| b.unwrap())
         .collect();
-    assert_eq!(batches.len(), 1);
-    batches[0].validate().unwrap();
-    assert_eq!(batches[0].record_count(), 3);
+    assert_eq!(batches.len(), 2);
+    batches.iter().for_each(|b| b.validate().unwrap());
+    assert_eq!(batches[0].record_count() + batches[1].record_count(), 5);
     broker.wait_for_line("request frame too large", Duration::from_secs(10));
     broker.wait_for_line("undecodable request", Duration::from_secs(10));
 }
