@@ -4,6 +4,7 @@
 pub mod config;
 pub mod controller;
 pub mod error;
+pub mod group;
 pub mod log;
 pub mod server;
 
