@@ -32,11 +32,18 @@ pub enum ApiKey {
     Produce = 4,
     Fetch = 5,
     ListOffsets = 6,
+    FindCoordinator = 10,
+    ConsumerGroupHeartbeat = 11,
+    OffsetCommit = 12,
+    OffsetFetch = 13,
+    ListGroups = 14,
+    DescribeGroups = 15,
+    DeleteGroups = 16,
 }
 
 impl ApiKey {
     /// Every API this protocol version defines.
-    pub const ALL: [ApiKey; 7] = [
+    pub const ALL: [ApiKey; 14] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -44,6 +51,13 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::FindCoordinator,
+        ApiKey::ConsumerGroupHeartbeat,
+        ApiKey::OffsetCommit,
+        ApiKey::OffsetFetch,
+        ApiKey::ListGroups,
+        ApiKey::DescribeGroups,
+        ApiKey::DeleteGroups,
     ];
 
     /// The key for a number, if this version knows it.
@@ -446,6 +460,217 @@ wire_struct! {
     }
 }
 
+// ---------------------------------------------------------------- consumer groups (10-16)
+
+wire_struct! {
+    /// Partitions of one topic.
+    pub struct TopicPartitions {
+        pub topic: String,
+        pub partitions: Vec<u32>,
+    }
+}
+
+wire_struct! {
+    /// Which broker coordinates a group.
+    pub struct FindCoordinatorRequest {
+        pub group_id: String,
+    }
+}
+
+wire_struct! {
+    pub struct FindCoordinatorResponse {
+        pub error_code: ErrorCode,
+        pub node_id: Option<u32>,
+        pub host: String,
+        pub port: u16,
+    }
+}
+
+wire_struct! {
+    /// Joins, stays in, or leaves a group; carries the subscription and the partitions the
+    /// member owns, and returns the partitions it may consume (KIP-848 style).
+    pub struct ConsumerGroupHeartbeatRequest {
+        pub group_id: String,
+        /// Empty to join.
+        pub member_id: String,
+        /// -1 to leave; otherwise the epoch last returned (0 when joining).
+        pub member_epoch: i32,
+        /// Static membership id (e.g. a host name): a restart within the session gets the same partitions.
+        pub instance_id: Option<String>,
+        /// Absent: unchanged since the last heartbeat.
+        pub subscribed_topics: Option<Vec<String>>,
+        pub owned: Vec<TopicPartitions>,
+        pub session_timeout_ms: u32,
+        /// `range`, `roundrobin` or `sticky`; used when the group is empty.
+        pub assignor: Option<String>,
+    }
+}
+
+wire_struct! {
+    pub struct ConsumerGroupHeartbeatResponse {
+        pub error_code: ErrorCode,
+        pub error_message: Option<String>,
+        pub member_id: String,
+        pub member_epoch: i32,
+        pub heartbeat_interval_ms: u32,
+        /// The partitions the member may consume now; it must stop consuming any others.
+        pub assignment: Vec<TopicPartitions>,
+    }
+}
+
+wire_struct! {
+    pub struct OffsetCommitPartition {
+        pub partition: u32,
+        /// The next offset to consume.
+        pub offset: u64,
+        pub metadata: Option<String>,
+    }
+}
+
+wire_struct! {
+    pub struct OffsetCommitTopic {
+        pub name: String,
+        pub partitions: Vec<OffsetCommitPartition>,
+    }
+}
+
+wire_struct! {
+    /// Commits offsets as a member (its id and current epoch), or as an admin (empty member id,
+    /// epoch -1) for a group with no members (offset reset).
+    pub struct OffsetCommitRequest {
+        pub group_id: String,
+        pub member_id: String,
+        pub member_epoch: i32,
+        pub topics: Vec<OffsetCommitTopic>,
+    }
+}
+
+wire_struct! {
+    pub struct PartitionResult {
+        pub partition: u32,
+        pub error_code: ErrorCode,
+    }
+}
+
+wire_struct! {
+    pub struct OffsetCommitTopicResponse {
+        pub name: String,
+        pub partitions: Vec<PartitionResult>,
+    }
+}
+
+wire_struct! {
+    pub struct OffsetCommitResponse {
+        /// Group-level outcome (e.g. NOT_COORDINATOR); partition results follow.
+        pub error_code: ErrorCode,
+        pub topics: Vec<OffsetCommitTopicResponse>,
+    }
+}
+
+wire_struct! {
+    pub struct OffsetFetchRequest {
+        pub group_id: String,
+        /// Absent: every partition with a committed offset.
+        pub topics: Option<Vec<TopicPartitions>>,
+    }
+}
+
+wire_struct! {
+    pub struct OffsetFetchPartition {
+        pub partition: u32,
+        /// Absent when nothing is committed.
+        pub offset: Option<u64>,
+        pub metadata: Option<String>,
+    }
+}
+
+wire_struct! {
+    pub struct OffsetFetchTopic {
+        pub name: String,
+        pub partitions: Vec<OffsetFetchPartition>,
+    }
+}
+
+wire_struct! {
+    pub struct OffsetFetchResponse {
+        pub error_code: ErrorCode,
+        pub topics: Vec<OffsetFetchTopic>,
+    }
+}
+
+wire_struct! {
+    /// Groups this broker coordinates.
+    pub struct ListGroupsRequest {}
+}
+
+wire_struct! {
+    pub struct GroupListing {
+        pub group_id: String,
+        pub state: String,
+        pub members: u32,
+    }
+}
+
+wire_struct! {
+    pub struct ListGroupsResponse {
+        pub groups: Vec<GroupListing>,
+    }
+}
+
+wire_struct! {
+    pub struct DescribeGroupsRequest {
+        pub group_ids: Vec<String>,
+    }
+}
+
+wire_struct! {
+    pub struct GroupMember {
+        pub member_id: String,
+        pub instance_id: Option<String>,
+        pub member_epoch: i32,
+        pub subscribed_topics: Vec<String>,
+        pub assignment: Vec<TopicPartitions>,
+    }
+}
+
+wire_struct! {
+    pub struct GroupDescription {
+        pub error_code: ErrorCode,
+        pub group_id: String,
+        /// Empty, Reconciling or Stable.
+        pub state: String,
+        pub group_epoch: i32,
+        pub assignor: String,
+        pub members: Vec<GroupMember>,
+    }
+}
+
+wire_struct! {
+    pub struct DescribeGroupsResponse {
+        pub groups: Vec<GroupDescription>,
+    }
+}
+
+wire_struct! {
+    /// Deletes groups without members, with their committed offsets.
+    pub struct DeleteGroupsRequest {
+        pub group_ids: Vec<String>,
+    }
+}
+
+wire_struct! {
+    pub struct GroupResult {
+        pub group_id: String,
+        pub error_code: ErrorCode,
+    }
+}
+
+wire_struct! {
+    pub struct DeleteGroupsResponse {
+        pub results: Vec<GroupResult>,
+    }
+}
+
 // ---------------------------------------------------------------- dispatch
 
 macro_rules! body_enum {
@@ -496,6 +721,13 @@ body_enum! {
         Produce => ProduceRequest,
         Fetch => FetchRequest,
         ListOffsets => ListOffsetsRequest,
+        FindCoordinator => FindCoordinatorRequest,
+        ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest,
+        OffsetCommit => OffsetCommitRequest,
+        OffsetFetch => OffsetFetchRequest,
+        ListGroups => ListGroupsRequest,
+        DescribeGroups => DescribeGroupsRequest,
+        DeleteGroups => DeleteGroupsRequest,
     }
 }
 
@@ -509,6 +741,13 @@ body_enum! {
         Produce => ProduceResponse,
         Fetch => FetchResponse,
         ListOffsets => ListOffsetsResponse,
+        FindCoordinator => FindCoordinatorResponse,
+        ConsumerGroupHeartbeat => ConsumerGroupHeartbeatResponse,
+        OffsetCommit => OffsetCommitResponse,
+        OffsetFetch => OffsetFetchResponse,
+        ListGroups => ListGroupsResponse,
+        DescribeGroups => DescribeGroupsResponse,
+        DeleteGroups => DeleteGroupsResponse,
     }
 }
 
@@ -556,7 +795,7 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_bodies_never_panic(key in 0u16..8, bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        fn arbitrary_bodies_never_panic(key in 0u16..20, bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = RequestBody::decode(key, 0, Bytes::from(bytes.clone()));
             let _ = ResponseBody::decode(key, 0, Bytes::from(bytes));
         }

@@ -94,6 +94,26 @@ error_codes! {
     CLUSTER_NOT_READY = 26, retriable = true, "the cluster metadata quorum is not ready; retry shortly";
     /// The broker is shutting down.
     BROKER_SHUTTING_DOWN = 27, retriable = true, "the broker is shutting down; retry on another broker";
+    /// This broker is not the group's coordinator.
+    NOT_COORDINATOR = 100, retriable = true, "this broker is not the group's coordinator; find the coordinator again";
+    /// The coordinator is loading or not elected yet.
+    COORDINATOR_NOT_AVAILABLE = 101, retriable = true, "the group coordinator is not available yet; retry shortly";
+    /// The member id is not (or no longer) in the group.
+    UNKNOWN_MEMBER_ID = 102, retriable = false, "the member is not in the group (it left or its session expired); rejoin";
+    /// The member epoch is stale: the member was fenced.
+    FENCED_MEMBER_EPOCH = 103, retriable = false, "the member epoch is stale; rejoin the group";
+    /// The group does not exist.
+    GROUP_ID_NOT_FOUND = 104, retriable = false, "the group does not exist";
+    /// The group id is empty or too long.
+    INVALID_GROUP_ID = 105, retriable = false, "the group id is invalid: 1-255 bytes";
+    /// The group has active members.
+    NON_EMPTY_GROUP = 106, retriable = false, "the group has active members; stop them first";
+    /// Unknown assignment strategy.
+    UNSUPPORTED_ASSIGNOR = 107, retriable = false, "unknown assignor: use range, roundrobin or sticky";
+    /// The group has as many members as it may.
+    GROUP_MAX_SIZE_REACHED = 108, retriable = false, "the group is full";
+    /// A commit for a partition the member does not hold.
+    PARTITION_NOT_ASSIGNED = 109, retriable = false, "the partition is not assigned to this member";
 }
 
 impl fmt::Debug for ErrorCode {
