@@ -56,6 +56,14 @@ pub async fn start(state: &Arc<BrokerState>, frame: RequestFrame, peer: SocketAd
         RequestBody::Produce(request) => produce::handle(state, request).await,
         RequestBody::Fetch(request) => fetch::handle(state, request),
         RequestBody::ListOffsets(request) => list_offsets::handle(state, request).await,
+        // The group coordinator is being built (consumer groups issue).
+        RequestBody::FindCoordinator(_)
+        | RequestBody::ConsumerGroupHeartbeat(_)
+        | RequestBody::OffsetCommit(_)
+        | RequestBody::OffsetFetch(_)
+        | RequestBody::ListGroups(_)
+        | RequestBody::DescribeGroups(_)
+        | RequestBody::DeleteGroups(_) => error_reply(ErrorCode::UNSUPPORTED_API),
     }
 }
 
