@@ -1,6 +1,7 @@
-//! Consumer groups: server-side assignment (`assignor`) and per-group membership with
-//! cooperative hand-off (`state`). The coordinator that hosts groups on the leader of their
-//! `__consumer_offsets` partition, and the offsets it persists there, build on these.
+//! Consumer groups: server-side assignment (`assignor`), per-group membership with cooperative
+//! hand-off (`state`), and the coordinator that hosts groups on the leader of their
+//! `__consumer_offsets` partition and persists committed offsets there (`coordinator`).
 
 pub mod assignor;
+pub mod coordinator;
 pub mod state;

@@ -1,0 +1,381 @@
+//! The group coordinator: hosts every group whose id hashes to a partition of
+//! `__consumer_offsets` that this broker leads, runs their membership (`state::Group`), and
+//! stores committed offsets as records in that partition, so they live in the same replicated
+//! log engine as any data. On first use of a partition the coordinator rebuilds its groups'
+//! offsets by reading the partition from the start.
+//!
+//! Record format (docs/GROUPS.md): key = postcard(`RecordKey`), value = postcard(`OffsetValue`)
+//! for offsets, none for a group tombstone. Membership itself is not persisted: after a
+//! coordinator restart or move, members get `UNKNOWN_MEMBER_ID` and rejoin.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use rill_protocol::batch::{batches, RecordBatchBuilder};
+use rill_protocol::ErrorCode;
+use serde::{Deserialize, Serialize};
+
+use crate::group::state::{Group, GroupError};
+use crate::log::{now_ms, LogManager, TopicPartition};
+
+/// The internal topic holding committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Its partition count (fixed: changing it would move every group).
+pub const OFFSETS_PARTITIONS: u32 = 8;
+/// Longest group id, member id or instance id, in bytes.
+pub const GROUP_ID_BYTES_MAX: usize = 255;
+
+/// The offsets partition that coordinates `group_id`: FNV-1a (32-bit) of the id, modulo
+/// [`OFFSETS_PARTITIONS`]. Stable forever.
+pub fn partition_for(group_id: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in group_id.as_bytes() {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % OFFSETS_PARTITIONS
+}
+
+/// Key of a record in the offsets topic. Variants are only ever appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordKey {
+    /// A committed offset; the latest record for a key wins.
+    Offset {
+        group: String,
+        topic: String,
+        partition: u32,
+    },
+    /// The group was deleted: forget every earlier record of it.
+    GroupDeleted { group: String },
+}
+
+/// Value of an offset record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OffsetValue {
+    V1 {
+        offset: u64,
+        metadata: Option<String>,
+        commit_timestamp_ms: i64,
+    },
+}
+
+/// A committed offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub offset: u64,
+    pub metadata: Option<String>,
+}
+
+/// A group and its committed offsets.
+pub struct GroupEntry {
+    pub group: Group,
+    pub offsets: BTreeMap<TopicPartition, Committed>,
+}
+
+/// See the module docs.
+pub struct Coordinator {
+    logs: Arc<LogManager>,
+    heartbeat_interval_ms: u32,
+    groups: Mutex<HashMap<String, GroupEntry>>,
+    loaded: Mutex<HashSet<u32>>,
+}
+
+/// Maps a group error to its protocol code.
+pub fn error_code(error: &GroupError) -> ErrorCode {
+    match error {
+        GroupError::UnknownMember(_) => ErrorCode::UNKNOWN_MEMBER_ID,
+        GroupError::FencedMemberEpoch { .. } => ErrorCode::FENCED_MEMBER_EPOCH,
+        GroupError::UnsupportedAssignor(_) => ErrorCode::UNSUPPORTED_ASSIGNOR,
+        GroupError::GroupFull(_) => ErrorCode::GROUP_MAX_SIZE_REACHED,
+        GroupError::NonEmptyGroup => ErrorCode::NON_EMPTY_GROUP,
+        GroupError::NotAssigned(_) => ErrorCode::PARTITION_NOT_ASSIGNED,
+    }
+}
+
+impl Coordinator {
+    pub fn new(logs: Arc<LogManager>, heartbeat_interval_ms: u32) -> Coordinator {
+        Coordinator {
+            logs,
+            heartbeat_interval_ms,
+            groups: Mutex::default(),
+            loaded: Mutex::default(),
+        }
+    }
+
+    /// Runs `f` on the group (created empty if unknown).
+    pub fn with_group<T>(&self, group_id: &str, f: impl FnOnce(&mut GroupEntry) -> T) -> T {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = groups
+            .entry(group_id.to_string())
+            .or_insert_with(|| GroupEntry {
+                group: Group::new(group_id, self.heartbeat_interval_ms),
+                offsets: BTreeMap::new(),
+            });
+        f(entry)
+    }
+
+    /// Runs `f` on the group if it exists (has members or offsets).
+    pub fn with_existing<T>(
+        &self,
+        group_id: &str,
+        f: impl FnOnce(&mut GroupEntry) -> T,
+    ) -> Option<T> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups
+            .get_mut(group_id)
+            .filter(|e| !e.group.members.is_empty() || !e.offsets.is_empty())
+            .map(f)
+    }
+
+    /// Ids of the groups hosted here that have members or offsets.
+    pub fn group_ids(&self) -> Vec<String> {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ids: Vec<String> = groups
+            .iter()
+            .filter(|(_, e)| !e.group.members.is_empty() || !e.offsets.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Removes members whose session expired, in every group. Returns (group, member) pairs.
+    pub fn expire_members(&self, now_ms: i64) -> Vec<(String, String)> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups
+            .iter_mut()
+            .flat_map(|(id, entry)| {
+                entry
+                    .group
+                    .expire(now_ms)
+                    .into_iter()
+                    .map(move |m| (id.clone(), m))
+            })
+            .collect()
+    }
+
+    /// Loads the offsets stored in an offsets partition (once). Blocking: reads the log.
+    pub fn ensure_loaded(&self, partition: u32) -> crate::Result<()> {
+        if self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&partition)
+        {
+            return Ok(());
+        }
+        let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
+        let Some(log) = self.logs.get(&tp) else {
+            return Ok(());
+        };
+        let mut records = 0;
+        log.with_log(|log| {
+            let mut offset = log.log_start_offset();
+            while offset < log.log_end_offset() {
+                let chunk = log.read(offset, 1 << 20)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                for batch in batches(chunk) {
+                    let batch = batch?;
+                    offset = batch.last_offset() as u64 + 1;
+                    for record in batch.records()? {
+                        let record = record?;
+                        records += 1;
+                        self.apply_record(record.key.as_deref(), record.value.as_deref());
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        tracing::info!(partition, records, "loaded consumer group offsets");
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(partition);
+        Ok(())
+    }
+
+    fn apply_record(&self, key: Option<&[u8]>, value: Option<&[u8]>) {
+        let Some(Ok(key)) = key.map(postcard::from_bytes::<RecordKey>) else {
+            tracing::warn!("skipping an undecodable record in {OFFSETS_TOPIC}");
+            return;
+        };
+        match key {
+            RecordKey::Offset {
+                group,
+                topic,
+                partition,
+            } => {
+                let Some(Ok(OffsetValue::V1 {
+                    offset, metadata, ..
+                })) = value.map(postcard::from_bytes::<OffsetValue>)
+                else {
+                    return;
+                };
+                self.with_group(&group, |entry| {
+                    entry.offsets.insert(
+                        TopicPartition::new(topic, partition),
+                        Committed { offset, metadata },
+                    )
+                });
+            }
+            RecordKey::GroupDeleted { group } => {
+                self.groups
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&group);
+            }
+        }
+    }
+
+    /// Appends offset records for `group` to its offsets partition, then updates the cache.
+    /// Blocking (file I/O).
+    pub fn store_offsets(
+        &self,
+        group: &str,
+        offsets: &[(TopicPartition, Committed)],
+    ) -> crate::Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut builder = RecordBatchBuilder::new();
+        for (tp, committed) in offsets {
+            let key = RecordKey::Offset {
+                group: group.to_string(),
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+            };
+            let value = OffsetValue::V1 {
+                offset: committed.offset,
+                metadata: committed.metadata.clone(),
+                commit_timestamp_ms: now,
+            };
+            builder.append(now, Some(&encode(&key)?), Some(&encode(&value)?), &[]);
+        }
+        self.append(group, builder)?;
+        self.with_group(group, |entry| {
+            for (tp, committed) in offsets {
+                entry.offsets.insert(tp.clone(), committed.clone());
+            }
+        });
+        Ok(())
+    }
+
+    /// Appends a tombstone for `group` and forgets it. Blocking.
+    pub fn delete_group(&self, group: &str) -> crate::Result<()> {
+        let mut builder = RecordBatchBuilder::new();
+        builder.append(
+            now_ms(),
+            Some(&encode(&RecordKey::GroupDeleted {
+                group: group.to_string(),
+            })?),
+            None,
+            &[],
+        );
+        self.append(group, builder)?;
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(group);
+        Ok(())
+    }
+
+    fn append(&self, group: &str, builder: RecordBatchBuilder) -> crate::Result<()> {
+        let tp = TopicPartition::new(OFFSETS_TOPIC, partition_for(group));
+        let log = self.logs.get(&tp).ok_or_else(|| {
+            crate::Error::InvalidConfig(format!("{tp} is not hosted on this broker"))
+        })?;
+        log.append(&builder.build(), 0).map(|_| ())
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> crate::Result<Vec<u8>> {
+    postcard::to_allocvec(value)
+        .map_err(|e| crate::Error::Controller(format!("encoding an offsets record: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::LogConfig;
+
+    #[test]
+    fn offsets_survive_a_reload_and_deletion_is_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Arc::new(LogManager::open(dir.path(), LogConfig::default()).unwrap());
+        for p in 0..OFFSETS_PARTITIONS {
+            logs.get_or_create(&TopicPartition::new(OFFSETS_TOPIC, p), None)
+                .unwrap();
+        }
+        let coordinator = Coordinator::new(logs.clone(), 500);
+        let tp = TopicPartition::new("orders", 3);
+        coordinator
+            .store_offsets(
+                "g1",
+                &[(
+                    tp.clone(),
+                    Committed {
+                        offset: 42,
+                        metadata: Some("m".into()),
+                    },
+                )],
+            )
+            .unwrap();
+        coordinator
+            .store_offsets(
+                "g1",
+                &[(
+                    tp.clone(),
+                    Committed {
+                        offset: 43,
+                        metadata: None,
+                    },
+                )],
+            )
+            .unwrap();
+        coordinator
+            .store_offsets(
+                "g2",
+                &[(
+                    tp.clone(),
+                    Committed {
+                        offset: 7,
+                        metadata: None,
+                    },
+                )],
+            )
+            .unwrap();
+        coordinator.delete_group("g2").unwrap();
+
+        let reloaded = Coordinator::new(logs, 500);
+        for p in 0..OFFSETS_PARTITIONS {
+            reloaded.ensure_loaded(p).unwrap();
+        }
+        assert_eq!(
+            reloaded.with_existing("g1", |e| e.offsets[&tp].clone()),
+            Some(Committed {
+                offset: 43,
+                metadata: None
+            })
+        );
+        assert!(
+            reloaded.with_existing("g2", |_| ()).is_none(),
+            "a deleted group stays deleted"
+        );
+        assert_eq!(reloaded.group_ids(), vec!["g1".to_string()]);
+    }
+
+    #[test]
+    fn the_partition_for_a_group_is_stable() {
+        assert_eq!(
+            partition_for("orders-service"),
+            partition_for("orders-service")
+        );
+        let used: HashSet<u32> = (0..100)
+            .map(|i| partition_for(&format!("group-{i}")))
+            .collect();
+        assert_eq!(used.len(), OFFSETS_PARTITIONS as usize);
+    }
+}
