@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{topic_log_config, BrokerConfig};
-use crate::controller::{Command, Controller, MetadataState, NodeId};
+use crate::controller::{metadata::assign_replicas, Command, Controller, MetadataState, NodeId};
 use crate::error::{Error, Result};
+use crate::group::coordinator::{Coordinator, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::log::{now_ms, LogManager, TopicPartition};
 
 /// What every request handler can reach. Split by owner: logs, metadata, config.
@@ -35,6 +36,8 @@ pub struct BrokerState {
     pub advertised: (String, u16),
     pub logs: Arc<LogManager>,
     pub controller: Controller,
+    /// Consumer groups coordinated here.
+    pub groups: Coordinator,
     pub shutdown: CancellationToken,
 }
 
@@ -115,11 +118,14 @@ impl Broker {
         )]);
         let controller =
             Controller::start(config.node_id, &config.data_dir.join("raft"), voters).await?;
+        let logs = Arc::new(logs);
+        let groups = Coordinator::new(logs.clone(), 500);
         let state = Arc::new(BrokerState {
             node_id: config.node_id,
             advertised,
-            logs: Arc::new(logs),
+            logs,
             controller,
+            groups,
             shutdown: CancellationToken::new(),
             config,
         });
@@ -214,6 +220,7 @@ async fn register_and_reconcile(state: Arc<BrokerState>) {
         }
     }
     tracing::info!(node_id = state.node_id, "registered with the controller");
+    ensure_offsets_topic(&state).await;
     let mut metadata = state.controller.subscribe();
     let mut previous = metadata.borrow_and_update().clone();
     let mut deleted = BTreeSet::new();
@@ -236,6 +243,27 @@ async fn register_and_reconcile(state: Arc<BrokerState>) {
     }
 }
 
+/// Creates `__consumer_offsets` if the cluster does not have it yet (retained forever: it holds
+/// committed offsets; compaction will bound it).
+async fn ensure_offsets_topic(state: &Arc<BrokerState>) {
+    let metadata = state.controller.metadata();
+    if metadata.topics.contains_key(OFFSETS_TOPIC) {
+        return;
+    }
+    let brokers: Vec<NodeId> = metadata.brokers.keys().copied().collect();
+    let command = Command::CreateTopic {
+        name: OFFSETS_TOPIC.to_string(),
+        assignments: assign_replicas(&brokers, OFFSETS_PARTITIONS, 1),
+        configs: std::collections::BTreeMap::from([("retention.ms".to_string(), "0".to_string())]),
+    };
+    match state.controller.propose(command).await {
+        Ok(_) => tracing::info!("created {OFFSETS_TOPIC} ({OFFSETS_PARTITIONS} partitions)"),
+        Err(e) => tracing::warn!(
+            "creating {OFFSETS_TOPIC} failed (groups will be unavailable until it exists): {e}"
+        ),
+    }
+}
+
 /// Interval flushes, age-based rolls and retention, every `tick_ms`.
 async fn storage_tick(state: Arc<BrokerState>) {
     let mut interval = tokio::time::interval(Duration::from_millis(state.config.tick_ms.max(1)));
@@ -244,6 +272,9 @@ async fn storage_tick(state: Arc<BrokerState>) {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = interval.tick() => {}
+        }
+        for (group, member) in state.groups.expire_members(now_ms()) {
+            tracing::info!(%group, %member, "group member's session expired; rebalancing");
         }
         let logs = state.logs.clone();
         match tokio::task::spawn_blocking(move || logs.tick(now_ms())).await {

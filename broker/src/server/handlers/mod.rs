@@ -6,6 +6,7 @@ mod api_versions;
 mod create_topics;
 mod delete_topics;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -56,14 +57,13 @@ pub async fn start(state: &Arc<BrokerState>, frame: RequestFrame, peer: SocketAd
         RequestBody::Produce(request) => produce::handle(state, request).await,
         RequestBody::Fetch(request) => fetch::handle(state, request),
         RequestBody::ListOffsets(request) => list_offsets::handle(state, request).await,
-        // The group coordinator is being built (consumer groups issue).
-        RequestBody::FindCoordinator(_)
-        | RequestBody::ConsumerGroupHeartbeat(_)
-        | RequestBody::OffsetCommit(_)
-        | RequestBody::OffsetFetch(_)
-        | RequestBody::ListGroups(_)
-        | RequestBody::DescribeGroups(_)
-        | RequestBody::DeleteGroups(_) => error_reply(ErrorCode::UNSUPPORTED_API),
+        RequestBody::FindCoordinator(request) => groups::find_coordinator(state, request),
+        RequestBody::ConsumerGroupHeartbeat(request) => groups::heartbeat(state, request).await,
+        RequestBody::OffsetCommit(request) => groups::offset_commit(state, request).await,
+        RequestBody::OffsetFetch(request) => groups::offset_fetch(state, request).await,
+        RequestBody::ListGroups(_) => groups::list_groups(state),
+        RequestBody::DescribeGroups(request) => groups::describe_groups(state, request).await,
+        RequestBody::DeleteGroups(request) => groups::delete_groups(state, request).await,
     }
 }
 
