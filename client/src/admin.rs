@@ -3,8 +3,10 @@
 use std::collections::BTreeMap;
 
 use rill_protocol::api::{
-    ConfigEntry, CreatableTopic, CreateTopicsRequest, DeleteTopicsRequest, ListOffsetsPartition,
-    ListOffsetsRequest, ListOffsetsTopic, OffsetSpec, RequestBody, ResponseBody,
+    ConfigEntry, CreatableTopic, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
+    DescribeGroupsRequest, ListGroupsRequest, ListOffsetsPartition, ListOffsetsRequest,
+    ListOffsetsTopic, OffsetCommitPartition, OffsetCommitRequest, OffsetCommitTopic,
+    OffsetFetchRequest, OffsetSpec, RequestBody, ResponseBody,
 };
 use rill_protocol::ErrorCode;
 
@@ -256,6 +258,222 @@ impl Admin {
             .collect();
         brokers.sort_by_key(|b| b.node_id);
         Ok(brokers)
+    }
+}
+
+/// A consumer group as `DescribeGroups` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupDescription {
+    /// The group id.
+    pub group_id: String,
+    /// `Empty`, `Reconciling` or `Stable`.
+    pub state: String,
+    /// Bumped on every membership or subscription change.
+    pub group_epoch: i32,
+    /// The assignment strategy.
+    pub assignor: String,
+    /// Members with their assigned partitions.
+    pub members: Vec<MemberDescription>,
+}
+
+/// A member of a group.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MemberDescription {
+    /// The member id the coordinator gave it.
+    pub member_id: String,
+    /// Its static membership id, if any.
+    pub instance_id: Option<String>,
+    /// Its epoch (equal to the group epoch once reconciled).
+    pub member_epoch: i32,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+    /// Partitions it may consume.
+    pub partitions: Vec<(String, u32)>,
+}
+
+impl Admin {
+    async fn group_request(&self, group_id: &str, body: RequestBody) -> Result<ResponseBody> {
+        let address = crate::group::find_coordinator(&self.client, group_id).await?;
+        self.client
+            .connection(&address, Purpose::Control)
+            .await?
+            .request(body, self.client.config().request_timeout)
+            .await
+    }
+
+    /// Groups with members or committed offsets, with their state and member count.
+    pub async fn list_groups(&self) -> Result<Vec<(String, String, u32)>> {
+        self.client.refresh_metadata().await?;
+        let mut out = Vec::new();
+        let mut brokers: Vec<u32> = self.client.metadata().brokers.keys().copied().collect();
+        brokers.sort();
+        for node in brokers {
+            let response = self
+                .client
+                .request_node(
+                    node,
+                    Purpose::Control,
+                    RequestBody::ListGroups(ListGroupsRequest {}),
+                    self.client.config().request_timeout,
+                )
+                .await?;
+            let ResponseBody::ListGroups(response) = response else {
+                return Err(unexpected());
+            };
+            out.extend(
+                response
+                    .groups
+                    .into_iter()
+                    .map(|g| (g.group_id, g.state, g.members)),
+            );
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Members, their partitions and the group's state.
+    pub async fn describe_group(&self, group_id: &str) -> Result<GroupDescription> {
+        let request = RequestBody::DescribeGroups(DescribeGroupsRequest {
+            group_ids: vec![group_id.to_string()],
+        });
+        let response = self
+            .client
+            .retry("describe group", || {
+                self.group_request(group_id, request.clone())
+            })
+            .await?;
+        let ResponseBody::DescribeGroups(response) = response else {
+            return Err(unexpected());
+        };
+        let g = response.groups.into_iter().next().ok_or_else(unexpected)?;
+        check(g.error_code, format!("describe group {group_id}"), None)?;
+        Ok(GroupDescription {
+            group_id: g.group_id,
+            state: g.state,
+            group_epoch: g.group_epoch,
+            assignor: g.assignor,
+            members: g
+                .members
+                .into_iter()
+                .map(|m| MemberDescription {
+                    member_id: m.member_id,
+                    instance_id: m.instance_id,
+                    member_epoch: m.member_epoch,
+                    topics: m.subscribed_topics,
+                    partitions: m
+                        .assignment
+                        .into_iter()
+                        .flat_map(|t| t.partitions.into_iter().map(move |p| (t.topic.clone(), p)))
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+
+    /// The group's committed offsets (every partition it has committed).
+    pub async fn group_offsets(&self, group_id: &str) -> Result<BTreeMap<(String, u32), u64>> {
+        let request = RequestBody::OffsetFetch(OffsetFetchRequest {
+            group_id: group_id.to_string(),
+            topics: None,
+        });
+        let response = self
+            .client
+            .retry("fetch group offsets", || {
+                self.group_request(group_id, request.clone())
+            })
+            .await?;
+        let ResponseBody::OffsetFetch(response) = response else {
+            return Err(unexpected());
+        };
+        check(
+            response.error_code,
+            format!("fetch offsets of group {group_id}"),
+            None,
+        )?;
+        Ok(response
+            .topics
+            .into_iter()
+            .flat_map(|t| {
+                t.partitions
+                    .into_iter()
+                    .filter_map(move |p| p.offset.map(|o| ((t.name.clone(), p.partition), o)))
+            })
+            .collect())
+    }
+
+    /// Sets committed offsets of a group that has no active members (offset reset); fails with
+    /// `NON_EMPTY_GROUP` while members are consuming.
+    pub async fn reset_group_offsets(
+        &self,
+        group_id: &str,
+        offsets: &BTreeMap<(String, u32), u64>,
+    ) -> Result<()> {
+        let mut topics: Vec<OffsetCommitTopic> = Vec::new();
+        for ((topic, partition), offset) in offsets {
+            let p = OffsetCommitPartition {
+                partition: *partition,
+                offset: *offset,
+                metadata: None,
+            };
+            match topics.iter_mut().find(|t| t.name == *topic) {
+                Some(t) => t.partitions.push(p),
+                None => topics.push(OffsetCommitTopic {
+                    name: topic.clone(),
+                    partitions: vec![p],
+                }),
+            }
+        }
+        let request = RequestBody::OffsetCommit(OffsetCommitRequest {
+            group_id: group_id.to_string(),
+            member_id: String::new(),
+            member_epoch: -1,
+            topics,
+        });
+        let response = self
+            .client
+            .retry("reset group offsets", || {
+                self.group_request(group_id, request.clone())
+            })
+            .await?;
+        let ResponseBody::OffsetCommit(response) = response else {
+            return Err(unexpected());
+        };
+        check(
+            response.error_code,
+            format!("reset offsets of group {group_id}"),
+            None,
+        )?;
+        for t in response.topics {
+            for p in t.partitions {
+                check(
+                    p.error_code,
+                    format!(
+                        "reset offset of {}-{} in group {group_id}",
+                        t.name, p.partition
+                    ),
+                    None,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a group with no active members, and its committed offsets.
+    pub async fn delete_group(&self, group_id: &str) -> Result<()> {
+        let request = RequestBody::DeleteGroups(DeleteGroupsRequest {
+            group_ids: vec![group_id.to_string()],
+        });
+        let response = self
+            .client
+            .retry("delete group", || {
+                self.group_request(group_id, request.clone())
+            })
+            .await?;
+        let ResponseBody::DeleteGroups(response) = response else {
+            return Err(unexpected());
+        };
+        let result = response.results.into_iter().next().ok_or_else(unexpected)?;
+        check(result.error_code, format!("delete group {group_id}"), None)
     }
 }
 

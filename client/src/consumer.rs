@@ -1,23 +1,29 @@
-//! [`Consumer`] (without groups): assign partitions, seek, and `poll` records, or use it as a
-//! `futures::Stream`. After each poll the next fetch is started in the background (prefetch),
+//! [`Consumer`]: assign partitions (or `subscribe` as a group member), seek, and `poll`
+//! records, or use it as a `futures::Stream`. After each poll the next fetch is started in the background (prefetch),
 //! so the broker round trip overlaps with the caller's processing; a seek or assignment change
 //! discards a prefetch made from old positions.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
 use rill_protocol::api::{
-    FetchPartition, FetchRequest, FetchTopic, OffsetSpec, RequestBody, ResponseBody,
+    FetchPartition, FetchRequest, FetchTopic, OffsetCommitPartition, OffsetCommitRequest,
+    OffsetCommitTopic, OffsetFetchRequest, OffsetSpec, RequestBody, ResponseBody, TopicPartitions,
 };
 use rill_protocol::batch::{batches, Header};
 use rill_protocol::ErrorCode;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::admin::{unexpected, Admin};
+use crate::admin::{check, unexpected, Admin};
 use crate::client::{Client, Purpose};
 use crate::error::{ClientError, Result};
+use crate::group::{
+    heartbeat_loop, request_coordinator, GroupConfig, Membership, RebalanceEvent, Shared,
+};
 
 /// Where to start when a partition has no position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +104,17 @@ struct Fetched {
     out_of_range: Vec<(String, u32)>,
 }
 
-/// A consumer of assigned partitions. Not shared: one per task.
+/// Group mode: the membership shared with the heartbeat task.
+struct GroupHandle {
+    config: GroupConfig,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+    events: Vec<RebalanceEvent>,
+    last_commit: std::time::Instant,
+}
+
+/// A consumer of assigned partitions (or, after [`Consumer::subscribe`], of the partitions its
+/// group gives it). Not shared: one per task.
 pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
@@ -106,6 +122,7 @@ pub struct Consumer {
     positions: BTreeMap<(String, u32), Option<u64>>,
     buffered: VecDeque<ConsumerRecord>,
     prefetch: Option<(Positions, JoinHandle<Result<Fetched>>)>,
+    group: Option<GroupHandle>,
 }
 
 impl Consumer {
@@ -117,7 +134,241 @@ impl Consumer {
             positions: BTreeMap::new(),
             buffered: VecDeque::new(),
             prefetch: None,
+            group: None,
         }
+    }
+
+    /// Joins a consumer group subscribed to `topics`: from now on the group coordinator decides
+    /// which partitions this consumer reads; positions start at the group's committed offsets
+    /// (or per `offset_reset`). Heartbeats run in the background.
+    pub fn subscribe(&mut self, group: GroupConfig, topics: &[&str]) {
+        if let Some(old) = self.group.take() {
+            old.task.abort();
+        }
+        self.positions.clear();
+        self.invalidate();
+        let shared = Arc::new(Shared {
+            membership: std::sync::Mutex::new(Membership::default()),
+            wake: Notify::new(),
+            changed: Notify::new(),
+        });
+        let topics = topics.iter().map(|t| t.to_string()).collect();
+        let task = tokio::spawn(heartbeat_loop(
+            self.client.clone(),
+            shared.clone(),
+            group.clone(),
+            topics,
+        ));
+        self.group = Some(GroupHandle {
+            config: group,
+            shared,
+            task,
+            events: Vec::new(),
+            last_commit: std::time::Instant::now(),
+        });
+    }
+
+    /// Partition changes since the last call (group mode): assignments and revocations.
+    pub fn take_events(&mut self) -> Vec<RebalanceEvent> {
+        self.group
+            .as_mut()
+            .map(|g| std::mem::take(&mut g.events))
+            .unwrap_or_default()
+    }
+
+    /// Commits the current position of every partition this consumer holds (group mode).
+    pub async fn commit(&mut self) -> Result<()> {
+        let offsets: BTreeMap<(String, u32), u64> = self
+            .positions
+            .iter()
+            .filter_map(|(tp, p)| p.map(|p| (tp.clone(), p)))
+            .collect();
+        self.commit_offsets(offsets).await
+    }
+
+    /// Commits these offsets (the next offset to read, per partition) for the group.
+    pub async fn commit_offsets(&mut self, offsets: BTreeMap<(String, u32), u64>) -> Result<()> {
+        let group = self.group.as_mut().ok_or_else(|| {
+            ClientError::Invalid("commit needs a group: call subscribe first".into())
+        })?;
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let (member_id, member_epoch) = {
+            let m = group.shared.lock();
+            (m.member_id.clone(), m.member_epoch)
+        };
+        let mut topics: Vec<OffsetCommitTopic> = Vec::new();
+        for ((topic, partition), offset) in offsets {
+            let p = OffsetCommitPartition {
+                partition,
+                offset,
+                metadata: None,
+            };
+            match topics.iter_mut().find(|t| t.name == topic) {
+                Some(t) => t.partitions.push(p),
+                None => topics.push(OffsetCommitTopic {
+                    name: topic,
+                    partitions: vec![p],
+                }),
+            }
+        }
+        let request = RequestBody::OffsetCommit(OffsetCommitRequest {
+            group_id: group.config.group_id.clone(),
+            member_id,
+            member_epoch,
+            topics,
+        });
+        let ResponseBody::OffsetCommit(response) =
+            request_coordinator(&self.client, &group.shared, &group.config.group_id, request)
+                .await?
+        else {
+            return Err(unexpected());
+        };
+        check(
+            response.error_code,
+            format!("commit to group {}", group.config.group_id),
+            None,
+        )?;
+        for topic in response.topics {
+            for p in topic.partitions {
+                check(
+                    p.error_code,
+                    format!(
+                        "commit {}-{} to group {}",
+                        topic.name, p.partition, group.config.group_id
+                    ),
+                    None,
+                )?;
+            }
+        }
+        group.last_commit = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// Commits (if auto-commit is on), leaves the group and stops heartbeating.
+    pub async fn close(mut self) -> Result<()> {
+        let commit = match &self.group {
+            Some(g) if g.config.auto_commit_interval.is_some() => self.commit().await,
+            _ => Ok(()),
+        };
+        if let Some(group) = self.group.take() {
+            group.shared.lock().left = true;
+            group.shared.wake.notify_one();
+            let _ = tokio::time::timeout(self.client.config().request_timeout, group.task).await;
+        }
+        commit
+    }
+
+    /// Applies the coordinator's latest assignment: commits and drops revoked partitions,
+    /// starts added ones at their committed offsets, and reports the new ownership.
+    async fn apply_assignment(&mut self) -> Result<()> {
+        let Some(group) = &self.group else {
+            return Ok(());
+        };
+        let (assignment, error) = {
+            let mut m = group.shared.lock();
+            m.last_poll = Some(std::time::Instant::now());
+            (m.assignment.clone(), m.error.take())
+        };
+        if let Some(error) = error {
+            return Err(error);
+        }
+        let owned: BTreeSet<(String, u32)> = self.positions.keys().cloned().collect();
+        if assignment == owned {
+            return Ok(());
+        }
+        let auto_commit = group.config.auto_commit_interval.is_some();
+        let revoked: BTreeSet<(String, u32)> = owned.difference(&assignment).cloned().collect();
+        let added: BTreeSet<(String, u32)> = assignment.difference(&owned).cloned().collect();
+        if !revoked.is_empty() {
+            if auto_commit {
+                let positions: BTreeMap<(String, u32), u64> = revoked
+                    .iter()
+                    .filter_map(|tp| {
+                        self.positions
+                            .get(tp)
+                            .copied()
+                            .flatten()
+                            .map(|p| (tp.clone(), p))
+                    })
+                    .collect();
+                if let Err(e) = self.commit_offsets(positions).await {
+                    tracing::warn!(
+                        "committing revoked partitions failed (they may be read again): {e}"
+                    );
+                }
+            }
+            for tp in &revoked {
+                self.positions.remove(tp);
+            }
+        }
+        if !added.is_empty() {
+            let committed = self.committed(&added).await?;
+            for tp in &added {
+                self.positions
+                    .insert(tp.clone(), committed.get(tp).copied());
+            }
+        }
+        self.invalidate();
+        let owned_now: BTreeSet<(String, u32)> = self.positions.keys().cloned().collect();
+        let Some(group) = &mut self.group else {
+            return Ok(());
+        };
+        if !revoked.is_empty() {
+            group.events.push(RebalanceEvent::Revoked(revoked));
+        }
+        if !added.is_empty() {
+            group.events.push(RebalanceEvent::Assigned(added));
+        }
+        group.shared.lock().owned = owned_now;
+        // Report the new ownership now, so released partitions reach their new owner fast.
+        group.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// The group's committed offsets for `partitions`.
+    async fn committed(
+        &self,
+        partitions: &BTreeSet<(String, u32)>,
+    ) -> Result<BTreeMap<(String, u32), u64>> {
+        let Some(group) = &self.group else {
+            return Ok(BTreeMap::new());
+        };
+        let mut topics: Vec<TopicPartitions> = Vec::new();
+        for (topic, partition) in partitions {
+            match topics.iter_mut().find(|t| t.topic == *topic) {
+                Some(t) => t.partitions.push(*partition),
+                None => topics.push(TopicPartitions {
+                    topic: topic.clone(),
+                    partitions: vec![*partition],
+                }),
+            }
+        }
+        let request = RequestBody::OffsetFetch(OffsetFetchRequest {
+            group_id: group.config.group_id.clone(),
+            topics: Some(topics),
+        });
+        let ResponseBody::OffsetFetch(response) =
+            request_coordinator(&self.client, &group.shared, &group.config.group_id, request)
+                .await?
+        else {
+            return Err(unexpected());
+        };
+        check(
+            response.error_code,
+            format!("fetch committed offsets of group {}", group.config.group_id),
+            None,
+        )?;
+        Ok(response
+            .topics
+            .into_iter()
+            .flat_map(|t| {
+                t.partitions
+                    .into_iter()
+                    .filter_map(move |p| p.offset.map(|o| ((t.name.clone(), p.partition), o)))
+            })
+            .collect())
     }
 
     /// Replaces the assignment with these partitions; positions start per `offset_reset`.
@@ -239,12 +490,40 @@ impl Consumer {
     /// Records from the assigned partitions, waiting up to `timeout` for some to arrive. Records
     /// of one partition come in offset order. An empty vector means nothing arrived in time.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.apply_assignment().await?;
         if !self.buffered.is_empty() {
             return Ok(self.buffered.drain(..).collect());
         }
-        if self.positions.is_empty() {
-            tokio::time::sleep(timeout).await;
-            return Ok(Vec::new());
+        // Group mode: wait for an assignment (woken by the heartbeat task), up to the timeout.
+        while self.positions.is_empty() {
+            let changed = self.group.as_ref().map(|g| g.shared.clone());
+            match changed {
+                Some(shared) => {
+                    if tokio::time::timeout_at(deadline, shared.changed.notified())
+                        .await
+                        .is_err()
+                    {
+                        return Ok(Vec::new());
+                    }
+                    self.apply_assignment().await?;
+                }
+                None => {
+                    tokio::time::sleep_until(deadline).await;
+                    return Ok(Vec::new());
+                }
+            }
+        }
+        if let Some(group) = &self.group {
+            if group
+                .config
+                .auto_commit_interval
+                .is_some_and(|every| group.last_commit.elapsed() >= every)
+            {
+                if let Err(e) = self.commit().await {
+                    tracing::warn!("auto-commit failed: {e}");
+                }
+            }
         }
         self.resolve_missing().await?;
         let positions = self.resolved_positions();
@@ -308,9 +587,14 @@ impl Consumer {
 }
 
 impl Drop for Consumer {
+    /// Stops heartbeating without leaving: the group moves this consumer's partitions after
+    /// its session times out. Call [`Consumer::close`] to leave at once.
     fn drop(&mut self) {
         if let Some((_, task)) = self.prefetch.take() {
             task.abort();
+        }
+        if let Some(group) = self.group.take() {
+            group.task.abort();
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod client;
 mod connection;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod partitioner;
 pub mod producer;
 
@@ -41,6 +42,7 @@ pub use admin::{Admin, NewTopic};
 pub use client::{Client, ClientConfig};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, SeekTo};
 pub use error::{ClientError, Result};
+pub use group::{GroupConfig, RebalanceEvent};
 pub use producer::{Producer, ProducerConfig, Record, RecordMetadata};
 pub use rill_protocol as protocol;
 pub use rill_protocol::api::Acks;

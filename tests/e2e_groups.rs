@@ -1,0 +1,311 @@
+//! Consumer groups against a real broker: three members share a 12-partition topic and consume
+//! every record exactly once with synchronous commits; a member that dies without leaving loses
+//! its partitions after the session timeout and nothing is skipped; committed offsets survive a
+//! broker restart; an offset reset is refused while members are active.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{client, BrokerProcess};
+use rill_client::{
+    Admin, Client, Consumer, ConsumerConfig, GroupConfig, NewTopic, Producer, ProducerConfig,
+    Record,
+};
+
+async fn produce(client: &Client, topic: &str, count: usize, tag: &str) {
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for i in 0..count {
+        deliveries.push(
+            producer
+                .send(
+                    Record::new(topic)
+                        .key(format!("k{i}"))
+                        .value(format!("{tag}-{i}")),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await;
+    for d in deliveries {
+        d.await.unwrap();
+    }
+}
+
+fn group(id: &str) -> GroupConfig {
+    GroupConfig {
+        session_timeout: Duration::from_secs(2),
+        auto_commit_interval: None,
+        ..GroupConfig::new(id)
+    }
+}
+
+type Seen = Arc<Mutex<Vec<(u32, u64, String)>>>;
+
+/// Consumes as a group member, committing after every poll, until `stop` says so.
+async fn member(
+    client: Client,
+    group_id: &str,
+    topic: &str,
+    seen: Seen,
+    stop: impl Fn(usize) -> bool,
+) -> Consumer {
+    let mut consumer = Consumer::new(
+        client,
+        ConsumerConfig {
+            fetch_max_wait: Duration::from_millis(200),
+            ..ConsumerConfig::default()
+        },
+    );
+    consumer.subscribe(group(group_id), &[topic]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if stop(seen.lock().unwrap().len()) {
+            return consumer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group consumption did not finish"
+        );
+        let records = consumer.poll(Duration::from_millis(200)).await.unwrap();
+        {
+            let mut seen = seen.lock().unwrap();
+            seen.extend(records.iter().map(|r| {
+                (
+                    r.partition,
+                    r.offset,
+                    String::from_utf8_lossy(r.value.as_ref().unwrap()).into_owned(),
+                )
+            }));
+        }
+        if !records.is_empty() {
+            consumer.commit().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_consume_every_record_exactly_once() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &[]);
+    let client = client(&broker.address).await;
+    Admin::new(client.clone())
+        .create_topic(NewTopic::new("jobs", 12))
+        .await
+        .unwrap();
+    produce(&client, "jobs", 1200, "a").await;
+
+    let seen: Seen = Arc::default();
+    let members: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, seen) = (client.clone(), seen.clone());
+            tokio::spawn(
+                async move { member(client, "workers", "jobs", seen, |n| n >= 1200).await },
+            )
+        })
+        .collect();
+    let mut consumers = Vec::new();
+    for m in members {
+        consumers.push(m.await.unwrap());
+    }
+    let seen = seen.lock().unwrap().clone();
+    let unique: BTreeSet<(u32, u64)> = seen.iter().map(|(p, o, _)| (*p, *o)).collect();
+    assert_eq!(unique.len(), 1200, "every record consumed");
+    assert_eq!(
+        seen.len(),
+        1200,
+        "no record consumed twice (synchronous commits, no crash)"
+    );
+
+    // Members hand partitions over only while they poll: keep polling until the group settles.
+    let admin = Admin::new(client.clone());
+    let settle_deadline = Instant::now() + Duration::from_secs(30);
+    let description = loop {
+        for consumer in consumers.iter_mut() {
+            assert!(
+                consumer
+                    .poll(Duration::from_millis(50))
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "nothing left to consume"
+            );
+        }
+        let description = admin.describe_group("workers").await.unwrap();
+        if description.state == "Stable" {
+            break description;
+        }
+        assert!(
+            Instant::now() < settle_deadline,
+            "the group never settled: {description:?}"
+        );
+    };
+    assert_eq!(description.members.len(), 3);
+    let owned: Vec<(String, u32)> = description
+        .members
+        .iter()
+        .flat_map(|m| m.partitions.clone())
+        .collect();
+    assert_eq!(owned.len(), 12);
+    assert_eq!(
+        owned.iter().collect::<BTreeSet<_>>().len(),
+        12,
+        "each partition owned by exactly one member"
+    );
+    assert!(
+        description.members.iter().all(|m| m.partitions.len() == 4),
+        "balanced: {description:?}"
+    );
+
+    // An offset reset needs an empty group.
+    let reset = BTreeMap::from([(("jobs".to_string(), 0), 0)]);
+    let refused = Admin::new(client.clone())
+        .reset_group_offsets("workers", &reset)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("NON_EMPTY_GROUP"), "{refused}");
+    for consumer in consumers {
+        consumer.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_member_loses_its_partitions_and_offsets_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(data.path(), &[]);
+    let address = broker.address.clone();
+    let client = client(&address).await;
+    Admin::new(client.clone())
+        .create_topic(NewTopic::new("tasks", 6))
+        .await
+        .unwrap();
+
+    // Two members settle on 3 partitions each before any record exists.
+    let admin = Admin::new(client.clone());
+    let config = ConsumerConfig {
+        fetch_max_wait: Duration::from_millis(100),
+        ..ConsumerConfig::default()
+    };
+    let mut survivor = Consumer::new(client.clone(), config.clone());
+    let mut victim = Consumer::new(client.clone(), config);
+    survivor.subscribe(group("crew"), &["tasks"]);
+    victim.subscribe(group("crew"), &["tasks"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        survivor.poll(Duration::from_millis(50)).await.unwrap();
+        victim.poll(Duration::from_millis(50)).await.unwrap();
+        let d = admin.describe_group("crew").await.unwrap();
+        if d.state == "Stable"
+            && d.members.len() == 2
+            && d.members.iter().all(|m| m.partitions.len() == 3)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the group never settled: {d:?}");
+    }
+    produce(&client, "tasks", 300, "first").await;
+
+    // The victim processes only the first 10 records it gets, commits exactly those, and
+    // vanishes without leaving (as if it crashed mid-batch).
+    let mut seen: BTreeMap<(u32, u64), usize> = BTreeMap::new();
+    let mut victim_partitions = BTreeSet::new();
+    let mut processed: BTreeMap<(String, u32), u64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processed.is_empty() {
+        assert!(Instant::now() < deadline, "the victim got no records");
+        for r in victim
+            .poll(Duration::from_millis(200))
+            .await
+            .unwrap()
+            .into_iter()
+            .take(10)
+        {
+            victim_partitions.insert(r.partition);
+            *seen.entry((r.partition, r.offset)).or_default() += 1;
+            processed.insert((r.topic.clone(), r.partition), r.offset + 1);
+        }
+    }
+    victim.commit_offsets(processed).await.unwrap();
+    drop(victim);
+    let died = Instant::now();
+
+    // The survivor gets the victim's partitions after the session timeout and resumes from its commits.
+    let mut takeover = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 300 records consumed",
+            seen.len()
+        );
+        for r in survivor.poll(Duration::from_millis(200)).await.unwrap() {
+            if victim_partitions.contains(&r.partition) && takeover.is_none() {
+                takeover = Some(died.elapsed());
+            }
+            *seen.entry((r.partition, r.offset)).or_default() += 1;
+        }
+        survivor.commit().await.unwrap();
+    }
+    let takeover = takeover.expect("the survivor consumed the dead member's partitions");
+    eprintln!("rebalance latency (member death -> its partitions consumed again), session timeout 2 s: {takeover:?}");
+    assert!(
+        takeover >= Duration::from_millis(1500),
+        "partitions moved only after the session timeout: {takeover:?}"
+    );
+    assert_eq!(seen.len(), 300, "nothing skipped");
+    survivor.close().await.unwrap();
+
+    let committed = Admin::new(client.clone())
+        .group_offsets("crew")
+        .await
+        .unwrap();
+    assert_eq!(
+        committed.values().sum::<u64>(),
+        300,
+        "every partition committed to its end"
+    );
+
+    assert!(broker.terminate());
+    drop(broker);
+    let broker = BrokerProcess::start_on(data.path(), &address, &[]);
+    let client = common::client(&broker.address).await;
+    assert_eq!(
+        Admin::new(client.clone())
+            .group_offsets("crew")
+            .await
+            .unwrap(),
+        committed,
+        "committed offsets survive a restart"
+    );
+
+    // A new member resumes from the commits: it sees only records produced after them.
+    produce(&client, "tasks", 30, "second").await;
+    let seen: Seen = Arc::default();
+    let consumer = member(client.clone(), "crew", "tasks", seen.clone(), |n| n >= 30).await;
+    assert_eq!(seen.lock().unwrap().len(), 30);
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|(_, _, v)| v.starts_with("second")),
+        "resumed at the committed offsets"
+    );
+    consumer.close().await.unwrap();
+
+    // With no members left, offsets can be reset and the group deleted.
+    let admin = Admin::new(client);
+    admin
+        .reset_group_offsets("crew", &BTreeMap::from([(("tasks".to_string(), 0), 0)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.group_offsets("crew").await.unwrap()[&("tasks".to_string(), 0)],
+        0
+    );
+    admin.delete_group("crew").await.unwrap();
+    assert!(admin.group_offsets("crew").await.unwrap().is_empty());
+}
