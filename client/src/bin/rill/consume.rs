@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
-use rill_client::{Consumer, ConsumerConfig, ConsumerRecord, SeekTo};
+use rill_client::{Consumer, ConsumerConfig, ConsumerRecord, GroupConfig, OffsetReset, SeekTo};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum RecordFormat {
@@ -35,6 +35,10 @@ pub struct Args {
     /// Stop after this long without a record.
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// Consume as a member of this group (partitions shared with other members, offsets
+    /// committed; starts at the group's committed offsets, or per --from-beginning otherwise).
+    #[arg(long, conflicts_with_all = ["offset", "partition"])]
+    group: Option<String>,
     /// How to print each record.
     #[arg(long, value_enum, default_value_t = RecordFormat::Value)]
     format: RecordFormat,
@@ -42,19 +46,40 @@ pub struct Args {
 
 pub async fn run(brokers: &str, args: Args) -> anyhow::Result<()> {
     let client = crate::connect(brokers).await?;
-    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
-    match args.partition {
-        Some(p) => consumer.assign([(args.topic.clone(), p)]),
-        None => consumer.assign_topic(&args.topic).await?,
-    }
-    let start = match (args.offset, args.from_beginning) {
-        (Some(offset), _) => SeekTo::Offset(offset),
-        (None, true) => SeekTo::Earliest,
-        (None, false) => SeekTo::Latest,
+    let reset = if args.from_beginning {
+        OffsetReset::Earliest
+    } else {
+        OffsetReset::Latest
     };
-    consumer.seek_all(start).await?;
+    let mut consumer = Consumer::new(
+        client.clone(),
+        ConsumerConfig {
+            offset_reset: reset,
+            ..ConsumerConfig::default()
+        },
+    );
+    if let Some(group) = &args.group {
+        // Commits are made here, for exactly the records printed (see below).
+        let config = GroupConfig {
+            auto_commit_interval: None,
+            ..GroupConfig::new(group.clone())
+        };
+        consumer.subscribe(config, &[args.topic.as_str()]);
+    } else {
+        match args.partition {
+            Some(p) => consumer.assign([(args.topic.clone(), p)]),
+            None => consumer.assign_topic(&args.topic).await?,
+        }
+        let start = match (args.offset, args.from_beginning) {
+            (Some(offset), _) => SeekTo::Offset(offset),
+            (None, true) => SeekTo::Earliest,
+            (None, false) => SeekTo::Latest,
+        };
+        consumer.seek_all(start).await?;
+    }
     let mut stdout = std::io::stdout().lock();
     let mut printed = 0u64;
+    let mut printed_positions: std::collections::BTreeMap<(String, u32), u64> = Default::default();
     let mut last_record = Instant::now();
     let idle = args.timeout_ms.map(Duration::from_millis);
     loop {
@@ -81,8 +106,18 @@ pub async fn run(brokers: &str, args: Args) -> anyhow::Result<()> {
             }
             print(&mut stdout, &record, args.format)?;
             printed += 1;
+            printed_positions.insert((record.topic.clone(), record.partition), record.offset + 1);
         }
         stdout.flush()?;
+        if args.group.is_some() && !printed_positions.is_empty() {
+            consumer
+                .commit_offsets(std::mem::take(&mut printed_positions))
+                .await?;
+        }
+    }
+    if args.group.is_some() {
+        // What was printed is committed: leave the group, so the next member starts after it.
+        consumer.close().await?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod consume;
+mod group;
 mod produce;
 
 use std::collections::BTreeMap;
@@ -63,6 +64,11 @@ enum Command {
     Produce(produce::Args),
     /// Print records of a topic.
     Consume(consume::Args),
+    /// Consumer groups: list, describe (with lag), reset offsets, delete.
+    Group {
+        #[command(subcommand)]
+        command: group::Command,
+    },
     /// Earliest and latest offset of every partition of a topic.
     Offsets {
         topic: String,
@@ -195,6 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{table}");
         }
         Command::Bench { command } => bench::run(&cli.brokers, command).await?,
+        Command::Group { command } => group::run(&cli.brokers, command).await?,
     }
     Ok(())
 }
