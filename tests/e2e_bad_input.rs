@@ -334,3 +334,207 @@ fn every_bad_input_gets_a_clear_error_and_the_broker_keeps_serving() {
     broker.wait_for_line("request frame too large", Duration::from_secs(10));
     broker.wait_for_line("undecodable request", Duration::from_secs(10));
 }
+
+fn heartbeat(
+    raw: &mut Raw,
+    group_id: &str,
+    member_id: &str,
+    epoch: i32,
+    assignor: Option<&str>,
+) -> ConsumerGroupHeartbeatResponse {
+    let request = ConsumerGroupHeartbeatRequest {
+        group_id: group_id.into(),
+        member_id: member_id.into(),
+        member_epoch: epoch,
+        instance_id: None,
+        subscribed_topics: Some(vec!["good".into()]),
+        owned: vec![],
+        session_timeout_ms: 10_000,
+        assignor: assignor.map(String::from),
+    };
+    let ResponseBody::ConsumerGroupHeartbeat(response) =
+        raw.call(RequestBody::ConsumerGroupHeartbeat(request))
+    else {
+        panic!("wrong response type")
+    };
+    response
+}
+
+fn commit(
+    raw: &mut Raw,
+    group_id: &str,
+    member_id: &str,
+    epoch: i32,
+    topic: &str,
+    partition: u32,
+) -> (ErrorCode, Option<ErrorCode>) {
+    let request = OffsetCommitRequest {
+        group_id: group_id.into(),
+        member_id: member_id.into(),
+        member_epoch: epoch,
+        topics: vec![OffsetCommitTopic {
+            name: topic.into(),
+            partitions: vec![OffsetCommitPartition {
+                partition,
+                offset: 1,
+                metadata: None,
+            }],
+        }],
+    };
+    let ResponseBody::OffsetCommit(response) = raw.call(RequestBody::OffsetCommit(request)) else {
+        panic!("wrong response type")
+    };
+    (
+        response.error_code,
+        response.topics.first().map(|t| t.partitions[0].error_code),
+    )
+}
+
+#[test]
+fn bad_group_requests_get_clear_errors() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &[]);
+    let mut raw = Raw::connect(&broker.address);
+    common::eventually(
+        Duration::from_secs(30),
+        "the offsets topic to exist",
+        || {
+            raw.send(
+                ApiKey::FindCoordinator as u16,
+                0,
+                &encode_to_bytes(&FindCoordinatorRequest {
+                    group_id: "g".into(),
+                }),
+            );
+            let (_, body) = raw.receive().expect("a response");
+            matches!(ResponseBody::decode(ApiKey::FindCoordinator as u16, 0, body), Ok(ResponseBody::FindCoordinator(r)) if r.error_code == ErrorCode::NONE)
+        },
+    );
+    assert_eq!(create(&mut raw, "good", 2, 1, vec![]), ErrorCode::NONE);
+
+    let long = "x".repeat(256);
+    assert_eq!(
+        heartbeat(&mut raw, &long, "", 0, None).error_code,
+        ErrorCode::INVALID_GROUP_ID
+    );
+    assert_eq!(
+        heartbeat(&mut raw, "", "", 0, None).error_code,
+        ErrorCode::INVALID_GROUP_ID
+    );
+    assert_eq!(
+        heartbeat(&mut raw, "g", &long, 3, None).error_code,
+        ErrorCode::INVALID_REQUEST,
+        "member id over the limit"
+    );
+    assert_eq!(
+        heartbeat(&mut raw, "g", "", 0, Some("magic")).error_code,
+        ErrorCode::UNSUPPORTED_ASSIGNOR
+    );
+    assert_eq!(
+        heartbeat(&mut raw, "g", "nobody", 4, None).error_code,
+        ErrorCode::UNKNOWN_MEMBER_ID
+    );
+
+    let joined = heartbeat(&mut raw, "g", "", 0, None);
+    assert_eq!(joined.error_code, ErrorCode::NONE);
+    let member = heartbeat(&mut raw, "g", &joined.member_id, joined.member_epoch, None);
+    assert_eq!(member.error_code, ErrorCode::NONE);
+    assert_eq!(
+        member
+            .assignment
+            .iter()
+            .map(|t| t.partitions.len())
+            .sum::<usize>(),
+        2
+    );
+    assert_eq!(
+        heartbeat(
+            &mut raw,
+            "g",
+            &joined.member_id,
+            member.member_epoch + 5,
+            None
+        )
+        .error_code,
+        ErrorCode::FENCED_MEMBER_EPOCH
+    );
+
+    // Commits: a partition that does not exist, a stale member, an admin commit to a live group.
+    assert_eq!(
+        commit(
+            &mut raw,
+            "g",
+            &member.member_id,
+            member.member_epoch,
+            "good",
+            0
+        ),
+        (ErrorCode::NONE, Some(ErrorCode::NONE))
+    );
+    assert_eq!(
+        commit(
+            &mut raw,
+            "g",
+            &member.member_id,
+            member.member_epoch,
+            "good",
+            9
+        )
+        .1,
+        Some(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)
+    );
+    assert_eq!(
+        commit(
+            &mut raw,
+            "g",
+            &member.member_id,
+            member.member_epoch,
+            "nope",
+            0
+        )
+        .1,
+        Some(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)
+    );
+    assert_eq!(
+        commit(
+            &mut raw,
+            "g",
+            &member.member_id,
+            member.member_epoch - 1,
+            "good",
+            0
+        )
+        .1,
+        Some(ErrorCode::FENCED_MEMBER_EPOCH)
+    );
+    assert_eq!(
+        commit(&mut raw, "g", "ghost", 1, "good", 0).1,
+        Some(ErrorCode::UNKNOWN_MEMBER_ID)
+    );
+    assert_eq!(
+        commit(&mut raw, "g", "", -1, "good", 0).1,
+        Some(ErrorCode::NON_EMPTY_GROUP)
+    );
+
+    let ResponseBody::DescribeGroups(described) =
+        raw.call(RequestBody::DescribeGroups(DescribeGroupsRequest {
+            group_ids: vec!["g".into(), "unknown".into()],
+        }))
+    else {
+        panic!("wrong response type")
+    };
+    assert_eq!(described.groups[0].error_code, ErrorCode::NONE);
+    assert_eq!(
+        described.groups[1].error_code,
+        ErrorCode::GROUP_ID_NOT_FOUND
+    );
+    let ResponseBody::DeleteGroups(deleted) =
+        raw.call(RequestBody::DeleteGroups(DeleteGroupsRequest {
+            group_ids: vec!["g".into(), "unknown".into()],
+        }))
+    else {
+        panic!("wrong response type")
+    };
+    assert_eq!(deleted.results[0].error_code, ErrorCode::NON_EMPTY_GROUP);
+    assert_eq!(deleted.results[1].error_code, ErrorCode::GROUP_ID_NOT_FOUND);
+}

@@ -309,3 +309,77 @@ async fn a_dead_member_loses_its_partitions_and_offsets_survive_a_restart() {
     admin.delete_group("crew").await.unwrap();
     assert!(admin.group_offsets("crew").await.unwrap().is_empty());
 }
+
+/// Stable, with `members` members sharing the 12 partitions evenly.
+fn settled(d: &rill_client::admin::GroupDescription, members: usize) -> bool {
+    d.state == "Stable"
+        && d.members.len() == members
+        && d.members.iter().all(|m| m.partitions.len() == 12 / members)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_mid_stream_takes_only_the_partitions_that_move() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &[]);
+    let client = client(&broker.address).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic(NewTopic::new("stream", 12))
+        .await
+        .unwrap();
+    let config = ConsumerConfig {
+        fetch_max_wait: Duration::from_millis(50),
+        ..ConsumerConfig::default()
+    };
+    let mut members: Vec<Consumer> = (0..2)
+        .map(|_| Consumer::new(client.clone(), config.clone()))
+        .collect();
+    for m in members.iter_mut() {
+        m.subscribe(group("flow"), &["stream"]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for m in members.iter_mut() {
+            m.poll(Duration::from_millis(20)).await.unwrap();
+        }
+        if settled(&admin.describe_group("flow").await.unwrap(), 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "two members never settled");
+    }
+    for m in members.iter_mut() {
+        m.take_events();
+    }
+
+    let mut newcomer = Consumer::new(client.clone(), config);
+    newcomer.subscribe(group("flow"), &["stream"]);
+    members.push(newcomer);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for m in members.iter_mut() {
+            m.poll(Duration::from_millis(20)).await.unwrap();
+        }
+        if settled(&admin.describe_group("flow").await.unwrap(), 3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "three members never settled");
+    }
+    let mut revoked = 0;
+    for m in members.iter_mut().take(2) {
+        for event in m.take_events() {
+            match event {
+                rill_client::RebalanceEvent::Revoked(partitions) => revoked += partitions.len(),
+                rill_client::RebalanceEvent::Assigned(partitions) => {
+                    panic!("an existing member gained {partitions:?}")
+                }
+            }
+        }
+    }
+    assert_eq!(
+        revoked, 4,
+        "exactly the newcomer's 4 partitions were revoked from the others (cooperative, sticky)"
+    );
+    for m in members {
+        m.close().await.unwrap();
+    }
+}
