@@ -143,3 +143,101 @@ fn cli_creates_produces_consumes_and_reports_errors() {
         "deleting a topic removes its data"
     );
 }
+
+#[test]
+fn cli_group_commands() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &[]);
+    let address = broker.address.as_str();
+    ok(rill(
+        address,
+        &["topic", "create", "gt", "--partitions", "2"],
+        None,
+    ));
+    let input: String = (0..40).map(|i| format!("k{i}:v{i}\n")).collect();
+    ok(rill(
+        address,
+        &["produce", "gt", "--key-separator", ":"],
+        Some(&input),
+    ));
+
+    // Two runs of one group: the second starts where the first stopped (nothing twice, nothing
+    // skipped). --from-beginning only applies to partitions without a committed offset.
+    let first = ok(rill(
+        address,
+        &[
+            "consume",
+            "gt",
+            "--group",
+            "readers",
+            "--from-beginning",
+            "--count",
+            "15",
+        ],
+        None,
+    ));
+    let second = ok(rill(
+        address,
+        &[
+            "consume",
+            "gt",
+            "--group",
+            "readers",
+            "--from-beginning",
+            "--timeout-ms",
+            "3000",
+        ],
+        None,
+    ));
+    let mut all: Vec<&str> = first.lines().chain(second.lines()).collect();
+    assert_eq!(
+        all.len(),
+        40,
+        "first {} + second {}",
+        first.lines().count(),
+        second.lines().count()
+    );
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 40);
+
+    assert!(ok(rill(address, &["group", "list"], None)).contains("readers"));
+    let described: serde_json::Value = serde_json::from_str(&ok(rill(
+        address,
+        &["group", "describe", "readers", "--format", "json"],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(described["total_lag"], 0);
+
+    ok(rill(
+        address,
+        &[
+            "group",
+            "reset-offsets",
+            "readers",
+            "--topic",
+            "gt",
+            "--to-earliest",
+        ],
+        None,
+    ));
+    let described: serde_json::Value = serde_json::from_str(&ok(rill(
+        address,
+        &["group", "describe", "readers", "--format", "json"],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(
+        described["total_lag"], 40,
+        "after a reset to earliest everything is lag again"
+    );
+    let no_target = rill(
+        address,
+        &["group", "reset-offsets", "readers", "--topic", "gt"],
+        None,
+    );
+    assert!(!no_target.status.success());
+    ok(rill(address, &["group", "delete", "readers"], None));
+    assert!(!ok(rill(address, &["group", "list"], None)).contains("readers"));
+}

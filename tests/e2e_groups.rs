@@ -383,3 +383,110 @@ async fn a_member_joining_mid_stream_takes_only_the_partitions_that_move() {
         m.close().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_static_member_gets_its_partitions_back_and_an_idle_member_leaves() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &[]);
+    let client = client(&broker.address).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic(NewTopic::new("static", 12))
+        .await
+        .unwrap();
+    let config = ConsumerConfig {
+        fetch_max_wait: Duration::from_millis(50),
+        ..ConsumerConfig::default()
+    };
+    let static_group = |instance: &str| GroupConfig {
+        instance_id: Some(instance.into()),
+        session_timeout: Duration::from_secs(30),
+        ..group("fixed")
+    };
+    let mut a = Consumer::new(client.clone(), config.clone());
+    let mut b = Consumer::new(client.clone(), config.clone());
+    a.subscribe(static_group("host-a"), &["static"]);
+    b.subscribe(static_group("host-b"), &["static"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        a.poll(Duration::from_millis(20)).await.unwrap();
+        b.poll(Duration::from_millis(20)).await.unwrap();
+        let d = admin.describe_group("fixed").await.unwrap();
+        if d.state == "Stable"
+            && d.members.len() == 2
+            && d.members.iter().all(|m| m.partitions.len() == 6)
+        {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "never settled");
+    };
+    let a_partitions: Vec<(String, u32)> = before
+        .members
+        .iter()
+        .find(|m| m.instance_id.as_deref() == Some("host-a"))
+        .unwrap()
+        .partitions
+        .clone();
+
+    // "host-a" restarts (a new consumer, same instance id) well within its 30 s session.
+    drop(a);
+    let mut a = Consumer::new(client.clone(), config.clone());
+    a.subscribe(static_group("host-a"), &["static"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        a.poll(Duration::from_millis(20)).await.unwrap();
+        b.poll(Duration::from_millis(20)).await.unwrap();
+        let d = admin.describe_group("fixed").await.unwrap();
+        let restarted = d
+            .members
+            .iter()
+            .find(|m| m.instance_id.as_deref() == Some("host-a"));
+        if d.state == "Stable" && restarted.is_some_and(|m| !m.partitions.is_empty()) {
+            assert_eq!(d.group_epoch, before.group_epoch, "no rebalance");
+            assert_eq!(
+                restarted.unwrap().partitions,
+                a_partitions,
+                "the same partitions"
+            );
+            assert_eq!(d.members.len(), 2);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the static member never came back: {d:?}"
+        );
+    }
+
+    // A member that stops polling for longer than max_poll_interval leaves by itself.
+    let idle_config = GroupConfig {
+        max_poll_interval: Duration::from_millis(500),
+        ..group("idle")
+    };
+    let mut idle = Consumer::new(client.clone(), config);
+    idle.subscribe(idle_config, &["static"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin
+        .describe_group("idle")
+        .await
+        .map(|d| d.members.len())
+        .unwrap_or(0)
+        == 0
+    {
+        idle.poll(Duration::from_millis(20)).await.unwrap();
+        assert!(Instant::now() < deadline, "the member never joined");
+    }
+    common::eventually_async(Duration::from_secs(30), "the idle member to leave", || {
+        let admin = admin.clone();
+        async move {
+            admin
+                .describe_group("idle")
+                .await
+                .map(|d| d.members.is_empty())
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    drop(idle);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
