@@ -148,7 +148,11 @@ impl Consumer {
         self.positions.clear();
         self.invalidate();
         let shared = Arc::new(Shared {
-            membership: std::sync::Mutex::new(Membership::default()),
+            // The max-poll-interval clock starts at subscribe: a consumer that never polls leaves too.
+            membership: std::sync::Mutex::new(Membership {
+                last_poll: Some(std::time::Instant::now()),
+                ..Membership::default()
+            }),
             wake: Notify::new(),
             changed: Notify::new(),
         });
