@@ -99,22 +99,24 @@ impl Admin {
             timeout_ms: self.client.config().request_timeout.as_millis() as u32,
             validate_only: false,
         };
-        let response = self
-            .client
-            .retry("create topic", || {
-                self.client
+        // Per-topic codes such as CLUSTER_NOT_READY (a broker that just started) are retried too.
+        self.client
+            .retry("create topic", || async {
+                let ResponseBody::CreateTopics(response) = self
+                    .client
                     .request_any(RequestBody::CreateTopics(request.clone()))
+                    .await?
+                else {
+                    return Err(unexpected());
+                };
+                let result = response.topics.into_iter().next().ok_or_else(unexpected)?;
+                check(
+                    result.error_code,
+                    format!("create topic {}", topic.name),
+                    result.error_message,
+                )
             })
             .await?;
-        let ResponseBody::CreateTopics(response) = response else {
-            return Err(unexpected());
-        };
-        let result = response.topics.into_iter().next().ok_or_else(unexpected)?;
-        check(
-            result.error_code,
-            format!("create topic {}", topic.name),
-            result.error_message,
-        )?;
         self.client.refresh_metadata().await
     }
 
@@ -124,22 +126,23 @@ impl Admin {
             names: vec![name.to_string()],
             timeout_ms: self.client.config().request_timeout.as_millis() as u32,
         };
-        let response = self
-            .client
-            .retry("delete topic", || {
-                self.client
+        self.client
+            .retry("delete topic", || async {
+                let ResponseBody::DeleteTopics(response) = self
+                    .client
                     .request_any(RequestBody::DeleteTopics(request.clone()))
+                    .await?
+                else {
+                    return Err(unexpected());
+                };
+                let result = response.topics.into_iter().next().ok_or_else(unexpected)?;
+                check(
+                    result.error_code,
+                    format!("delete topic {name}"),
+                    result.error_message,
+                )
             })
             .await?;
-        let ResponseBody::DeleteTopics(response) = response else {
-            return Err(unexpected());
-        };
-        let result = response.topics.into_iter().next().ok_or_else(unexpected)?;
-        check(
-            result.error_code,
-            format!("delete topic {name}"),
-            result.error_message,
-        )?;
         self.client.refresh_metadata().await
     }
 
