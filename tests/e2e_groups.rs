@@ -347,7 +347,10 @@ async fn a_member_joining_mid_stream_takes_only_the_partitions_that_move() {
         }
         assert!(Instant::now() < deadline, "two members never settled");
     }
+    // describe shows what the coordinator told each member; a consumer applies it on its next
+    // poll, so poll once more before draining the events of the first phase.
     for m in members.iter_mut() {
+        m.poll(Duration::from_millis(20)).await.unwrap();
         m.take_events();
     }
 
@@ -363,6 +366,9 @@ async fn a_member_joining_mid_stream_takes_only_the_partitions_that_move() {
             break;
         }
         assert!(Instant::now() < deadline, "three members never settled");
+    }
+    for m in members.iter_mut() {
+        m.poll(Duration::from_millis(20)).await.unwrap();
     }
     let mut revoked = 0;
     for m in members.iter_mut().take(2) {

@@ -74,7 +74,17 @@ pub struct Member {
     pub assigned: BTreeSet<TopicPartition>,
     pub session_timeout_ms: u64,
     pub last_seen_ms: i64,
+    /// Since when the member has owned partitions it was told to give up (`None`: nothing
+    /// pending). A member that holds them longer than the rebalance timeout is removed.
+    pub revoking_since_ms: Option<i64>,
+    /// The member epoch before the last advance: commits sent before the member saw the
+    /// heartbeat reply that advanced it are still accepted.
+    pub previous_epoch: i32,
 }
+
+/// How long a member may keep partitions it was told to release before it is removed from
+/// the group (Kafka's rebalance timeout), so one stuck member cannot block a hand-off forever.
+pub const REBALANCE_TIMEOUT_MS: i64 = 60_000;
 
 /// The group's state as `DescribeGroups` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +210,14 @@ impl Group {
             self.epoch += 1;
         }
         self.retarget(topics);
+        let target = self.target.get(&member_id).cloned().unwrap_or_default();
+        if let Some(member) = self.members.get_mut(&member_id) {
+            if member.owned.is_subset(&target) {
+                member.revoking_since_ms = None;
+            } else {
+                member.revoking_since_ms.get_or_insert(now_ms);
+            }
+        }
         Ok(self.reply(&member_id))
     }
 
@@ -237,6 +255,8 @@ impl Group {
                 assigned: BTreeSet::new(),
                 session_timeout_ms: request.session_timeout_ms.max(1),
                 last_seen_ms: now_ms,
+                revoking_since_ms: None,
+                previous_epoch: 0,
             },
         );
         self.epoch += 1;
@@ -275,13 +295,19 @@ impl Group {
             .filter(|tp| !owned_elsewhere.contains(tp))
             .cloned()
             .collect();
-        let reconciled = assignment.len() == target.len();
+        // Reconciled: nothing withheld from the member, and it has released what it must give up.
+        let released = self
+            .members
+            .get(member_id)
+            .is_some_and(|m| m.owned.is_subset(&target));
+        let reconciled = assignment.len() == target.len() && released;
         let epoch = self.epoch;
         let member = self
             .members
             .get_mut(member_id)
             .expect("reply is only called for a present member");
-        if reconciled {
+        if reconciled && member.member_epoch != epoch {
+            member.previous_epoch = member.member_epoch;
             member.member_epoch = epoch;
         }
         member.assigned = assignment.clone();
@@ -299,12 +325,19 @@ impl Group {
         }
     }
 
-    /// Removes members whose session expired; returns their ids.
+    /// Removes members whose session expired, or that held partitions they were told to release
+    /// for longer than [`REBALANCE_TIMEOUT_MS`]; returns their ids.
     pub fn expire(&mut self, now_ms: i64) -> Vec<String> {
         let expired: Vec<String> = self
             .members
             .values()
-            .filter(|m| now_ms - m.last_seen_ms > m.session_timeout_ms as i64)
+            .filter(|m| {
+                let session_expired = now_ms - m.last_seen_ms > m.session_timeout_ms as i64;
+                let revocation_stuck = m
+                    .revoking_since_ms
+                    .is_some_and(|since| now_ms - since > REBALANCE_TIMEOUT_MS);
+                session_expired || revocation_stuck
+            })
             .map(|m| m.member_id.clone())
             .collect();
         for id in &expired {
@@ -336,7 +369,8 @@ impl Group {
             .members
             .get(member_id)
             .ok_or_else(|| GroupError::UnknownMember(member_id.to_string()))?;
-        if member_epoch != member.member_epoch {
+        // The previous epoch too: a commit may cross the heartbeat reply that advanced the epoch.
+        if member_epoch != member.member_epoch && member_epoch != member.previous_epoch {
             return Err(GroupError::FencedMemberEpoch {
                 got: member_epoch,
                 current: member.member_epoch,
@@ -512,6 +546,37 @@ mod tests {
             ),
             "the old incarnation is fenced"
         );
+    }
+
+    #[test]
+    fn a_member_that_never_releases_is_removed_after_the_rebalance_timeout() {
+        let mut group = Group::new("g", 500);
+        let mut replies = vec![join(&mut group, 0, None), join(&mut group, 0, None)];
+        settle(&mut group, &mut replies, 0);
+        let stubborn = replies[0].clone();
+        let mut others = [replies[1].clone(), join(&mut group, 10, None)];
+        // The stubborn member keeps heartbeating but keeps reporting everything it had; the
+        // others behave (they own what they were given).
+        let mut t = 10;
+        while t < REBALANCE_TIMEOUT_MS {
+            beat(&mut group, &stubborn, &stubborn.assignment, t).unwrap();
+            for other in others.iter_mut() {
+                *other = beat(&mut group, other, &other.assignment.clone(), t).unwrap();
+            }
+            t += 500;
+        }
+        assert!(
+            group.expire(t).is_empty(),
+            "still within the rebalance timeout"
+        );
+        let t = REBALANCE_TIMEOUT_MS + 100;
+        beat(&mut group, &stubborn, &stubborn.assignment, t).unwrap();
+        for other in others.iter_mut() {
+            *other = beat(&mut group, other, &other.assignment.clone(), t).unwrap();
+        }
+        assert_eq!(group.expire(t + 100), vec![stubborn.member_id.clone()]);
+        let newcomer = others[1].clone();
+        assert!(group.members.contains_key(&newcomer.member_id));
     }
 
     #[test]
