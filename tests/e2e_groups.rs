@@ -497,3 +497,78 @@ async fn a_restarted_static_member_gets_its_partitions_back_and_an_idle_member_l
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_carry_on_without_a_rebalance_when_the_coordinator_restarts() {
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(data.path(), &[]);
+    let address = broker.address.clone();
+    let client = client(&address).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic(NewTopic::new("steady", 12))
+        .await
+        .unwrap();
+    let config = ConsumerConfig {
+        fetch_max_wait: Duration::from_millis(50),
+        ..ConsumerConfig::default()
+    };
+    let long_session = || GroupConfig {
+        session_timeout: Duration::from_secs(30),
+        ..group("steady")
+    };
+    let mut members: Vec<Consumer> = (0..2)
+        .map(|_| Consumer::new(client.clone(), config.clone()))
+        .collect();
+    for m in members.iter_mut() {
+        m.subscribe(long_session(), &["steady"]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        for m in members.iter_mut() {
+            m.poll(Duration::from_millis(20)).await.unwrap();
+        }
+        let d = admin.describe_group("steady").await.unwrap();
+        if settled(&d, 2) {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "never settled");
+    };
+    for m in members.iter_mut() {
+        m.poll(Duration::from_millis(20)).await.unwrap();
+        m.take_events();
+    }
+
+    assert!(broker.terminate());
+    drop(broker);
+    let _broker = BrokerProcess::start_on(data.path(), &address, &[]);
+
+    // The members keep polling through the restart; the restarted coordinator knows them.
+    let admin = Admin::new(common::client(&address).await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for m in members.iter_mut() {
+            let _ = m.poll(Duration::from_millis(50)).await;
+        }
+        if let Ok(d) = admin.describe_group("steady").await {
+            let ids = |d: &rill_client::admin::GroupDescription| {
+                d.members
+                    .iter()
+                    .map(|m| m.member_id.clone())
+                    .collect::<BTreeSet<_>>()
+            };
+            if settled(&d, 2) {
+                assert_eq!(ids(&d), ids(&before), "the same members, not rejoined ones");
+                assert_eq!(d.group_epoch, before.group_epoch, "no rebalance");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the group did not come back");
+    }
+    for m in members.iter_mut() {
+        assert!(
+            m.take_events().is_empty(),
+            "no partition was revoked or reassigned"
+        );
+    }
+}

@@ -47,6 +47,14 @@ pub enum RecordKey {
     },
     /// The group was deleted: forget every earlier record of it.
     GroupDeleted { group: String },
+    /// A snapshot of the group's membership and target assignment (`GroupValue`); the latest wins.
+    GroupMetadata { group: String },
+}
+
+/// Value of a group metadata record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum GroupValue {
+    V1(Group),
 }
 
 /// Value of an offset record.
@@ -78,6 +86,8 @@ pub struct Coordinator {
     heartbeat_interval_ms: u32,
     groups: Mutex<HashMap<String, GroupEntry>>,
     loaded: Mutex<HashSet<u32>>,
+    /// Group version last written to the offsets topic, per group.
+    persisted: Mutex<HashMap<String, u64>>,
 }
 
 /// Maps a group error to its protocol code.
@@ -99,6 +109,7 @@ impl Coordinator {
             heartbeat_interval_ms,
             groups: Mutex::default(),
             loaded: Mutex::default(),
+            persisted: Mutex::default(),
         }
     }
 
@@ -225,6 +236,25 @@ impl Coordinator {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&group);
+                self.persisted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&group);
+            }
+            RecordKey::GroupMetadata { group } => {
+                let Some(Ok(GroupValue::V1(stored))) =
+                    value.map(postcard::from_bytes::<GroupValue>)
+                else {
+                    return;
+                };
+                let version = stored.version;
+                // Members get a full session from now to reach the restarted coordinator.
+                let restored = stored.restored(now_ms());
+                self.with_group(&group, |entry| entry.group = restored);
+                self.persisted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(group, version);
             }
         }
     }
@@ -260,6 +290,36 @@ impl Coordinator {
                 entry.offsets.insert(tp.clone(), committed.clone());
             }
         });
+        Ok(())
+    }
+
+    /// Writes a snapshot of the group's membership if it changed since the last one. Blocking.
+    pub fn persist_if_changed(&self, group_id: &str) -> crate::Result<()> {
+        let snapshot = {
+            let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+            let persisted = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
+            match groups.get(group_id) {
+                Some(entry) if persisted.get(group_id) != Some(&entry.group.version) => {
+                    entry.group.clone()
+                }
+                _ => return Ok(()),
+            }
+        };
+        let version = snapshot.version;
+        let mut builder = RecordBatchBuilder::new();
+        let key = RecordKey::GroupMetadata {
+            group: group_id.to_string(),
+        };
+        builder.append(
+            now_ms(),
+            Some(&encode(&key)?),
+            Some(&encode(&GroupValue::V1(snapshot))?),
+            &[],
+        );
+        self.append(group_id, builder)?;
+        let mut persisted = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = persisted.entry(group_id.to_string()).or_insert(0);
+        *entry = (*entry).max(version);
         Ok(())
     }
 
@@ -365,6 +425,50 @@ mod tests {
             "a deleted group stays deleted"
         );
         assert_eq!(reloaded.group_ids(), vec!["g1".to_string()]);
+    }
+
+    #[test]
+    fn membership_survives_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Arc::new(LogManager::open(dir.path(), LogConfig::default()).unwrap());
+        for p in 0..OFFSETS_PARTITIONS {
+            logs.get_or_create(&TopicPartition::new(OFFSETS_TOPIC, p), None)
+                .unwrap();
+        }
+        let coordinator = Coordinator::new(logs.clone(), 500);
+        let topics = std::collections::BTreeMap::from([("t".to_string(), 4)]);
+        let join = crate::group::state::Heartbeat {
+            subscriptions: Some(["t".to_string()].into()),
+            session_timeout_ms: 10_000,
+            ..Default::default()
+        };
+        let reply = coordinator
+            .with_group("g", |e| e.group.heartbeat(join, 0, &topics))
+            .unwrap();
+        coordinator.persist_if_changed("g").unwrap();
+        let epoch = coordinator.with_group("g", |e| e.group.epoch);
+
+        let reloaded = Coordinator::new(logs, 500);
+        reloaded.ensure_loaded(partition_for("g")).unwrap();
+        let (members, reloaded_epoch) = reloaded.with_group("g", |e| {
+            (
+                e.group.members.keys().cloned().collect::<Vec<_>>(),
+                e.group.epoch,
+            )
+        });
+        assert_eq!(members, vec![reply.member_id.clone()]);
+        assert_eq!(reloaded_epoch, epoch);
+        // The member carries on with its id and epoch, without rejoining.
+        let beat = crate::group::state::Heartbeat {
+            member_id: reply.member_id.clone(),
+            member_epoch: reply.member_epoch,
+            session_timeout_ms: 10_000,
+            ..Default::default()
+        };
+        let again = reloaded
+            .with_group("g", |e| e.group.heartbeat(beat, 100_000_000, &topics))
+            .unwrap();
+        assert_eq!(again.assignment, reply.assignment);
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub enum GroupError {
     NotAssigned(TopicPartition),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     pub member_id: String,
     pub instance_id: Option<String>,
@@ -105,8 +105,9 @@ impl GroupState {
     }
 }
 
-/// One group. See the module docs.
-#[derive(Debug, Clone)]
+/// One group. See the module docs. Serialized whole into `__consumer_offsets` on every change
+/// of [`Group::version`], so a restarted coordinator resumes it without a rebalance.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Group {
     pub group_id: String,
     pub epoch: i32,
@@ -116,6 +117,8 @@ pub struct Group {
     target_epoch: i32,
     next_member: u64,
     heartbeat_interval_ms: u32,
+    /// Bumped on every change worth persisting (membership, epochs, target).
+    pub version: u64,
 }
 
 impl Group {
@@ -129,6 +132,7 @@ impl Group {
             target_epoch: 0,
             next_member: 0,
             heartbeat_interval_ms,
+            version: 0,
         }
     }
 
@@ -170,7 +174,7 @@ impl Group {
         let member_id = match request.member_epoch {
             -1 => {
                 if self.members.remove(&request.member_id).is_some() {
-                    self.epoch += 1;
+                    self.bump_epoch();
                 }
                 return Ok(HeartbeatReply {
                     member_id: request.member_id,
@@ -207,7 +211,7 @@ impl Group {
             member.subscriptions = subscriptions;
         }
         if changed {
-            self.epoch += 1;
+            self.bump_epoch();
         }
         self.retarget(topics);
         let target = self.target.get(&member_id).cloned().unwrap_or_default();
@@ -232,6 +236,7 @@ impl Group {
         let new_id = self.mint_member_id(now_ms);
         if let Some(old_id) = previous {
             // Static membership: same slot, same target, no rebalance; the old id is fenced.
+            self.version += 1;
             if let Some(mut member) = self.members.remove(&old_id) {
                 member.member_id = new_id.clone();
                 self.members.insert(new_id.clone(), member);
@@ -259,7 +264,7 @@ impl Group {
                 previous_epoch: 0,
             },
         );
-        self.epoch += 1;
+        self.bump_epoch();
         Ok(new_id)
     }
 
@@ -306,11 +311,17 @@ impl Group {
             .members
             .get_mut(member_id)
             .expect("reply is only called for a present member");
+        let mut changed = member.assigned != assignment;
         if reconciled && member.member_epoch != epoch {
             member.previous_epoch = member.member_epoch;
             member.member_epoch = epoch;
+            changed = true;
         }
         member.assigned = assignment.clone();
+        let member_epoch = member.member_epoch;
+        if changed {
+            self.version += 1;
+        }
         // While partitions are withheld, ask for heartbeats sooner so the hand-off is quick.
         let interval = if reconciled {
             self.heartbeat_interval_ms
@@ -319,10 +330,24 @@ impl Group {
         };
         HeartbeatReply {
             member_id: member_id.to_string(),
-            member_epoch: member.member_epoch,
+            member_epoch,
             heartbeat_interval_ms: interval,
             assignment,
         }
+    }
+
+    fn bump_epoch(&mut self) {
+        self.epoch += 1;
+        self.version += 1;
+    }
+
+    /// After a coordinator restart: every member gets a full session from `now_ms` to come back.
+    pub fn restored(mut self, now_ms: i64) -> Group {
+        for member in self.members.values_mut() {
+            member.last_seen_ms = now_ms;
+            member.revoking_since_ms = member.revoking_since_ms.map(|_| now_ms);
+        }
+        self
     }
 
     /// Removes members whose session expired, or that held partitions they were told to release
@@ -345,7 +370,7 @@ impl Group {
             self.target.remove(id);
         }
         if !expired.is_empty() {
-            self.epoch += 1;
+            self.bump_epoch();
         }
         expired
     }

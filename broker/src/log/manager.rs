@@ -15,7 +15,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::log::{Log, LogConfig};
 
 /// Identifies a partition.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct TopicPartition {
     pub topic: String,
     pub partition: u32,

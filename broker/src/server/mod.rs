@@ -273,8 +273,13 @@ async fn storage_tick(state: Arc<BrokerState>) {
             _ = state.shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
+        let mut changed = std::collections::BTreeSet::new();
         for (group, member) in state.groups.expire_members(now_ms()) {
-            tracing::info!(%group, %member, "group member's session expired; rebalancing");
+            tracing::info!(%group, %member, "group member removed (session expired or revocation stuck); rebalancing");
+            changed.insert(group);
+        }
+        for group in changed {
+            handlers::persist_group(&state, &group).await;
         }
         let logs = state.logs.clone();
         match tokio::task::spawn_blocking(move || logs.tick(now_ms())).await {

@@ -181,7 +181,20 @@ pub(super) async fn heartbeat(
             response.error_message = Some(e.to_string());
         }
     }
+    persist(state, &request.group_id).await;
     reply(ResponseBody::ConsumerGroupHeartbeat(response))
+}
+
+/// Writes the group's membership to its offsets partition if it changed (before the member
+/// hears about the change, so a restarted coordinator resumes from what members were told).
+pub(crate) async fn persist(state: &Arc<BrokerState>, group_id: &str) {
+    let writer = state.clone();
+    let group = group_id.to_string();
+    match tokio::task::spawn_blocking(move || writer.groups.persist_if_changed(&group)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(group = group_id, "persisting group membership failed: {e}"),
+        Err(e) => tracing::warn!(group = group_id, "persisting group membership failed: {e}"),
+    }
 }
 
 pub(super) async fn offset_commit(

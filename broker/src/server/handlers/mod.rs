@@ -7,6 +7,8 @@ mod create_topics;
 mod delete_topics;
 mod fetch;
 mod groups;
+
+pub(crate) use groups::persist as persist_group;
 mod list_offsets;
 mod metadata;
 mod produce;
