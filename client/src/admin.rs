@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use rill_protocol::api::{
     ConfigEntry, CreatableTopic, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
     DescribeGroupsRequest, ListGroupsRequest, ListOffsetsPartition, ListOffsetsRequest,
-    ListOffsetsTopic, OffsetCommitPartition, OffsetCommitRequest, OffsetCommitTopic,
-    OffsetFetchRequest, OffsetSpec, RequestBody, ResponseBody,
+    ListOffsetsTopic, OffsetCommitRequest, OffsetFetchRequest, OffsetSpec, RequestBody,
+    ResponseBody,
 };
 use rill_protocol::ErrorCode;
 
@@ -411,21 +411,7 @@ impl Admin {
         group_id: &str,
         offsets: &BTreeMap<(String, u32), u64>,
     ) -> Result<()> {
-        let mut topics: Vec<OffsetCommitTopic> = Vec::new();
-        for ((topic, partition), offset) in offsets {
-            let p = OffsetCommitPartition {
-                partition: *partition,
-                offset: *offset,
-                metadata: None,
-            };
-            match topics.iter_mut().find(|t| t.name == *topic) {
-                Some(t) => t.partitions.push(p),
-                None => topics.push(OffsetCommitTopic {
-                    name: topic.clone(),
-                    partitions: vec![p],
-                }),
-            }
-        }
+        let topics = crate::group::commit_topics(offsets);
         let request = RequestBody::OffsetCommit(OffsetCommitRequest {
             group_id: group_id.to_string(),
             member_id: String::new(),
@@ -438,27 +424,7 @@ impl Admin {
                 self.group_request(group_id, request.clone())
             })
             .await?;
-        let ResponseBody::OffsetCommit(response) = response else {
-            return Err(unexpected());
-        };
-        check(
-            response.error_code,
-            format!("reset offsets of group {group_id}"),
-            None,
-        )?;
-        for t in response.topics {
-            for p in t.partitions {
-                check(
-                    p.error_code,
-                    format!(
-                        "reset offset of {}-{} in group {group_id}",
-                        t.name, p.partition
-                    ),
-                    None,
-                )?;
-            }
-        }
-        Ok(())
+        crate::group::check_commit(response, group_id)
     }
 
     /// Deletes a group with no active members, and its committed offsets.

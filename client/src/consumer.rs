@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use rill_protocol::api::{
-    FetchPartition, FetchRequest, FetchTopic, OffsetCommitPartition, OffsetCommitRequest,
-    OffsetCommitTopic, OffsetFetchRequest, OffsetSpec, RequestBody, ResponseBody, TopicPartitions,
+    FetchPartition, FetchRequest, FetchTopic, OffsetCommitRequest, OffsetFetchRequest, OffsetSpec,
+    RequestBody, ResponseBody,
 };
 use rill_protocol::batch::{batches, Header};
 use rill_protocol::ErrorCode;
@@ -202,50 +202,17 @@ impl Consumer {
             let m = group.shared.lock();
             (m.member_id.clone(), m.member_epoch)
         };
-        let mut topics: Vec<OffsetCommitTopic> = Vec::new();
-        for ((topic, partition), offset) in offsets {
-            let p = OffsetCommitPartition {
-                partition,
-                offset,
-                metadata: None,
-            };
-            match topics.iter_mut().find(|t| t.name == topic) {
-                Some(t) => t.partitions.push(p),
-                None => topics.push(OffsetCommitTopic {
-                    name: topic,
-                    partitions: vec![p],
-                }),
-            }
-        }
+        let topics = crate::group::commit_topics(&offsets);
         let request = RequestBody::OffsetCommit(OffsetCommitRequest {
             group_id: group.config.group_id.clone(),
             member_id,
             member_epoch,
             topics,
         });
-        let ResponseBody::OffsetCommit(response) =
+        let response =
             request_coordinator(&self.client, &group.shared, &group.config.group_id, request)
-                .await?
-        else {
-            return Err(unexpected());
-        };
-        check(
-            response.error_code,
-            format!("commit to group {}", group.config.group_id),
-            None,
-        )?;
-        for topic in response.topics {
-            for p in topic.partitions {
-                check(
-                    p.error_code,
-                    format!(
-                        "commit {}-{} to group {}",
-                        topic.name, p.partition, group.config.group_id
-                    ),
-                    None,
-                )?;
-            }
-        }
+                .await?;
+        crate::group::check_commit(response, &group.config.group_id)?;
         group.last_commit = std::time::Instant::now();
         Ok(())
     }
@@ -339,16 +306,7 @@ impl Consumer {
         let Some(group) = &self.group else {
             return Ok(BTreeMap::new());
         };
-        let mut topics: Vec<TopicPartitions> = Vec::new();
-        for (topic, partition) in partitions {
-            match topics.iter_mut().find(|t| t.topic == *topic) {
-                Some(t) => t.partitions.push(*partition),
-                None => topics.push(TopicPartitions {
-                    topic: topic.clone(),
-                    partitions: vec![*partition],
-                }),
-            }
-        }
+        let topics = crate::group::to_wire(partitions);
         let request = RequestBody::OffsetFetch(OffsetFetchRequest {
             group_id: group.config.group_id.clone(),
             topics: Some(topics),

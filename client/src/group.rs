@@ -3,18 +3,18 @@
 //! assignment the coordinator returns. The consumer applies assignment changes on `poll`
 //! (committing before it releases a partition), so a partition is never consumed by two members.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rill_protocol::api::{
-    ConsumerGroupHeartbeatRequest, FindCoordinatorRequest, RequestBody, ResponseBody,
-    TopicPartitions,
+    ConsumerGroupHeartbeatRequest, FindCoordinatorRequest, OffsetCommitPartition,
+    OffsetCommitTopic, RequestBody, ResponseBody, TopicPartitions,
 };
 use rill_protocol::ErrorCode;
 use tokio::sync::Notify;
 
-use crate::admin::unexpected;
+use crate::admin::{check, unexpected};
 use crate::client::{Client, Purpose};
 use crate::error::{ClientError, Result};
 
@@ -139,7 +139,50 @@ pub(crate) async fn request_coordinator(
     result
 }
 
-fn to_wire(partitions: &BTreeSet<(String, u32)>) -> Vec<TopicPartitions> {
+/// Offsets grouped by topic, for an OffsetCommit request.
+pub(crate) fn commit_topics(offsets: &BTreeMap<(String, u32), u64>) -> Vec<OffsetCommitTopic> {
+    let mut topics: Vec<OffsetCommitTopic> = Vec::new();
+    for ((topic, partition), offset) in offsets {
+        let p = OffsetCommitPartition {
+            partition: *partition,
+            offset: *offset,
+            metadata: None,
+        };
+        match topics.iter_mut().find(|t| t.name == *topic) {
+            Some(t) => t.partitions.push(p),
+            None => topics.push(OffsetCommitTopic {
+                name: topic.clone(),
+                partitions: vec![p],
+            }),
+        }
+    }
+    topics
+}
+
+/// Checks an OffsetCommit response: the group-level code, then every partition's.
+pub(crate) fn check_commit(response: ResponseBody, group_id: &str) -> Result<()> {
+    let ResponseBody::OffsetCommit(response) = response else {
+        return Err(unexpected());
+    };
+    check(
+        response.error_code,
+        format!("commit to group {group_id}"),
+        None,
+    )?;
+    for topic in response.topics {
+        for p in topic.partitions {
+            check(
+                p.error_code,
+                format!("commit {}-{} to group {group_id}", topic.name, p.partition),
+                None,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Partitions grouped by topic.
+pub(crate) fn to_wire(partitions: &BTreeSet<(String, u32)>) -> Vec<TopicPartitions> {
     let mut out: Vec<TopicPartitions> = Vec::new();
     for (topic, partition) in partitions {
         match out.iter_mut().find(|t| t.topic == *topic) {
