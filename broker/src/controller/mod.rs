@@ -40,15 +40,20 @@ pub struct Controller {
     node_id: NodeId,
     raft: Raft<TypeConfig>,
     metadata: watch::Receiver<Arc<MetadataState>>,
+    /// Stops the Raft RPC server.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Controller {
-    /// Opens the Raft state under `raft_dir` and starts the node; a pristine node initializes the
-    /// quorum from `voters` (node id -> controller address).
+    /// Opens the Raft state under `raft_dir` and starts the node. `voters` maps every voter's
+    /// node id to its Raft address; with more than one voter, `raft_listener` (bound to this
+    /// node's address) serves Raft traffic from the others. A pristine quorum is initialized by
+    /// its lowest voter id; the others wait to be contacted.
     pub async fn start(
         node_id: NodeId,
         raft_dir: &Path,
         voters: BTreeMap<NodeId, String>,
+        raft_listener: Option<tokio::net::TcpListener>,
     ) -> Result<Controller> {
         let config = openraft::Config {
             cluster_name: "rill".into(),
@@ -70,10 +75,16 @@ impl Controller {
         let raft = Raft::new(node_id, config, network::Network, log_store, state_machine)
             .await
             .map_err(|e| Error::Controller(e.to_string()))?;
-        if !raft
-            .is_initialized()
-            .await
-            .map_err(|e| Error::Controller(e.to_string()))?
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        if let Some(listener) = raft_listener {
+            tokio::spawn(network::serve(listener, raft.clone(), shutdown.clone()));
+        }
+        let initializer = voters.keys().min().copied() == Some(node_id);
+        if initializer
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| Error::Controller(e.to_string()))?
         {
             let members: BTreeMap<NodeId, BasicNode> = voters
                 .into_iter()
@@ -88,6 +99,7 @@ impl Controller {
             node_id,
             raft,
             metadata,
+            shutdown,
         })
     }
 
@@ -151,6 +163,7 @@ impl Controller {
 
     /// Stops the Raft node.
     pub async fn shutdown(&self) {
+        self.shutdown.cancel();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("metadata Raft shutdown: {e}");
         }
@@ -172,7 +185,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn single_voter_quorum_applies_commands_and_survives_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let controller = Controller::start(1, dir.path(), voters()).await.unwrap();
+        let controller = Controller::start(1, dir.path(), voters(), None)
+            .await
+            .unwrap();
         assert!(
             controller.wait_ready(Duration::from_secs(10)).await,
             "a single voter elects itself"
@@ -195,7 +210,9 @@ mod tests {
         controller.shutdown().await;
         drop(controller);
 
-        let controller = Controller::start(1, dir.path(), voters()).await.unwrap();
+        let controller = Controller::start(1, dir.path(), voters(), None)
+            .await
+            .unwrap();
         assert!(controller.wait_ready(Duration::from_secs(10)).await);
         assert_eq!(
             controller.metadata().topics["orders"].partitions.len(),
@@ -203,5 +220,103 @@ mod tests {
             "metadata is rebuilt from the durable log"
         );
         controller.shutdown().await;
+    }
+
+    /// Polls `condition` every 20 ms until it holds, or panics after 30 s.
+    async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !condition() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn create(name: &str) -> Command {
+        Command::CreateTopic {
+            name: name.into(),
+            assignments: vec![vec![1]],
+            configs: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_voters_replicate_and_survive_the_loss_of_the_leader() {
+        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut listeners = Vec::new();
+        let mut voters = BTreeMap::new();
+        for id in 1..=3u64 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            voters.insert(id, listener.local_addr().unwrap().to_string());
+            listeners.push(listener);
+        }
+        let mut controllers = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            controllers.push(
+                Controller::start(i as u64 + 1, dirs[i].path(), voters.clone(), Some(listener))
+                    .await
+                    .unwrap(),
+            );
+        }
+        until("all voters to agree on a leader", || {
+            let leaders: Vec<_> = controllers.iter().map(Controller::leader).collect();
+            leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0])
+        })
+        .await;
+        let leader_id = controllers[0].leader().unwrap();
+        let leader = controllers
+            .iter()
+            .find(|c| c.node_id() == leader_id)
+            .unwrap()
+            .clone();
+        assert_eq!(
+            leader.propose(create("a")).await.unwrap(),
+            CommandResult::Ok
+        );
+        let follower = controllers
+            .iter()
+            .find(|c| c.node_id() != leader_id)
+            .unwrap();
+        assert!(
+            matches!(follower.propose(create("x")).await, Err(Error::NotController { leader: Some(l) }) if l == leader_id)
+        );
+        until("every voter to apply the topic", || {
+            controllers
+                .iter()
+                .all(|c| c.metadata().topics.contains_key("a"))
+        })
+        .await;
+
+        // The leader dies: the other two elect a new one and metadata changes continue.
+        leader.shutdown().await;
+        let survivors: Vec<Controller> = controllers
+            .into_iter()
+            .filter(|c| c.node_id() != leader_id)
+            .collect();
+        until("a new leader among the survivors", || {
+            let leaders: Vec<_> = survivors.iter().map(Controller::leader).collect();
+            leaders[0].is_some_and(|l| l != leader_id) && leaders.iter().all(|l| *l == leaders[0])
+        })
+        .await;
+        let new_leader_id = survivors[0].leader().unwrap();
+        let new_leader = survivors
+            .iter()
+            .find(|c| c.node_id() == new_leader_id)
+            .unwrap();
+        assert_eq!(
+            new_leader.propose(create("b")).await.unwrap(),
+            CommandResult::Ok
+        );
+        until("both survivors to apply the new topic", || {
+            survivors
+                .iter()
+                .all(|c| c.metadata().topics.contains_key("b"))
+        })
+        .await;
+        for c in survivors {
+            c.shutdown().await;
+        }
     }
 }

@@ -1,75 +1,237 @@
-//! Raft transport between controller voters.
-//!
-//! A single-voter quorum (the default single-node broker) never sends a Raft message, so this
-//! build's transport reports every peer unreachable. The TCP transport for multi-voter quorums
-//! (`--controller-voters`) is part of the replication-and-cluster issue; it plugs in here without
-//! changing the log store, the state machine or the proposal path.
+//! Raft transport between controller voters: one TCP connection per peer, requests and
+//! responses as length-prefixed postcard frames (`u32` length, then `RaftRequest` /
+//! `RaftResponse`). Frames are limited to [`RAFT_FRAME_BYTES_MAX`]; a peer that sends more is
+//! disconnected. A single-voter quorum never sends anything.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, Raft};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::controller::metadata::NodeId;
 use crate::controller::TypeConfig;
+
+/// Largest Raft frame accepted (metadata snapshots are small).
+pub const RAFT_FRAME_BYTES_MAX: usize = 64 << 20;
+
+#[derive(Serialize, Deserialize)]
+enum RaftRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+#[derive(Serialize, Deserialize)]
+enum RaftResponse {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+}
+
+async fn write_frame(stream: &mut TcpStream, value: &impl Serialize) -> std::io::Result<()> {
+    let bytes = postcard::to_allocvec(value).map_err(std::io::Error::other)?;
+    let mut frame = Vec::with_capacity(bytes.len() + 4);
+    frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&bytes);
+    stream.write_all(&frame).await
+}
+
+async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std::io::Result<T> {
+    let len = stream.read_u32().await? as usize;
+    if len > RAFT_FRAME_BYTES_MAX {
+        return Err(std::io::Error::other(format!(
+            "raft frame of {len} bytes exceeds {RAFT_FRAME_BYTES_MAX}"
+        )));
+    }
+    let mut bytes = vec![0u8; len];
+    stream.read_exact(&mut bytes).await?;
+    postcard::from_bytes(&bytes).map_err(std::io::Error::other)
+}
+
+/// Serves Raft RPCs from peers on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, shutdown: CancellationToken) {
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!("raft accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let raft = raft.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let request = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    request = read_frame::<RaftRequest>(&mut stream) => request,
+                };
+                let request = match request {
+                    Ok(request) => request,
+                    Err(e) => {
+                        tracing::debug!(%peer, "raft connection closed: {e}");
+                        return;
+                    }
+                };
+                let response = match request {
+                    RaftRequest::AppendEntries(r) => {
+                        RaftResponse::AppendEntries(raft.append_entries(r).await)
+                    }
+                    RaftRequest::Vote(r) => RaftResponse::Vote(raft.vote(r).await),
+                    RaftRequest::InstallSnapshot(r) => {
+                        RaftResponse::InstallSnapshot(raft.install_snapshot(r).await)
+                    }
+                };
+                if write_frame(&mut stream, &response).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
 
 /// Creates [`PeerClient`]s.
 #[derive(Clone, Default)]
 pub struct Network;
 
-/// A client to one peer voter.
+/// A client to one peer voter; reconnects on the next call after a failure.
 pub struct PeerClient {
     target: NodeId,
+    address: String,
+    stream: Option<TcpStream>,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "no Raft transport to node {0} in this build: only single-voter metadata quorums are supported"
-)]
-struct NoTransport(NodeId);
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerClient {
-        PeerClient { target }
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            target,
+            address: node.addr.clone(),
+            stream: None,
+        }
     }
 }
 
 impl PeerClient {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        RPCError::Unreachable(Unreachable::new(&NoTransport(self.target)))
+    /// Sends `request` and reads the response within `timeout`.
+    async fn call(
+        &mut self,
+        request: RaftRequest,
+        timeout: Duration,
+    ) -> Result<RaftResponse, std::io::Error> {
+        let exchange = async {
+            if self.stream.is_none() {
+                let address: SocketAddr = self.address.parse().map_err(std::io::Error::other)?;
+                let stream = TcpStream::connect(address).await?;
+                let _ = stream.set_nodelay(true);
+                self.stream = Some(stream);
+            }
+            let stream = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| std::io::Error::other("not connected"))?;
+            write_frame(stream, &request).await?;
+            read_frame::<RaftResponse>(stream).await
+        };
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "raft rpc timed out",
+            )),
+        };
+        if result.is_err() {
+            self.stream = None; // a half-used connection cannot be trusted: reconnect next time
+        }
+        result
     }
+
+    fn failed<E: std::error::Error>(&self, e: std::io::Error) -> RPCError<NodeId, BasicNode, E> {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            RPCError::Unreachable(Unreachable::new(&e))
+        } else {
+            RPCError::Network(NetworkError::new(&e))
+        }
+    }
+
+    fn remote<E: std::error::Error>(
+        &self,
+        e: RaftError<NodeId, E>,
+    ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+        RPCError::RemoteError(RemoteError::new(self.target, e))
+    }
+}
+
+fn protocol_error() -> std::io::Error {
+    std::io::Error::other("peer answered with a response of the wrong type")
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        match self
+            .call(RaftRequest::AppendEntries(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(RaftResponse::AppendEntries(Ok(response))) => Ok(response),
+            Ok(RaftResponse::AppendEntries(Err(e))) => Err(self.remote(e)),
+            Ok(_) => Err(self.failed(protocol_error())),
+            Err(e) => Err(self.failed(e)),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        Err(self.unreachable())
+        match self
+            .call(RaftRequest::InstallSnapshot(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(RaftResponse::InstallSnapshot(Ok(response))) => Ok(response),
+            Ok(RaftResponse::InstallSnapshot(Err(e))) => Err(self.remote(e)),
+            Ok(_) => Err(self.failed(protocol_error())),
+            Err(e) => Err(self.failed(e)),
+        }
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        match self.call(RaftRequest::Vote(rpc), option.hard_ttl()).await {
+            Ok(RaftResponse::Vote(Ok(response))) => Ok(response),
+            Ok(RaftResponse::Vote(Err(e))) => Err(self.remote(e)),
+            Ok(_) => Err(self.failed(protocol_error())),
+            Err(e) => Err(self.failed(e)),
+        }
     }
 }

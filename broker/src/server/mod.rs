@@ -117,7 +117,7 @@ impl Broker {
             format!("{}:{}", advertised.0, advertised.1),
         )]);
         let controller =
-            Controller::start(config.node_id, &config.data_dir.join("raft"), voters).await?;
+            Controller::start(config.node_id, &config.data_dir.join("raft"), voters, None).await?;
         let logs = Arc::new(logs);
         let groups = Coordinator::new(logs.clone(), 500);
         let state = Arc::new(BrokerState {
