@@ -385,23 +385,7 @@ impl Admin {
                 self.group_request(group_id, request.clone())
             })
             .await?;
-        let ResponseBody::OffsetFetch(response) = response else {
-            return Err(unexpected());
-        };
-        check(
-            response.error_code,
-            format!("fetch offsets of group {group_id}"),
-            None,
-        )?;
-        Ok(response
-            .topics
-            .into_iter()
-            .flat_map(|t| {
-                t.partitions
-                    .into_iter()
-                    .filter_map(move |p| p.offset.map(|o| ((t.name.clone(), p.partition), o)))
-            })
-            .collect())
+        crate::group::committed_offsets(response, group_id)
     }
 
     /// Sets committed offsets of a group that has no active members (offset reset); fails with

@@ -198,18 +198,14 @@ impl Client {
 
     /// `host:port` of a broker, read from the cache without copying it.
     fn node_address(&self, node: u32) -> Result<String> {
-        let metadata = self
-            .inner
-            .metadata
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        metadata.brokers.get(&node).cloned().ok_or_else(|| {
-            ClientError::broker(
-                ErrorCode::LEADER_NOT_AVAILABLE,
-                format!("broker {node} is not in the metadata"),
-                None,
-            )
-        })
+        self.cached(|m| m.brokers.get(&node).cloned())
+            .ok_or_else(|| {
+                ClientError::broker(
+                    ErrorCode::LEADER_NOT_AVAILABLE,
+                    format!("broker {node} is not in the metadata"),
+                    None,
+                )
+            })
     }
 
     pub(crate) async fn send_only_node(&self, node: u32, body: RequestBody) -> Result<()> {
@@ -253,17 +249,21 @@ impl Client {
         Ok(())
     }
 
+    /// Reads the cached metadata under its lock, without copying it (hot paths use this).
+    fn cached<T>(&self, read: impl FnOnce(&ClusterMetadata) -> T) -> T {
+        read(
+            &self
+                .inner
+                .metadata
+                .read()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
     /// The number of partitions of `topic`, from the cache without copying it (the producer's
     /// per-record path); refreshes once if the topic is unknown.
     pub async fn partition_count(&self, topic: &str) -> Result<u32> {
-        let cached = self
-            .inner
-            .metadata
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .topics
-            .get(topic)
-            .map(|p| p.len() as u32);
+        let cached = self.cached(|m| m.topics.get(topic).map(|p| p.len() as u32));
         match cached {
             Some(count) => Ok(count),
             None => Ok(self.partitions(topic).await?.len() as u32),
@@ -272,29 +272,27 @@ impl Client {
 
     /// Partitions of `topic` from the cache, refreshing once if the topic is unknown.
     pub async fn partitions(&self, topic: &str) -> Result<Vec<PartitionInfo>> {
-        if let Some(partitions) = self.metadata().topics.get(topic) {
-            return Ok(partitions.clone());
+        if let Some(partitions) = self.cached(|m| m.topics.get(topic).cloned()) {
+            return Ok(partitions);
         }
         self.refresh_metadata().await?;
-        self.metadata().topics.get(topic).cloned().ok_or_else(|| {
-            ClientError::broker(
-                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
-                format!("topic {topic}"),
-                Some("create it first (rill topic create)".into()),
-            )
-        })
+        self.cached(|m| m.topics.get(topic).cloned())
+            .ok_or_else(|| {
+                ClientError::broker(
+                    ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("topic {topic}"),
+                    Some("create it first (rill topic create)".into()),
+                )
+            })
     }
 
     /// The leader of a partition from the cache.
     pub(crate) async fn leader(&self, topic: &str, partition: u32) -> Result<u32> {
-        let cached = self
-            .inner
-            .metadata
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .topics
-            .get(topic)
-            .and_then(|p| p.get(partition as usize).map(|p| p.leader));
+        let cached = self.cached(|m| {
+            m.topics
+                .get(topic)
+                .and_then(|p| p.get(partition as usize).map(|p| p.leader))
+        });
         if let Some(Some(leader)) = cached {
             return Ok(leader);
         }

@@ -18,7 +18,7 @@ use rill_protocol::ErrorCode;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::admin::{check, unexpected, Admin};
+use crate::admin::{unexpected, Admin};
 use crate::client::{Client, Purpose};
 use crate::error::{ClientError, Result};
 use crate::group::{
@@ -311,26 +311,10 @@ impl Consumer {
             group_id: group.config.group_id.clone(),
             topics: Some(topics),
         });
-        let ResponseBody::OffsetFetch(response) =
+        let response =
             request_coordinator(&self.client, &group.shared, &group.config.group_id, request)
-                .await?
-        else {
-            return Err(unexpected());
-        };
-        check(
-            response.error_code,
-            format!("fetch committed offsets of group {}", group.config.group_id),
-            None,
-        )?;
-        Ok(response
-            .topics
-            .into_iter()
-            .flat_map(|t| {
-                t.partitions
-                    .into_iter()
-                    .filter_map(move |p| p.offset.map(|o| ((t.name.clone(), p.partition), o)))
-            })
-            .collect())
+                .await?;
+        crate::group::committed_offsets(response, &group.config.group_id)
     }
 
     /// Replaces the assignment with these partitions; positions start per `offset_reset`.

@@ -181,6 +181,30 @@ pub(crate) fn check_commit(response: ResponseBody, group_id: &str) -> Result<()>
     Ok(())
 }
 
+/// The committed offsets in an OffsetFetch response (partitions with nothing committed left out).
+pub(crate) fn committed_offsets(
+    response: ResponseBody,
+    group_id: &str,
+) -> Result<BTreeMap<(String, u32), u64>> {
+    let ResponseBody::OffsetFetch(response) = response else {
+        return Err(unexpected());
+    };
+    check(
+        response.error_code,
+        format!("fetch committed offsets of group {group_id}"),
+        None,
+    )?;
+    Ok(response
+        .topics
+        .into_iter()
+        .flat_map(|t| {
+            t.partitions
+                .into_iter()
+                .filter_map(move |p| p.offset.map(|o| ((t.name.clone(), p.partition), o)))
+        })
+        .collect())
+}
+
 /// Partitions grouped by topic.
 pub(crate) fn to_wire(partitions: &BTreeSet<(String, u32)>) -> Vec<TopicPartitions> {
     let mut out: Vec<TopicPartitions> = Vec::new();

@@ -361,14 +361,20 @@ mod tests {
     use super::*;
     use crate::log::LogConfig;
 
-    #[test]
-    fn offsets_survive_a_reload_and_deletion_is_remembered() {
-        let dir = tempfile::tempdir().unwrap();
-        let logs = Arc::new(LogManager::open(dir.path(), LogConfig::default()).unwrap());
+    /// A log manager holding every `__consumer_offsets` partition.
+    fn offsets_logs(dir: &std::path::Path) -> Arc<LogManager> {
+        let logs = Arc::new(LogManager::open(dir, LogConfig::default()).unwrap());
         for p in 0..OFFSETS_PARTITIONS {
             logs.get_or_create(&TopicPartition::new(OFFSETS_TOPIC, p), None)
                 .unwrap();
         }
+        logs
+    }
+
+    #[test]
+    fn offsets_survive_a_reload_and_deletion_is_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = offsets_logs(dir.path());
         let coordinator = Coordinator::new(logs.clone(), 500);
         let tp = TopicPartition::new("orders", 3);
         coordinator
@@ -430,11 +436,7 @@ mod tests {
     #[test]
     fn membership_survives_a_reload() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = Arc::new(LogManager::open(dir.path(), LogConfig::default()).unwrap());
-        for p in 0..OFFSETS_PARTITIONS {
-            logs.get_or_create(&TopicPartition::new(OFFSETS_TOPIC, p), None)
-                .unwrap();
-        }
+        let logs = offsets_logs(dir.path());
         let coordinator = Coordinator::new(logs.clone(), 500);
         let topics = std::collections::BTreeMap::from([("t".to_string(), 4)]);
         let join = crate::group::state::Heartbeat {

@@ -65,6 +65,17 @@ fn to_wire(partitions: &BTreeSet<TopicPartition>) -> Vec<TopicPartitions> {
         .collect()
 }
 
+fn from_wire(topics: Vec<TopicPartitions>) -> BTreeSet<TopicPartition> {
+    topics
+        .into_iter()
+        .flat_map(|t| {
+            t.partitions
+                .into_iter()
+                .map(move |p| TopicPartition::new(t.topic.clone(), p))
+        })
+        .collect()
+}
+
 pub(super) fn find_coordinator(
     state: &Arc<BrokerState>,
     request: FindCoordinatorRequest,
@@ -155,15 +166,7 @@ pub(super) async fn heartbeat(
         member_epoch: request.member_epoch,
         instance_id: request.instance_id,
         subscriptions: request.subscribed_topics.map(|t| t.into_iter().collect()),
-        owned: request
-            .owned
-            .into_iter()
-            .flat_map(|t| {
-                t.partitions
-                    .into_iter()
-                    .map(move |p| TopicPartition::new(t.topic.clone(), p))
-            })
-            .collect(),
+        owned: from_wire(request.owned),
         session_timeout_ms: u64::from(request.session_timeout_ms.clamp(1000, 300_000)),
         assignor: request.assignor,
     };
@@ -290,14 +293,7 @@ pub(super) async fn offset_fetch(state: &Arc<BrokerState>, request: OffsetFetchR
         .with_existing(&request.group_id, |entry| entry.offsets.clone())
         .unwrap_or_default();
     let wanted: Vec<TopicPartition> = match request.topics {
-        Some(topics) => topics
-            .into_iter()
-            .flat_map(|t| {
-                t.partitions
-                    .into_iter()
-                    .map(move |p| TopicPartition::new(t.topic.clone(), p))
-            })
-            .collect(),
+        Some(topics) => from_wire(topics).into_iter().collect(),
         None => offsets.keys().cloned().collect(),
     };
     let mut by_topic: BTreeMap<String, Vec<OffsetFetchPartition>> = BTreeMap::new();
