@@ -205,6 +205,7 @@ fn every_bad_input_gets_a_clear_error_and_the_broker_keeps_serving() {
                 current_leader_epoch: None,
                 fetch_offset: 999,
                 partition_max_bytes: 1 << 20,
+                last_fetched_epoch: None,
             }],
         }],
     };
@@ -318,6 +319,7 @@ fn every_bad_input_gets_a_clear_error_and_the_broker_keeps_serving() {
                 current_leader_epoch: None,
                 fetch_offset: 0,
                 partition_max_bytes: 1 << 20,
+                last_fetched_epoch: None,
             }],
         }],
     };

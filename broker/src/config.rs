@@ -52,6 +52,33 @@ pub struct BrokerConfig {
     pub default_partitions: u32,
     /// Period of the flush / age-roll / retention task.
     pub tick_ms: u64,
+    /// The metadata quorum: `id@host:port,...`, each voter's node id and controller (Raft)
+    /// address. A broker whose id is listed is a voter and listens on its address; others are
+    /// observers. Unset: a single-node cluster whose only voter is this broker.
+    pub controller_voters: Option<String>,
+    /// How often a broker heartbeats to the active controller.
+    pub broker_heartbeat_interval_ms: u64,
+    /// A broker silent this long is fenced: it leads nothing until it heartbeats again.
+    pub broker_session_timeout_ms: u64,
+    /// A follower that has not caught up with the leader's log end for this long leaves the ISR.
+    pub replica_lag_max_ms: u64,
+    /// Default `min.insync.replicas`: acks=all needs this many in-sync replicas.
+    pub min_insync_replicas: u32,
+    /// Default `unclean.leader.election.enable`: elect an out-of-sync replica when no in-sync
+    /// one is alive (loses acknowledged records; off by default).
+    pub unclean_leader_election: bool,
+    /// Replication factor of automatically created topics.
+    pub default_replication_factor: u16,
+    /// Replication factor of `__consumer_offsets` (capped by the number of controller voters).
+    pub offsets_topic_replication_factor: u16,
+    /// Move leadership back to each partition's preferred replica when it is in sync.
+    pub auto_leader_rebalance: bool,
+    /// How often the active controller checks for leadership away from preferred replicas.
+    pub leader_rebalance_interval_ms: u64,
+    /// Longest a follower's fetch waits at the leader for new data.
+    pub replica_fetch_wait_max_ms: u64,
+    /// Most bytes a follower fetches per request.
+    pub replica_fetch_max_bytes: u32,
 }
 
 impl Default for BrokerConfig {
@@ -76,6 +103,18 @@ impl Default for BrokerConfig {
             auto_create_topics: false,
             default_partitions: 1,
             tick_ms: 100,
+            controller_voters: None,
+            broker_heartbeat_interval_ms: 500,
+            broker_session_timeout_ms: 3000,
+            replica_lag_max_ms: 10_000,
+            min_insync_replicas: 1,
+            unclean_leader_election: false,
+            default_replication_factor: 1,
+            offsets_topic_replication_factor: 3,
+            auto_leader_rebalance: true,
+            leader_rebalance_interval_ms: 30_000,
+            replica_fetch_wait_max_ms: 500,
+            replica_fetch_max_bytes: 8 << 20,
         }
     }
 }
@@ -148,6 +187,43 @@ pub struct Flags {
     /// Period of the flush / roll / retention task, ms [default: 100].
     #[arg(long)]
     pub tick_ms: Option<u64>,
+    /// Metadata quorum voters, `id@host:port,...` (each voter's controller address); a broker
+    /// whose --node-id is listed listens there for Raft traffic [default: this broker alone].
+    #[arg(long)]
+    pub controller_voters: Option<String>,
+    /// Heartbeat period to the active controller, ms [default: 500].
+    #[arg(long)]
+    pub broker_heartbeat_interval_ms: Option<u64>,
+    /// Fence a broker silent this long, ms [default: 3000].
+    #[arg(long)]
+    pub broker_session_timeout_ms: Option<u64>,
+    /// A follower behind the leader's log end this long leaves the ISR, ms [default: 10000].
+    #[arg(long)]
+    pub replica_lag_max_ms: Option<u64>,
+    /// Default min.insync.replicas for acks=all [default: 1].
+    #[arg(long)]
+    pub min_insync_replicas: Option<u32>,
+    /// Default unclean.leader.election.enable [default: false].
+    #[arg(long)]
+    pub unclean_leader_election: Option<bool>,
+    /// Replication factor of auto-created topics [default: 1].
+    #[arg(long)]
+    pub default_replication_factor: Option<u16>,
+    /// Replication factor of __consumer_offsets, capped by the voter count [default: 3].
+    #[arg(long)]
+    pub offsets_topic_replication_factor: Option<u16>,
+    /// Move leaders back to preferred replicas automatically [default: true].
+    #[arg(long)]
+    pub auto_leader_rebalance: Option<bool>,
+    /// Preferred-leader check period, ms [default: 30000].
+    #[arg(long)]
+    pub leader_rebalance_interval_ms: Option<u64>,
+    /// Longest a follower fetch waits at the leader, ms [default: 500].
+    #[arg(long)]
+    pub replica_fetch_wait_max_ms: Option<u64>,
+    /// Most bytes per follower fetch [default: 8388608].
+    #[arg(long)]
+    pub replica_fetch_max_bytes: Option<u32>,
 }
 
 macro_rules! override_from_flags {
@@ -186,8 +262,35 @@ impl BrokerConfig {
             request_timeout_ms,
             auto_create_topics,
             default_partitions,
-            tick_ms
+            tick_ms,
+            broker_heartbeat_interval_ms,
+            broker_session_timeout_ms,
+            replica_lag_max_ms,
+            min_insync_replicas,
+            unclean_leader_election,
+            default_replication_factor,
+            offsets_topic_replication_factor,
+            auto_leader_rebalance,
+            leader_rebalance_interval_ms,
+            replica_fetch_wait_max_ms,
+            replica_fetch_max_bytes
         );
+        if let Some(voters) = flags.controller_voters {
+            config.controller_voters = Some(voters);
+        }
+        config.voters()?;
+        if config.broker_heartbeat_interval_ms == 0
+            || config.broker_session_timeout_ms <= config.broker_heartbeat_interval_ms
+        {
+            return Err(Error::InvalidConfig(
+                "broker_session_timeout_ms must exceed broker_heartbeat_interval_ms (> 0)".into(),
+            ));
+        }
+        if config.min_insync_replicas == 0 || config.default_replication_factor == 0 {
+            return Err(Error::InvalidConfig(
+                "min_insync_replicas and default_replication_factor must be positive".into(),
+            ));
+        }
         config.log_config()?;
         if config.in_flight_requests_max == 0
             || config.max_connections == 0
@@ -211,6 +314,39 @@ impl BrokerConfig {
         let text =
             std::fs::read_to_string(path).map_err(|e| Error::io("read config file", path, e))?;
         toml::from_str(&text).map_err(|e| Error::InvalidConfig(format!("{}: {e}", path.display())))
+    }
+
+    /// The controller voters by node id (see `controller_voters`); empty means "this broker
+    /// alone". Rejects malformed entries, duplicate ids and zero ports.
+    pub fn voters(&self) -> Result<BTreeMap<u64, String>> {
+        let mut voters = BTreeMap::new();
+        let Some(list) = &self.controller_voters else {
+            return Ok(voters);
+        };
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let bad = |why: &str| {
+                Error::InvalidConfig(format!(
+                    "controller_voters entry {entry:?}: {why}; expected id@host:port"
+                ))
+            };
+            let (id, address) = entry.split_once('@').ok_or_else(|| bad("missing '@'"))?;
+            let id: u64 = id.parse().map_err(|_| bad("node id is not a number"))?;
+            let (_, port) = address
+                .rsplit_once(':')
+                .ok_or_else(|| bad("missing ':port'"))?;
+            if !port.parse::<u16>().is_ok_and(|p| p != 0) {
+                return Err(bad("port must be 1-65535"));
+            }
+            if voters.insert(id, address.to_string()).is_some() {
+                return Err(bad("node id listed twice"));
+            }
+        }
+        if voters.is_empty() {
+            return Err(Error::InvalidConfig(
+                "controller_voters is empty; omit it for a single-node broker".into(),
+            ));
+        }
+        Ok(voters)
     }
 
     /// The default log settings of every partition (topics may override some).
@@ -237,6 +373,8 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "segment.ms",
     "max.message.bytes",
     "flush",
+    "min.insync.replicas",
+    "unclean.leader.election.enable",
 ];
 
 /// Applies topic configs over `base`; unknown keys and bad values are errors.
@@ -255,6 +393,19 @@ pub fn topic_log_config(base: &LogConfig, configs: &BTreeMap<String, String>) ->
             "segment.ms" => config.segment_ms = number()?,
             "max.message.bytes" => config.max_batch_bytes = number()? as usize,
             "flush" => config.flush = value.parse()?,
+            // Replication settings: read by the replica manager and the controller.
+            "min.insync.replicas" => {
+                if number()? == 0 {
+                    return Err(Error::InvalidConfig(format!(
+                        "{key}={value}: must be positive"
+                    )));
+                }
+            }
+            "unclean.leader.election.enable" => {
+                value.parse::<bool>().map_err(|_| {
+                    Error::InvalidConfig(format!("{key}={value}: expected true or false"))
+                })?;
+            }
             _ => {
                 return Err(Error::InvalidConfig(format!(
                     "unknown topic config {key:?}; known: {}",

@@ -42,6 +42,9 @@ pub enum Error {
     /// The metadata quorum has no leader yet.
     #[error("the metadata quorum has not elected a controller yet; retry shortly")]
     ClusterNotReady,
+    /// Replication broke a rule (a fetched batch does not continue the log, epochs go back).
+    #[error("replication: {0}")]
+    Replication(String),
     /// A log directory whose files cannot be turned into a log (wrong names, impossible sizes).
     #[error("log directory {path} is unusable: {reason}")]
     CorruptLog { path: PathBuf, reason: String },
@@ -75,6 +78,7 @@ impl Error {
             Error::Controller(_) => ErrorCode::UNKNOWN_SERVER_ERROR,
             Error::NotController { .. } => ErrorCode::NOT_CONTROLLER,
             Error::ClusterNotReady => ErrorCode::CLUSTER_NOT_READY,
+            Error::Replication(_) => ErrorCode::UNKNOWN_SERVER_ERROR,
         }
     }
 }

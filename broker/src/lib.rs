@@ -1,11 +1,13 @@
-//! `rill-broker`: the broker. Today it holds the storage engine ([`log`]); replication, the
-//! metadata controller, consumer groups and the network server come next (see docs/ARCHITECTURE.md).
+//! `rill-broker`: the broker — storage engine ([`log`]), metadata controller ([`controller`]),
+//! partition replication ([`replica`]), consumer groups ([`group`]) and the network server
+//! ([`server`]). docs/ARCHITECTURE.md maps them.
 
 pub mod config;
 pub mod controller;
 pub mod error;
 pub mod group;
 pub mod log;
+pub mod replica;
 pub mod server;
 
 pub use error::{Error, Result};

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 
 use rill_protocol::api::{
-    ConfigEntry, CreatableTopic, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
-    DescribeGroupsRequest, ListGroupsRequest, ListOffsetsPartition, ListOffsetsRequest,
+    ConfigEntry, CreatableTopic, CreatePartitionsRequest, CreatePartitionsTopic,
+    CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeGroupsRequest,
+    ElectLeadersRequest, ListGroupsRequest, ListOffsetsPartition, ListOffsetsRequest,
     ListOffsetsTopic, OffsetCommitRequest, OffsetFetchRequest, OffsetSpec, RequestBody,
     ResponseBody,
 };
@@ -66,6 +67,10 @@ pub struct BrokerDescription {
     pub address: String,
     /// Whether this broker is the active metadata controller.
     pub is_controller: bool,
+    /// Whether it votes in the metadata quorum.
+    pub voter: bool,
+    /// Fenced by the controller (missed heartbeats; leads nothing until it returns).
+    pub fenced: bool,
 }
 
 /// Administrative operations. Cheap to clone.
@@ -246,6 +251,55 @@ impl Admin {
         Ok(p.offset)
     }
 
+    /// The underlying client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Grows `topic` to `partitions` partitions (existing ones keep their data; keys may map to
+    /// different partitions afterwards).
+    pub async fn create_partitions(&self, topic: &str, partitions: u32) -> Result<()> {
+        let request = RequestBody::CreatePartitions(CreatePartitionsRequest {
+            topics: vec![CreatePartitionsTopic {
+                name: topic.into(),
+                count: partitions,
+            }],
+            validate_only: false,
+        });
+        let response = self
+            .client
+            .retry("create partitions", || {
+                self.client.request_any(request.clone())
+            })
+            .await?;
+        let ResponseBody::CreatePartitions(response) = response else {
+            return Err(unexpected());
+        };
+        for result in response.topics {
+            check(
+                result.error_code,
+                format!("add partitions to {}", result.name),
+                result.error_message,
+            )?;
+        }
+        self.client.refresh_metadata().await
+    }
+
+    /// Preferred leader election: moves leadership back to each partition's first replica
+    /// where it is alive and in sync. Returns (partitions moved, partitions still elsewhere).
+    pub async fn elect_preferred_leaders(&self, topics: Option<Vec<String>>) -> Result<(u32, u32)> {
+        let request = RequestBody::ElectLeaders(ElectLeadersRequest { topics });
+        let response = self
+            .client
+            .retry("elect leaders", || self.client.request_any(request.clone()))
+            .await?;
+        let ResponseBody::ElectLeaders(response) = response else {
+            return Err(unexpected());
+        };
+        self.client.refresh_metadata().await?;
+        Ok((response.elected, response.not_preferred))
+    }
+
     /// The brokers, and which one is the active controller.
     pub async fn describe_cluster(&self) -> Result<Vec<BrokerDescription>> {
         self.client.refresh_metadata().await?;
@@ -257,6 +311,8 @@ impl Admin {
                 node_id: *id,
                 address: address.clone(),
                 is_controller: metadata.controller == Some(*id),
+                voter: metadata.voters.contains(id),
+                fenced: metadata.fenced.contains(id),
             })
             .collect();
         brokers.sort_by_key(|b| b.node_id);

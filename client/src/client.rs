@@ -87,6 +87,10 @@ pub struct ClusterMetadata {
     pub controller: Option<u32>,
     /// node id -> `host:port`
     pub brokers: HashMap<u32, String>,
+    /// Brokers the controller fenced (missed heartbeats): they lead nothing.
+    pub fenced: Vec<u32>,
+    /// Node ids of the metadata quorum's voters.
+    pub voters: Vec<u32>,
     /// Topic name -> partitions, in partition order.
     pub topics: HashMap<String, Vec<PartitionInfo>>,
 }
@@ -229,6 +233,13 @@ impl Client {
         let metadata = ClusterMetadata {
             cluster_id: response.cluster_id,
             controller: response.controller_id,
+            fenced: response
+                .brokers
+                .iter()
+                .filter(|b| b.fenced)
+                .map(|b| b.node_id)
+                .collect(),
+            voters: response.voters,
             brokers: response
                 .brokers
                 .into_iter()

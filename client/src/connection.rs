@@ -29,6 +29,8 @@ pub(crate) struct Connection {
     address: String,
     client_id: String,
     outbound: mpsc::Sender<Outbound>,
+    /// Set when the connection failed; the pool then opens a new one.
+    dead: Arc<std::sync::atomic::AtomicBool>,
     in_flight: Arc<Semaphore>,
     next_correlation_id: Arc<AtomicU32>,
 }
@@ -63,10 +65,15 @@ impl Connection {
         let (outbound, mut requests) = mpsc::channel::<Outbound>(in_flight_max);
         let waiting: Arc<Mutex<VecDeque<(u32, Reply, OwnedSemaphorePermit)>>> = Arc::default();
         let address_owned = address.to_string();
+        // Set once either half fails: the connection is never used again (a request queued
+        // after the reader saw the broker vanish would otherwise wait for its timeout).
+        let dead: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let fail_all = {
             let waiting = waiting.clone();
             let address = address_owned.clone();
+            let dead = dead.clone();
             move |reason: String| {
+                dead.store(true, Ordering::Release);
                 let drained: Vec<_> = waiting
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -82,6 +89,7 @@ impl Connection {
         };
         let writer_waiting = waiting.clone();
         let writer_fail = fail_all.clone();
+        let writer_dead = dead.clone();
         tokio::spawn(async move {
             while let Some(request) = requests.recv().await {
                 if let Some((reply, permit)) = request.reply {
@@ -89,6 +97,19 @@ impl Connection {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push_back((request.frame.header.correlation_id, reply, permit));
+                }
+                if writer_dead.load(Ordering::Acquire) {
+                    requests.close();
+                    writer_fail("the connection failed earlier".into());
+                    while let Some(request) = requests.recv().await {
+                        if let Some((reply, _)) = request.reply {
+                            let _ = reply.send(Err(ClientError::Connection {
+                                address: String::new(),
+                                reason: "the connection failed earlier".into(),
+                            }));
+                        }
+                    }
+                    return;
                 }
                 if let Err(e) = sink.send(request.frame).await {
                     writer_fail(format!("write failed: {e}"));
@@ -135,13 +156,14 @@ impl Connection {
             address: address.into(),
             client_id: client_id.into(),
             outbound,
+            dead,
             in_flight: Arc::new(Semaphore::new(in_flight_max)),
             next_correlation_id: Arc::new(AtomicU32::new(1)),
         })
     }
 
     pub fn is_closed(&self) -> bool {
-        self.outbound.is_closed()
+        self.outbound.is_closed() || self.dead.load(Ordering::Acquire)
     }
 
     fn frame(&self, body: &RequestBody) -> RequestFrame {

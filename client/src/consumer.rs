@@ -585,6 +585,7 @@ async fn fetch(
                     current_leader_epoch: None,
                     fetch_offset: *offset,
                     partition_max_bytes: config.partition_max_bytes,
+                    last_fetched_epoch: None,
                 };
                 match topics.iter_mut().find(|t| t.name == *topic) {
                     Some(t) => t.partitions.push(fp),

@@ -53,7 +53,11 @@ impl ClientError {
     /// Whether retrying (after refreshing metadata) may succeed.
     pub fn is_retriable(&self) -> bool {
         match self {
-            ClientError::Connection { .. } | ClientError::NoBrokers { .. } => true,
+            // A timed-out request may still have been applied: a retried produce can then be
+            // written twice (at-least-once delivery; see docs/REPLICATION.md).
+            ClientError::Connection { .. }
+            | ClientError::NoBrokers { .. }
+            | ClientError::Timeout(..) => true,
             ClientError::Broker { code, .. } => code.is_retriable(),
             _ => false,
         }

@@ -32,6 +32,8 @@ pub enum ApiKey {
     Produce = 4,
     Fetch = 5,
     ListOffsets = 6,
+    CreatePartitions = 7,
+    ElectLeaders = 8,
     FindCoordinator = 10,
     ConsumerGroupHeartbeat = 11,
     OffsetCommit = 12,
@@ -43,7 +45,7 @@ pub enum ApiKey {
 
 impl ApiKey {
     /// Every API this protocol version defines.
-    pub const ALL: [ApiKey; 14] = [
+    pub const ALL: [ApiKey; 16] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -51,6 +53,8 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::CreatePartitions,
+        ApiKey::ElectLeaders,
         ApiKey::FindCoordinator,
         ApiKey::ConsumerGroupHeartbeat,
         ApiKey::OffsetCommit,
@@ -185,6 +189,8 @@ wire_struct! {
         pub node_id: u32,
         pub host: String,
         pub port: u16,
+        /// Fenced by the controller (missed its heartbeats): leads nothing until it returns.
+        pub fenced: bool,
     }
 }
 
@@ -213,6 +219,8 @@ wire_struct! {
         pub cluster_id: String,
         /// Node id of the active controller, if one is elected.
         pub controller_id: Option<u32>,
+        /// Node ids of the metadata quorum's voters.
+        pub voters: Vec<u32>,
         pub brokers: Vec<BrokerMetadata>,
         pub topics: Vec<TopicMetadata>,
     }
@@ -336,6 +344,19 @@ wire_struct! {
         pub current_leader_epoch: Option<u32>,
         pub fetch_offset: u64,
         pub partition_max_bytes: u32,
+        /// Followers only: the epoch of the last batch in their log, checked by the leader for
+        /// divergence (KIP-320); `None` for consumers and empty logs.
+        pub last_fetched_epoch: Option<u32>,
+    }
+}
+
+wire_struct! {
+    /// Where a follower's log diverges: the leader's end offset of the follower's epoch.
+    pub struct EpochEndOffset {
+        /// The largest epoch the leader has that is <= the follower's last fetched epoch.
+        pub epoch: u32,
+        /// The offset at which that epoch ends in the leader's log.
+        pub end_offset: u64,
     }
 }
 
@@ -366,6 +387,9 @@ wire_struct! {
         pub error_code: ErrorCode,
         pub high_watermark: u64,
         pub log_start_offset: u64,
+        /// Followers only: set when the follower's log diverges from the leader's; the
+        /// follower truncates to it and fetches again. `records` is empty then.
+        pub diverging_epoch: Option<EpochEndOffset>,
         /// Whole record batches, concatenated, as stored.
         #[cfg_attr(test, proptest(strategy = "arb_bytes()"))]
         pub records: Bytes,
@@ -401,6 +425,7 @@ impl FetchResponse {
                 p.error_code.encode(&mut buf);
                 p.high_watermark.encode(&mut buf);
                 p.log_start_offset.encode(&mut buf);
+                p.diverging_epoch.encode(&mut buf);
                 (p.records.len() as u32).encode(&mut buf);
                 if !p.records.is_empty() {
                     chunks.push(buf.split().freeze());
@@ -457,6 +482,50 @@ wire_struct! {
 wire_struct! {
     pub struct ListOffsetsResponse {
         pub topics: Vec<ListOffsetsTopicResponse>,
+    }
+}
+
+// ---------------------------------------------------------------- CreatePartitions (7)
+
+wire_struct! {
+    pub struct CreatePartitionsTopic {
+        pub name: String,
+        /// The new total partition count (must exceed the current one).
+        pub count: u32,
+    }
+}
+
+wire_struct! {
+    /// Adds partitions to existing topics; existing partitions keep their data and keys may
+    /// map to different partitions afterwards.
+    pub struct CreatePartitionsRequest {
+        pub topics: Vec<CreatePartitionsTopic>,
+        pub validate_only: bool,
+    }
+}
+
+wire_struct! {
+    pub struct CreatePartitionsResponse {
+        pub topics: Vec<TopicResult>,
+    }
+}
+
+// ---------------------------------------------------------------- ElectLeaders (8)
+
+wire_struct! {
+    /// Moves leadership of each partition (of `topics`, or every topic when `None`) to its
+    /// preferred replica (the first one) when that replica is alive and in sync.
+    pub struct ElectLeadersRequest {
+        pub topics: Option<Vec<String>>,
+    }
+}
+
+wire_struct! {
+    pub struct ElectLeadersResponse {
+        /// Partitions whose leader moved.
+        pub elected: u32,
+        /// Partitions still led by a non-preferred replica (preferred one down or out of sync).
+        pub not_preferred: u32,
     }
 }
 
@@ -721,6 +790,8 @@ body_enum! {
         Produce => ProduceRequest,
         Fetch => FetchRequest,
         ListOffsets => ListOffsetsRequest,
+        CreatePartitions => CreatePartitionsRequest,
+        ElectLeaders => ElectLeadersRequest,
         FindCoordinator => FindCoordinatorRequest,
         ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest,
         OffsetCommit => OffsetCommitRequest,
@@ -741,6 +812,8 @@ body_enum! {
         Produce => ProduceResponse,
         Fetch => FetchResponse,
         ListOffsets => ListOffsetsResponse,
+        CreatePartitions => CreatePartitionsResponse,
+        ElectLeaders => ElectLeadersResponse,
         FindCoordinator => FindCoordinatorResponse,
         ConsumerGroupHeartbeat => ConsumerGroupHeartbeatResponse,
         OffsetCommit => OffsetCommitResponse,

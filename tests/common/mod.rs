@@ -231,6 +231,14 @@ impl BrokerProcess {
         }
     }
 
+    /// Every stderr line so far (collects what arrived since the last call without waiting).
+    pub fn drain_log(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+        &self.log
+    }
+
     /// SIGKILL: no chance to flush or close anything.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -283,3 +291,5 @@ where
         pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
+
+pub mod cluster;

@@ -29,6 +29,27 @@ pub enum Command {
     },
     /// Deletes a topic.
     DeleteTopic { name: String },
+    /// The active controller lost the broker's heartbeats: it leads nothing and leaves every ISR
+    /// (except where it is the last member, so it can lead again when it returns).
+    FenceBroker { node_id: NodeId },
+    /// A partition leader changes its ISR. Applied only if `leader`, `leader_epoch` and
+    /// `partition_epoch` are still current (a deposed leader cannot change anything).
+    AlterPartition {
+        topic: String,
+        partition: u32,
+        leader: NodeId,
+        leader_epoch: u32,
+        partition_epoch: u32,
+        isr: Vec<NodeId>,
+    },
+    /// Moves leadership to each partition's preferred (first) replica where it is alive and in
+    /// sync; `None` means every topic.
+    ElectPreferredLeaders { topics: Option<Vec<String>> },
+    /// Adds partitions to a topic; `assignments` lists the new partitions' replicas.
+    CreatePartitions {
+        name: String,
+        assignments: Vec<Vec<NodeId>>,
+    },
 }
 
 /// Outcome of applying a [`Command`].
@@ -39,6 +60,13 @@ pub enum CommandResult {
     TopicAlreadyExists,
     UnknownTopic,
     Invalid(String),
+    /// A conditional change whose condition no longer holds (stale leader or partition epoch).
+    Stale(String),
+    /// Outcome of [`Command::ElectPreferredLeaders`].
+    Elected {
+        elected: u32,
+        not_preferred: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +74,8 @@ pub struct BrokerInfo {
     pub node_id: NodeId,
     pub host: String,
     pub port: u16,
+    /// Missed its heartbeats: leads nothing until it registers again.
+    pub fenced: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +84,29 @@ pub struct PartitionInfo {
     pub leader: Option<NodeId>,
     pub leader_epoch: u32,
     pub isr: Vec<NodeId>,
+    /// Bumped by every change of leader or ISR; ISR changes must name the current one.
+    pub partition_epoch: u32,
+}
+
+impl PartitionInfo {
+    fn new(replicas: &[NodeId]) -> PartitionInfo {
+        PartitionInfo {
+            replicas: replicas.to_vec(),
+            leader: replicas.first().copied(),
+            leader_epoch: 0,
+            isr: replicas.to_vec(),
+            partition_epoch: 0,
+        }
+    }
+
+    /// Makes `leader` the leader (bumping the leader epoch if it changed).
+    fn set_leader(&mut self, leader: Option<NodeId>) {
+        if self.leader != leader {
+            self.leader = leader;
+            self.leader_epoch += 1;
+        }
+        self.partition_epoch += 1;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,8 +138,10 @@ impl MetadataState {
                         node_id: *node_id,
                         host: host.clone(),
                         port: *port,
+                        fenced: false,
                     },
                 );
+                self.elect_leaderless();
                 CommandResult::Ok
             }
             Command::CreateTopic {
@@ -102,15 +157,7 @@ impl MetadataState {
                         "every partition needs at least one replica".into(),
                     );
                 }
-                let partitions = assignments
-                    .iter()
-                    .map(|replicas| PartitionInfo {
-                        replicas: replicas.clone(),
-                        leader: replicas.first().copied(),
-                        leader_epoch: 0,
-                        isr: replicas.clone(),
-                    })
-                    .collect();
+                let partitions = assignments.iter().map(|r| PartitionInfo::new(r)).collect();
                 self.topics.insert(
                     name.clone(),
                     TopicInfo {
@@ -125,6 +172,146 @@ impl MetadataState {
                 Some(_) => CommandResult::Ok,
                 None => CommandResult::UnknownTopic,
             },
+            Command::FenceBroker { node_id } => {
+                let Some(broker) = self.brokers.get_mut(node_id) else {
+                    return CommandResult::Invalid(format!("broker {node_id} is not registered"));
+                };
+                broker.fenced = true;
+                let alive = self.alive();
+                for topic in self.topics.values_mut() {
+                    let unclean = topic.unclean_election();
+                    for (index, p) in topic.partitions.iter_mut().enumerate() {
+                        if !p.replicas.contains(node_id) {
+                            continue;
+                        }
+                        if p.isr.len() > 1 && p.isr.contains(node_id) {
+                            p.isr.retain(|r| r != node_id);
+                            p.partition_epoch += 1;
+                        }
+                        if p.leader == Some(*node_id) {
+                            let chosen = choose_leader(p, &alive, unclean);
+                            log_election(&topic.name, index, p, chosen);
+                            apply_election(p, chosen);
+                        }
+                    }
+                }
+                CommandResult::Ok
+            }
+            Command::AlterPartition {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => {
+                let alive = self.alive();
+                let Some(p) = self
+                    .topics
+                    .get_mut(topic)
+                    .and_then(|t| t.partitions.get_mut(*partition as usize))
+                else {
+                    return CommandResult::UnknownTopic;
+                };
+                if p.leader != Some(*leader)
+                    || p.leader_epoch != *leader_epoch
+                    || p.partition_epoch != *partition_epoch
+                {
+                    return CommandResult::Stale(format!(
+                        "partition is at leader {:?} epoch {} partition epoch {}",
+                        p.leader, p.leader_epoch, p.partition_epoch
+                    ));
+                }
+                if !isr.contains(leader) || isr.iter().any(|r| !p.replicas.contains(r)) {
+                    return CommandResult::Invalid(
+                        "the ISR must contain the leader and only replicas".into(),
+                    );
+                }
+                if isr.iter().any(|r| !p.isr.contains(r) && !alive.contains(r)) {
+                    return CommandResult::Invalid("a fenced broker cannot join the ISR".into());
+                }
+                p.isr = isr.clone();
+                p.partition_epoch += 1;
+                CommandResult::Ok
+            }
+            Command::ElectPreferredLeaders { topics } => {
+                let alive = self.alive();
+                let (mut elected, mut not_preferred) = (0, 0);
+                for topic in self.topics.values_mut() {
+                    if topics
+                        .as_ref()
+                        .is_some_and(|names| !names.contains(&topic.name))
+                    {
+                        continue;
+                    }
+                    for p in &mut topic.partitions {
+                        let preferred = p.replicas[0];
+                        if p.leader == Some(preferred) {
+                            continue;
+                        }
+                        if p.isr.contains(&preferred) && alive.contains(&preferred) {
+                            p.set_leader(Some(preferred));
+                            elected += 1;
+                        } else {
+                            not_preferred += 1;
+                        }
+                    }
+                }
+                CommandResult::Elected {
+                    elected,
+                    not_preferred,
+                }
+            }
+            Command::CreatePartitions { name, assignments } => {
+                let Some(topic) = self.topics.get_mut(name) else {
+                    return CommandResult::UnknownTopic;
+                };
+                if assignments.is_empty() || assignments.iter().any(Vec::is_empty) {
+                    return CommandResult::Invalid(
+                        "every new partition needs at least one replica".into(),
+                    );
+                }
+                topic
+                    .partitions
+                    .extend(assignments.iter().map(|r| PartitionInfo::new(r)));
+                CommandResult::Ok
+            }
+        }
+    }
+
+    /// Whether some partition is led by other than its preferred replica while the preferred
+    /// one is alive and in sync.
+    pub fn preferred_leader_available(&self) -> bool {
+        let alive = self.alive();
+        self.topics.values().flat_map(|t| &t.partitions).any(|p| {
+            let preferred = p.replicas[0];
+            p.leader != Some(preferred) && p.isr.contains(&preferred) && alive.contains(&preferred)
+        })
+    }
+
+    /// Registered brokers that are not fenced.
+    pub fn alive(&self) -> Vec<NodeId> {
+        self.brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| b.node_id)
+            .collect()
+    }
+
+    /// Gives a leader to every partition that has none, if an eligible replica is alive.
+    fn elect_leaderless(&mut self) {
+        let alive = self.alive();
+        for topic in self.topics.values_mut() {
+            let unclean = topic.unclean_election();
+            for (index, p) in topic.partitions.iter_mut().enumerate() {
+                if p.leader.is_none() {
+                    let chosen = choose_leader(p, &alive, unclean);
+                    if chosen.is_some() {
+                        log_election(&topic.name, index, p, chosen);
+                        apply_election(p, chosen);
+                    }
+                }
+            }
         }
     }
 
@@ -144,10 +331,66 @@ impl MetadataState {
     }
 }
 
+impl TopicInfo {
+    /// `unclean.leader.election.enable` of this topic.
+    pub fn unclean_election(&self) -> bool {
+        self.configs
+            .get("unclean.leader.election.enable")
+            .is_some_and(|v| v == "true")
+    }
+}
+
+/// A new leader for `p` among `alive` brokers: the first replica (in preference order) that is in
+/// the ISR; failing that, with `unclean`, the first alive replica (`true` = unclean).
+fn choose_leader(p: &PartitionInfo, alive: &[NodeId], unclean: bool) -> Option<(NodeId, bool)> {
+    let clean = p
+        .replicas
+        .iter()
+        .find(|r| alive.contains(r) && p.isr.contains(r));
+    match clean {
+        Some(r) => Some((*r, false)),
+        None if unclean => p
+            .replicas
+            .iter()
+            .find(|r| alive.contains(r))
+            .map(|r| (*r, true)),
+        None => None,
+    }
+}
+
+fn log_election(topic: &str, index: usize, p: &PartitionInfo, chosen: Option<(NodeId, bool)>) {
+    match chosen {
+        Some((leader, true)) => tracing::error!(
+            topic, partition = index, leader, isr = ?p.isr,
+            "UNCLEAN leader election: no in-sync replica is alive; electing an out-of-sync replica (acknowledged records may be lost)"
+        ),
+        Some((leader, false)) => {
+            tracing::info!(topic, partition = index, leader, "partition leader elected")
+        }
+        None => tracing::warn!(
+            topic, partition = index, isr = ?p.isr,
+            "partition is offline: no in-sync replica is alive"
+        ),
+    }
+}
+
+fn apply_election(p: &mut PartitionInfo, chosen: Option<(NodeId, bool)>) {
+    match chosen {
+        Some((leader, unclean)) => {
+            if unclean {
+                p.isr = vec![leader];
+            }
+            p.set_leader(Some(leader));
+        }
+        None => p.set_leader(None),
+    }
+}
+
 /// Places `partitions` x `replication_factor` replicas over `brokers` round-robin, rotating the
-/// starting broker per partition so leaders (first replicas) spread evenly.
+/// starting broker per partition (from `start`) so leaders (first replicas) spread evenly.
 pub fn assign_replicas(
     brokers: &[NodeId],
+    start: usize,
     partitions: u32,
     replication_factor: u16,
 ) -> Vec<Vec<NodeId>> {
@@ -155,7 +398,7 @@ pub fn assign_replicas(
     (0..partitions as usize)
         .map(|p| {
             (0..replication_factor as usize)
-                .map(|r| brokers[(p + r) % n])
+                .map(|r| brokers[(start + p + r) % n])
                 .collect()
         })
         .collect()
@@ -188,9 +431,138 @@ mod tests {
         );
     }
 
+    fn three_brokers_one_partition() -> MetadataState {
+        let mut state = MetadataState::default();
+        for id in 1..=3 {
+            state.apply(&Command::RegisterBroker {
+                node_id: id,
+                host: "h".into(),
+                port: 1,
+            });
+        }
+        state.apply(&Command::CreateTopic {
+            name: "t".into(),
+            assignments: vec![vec![1, 2, 3]],
+            configs: BTreeMap::new(),
+        });
+        state
+    }
+
+    #[test]
+    fn fencing_the_leader_elects_an_in_sync_replica_with_a_new_epoch() {
+        let mut state = three_brokers_one_partition();
+        state.apply(&Command::FenceBroker { node_id: 1 });
+        let p = &state.topics["t"].partitions[0];
+        assert_eq!(p.leader, Some(2));
+        assert_eq!(p.leader_epoch, 1);
+        assert_eq!(p.isr, vec![2, 3]);
+        // The deposed leader can no longer change the ISR.
+        let stale = Command::AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            leader: 1,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            isr: vec![1],
+        };
+        assert!(matches!(state.apply(&stale), CommandResult::Stale(_)));
+        // The new leader shrinks the ISR, then the last in-sync replica dies: offline, not unclean.
+        let p = state.topics["t"].partitions[0].clone();
+        let shrink = Command::AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            leader: 2,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: vec![2],
+        };
+        assert_eq!(state.apply(&shrink), CommandResult::Ok);
+        state.apply(&Command::RegisterBroker {
+            node_id: 1,
+            host: "h".into(),
+            port: 1,
+        });
+        state.apply(&Command::FenceBroker { node_id: 2 });
+        let p = &state.topics["t"].partitions[0];
+        assert_eq!(p.leader, None, "no in-sync replica alive: offline");
+        assert_eq!(p.isr, vec![2], "the last ISR member stays, to lead again");
+        let epoch = p.leader_epoch;
+        state.apply(&Command::RegisterBroker {
+            node_id: 2,
+            host: "h".into(),
+            port: 1,
+        });
+        let p = &state.topics["t"].partitions[0];
+        assert_eq!(p.leader, Some(2), "its return brings the partition back");
+        assert_eq!(p.leader_epoch, epoch + 1);
+    }
+
+    #[test]
+    fn unclean_election_only_when_the_topic_allows_it() {
+        let mut state = three_brokers_one_partition();
+        state
+            .topics
+            .get_mut("t")
+            .unwrap()
+            .configs
+            .insert("unclean.leader.election.enable".into(), "true".into());
+        let p = state.topics["t"].partitions[0].clone();
+        state.apply(&Command::AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            leader: 1,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: vec![1],
+        });
+        state.apply(&Command::FenceBroker { node_id: 1 });
+        let p = &state.topics["t"].partitions[0];
+        assert_eq!(p.leader, Some(2));
+        assert_eq!(p.isr, vec![2]);
+    }
+
+    #[test]
+    fn preferred_leaders_come_back_when_in_sync() {
+        let mut state = three_brokers_one_partition();
+        state.apply(&Command::FenceBroker { node_id: 1 });
+        assert_eq!(state.topics["t"].partitions[0].leader, Some(2));
+        state.apply(&Command::RegisterBroker {
+            node_id: 1,
+            host: "h".into(),
+            port: 1,
+        });
+        let elect = Command::ElectPreferredLeaders { topics: None };
+        assert_eq!(
+            state.apply(&elect),
+            CommandResult::Elected {
+                elected: 0,
+                not_preferred: 1
+            },
+            "broker 1 is not back in the ISR yet"
+        );
+        let p = state.topics["t"].partitions[0].clone();
+        state.apply(&Command::AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            leader: 2,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: vec![2, 3, 1],
+        });
+        assert_eq!(
+            state.apply(&elect),
+            CommandResult::Elected {
+                elected: 1,
+                not_preferred: 0
+            }
+        );
+        assert_eq!(state.topics["t"].partitions[0].leader, Some(1));
+        assert_eq!(state.topics["t"].partitions[0].leader_epoch, 2);
+    }
+
     #[test]
     fn assignment_spreads_leaders() {
-        let a = assign_replicas(&[1, 2, 3], 6, 2);
+        let a = assign_replicas(&[1, 2, 3], 0, 6, 2);
         assert_eq!(a[0], vec![1, 2]);
         assert_eq!(a[1], vec![2, 3]);
         assert_eq!(a[2], vec![3, 1]);

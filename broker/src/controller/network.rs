@@ -1,7 +1,8 @@
-//! Raft transport between controller voters: one TCP connection per peer, requests and
-//! responses as length-prefixed postcard frames (`u32` length, then `RaftRequest` /
-//! `RaftResponse`). Frames are limited to [`RAFT_FRAME_BYTES_MAX`]; a peer that sends more is
-//! disconnected. A single-voter quorum never sends anything.
+//! The controller port: Raft traffic between voters, and the requests brokers send to the
+//! active controller (forwarded metadata changes, heartbeats, metadata for observers). One TCP
+//! connection per peer, requests and responses as length-prefixed postcard frames (`u32`
+//! length, then `RaftRequest` / `RaftResponse`). Frames are limited to [`RAFT_FRAME_BYTES_MAX`];
+//! a peer that sends more is disconnected. A single-voter quorum never sends anything.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,26 +21,53 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::metadata::NodeId;
-use crate::controller::TypeConfig;
+use crate::controller::metadata::{Command, CommandResult, MetadataState, NodeId};
+use crate::controller::{Controller, TypeConfig};
 
 /// Largest Raft frame accepted (metadata snapshots are small).
 pub const RAFT_FRAME_BYTES_MAX: usize = 64 << 20;
 
+/// A request on the controller port. Variants are only ever appended.
 #[derive(Serialize, Deserialize)]
-enum RaftRequest {
+pub(crate) enum RaftRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A metadata change for the active controller to append.
+    Propose(Command),
+    /// A broker is alive (and reachable for clients at host:port).
+    Heartbeat {
+        node_id: NodeId,
+        host: String,
+        port: u16,
+    },
+    /// An observer asks for the applied metadata.
+    GetMetadata,
 }
 
+/// The answer to a [`RaftRequest`] of the same name.
 #[derive(Serialize, Deserialize)]
-enum RaftResponse {
+pub(crate) enum RaftResponse {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     InstallSnapshot(
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
+    Propose(Result<CommandResult, ForwardError>),
+    Heartbeat(Result<(), ForwardError>),
+    Metadata {
+        leader: Option<NodeId>,
+        state: MetadataState,
+    },
+}
+
+/// Why the controller port could not take a forwarded request.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ForwardError {
+    /// This voter is not the active controller; the leader, if known.
+    NotLeader(Option<NodeId>),
+    /// The proposal failed (Raft error).
+    Failed(String),
 }
 
 async fn write_frame(stream: &mut TcpStream, value: &impl Serialize) -> std::io::Result<()> {
@@ -62,8 +90,13 @@ async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std
     postcard::from_bytes(&bytes).map_err(std::io::Error::other)
 }
 
-/// Serves Raft RPCs from peers on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, shutdown: CancellationToken) {
+/// Serves the controller port on `listener` until `shutdown`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    raft: Raft<TypeConfig>,
+    controller: Controller,
+    shutdown: CancellationToken,
+) {
     loop {
         let (mut stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -78,6 +111,7 @@ pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, shutdown: Canc
         };
         let _ = stream.set_nodelay(true);
         let raft = raft.clone();
+        let controller = controller.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             loop {
@@ -100,6 +134,20 @@ pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, shutdown: Canc
                     RaftRequest::InstallSnapshot(r) => {
                         RaftResponse::InstallSnapshot(raft.install_snapshot(r).await)
                     }
+                    RaftRequest::Propose(command) => {
+                        RaftResponse::Propose(controller.propose_local(command).await)
+                    }
+                    RaftRequest::Heartbeat {
+                        node_id,
+                        host,
+                        port,
+                    } => {
+                        RaftResponse::Heartbeat(controller.on_heartbeat(node_id, host, port).await)
+                    }
+                    RaftRequest::GetMetadata => RaftResponse::Metadata {
+                        leader: controller.leader(),
+                        state: (*controller.metadata()).clone(),
+                    },
                 };
                 if write_frame(&mut stream, &response).await.is_err() {
                     return;
@@ -133,16 +181,27 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 }
 
 impl PeerClient {
+    /// A client of the controller port at `address`, connecting on first use.
+    pub(crate) fn new(target: NodeId, address: String) -> PeerClient {
+        PeerClient {
+            target,
+            address,
+            stream: None,
+        }
+    }
+
     /// Sends `request` and reads the response within `timeout`.
-    async fn call(
+    pub(crate) async fn call(
         &mut self,
         request: RaftRequest,
         timeout: Duration,
     ) -> Result<RaftResponse, std::io::Error> {
         let exchange = async {
             if self.stream.is_none() {
-                let address: SocketAddr = self.address.parse().map_err(std::io::Error::other)?;
-                let stream = TcpStream::connect(address).await?;
+                let stream = match self.address.parse::<SocketAddr>() {
+                    Ok(address) => TcpStream::connect(address).await?,
+                    Err(_) => TcpStream::connect(self.address.as_str()).await?,
+                };
                 let _ = stream.set_nodelay(true);
                 self.stream = Some(stream);
             }

@@ -17,12 +17,114 @@ use tokio::sync::watch;
 use crate::controller::metadata::{CommandResult, MetadataState, NodeId};
 use crate::controller::TypeConfig;
 
+/// A snapshot file. postcard is not self-describing: a change to `MetadataState`'s shape adds a
+/// variant, and older variants are converted on load.
 #[derive(Serialize, Deserialize, Clone)]
 enum StoredSnapshot {
     V1 {
         meta: SnapshotMeta<NodeId, BasicNode>,
+        state: v1::MetadataState,
+    },
+    /// Adds broker fencing and partition epochs.
+    V2 {
+        meta: SnapshotMeta<NodeId, BasicNode>,
         state: MetadataState,
     },
+}
+
+impl StoredSnapshot {
+    fn into_parts(self) -> (SnapshotMeta<NodeId, BasicNode>, MetadataState) {
+        match self {
+            StoredSnapshot::V1 { meta, state } => (meta, state.into()),
+            StoredSnapshot::V2 { meta, state } => (meta, state),
+        }
+    }
+
+    fn meta(&self) -> &SnapshotMeta<NodeId, BasicNode> {
+        match self {
+            StoredSnapshot::V1 { meta, .. } | StoredSnapshot::V2 { meta, .. } => meta,
+        }
+    }
+}
+
+/// The metadata shapes of snapshot format 1 (before replication).
+mod v1 {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    use crate::controller::metadata::{self as current, NodeId};
+
+    #[derive(Serialize, Deserialize, Clone)]
+    pub struct BrokerInfo {
+        node_id: NodeId,
+        host: String,
+        port: u16,
+    }
+
+    #[derive(Serialize, Deserialize, Clone)]
+    pub struct PartitionInfo {
+        replicas: Vec<NodeId>,
+        leader: Option<NodeId>,
+        leader_epoch: u32,
+        isr: Vec<NodeId>,
+    }
+
+    #[derive(Serialize, Deserialize, Clone)]
+    pub struct TopicInfo {
+        name: String,
+        partitions: Vec<PartitionInfo>,
+        configs: BTreeMap<String, String>,
+    }
+
+    #[derive(Serialize, Deserialize, Clone)]
+    pub struct MetadataState {
+        brokers: BTreeMap<NodeId, BrokerInfo>,
+        topics: BTreeMap<String, TopicInfo>,
+    }
+
+    impl From<MetadataState> for current::MetadataState {
+        fn from(old: MetadataState) -> Self {
+            current::MetadataState {
+                brokers: old
+                    .brokers
+                    .into_iter()
+                    .map(|(id, b)| {
+                        let info = current::BrokerInfo {
+                            node_id: b.node_id,
+                            host: b.host,
+                            port: b.port,
+                            fenced: false,
+                        };
+                        (id, info)
+                    })
+                    .collect(),
+                topics: old
+                    .topics
+                    .into_iter()
+                    .map(|(name, t)| {
+                        let partitions = t
+                            .partitions
+                            .into_iter()
+                            .map(|p| current::PartitionInfo {
+                                replicas: p.replicas,
+                                leader: p.leader,
+                                leader_epoch: p.leader_epoch,
+                                isr: p.isr,
+                                partition_epoch: 0,
+                            })
+                            .collect();
+                        let topic = current::TopicInfo {
+                            name: t.name,
+                            partitions,
+                            configs: t.configs,
+                        };
+                        (name, topic)
+                    })
+                    .collect(),
+            }
+        }
+    }
 }
 
 /// See the module docs.
@@ -70,7 +172,7 @@ impl StateMachine {
             publisher,
             snapshots_built: 0,
         };
-        if let Some(StoredSnapshot::V1 { meta, state }) = read_snapshot(dir)? {
+        if let Some((meta, state)) = read_snapshot(dir)?.map(StoredSnapshot::into_parts) {
             machine.last_applied = meta.last_log_id;
             machine.membership = meta.last_membership;
             machine.state = state;
@@ -106,9 +208,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let bytes = write_snapshot(&self.dir, &self.snapshot)
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let StoredSnapshot::V1 { meta, .. } = self.snapshot.clone();
         Ok(Snapshot {
-            meta,
+            meta: self.snapshot.meta().clone(),
             snapshot: Box::new(Cursor::new(bytes)),
         })
     }
@@ -154,7 +255,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.snapshots_built += 1;
         SnapshotBuilder {
             dir: self.dir.clone(),
-            snapshot: StoredSnapshot::V1 {
+            snapshot: StoredSnapshot::V2 {
                 meta: self.snapshot_meta(),
                 state: self.state.clone(),
             },
@@ -173,10 +274,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
-        let StoredSnapshot::V1 { state, .. } = postcard::from_bytes(&bytes).map_err(|e| {
-            StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e))
-        })?;
-        let stored = StoredSnapshot::V1 {
+        let (_, state) = postcard::from_bytes::<StoredSnapshot>(&bytes)
+            .map_err(|e| {
+                StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e))
+            })?
+            .into_parts();
+        let stored = StoredSnapshot::V2 {
             meta: meta.clone(),
             state: state.clone(),
         };
@@ -196,9 +299,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             read_snapshot(&self.dir).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(stored.map(|stored| {
             let bytes = postcard::to_allocvec(&stored).unwrap_or_default();
-            let StoredSnapshot::V1 { meta, .. } = stored;
             Snapshot {
-                meta,
+                meta: stored.meta().clone(),
                 snapshot: Box::new(Cursor::new(bytes)),
             }
         }))

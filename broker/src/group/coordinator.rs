@@ -165,6 +165,31 @@ impl Coordinator {
             .collect()
     }
 
+    /// Forgets the groups of an offsets partition this broker no longer leads: if it leads it
+    /// again later, it reloads them from the (replicated) log, never from a stale cache.
+    pub fn unload(&self, partition: u32) {
+        let was_loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&partition);
+        if !was_loaded {
+            return;
+        }
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|group, _| partition_for(group) != partition);
+        self.persisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|group, _| partition_for(group) != partition);
+        tracing::info!(
+            partition,
+            "no longer coordinator of offsets partition: unloaded its groups"
+        );
+    }
+
     /// Loads the offsets stored in an offsets partition (once). Blocking: reads the log.
     pub fn ensure_loaded(&self, partition: u32) -> crate::Result<()> {
         if self
@@ -347,7 +372,8 @@ impl Coordinator {
         let log = self.logs.get(&tp).ok_or_else(|| {
             crate::Error::InvalidConfig(format!("{tp} is not hosted on this broker"))
         })?;
-        log.append(&builder.build(), 0).map(|_| ())
+        log.append(&builder.build(), log.leader_epoch() as i32)
+            .map(|_| ())
     }
 }
 

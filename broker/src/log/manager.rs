@@ -52,22 +52,56 @@ impl std::fmt::Display for TopicPartition {
     }
 }
 
-/// One partition's log behind its own lock, plus a watch of its log end offset that long-polling
-/// fetches wait on (no busy polling).
+/// One partition's log behind its own lock, plus watches of its log end offset (follower
+/// fetches wait on it) and high watermark (consumer fetches and acks=all produces wait on it),
+/// and the leader epoch this broker appends with while it leads the partition.
 pub struct PartitionLog {
     tp: TopicPartition,
     log: Mutex<Log>,
     end_offset: watch::Sender<u64>,
+    /// Set by the replica manager; also notified (unchanged) when leadership changes, so
+    /// waiters re-check their conditions.
+    high_watermark: watch::Sender<u64>,
+    leader_epoch: std::sync::atomic::AtomicU32,
 }
 
 impl PartitionLog {
     fn new(tp: TopicPartition, log: Log) -> Arc<PartitionLog> {
         let (end_offset, _) = watch::channel(log.log_end_offset());
+        let (high_watermark, _) = watch::channel(0);
+        let epoch = log.last_epoch().unwrap_or(0);
         Arc::new(PartitionLog {
             tp,
             log: Mutex::new(log),
             end_offset,
+            high_watermark,
+            leader_epoch: std::sync::atomic::AtomicU32::new(epoch),
         })
+    }
+
+    /// The high watermark: every offset below it is on every in-sync replica.
+    pub fn high_watermark(&self) -> u64 {
+        *self.high_watermark.borrow()
+    }
+
+    /// Sets the high watermark and wakes its waiters (even if unchanged).
+    pub fn set_high_watermark(&self, hw: u64) {
+        self.high_watermark.send_modify(|current| *current = hw);
+    }
+
+    /// A receiver that changes whenever the high watermark does (or leadership changes).
+    pub fn subscribe_high_watermark(&self) -> watch::Receiver<u64> {
+        self.high_watermark.subscribe()
+    }
+
+    /// The epoch this broker stamps on records it appends as leader.
+    pub fn leader_epoch(&self) -> u32 {
+        self.leader_epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set_leader_epoch(&self, epoch: u32) {
+        self.leader_epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
     }
 
     pub fn topic_partition(&self) -> &TopicPartition {

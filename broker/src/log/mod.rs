@@ -21,6 +21,7 @@
 //! ```
 
 pub mod config;
+pub mod epochs;
 pub(crate) mod index;
 pub mod manager;
 pub mod partition;

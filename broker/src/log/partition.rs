@@ -18,6 +18,7 @@ use rill_protocol::ProtocolError;
 
 use crate::error::{Error, IoContext, Result};
 use crate::log::config::{FlushPolicy, LogConfig};
+use crate::log::epochs::EpochCache;
 use crate::log::segment::{header_max_timestamp, AppendBatch, Segment};
 
 /// Name of the recovery point checkpoint in a partition directory.
@@ -80,6 +81,17 @@ pub struct Log {
     flushed_offset: u64,
     last_flush: Instant,
     recovery: RecoveryReport,
+    /// Leader epoch -> first offset (see `epochs`).
+    epochs: EpochCache,
+}
+
+/// How an append sets offsets and leader epochs.
+#[derive(Debug, Clone, Copy)]
+enum Stamp {
+    /// Leader: assign offsets from the log end and stamp this epoch.
+    Leader(i32),
+    /// Follower: keep the leader's offsets and epochs (they must continue the log).
+    Replica,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -165,7 +177,9 @@ impl Log {
             flushed_offset: 0,
             last_flush: Instant::now(),
             recovery: report,
+            epochs: EpochCache::default(),
         };
+        log.load_epochs()?;
         log.active()?.sync()?;
         log.flushed_offset = log.log_end_offset();
         log.write_recovery_point()?;
@@ -258,6 +272,85 @@ impl Log {
         self.append_at(input, leader_epoch, now_ms())
     }
 
+    /// Appends batches fetched from the partition leader, as a follower: validated like a
+    /// leader's append, but offsets and leader epochs are kept as the leader assigned them, so
+    /// the replica's log is byte-for-byte the leader's. The first batch must start at the log end.
+    pub fn append_replica(&mut self, input: &Bytes) -> Result<AppendInfo> {
+        self.append_stamped(input, Stamp::Replica, now_ms())
+    }
+
+    /// The leader epoch of the last record, if the log has any.
+    pub fn last_epoch(&self) -> Option<u32> {
+        self.epochs.last_epoch()
+    }
+
+    /// The largest epoch `<= epoch` in this log and the offset where it ends (the leader's
+    /// answer to a follower's divergence check).
+    pub fn end_offset_for_epoch(&self, epoch: u32) -> Option<(u32, u64)> {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// The epoch cache entries `(epoch, start offset)`.
+    pub fn epochs(&self) -> &[(u32, u64)] {
+        self.epochs.entries()
+    }
+
+    /// Deletes every record and restarts the log empty at `offset` (a follower whose log ends
+    /// before the leader's log start). Blocking.
+    pub fn reset_to(&mut self, offset: u64) -> Result<()> {
+        let bases: Vec<u64> = self.segments.keys().copied().collect();
+        for base in bases {
+            if let Some(segment) = self.segments.remove(&base) {
+                segment.delete_files()?;
+            }
+        }
+        self.open_sealed.clear();
+        let config = self.config.clone();
+        self.segments
+            .insert(offset, Segment::create(&self.dir, offset, &config)?);
+        sync_dir(&self.dir)?;
+        self.flushed_offset = offset;
+        self.epochs.clear();
+        self.epochs.save(&self.dir)?;
+        self.write_recovery_point()?;
+        tracing::info!(dir = %self.dir.display(), offset, "log reset: it now starts empty at {offset}");
+        Ok(())
+    }
+
+    /// Loads the epoch cache, rebuilding it from the batches if the file is missing or bad, and
+    /// drops entries beyond the log end (records lost in a crash).
+    fn load_epochs(&mut self) -> Result<()> {
+        let end = self.log_end_offset();
+        let mut cache = match EpochCache::load(&self.dir) {
+            Some(cache) => cache,
+            None if end == self.log_start_offset() => EpochCache::default(),
+            None => {
+                tracing::info!(dir = %self.dir.display(), "rebuilding the leader epoch cache from the log");
+                let mut cache = EpochCache::default();
+                let mut offset = self.log_start_offset();
+                while offset < end {
+                    let chunk = self.read(offset, 1 << 20)?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    for batch in batches(chunk) {
+                        let batch = batch?;
+                        let epoch = batch.partition_leader_epoch().max(0) as u32;
+                        let _ = cache.assign(epoch, batch.base_offset() as u64);
+                        offset = batch.last_offset() as u64 + 1;
+                    }
+                }
+                cache.save(&self.dir)?;
+                cache
+            }
+        };
+        if cache.truncate_from(end) {
+            cache.save(&self.dir)?;
+        }
+        self.epochs = cache;
+        Ok(())
+    }
+
     /// [`Log::append`] with an explicit wall-clock time (for rolling by age).
     pub fn append_at(
         &mut self,
@@ -265,13 +358,39 @@ impl Log {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo> {
+        self.append_stamped(input, Stamp::Leader(leader_epoch), now_ms)
+    }
+
+    fn append_stamped(&mut self, input: &Bytes, stamp: Stamp, now_ms: i64) -> Result<AppendInfo> {
         if input.len() > (1 << 30) {
             return Err(Error::BatchTooLarge {
                 size_bytes: input.len(),
                 max_bytes: 1 << 30,
             });
         }
-        let plan = self.plan_append(input, leader_epoch)?;
+        let plan = self.plan_append(input, stamp)?;
+        // A new epoch is recorded (durably) before its records are written.
+        let mut epochs = self.epochs.clone();
+        for batch in &plan {
+            let epoch = i32::from_be_bytes([
+                batch.header[12],
+                batch.header[13],
+                batch.header[14],
+                batch.header[15],
+            ])
+            .max(0) as u32;
+            if epochs.assign(epoch, batch.base_offset).is_none() {
+                return Err(Error::Replication(format!(
+                    "batch at offset {} has leader epoch {epoch}, older than the log's last epoch {:?}",
+                    batch.base_offset,
+                    epochs.last_epoch()
+                )));
+            }
+        }
+        if epochs != self.epochs {
+            epochs.save(&self.dir)?;
+            self.epochs = epochs;
+        }
         let total = input.len() as u64;
         if self.active()?.needs_roll(total, &self.config, now_ms) {
             self.roll()?;
@@ -301,7 +420,7 @@ impl Log {
         Ok(info)
     }
 
-    fn plan_append(&self, input: &Bytes, leader_epoch: i32) -> Result<Vec<AppendBatch>> {
+    fn plan_append(&self, input: &Bytes, stamp: Stamp) -> Result<Vec<AppendBatch>> {
         let mut next_offset = self.log_end_offset();
         let mut position = 0;
         let mut plan = Vec::new();
@@ -323,8 +442,19 @@ impl Log {
             }
             let mut header = [0u8; 16];
             header.copy_from_slice(&batch.as_bytes()[..16]);
-            set_base_offset(&mut header, next_offset);
-            set_leader_epoch(&mut header, leader_epoch);
+            match stamp {
+                Stamp::Leader(leader_epoch) => {
+                    set_base_offset(&mut header, next_offset);
+                    set_leader_epoch(&mut header, leader_epoch);
+                }
+                Stamp::Replica if batch.base_offset() != next_offset as i64 => {
+                    return Err(Error::Replication(format!(
+                        "replicated batch starts at offset {}, the log ends at {next_offset}",
+                        batch.base_offset()
+                    )));
+                }
+                Stamp::Replica => {}
+            }
             let last_offset = next_offset + batch.record_count() as u64 - 1;
             plan.push(AppendBatch {
                 range: position..position + batch.size_bytes(),
@@ -500,6 +630,9 @@ impl Log {
         sync_dir(&self.dir)?;
         let end = self.log_end_offset();
         self.flushed_offset = self.flushed_offset.min(end);
+        if self.epochs.truncate_from(end) {
+            self.epochs.save(&self.dir)?;
+        }
         self.write_recovery_point()?;
         tracing::info!(dir = %self.dir.display(), requested = offset, end, "truncated log");
         Ok(end)

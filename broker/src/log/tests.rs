@@ -354,7 +354,12 @@ fn reopen_after_clean_close_gives_the_same_log() {
         .map(RecordBatch::into_bytes)
         .collect();
     assert_eq!(before, after);
-    assert_eq!(log.append(&batch(1, 1, 0), 0).unwrap().base_offset, end);
+    let epoch = log.last_epoch().unwrap_or(0) as i32;
+    assert_eq!(log.append(&batch(1, 1, 0), epoch).unwrap().base_offset, end);
+    assert!(
+        log.append(&batch(1, 1, 0), epoch - 1).is_err(),
+        "leader epochs never go back"
+    );
 }
 
 #[test]
@@ -431,4 +436,47 @@ fn interval_flush_can_run_without_the_log() {
     log.flush_completed(end);
     assert_eq!(log.flushed_offset(), unflushed_end);
     assert_eq!(log.log_end_offset(), unflushed_end + 1);
+}
+
+#[test]
+fn replicas_keep_the_leaders_offsets_and_epochs_and_truncate_divergent_tails() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut leader = Log::open(leader_dir.path(), small_config()).unwrap();
+    let mut follower = Log::open(follower_dir.path(), small_config()).unwrap();
+    leader.append(&batch(3, 10, 0), 0).unwrap();
+    leader.append(&batch(2, 10, 0), 2).unwrap();
+    let all = leader.read(0, usize::MAX).unwrap();
+    follower.append_replica(&all).unwrap();
+    assert_eq!(follower.read(0, usize::MAX).unwrap(), all, "byte for byte");
+    assert_eq!(follower.epochs(), &[(0, 0), (2, 3)]);
+    assert_eq!(follower.end_offset_for_epoch(1), Some((0, 3)));
+    assert!(
+        follower.append_replica(&all).is_err(),
+        "a batch must continue the log"
+    );
+    // A deposed leader's tail at epoch 2 diverges from the new leader's epoch 3.
+    follower.append(&batch(1, 10, 0), 2).unwrap();
+    leader.truncate_to(3).unwrap();
+    leader.append(&batch(4, 10, 0), 3).unwrap();
+    assert_eq!(leader.end_offset_for_epoch(2), Some((0, 3)));
+    follower.truncate_to(3).unwrap();
+    assert_eq!(follower.epochs(), &[(0, 0)]);
+    let tail = leader.read(3, usize::MAX).unwrap();
+    follower.append_replica(&tail).unwrap();
+    assert_eq!(follower.log_end_offset(), 7);
+    drop(follower);
+    let follower = Log::open(follower_dir.path(), small_config()).unwrap();
+    assert_eq!(
+        follower.epochs(),
+        &[(0, 0), (3, 3)],
+        "the cache survives a restart"
+    );
+    let mut follower = follower;
+    follower.reset_to(100).unwrap();
+    assert_eq!(
+        (follower.log_start_offset(), follower.log_end_offset()),
+        (100, 100)
+    );
+    assert_eq!(follower.last_epoch(), None);
 }

@@ -23,10 +23,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{topic_log_config, BrokerConfig};
-use crate::controller::{metadata::assign_replicas, Command, Controller, MetadataState, NodeId};
+use crate::controller::{
+    metadata::assign_replicas, Command, Controller, ControllerOptions, MetadataState, NodeId,
+};
 use crate::error::{Error, Result};
 use crate::group::coordinator::{Coordinator, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::log::{now_ms, LogManager, TopicPartition};
+use crate::replica::{ReplicaConfig, ReplicaManager};
 
 /// What every request handler can reach. Split by owner: logs, metadata, config.
 pub struct BrokerState {
@@ -36,6 +39,8 @@ pub struct BrokerState {
     pub advertised: (String, u16),
     pub logs: Arc<LogManager>,
     pub controller: Controller,
+    /// Roles, ISR and high watermarks of the local partition replicas.
+    pub replicas: Arc<ReplicaManager>,
     /// Consumer groups coordinated here.
     pub groups: Coordinator,
     pub shutdown: CancellationToken,
@@ -50,9 +55,10 @@ impl BrokerState {
         &self,
         metadata: &MetadataState,
         deleted_topics: &BTreeSet<String>,
-    ) -> Result<()> {
+    ) -> Result<Vec<(TopicPartition, Arc<crate::log::PartitionLog>)>> {
         let base = self.logs.default_config().clone();
         let mut wanted = BTreeSet::new();
+        let mut local = Vec::new();
         for (topic, partition, _) in metadata.partitions_of(self.node_id) {
             let tp = TopicPartition::new(topic, partition);
             let configs = metadata
@@ -64,7 +70,7 @@ impl BrokerState {
                 tracing::warn!(%tp, "topic config rejected, using broker defaults: {e}");
                 base.clone()
             });
-            self.logs.get_or_create(&tp, Some(config))?;
+            local.push((tp.clone(), self.logs.get_or_create(&tp, Some(config))?));
             wanted.insert(tp);
         }
         for tp in self.logs.partitions() {
@@ -77,16 +83,31 @@ impl BrokerState {
                 tracing::warn!(partition = %tp, "stray partition log: its topic is not in the cluster metadata; it is kept but not served");
             }
         }
-        Ok(())
+        Ok(local)
     }
 
     /// [`BrokerState::reconcile_blocking`] on a blocking thread, against the current metadata.
     pub async fn reconcile(self: &Arc<Self>, deleted_topics: BTreeSet<String>) -> Result<()> {
         let state = self.clone();
         let metadata = self.controller.metadata();
-        tokio::task::spawn_blocking(move || state.reconcile_blocking(&metadata, &deleted_topics))
-            .await
-            .map_err(|e| Error::Controller(format!("reconcile task failed: {e}")))?
+        let snapshot = metadata.clone();
+        let local = tokio::task::spawn_blocking(move || {
+            state.reconcile_blocking(&snapshot, &deleted_topics)
+        })
+        .await
+        .map_err(|e| Error::Controller(format!("reconcile task failed: {e}")))??;
+        self.replicas.apply_metadata(&metadata, local);
+        for partition in 0..OFFSETS_PARTITIONS {
+            let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
+            let leads = self
+                .replicas
+                .get(&tp)
+                .is_some_and(|r| r.check_leader(None).is_ok());
+            if !leads {
+                self.groups.unload(partition);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -112,26 +133,61 @@ impl Broker {
             .local_addr()
             .map_err(|e| Error::io("read listener address", config.listen.to_string(), e))?;
         let advertised = advertised(&config, local_addr)?;
-        let voters = std::collections::BTreeMap::from([(
+        let mut voters = config.voters()?;
+        let mut raft_listener = None;
+        if voters.is_empty() {
+            voters.insert(config.node_id, format!("{}:{}", advertised.0, advertised.1));
+        } else if let Some(address) = voters.get(&config.node_id) {
+            let listener = TcpListener::bind(address)
+                .await
+                .map_err(|e| Error::io("bind controller listener on", address.clone(), e))?;
+            raft_listener = Some(listener);
+        }
+        let options = ControllerOptions {
+            heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms),
+            session_timeout: Duration::from_millis(config.broker_session_timeout_ms),
+            leader_rebalance_interval: config
+                .auto_leader_rebalance
+                .then(|| Duration::from_millis(config.leader_rebalance_interval_ms.max(100))),
+        };
+        let controller = Controller::start(
             config.node_id,
-            format!("{}:{}", advertised.0, advertised.1),
-        )]);
-        let controller =
-            Controller::start(config.node_id, &config.data_dir.join("raft"), voters, None).await?;
+            &config.data_dir.join("raft"),
+            voters,
+            raft_listener,
+            options,
+        )
+        .await?;
         let logs = Arc::new(logs);
         let groups = Coordinator::new(logs.clone(), 500);
+        let shutdown = CancellationToken::new();
+        let replicas = ReplicaManager::new(
+            ReplicaConfig {
+                node_id: config.node_id,
+                lag_max: Duration::from_millis(config.replica_lag_max_ms),
+                min_insync_replicas: config.min_insync_replicas,
+                fetch_wait_max_ms: config.replica_fetch_wait_max_ms.min(u64::from(u32::MAX)) as u32,
+                fetch_max_bytes: config.replica_fetch_max_bytes,
+                max_frame_bytes: config.max_frame_bytes,
+            },
+            controller.clone(),
+            shutdown.clone(),
+        );
         let state = Arc::new(BrokerState {
             node_id: config.node_id,
             advertised,
             logs,
             controller,
+            replicas,
             groups,
-            shutdown: CancellationToken::new(),
+            shutdown,
             config,
         });
         let tracker = TaskTracker::new();
+        tracker.spawn(heartbeat_loop(state.clone()));
         tracker.spawn(register_and_reconcile(state.clone()));
         tracker.spawn(storage_tick(state.clone()));
+        tracker.spawn(replica_tick(state.clone()));
         tracker.spawn(listener::accept_loop(
             state.clone(),
             listener,
@@ -190,41 +246,74 @@ fn advertised(config: &BrokerConfig, local_addr: SocketAddr) -> Result<(String, 
     Ok((host.to_string(), port))
 }
 
-/// Waits for the metadata quorum, registers this broker, then keeps local logs in step with
-/// the metadata until shutdown.
-async fn register_and_reconcile(state: Arc<BrokerState>) {
+/// Heartbeats to the active controller until shutdown; the first one registers this broker,
+/// one after fencing unfences it.
+async fn heartbeat_loop(state: Arc<BrokerState>) {
+    let interval = Duration::from_millis(state.config.broker_heartbeat_interval_ms);
+    let mut failing_since: Option<std::time::Instant> = None;
     loop {
-        if state.shutdown.is_cancelled() {
-            return;
-        }
-        if state.controller.wait_ready(Duration::from_secs(5)).await {
-            let (host, port) = state.advertised.clone();
-            match state
-                .controller
-                .propose(Command::RegisterBroker {
-                    node_id: state.node_id,
-                    host,
-                    port,
-                })
-                .await
-            {
-                Ok(_) => break,
-                Err(e) => tracing::warn!("registering with the controller failed, retrying: {e}"),
+        let (host, port) = state.advertised.clone();
+        match state.controller.heartbeat(&host, port).await {
+            Ok(()) => {
+                if let Some(since) = failing_since.take() {
+                    tracing::info!(after = ?since.elapsed(), "heartbeats reach the active controller again");
+                }
             }
-        } else {
-            tracing::info!("waiting for the metadata quorum to elect a controller");
+            Err(e) => {
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(5) {
+                    tracing::warn!(
+                        "heartbeat to the controller failed for {:?}: {e}",
+                        since.elapsed()
+                    );
+                    failing_since = Some(std::time::Instant::now());
+                }
+            }
         }
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Leader duties every quarter of `replica_lag_max_ms` (at most 250 ms): shrink ISRs.
+async fn replica_tick(state: Arc<BrokerState>) {
+    let period = Duration::from_millis((state.config.replica_lag_max_ms / 4).clamp(10, 250));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        state.replicas.shrink_isrs();
+    }
+}
+
+/// Waits until this broker is registered in the metadata, then keeps local logs and replica
+/// roles in step with the metadata until shutdown.
+async fn register_and_reconcile(state: Arc<BrokerState>) {
+    let mut metadata = state.controller.subscribe();
+    loop {
+        if metadata
+            .borrow_and_update()
+            .brokers
+            .contains_key(&state.node_id)
+        {
+            break;
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            changed = metadata.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                tracing::info!("waiting for the metadata quorum and this broker's registration");
+            }
         }
     }
     tracing::info!(node_id = state.node_id, "registered with the controller");
-    ensure_offsets_topic(&state).await;
-    let mut metadata = state.controller.subscribe();
     let mut previous = metadata.borrow_and_update().clone();
     let mut deleted = BTreeSet::new();
     loop {
+        ensure_offsets_topic(&state).await;
         if let Err(e) = state.reconcile(deleted).await {
             tracing::error!("reconciling local logs with metadata failed: {e}");
         }
@@ -243,18 +332,34 @@ async fn register_and_reconcile(state: Arc<BrokerState>) {
     }
 }
 
-/// Creates `__consumer_offsets` if the cluster does not have it yet (retained forever: it holds
-/// committed offsets; compaction will bound it).
+/// Creates `__consumer_offsets` if the cluster does not have it yet, once enough brokers are
+/// alive for its replication factor (`offsets_topic_replication_factor`, capped by the number
+/// of voters). Retained forever: it holds committed offsets; compaction will bound it.
 async fn ensure_offsets_topic(state: &Arc<BrokerState>) {
     let metadata = state.controller.metadata();
     if metadata.topics.contains_key(OFFSETS_TOPIC) {
         return;
     }
-    let brokers: Vec<NodeId> = metadata.brokers.keys().copied().collect();
+    let brokers: Vec<NodeId> = metadata.alive();
+    let rf = state
+        .config
+        .offsets_topic_replication_factor
+        .clamp(1, state.controller.voters().len().max(1) as u16);
+    if brokers.len() < rf as usize {
+        tracing::info!(
+            alive = brokers.len(),
+            rf,
+            "{OFFSETS_TOPIC} waits for enough brokers to register"
+        );
+        return;
+    }
     let command = Command::CreateTopic {
         name: OFFSETS_TOPIC.to_string(),
-        assignments: assign_replicas(&brokers, OFFSETS_PARTITIONS, 1),
-        configs: std::collections::BTreeMap::from([("retention.ms".to_string(), "0".to_string())]),
+        assignments: assign_replicas(&brokers, 0, OFFSETS_PARTITIONS, rf),
+        configs: std::collections::BTreeMap::from([
+            ("retention.ms".to_string(), "0".to_string()),
+            ("min.insync.replicas".to_string(), rf.min(2).to_string()),
+        ]),
     };
     match state.controller.propose(command).await {
         Ok(_) => tracing::info!("created {OFFSETS_TOPIC} ({OFFSETS_PARTITIONS} partitions)"),

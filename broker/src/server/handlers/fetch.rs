@@ -1,26 +1,45 @@
 //! Fetch: returns whole batches from each requested partition as `Bytes` slices of the segment
 //! mapping (sent with a vectored write, never copied), up to `partition_max_bytes` per partition
 //! and `max_bytes` per response (at least one batch, so consumers always progress). When fewer
-//! than `min_bytes` are available it long-polls: it waits on the partitions' log-end watches
-//! (woken by appends, no busy polling) until `min_bytes` arrive or `max_wait_ms` passes
-//! (capped by `request_timeout_ms`). Runs as its own task, so a long poll never blocks the
-//! reading of the connection's next request.
+//! than `min_bytes` are available it long-polls: it waits on the partitions' watches (woken by
+//! appends, no busy polling) until `min_bytes` arrive or `max_wait_ms` passes (capped by
+//! `request_timeout_ms`). Runs as its own task, so a long poll never blocks the reading of the
+//! connection's next request.
+//!
+//! Consumers read only below the high watermark (records every in-sync replica has) and wait on
+//! it. Followers (`replica_id` set) read up to the log end and wait on it; their fetch offset
+//! and last epoch first go through the replica manager, which records their progress and may
+//! answer with a diverging epoch instead of records.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rill_protocol::api::{FetchPartitionResponse, FetchRequest, FetchResponse, FetchTopicResponse};
+use rill_protocol::api::{
+    EpochEndOffset, FetchPartitionResponse, FetchRequest, FetchResponse, FetchTopicResponse,
+};
+use rill_protocol::batch::peek_offset_and_size;
 use rill_protocol::ErrorCode;
 use tokio::sync::watch;
 
-use super::{leader_log, Pending};
-use crate::log::PartitionLog;
+use super::{local_replica, Pending};
+use crate::log::TopicPartition;
+use crate::replica::{FollowerFetch, Replica};
 use crate::server::BrokerState;
 use crate::Error;
 
-/// A partition's log and log-end watch, or the error code to answer for it.
-type Target = Result<(Arc<PartitionLog>, watch::Receiver<u64>), ErrorCode>;
+/// Where one partition of the fetch reads from.
+struct Source {
+    replica: Arc<Replica>,
+    /// The high watermark (consumers) or log end (followers).
+    watch: watch::Receiver<u64>,
+    follower: bool,
+    /// Set for a follower whose log diverges: answered at once, without records.
+    diverging: Option<EpochEndOffset>,
+}
+
+/// A partition's source, or the error code to answer for it.
+type Target = Result<Source, ErrorCode>;
 
 pub(super) fn handle(state: &Arc<BrokerState>, request: FetchRequest) -> Pending {
     let state = state.clone();
@@ -48,9 +67,40 @@ async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Vec<Bytes> 
             t.partitions
                 .iter()
                 .map(|p| {
-                    leader_log(state, &metadata, &t.name, p.partition).map(|log| {
-                        let watch = log.subscribe();
-                        (log, watch)
+                    let replica = local_replica(
+                        state,
+                        &metadata,
+                        &t.name,
+                        p.partition,
+                        true,
+                        p.current_leader_epoch,
+                    )?;
+                    let Some(follower) = request.replica_id else {
+                        let watch = replica.log.subscribe_high_watermark();
+                        return Ok(Source {
+                            replica,
+                            watch,
+                            follower: false,
+                            diverging: None,
+                        });
+                    };
+                    let watch = replica.log.subscribe();
+                    let tp = TopicPartition::new(t.name.clone(), p.partition);
+                    let decision = state.replicas.on_follower_fetch(
+                        &tp,
+                        u64::from(follower),
+                        p.current_leader_epoch,
+                        p.fetch_offset,
+                        p.last_fetched_epoch,
+                    )?;
+                    Ok(Source {
+                        replica,
+                        watch,
+                        follower: true,
+                        diverging: match decision {
+                            FollowerFetch::Read => None,
+                            FollowerFetch::Diverging(d) => Some(d),
+                        },
                     })
                 })
                 .collect()
@@ -70,8 +120,8 @@ async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Vec<Bytes> 
             .iter()
             .flatten()
             .filter_map(|t| t.as_ref().ok())
-            .map(|(_, watch)| {
-                let mut watch = watch.clone();
+            .map(|source| {
+                let mut watch = source.watch.clone();
                 Box::pin(async move { watch.changed().await })
             })
             .collect();
@@ -101,6 +151,7 @@ fn read_once(request: &FetchRequest, targets: &[Vec<Target>]) -> (FetchResponse,
                 error_code: ErrorCode::NONE,
                 high_watermark: 0,
                 log_start_offset: 0,
+                diverging_epoch: None,
                 records: Bytes::new(),
             };
             match target {
@@ -108,7 +159,14 @@ fn read_once(request: &FetchRequest, targets: &[Vec<Target>]) -> (FetchResponse,
                     response.error_code = *code;
                     any_error = true;
                 }
-                Ok((log, _)) => {
+                Ok(source) if source.diverging.is_some() => {
+                    response.diverging_epoch = source.diverging.clone();
+                    response.high_watermark = source.replica.log.high_watermark();
+                    any_error = true;
+                }
+                Ok(source) => {
+                    let log = &source.replica.log;
+                    let hw = log.high_watermark();
                     // The first batch of the response is always allowed, even past max_bytes.
                     let limit = (p.partition_max_bytes as usize).min(if total == 0 {
                         usize::MAX
@@ -123,8 +181,13 @@ fn read_once(request: &FetchRequest, targets: &[Vec<Target>]) -> (FetchResponse,
                         ))
                     });
                     match read {
-                        Ok((Ok(records), end, start)) => {
-                            response.high_watermark = end;
+                        Ok((Ok(records), _, start)) => {
+                            let records = if source.follower {
+                                records
+                            } else {
+                                below(records, hw)
+                            };
+                            response.high_watermark = hw;
                             response.log_start_offset = start;
                             let fits = total == 0 || records.len() <= budget;
                             if fits && !records.is_empty() {
@@ -133,9 +196,9 @@ fn read_once(request: &FetchRequest, targets: &[Vec<Target>]) -> (FetchResponse,
                                 response.records = records;
                             }
                         }
-                        Ok((Err(e @ Error::OffsetOutOfRange { .. }), end, start)) => {
+                        Ok((Err(e @ Error::OffsetOutOfRange { .. }), _, start)) => {
                             response.error_code = e.error_code();
-                            response.high_watermark = end;
+                            response.high_watermark = hw;
                             response.log_start_offset = start;
                             any_error = true;
                         }
@@ -155,4 +218,17 @@ fn read_once(request: &FetchRequest, targets: &[Vec<Target>]) -> (FetchResponse,
         });
     }
     (FetchResponse { topics }, total, any_error)
+}
+
+/// The leading whole batches of `records` that lie below `hw` (which is always at a batch
+/// boundary: replicas append whole batches).
+fn below(records: Bytes, hw: u64) -> Bytes {
+    let mut position = 0;
+    while let Some((base_offset, size)) = peek_offset_and_size(&records[position..]) {
+        if base_offset < 0 || base_offset as u64 >= hw || size <= 0 {
+            break;
+        }
+        position += size as usize;
+    }
+    records.slice(..position.min(records.len()))
 }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rill_protocol::api::*;
 use rill_protocol::ErrorCode;
@@ -39,6 +40,13 @@ async fn coordinate(state: &Arc<BrokerState>, group_id: &str) -> Result<(), Erro
         .ok_or(ErrorCode::COORDINATOR_NOT_AVAILABLE)?;
     if info.leader != Some(state.node_id) {
         return Err(ErrorCode::NOT_COORDINATOR);
+    }
+    let leads = state
+        .replicas
+        .get(&TopicPartition::new(OFFSETS_TOPIC, partition))
+        .is_some_and(|r| r.check_leader(Some(info.leader_epoch)).is_ok());
+    if !leads {
+        return Err(ErrorCode::COORDINATOR_NOT_AVAILABLE);
     }
     let loader = state.clone();
     match tokio::task::spawn_blocking(move || loader.groups.ensure_loaded(partition)).await {
@@ -190,11 +198,36 @@ pub(super) async fn heartbeat(
 
 /// Writes the group's membership to its offsets partition if it changed (before the member
 /// hears about the change, so a restarted coordinator resumes from what members were told).
+/// Waits until everything appended to the group's offsets partition is on every in-sync
+/// replica (acks=all for commits), so a commit survives the coordinator's death.
+async fn replicated(state: &Arc<BrokerState>, group_id: &str) -> Result<(), ErrorCode> {
+    let tp = TopicPartition::new(OFFSETS_TOPIC, partition_for(group_id));
+    let replica = state.replicas.get(&tp).ok_or(ErrorCode::NOT_COORDINATOR)?;
+    let epoch = replica
+        .leader_epoch()
+        .map_err(|_| ErrorCode::NOT_COORDINATOR)?;
+    let end = replica.log.log_end_offset();
+    state.replicas.appended(&replica);
+    let timeout = Duration::from_millis(state.config.request_timeout_ms.min(10_000));
+    replica
+        .wait_replicated(end, epoch, timeout)
+        .await
+        .map_err(|code| match code {
+            ErrorCode::NOT_LEADER => ErrorCode::NOT_COORDINATOR,
+            other => other,
+        })
+}
+
 pub(crate) async fn persist(state: &Arc<BrokerState>, group_id: &str) {
     let writer = state.clone();
     let group = group_id.to_string();
     match tokio::task::spawn_blocking(move || writer.groups.persist_if_changed(&group)).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => {
+            let tp = TopicPartition::new(OFFSETS_TOPIC, partition_for(group_id));
+            if let Some(replica) = state.replicas.get(&tp) {
+                state.replicas.appended(&replica);
+            }
+        }
         Ok(Err(e)) => tracing::warn!(group = group_id, "persisting group membership failed: {e}"),
         Err(e) => tracing::warn!(group = group_id, "persisting group membership failed: {e}"),
     }
@@ -255,7 +288,7 @@ pub(super) async fn offset_commit(
         tokio::task::spawn_blocking(move || writer.groups.store_offsets(&group_id, &accepted))
             .await;
     let storage_error = match stored {
-        Ok(Ok(())) => None,
+        Ok(Ok(())) => replicated(state, &request.group_id).await.err(),
         Ok(Err(e)) => Some(e.error_code()),
         Err(_) => Some(ErrorCode::UNKNOWN_SERVER_ERROR),
     };

@@ -1,5 +1,6 @@
-//! ListOffsets: the earliest offset (log start), the latest (log end, which is the high
-//! watermark while partitions have one replica), or the first offset at or after a timestamp.
+//! ListOffsets, on the partition leader: the earliest offset (log start), the latest (the high
+//! watermark: consumers never see past it), or the first offset at or after a timestamp (below
+//! the high watermark).
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use rill_protocol::api::{
 };
 use rill_protocol::ErrorCode;
 
-use super::{leader_log, reply, Pending};
+use super::{leader_replica, reply, Pending};
 use crate::server::BrokerState;
 
 pub(super) async fn handle(state: &Arc<BrokerState>, request: ListOffsetsRequest) -> Pending {
@@ -24,15 +25,19 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: ListOffsetsRequest
                 timestamp: -1,
                 offset: None,
             };
-            match leader_log(state, &metadata, &topic.name, p.partition) {
+            match leader_replica(state, &metadata, &topic.name, p.partition) {
                 Err(code) => response.error_code = code,
-                Ok(log) => {
+                Ok(replica) => {
+                    let log = replica.log.clone();
+                    let hw = log.high_watermark();
                     // A timestamp lookup may read segment data: keep it off the async threads.
                     let found = tokio::task::spawn_blocking(move || {
                         log.with_log(|l| match p.spec {
                             OffsetSpec::Earliest => Ok(Some((l.log_start_offset(), -1))),
-                            OffsetSpec::Latest => Ok(Some((l.log_end_offset(), -1))),
-                            OffsetSpec::Timestamp(ts) => l.offset_for_timestamp(ts),
+                            OffsetSpec::Latest => Ok(Some((hw, -1))),
+                            OffsetSpec::Timestamp(ts) => Ok(l
+                                .offset_for_timestamp(ts)?
+                                .filter(|(offset, _)| *offset < hw)),
                         })
                     })
                     .await;

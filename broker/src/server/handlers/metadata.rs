@@ -25,7 +25,7 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: MetadataRequest) -
                 state,
                 name,
                 state.config.default_partitions,
-                1,
+                state.config.default_replication_factor,
                 Default::default(),
                 false,
             )
@@ -43,6 +43,7 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: MetadataRequest) -
             node_id: b.node_id as u32,
             host: b.host.clone(),
             port: b.port,
+            fenced: b.fenced,
         })
         .collect();
     let topics = match request.topics {
@@ -62,6 +63,12 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: MetadataRequest) -
     let response = MetadataResponse {
         cluster_id: "rill".into(),
         controller_id: state.controller.leader().map(|l| l as u32),
+        voters: state
+            .controller
+            .voters()
+            .into_iter()
+            .map(|v| v as u32)
+            .collect(),
         brokers,
         topics,
     };

@@ -3,8 +3,10 @@
 //! order) and returns the rest as a [`Pending`] response.
 
 mod api_versions;
+mod create_partitions;
 mod create_topics;
 mod delete_topics;
+mod elect_leaders;
 mod fetch;
 mod groups;
 
@@ -25,7 +27,8 @@ use rill_protocol::ErrorCode;
 
 use super::BrokerState;
 use crate::controller::{metadata::assign_replicas, Command, CommandResult, MetadataState};
-use crate::log::{PartitionLog, TopicPartition};
+use crate::log::TopicPartition;
+use crate::replica::Replica;
 
 /// A response still being produced: `None` means "send nothing" (produce with acks = 0);
 /// otherwise the request-level error code and the body's chunks.
@@ -59,6 +62,8 @@ pub async fn start(state: &Arc<BrokerState>, frame: RequestFrame, peer: SocketAd
         RequestBody::Produce(request) => produce::handle(state, request).await,
         RequestBody::Fetch(request) => fetch::handle(state, request),
         RequestBody::ListOffsets(request) => list_offsets::handle(state, request).await,
+        RequestBody::CreatePartitions(request) => create_partitions::handle(state, request).await,
+        RequestBody::ElectLeaders(request) => elect_leaders::handle(state, request).await,
         RequestBody::FindCoordinator(request) => groups::find_coordinator(state, request),
         RequestBody::ConsumerGroupHeartbeat(request) => groups::heartbeat(state, request).await,
         RequestBody::OffsetCommit(request) => groups::offset_commit(state, request).await,
@@ -69,28 +74,43 @@ pub async fn start(state: &Arc<BrokerState>, frame: RequestFrame, peer: SocketAd
     }
 }
 
-/// The local log of a partition this broker leads, or the error code a client should see.
-fn leader_log(
+/// The local replica of a partition, or the error code a client should see. With `leader`,
+/// this broker must lead it (at `epoch`, when given).
+fn local_replica(
     state: &BrokerState,
     metadata: &MetadataState,
     topic: &str,
     partition: u32,
-) -> Result<Arc<PartitionLog>, ErrorCode> {
+    leader: bool,
+    epoch: Option<u32>,
+) -> Result<Arc<Replica>, ErrorCode> {
     let info = metadata
         .topics
         .get(topic)
         .and_then(|t| t.partitions.get(partition as usize))
         .ok_or(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION)?;
-    match info.leader {
-        Some(leader) if leader == state.node_id => {}
-        Some(_) => return Err(ErrorCode::NOT_LEADER),
-        None => return Err(ErrorCode::LEADER_NOT_AVAILABLE),
-    }
-    // Metadata is applied before the local log is created: briefly, the log may not exist yet.
-    state
-        .logs
+    // Metadata is applied before the local replica exists: briefly, it may be missing.
+    let replica = state
+        .replicas
         .get(&TopicPartition::new(topic, partition))
-        .ok_or(ErrorCode::LEADER_NOT_AVAILABLE)
+        .ok_or(match info.leader {
+            Some(_) => ErrorCode::NOT_LEADER,
+            None => ErrorCode::LEADER_NOT_AVAILABLE,
+        })?;
+    if leader {
+        replica.check_leader(epoch)?;
+    }
+    Ok(replica)
+}
+
+/// The local replica of a partition this broker leads.
+fn leader_replica(
+    state: &BrokerState,
+    metadata: &MetadataState,
+    topic: &str,
+    partition: u32,
+) -> Result<Arc<Replica>, ErrorCode> {
+    local_replica(state, metadata, topic, partition, true, None)
 }
 
 /// Topic names: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..` (they become directory names).
@@ -148,7 +168,7 @@ pub(crate) async fn create_topic(
             Some(format!("topic {name} already exists")),
         );
     }
-    let brokers: Vec<u64> = metadata.brokers.keys().copied().collect();
+    let brokers: Vec<u64> = metadata.alive();
     if brokers.is_empty() {
         return (
             ErrorCode::CLUSTER_NOT_READY,
@@ -167,7 +187,18 @@ pub(crate) async fn create_topic(
     if validate_only {
         return (ErrorCode::NONE, None);
     }
-    let assignments = assign_replicas(&brokers, partitions, replication_factor);
+    let assignments = assign_replicas(
+        &brokers,
+        metadata.topics.len(),
+        partitions,
+        replication_factor,
+    );
+    let mut configs = configs;
+    if state.config.unclean_leader_election {
+        configs
+            .entry("unclean.leader.election.enable".into())
+            .or_insert_with(|| "true".into());
+    }
     match state
         .controller
         .propose(Command::CreateTopic {

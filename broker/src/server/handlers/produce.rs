@@ -1,9 +1,13 @@
 //! Produce: validates and appends each partition's batches on the partition leader, in
 //! parallel across partitions (each on a blocking thread: appends do file I/O and may fsync),
 //! before the next request of the connection is read. `acks = 0` sends no response; `acks = 1`
-//! answers once appended; `acks = all` equals 1 while partitions have a single replica.
+//! answers once appended on the leader; `acks = all` first requires `min.insync.replicas`
+//! in-sync replicas (else NOT_ENOUGH_REPLICAS, nothing written) and answers once the high
+//! watermark passes the batch, i.e. every in-sync replica has it (NOT_LEADER if leadership is
+//! lost meanwhile, REQUEST_TIMED_OUT after the request's timeout).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use rill_protocol::api::{
@@ -12,7 +16,7 @@ use rill_protocol::api::{
 };
 use rill_protocol::ErrorCode;
 
-use super::{create_topic, leader_log, reply, Pending};
+use super::{create_topic, leader_replica, reply, Pending};
 use crate::server::BrokerState;
 
 pub(super) async fn handle(state: &Arc<BrokerState>, request: ProduceRequest) -> Pending {
@@ -23,7 +27,7 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: ProduceRequest) ->
                     state,
                     &topic.name,
                     state.config.default_partitions,
-                    1,
+                    state.config.default_replication_factor,
                     Default::default(),
                     false,
                 )
@@ -32,43 +36,72 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: ProduceRequest) ->
         }
     }
     let metadata = state.controller.metadata();
+    let all = request.acks == Acks::All;
+    let lag_max = state.replicas.config().lag_max;
     let mut appends = Vec::new();
     for (t, topic) in request.topics.iter().enumerate() {
         for partition in &topic.partitions {
-            let target = leader_log(state, &metadata, &topic.name, partition.partition);
-            let epoch = metadata
-                .topics
-                .get(&topic.name)
-                .and_then(|t| t.partitions.get(partition.partition as usize))
-                .map_or(0, |p| p.leader_epoch as i32);
+            let target = leader_replica(state, &metadata, &topic.name, partition.partition)
+                .and_then(|replica| {
+                    let epoch = replica.leader_epoch()?;
+                    if all {
+                        replica.check_min_insync(lag_max)?;
+                    }
+                    Ok((replica, epoch))
+                });
             let records: Bytes = partition.records.clone();
             let index = partition.partition;
             appends.push(async move {
                 let outcome = match target {
                     Err(code) => Err((code, None)),
-                    Ok(log) => match tokio::task::spawn_blocking(move || {
-                        let info = log.append(&records, epoch);
-                        let start = log.with_log(|l| Ok(l.log_start_offset())).unwrap_or(0);
-                        info.map(|info| (info, start))
-                    })
-                    .await
-                    {
-                        Ok(Ok(ok)) => Ok(ok),
-                        Ok(Err(e)) => Err((e.error_code(), Some(e.to_string()))),
-                        Err(e) => Err((
-                            ErrorCode::UNKNOWN_SERVER_ERROR,
-                            Some(format!("append task failed: {e}")),
-                        )),
-                    },
+                    Ok((replica, epoch)) => {
+                        let log = replica.log.clone();
+                        match tokio::task::spawn_blocking(move || {
+                            let info = log.append(&records, epoch as i32);
+                            let start = log.with_log(|l| Ok(l.log_start_offset())).unwrap_or(0);
+                            info.map(|info| (info, start))
+                        })
+                        .await
+                        {
+                            Ok(Ok(ok)) => Ok((replica, epoch, ok)),
+                            Ok(Err(e)) => Err((e.error_code(), Some(e.to_string()))),
+                            Err(e) => Err((
+                                ErrorCode::UNKNOWN_SERVER_ERROR,
+                                Some(format!("append task failed: {e}")),
+                            )),
+                        }
+                    }
                 };
                 (t, index, outcome)
             });
         }
     }
-    let outcomes = futures::future::join_all(appends).await;
+    let appended = futures::future::join_all(appends).await;
+    // The HW advances by follower fetches (or at once with a single in-sync replica).
+    for (_, _, outcome) in &appended {
+        if let Ok((replica, _, _)) = outcome {
+            state.replicas.appended(replica);
+        }
+    }
     if request.acks == Acks::None {
         return futures::FutureExt::boxed(futures::future::ready(None));
     }
+    let timeout =
+        Duration::from_millis(u64::from(request.timeout_ms).min(state.config.request_timeout_ms));
+    let outcomes =
+        futures::future::join_all(appended.into_iter().map(|(t, index, outcome)| async move {
+            let outcome = match outcome {
+                Ok((replica, epoch, (info, start))) if all => replica
+                    .wait_replicated(info.last_offset + 1, epoch, timeout)
+                    .await
+                    .map(|()| (info, start))
+                    .map_err(|code| (code, None)),
+                Ok((_, _, ok)) => Ok(ok),
+                Err(e) => Err(e),
+            };
+            (t, index, outcome)
+        }))
+        .await;
     let mut topics: Vec<ProduceTopicResponse> = request
         .topics
         .iter()

@@ -1,0 +1,542 @@
+//! Partition replication: each local partition's role (leader or follower), the leader's view
+//! of its followers, the in-sync replica set (ISR) and the high watermark (HW).
+//!
+//! Followers pull: `fetcher` runs one task per followed partition that fetches from the leader
+//! with its log end offset and last epoch, truncates a divergent tail when the leader says so
+//! (KIP-320), and appends the leader's batches byte for byte ([`crate::log::Log::append_replica`]).
+//! The leader learns each follower's log end offset from its fetches, advances the HW to the
+//! lowest log end offset in the ISR (including additions it has proposed), and changes the ISR
+//! only through the controller (`AlterPartition`, conditional on its leader and partition
+//! epochs), so ISR changes survive its death and a deposed leader cannot make any.
+//!
+//! Invariants: the HW never exceeds the leader's log end offset and never moves back while a
+//! broker leads; a record below the HW is on every replica of the committed ISR (so any
+//! leader the controller elects from the ISR has it); roles change only when the metadata says
+//! so ([`ReplicaManager::apply_metadata`]), and every leadership change carries a new epoch.
+
+mod fetcher;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rill_protocol::api::EpochEndOffset;
+use rill_protocol::ErrorCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::controller::{Command, CommandResult, Controller, MetadataState, NodeId, PartitionInfo};
+use crate::log::{PartitionLog, TopicPartition};
+
+/// Settings of replication on this broker.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub node_id: NodeId,
+    /// A follower not caught up for this long leaves the ISR.
+    pub lag_max: Duration,
+    /// Default `min.insync.replicas`.
+    pub min_insync_replicas: u32,
+    pub fetch_wait_max_ms: u32,
+    pub fetch_max_bytes: u32,
+    pub max_frame_bytes: usize,
+}
+
+/// What the leader knows of one follower.
+#[derive(Debug, Clone)]
+struct Progress {
+    /// The follower's log end offset (its last fetch offset).
+    end_offset: u64,
+    /// Last time the follower had everything the leader had (Kafka's lastCaughtUpTime).
+    caught_up_at: Instant,
+    last_fetch_at: Instant,
+    /// The leader's log end offset when the follower last fetched.
+    leader_end_at_last_fetch: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Leader,
+    /// Following `leader` (`None`: the partition has no leader right now).
+    Follower(Option<NodeId>),
+}
+
+struct State {
+    role: Role,
+    leader_epoch: u32,
+    partition_epoch: u32,
+    replicas: Vec<NodeId>,
+    /// The committed ISR (from the metadata).
+    isr: Vec<NodeId>,
+    /// An ISR change this leader proposed and the controller has not applied yet.
+    pending_isr: Option<Vec<NodeId>>,
+    followers: HashMap<NodeId, Progress>,
+    min_insync: usize,
+    /// Stops this partition's fetcher (followers).
+    fetcher: Option<CancellationToken>,
+}
+
+/// One local partition replica. See the module docs.
+pub struct Replica {
+    pub log: Arc<PartitionLog>,
+    state: Mutex<State>,
+}
+
+/// Why a leader cannot take a request for a partition.
+pub type LeaderCheck = Result<(), ErrorCode>;
+
+impl Replica {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `Ok` if this broker leads the partition (at `epoch`, when given).
+    pub fn check_leader(&self, epoch: Option<u32>) -> LeaderCheck {
+        let state = self.state();
+        if let Some(epoch) = epoch {
+            if epoch < state.leader_epoch {
+                return Err(ErrorCode::FENCED_LEADER_EPOCH);
+            }
+            if epoch > state.leader_epoch {
+                return Err(ErrorCode::UNKNOWN_LEADER_EPOCH);
+            }
+        }
+        match state.role {
+            Role::Leader => Ok(()),
+            Role::Follower(Some(_)) => Err(ErrorCode::NOT_LEADER),
+            Role::Follower(None) => Err(ErrorCode::LEADER_NOT_AVAILABLE),
+        }
+    }
+
+    /// The leader epoch this broker leads at, or why it does not lead.
+    pub fn leader_epoch(&self) -> Result<u32, ErrorCode> {
+        self.check_leader(None)?;
+        Ok(self.state().leader_epoch)
+    }
+
+    /// acks=all admission: enough in-sync replicas that are actually keeping up (a follower that
+    /// stopped fetching counts as gone at once, even before the controller shrinks the ISR, so a
+    /// leader cut off from its quorum refuses writes instead of timing them out).
+    pub fn check_min_insync(&self, lag_max: Duration) -> LeaderCheck {
+        let state = self.state();
+        let live = state
+            .isr
+            .iter()
+            .filter(|r| {
+                state.role == Role::Leader
+                    && state
+                        .followers
+                        .get(r)
+                        .is_none_or(|p| p.caught_up_at.elapsed() <= lag_max)
+            })
+            .count();
+        if live < state.min_insync {
+            return Err(ErrorCode::NOT_ENOUGH_REPLICAS);
+        }
+        Ok(())
+    }
+
+    /// After the HW reached an acks=all write: the ISR must still satisfy the minimum.
+    fn isr_satisfies_min(&self) -> bool {
+        let state = self.state();
+        state.isr.len() >= state.min_insync
+    }
+
+    /// Waits until the HW passes `end_offset` (every in-sync replica has the records before it),
+    /// the broker stops leading at `epoch`, or `timeout`.
+    pub async fn wait_replicated(
+        &self,
+        end_offset: u64,
+        epoch: u32,
+        timeout: Duration,
+    ) -> Result<(), ErrorCode> {
+        let mut hw = self.log.subscribe_high_watermark();
+        let wait = async {
+            loop {
+                if self.check_leader(Some(epoch)).is_err() {
+                    return Err(ErrorCode::NOT_LEADER);
+                }
+                if *hw.borrow_and_update() >= end_offset {
+                    return if self.isr_satisfies_min() {
+                        Ok(())
+                    } else {
+                        Err(ErrorCode::NOT_ENOUGH_REPLICAS_AFTER_APPEND)
+                    };
+                }
+                if hw.changed().await.is_err() {
+                    return Err(ErrorCode::NOT_LEADER);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Err(ErrorCode::REQUEST_TIMED_OUT))
+    }
+
+    /// Recomputes the leader's HW: the lowest log end offset among the ISR and the replicas
+    /// it proposed adding (never backwards, never past its own log end).
+    fn advance_high_watermark(&self, state: &State, node_id: NodeId) {
+        if state.role != Role::Leader {
+            return;
+        }
+        let own_end = self.log.log_end_offset();
+        let members = state.isr.iter().chain(state.pending_isr.iter().flatten());
+        let mut hw = own_end;
+        for member in members {
+            if *member != node_id {
+                hw = hw.min(state.followers.get(member).map_or(0, |p| p.end_offset));
+            }
+        }
+        let current = self.log.high_watermark();
+        if hw > current {
+            self.log.set_high_watermark(hw.min(own_end));
+        }
+    }
+
+    /// Follower: records the leader's HW (capped by the local log end).
+    fn follower_high_watermark(&self, leader_hw: u64) {
+        let hw = leader_hw.min(self.log.log_end_offset());
+        if hw != self.log.high_watermark() {
+            self.log.set_high_watermark(hw);
+        }
+    }
+}
+
+/// What a leader answers a follower's fetch with, before reading records.
+pub enum FollowerFetch {
+    /// Read from the fetch offset.
+    Read,
+    /// The follower's log diverges: it truncates to this and fetches again.
+    Diverging(EpochEndOffset),
+}
+
+/// Every local partition replica, keyed by partition. See the module docs.
+pub struct ReplicaManager {
+    config: ReplicaConfig,
+    controller: Controller,
+    replicas: Mutex<BTreeMap<TopicPartition, Arc<Replica>>>,
+    /// Broker shutdown: stops every fetcher.
+    shutdown: CancellationToken,
+}
+
+impl ReplicaManager {
+    pub fn new(
+        config: ReplicaConfig,
+        controller: Controller,
+        shutdown: CancellationToken,
+    ) -> Arc<ReplicaManager> {
+        Arc::new(ReplicaManager {
+            config,
+            controller,
+            replicas: Mutex::default(),
+            shutdown,
+        })
+    }
+
+    pub fn config(&self) -> &ReplicaConfig {
+        &self.config
+    }
+
+    fn replicas(&self) -> std::sync::MutexGuard<'_, BTreeMap<TopicPartition, Arc<Replica>>> {
+        self.replicas.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The local replica of `tp`, if this broker hosts it.
+    pub fn get(&self, tp: &TopicPartition) -> Option<Arc<Replica>> {
+        self.replicas().get(tp).cloned()
+    }
+
+    /// Brings every local replica in line with `metadata`: becomes leader or follower (starting
+    /// or stopping fetchers) where the leader or epoch changed, takes the committed ISR, and
+    /// forgets partitions no longer assigned here. `logs` are the local logs of the partitions
+    /// `metadata` assigns to this broker.
+    pub fn apply_metadata(
+        self: &Arc<Self>,
+        metadata: &MetadataState,
+        logs: Vec<(TopicPartition, Arc<PartitionLog>)>,
+    ) {
+        // One application at a time (reconciles may race): a replica is created once, so a
+        // partition never gets two fetchers.
+        let mut replicas = self.replicas();
+        let mut wanted = BTreeMap::new();
+        for (tp, log) in logs {
+            let Some(topic) = metadata.topics.get(&tp.topic) else {
+                continue;
+            };
+            let Some(info) = topic.partitions.get(tp.partition as usize) else {
+                continue;
+            };
+            let min_insync = topic
+                .configs
+                .get("min.insync.replicas")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(self.config.min_insync_replicas) as usize;
+            let replica = replicas.get(&tp).cloned().unwrap_or_else(|| {
+                Arc::new(Replica {
+                    log: log.clone(),
+                    state: Mutex::new(State {
+                        role: Role::Follower(None),
+                        leader_epoch: 0,
+                        partition_epoch: 0,
+                        replicas: Vec::new(),
+                        isr: Vec::new(),
+                        pending_isr: None,
+                        followers: HashMap::new(),
+                        min_insync,
+                        fetcher: None,
+                    }),
+                })
+            });
+            self.update_replica(&tp, &replica, info, min_insync, metadata);
+            wanted.insert(tp, replica);
+        }
+        let removed: Vec<Arc<Replica>> = replicas
+            .iter()
+            .filter(|(tp, _)| !wanted.contains_key(*tp))
+            .map(|(_, r)| r.clone())
+            .collect();
+        *replicas = wanted;
+        drop(replicas);
+        for replica in removed {
+            let mut state = replica.state();
+            if let Some(fetcher) = state.fetcher.take() {
+                fetcher.cancel();
+            }
+            state.role = Role::Follower(None);
+            drop(state);
+            replica.log.set_high_watermark(replica.log.high_watermark());
+        }
+    }
+
+    fn update_replica(
+        self: &Arc<Self>,
+        tp: &TopicPartition,
+        replica: &Arc<Replica>,
+        info: &PartitionInfo,
+        min_insync: usize,
+        metadata: &MetadataState,
+    ) {
+        let node_id = self.config.node_id;
+        let mut state = replica.state();
+        state.min_insync = min_insync;
+        state.replicas = info.replicas.clone();
+        if state.partition_epoch != info.partition_epoch || state.isr != info.isr {
+            state.pending_isr = None;
+        }
+        state.isr = info.isr.clone();
+        state.partition_epoch = info.partition_epoch;
+        let role = if info.leader == Some(node_id) {
+            Role::Leader
+        } else {
+            Role::Follower(info.leader)
+        };
+        let changed = state.role != role || state.leader_epoch != info.leader_epoch;
+        if changed {
+            if let Some(fetcher) = state.fetcher.take() {
+                fetcher.cancel();
+            }
+            state.role = role;
+            state.leader_epoch = info.leader_epoch;
+            match role {
+                Role::Leader => {
+                    let now = Instant::now();
+                    let end = replica.log.log_end_offset();
+                    state.followers = info
+                        .replicas
+                        .iter()
+                        .filter(|r| **r != node_id)
+                        .map(|r| {
+                            let progress = Progress {
+                                end_offset: 0,
+                                caught_up_at: now,
+                                last_fetch_at: now,
+                                leader_end_at_last_fetch: end,
+                            };
+                            (*r, progress)
+                        })
+                        .collect();
+                    replica.log.set_leader_epoch(info.leader_epoch);
+                    tracing::info!(partition = %tp, epoch = info.leader_epoch, isr = ?info.isr, end, "became leader");
+                }
+                Role::Follower(leader) => {
+                    state.followers.clear();
+                    if let Some(leader) = leader.and_then(|l| metadata.brokers.get(&l)) {
+                        let token = self.shutdown.child_token();
+                        state.fetcher = Some(token.clone());
+                        tokio::spawn(fetcher::run(
+                            self.clone(),
+                            tp.clone(),
+                            replica.clone(),
+                            fetcher::Target {
+                                node_id: leader.node_id,
+                                address: format!("{}:{}", leader.host, leader.port),
+                                epoch: info.leader_epoch,
+                            },
+                            token,
+                        ));
+                    }
+                    tracing::info!(partition = %tp, epoch = info.leader_epoch, ?leader, "became follower");
+                }
+            }
+        }
+        replica.advance_high_watermark(&state, node_id);
+        drop(state);
+        // Wake acks=all waiters so they notice a change of leadership.
+        if changed {
+            replica.log.set_high_watermark(replica.log.high_watermark());
+        }
+    }
+
+    /// Leader side of a follower's fetch: checks epochs, detects divergence, records the
+    /// follower's progress, advances the HW and proposes adding the follower to the ISR once it
+    /// has caught up.
+    pub fn on_follower_fetch(
+        self: &Arc<Self>,
+        tp: &TopicPartition,
+        follower: NodeId,
+        current_leader_epoch: Option<u32>,
+        fetch_offset: u64,
+        last_fetched_epoch: Option<u32>,
+    ) -> Result<FollowerFetch, ErrorCode> {
+        let replica = self.get(tp).ok_or(ErrorCode::NOT_LEADER)?;
+        replica.check_leader(current_leader_epoch)?;
+        let (leader_end, diverging) = replica
+            .log
+            .with_log(|log| {
+                let end = log.log_end_offset();
+                let diverging =
+                    last_fetched_epoch.and_then(|last| match log.end_offset_for_epoch(last) {
+                        Some((epoch, end_offset))
+                            if epoch == last && end_offset >= fetch_offset =>
+                        {
+                            None
+                        }
+                        Some((epoch, end_offset)) => Some(EpochEndOffset { epoch, end_offset }),
+                        None => Some(EpochEndOffset {
+                            epoch: last,
+                            end_offset: log.log_start_offset(),
+                        }),
+                    });
+                Ok((end, diverging))
+            })
+            .map_err(|e| e.error_code())?;
+        if let Some(diverging) = diverging {
+            return Ok(FollowerFetch::Diverging(diverging));
+        }
+        let node_id = self.config.node_id;
+        let mut state = replica.state();
+        if !state.replicas.contains(&follower) || follower == node_id {
+            return Err(ErrorCode::INVALID_REQUEST);
+        }
+        let now = Instant::now();
+        let progress = state.followers.entry(follower).or_insert(Progress {
+            end_offset: 0,
+            caught_up_at: now,
+            last_fetch_at: now,
+            leader_end_at_last_fetch: leader_end,
+        });
+        progress.end_offset = fetch_offset.min(leader_end);
+        if fetch_offset >= leader_end {
+            progress.caught_up_at = now;
+        } else if fetch_offset >= progress.leader_end_at_last_fetch {
+            progress.caught_up_at = progress.last_fetch_at;
+        }
+        progress.last_fetch_at = now;
+        progress.leader_end_at_last_fetch = leader_end;
+        replica.advance_high_watermark(&state, node_id);
+        let hw = replica.log.high_watermark();
+        let epoch_start = replica
+            .log
+            .with_log(|log| {
+                Ok(log
+                    .epochs()
+                    .iter()
+                    .find(|(e, _)| *e == state.leader_epoch)
+                    .map_or(0, |(_, s)| *s))
+            })
+            .unwrap_or(u64::MAX);
+        let joins = !state.isr.contains(&follower)
+            && state.pending_isr.is_none()
+            && fetch_offset >= hw
+            && fetch_offset >= epoch_start;
+        if joins {
+            let mut isr = state.isr.clone();
+            isr.push(follower);
+            tracing::info!(partition = %tp, follower, ?isr, "follower caught up: expanding the ISR");
+            self.propose_isr(tp, &replica, &mut state, isr);
+        }
+        Ok(FollowerFetch::Read)
+    }
+
+    /// Proposes `isr` through the controller (one change in flight per partition).
+    fn propose_isr(
+        self: &Arc<Self>,
+        tp: &TopicPartition,
+        replica: &Arc<Replica>,
+        state: &mut State,
+        isr: Vec<NodeId>,
+    ) {
+        state.pending_isr = Some(isr.clone());
+        let command = Command::AlterPartition {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            leader: self.config.node_id,
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            isr,
+        };
+        let controller = self.controller.clone();
+        let replica = replica.clone();
+        let tp = tp.clone();
+        tokio::spawn(async move {
+            let outcome = controller.propose(command).await;
+            let applied = matches!(outcome, Ok(CommandResult::Ok));
+            if !applied {
+                tracing::info!(partition = %tp, ?outcome, "ISR change not applied; will retry if still needed");
+                replica.state().pending_isr = None;
+            }
+        });
+    }
+
+    /// After a leader append: advances the HW (immediately when the leader is the only
+    /// in-sync replica).
+    pub fn appended(&self, replica: &Replica) {
+        let state = replica.state();
+        replica.advance_high_watermark(&state, self.config.node_id);
+    }
+
+    /// Leader duty, every tick: followers that have not caught up within `lag_max` leave the ISR.
+    pub fn shrink_isrs(self: &Arc<Self>) {
+        let replicas: Vec<(TopicPartition, Arc<Replica>)> = self
+            .replicas()
+            .iter()
+            .map(|(tp, r)| (tp.clone(), r.clone()))
+            .collect();
+        for (tp, replica) in replicas {
+            let mut state = replica.state();
+            if state.role != Role::Leader || state.pending_isr.is_some() {
+                continue;
+            }
+            let laggards: Vec<NodeId> = state
+                .isr
+                .iter()
+                .filter(|r| {
+                    state
+                        .followers
+                        .get(r)
+                        .is_some_and(|p| p.caught_up_at.elapsed() > self.config.lag_max)
+                })
+                .copied()
+                .collect();
+            if laggards.is_empty() {
+                continue;
+            }
+            let isr: Vec<NodeId> = state
+                .isr
+                .iter()
+                .filter(|r| !laggards.contains(r))
+                .copied()
+                .collect();
+            tracing::warn!(partition = %tp, ?laggards, ?isr, lag_max = ?self.config.lag_max, "followers fell behind: shrinking the ISR");
+            self.propose_isr(&tp, &replica, &mut state, isr);
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! A cluster of real `rill-broker` processes on 127.0.0.1, every one a controller voter, with
+//! short liveness timings so failover tests run in seconds. Brokers can be killed (SIGKILL),
+//! paused (SIGSTOP) and resumed, and restarted on the same ports and data directories.
+
+use std::time::Duration;
+
+use super::BrokerProcess;
+
+/// Heartbeat period the cluster's brokers use.
+pub const HEARTBEAT_MS: u64 = 200;
+/// Session timeout: a silent broker is fenced after this.
+pub const SESSION_TIMEOUT_MS: u64 = 1500;
+/// A follower behind this long leaves the ISR.
+pub const REPLICA_LAG_MAX_MS: u64 = 2000;
+
+pub struct Cluster {
+    /// `brokers[i]` is node `i + 1`; `None` while it is down.
+    pub brokers: Vec<Option<BrokerProcess>>,
+    dirs: Vec<tempfile::TempDir>,
+    client_ports: Vec<u16>,
+    voters: String,
+    extra: Vec<String>,
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Cluster {
+    /// Starts `n` brokers (node ids 1..=n), all voters, with `extra` flags each.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let voters = (0..n)
+            .map(|i| format!("{}@127.0.0.1:{}", i + 1, free_port()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            brokers: Vec::new(),
+            dirs: (0..n)
+                .map(|_| tempfile::tempdir().expect("temp dir"))
+                .collect(),
+            client_ports,
+            voters,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..n {
+            let broker = cluster.spawn(i);
+            cluster.brokers.push(Some(broker));
+        }
+        cluster
+    }
+
+    fn spawn(&self, i: usize) -> BrokerProcess {
+        let node_id = (i + 1).to_string();
+        let heartbeat = HEARTBEAT_MS.to_string();
+        let session = SESSION_TIMEOUT_MS.to_string();
+        let lag = REPLICA_LAG_MAX_MS.to_string();
+        let mut args: Vec<&str> = vec![
+            "--node-id",
+            &node_id,
+            "--controller-voters",
+            &self.voters,
+            "--broker-heartbeat-interval-ms",
+            &heartbeat,
+            "--broker-session-timeout-ms",
+            &session,
+            "--replica-lag-max-ms",
+            &lag,
+            "--replica-fetch-wait-max-ms",
+            "200",
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        BrokerProcess::start_on(
+            self.dirs[i].path(),
+            &format!("127.0.0.1:{}", self.client_ports[i]),
+            &args,
+        )
+    }
+
+    /// Client address of node `node` (1-based).
+    pub fn address(&self, node: u32) -> String {
+        format!("127.0.0.1:{}", self.client_ports[node as usize - 1])
+    }
+
+    /// Every broker's client address, comma-separated (a bootstrap list).
+    pub fn bootstrap(&self) -> String {
+        (1..=self.client_ports.len() as u32)
+            .map(|n| self.address(n))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Data directory of node `node`.
+    pub fn data_dir(&self, node: u32) -> std::path::PathBuf {
+        self.dirs[node as usize - 1].path().to_owned()
+    }
+
+    pub fn broker(&mut self, node: u32) -> &mut BrokerProcess {
+        self.brokers[node as usize - 1]
+            .as_mut()
+            .expect("broker is running")
+    }
+
+    /// SIGKILL node `node`.
+    pub fn kill(&mut self, node: u32) {
+        if let Some(mut broker) = self.brokers[node as usize - 1].take() {
+            broker.kill9();
+        }
+    }
+
+    /// Restarts node `node` on its ports and data directory.
+    pub fn restart(&mut self, node: u32) {
+        self.kill(node);
+        let broker = self.spawn(node as usize - 1);
+        self.brokers[node as usize - 1] = Some(broker);
+    }
+
+    /// SIGSTOP (`pause = true`) or SIGCONT node `node`.
+    pub fn signal_pause(&mut self, node: u32, pause: bool) {
+        let pid = self.broker(node).pid();
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+        let signal = if pause {
+            rustix::process::Signal::STOP
+        } else {
+            rustix::process::Signal::CONT
+        };
+        rustix::process::kill_process(pid, signal).expect("signal the broker");
+    }
+
+    /// A client bootstrapped with every broker, with retry timings for failover tests.
+    pub async fn client(&self) -> rill_client::Client {
+        let mut config = rill_client::ClientConfig::new(&self.bootstrap());
+        config.retry_timeout = Duration::from_secs(30);
+        config.request_timeout = Duration::from_secs(5);
+        config.retry_backoff_max = Duration::from_millis(200);
+        let client = rill_client::Client::connect(config)
+            .await
+            .expect("connect to the cluster");
+        let running = self.brokers.iter().filter(|b| b.is_some()).count();
+        let admin = rill_client::Admin::new(client.clone());
+        super::eventually_async(
+            Duration::from_secs(30),
+            "every running broker registered and unfenced",
+            || {
+                let admin = admin.clone();
+                async move {
+                    admin.describe_cluster().await.is_ok_and(|brokers| {
+                        brokers.iter().filter(|b| !b.fenced).count() >= running
+                    })
+                }
+            },
+        )
+        .await;
+        client
+    }
+}

