@@ -313,3 +313,349 @@ async fn leader_killed_during_acks_all_production_loses_nothing() {
     let hws = high_watermarks(&client).await;
     assert_replicas_identical(&mut cluster, &hws);
 }
+
+/// Waits until the cluster reports a leader of partition 0 other than `old`; returns it.
+async fn wait_for_new_leader(client: &Client, old: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = client.refresh_metadata().await;
+        if let Ok(Some(l)) = client.partitions(TOPIC).await.map(|p| p[0].leader) {
+            if l != old {
+                return l;
+            }
+        }
+        assert!(Instant::now() < deadline, "no new leader for partition 0");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn dump_logs(cluster: &mut Cluster) {
+    if std::env::var("RILL_TEST_LOGS").is_err() {
+        return;
+    }
+    for node in 1..=3u32 {
+        if let Some(broker) = cluster.brokers[node as usize - 1].as_mut() {
+            for line in broker.drain_log() {
+                eprintln!("node {node}: {line}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_fenced_and_acknowledges_nothing_after_losing_leadership() {
+    let mut cluster = Cluster::start(3, &[]);
+    let client = cluster.client().await;
+    create_replicated_topic(&client).await;
+    let load = start_load(&client);
+    load.wait_for(300, "300 acknowledged records").await;
+
+    let victim = leader_of(&client, 0).await;
+    cluster.signal_pause(victim, true);
+    eprintln!("paused node {victim}, the leader of partition 0");
+    let new_leader = wait_for_new_leader(&client, victim).await;
+    let before = load.count();
+    load.wait_for(
+        before + 300,
+        "300 more acknowledged records on the new leaders",
+    )
+    .await;
+    // The old leader wakes up still believing it leads: whatever it appends now cannot reach
+    // the high watermark (the followers left it), and its divergent tail is truncated when it
+    // follows the new leader.
+    cluster.signal_pause(victim, false);
+    eprintln!("resumed node {victim}; node {new_leader} leads partition 0");
+    let before = load.count();
+    load.wait_for(
+        before + 300,
+        "300 more acknowledged records after the resume",
+    )
+    .await;
+    let acked = load.finish().await;
+    wait_for_isr(&client, 3).await;
+    verify_acknowledged(&client, &acked).await;
+    let hws = high_watermarks(&client).await;
+    dump_logs(&mut cluster);
+    assert_replicas_identical(&mut cluster, &hws);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_follower_catches_up_and_rejoins_the_isr() {
+    let mut cluster = Cluster::start(3, &[]);
+    let client = cluster.client().await;
+    create_replicated_topic(&client).await;
+    let load = start_load(&client);
+    load.wait_for(300, "300 acknowledged records").await;
+
+    let leader = leader_of(&client, 0).await;
+    let follower = (1..=3).find(|n| *n != leader).expect("a follower");
+    cluster.kill(follower);
+    eprintln!("killed node {follower}, a follower of partition 0");
+    wait_for_isr(&client, 2).await;
+    let before = load.count();
+    load.wait_for(
+        before + 500,
+        "500 more acknowledged records with a follower down",
+    )
+    .await;
+    cluster.restart(follower);
+    wait_for_isr(&client, 3).await;
+    let before = load.count();
+    load.wait_for(
+        before + 200,
+        "200 more acknowledged records with the ISR full again",
+    )
+    .await;
+    let acked = load.finish().await;
+    verify_acknowledged(&client, &acked).await;
+    let hws = high_watermarks(&client).await;
+    assert_replicas_identical(&mut cluster, &hws);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_of_three_brokers_down_acks_all_fails_and_committed_data_stays_readable() {
+    let mut cluster = Cluster::start(3, &[]);
+    let client = cluster.client().await;
+    create_replicated_topic(&client).await;
+    let load = start_load(&client);
+    load.wait_for(300, "300 acknowledged records").await;
+    let acked = load.finish().await;
+
+    let survivor = leader_of(&client, 0).await;
+    for node in (1..=3).filter(|n| *n != survivor) {
+        cluster.kill(node);
+    }
+    eprintln!("only node {survivor}, the leader of partition 0, is left");
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            acks: Acks::All,
+            delivery_timeout: Duration::from_secs(4),
+            ..ProducerConfig::default()
+        },
+    );
+    // Until the followers count as lagging (replica_lag_max_ms) a write may wait and time out;
+    // after that it is refused outright.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let delivery = producer
+            .send(Record::new(TOPIC).partition(0).value("after the outage"))
+            .await
+            .expect("queue the record");
+        let error = delivery
+            .await
+            .expect_err("acks=all cannot succeed with one in-sync replica left");
+        if error.to_string().contains("NOT_ENOUGH_REPLICAS") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never refused with NOT_ENOUGH_REPLICAS: {error}"
+        );
+    }
+    // Committed records of partition 0 are still served by the survivor.
+    let partition_zero: BTreeMap<(u32, u64), (String, Instant)> =
+        acked.into_iter().filter(|((p, _), _)| *p == 0).collect();
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+    consumer.assign([(TOPIC.to_string(), 0)]);
+    let mut stored = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !partition_zero.keys().all(|k| stored.contains_key(k)) {
+        assert!(Instant::now() < deadline, "committed records unreadable");
+        for r in consumer
+            .poll(Duration::from_millis(300))
+            .await
+            .unwrap_or_default()
+        {
+            let value = String::from_utf8(r.value.unwrap_or_default().to_vec()).unwrap();
+            stored.insert((r.partition, r.offset), value);
+        }
+    }
+    for (position, (value, _)) in &partition_zero {
+        assert_eq!(stored.get(position), Some(value));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_active_controller_elects_another_and_metadata_changes_continue() {
+    let mut cluster = Cluster::start(3, &[]);
+    let client = cluster.client().await;
+    let admin = Admin::new(client.clone());
+    let controller = admin
+        .describe_cluster()
+        .await
+        .expect("cluster")
+        .into_iter()
+        .find(|b| b.is_controller)
+        .expect("an active controller")
+        .node_id;
+    cluster.kill(controller);
+    eprintln!("killed node {controller}, the active controller");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new_controller = loop {
+        let brokers = admin.describe_cluster().await.unwrap_or_default();
+        if let Some(b) = brokers
+            .iter()
+            .find(|b| b.is_controller && b.node_id != controller)
+        {
+            break b.node_id;
+        }
+        assert!(Instant::now() < deadline, "no new active controller");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("node {new_controller} is the active controller");
+    // Metadata changes continue: a new topic, replicated on the two survivors.
+    let mut topic = NewTopic::new("after-failover", 2);
+    topic.replication_factor = 2;
+    admin
+        .create_topic(topic)
+        .await
+        .expect("create a topic after the controller failover");
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            acks: Acks::All,
+            ..ProducerConfig::default()
+        },
+    );
+    let delivery = producer
+        .send(Record::new("after-failover").partition(1).value("v"))
+        .await
+        .expect("queue");
+    producer.flush().await;
+    assert_eq!(
+        delivery.await.expect("acks=all on the new topic").offset,
+        Some(0)
+    );
+    // The killed voter comes back and follows the new controller.
+    cluster.restart(controller);
+    let admin = Admin::new(cluster.client().await);
+    let brokers = admin.describe_cluster().await.expect("cluster");
+    assert!(brokers.iter().all(|b| !b.fenced && b.voter), "{brokers:?}");
+}
+
+/// Produces `count` records to `topic` with acks=all, values `{tag}-{i}`.
+async fn produce_all(client: &Client, topic: &str, count: usize, tag: &str) {
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            acks: Acks::All,
+            ..ProducerConfig::default()
+        },
+    );
+    let mut deliveries = Vec::new();
+    for i in 0..count {
+        let record = Record::new(topic)
+            .key(format!("k{i}"))
+            .value(format!("{tag}-{i}"));
+        deliveries.push(producer.send(record).await.expect("queue"));
+    }
+    producer.flush().await;
+    for d in deliveries {
+        d.await.expect("acks=all delivery");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_keeps_consuming_through_a_coordinator_failover() {
+    const GROUP: &str = "failover-group";
+    let mut cluster = Cluster::start(3, &[]);
+    let client = cluster.client().await;
+    let admin = Admin::new(client.clone());
+    let mut topic = NewTopic::new("events", 4);
+    topic.replication_factor = 3;
+    topic
+        .configs
+        .insert("min.insync.replicas".into(), "2".into());
+    admin.create_topic(topic).await.expect("create topic");
+    produce_all(&client, "events", 400, "a").await;
+
+    let mut consumer = Consumer::new(
+        client.clone(),
+        ConsumerConfig {
+            fetch_max_wait: Duration::from_millis(100),
+            ..ConsumerConfig::default()
+        },
+    );
+    consumer.subscribe(
+        rill_client::GroupConfig {
+            session_timeout: Duration::from_secs(10),
+            auto_commit_interval: None,
+            ..rill_client::GroupConfig::new(GROUP)
+        },
+        &["events"],
+    );
+    let mut seen: std::collections::BTreeSet<(u32, u64)> = Default::default();
+    let consume_until = |target: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        move |seen: usize| {
+            assert!(Instant::now() < deadline, "group consumption stalled");
+            seen >= target
+        }
+    };
+    let done = consume_until(200);
+    while !done(seen.len()) {
+        for r in consumer
+            .poll(Duration::from_millis(100))
+            .await
+            .unwrap_or_default()
+        {
+            seen.insert((r.partition, r.offset));
+        }
+        let _ = consumer.commit().await;
+    }
+    while consumer.commit().await.is_err() {}
+    let committed = admin.group_offsets(GROUP).await.expect("committed offsets");
+    assert!(!committed.is_empty());
+
+    // The coordinator's broker dies; its offsets partition moves to another replica.
+    let coordinator = admin.find_coordinator(GROUP).await.expect("coordinator");
+    let node = (1..=3u32)
+        .find(|n| cluster.address(*n) == coordinator)
+        .expect("coordinator is a cluster node");
+    cluster.kill(node);
+    eprintln!("killed node {node}, the coordinator of {GROUP}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        if let Ok(offsets) = admin.group_offsets(GROUP).await {
+            if admin
+                .find_coordinator(GROUP)
+                .await
+                .is_ok_and(|c| c != coordinator)
+            {
+                break offsets;
+            }
+        }
+        assert!(Instant::now() < deadline, "no new coordinator");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        after, committed,
+        "committed offsets survive the coordinator's death"
+    );
+
+    // Consumption continues through the failover, new records included.
+    produce_all(&client, "events", 400, "b").await;
+    let done = consume_until(800);
+    while !done(seen.len()) {
+        for r in consumer
+            .poll(Duration::from_millis(100))
+            .await
+            .unwrap_or_default()
+        {
+            seen.insert((r.partition, r.offset));
+        }
+        let _ = consumer.commit().await;
+    }
+    while consumer.commit().await.is_err() {}
+    let ends = admin.describe_topic("events").await.expect("describe");
+    let committed = admin.group_offsets(GROUP).await.expect("committed offsets");
+    for p in ends {
+        assert_eq!(
+            committed.get(&("events".to_string(), p.partition)).copied(),
+            p.latest_offset,
+            "partition {} fully consumed and committed",
+            p.partition
+        );
+    }
+}

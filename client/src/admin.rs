@@ -251,6 +251,11 @@ impl Admin {
         Ok(p.offset)
     }
 
+    /// The `host:port` of the broker coordinating `group_id`.
+    pub async fn find_coordinator(&self, group_id: &str) -> Result<String> {
+        crate::group::find_coordinator(&self.client, group_id).await
+    }
+
     /// The underlying client.
     pub fn client(&self) -> &Client {
         &self.client

@@ -1,5 +1,5 @@
-//! Metadata: brokers, the active controller, and topics with their partitions' leaders,
-//! replicas and ISR. Unknown topics get UNKNOWN_TOPIC_OR_PARTITION, or are created when
+//! Metadata: brokers (and which are fenced), the active controller and the voters, and topics
+//! with their partitions' leaders, epochs, replicas and ISR, as applied on this broker. Unknown topics get UNKNOWN_TOPIC_OR_PARTITION, or are created when
 //! `auto_create_topics` is on.
 
 use std::sync::Arc;
@@ -15,7 +15,9 @@ use crate::controller::TopicInfo;
 use crate::server::BrokerState;
 
 pub(super) async fn handle(state: &Arc<BrokerState>, request: MetadataRequest) -> Pending {
-    if state.controller.leader().is_none() {
+    // Without an active controller (quorum forming, or lost) the last applied metadata is still
+    // served: clients keep reading and writing partitions whose leaders are alive.
+    if state.controller.leader().is_none() && state.controller.metadata().brokers.is_empty() {
         return error_reply(ErrorCode::CLUSTER_NOT_READY);
     }
     if let (Some(names), true) = (&request.topics, state.config.auto_create_topics) {
