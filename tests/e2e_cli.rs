@@ -1,5 +1,7 @@
-//! The `rill` binary against a real broker: topic create/describe/delete, produce from stdin,
-//! consume with --count, offsets as JSON, and clear errors with a non-zero exit code.
+//! The `rill` binary against a real broker: topic create/describe/alter/delete, produce from
+//! stdin, consume with --count, offsets as JSON, and clear errors with a non-zero exit code;
+//! against a three-broker cluster: cluster info (alive/fenced, voters), replicas, ISR and high
+//! watermarks, preferred leader election.
 
 mod common;
 
@@ -240,4 +242,122 @@ fn cli_group_commands() {
     assert!(!no_target.status.success());
     ok(rill(address, &["group", "delete", "readers"], None));
     assert!(!ok(rill(address, &["group", "list"], None)).contains("readers"));
+}
+
+#[test]
+fn cli_shows_the_cluster_replicas_isr_and_moves_leaders_back() {
+    let mut cluster = common::cluster::Cluster::start(3, &["--auto-leader-rebalance", "false"]);
+    let bootstrap = cluster.bootstrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_str(&ok(rill(&bootstrap, args, None))).unwrap()
+    };
+    common::eventually(
+        std::time::Duration::from_secs(30),
+        "3 alive brokers",
+        || {
+            let info = json(&["cluster", "info", "--format", "json"]);
+            info["brokers"]
+                .as_array()
+                .is_some_and(|b| b.len() == 3 && b.iter().all(|b| b["fenced"] == false))
+        },
+    );
+    let info = json(&["cluster", "info", "--format", "json"]);
+    assert_eq!(info["voters"], serde_json::json!([1, 2, 3]));
+    assert!(info["controller"].is_u64());
+    ok(rill(
+        &bootstrap,
+        &[
+            "topic",
+            "create",
+            "rep",
+            "--partitions",
+            "3",
+            "--replicas",
+            "3",
+        ],
+        None,
+    ));
+    ok(rill(
+        &bootstrap,
+        &["produce", "rep", "--acks", "all"],
+        Some("a\nb\nc\n"),
+    ));
+    let describe = |bootstrap: &str| -> serde_json::Value {
+        serde_json::from_str(&ok(rill(
+            bootstrap,
+            &["topic", "describe", "rep", "--format", "json"],
+            None,
+        )))
+        .unwrap()
+    };
+    common::eventually(
+        std::time::Duration::from_secs(30),
+        "full ISR and HW 3",
+        || {
+            let d = describe(&bootstrap);
+            let partitions = d["partitions"].as_array().unwrap().clone();
+            partitions
+                .iter()
+                .all(|p| p["isr"].as_array().unwrap().len() == 3)
+                && partitions
+                    .iter()
+                    .map(|p| p["latest_offset"].as_u64().unwrap_or(0))
+                    .sum::<u64>()
+                    == 3
+        },
+    );
+    let table = ok(rill(&bootstrap, &["topic", "describe", "rep"], None));
+    assert!(
+        table.contains("HIGH WATERMARK") && table.contains("ISR"),
+        "{table}"
+    );
+
+    // Node 1 dies: it shows as fenced and leads nothing.
+    cluster.kill(1);
+    let alive = cluster.address(2);
+    common::eventually(std::time::Duration::from_secs(30), "node 1 fenced", || {
+        let info = json(&["--brokers", &alive, "cluster", "info", "--format", "json"]);
+        info["brokers"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|b| b["node_id"] == 1 && b["fenced"] == true))
+    });
+    let d = describe(&alive);
+    assert!(d["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["leader"] != 1));
+    // It returns and catches up; leadership goes back on demand.
+    cluster.restart(1);
+    common::eventually(
+        std::time::Duration::from_secs(30),
+        "node 1 back in every ISR",
+        || {
+            describe(&alive)["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["isr"].as_array().unwrap().len() == 3)
+        },
+    );
+    let moved = ok(rill(&alive, &["cluster", "rebalance-leaders"], None));
+    assert!(moved.contains("moved"), "{moved}");
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "preferred leaders everywhere",
+        || {
+            describe(&alive)["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["leader"] == p["replicas"][0])
+        },
+    );
+    // Partitions can be added.
+    ok(rill(
+        &alive,
+        &["topic", "alter", "rep", "--partitions", "5"],
+        None,
+    ));
+    assert_eq!(describe(&alive)["partitions"].as_array().unwrap().len(), 5);
 }

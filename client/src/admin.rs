@@ -11,7 +11,7 @@ use rill_protocol::api::{
 };
 use rill_protocol::ErrorCode;
 
-use crate::client::{Client, PartitionInfo, Purpose};
+use crate::client::{Client, Purpose};
 use crate::error::{ClientError, Result};
 
 /// A topic to create.
@@ -54,7 +54,8 @@ pub struct PartitionDescription {
     pub isr: Vec<u32>,
     /// Log start offset.
     pub earliest_offset: Option<u64>,
-    /// Log end offset (the next offset to be written).
+    /// The high watermark: the offset after the last record every in-sync replica has
+    /// (consumers read up to it). `None` while the partition has no leader.
     pub latest_offset: Option<u64>,
 }
 
@@ -163,28 +164,29 @@ impl Admin {
     pub async fn describe_topic(&self, name: &str) -> Result<Vec<PartitionDescription>> {
         self.client.refresh_metadata().await?;
         let partitions = self.client.partitions(name).await?;
-        let earliest: BTreeMap<u32, Option<u64>> = self
-            .list_offsets(name, OffsetSpec::Earliest)
-            .await?
-            .into_iter()
-            .collect();
-        let latest: BTreeMap<u32, Option<u64>> = self
-            .list_offsets(name, OffsetSpec::Latest)
-            .await?
-            .into_iter()
-            .collect();
-        Ok(partitions
-            .into_iter()
-            .map(|p: PartitionInfo| PartitionDescription {
+        let mut described = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            // One attempt each: an offline partition shows no offsets instead of failing all.
+            let offset = |spec| async move {
+                p.leader?; // offline: no leader to ask
+                self.partition_offset(name, p.partition, spec)
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            let earliest_offset = offset(OffsetSpec::Earliest).await;
+            let latest_offset = offset(OffsetSpec::Latest).await;
+            described.push(PartitionDescription {
                 partition: p.partition,
                 leader: p.leader,
                 leader_epoch: p.leader_epoch,
                 replicas: p.replicas,
                 isr: p.isr,
-                earliest_offset: earliest.get(&p.partition).copied().flatten(),
-                latest_offset: latest.get(&p.partition).copied().flatten(),
-            })
-            .collect())
+                earliest_offset,
+                latest_offset,
+            });
+        }
+        Ok(described)
     }
 
     /// The offset `spec` names in every partition of `topic` (`None`: no record at or after a timestamp).

@@ -259,7 +259,16 @@ impl Controller {
             )
             .await
         {
-            Some(RaftResponse::Propose(Ok(result))) => Ok(result),
+            Some(RaftResponse::Propose(Ok((result, index)))) => {
+                // Read-your-writes: the caller sees the change in this broker's metadata.
+                if let Some(raft) = &self.inner.raft {
+                    let _ = raft
+                        .wait(Some(Duration::from_secs(5)))
+                        .applied_index_at_least(Some(index), "forwarded proposal applied")
+                        .await;
+                }
+                Ok(result)
+            }
             Some(RaftResponse::Propose(Err(ForwardError::NotLeader(leader)))) => {
                 Err(Error::NotController { leader })
             }
@@ -269,14 +278,14 @@ impl Controller {
     }
 
     /// Proposes on this voter's Raft node, which must be the leader (controller port handler).
-    async fn propose_local(&self, command: Command) -> Result<CommandResult, ForwardError> {
+    async fn propose_local(&self, command: Command) -> Result<(CommandResult, u64), ForwardError> {
         let raft = self
             .inner
             .raft
             .as_ref()
             .ok_or(ForwardError::NotLeader(None))?;
         match raft.client_write(command).await {
-            Ok(response) => Ok(response.data),
+            Ok(response) => Ok((response.data, response.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(ForwardError::NotLeader(forward.leader_id))
             }

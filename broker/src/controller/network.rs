@@ -53,7 +53,8 @@ pub(crate) enum RaftResponse {
     InstallSnapshot(
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
-    Propose(Result<CommandResult, ForwardError>),
+    /// The outcome and the index of the log entry that carried it.
+    Propose(Result<(CommandResult, u64), ForwardError>),
     Heartbeat(Result<(), ForwardError>),
     Metadata {
         leader: Option<NodeId>,

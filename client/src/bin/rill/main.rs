@@ -84,10 +84,17 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
-    /// Brokers and the active controller.
+    /// Brokers (alive or fenced), the metadata quorum's voters and the active controller.
     Info {
         #[command(flatten)]
         out: Output,
+    },
+    /// Preferred leader election: move each partition's leadership back to its first replica
+    /// where that replica is alive and in sync.
+    RebalanceLeaders {
+        /// Only these topics (repeatable); default: every topic.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
     },
 }
 
@@ -114,6 +121,14 @@ enum TopicCommand {
         name: String,
         #[command(flatten)]
         out: Output,
+    },
+    /// Change a topic: add partitions (existing ones keep their data; keys may map to other
+    /// partitions afterwards).
+    Alter {
+        name: String,
+        /// The new, larger partition count.
+        #[arg(long)]
+        partitions: u32,
     },
     /// Delete a topic and its data.
     Delete { name: String },
@@ -153,30 +168,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = connect(&cli.brokers).await?;
             let brokers = Admin::new(client.clone()).describe_cluster().await?;
             let metadata = client.metadata();
+            let quorum = if metadata.controller.is_some() {
+                "leader elected"
+            } else {
+                "no active controller (quorum forming or lost)"
+            };
             if out.format == Format::Json {
-                let value = serde_json::json!({ "cluster_id": metadata.cluster_id, "controller": metadata.controller, "brokers": brokers });
+                let value = serde_json::json!({ "cluster_id": metadata.cluster_id, "controller": metadata.controller, "voters": metadata.voters, "quorum": quorum, "brokers": brokers });
                 println!("{}", serde_json::to_string_pretty(&value)?);
                 return Ok(());
             }
             println!(
-                "cluster {}, active controller: {}",
+                "cluster {}, active controller: {}, voters: {} ({quorum})",
                 metadata.cluster_id,
-                metadata.controller.map_or("none".into(), |c| c.to_string())
+                metadata.controller.map_or("none".into(), |c| c.to_string()),
+                ids(&metadata.voters),
             );
             let mut table = Table::new();
-            table.set_header(["NODE", "ADDRESS", "CONTROLLER"]);
+            table.set_header(["NODE", "ADDRESS", "STATUS", "VOTER", "CONTROLLER"]);
+            let mark = |yes: bool| if yes { "*".to_string() } else { String::new() };
             for b in brokers {
                 table.add_row([
                     b.node_id.to_string(),
                     b.address,
-                    if b.is_controller {
-                        "*".into()
-                    } else {
-                        String::new()
-                    },
+                    if b.fenced { "fenced" } else { "alive" }.to_string(),
+                    mark(b.voter),
+                    mark(b.is_controller),
                 ]);
             }
             println!("{table}");
+        }
+        Command::Cluster {
+            command: ClusterCommand::RebalanceLeaders { topics },
+        } => {
+            let admin = Admin::new(connect(&cli.brokers).await?);
+            let topics = (!topics.is_empty()).then_some(topics);
+            let (elected, not_preferred) = admin.elect_preferred_leaders(topics).await?;
+            println!(
+                "{elected} partition(s) moved to their preferred leader; {not_preferred} still led elsewhere (preferred replica down or out of sync)"
+            );
         }
         Command::Topic { command } => topic(&cli.brokers, command).await?,
         Command::Produce(args) => produce::run(&cli.brokers, args).await?,
@@ -261,7 +291,7 @@ async fn topic(brokers: &str, command: TopicCommand) -> anyhow::Result<()> {
                 "REPLICAS",
                 "ISR",
                 "EARLIEST",
-                "LATEST",
+                "HIGH WATERMARK",
             ]);
             for p in partitions {
                 table.add_row([
@@ -275,6 +305,10 @@ async fn topic(brokers: &str, command: TopicCommand) -> anyhow::Result<()> {
                 ]);
             }
             println!("topic {name}\n{table}");
+        }
+        TopicCommand::Alter { name, partitions } => {
+            admin.create_partitions(&name, partitions).await?;
+            eprintln!("topic {name} now has {partitions} partitions");
         }
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await?;
