@@ -659,3 +659,92 @@ async fn a_consumer_group_keeps_consuming_through_a_coordinator_failover() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_broker_hosts_and_leads_replicas_without_voting() {
+    let cluster = Cluster::start_with_observers(3, 1, &[]);
+    let client = cluster.client().await;
+    let admin = Admin::new(client.clone());
+    let brokers = admin.describe_cluster().await.expect("cluster");
+    assert_eq!(brokers.len(), 4);
+    let observer = brokers.iter().find(|b| b.node_id == 4).expect("node 4");
+    assert!(!observer.voter && !observer.fenced, "{observer:?}");
+    let mut topic = NewTopic::new("spread", 4);
+    topic.replication_factor = 2;
+    admin.create_topic(topic).await.expect("create topic");
+    let partitions = admin.describe_topic("spread").await.expect("describe");
+    assert!(
+        partitions.iter().any(|p| p.leader == Some(4)),
+        "the observer leads some partitions: {partitions:?}"
+    );
+    produce_all(&client, "spread", 200, "o").await;
+    common::eventually_async(Duration::from_secs(30), "every record committed", || {
+        let admin = admin.clone();
+        async move {
+            admin
+                .describe_topic("spread")
+                .await
+                .is_ok_and(|p| p.iter().map(|p| p.latest_offset.unwrap_or(0)).sum::<u64>() == 200)
+        }
+    })
+    .await;
+}
+
+/// Measurement, not a check: failover time (leader SIGKILLed -> first acks=all acknowledgement
+/// of a record on the new leader) over ten kills. Run with
+/// `cargo test --release -p rill --test e2e_replication failover_time -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run explicitly"]
+async fn failover_time_over_ten_leader_kills() {
+    let mut cluster = Cluster::start(3, &[]);
+    let client = cluster.client().await;
+    create_replicated_topic(&client).await;
+    let load = start_load(&client);
+    load.wait_for(200, "200 acknowledged records").await;
+    let mut times = Vec::new();
+    for round in 0..10 {
+        let victim = leader_of(&client, 0).await;
+        let killed_at = Instant::now();
+        cluster.kill(victim);
+        let acked = load.acked.clone();
+        common::eventually_async(
+            Duration::from_secs(60),
+            "an acknowledgement after the kill",
+            || {
+                let acked = acked.clone();
+                async move {
+                    acked
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .any(|((p, _), (_, at))| *p == 0 && *at > killed_at)
+                }
+            },
+        )
+        .await;
+        let first = acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((p, _), (_, at))| *p == 0 && *at > killed_at)
+            .map(|(_, (_, at))| *at)
+            .min()
+            .expect("an acknowledgement after the kill");
+        let took = first - killed_at;
+        eprintln!("round {round}: killed node {victim}, failover {took:?}");
+        times.push(took);
+        cluster.restart(victim);
+        wait_for_isr(&client, 3).await;
+    }
+    let acked = load.finish().await;
+    verify_acknowledged(&client, &acked).await;
+    times.sort();
+    eprintln!(
+        "failover over {} kills: median {:?}, max {:?} (heartbeat {} ms, session timeout {} ms)",
+        times.len(),
+        times[times.len() / 2],
+        times[times.len() - 1],
+        common::cluster::HEARTBEAT_MS,
+        common::cluster::SESSION_TIMEOUT_MS
+    );
+}

@@ -173,7 +173,8 @@ impl Client {
                     .request(body.clone(), self.inner.config.request_timeout)
                     .await
                 {
-                    Err(e @ ClientError::Connection { .. }) => last_error = Some(e),
+                    // Unreachable, starting up or shutting down: ask the next broker.
+                    Err(e) if e.is_retriable() => last_error = Some(e),
                     other => return other,
                 },
                 Err(e) => last_error = Some(e),

@@ -39,9 +39,16 @@ fn free_port() -> u16 {
 impl Cluster {
     /// Starts `n` brokers (node ids 1..=n), all voters, with `extra` flags each.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with_observers(n, 0, extra)
+    }
+
+    /// Starts `voters` voter brokers (node ids 1..=voters) and `observers` more brokers that
+    /// are not in the quorum (they follow the voters' metadata).
+    pub fn start_with_observers(voters: usize, observers: usize, extra: &[&str]) -> Cluster {
+        let n = voters + observers;
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let voters = (0..n)
+        let voters = (0..voters)
             .map(|i| format!("{}@127.0.0.1:{}", i + 1, free_port()))
             .collect::<Vec<_>>()
             .join(",");

@@ -50,6 +50,16 @@ pub enum Command {
         name: String,
         assignments: Vec<Vec<NodeId>>,
     },
+    /// A broker process announces itself: `incarnation` is new on every start. A new
+    /// incarnation of a broker the metadata still counts as alive restarted without being
+    /// fenced: it is fenced first (its leaderships move, it leaves the ISRs), because its
+    /// in-memory replication state is gone and its log may have lost unflushed records.
+    Register {
+        node_id: NodeId,
+        host: String,
+        port: u16,
+        incarnation: u64,
+    },
 }
 
 /// Outcome of applying a [`Command`].
@@ -76,6 +86,8 @@ pub struct BrokerInfo {
     pub port: u16,
     /// Missed its heartbeats: leads nothing until it registers again.
     pub fenced: bool,
+    /// Identifies the broker process that registered last (new on every start).
+    pub incarnation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,19 +143,13 @@ impl MetadataState {
                 node_id,
                 host,
                 port,
-            } => {
-                self.brokers.insert(
-                    *node_id,
-                    BrokerInfo {
-                        node_id: *node_id,
-                        host: host.clone(),
-                        port: *port,
-                        fenced: false,
-                    },
-                );
-                self.elect_leaderless();
-                CommandResult::Ok
-            }
+            } => self.register(*node_id, host, *port, 0),
+            Command::Register {
+                node_id,
+                host,
+                port,
+                incarnation,
+            } => self.register(*node_id, host, *port, *incarnation),
             Command::CreateTopic {
                 name,
                 assignments,
@@ -172,31 +178,7 @@ impl MetadataState {
                 Some(_) => CommandResult::Ok,
                 None => CommandResult::UnknownTopic,
             },
-            Command::FenceBroker { node_id } => {
-                let Some(broker) = self.brokers.get_mut(node_id) else {
-                    return CommandResult::Invalid(format!("broker {node_id} is not registered"));
-                };
-                broker.fenced = true;
-                let alive = self.alive();
-                for topic in self.topics.values_mut() {
-                    let unclean = topic.unclean_election();
-                    for (index, p) in topic.partitions.iter_mut().enumerate() {
-                        if !p.replicas.contains(node_id) {
-                            continue;
-                        }
-                        if p.isr.len() > 1 && p.isr.contains(node_id) {
-                            p.isr.retain(|r| r != node_id);
-                            p.partition_epoch += 1;
-                        }
-                        if p.leader == Some(*node_id) {
-                            let chosen = choose_leader(p, &alive, unclean);
-                            log_election(&topic.name, index, p, chosen);
-                            apply_election(p, chosen);
-                        }
-                    }
-                }
-                CommandResult::Ok
-            }
+            Command::FenceBroker { node_id } => self.fence(*node_id),
             Command::AlterPartition {
                 topic,
                 partition,
@@ -277,6 +259,67 @@ impl MetadataState {
                 CommandResult::Ok
             }
         }
+    }
+
+    /// Marks `node_id` fenced: it leaves every ISR where it is not the last member, and the
+    /// partitions it led get a leader from the rest of their ISR (or none).
+    fn fence(&mut self, node_id: NodeId) -> CommandResult {
+        let node_id = &node_id;
+        let Some(broker) = self.brokers.get_mut(node_id) else {
+            return CommandResult::Invalid(format!("broker {node_id} is not registered"));
+        };
+        broker.fenced = true;
+        let alive = self.alive();
+        for topic in self.topics.values_mut() {
+            let unclean = topic.unclean_election();
+            for (index, p) in topic.partitions.iter_mut().enumerate() {
+                if !p.replicas.contains(node_id) {
+                    continue;
+                }
+                if p.isr.len() > 1 && p.isr.contains(node_id) {
+                    p.isr.retain(|r| r != node_id);
+                    p.partition_epoch += 1;
+                }
+                if p.leader == Some(*node_id) {
+                    let chosen = choose_leader(p, &alive, unclean);
+                    log_election(&topic.name, index, p, chosen);
+                    apply_election(p, chosen);
+                }
+            }
+        }
+        CommandResult::Ok
+    }
+
+    fn register(
+        &mut self,
+        node_id: NodeId,
+        host: &str,
+        port: u16,
+        incarnation: u64,
+    ) -> CommandResult {
+        let restarted = self
+            .brokers
+            .get(&node_id)
+            .is_some_and(|b| !b.fenced && b.incarnation != incarnation);
+        if restarted {
+            tracing::warn!(
+                node_id,
+                "broker restarted without being fenced: fencing its previous incarnation first"
+            );
+            self.fence(node_id);
+        }
+        self.brokers.insert(
+            node_id,
+            BrokerInfo {
+                node_id,
+                host: host.to_string(),
+                port,
+                fenced: false,
+                incarnation,
+            },
+        );
+        self.elect_leaderless();
+        CommandResult::Ok
     }
 
     /// Whether some partition is led by other than its preferred replica while the preferred

@@ -295,16 +295,18 @@ impl Controller {
 
     /// Tells the active controller this broker is alive and where clients reach it. The first
     /// heartbeat registers the broker; one after fencing unfences it.
-    pub async fn heartbeat(&self, host: &str, port: u16) -> Result<()> {
+    pub async fn heartbeat(&self, host: &str, port: u16, incarnation: u64) -> Result<()> {
         let leader = self.leader().ok_or(Error::ClusterNotReady)?;
         let node_id = self.inner.node_id;
         let outcome = if leader == node_id && self.inner.raft.is_some() {
-            self.on_heartbeat(node_id, host.to_string(), port).await
+            self.on_heartbeat(node_id, host.to_string(), port, incarnation)
+                .await
         } else {
             let request = RaftRequest::Heartbeat {
                 node_id,
                 host: host.to_string(),
                 port,
+                incarnation,
             };
             let timeout = self.inner.options.heartbeat_interval * 2;
             match self.call(leader, request, timeout).await {
@@ -320,12 +322,13 @@ impl Controller {
     }
 
     /// Active controller: records a broker's heartbeat; (re-)registers it if it is unknown,
-    /// fenced, or moved.
+    /// fenced, moved, or a new process (incarnation).
     async fn on_heartbeat(
         &self,
         node_id: NodeId,
         host: String,
         port: u16,
+        incarnation: u64,
     ) -> Result<(), ForwardError> {
         let leader = self.leader();
         if leader != Some(self.inner.node_id) {
@@ -334,13 +337,14 @@ impl Controller {
         lock(&self.inner.last_heartbeat).insert(node_id, Instant::now());
         let stale = match self.metadata().brokers.get(&node_id) {
             None => true,
-            Some(b) => b.fenced || b.host != host || b.port != port,
+            Some(b) => b.fenced || b.host != host || b.port != port || b.incarnation != incarnation,
         };
         if stale {
-            self.propose_local(Command::RegisterBroker {
+            self.propose_local(Command::Register {
                 node_id,
                 host: host.clone(),
                 port,
+                incarnation,
             })
             .await?;
             tracing::info!(node_id, %host, port, "broker registered (alive, unfenced)");

@@ -40,6 +40,7 @@ pub(crate) enum RaftRequest {
         node_id: NodeId,
         host: String,
         port: u16,
+        incarnation: u64,
     },
     /// An observer asks for the applied metadata.
     GetMetadata,
@@ -142,9 +143,12 @@ pub(crate) async fn serve(
                         node_id,
                         host,
                         port,
-                    } => {
-                        RaftResponse::Heartbeat(controller.on_heartbeat(node_id, host, port).await)
-                    }
+                        incarnation,
+                    } => RaftResponse::Heartbeat(
+                        controller
+                            .on_heartbeat(node_id, host, port, incarnation)
+                            .await,
+                    ),
                     RaftRequest::GetMetadata => RaftResponse::Metadata {
                         leader: controller.leader(),
                         state: (*controller.metadata()).clone(),

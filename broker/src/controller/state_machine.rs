@@ -95,6 +95,7 @@ mod v1 {
                             host: b.host,
                             port: b.port,
                             fenced: false,
+                            incarnation: 0,
                         };
                         (id, info)
                     })
@@ -123,6 +124,50 @@ mod v1 {
                     })
                     .collect(),
             }
+        }
+    }
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn format_1_snapshots_load_with_no_broker_fenced() {
+            let old = MetadataState {
+                brokers: BTreeMap::from([(
+                    1,
+                    BrokerInfo {
+                        node_id: 1,
+                        host: "h".into(),
+                        port: 9,
+                    },
+                )]),
+                topics: BTreeMap::from([(
+                    "t".to_string(),
+                    TopicInfo {
+                        name: "t".into(),
+                        partitions: vec![PartitionInfo {
+                            replicas: vec![1],
+                            leader: Some(1),
+                            leader_epoch: 3,
+                            isr: vec![1],
+                        }],
+                        configs: BTreeMap::new(),
+                    },
+                )]),
+            };
+            let stored = super::super::StoredSnapshot::V1 {
+                meta: Default::default(),
+                state: old,
+            };
+            let bytes = postcard::to_allocvec(&stored).unwrap();
+            let decoded: super::super::StoredSnapshot = postcard::from_bytes(&bytes).unwrap();
+            let (_, state) = decoded.into_parts();
+            assert!(!state.brokers[&1].fenced);
+            let p = &state.topics["t"].partitions[0];
+            assert_eq!(
+                (p.leader, p.leader_epoch, p.partition_epoch),
+                (Some(1), 3, 0)
+            );
         }
     }
 }

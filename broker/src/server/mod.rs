@@ -39,6 +39,11 @@ pub struct BrokerState {
     pub advertised: (String, u16),
     pub logs: Arc<LogManager>,
     pub controller: Controller,
+    /// Identifies this broker process (new on every start): the controller fences an earlier
+    /// incarnation that never was, and this one acts only once registered under it.
+    pub incarnation: u64,
+    /// Set once this broker has registered under its incarnation (its metadata caught up).
+    pub ready: std::sync::atomic::AtomicBool,
     /// Roles, ISR and high watermarks of the local partition replicas.
     pub replicas: Arc<ReplicaManager>,
     /// Consumer groups coordinated here.
@@ -84,6 +89,14 @@ impl BrokerState {
             }
         }
         Ok(local)
+    }
+
+    /// Whether `metadata` shows this broker process registered and unfenced.
+    pub fn is_registered(&self, metadata: &MetadataState) -> bool {
+        metadata
+            .brokers
+            .get(&self.node_id)
+            .is_some_and(|b| b.incarnation == self.incarnation && !b.fenced)
     }
 
     /// [`BrokerState::reconcile_blocking`] on a blocking thread, against the current metadata.
@@ -173,7 +186,14 @@ impl Broker {
             controller.clone(),
             shutdown.clone(),
         );
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 32)
+            | 1;
         let state = Arc::new(BrokerState {
+            incarnation,
+            ready: std::sync::atomic::AtomicBool::new(false),
             node_id: config.node_id,
             advertised,
             logs,
@@ -277,7 +297,11 @@ async fn heartbeat_loop(state: Arc<BrokerState>) {
     let mut failing_since: Option<std::time::Instant> = None;
     loop {
         let (host, port) = state.advertised.clone();
-        match state.controller.heartbeat(&host, port).await {
+        match state
+            .controller
+            .heartbeat(&host, port, state.incarnation)
+            .await
+        {
             Ok(()) => {
                 if let Some(since) = failing_since.take() {
                     tracing::info!(after = ?since.elapsed(), "heartbeats reach the active controller again");
@@ -313,16 +337,14 @@ async fn replica_tick(state: Arc<BrokerState>) {
     }
 }
 
-/// Waits until this broker is registered in the metadata, then keeps local logs and replica
-/// roles in step with the metadata until shutdown.
+/// Waits until the metadata this broker follows shows it registered under its incarnation and
+/// unfenced (so it has caught up with the metadata log: it never acts on leaderships it held
+/// before a restart), then keeps local logs and replica roles in step with the metadata until
+/// shutdown.
 async fn register_and_reconcile(state: Arc<BrokerState>) {
     let mut metadata = state.controller.subscribe();
     loop {
-        if metadata
-            .borrow_and_update()
-            .brokers
-            .contains_key(&state.node_id)
-        {
+        if state.is_registered(&metadata.borrow_and_update()) {
             break;
         }
         tokio::select! {
@@ -334,6 +356,9 @@ async fn register_and_reconcile(state: Arc<BrokerState>) {
         }
     }
     tracing::info!(node_id = state.node_id, "registered with the controller");
+    state
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
     let mut previous = metadata.borrow_and_update().clone();
     let mut deleted = BTreeSet::new();
     loop {

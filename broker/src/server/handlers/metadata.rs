@@ -15,9 +15,11 @@ use crate::controller::TopicInfo;
 use crate::server::BrokerState;
 
 pub(super) async fn handle(state: &Arc<BrokerState>, request: MetadataRequest) -> Pending {
-    // Without an active controller (quorum forming, or lost) the last applied metadata is still
-    // served: clients keep reading and writing partitions whose leaders are alive.
-    if state.controller.leader().is_none() && state.controller.metadata().brokers.is_empty() {
+    // Until this broker has caught up and registered, its metadata may be stale (a restarted
+    // broker replays its own old log first): clients ask another broker. Afterwards, even
+    // without an active controller (quorum lost) the last applied metadata is served, so
+    // clients keep using partitions whose leaders are alive.
+    if !state.ready.load(std::sync::atomic::Ordering::Acquire) {
         return error_reply(ErrorCode::CLUSTER_NOT_READY);
     }
     if let (Some(names), true) = (&request.topics, state.config.auto_create_topics) {
