@@ -748,3 +748,29 @@ async fn failover_time_over_ten_leader_kills() {
         common::cluster::SESSION_TIMEOUT_MS
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_start_in_any_order_and_clients_get_a_retriable_error_meanwhile() {
+    let mut cluster = Cluster::prepare(3, 0, &[]);
+    cluster.start_node(3);
+    cluster.start_node(2);
+    // The quorum cannot form yet (a pristine quorum is initialized by its lowest voter id).
+    let mut config = rill_client::ClientConfig::new(&cluster.address(3));
+    config.retry_timeout = Duration::from_millis(500);
+    config.request_timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    let error = match Client::connect(config).await {
+        Ok(_) => panic!("no cluster yet, but the client connected"),
+        Err(e) => e,
+    };
+    assert!(error.is_retriable(), "{error}");
+    assert!(error.to_string().contains("CLUSTER_NOT_READY"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5), "no hang");
+    cluster.start_node(1);
+    let client = cluster.client().await;
+    let brokers = Admin::new(client)
+        .describe_cluster()
+        .await
+        .expect("cluster");
+    assert_eq!(brokers.len(), 3);
+}

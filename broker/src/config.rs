@@ -88,7 +88,7 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9292)),
             advertised_address: None,
             data_dir: PathBuf::from("./rill-data"),
-            log_level: "info,openraft=warn".into(),
+            log_level: "info,openraft=off".into(),
             flush: "interval:1000".into(),
             segment_bytes: 1 << 30,
             segment_ms: 7 * 24 * 3600 * 1000,
@@ -142,7 +142,7 @@ pub struct Flags {
     /// Data directory [default: ./rill-data].
     #[arg(long, env = "RILL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Log filter, e.g. info or rill_broker=debug [default: info,openraft=warn].
+    /// Log filter, e.g. info or rill_broker=debug; openraft=warn shows Raft internals [default: info,openraft=off].
     #[arg(long)]
     pub log_level: Option<String>,
     /// Flush policy: always | interval:<ms> | os [default: interval:1000].

@@ -45,6 +45,15 @@ impl Cluster {
     /// Starts `voters` voter brokers (node ids 1..=voters) and `observers` more brokers that
     /// are not in the quorum (they follow the voters' metadata).
     pub fn start_with_observers(voters: usize, observers: usize, extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster::prepare(voters, observers, extra);
+        for node in 1..=cluster.client_ports.len() as u32 {
+            cluster.start_node(node);
+        }
+        cluster
+    }
+
+    /// A cluster whose brokers are not started yet: see [`Cluster::start_node`].
+    pub fn prepare(voters: usize, observers: usize, extra: &[&str]) -> Cluster {
         let n = voters + observers;
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -62,11 +71,18 @@ impl Cluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             _turn: turn,
         };
-        for i in 0..n {
-            let broker = cluster.spawn(i);
-            cluster.brokers.push(Some(broker));
-        }
+        cluster.brokers = (0..n).map(|_| None).collect();
         cluster
+    }
+
+    /// Starts node `node` (1-based), which must not be running.
+    pub fn start_node(&mut self, node: u32) {
+        assert!(
+            self.brokers[node as usize - 1].is_none(),
+            "node {node} runs"
+        );
+        let broker = self.spawn(node as usize - 1);
+        self.brokers[node as usize - 1] = Some(broker);
     }
 
     fn spawn(&self, i: usize) -> BrokerProcess {

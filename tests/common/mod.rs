@@ -172,7 +172,7 @@ impl BrokerProcess {
                 "--listen",
                 listen,
                 "--log-level",
-                "info,openraft=warn",
+                "info,openraft=off",
             ])
             .args(extra_args)
             .stderr(std::process::Stdio::piped())

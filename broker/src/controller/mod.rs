@@ -71,6 +71,10 @@ struct Inner {
     metadata: watch::Receiver<Arc<MetadataState>>,
     /// Observers: the active controller as last reported by a voter.
     observed_leader: Mutex<Option<NodeId>>,
+    /// Observers: the log index of the metadata last received.
+    observed_applied: watch::Sender<u64>,
+    /// Observers: poll the voters now (after forwarding a proposal).
+    poll_now: tokio::sync::Notify,
     /// Connections to the voters' controller ports, for forwarded requests.
     peers: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<PeerClient>>>>,
     /// Active controller only: when each broker last heartbeated.
@@ -170,6 +174,8 @@ impl Controller {
                 voters,
                 metadata,
                 observed_leader: Mutex::new(None),
+                observed_applied: watch::channel(0).0,
+                poll_now: tokio::sync::Notify::new(),
                 peers: Mutex::default(),
                 last_heartbeat: Mutex::default(),
                 options,
@@ -261,11 +267,22 @@ impl Controller {
         {
             Some(RaftResponse::Propose(Ok((result, index)))) => {
                 // Read-your-writes: the caller sees the change in this broker's metadata.
-                if let Some(raft) = &self.inner.raft {
-                    let _ = raft
-                        .wait(Some(Duration::from_secs(5)))
-                        .applied_index_at_least(Some(index), "forwarded proposal applied")
+                match &self.inner.raft {
+                    Some(raft) => {
+                        let _ = raft
+                            .wait(Some(Duration::from_secs(5)))
+                            .applied_index_at_least(Some(index), "forwarded proposal applied")
+                            .await;
+                    }
+                    None => {
+                        let mut applied = self.inner.observed_applied.subscribe();
+                        self.inner.poll_now.notify_one();
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            applied.wait_for(|applied| *applied >= index),
+                        )
                         .await;
+                    }
                 }
                 Ok(result)
             }
@@ -360,10 +377,22 @@ impl Controller {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leader_since: Option<Instant> = None;
         let mut last_rebalance = Instant::now();
+        let mut known_leader = None;
         loop {
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            let leader = self.leader();
+            if leader != known_leader {
+                match leader {
+                    Some(id) if id == self.inner.node_id => {
+                        tracing::info!("this broker is now the active controller")
+                    }
+                    Some(id) => tracing::info!(controller = id, "active controller changed"),
+                    None => tracing::warn!("no active controller: the metadata quorum is electing one (or lost its majority)"),
+                }
+                known_leader = leader;
             }
             if self.leader() != Some(self.inner.node_id) {
                 leader_since = None;
@@ -416,17 +445,30 @@ impl Controller {
                 .call(target, RaftRequest::GetMetadata, Duration::from_secs(2))
                 .await;
             match response {
-                Some(RaftResponse::Metadata { leader, state }) => {
+                Some(RaftResponse::Metadata {
+                    leader,
+                    state,
+                    applied,
+                }) => {
                     *lock(&self.inner.observed_leader) = leader;
                     if leader.is_none() {
                         next += 1;
                     }
+                    // Never go back in time (a lagging voter may answer).
+                    let fresh = applied >= *self.inner.observed_applied.borrow();
                     publisher.send_if_modified(|current| {
-                        let changed = **current != state;
+                        let changed = fresh && **current != state;
                         if changed {
                             *current = Arc::new(state);
                         }
                         changed
+                    });
+                    self.inner.observed_applied.send_if_modified(|current| {
+                        let newer = applied > *current;
+                        if newer {
+                            *current = applied;
+                        }
+                        newer
                     });
                 }
                 _ => {
@@ -436,6 +478,7 @@ impl Controller {
             }
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
+                _ = self.inner.poll_now.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }

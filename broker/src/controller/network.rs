@@ -60,6 +60,8 @@ pub(crate) enum RaftResponse {
     Metadata {
         leader: Option<NodeId>,
         state: MetadataState,
+        /// Index of the last log entry applied to `state`.
+        applied: u64,
     },
 }
 
@@ -152,6 +154,7 @@ pub(crate) async fn serve(
                     RaftRequest::GetMetadata => RaftResponse::Metadata {
                         leader: controller.leader(),
                         state: (*controller.metadata()).clone(),
+                        applied: raft.metrics().borrow().last_applied.map_or(0, |l| l.index),
                     },
                 };
                 if write_frame(&mut stream, &response).await.is_err() {

@@ -37,6 +37,9 @@ pub struct Common {
     /// Partitions of the topic if the bench creates it.
     #[arg(long, default_value_t = 1)]
     partitions: u32,
+    /// Replication factor of the topic if the bench creates it.
+    #[arg(long, default_value_t = 1)]
+    replicas: u16,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
 }
@@ -101,7 +104,10 @@ pub async fn run(brokers: &str, command: Command) -> anyhow::Result<()> {
 
 async fn ensure_topic(client: &Client, common: &Common) -> anyhow::Result<()> {
     match Admin::new(client.clone())
-        .create_topic(NewTopic::new(&common.topic, common.partitions))
+        .create_topic(NewTopic {
+            replication_factor: common.replicas,
+            ..NewTopic::new(&common.topic, common.partitions)
+        })
         .await
     {
         Ok(()) => Ok(()),
