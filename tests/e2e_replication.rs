@@ -774,3 +774,32 @@ async fn brokers_start_in_any_order_and_clients_get_a_retriable_error_meanwhile(
         .expect("cluster");
     assert_eq!(brokers.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_returns_to_the_preferred_replica_automatically() {
+    let mut cluster = Cluster::start(3, &["--leader-rebalance-interval-ms", "500"]);
+    let client = cluster.client().await;
+    create_replicated_topic(&client).await;
+    let preferred = client.partitions(TOPIC).await.expect("partitions")[0].replicas[0];
+    assert_eq!(leader_of(&client, 0).await, preferred);
+    cluster.kill(preferred);
+    let interim = wait_for_new_leader(&client, preferred).await;
+    eprintln!("node {interim} leads partition 0 while node {preferred} is down");
+    cluster.restart(preferred);
+    wait_for_isr(&client, 3).await;
+    common::eventually_async(
+        Duration::from_secs(30),
+        "the preferred replica leads again",
+        || {
+            let client = client.clone();
+            async move {
+                let _ = client.refresh_metadata().await;
+                client
+                    .partitions(TOPIC)
+                    .await
+                    .is_ok_and(|p| p[0].leader == Some(preferred))
+            }
+        },
+    )
+    .await;
+}
