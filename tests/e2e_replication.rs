@@ -556,6 +556,29 @@ async fn produce_all(client: &Client, topic: &str, count: usize, tag: &str) {
     }
 }
 
+/// Polls as a group member, committing after every poll (failures during a failover are
+/// retried by the next commit), until `seen` holds `target` records; then commits once more.
+async fn consume_and_commit(
+    consumer: &mut Consumer,
+    seen: &mut std::collections::BTreeSet<(u32, u64)>,
+    target: usize,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < target {
+        assert!(Instant::now() < deadline, "group consumption stalled");
+        let records = consumer
+            .poll(Duration::from_millis(100))
+            .await
+            .unwrap_or_default();
+        seen.extend(records.iter().map(|r| (r.partition, r.offset)));
+        let _ = consumer.commit().await;
+    }
+    while let Err(e) = consumer.commit().await {
+        assert!(Instant::now() < deadline, "commit keeps failing: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_group_keeps_consuming_through_a_coordinator_failover() {
     const GROUP: &str = "failover-group";
@@ -586,25 +609,7 @@ async fn a_consumer_group_keeps_consuming_through_a_coordinator_failover() {
         &["events"],
     );
     let mut seen: std::collections::BTreeSet<(u32, u64)> = Default::default();
-    let consume_until = |target: usize| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        move |seen: usize| {
-            assert!(Instant::now() < deadline, "group consumption stalled");
-            seen >= target
-        }
-    };
-    let done = consume_until(200);
-    while !done(seen.len()) {
-        for r in consumer
-            .poll(Duration::from_millis(100))
-            .await
-            .unwrap_or_default()
-        {
-            seen.insert((r.partition, r.offset));
-        }
-        let _ = consumer.commit().await;
-    }
-    while consumer.commit().await.is_err() {}
+    consume_and_commit(&mut consumer, &mut seen, 200).await;
     let committed = admin.group_offsets(GROUP).await.expect("committed offsets");
     assert!(!committed.is_empty());
 
@@ -636,18 +641,7 @@ async fn a_consumer_group_keeps_consuming_through_a_coordinator_failover() {
 
     // Consumption continues through the failover, new records included.
     produce_all(&client, "events", 400, "b").await;
-    let done = consume_until(800);
-    while !done(seen.len()) {
-        for r in consumer
-            .poll(Duration::from_millis(100))
-            .await
-            .unwrap_or_default()
-        {
-            seen.insert((r.partition, r.offset));
-        }
-        let _ = consumer.commit().await;
-    }
-    while consumer.commit().await.is_err() {}
+    consume_and_commit(&mut consumer, &mut seen, 800).await;
     let ends = admin.describe_topic("events").await.expect("describe");
     let committed = admin.group_offsets(GROUP).await.expect("committed offsets");
     for p in ends {

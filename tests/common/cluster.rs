@@ -28,12 +28,23 @@ pub struct Cluster {
     _turn: std::sync::MutexGuard<'static, ()>,
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, chosen below the kernel's ephemeral range (32768 and
+/// up): a port from that range can be taken by any outgoing connection between choosing it
+/// and the broker binding it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()) << 20;
+    let mut rng = super::Rng::new(seed.wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed)));
+    loop {
+        let port = rng.range(20_000, 32_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Cluster {

@@ -210,14 +210,19 @@ async fn handle_partition(
     Ok(Step::Continue)
 }
 
-/// Runs `f` on the replica's log on a blocking thread.
+/// Runs `f` on the replica's log on a blocking thread. A failure is the local disk's (full,
+/// I/O error) or a batch that failed validation: logged as an error, then fetched again after
+/// a backoff (the follower falls out of the ISR if it persists).
 async fn blocking<T: Send + 'static>(
     replica: &Arc<Replica>,
     f: impl FnOnce(&mut crate::log::Log) -> Result<T, Error> + Send + 'static,
 ) -> Result<T, String> {
     let log = replica.log.clone();
-    tokio::task::spawn_blocking(move || log.with_log(f))
+    let outcome = tokio::task::spawn_blocking(move || log.with_log(f))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    outcome.map_err(|e| {
+        tracing::error!(partition = %replica.log.topic_partition(), "follower could not write fetched data: {e}");
+        e.to_string()
+    })
 }
