@@ -182,21 +182,34 @@ impl Cluster {
         let client = rill_client::Client::connect(config)
             .await
             .expect("connect to the cluster");
-        let running = self.brokers.iter().filter(|b| b.is_some()).count();
-        let admin = rill_client::Admin::new(client.clone());
-        super::eventually_async(
-            Duration::from_secs(30),
-            "every running broker registered and unfenced",
-            || {
-                let admin = admin.clone();
-                async move {
-                    admin.describe_cluster().await.is_ok_and(|brokers| {
-                        brokers.iter().filter(|b| !b.fenced).count() >= running
-                    })
-                }
-            },
-        )
-        .await;
+        let running: Vec<u32> = (1..=self.brokers.len() as u32)
+            .filter(|n| self.brokers[*n as usize - 1].is_some())
+            .collect();
+        // Every running broker's own view: all running brokers registered and unfenced (a
+        // broker with a lagging view would place new replicas on fewer brokers).
+        for node in &running {
+            let mut config = rill_client::ClientConfig::new(&self.address(*node));
+            config.retry_timeout = Duration::from_secs(2);
+            super::eventually_async(
+                Duration::from_secs(30),
+                "every running broker sees every running broker alive",
+                || {
+                    let config = config.clone();
+                    let running = &running;
+                    async move {
+                        match rill_client::Client::connect(config).await {
+                            Ok(view) => {
+                                let metadata = view.metadata();
+                                metadata.brokers.len() >= running.len()
+                                    && running.iter().all(|n| !metadata.fenced.contains(n))
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                },
+            )
+            .await;
+        }
         client
     }
 }
