@@ -478,4 +478,26 @@ mod tests {
         .unwrap();
         assert_eq!(c.retention_ms, Some(1000));
     }
+
+    #[test]
+    fn controller_voters_are_parsed_and_checked() {
+        let config = |voters: &str| {
+            BrokerConfig::load(Flags {
+                controller_voters: Some(voters.into()),
+                ..Flags::default()
+            })
+        };
+        let voters = config("1@127.0.0.1:9401, 2@host-b:9402,3@[::1]:9403")
+            .unwrap()
+            .voters()
+            .unwrap();
+        assert_eq!(voters.len(), 3);
+        assert_eq!(voters[&2], "host-b:9402");
+        assert_eq!(voters[&3], "[::1]:9403");
+        for bad in ["1@127.0.0.1", "x@h:1", "1@h:0", "1@h:1,1@h:2", "1:h:1", ","] {
+            let err = config(bad).unwrap_err().to_string();
+            assert!(err.contains("controller_voters"), "{bad}: {err}");
+        }
+        assert!(BrokerConfig::default().voters().unwrap().is_empty());
+    }
 }
