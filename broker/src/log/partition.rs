@@ -412,10 +412,10 @@ impl Log {
             FlushPolicy::Always => {
                 self.flush()?;
             }
-            FlushPolicy::Interval { .. } => {
-                self.flush_if_due()?;
-            }
-            FlushPolicy::Os => {}
+            // Interval flushes run from the broker's tick with the log unlocked
+            // (`begin_flush_if_due`): an fdatasync here would stall this partition's appends,
+            // and with replication every acks=all write waiting on it.
+            FlushPolicy::Interval { .. } | FlushPolicy::Os => {}
         }
         Ok(info)
     }
