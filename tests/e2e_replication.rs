@@ -797,3 +797,25 @@ async fn leadership_returns_to_the_preferred_replica_automatically() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_lost_its_disk_rejoins_the_quorum_and_re_replicates_its_partitions() {
+    let mut cluster = Cluster::start(3, &[]);
+    let client = cluster.client().await;
+    create_replicated_topic(&client).await;
+    let load = start_load(&client);
+    load.wait_for(500, "500 acknowledged records").await;
+    let acked = load.finish().await;
+    // Node 1 initialized the quorum; it comes back with an empty data directory.
+    cluster.kill(1);
+    cluster.wipe(1);
+    cluster.restart(1);
+    let client = cluster.client().await;
+    wait_for_isr(&client, 3).await;
+    let admin = Admin::new(client.clone());
+    let brokers = admin.describe_cluster().await.expect("cluster");
+    assert!(brokers.iter().all(|b| b.voter && !b.fenced), "{brokers:?}");
+    verify_acknowledged(&client, &acked).await;
+    let hws = high_watermarks(&client).await;
+    assert_replicas_identical(&mut cluster, &hws);
+}

@@ -154,6 +154,17 @@ impl Cluster {
         }
     }
 
+    /// Deletes everything in node `node`'s data directory (it must be down): a lost disk.
+    pub fn wipe(&mut self, node: u32) {
+        assert!(
+            self.brokers[node as usize - 1].is_none(),
+            "node {node} runs"
+        );
+        let dir = self.data_dir(node);
+        std::fs::remove_dir_all(&dir).expect("wipe data directory");
+        std::fs::create_dir_all(&dir).expect("recreate data directory");
+    }
+
     /// Restarts node `node` on its ports and data directory.
     pub fn restart(&mut self, node: u32) {
         self.kill(node);

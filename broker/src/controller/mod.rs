@@ -146,6 +146,7 @@ impl Controller {
                 .is_initialized()
                 .await
                 .map_err(|e| Error::Controller(e.to_string()))?
+            && !controller.quorum_exists().await
         {
             let members: BTreeMap<NodeId, BasicNode> = voters
                 .into_iter()
@@ -157,6 +158,33 @@ impl Controller {
                 .map_err(|e| Error::Controller(e.to_string()))?;
         }
         Ok(controller)
+    }
+
+    /// Whether another voter already belongs to a formed quorum (it knows a leader or has
+    /// applied entries). A lowest-id voter that lost its Raft state must join that quorum (its
+    /// leader sends it the log), not initialize a second one.
+    async fn quorum_exists(&self) -> bool {
+        for &id in self.inner.voters.keys() {
+            if id == self.inner.node_id {
+                continue;
+            }
+            let answer = self
+                .call(id, RaftRequest::GetMetadata, Duration::from_secs(1))
+                .await;
+            if let Some(RaftResponse::Metadata {
+                leader, applied, ..
+            }) = answer
+            {
+                if leader.is_some() || applied > 0 {
+                    tracing::warn!(
+                        voter = id,
+                        "this voter has no metadata state but the quorum exists: joining it"
+                    );
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     fn new(
