@@ -819,3 +819,81 @@ async fn a_broker_that_lost_its_disk_rejoins_the_quorum_and_re_replicates_its_pa
     let hws = high_watermarks(&client).await;
     assert_replicas_identical(&mut cluster, &hws);
 }
+
+/// The partition of `topic` whose replicas are exactly `replicas` (in order).
+async fn partition_on(client: &Client, topic: &str, replicas: &[u32]) -> u32 {
+    client.refresh_metadata().await.expect("metadata");
+    client
+        .partitions(topic)
+        .await
+        .expect("partitions")
+        .iter()
+        .find(|p| p.replicas == replicas)
+        .map(|p| p.partition)
+        .expect("a partition on those replicas")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclean_leader_election_only_where_the_topic_allows_it_and_loudly() {
+    // Voters 1-3 keep the quorum; the partitions under test live on observers 4 and 5.
+    let mut cluster = Cluster::start_with_observers(3, 2, &[]);
+    let client = cluster.client().await;
+    let admin = Admin::new(client.clone());
+    for (name, unclean) in [("clean-t", false), ("unclean-t", true)] {
+        // Five partitions of RF 2 over five brokers: exactly one sits on [4, 5].
+        let mut topic = NewTopic::new(name, 5);
+        topic.replication_factor = 2;
+        if unclean {
+            topic
+                .configs
+                .insert("unclean.leader.election.enable".into(), "true".into());
+        }
+        admin.create_topic(topic).await.expect("create topic");
+    }
+    let clean = partition_on(&client, "clean-t", &[4, 5]).await;
+    let unclean = partition_on(&client, "unclean-t", &[4, 5]).await;
+    let state = |client: Client| async move {
+        let _ = client.refresh_metadata().await;
+        let c = client.partitions("clean-t").await.expect("clean-t")[clean as usize].clone();
+        let u = client.partitions("unclean-t").await.expect("unclean-t")[unclean as usize].clone();
+        (c, u)
+    };
+    // The follower dies: both ISRs shrink to the leader, which takes more writes alone.
+    cluster.kill(5);
+    common::eventually_async(Duration::from_secs(30), "ISRs shrunk to [4]", || {
+        let client = client.clone();
+        async move {
+            let (c, u) = state(client).await;
+            c.isr == [4] && u.isr == [4]
+        }
+    })
+    .await;
+    // The last in-sync replica dies too: both partitions go offline.
+    cluster.kill(4);
+    common::eventually_async(Duration::from_secs(30), "both partitions offline", || {
+        let client = client.clone();
+        async move {
+            let (c, u) = state(client).await;
+            c.leader.is_none() && u.leader.is_none()
+        }
+    })
+    .await;
+    // The out-of-sync replica returns: only the topic that allows it elects it.
+    cluster.restart(5);
+    common::eventually_async(
+        Duration::from_secs(30),
+        "unclean election of node 5",
+        || {
+            let client = client.clone();
+            async move { state(client).await.1.leader == Some(5) }
+        },
+    )
+    .await;
+    let (c, u) = state(client.clone()).await;
+    assert_eq!(c.leader, None, "clean-t stays offline: {c:?}");
+    assert_eq!(u.isr, vec![5], "{u:?}");
+    let logged = cluster
+        .broker(1)
+        .wait_for_line("UNCLEAN leader election", Duration::from_secs(10));
+    assert!(logged.contains("ERROR"), "{logged}");
+}
