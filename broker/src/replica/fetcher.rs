@@ -1,10 +1,18 @@
-//! A follower's fetch loop for one partition: fetch from the leader at the local log end with
-//! the last local epoch; truncate when the leader reports divergence; append what it returns
-//! byte for byte; take the leader's high watermark. Runs until cancelled (the role or epoch
-//! changed, or the broker stops); reconnects with a short backoff when the leader is unreachable.
+//! Followers' fetching: one task and one connection per leader broker, fetching every partition
+//! this broker follows there in one request (as Kafka's replica fetcher threads do). For each
+//! partition: fetch at the local log end with the last local epoch; truncate when the leader
+//! reports divergence; append what it returns byte for byte; take the leader's high watermark.
+//!
+//! A partition joins a fetcher with [`Pool::follow`] and leaves when its token is cancelled (its
+//! role or epoch changed, or the broker stops); a fetcher with no partitions left ends. A
+//! partition whose fetch failed is left out of requests for a short backoff, so one partition's
+//! trouble never stalls the others. Local writes happen only while the replica still follows
+//! that leader epoch (checked under the log lock), so a fetch in flight when this broker became
+//! leader never writes into its log.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use rill_protocol::api::{
@@ -14,6 +22,7 @@ use rill_protocol::api::{
 use rill_protocol::frame::{RequestFrame, RequestHeader, ResponseCodec};
 use rill_protocol::ErrorCode;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -31,21 +40,115 @@ pub(super) struct Target {
 
 const BACKOFF: Duration = Duration::from_millis(100);
 
-pub(super) async fn run(
-    manager: Arc<ReplicaManager>,
-    tp: TopicPartition,
+/// One followed partition of a fetcher.
+struct Entry {
     replica: Arc<Replica>,
-    target: Target,
-    cancel: CancellationToken,
-) {
+    epoch: u32,
+    token: CancellationToken,
+    /// Left out of requests until then (its last fetch failed).
+    retry_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Fetcher {
+    partitions: Mutex<BTreeMap<TopicPartition, Entry>>,
+    /// A partition joined: restart the fetch in flight so it is included at once.
+    joined: Notify,
+}
+
+type Key = (NodeId, String);
+
+/// The fetchers of this broker, one per leader broker.
+#[derive(Default)]
+pub(super) struct Pool {
+    fetchers: Mutex<HashMap<Key, Arc<Fetcher>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pool {
+    /// Starts fetching `tp` from `target` until `token` is cancelled.
+    pub fn follow(
+        &self,
+        manager: &Arc<ReplicaManager>,
+        tp: TopicPartition,
+        replica: Arc<Replica>,
+        target: Target,
+        token: CancellationToken,
+    ) {
+        let key = (target.node_id, target.address);
+        let mut fetchers = lock(&self.fetchers);
+        let (fetcher, new) = match fetchers.get(&key) {
+            Some(fetcher) => (fetcher.clone(), false),
+            None => {
+                let fetcher = Arc::new(Fetcher::default());
+                fetchers.insert(key.clone(), fetcher.clone());
+                (fetcher, true)
+            }
+        };
+        lock(&fetcher.partitions).insert(
+            tp,
+            Entry {
+                replica,
+                epoch: target.epoch,
+                token,
+                retry_at: None,
+            },
+        );
+        fetcher.joined.notify_one();
+        if new {
+            tokio::spawn(run(manager.clone(), key, fetcher));
+        }
+    }
+
+    /// Ends `fetcher` if it follows nothing any more; `false` if it must go on.
+    fn retire_if_idle(&self, key: &Key, fetcher: &Arc<Fetcher>) -> bool {
+        let mut fetchers = lock(&self.fetchers);
+        let mut partitions = lock(&fetcher.partitions);
+        partitions.retain(|_, e| !e.token.is_cancelled());
+        if !partitions.is_empty() {
+            return false;
+        }
+        if fetchers.get(key).is_some_and(|f| Arc::ptr_eq(f, fetcher)) {
+            fetchers.remove(key);
+        }
+        true
+    }
+}
+
+async fn run(manager: Arc<ReplicaManager>, key: Key, fetcher: Arc<Fetcher>) {
+    let (leader, address) = key.clone();
     let mut connection: Option<Framed<TcpStream, ResponseCodec>> = None;
     let mut correlation_id = 0u32;
     let mut failures = 0u32;
-    while !cancel.is_cancelled() {
+    let mut rotation = 0usize;
+    loop {
+        if manager.shutdown.is_cancelled() || manager.fetchers.retire_if_idle(&key, &fetcher) {
+            return;
+        }
+        // The partitions to fetch now, in a rotating order so none is always last in line for
+        // the response's byte budget.
+        let now = Instant::now();
+        let mut due: Vec<(TopicPartition, Arc<Replica>, u32)> = lock(&fetcher.partitions)
+            .iter()
+            .filter(|(_, e)| e.retry_at.is_none_or(|at| at <= now))
+            .map(|(tp, e)| (tp.clone(), e.replica.clone(), e.epoch))
+            .collect();
+        if due.is_empty() {
+            tokio::select! {
+                _ = manager.shutdown.cancelled() => return,
+                _ = fetcher.joined.notified() => {}
+                _ = tokio::time::sleep(BACKOFF) => {}
+            }
+            continue;
+        }
+        rotation = rotation.wrapping_add(1);
+        let len = due.len();
+        due.rotate_left(rotation % len);
         if connection.is_none() {
-            match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&target.address))
-                .await
-            {
+            match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&address)).await {
                 Ok(Ok(socket)) => {
                     let _ = socket.set_nodelay(true);
                     connection = Some(Framed::new(
@@ -56,9 +159,9 @@ pub(super) async fn run(
                 _ => {
                     failures += 1;
                     if failures % 50 == 1 {
-                        tracing::warn!(partition = %tp, leader = target.node_id, address = %target.address, "cannot reach the partition leader; retrying");
+                        tracing::warn!(leader, %address, partitions = len, "cannot reach the partitions' leader; retrying");
                     }
-                    backoff(&cancel).await;
+                    backoff(&manager.shutdown).await;
                     continue;
                 }
             }
@@ -68,16 +171,39 @@ pub(super) async fn run(
         };
         correlation_id = correlation_id.wrapping_add(1);
         let outcome = tokio::select! {
-            _ = cancel.cancelled() => return,
-            outcome = fetch_once(&manager, &tp, &replica, &target, framed, correlation_id) => outcome,
+            _ = manager.shutdown.cancelled() => return,
+            // A partition joined: drop this fetch (and the connection it is pending on) so the
+            // next request includes it without waiting out the long poll.
+            _ = fetcher.joined.notified() => {
+                connection = None;
+                continue;
+            }
+            outcome = fetch_round(&manager, &due, framed, correlation_id) => outcome,
         };
         match outcome {
-            Ok(Step::Continue) => failures = 0,
-            Ok(Step::Backoff) => backoff(&cancel).await,
+            Ok(responses) => {
+                failures = 0;
+                for p in responses {
+                    let Some((tp, replica, epoch)) = due
+                        .iter()
+                        .find(|(tp, _, _)| tp.topic == p.0 && tp.partition == p.1.partition)
+                    else {
+                        continue;
+                    };
+                    let step = handle_partition(tp, replica, *epoch, p.1).await;
+                    let mut partitions = lock(&fetcher.partitions);
+                    if let Some(entry) = partitions.get_mut(tp) {
+                        entry.retry_at = match step {
+                            Step::Continue => None,
+                            Step::Backoff => Some(Instant::now() + BACKOFF),
+                        };
+                    }
+                }
+            }
             Err(e) => {
-                tracing::debug!(partition = %tp, leader = target.node_id, "replica fetch failed: {e}");
+                tracing::debug!(leader, %address, "replica fetch failed: {e}");
                 connection = None;
-                backoff(&cancel).await;
+                backoff(&manager.shutdown).await;
             }
         }
     }
@@ -90,40 +216,47 @@ async fn backoff(cancel: &CancellationToken) {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Continue,
     Backoff,
 }
 
-/// One fetch round trip and what follows from it.
-async fn fetch_once(
+/// One fetch round trip for `due`; returns each partition's answer with its topic.
+async fn fetch_round(
     manager: &ReplicaManager,
-    tp: &TopicPartition,
-    replica: &Arc<Replica>,
-    target: &Target,
+    due: &[(TopicPartition, Arc<Replica>, u32)],
     framed: &mut Framed<TcpStream, ResponseCodec>,
     correlation_id: u32,
-) -> Result<Step, String> {
-    let (fetch_offset, last_epoch) = replica
-        .log
-        .with_log(|log| Ok((log.log_end_offset(), log.last_epoch())))
-        .map_err(|e| e.to_string())?;
+) -> Result<Vec<(String, FetchPartitionResponse)>, String> {
     let config = manager.config();
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (tp, replica, epoch) in due {
+        let (fetch_offset, last_epoch) = replica
+            .log
+            .with_log(|log| Ok((log.log_end_offset(), log.last_epoch())))
+            .map_err(|e| e.to_string())?;
+        let partition = FetchPartition {
+            partition: tp.partition,
+            current_leader_epoch: Some(*epoch),
+            fetch_offset,
+            partition_max_bytes: config.fetch_max_bytes,
+            last_fetched_epoch: last_epoch,
+        };
+        match topics.iter_mut().find(|t| t.name == tp.topic) {
+            Some(topic) => topic.partitions.push(partition),
+            None => topics.push(FetchTopic {
+                name: tp.topic.clone(),
+                partitions: vec![partition],
+            }),
+        }
+    }
     let request = RequestBody::Fetch(FetchRequest {
         replica_id: Some(config.node_id as u32),
         max_wait_ms: config.fetch_wait_max_ms,
         min_bytes: 1,
         max_bytes: config.fetch_max_bytes,
-        topics: vec![FetchTopic {
-            name: tp.topic.clone(),
-            partitions: vec![FetchPartition {
-                partition: tp.partition,
-                current_leader_epoch: Some(target.epoch),
-                fetch_offset,
-                partition_max_bytes: config.fetch_max_bytes,
-                last_fetched_epoch: last_epoch,
-            }],
-        }],
+        topics,
     });
     let frame = RequestFrame {
         header: RequestHeader {
@@ -146,44 +279,74 @@ async fn fetch_once(
         return Err("response for another request".into());
     }
     if response.header.error_code != ErrorCode::NONE {
-        tracing::debug!(partition = %tp, code = ?response.header.error_code, "leader refused the fetch");
-        return Ok(Step::Backoff);
+        return Err(format!(
+            "leader refused the fetch: {:?}",
+            response.header.error_code
+        ));
     }
     let body =
         ResponseBody::decode(ApiKey::Fetch as u16, 0, response.body).map_err(|e| e.to_string())?;
     let ResponseBody::Fetch(body) = body else {
         return Err("not a fetch response".into());
     };
-    let Some(p) = body
+    Ok(body
         .topics
         .into_iter()
-        .flat_map(|t| t.partitions)
-        .find(|p| p.partition == tp.partition)
-    else {
-        return Err("the response lacks the partition".into());
-    };
-    handle_partition(tp, replica, p, fetch_offset).await
+        .flat_map(|t| {
+            let name = t.name;
+            t.partitions.into_iter().map(move |p| (name.clone(), p))
+        })
+        .collect())
 }
 
 async fn handle_partition(
     tp: &TopicPartition,
     replica: &Arc<Replica>,
+    epoch: u32,
     p: FetchPartitionResponse,
-    fetch_offset: u64,
+) -> Step {
+    match apply_partition(tp, replica, epoch, p).await {
+        Ok(step) => step,
+        Err(e) => {
+            tracing::debug!(partition = %tp, "replica fetch of the partition failed: {e}");
+            Step::Backoff
+        }
+    }
+}
+
+async fn apply_partition(
+    tp: &TopicPartition,
+    replica: &Arc<Replica>,
+    epoch: u32,
+    p: FetchPartitionResponse,
 ) -> Result<Step, String> {
     match p.error_code {
         ErrorCode::NONE => {}
-        ErrorCode::OFFSET_OUT_OF_RANGE if fetch_offset < p.log_start_offset => {
-            let start = p.log_start_offset;
-            tracing::warn!(partition = %tp, fetch_offset, leader_log_start = start, "behind the leader's log start: restarting the local log there");
-            blocking(replica, move |log| log.reset_to(start)).await?;
-            return Ok(Step::Continue);
-        }
         ErrorCode::OFFSET_OUT_OF_RANGE => {
-            let hw = p.high_watermark;
-            tracing::warn!(partition = %tp, fetch_offset, leader_hw = hw, "ahead of the leader's log end: truncating to its high watermark");
-            blocking(replica, move |log| log.truncate_to(hw).map(|_| ())).await?;
-            return Ok(Step::Continue);
+            let (start, hw) = (p.log_start_offset, p.high_watermark);
+            let reset = blocking(replica, epoch, move |log| {
+                if log.log_end_offset() < start {
+                    tracing::warn!(
+                        fetch_offset = log.log_end_offset(),
+                        leader_log_start = start,
+                        "behind the leader's log start: restarting the local log there"
+                    );
+                    log.reset_to(start)
+                } else {
+                    tracing::warn!(
+                        fetch_offset = log.log_end_offset(),
+                        leader_hw = hw,
+                        "ahead of the leader's log end: truncating to its high watermark"
+                    );
+                    log.truncate_to(hw).map(|_| ())
+                }
+            })
+            .await?;
+            return Ok(if reset.is_some() {
+                Step::Continue
+            } else {
+                Step::Backoff
+            });
         }
         code => {
             tracing::debug!(partition = %tp, ?code, "leader answered the fetch with an error");
@@ -191,36 +354,52 @@ async fn handle_partition(
         }
     }
     if let Some(diverging) = p.diverging_epoch {
-        let truncated = blocking(replica, move |log| {
+        let truncated = blocking(replica, epoch, move |log| {
             let own_end = log
                 .end_offset_for_epoch(diverging.epoch)
                 .map_or(log.log_end_offset(), |(_, end)| end);
-            let target = diverging.end_offset.min(own_end);
-            log.truncate_to(target)
+            log.truncate_to(diverging.end_offset.min(own_end))
         })
         .await?;
-        tracing::warn!(partition = %tp, epoch = diverging.epoch, leader_end = diverging.end_offset, new_end = truncated, "log diverged from the leader's: truncated the divergent tail");
+        if let Some(new_end) = truncated {
+            tracing::warn!(partition = %tp, epoch = diverging.epoch, leader_end = diverging.end_offset, new_end, "log diverged from the leader's: truncated the divergent tail");
+        }
         return Ok(Step::Continue);
     }
     if !p.records.is_empty() {
         let records = p.records.clone();
-        blocking(replica, move |log| log.append_replica(&records).map(|_| ())).await?;
+        blocking(replica, epoch, move |log| {
+            log.append_replica(&records).map(|_| ())
+        })
+        .await?;
     }
-    replica.follower_high_watermark(p.high_watermark);
+    if replica.following(epoch) {
+        replica.follower_high_watermark(p.high_watermark);
+    }
     Ok(Step::Continue)
 }
 
-/// Runs `f` on the replica's log on a blocking thread. A failure is the local disk's (full,
-/// I/O error) or a batch that failed validation: logged as an error, then fetched again after
-/// a backoff (the follower falls out of the ISR if it persists).
+/// Runs `f` on the replica's log on a blocking thread, only if the replica still follows at
+/// `epoch` (checked under the log lock); `None` if it no longer does. A failure is the local
+/// disk's (full, I/O error) or a batch that failed validation: logged as an error, and the
+/// partition is fetched again after a backoff (it falls out of the ISR if that persists).
 async fn blocking<T: Send + 'static>(
     replica: &Arc<Replica>,
+    epoch: u32,
     f: impl FnOnce(&mut crate::log::Log) -> Result<T, Error> + Send + 'static,
-) -> Result<T, String> {
-    let log = replica.log.clone();
-    let outcome = tokio::task::spawn_blocking(move || log.with_log(f))
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Option<T>, String> {
+    let target = replica.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let log = target.log.clone();
+        log.with_log(|log| {
+            if !target.following(epoch) {
+                return Ok(None);
+            }
+            f(log).map(Some)
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     outcome.map_err(|e| {
         tracing::error!(partition = %replica.log.topic_partition(), "follower could not write fetched data: {e}");
         e.to_string()

@@ -1,9 +1,10 @@
 //! Partition replication: each local partition's role (leader or follower), the leader's view
 //! of its followers, the in-sync replica set (ISR) and the high watermark (HW).
 //!
-//! Followers pull: `fetcher` runs one task per followed partition that fetches from the leader
-//! with its log end offset and last epoch, truncates a divergent tail when the leader says so
-//! (KIP-320), and appends the leader's batches byte for byte ([`crate::log::Log::append_replica`]).
+//! Followers pull: `fetcher` runs one task per leader broker that fetches every partition
+//! followed there with its log end offset and last epoch, truncates a divergent tail when the
+//! leader says so (KIP-320), and appends the leader's batches byte for byte
+//! ([`crate::log::Log::append_replica`]).
 //! The leader learns each follower's log end offset from its fetches, advances the HW to the
 //! lowest log end offset in the ISR (including additions it has proposed), and changes the ISR
 //! only through the controller (`AlterPartition`, conditional on its leader and partition
@@ -78,7 +79,12 @@ struct State {
 pub struct Replica {
     pub log: Arc<PartitionLog>,
     state: Mutex<State>,
+    /// The leader epoch this replica follows at (fetched data may be written only then), or
+    /// `NOT_FOLLOWING`.
+    following: std::sync::atomic::AtomicU64,
 }
+
+const NOT_FOLLOWING: u64 = u64::MAX;
 
 /// Why a leader cannot take a request for a partition.
 pub type LeaderCheck = Result<(), ErrorCode>;
@@ -86,6 +92,18 @@ pub type LeaderCheck = Result<(), ErrorCode>;
 impl Replica {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this replica follows its leader at `epoch` (the fetcher's right to write).
+    fn following(&self, epoch: u32) -> bool {
+        self.following.load(std::sync::atomic::Ordering::Acquire) == u64::from(epoch)
+    }
+
+    fn set_following(&self, epoch: Option<u32>) {
+        self.following.store(
+            epoch.map_or(NOT_FOLLOWING, u64::from),
+            std::sync::atomic::Ordering::Release,
+        );
     }
 
     /// `Ok` if this broker leads the partition (at `epoch`, when given).
@@ -213,6 +231,8 @@ pub struct ReplicaManager {
     config: ReplicaConfig,
     controller: Controller,
     replicas: Mutex<BTreeMap<TopicPartition, Arc<Replica>>>,
+    /// Followers' fetchers, one per leader broker.
+    fetchers: fetcher::Pool,
     /// Broker shutdown: stops every fetcher.
     shutdown: CancellationToken,
 }
@@ -227,6 +247,7 @@ impl ReplicaManager {
             config,
             controller,
             replicas: Mutex::default(),
+            fetchers: fetcher::Pool::default(),
             shutdown,
         })
     }
@@ -283,6 +304,7 @@ impl ReplicaManager {
                         min_insync,
                         fetcher: None,
                     }),
+                    following: std::sync::atomic::AtomicU64::new(NOT_FOLLOWING),
                 })
             });
             self.update_replica(&tp, &replica, info, min_insync, metadata);
@@ -301,6 +323,7 @@ impl ReplicaManager {
                 fetcher.cancel();
             }
             state.role = Role::Follower(None);
+            replica.set_following(None);
             drop(state);
             replica.log.set_high_watermark(replica.log.high_watermark());
         }
@@ -330,6 +353,7 @@ impl ReplicaManager {
         };
         let changed = state.role != role || state.leader_epoch != info.leader_epoch;
         if changed {
+            replica.set_following(None);
             if let Some(fetcher) = state.fetcher.take() {
                 fetcher.cancel();
             }
@@ -361,8 +385,9 @@ impl ReplicaManager {
                     if let Some(leader) = leader.and_then(|l| metadata.brokers.get(&l)) {
                         let token = self.shutdown.child_token();
                         state.fetcher = Some(token.clone());
-                        tokio::spawn(fetcher::run(
-                            self.clone(),
+                        replica.set_following(Some(info.leader_epoch));
+                        self.fetchers.follow(
+                            self,
                             tp.clone(),
                             replica.clone(),
                             fetcher::Target {
@@ -371,7 +396,7 @@ impl ReplicaManager {
                                 epoch: info.leader_epoch,
                             },
                             token,
-                        ));
+                        );
                     }
                     tracing::info!(partition = %tp, epoch = info.leader_epoch, ?leader, "became follower");
                 }
