@@ -169,7 +169,11 @@ impl Controller {
                 continue;
             }
             let answer = self
-                .call(id, RaftRequest::GetMetadata, Duration::from_secs(1))
+                .call(
+                    id,
+                    RaftRequest::GetMetadata { known: u64::MAX },
+                    Duration::from_secs(1),
+                )
                 .await;
             if let Some(RaftResponse::Metadata {
                 leader, applied, ..
@@ -469,9 +473,9 @@ impl Controller {
         let mut next = 0;
         loop {
             let target = self.leader().unwrap_or(ids[next % ids.len()]);
-            let response = self
-                .call(target, RaftRequest::GetMetadata, Duration::from_secs(2))
-                .await;
+            let known = *self.inner.observed_applied.borrow();
+            let request = RaftRequest::GetMetadata { known };
+            let response = self.call(target, request, Duration::from_secs(2)).await;
             match response {
                 Some(RaftResponse::Metadata {
                     leader,
@@ -484,13 +488,15 @@ impl Controller {
                     }
                     // Never go back in time (a lagging voter may answer).
                     let fresh = applied >= *self.inner.observed_applied.borrow();
-                    publisher.send_if_modified(|current| {
-                        let changed = fresh && **current != state;
-                        if changed {
-                            *current = Arc::new(state);
-                        }
-                        changed
-                    });
+                    if let Some(state) = state.filter(|_| fresh) {
+                        publisher.send_if_modified(|current| {
+                            let changed = **current != state;
+                            if changed {
+                                *current = Arc::new(state);
+                            }
+                            changed
+                        });
+                    }
                     self.inner.observed_applied.send_if_modified(|current| {
                         let newer = applied > *current;
                         if newer {

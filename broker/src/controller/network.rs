@@ -42,8 +42,11 @@ pub(crate) enum RaftRequest {
         port: u16,
         incarnation: u64,
     },
-    /// An observer asks for the applied metadata.
-    GetMetadata,
+    /// An observer asks for the applied metadata, unless it already has the state as of log
+    /// index `known`.
+    GetMetadata {
+        known: u64,
+    },
 }
 
 /// The answer to a [`RaftRequest`] of the same name.
@@ -59,8 +62,10 @@ pub(crate) enum RaftResponse {
     Heartbeat(Result<(), ForwardError>),
     Metadata {
         leader: Option<NodeId>,
-        state: MetadataState,
-        /// Index of the last log entry applied to `state`.
+        /// `None` when nothing was applied after the asker's `known` index.
+        state: Option<MetadataState>,
+        /// Index of the last log entry applied (read before `state`, so `state` is at least
+        /// this new).
         applied: u64,
     },
 }
@@ -151,11 +156,14 @@ pub(crate) async fn serve(
                             .on_heartbeat(node_id, host, port, incarnation)
                             .await,
                     ),
-                    RaftRequest::GetMetadata => RaftResponse::Metadata {
-                        leader: controller.leader(),
-                        state: (*controller.metadata()).clone(),
-                        applied: raft.metrics().borrow().last_applied.map_or(0, |l| l.index),
-                    },
+                    RaftRequest::GetMetadata { known } => {
+                        let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+                        RaftResponse::Metadata {
+                            leader: controller.leader(),
+                            state: (applied > known).then(|| (*controller.metadata()).clone()),
+                            applied,
+                        }
+                    }
                 };
                 if write_frame(&mut stream, &response).await.is_err() {
                     return;
