@@ -69,10 +69,21 @@ struct State {
     isr: Vec<NodeId>,
     /// An ISR change this leader proposed and the controller has not applied yet.
     pending_isr: Option<Vec<NodeId>>,
+    /// ISR proposals that failed in a row (no quorum, stale epochs), and when to try again:
+    /// exponential backoff up to 5 s, so a leader without a quorum does not flood it or the log.
+    isr_failures: u32,
+    isr_retry_at: Option<Instant>,
     followers: HashMap<NodeId, Progress>,
     min_insync: usize,
     /// Stops this partition's fetcher (followers).
     fetcher: Option<CancellationToken>,
+}
+
+impl State {
+    /// No ISR change in flight and no backoff pending.
+    fn may_propose_isr(&self) -> bool {
+        self.pending_isr.is_none() && self.isr_retry_at.is_none_or(|at| at <= Instant::now())
+    }
 }
 
 /// One local partition replica. See the module docs.
@@ -300,6 +311,8 @@ impl ReplicaManager {
                         replicas: Vec::new(),
                         isr: Vec::new(),
                         pending_isr: None,
+                        isr_failures: 0,
+                        isr_retry_at: None,
                         followers: HashMap::new(),
                         min_insync,
                         fetcher: None,
@@ -343,6 +356,8 @@ impl ReplicaManager {
         state.replicas = info.replicas.clone();
         if state.partition_epoch != info.partition_epoch || state.isr != info.isr {
             state.pending_isr = None;
+            state.isr_failures = 0;
+            state.isr_retry_at = None;
         }
         state.isr = info.isr.clone();
         state.partition_epoch = info.partition_epoch;
@@ -479,13 +494,15 @@ impl ReplicaManager {
             })
             .unwrap_or(u64::MAX);
         let joins = !state.isr.contains(&follower)
-            && state.pending_isr.is_none()
+            && state.may_propose_isr()
             && fetch_offset >= hw
             && fetch_offset >= epoch_start;
         if joins {
             let mut isr = state.isr.clone();
             isr.push(follower);
-            tracing::info!(partition = %tp, follower, ?isr, "follower caught up: expanding the ISR");
+            if state.isr_failures == 0 {
+                tracing::info!(partition = %tp, follower, ?isr, "follower caught up: expanding the ISR");
+            }
             self.propose_isr(tp, &replica, &mut state, isr);
         }
         Ok(FollowerFetch::Read)
@@ -515,8 +532,16 @@ impl ReplicaManager {
             let outcome = controller.propose(command).await;
             let applied = matches!(outcome, Ok(CommandResult::Ok));
             if !applied {
-                tracing::info!(partition = %tp, ?outcome, "ISR change not applied; will retry if still needed");
-                replica.state().pending_isr = None;
+                let mut state = replica.state();
+                state.pending_isr = None;
+                state.isr_failures += 1;
+                let backoff = Duration::from_millis(100)
+                    .saturating_mul(1 << state.isr_failures.min(6))
+                    .min(Duration::from_secs(5));
+                state.isr_retry_at = Some(Instant::now() + backoff);
+                if state.isr_failures.is_power_of_two() {
+                    tracing::info!(partition = %tp, ?outcome, failures = state.isr_failures, "ISR change not applied; retrying while still needed");
+                }
             }
         });
     }
@@ -537,7 +562,7 @@ impl ReplicaManager {
             .collect();
         for (tp, replica) in replicas {
             let mut state = replica.state();
-            if state.role != Role::Leader || state.pending_isr.is_some() {
+            if state.role != Role::Leader || !state.may_propose_isr() {
                 continue;
             }
             let laggards: Vec<NodeId> = state
@@ -560,7 +585,9 @@ impl ReplicaManager {
                 .filter(|r| !laggards.contains(r))
                 .copied()
                 .collect();
-            tracing::warn!(partition = %tp, ?laggards, ?isr, lag_max = ?self.config.lag_max, "followers fell behind: shrinking the ISR");
+            if state.isr_failures == 0 {
+                tracing::warn!(partition = %tp, ?laggards, ?isr, lag_max = ?self.config.lag_max, "followers fell behind: shrinking the ISR");
+            }
             self.propose_isr(&tp, &replica, &mut state, isr);
         }
     }
