@@ -264,9 +264,9 @@ fn cli_shows_the_cluster_replicas_isr_and_moves_leaders_back() {
     let info = json(&["cluster", "info", "--format", "json"]);
     assert_eq!(info["voters"], serde_json::json!([1, 2, 3]));
     assert!(info["controller"].is_u64());
-    ok(rill(
-        &bootstrap,
-        &[
+    // The broker that takes the request may see the third broker a moment after the others.
+    common::eventually(std::time::Duration::from_secs(30), "topic created", || {
+        let create = [
             "topic",
             "create",
             "rep",
@@ -274,9 +274,9 @@ fn cli_shows_the_cluster_replicas_isr_and_moves_leaders_back() {
             "3",
             "--replicas",
             "3",
-        ],
-        None,
-    ));
+        ];
+        rill(&bootstrap, &create, None).status.success()
+    });
     ok(rill(
         &bootstrap,
         &["produce", "rep", "--acks", "all"],
