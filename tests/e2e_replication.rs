@@ -897,3 +897,29 @@ async fn unclean_leader_election_only_where_the_topic_allows_it_and_loudly() {
         .wait_for_line("UNCLEAN leader election", Duration::from_secs(10));
     assert!(logged.contains("ERROR"), "{logged}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cluster_restart_keeps_every_acknowledged_record() {
+    let mut cluster = Cluster::start(3, &[]);
+    let client = cluster.client().await;
+    create_replicated_topic(&client).await;
+    let load = start_load(&client);
+    load.wait_for(500, "500 acknowledged records").await;
+    let acked = load.finish().await;
+    // SIGTERM one after the other (controlled shutdown while a quorum is left), then start all.
+    for node in 1..=3u32 {
+        assert!(
+            cluster.broker(node).terminate(),
+            "node {node} stops cleanly"
+        );
+        cluster.brokers[node as usize - 1] = None;
+    }
+    for node in [3, 1, 2] {
+        cluster.start_node(node);
+    }
+    let client = cluster.client().await;
+    wait_for_isr(&client, 3).await;
+    verify_acknowledged(&client, &acked).await;
+    let hws = high_watermarks(&client).await;
+    assert_replicas_identical(&mut cluster, &hws);
+}
