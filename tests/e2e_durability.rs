@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{client, BrokerProcess};
-use rill_client::{Admin, Consumer, ConsumerConfig, NewTopic, Producer, ProducerConfig, Record};
+use rill_client::{Admin, NewTopic, Producer, ProducerConfig, Record};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_kill_9_during_production() {
@@ -71,26 +71,8 @@ async fn acknowledged_records_survive_kill_9_during_production() {
 
     let broker = BrokerProcess::start_on(data.path(), &address, &["--flush", "always"]);
     let client = common::client(&broker.address).await;
-    let mut consumer = Consumer::new(client, ConsumerConfig::default());
-    consumer.assign_topic("durable").await.unwrap();
-    let mut stored: BTreeMap<(u32, u64), String> = BTreeMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let records = consumer.poll(Duration::from_millis(300)).await.unwrap();
-        if records.is_empty() && acknowledged.keys().all(|k| stored.contains_key(k)) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "acknowledged records missing after restart"
-        );
-        for r in records {
-            stored.insert(
-                (r.partition, r.offset),
-                String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
-            );
-        }
-    }
+    let stored =
+        common::read_positions(&client, "durable", None, acknowledged.keys().copied()).await;
     for (position, value) in &acknowledged {
         assert_eq!(
             stored.get(position),

@@ -67,6 +67,8 @@ struct Load {
     acked: Acked,
     failures: Arc<Mutex<Vec<ClientError>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Deliveries sent and not yet resolved.
+    outstanding: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -74,6 +76,7 @@ fn start_load(client: &Client) -> Load {
     let acked: Acked = Arc::default();
     let failures: Arc<Mutex<Vec<ClientError>>> = Arc::default();
     let stop: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+    let outstanding: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
     let producer = Producer::new(
         client.clone(),
         ProducerConfig {
@@ -86,7 +89,11 @@ fn start_load(client: &Client) -> Load {
     );
     let task = {
         let (acked, failures, stop) = (acked.clone(), failures.clone(), stop.clone());
+        let outstanding = outstanding.clone();
         tokio::spawn(async move {
+            // A modest, steady rate (20 records per 5 ms tick): the point is continuity, not
+            // throughput, and three brokers share two cores with the test.
+            let mut pace = tokio::time::interval(Duration::from_millis(5));
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let value = format!("record-{i}");
@@ -97,6 +104,8 @@ fn start_load(client: &Client) -> Load {
                     break;
                 };
                 let (acked, failures) = (acked.clone(), failures.clone());
+                let outstanding = outstanding.clone();
+                outstanding.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     match delivery.await {
                         Ok(m) => {
@@ -109,11 +118,11 @@ fn start_load(client: &Client) -> Load {
                         }
                         Err(e) => failures.lock().unwrap().push(e),
                     }
+                    outstanding.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
                 i += 1;
-                // Keep a modest rate: the point is continuity, not throughput.
                 if i.is_multiple_of(20) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    pace.tick().await;
                 }
             }
             producer.flush().await;
@@ -123,6 +132,7 @@ fn start_load(client: &Client) -> Load {
         acked,
         failures,
         stop,
+        outstanding,
         task,
     }
 }
@@ -148,16 +158,14 @@ impl Load {
             .await
             .expect("the producer drains")
             .expect("producer task");
-        // Deliveries resolve on their own tasks: wait until no new acknowledgement arrives.
-        let mut last = usize::MAX;
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let now = self.acked.lock().unwrap().len();
-            if now == last {
-                break;
-            }
-            last = now;
-        }
+        // Deliveries resolve on their own tasks (within the delivery timeout).
+        let outstanding = self.outstanding.clone();
+        common::eventually_async(Duration::from_secs(60), "every delivery resolved", || {
+            let outstanding = outstanding.clone();
+            async move { outstanding.load(std::sync::atomic::Ordering::SeqCst) == 0 }
+        })
+        .await;
+        let last = self.acked.lock().unwrap().len();
         let failures = self.failures.lock().unwrap();
         let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
         for failure in failures.iter() {
@@ -173,29 +181,17 @@ impl Load {
     }
 }
 
-/// Reads every partition from the beginning (up to the high watermark) and checks that every
-/// acknowledged record is at its acknowledged offset.
+/// Reads the partitions of `acked` from the beginning (consumers see up to the high watermark)
+/// and checks that every acknowledged record is at its acknowledged offset.
 async fn verify_acknowledged(client: &Client, acked: &BTreeMap<(u32, u64), (String, Instant)>) {
-    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
-    consumer.assign_topic(TOPIC).await.expect("assign");
-    let mut stored: BTreeMap<(u32, u64), String> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !acked.keys().all(|k| stored.contains_key(k)) {
-        assert!(
-            Instant::now() < deadline,
-            "acknowledged records missing: {} of {} found",
-            acked.keys().filter(|k| stored.contains_key(k)).count(),
-            acked.len()
-        );
-        for r in consumer
-            .poll(Duration::from_millis(300))
-            .await
-            .unwrap_or_default()
-        {
-            let value = String::from_utf8(r.value.unwrap_or_default().to_vec()).unwrap();
-            stored.insert((r.partition, r.offset), value);
-        }
-    }
+    let partitions: Vec<u32> = acked
+        .keys()
+        .map(|(p, _)| *p)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let stored =
+        common::read_positions(client, TOPIC, Some(&partitions), acked.keys().copied()).await;
     for (position, (value, _)) in acked {
         assert_eq!(
             stored.get(position),
@@ -268,21 +264,7 @@ async fn leader_killed_during_acks_all_production_loses_nothing() {
     let killed_at = Instant::now();
     cluster.kill(victim);
     eprintln!("killed node {victim}, the leader of partition 0");
-    common::eventually_async(
-        Duration::from_secs(30),
-        "a new leader for partition 0",
-        || {
-            let client = client.clone();
-            async move {
-                let _ = client.refresh_metadata().await;
-                client
-                    .partitions(TOPIC)
-                    .await
-                    .is_ok_and(|p| p[0].leader.is_some_and(|l| l != victim))
-            }
-        },
-    )
-    .await;
+    wait_for_new_leader(&client, victim).await;
     load.wait_for(before + 300, "300 more acknowledged records after the kill")
         .await;
     let acked = load.finish().await;
@@ -316,17 +298,16 @@ async fn leader_killed_during_acks_all_production_loses_nothing() {
 
 /// Waits until the cluster reports a leader of partition 0 other than `old`; returns it.
 async fn wait_for_new_leader(client: &Client, old: u32) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let _ = client.refresh_metadata().await;
-        if let Ok(Some(l)) = client.partitions(TOPIC).await.map(|p| p[0].leader) {
-            if l != old {
-                return l;
-            }
-        }
-        assert!(Instant::now() < deadline, "no new leader for partition 0");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually_value(
+        Duration::from_secs(30),
+        "a new leader for partition 0",
+        || async {
+            let _ = client.refresh_metadata().await;
+            let leader = client.partitions(TOPIC).await.ok()?[0].leader?;
+            (leader != old).then_some(leader)
+        },
+    )
+    .await
 }
 
 fn dump_logs(cluster: &mut Cluster) {
@@ -456,24 +437,7 @@ async fn with_two_of_three_brokers_down_acks_all_fails_and_committed_data_stays_
     // Committed records of partition 0 are still served by the survivor.
     let partition_zero: BTreeMap<(u32, u64), (String, Instant)> =
         acked.into_iter().filter(|((p, _), _)| *p == 0).collect();
-    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
-    consumer.assign([(TOPIC.to_string(), 0)]);
-    let mut stored = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !partition_zero.keys().all(|k| stored.contains_key(k)) {
-        assert!(Instant::now() < deadline, "committed records unreadable");
-        for r in consumer
-            .poll(Duration::from_millis(300))
-            .await
-            .unwrap_or_default()
-        {
-            let value = String::from_utf8(r.value.unwrap_or_default().to_vec()).unwrap();
-            stored.insert((r.partition, r.offset), value);
-        }
-    }
-    for (position, (value, _)) in &partition_zero {
-        assert_eq!(stored.get(position), Some(value));
-    }
+    verify_acknowledged(&client, &partition_zero).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -491,18 +455,18 @@ async fn killing_the_active_controller_elects_another_and_metadata_changes_conti
         .node_id;
     cluster.kill(controller);
     eprintln!("killed node {controller}, the active controller");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let new_controller = loop {
-        let brokers = admin.describe_cluster().await.unwrap_or_default();
-        if let Some(b) = brokers
-            .iter()
-            .find(|b| b.is_controller && b.node_id != controller)
-        {
-            break b.node_id;
-        }
-        assert!(Instant::now() < deadline, "no new active controller");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let new_controller = common::eventually_value(
+        Duration::from_secs(30),
+        "a new active controller",
+        || async {
+            let brokers = admin.describe_cluster().await.ok()?;
+            brokers
+                .iter()
+                .find(|b| b.is_controller && b.node_id != controller)
+                .map(|b| b.node_id)
+        },
+    )
+    .await;
     eprintln!("node {new_controller} is the active controller");
     // Metadata changes continue: a new topic, replicated on the two survivors.
     let mut topic = NewTopic::new("after-failover", 2);
@@ -573,9 +537,9 @@ async fn consume_and_commit(
         seen.extend(records.iter().map(|r| (r.partition, r.offset)));
         let _ = consumer.commit().await;
     }
-    while let Err(e) = consumer.commit().await {
-        assert!(Instant::now() < deadline, "commit keeps failing: {e}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut poll = common::Poll::new(Duration::from_secs(30), "a successful commit");
+    while consumer.commit().await.is_err() {
+        poll.pause().await;
     }
 }
 
@@ -620,20 +584,15 @@ async fn a_consumer_group_keeps_consuming_through_a_coordinator_failover() {
         .expect("coordinator is a cluster node");
     cluster.kill(node);
     eprintln!("killed node {node}, the coordinator of {GROUP}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let after = loop {
-        if let Ok(offsets) = admin.group_offsets(GROUP).await {
-            if admin
-                .find_coordinator(GROUP)
-                .await
-                .is_ok_and(|c| c != coordinator)
-            {
-                break offsets;
-            }
-        }
-        assert!(Instant::now() < deadline, "no new coordinator");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let after = common::eventually_value(Duration::from_secs(30), "a new coordinator", || async {
+        let offsets = admin.group_offsets(GROUP).await.ok()?;
+        let moved = admin
+            .find_coordinator(GROUP)
+            .await
+            .is_ok_and(|c| c != coordinator);
+        moved.then_some(offsets)
+    })
+    .await;
     assert_eq!(
         after, committed,
         "committed offsets survive the coordinator's death"

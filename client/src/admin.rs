@@ -273,22 +273,22 @@ impl Admin {
             }],
             validate_only: false,
         });
-        let response = self
-            .client
-            .retry("create partitions", || {
-                self.client.request_any(request.clone())
+        // As for create_topic, retriable per-topic codes (a broker that just started) are retried.
+        self.client
+            .retry("create partitions", || async {
+                let ResponseBody::CreatePartitions(response) =
+                    self.client.request_any(request.clone()).await?
+                else {
+                    return Err(unexpected());
+                };
+                let result = response.topics.into_iter().next().ok_or_else(unexpected)?;
+                check(
+                    result.error_code,
+                    format!("add partitions to {}", result.name),
+                    result.error_message,
+                )
             })
             .await?;
-        let ResponseBody::CreatePartitions(response) = response else {
-            return Err(unexpected());
-        };
-        for result in response.topics {
-            check(
-                result.error_code,
-                format!("add partitions to {}", result.name),
-                result.error_message,
-            )?;
-        }
         self.client.refresh_metadata().await
     }
 

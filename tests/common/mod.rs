@@ -274,22 +274,103 @@ pub async fn client(address: &str) -> rill_client::Client {
         .expect("connect to the broker")
 }
 
+/// The pause between polls of a condition, with a deadline: for loops that cannot be written
+/// as a closure (they borrow something mutably). `pause` panics with `what` once the deadline
+/// has passed.
+pub struct Poll {
+    start: Instant,
+    deadline: Duration,
+    pause: Duration,
+    what: String,
+}
+
+impl Poll {
+    pub fn new(deadline: Duration, what: &str) -> Poll {
+        Poll {
+            start: Instant::now(),
+            deadline,
+            pause: Duration::from_millis(1),
+            what: what.to_string(),
+        }
+    }
+
+    /// Waits before the next poll (1 ms, doubling up to 50 ms).
+    pub async fn pause(&mut self) {
+        assert!(
+            self.start.elapsed() < self.deadline,
+            "timed out after {:?} waiting for: {}",
+            self.deadline,
+            self.what
+        );
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(50));
+    }
+}
+
 /// Async version of [`eventually`].
 pub async fn eventually_async<F, Fut>(deadline: Duration, what: &str, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(1);
+    let mut poll = Poll::new(deadline, what);
     while !condition().await {
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for: {what}"
-        );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
+        poll.pause().await;
     }
+}
+
+/// Polls `probe` until it yields a value, or panics with `what` after `deadline`.
+pub async fn eventually_value<T, F, Fut>(deadline: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let mut poll = Poll::new(deadline, what);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        poll.pause().await;
+    }
+}
+
+/// Reads `topic` from the beginning (only `partitions`, or all) until every position in
+/// `wanted` was seen; returns `(partition, offset) -> value` of what was read.
+pub async fn read_positions(
+    client: &rill_client::Client,
+    topic: &str,
+    partitions: Option<&[u32]>,
+    wanted: impl Iterator<Item = (u32, u64)>,
+) -> std::collections::BTreeMap<(u32, u64), String> {
+    let wanted: Vec<(u32, u64)> = wanted.collect();
+    let mut consumer =
+        rill_client::Consumer::new(client.clone(), rill_client::ConsumerConfig::default());
+    match partitions {
+        Some(partitions) => consumer.assign(partitions.iter().map(|p| (topic.to_string(), *p))),
+        None => consumer
+            .assign_topic(topic)
+            .await
+            .expect("assign the topic"),
+    }
+    let mut stored = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !wanted.iter().all(|k| stored.contains_key(k)) {
+        assert!(
+            Instant::now() < deadline,
+            "records missing: {} of {} found",
+            wanted.iter().filter(|k| stored.contains_key(*k)).count(),
+            wanted.len()
+        );
+        for r in consumer
+            .poll(Duration::from_millis(300))
+            .await
+            .unwrap_or_default()
+        {
+            let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default());
+            stored.insert((r.partition, r.offset), value.into_owned());
+        }
+    }
+    stored
 }
 
 pub mod cluster;

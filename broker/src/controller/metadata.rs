@@ -474,14 +474,31 @@ mod tests {
         );
     }
 
+    fn register(state: &mut MetadataState, node_id: NodeId) -> CommandResult {
+        state.apply(&Command::RegisterBroker {
+            node_id,
+            host: "h".into(),
+            port: 1,
+        })
+    }
+
+    /// `leader` sets the ISR of t-0 at the current epochs.
+    fn alter_isr(state: &mut MetadataState, leader: NodeId, isr: Vec<NodeId>) -> CommandResult {
+        let p = state.topics["t"].partitions[0].clone();
+        state.apply(&Command::AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr,
+        })
+    }
+
     fn three_brokers_one_partition() -> MetadataState {
         let mut state = MetadataState::default();
         for id in 1..=3 {
-            state.apply(&Command::RegisterBroker {
-                node_id: id,
-                host: "h".into(),
-                port: 1,
-            });
+            register(&mut state, id);
         }
         state.apply(&Command::CreateTopic {
             name: "t".into(),
@@ -510,31 +527,14 @@ mod tests {
         };
         assert!(matches!(state.apply(&stale), CommandResult::Stale(_)));
         // The new leader shrinks the ISR, then the last in-sync replica dies: offline, not unclean.
-        let p = state.topics["t"].partitions[0].clone();
-        let shrink = Command::AlterPartition {
-            topic: "t".into(),
-            partition: 0,
-            leader: 2,
-            leader_epoch: p.leader_epoch,
-            partition_epoch: p.partition_epoch,
-            isr: vec![2],
-        };
-        assert_eq!(state.apply(&shrink), CommandResult::Ok);
-        state.apply(&Command::RegisterBroker {
-            node_id: 1,
-            host: "h".into(),
-            port: 1,
-        });
+        assert_eq!(alter_isr(&mut state, 2, vec![2]), CommandResult::Ok);
+        register(&mut state, 1);
         state.apply(&Command::FenceBroker { node_id: 2 });
         let p = &state.topics["t"].partitions[0];
         assert_eq!(p.leader, None, "no in-sync replica alive: offline");
         assert_eq!(p.isr, vec![2], "the last ISR member stays, to lead again");
         let epoch = p.leader_epoch;
-        state.apply(&Command::RegisterBroker {
-            node_id: 2,
-            host: "h".into(),
-            port: 1,
-        });
+        register(&mut state, 2);
         let p = &state.topics["t"].partitions[0];
         assert_eq!(p.leader, Some(2), "its return brings the partition back");
         assert_eq!(p.leader_epoch, epoch + 1);
@@ -549,15 +549,7 @@ mod tests {
             .unwrap()
             .configs
             .insert("unclean.leader.election.enable".into(), "true".into());
-        let p = state.topics["t"].partitions[0].clone();
-        state.apply(&Command::AlterPartition {
-            topic: "t".into(),
-            partition: 0,
-            leader: 1,
-            leader_epoch: p.leader_epoch,
-            partition_epoch: p.partition_epoch,
-            isr: vec![1],
-        });
+        alter_isr(&mut state, 1, vec![1]);
         state.apply(&Command::FenceBroker { node_id: 1 });
         let p = &state.topics["t"].partitions[0];
         assert_eq!(p.leader, Some(2));
@@ -569,11 +561,7 @@ mod tests {
         let mut state = three_brokers_one_partition();
         state.apply(&Command::FenceBroker { node_id: 1 });
         assert_eq!(state.topics["t"].partitions[0].leader, Some(2));
-        state.apply(&Command::RegisterBroker {
-            node_id: 1,
-            host: "h".into(),
-            port: 1,
-        });
+        register(&mut state, 1);
         let elect = Command::ElectPreferredLeaders { topics: None };
         assert_eq!(
             state.apply(&elect),
@@ -583,15 +571,7 @@ mod tests {
             },
             "broker 1 is not back in the ISR yet"
         );
-        let p = state.topics["t"].partitions[0].clone();
-        state.apply(&Command::AlterPartition {
-            topic: "t".into(),
-            partition: 0,
-            leader: 2,
-            leader_epoch: p.leader_epoch,
-            partition_epoch: p.partition_epoch,
-            isr: vec![2, 3, 1],
-        });
+        alter_isr(&mut state, 2, vec![2, 3, 1]);
         assert_eq!(
             state.apply(&elect),
             CommandResult::Elected {

@@ -79,6 +79,20 @@ struct State {
     fetcher: Option<CancellationToken>,
 }
 
+/// ISR members keeping up: the leader itself, and followers caught up within `lag_max`.
+fn live_insync(state: &State, lag_max: Duration) -> usize {
+    state
+        .isr
+        .iter()
+        .filter(|r| {
+            state
+                .followers
+                .get(r)
+                .is_none_or(|p| p.caught_up_at.elapsed() <= lag_max)
+        })
+        .count()
+}
+
 impl State {
     /// No ISR change in flight and no backoff pending.
     fn may_propose_isr(&self) -> bool {
@@ -137,30 +151,25 @@ impl Replica {
 
     /// The leader epoch this broker leads at, or why it does not lead.
     pub fn leader_epoch(&self) -> Result<u32, ErrorCode> {
-        self.check_leader(None)?;
-        Ok(self.state().leader_epoch)
+        self.admit_produce(false, Duration::ZERO)
     }
 
-    /// acks=all admission: enough in-sync replicas that are actually keeping up (a follower that
-    /// stopped fetching counts as gone at once, even before the controller shrinks the ISR, so a
-    /// leader cut off from its quorum refuses writes instead of timing them out).
-    pub fn check_min_insync(&self, lag_max: Duration) -> LeaderCheck {
+    /// Produce admission, under one lock: the leader epoch to append with if this broker leads
+    /// the partition and, for acks=all (`all`), at least `min.insync.replicas` ISR members keep
+    /// up ([`live_insync`]: a follower that stopped fetching counts as gone at once, even before
+    /// the controller shrinks the ISR, so a leader cut off from its quorum refuses writes
+    /// instead of timing them out).
+    pub fn admit_produce(&self, all: bool, lag_max: Duration) -> Result<u32, ErrorCode> {
         let state = self.state();
-        let live = state
-            .isr
-            .iter()
-            .filter(|r| {
-                state.role == Role::Leader
-                    && state
-                        .followers
-                        .get(r)
-                        .is_none_or(|p| p.caught_up_at.elapsed() <= lag_max)
-            })
-            .count();
-        if live < state.min_insync {
+        match state.role {
+            Role::Leader => {}
+            Role::Follower(Some(_)) => return Err(ErrorCode::NOT_LEADER),
+            Role::Follower(None) => return Err(ErrorCode::LEADER_NOT_AVAILABLE),
+        }
+        if all && live_insync(&state, lag_max) < state.min_insync {
             return Err(ErrorCode::NOT_ENOUGH_REPLICAS);
         }
-        Ok(())
+        Ok(state.leader_epoch)
     }
 
     /// After the HW reached an acks=all write: the ISR must still satisfy the minimum.
@@ -431,17 +440,24 @@ impl ReplicaManager {
     pub fn on_follower_fetch(
         self: &Arc<Self>,
         tp: &TopicPartition,
+        replica: &Arc<Replica>,
         follower: NodeId,
         current_leader_epoch: Option<u32>,
         fetch_offset: u64,
         last_fetched_epoch: Option<u32>,
     ) -> Result<FollowerFetch, ErrorCode> {
-        let replica = self.get(tp).ok_or(ErrorCode::NOT_LEADER)?;
         replica.check_leader(current_leader_epoch)?;
-        let (leader_end, diverging) = replica
+        let leader_epoch = replica.log.leader_epoch();
+        let (leader_end, epoch_start, diverging) = replica
             .log
             .with_log(|log| {
                 let end = log.log_end_offset();
+                // Where this leader's epoch starts: a follower joins the ISR only past it.
+                let epoch_start = log
+                    .epochs()
+                    .iter()
+                    .find(|(e, _)| *e == leader_epoch)
+                    .map_or(0, |(_, s)| *s);
                 let diverging =
                     last_fetched_epoch.and_then(|last| match log.end_offset_for_epoch(last) {
                         Some((epoch, end_offset))
@@ -455,7 +471,7 @@ impl ReplicaManager {
                             end_offset: log.log_start_offset(),
                         }),
                     });
-                Ok((end, diverging))
+                Ok((end, epoch_start, diverging))
             })
             .map_err(|e| e.error_code())?;
         if let Some(diverging) = diverging {
@@ -483,16 +499,6 @@ impl ReplicaManager {
         progress.leader_end_at_last_fetch = leader_end;
         replica.advance_high_watermark(&state, node_id);
         let hw = replica.log.high_watermark();
-        let epoch_start = replica
-            .log
-            .with_log(|log| {
-                Ok(log
-                    .epochs()
-                    .iter()
-                    .find(|(e, _)| *e == state.leader_epoch)
-                    .map_or(0, |(_, s)| *s))
-            })
-            .unwrap_or(u64::MAX);
         let joins = !state.isr.contains(&follower)
             && state.may_propose_isr()
             && fetch_offset >= hw
@@ -503,7 +509,7 @@ impl ReplicaManager {
             if state.isr_failures == 0 {
                 tracing::info!(partition = %tp, follower, ?isr, "follower caught up: expanding the ISR");
             }
-            self.propose_isr(tp, &replica, &mut state, isr);
+            self.propose_isr(tp, replica, &mut state, isr);
         }
         Ok(FollowerFetch::Read)
     }

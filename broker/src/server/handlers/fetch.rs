@@ -67,15 +67,9 @@ async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Vec<Bytes> 
             t.partitions
                 .iter()
                 .map(|p| {
-                    let replica = local_replica(
-                        state,
-                        &metadata,
-                        &t.name,
-                        p.partition,
-                        true,
-                        p.current_leader_epoch,
-                    )?;
+                    let replica = local_replica(state, &metadata, &t.name, p.partition)?;
                     let Some(follower) = request.replica_id else {
+                        replica.check_leader(p.current_leader_epoch)?;
                         let watch = replica.log.subscribe_high_watermark();
                         return Ok(Source {
                             replica,
@@ -88,6 +82,7 @@ async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Vec<Bytes> 
                     let tp = TopicPartition::new(t.name.clone(), p.partition);
                     let decision = state.replicas.on_follower_fetch(
                         &tp,
+                        &replica,
                         u64::from(follower),
                         p.current_leader_epoch,
                         p.fetch_offset,

@@ -74,15 +74,13 @@ pub async fn start(state: &Arc<BrokerState>, frame: RequestFrame, peer: SocketAd
     }
 }
 
-/// The local replica of a partition, or the error code a client should see. With `leader`,
-/// this broker must lead it (at `epoch`, when given).
+/// The local replica of a partition, or the error code a client should see. Callers check
+/// its role themselves (the produce and follower-fetch paths do it with their other checks).
 fn local_replica(
     state: &BrokerState,
     metadata: &MetadataState,
     topic: &str,
     partition: u32,
-    leader: bool,
-    epoch: Option<u32>,
 ) -> Result<Arc<Replica>, ErrorCode> {
     let info = metadata
         .topics
@@ -97,9 +95,6 @@ fn local_replica(
             Some(_) => ErrorCode::NOT_LEADER,
             None => ErrorCode::LEADER_NOT_AVAILABLE,
         })?;
-    if leader {
-        replica.check_leader(epoch)?;
-    }
     Ok(replica)
 }
 
@@ -110,7 +105,9 @@ fn leader_replica(
     topic: &str,
     partition: u32,
 ) -> Result<Arc<Replica>, ErrorCode> {
-    local_replica(state, metadata, topic, partition, true, None)
+    let replica = local_replica(state, metadata, topic, partition)?;
+    replica.check_leader(None)?;
+    Ok(replica)
 }
 
 /// Topic names: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..` (they become directory names).

@@ -16,7 +16,7 @@ use rill_protocol::api::{
 };
 use rill_protocol::ErrorCode;
 
-use super::{create_topic, leader_replica, reply, Pending};
+use super::{create_topic, local_replica, reply, Pending};
 use crate::server::BrokerState;
 
 pub(super) async fn handle(state: &Arc<BrokerState>, request: ProduceRequest) -> Pending {
@@ -41,12 +41,9 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: ProduceRequest) ->
     let mut appends = Vec::new();
     for (t, topic) in request.topics.iter().enumerate() {
         for partition in &topic.partitions {
-            let target = leader_replica(state, &metadata, &topic.name, partition.partition)
+            let target = local_replica(state, &metadata, &topic.name, partition.partition)
                 .and_then(|replica| {
-                    let epoch = replica.leader_epoch()?;
-                    if all {
-                        replica.check_min_insync(lag_max)?;
-                    }
+                    let epoch = replica.admit_produce(all, lag_max)?;
                     Ok((replica, epoch))
                 });
             let records: Bytes = partition.records.clone();
