@@ -142,6 +142,10 @@ impl Load {
         self.acked.lock().unwrap().len()
     }
 
+    async fn wait_for_more(&self, records: usize, what: &str) {
+        self.wait_for(self.count() + records, what).await;
+    }
+
     async fn wait_for(&self, more_than: usize, what: &str) {
         let acked = self.acked.clone();
         common::eventually_async(Duration::from_secs(60), what, || {
@@ -203,6 +207,30 @@ async fn verify_acknowledged(client: &Client, acked: &BTreeMap<(u32, u64), (Stri
     }
 }
 
+/// A three-broker cluster with the replicated topic, under acks=all load that has had `records`
+/// acknowledged.
+async fn cluster_under_load(records: usize) -> (Cluster, Client, Load) {
+    let cluster = Cluster::start(3, &[]);
+    let client = cluster.client().await;
+    create_replicated_topic(&client).await;
+    let load = start_load(&client);
+    load.wait_for(records, &format!("{records} acknowledged records"))
+        .await;
+    (cluster, client, load)
+}
+
+/// Every acknowledged record is where its acknowledgement said, and (after stopping the
+/// brokers) the replicas' logs are identical below the high watermark.
+async fn check_acknowledged_and_replicas(
+    cluster: &mut Cluster,
+    client: &Client,
+    acked: &BTreeMap<(u32, u64), (String, Instant)>,
+) {
+    verify_acknowledged(client, acked).await;
+    let hws = high_watermarks(client).await;
+    assert_replicas_identical(cluster, &hws);
+}
+
 /// High watermark of every partition, from the leaders.
 async fn high_watermarks(client: &Client) -> Vec<u64> {
     let admin = Admin::new(client.clone());
@@ -253,11 +281,7 @@ fn assert_replicas_identical(cluster: &mut Cluster, hws: &[u64]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_during_acks_all_production_loses_nothing() {
-    let mut cluster = Cluster::start(3, &[]);
-    let client = cluster.client().await;
-    create_replicated_topic(&client).await;
-    let load = start_load(&client);
-    load.wait_for(300, "300 acknowledged records").await;
+    let (mut cluster, client, load) = cluster_under_load(300).await;
 
     let victim = leader_of(&client, 0).await;
     let before = load.count();
@@ -291,9 +315,7 @@ async fn leader_killed_during_acks_all_production_loses_nothing() {
     // The killed broker returns, catches up and rejoins the ISR.
     cluster.restart(victim);
     wait_for_isr(&client, 3).await;
-    verify_acknowledged(&client, &acked).await;
-    let hws = high_watermarks(&client).await;
-    assert_replicas_identical(&mut cluster, &hws);
+    check_acknowledged_and_replicas(&mut cluster, &client, &acked).await;
 }
 
 /// Waits until the cluster reports a leader of partition 0 other than `old`; returns it.
@@ -325,81 +347,49 @@ fn dump_logs(cluster: &mut Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_is_fenced_and_acknowledges_nothing_after_losing_leadership() {
-    let mut cluster = Cluster::start(3, &[]);
-    let client = cluster.client().await;
-    create_replicated_topic(&client).await;
-    let load = start_load(&client);
-    load.wait_for(300, "300 acknowledged records").await;
+    let (mut cluster, client, load) = cluster_under_load(300).await;
 
     let victim = leader_of(&client, 0).await;
     cluster.signal_pause(victim, true);
     eprintln!("paused node {victim}, the leader of partition 0");
     let new_leader = wait_for_new_leader(&client, victim).await;
-    let before = load.count();
-    load.wait_for(
-        before + 300,
-        "300 more acknowledged records on the new leaders",
-    )
-    .await;
+    load.wait_for_more(300, "300 more acknowledged records on the new leaders")
+        .await;
     // The old leader wakes up still believing it leads: whatever it appends now cannot reach
     // the high watermark (the followers left it), and its divergent tail is truncated when it
     // follows the new leader.
     cluster.signal_pause(victim, false);
     eprintln!("resumed node {victim}; node {new_leader} leads partition 0");
-    let before = load.count();
-    load.wait_for(
-        before + 300,
-        "300 more acknowledged records after the resume",
-    )
-    .await;
+    load.wait_for_more(300, "300 more acknowledged records after the resume")
+        .await;
     let acked = load.finish().await;
     wait_for_isr(&client, 3).await;
-    verify_acknowledged(&client, &acked).await;
-    let hws = high_watermarks(&client).await;
     dump_logs(&mut cluster);
-    assert_replicas_identical(&mut cluster, &hws);
+    check_acknowledged_and_replicas(&mut cluster, &client, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_follower_catches_up_and_rejoins_the_isr() {
-    let mut cluster = Cluster::start(3, &[]);
-    let client = cluster.client().await;
-    create_replicated_topic(&client).await;
-    let load = start_load(&client);
-    load.wait_for(300, "300 acknowledged records").await;
+    let (mut cluster, client, load) = cluster_under_load(300).await;
 
     let leader = leader_of(&client, 0).await;
     let follower = (1..=3).find(|n| *n != leader).expect("a follower");
     cluster.kill(follower);
     eprintln!("killed node {follower}, a follower of partition 0");
     wait_for_isr(&client, 2).await;
-    let before = load.count();
-    load.wait_for(
-        before + 500,
-        "500 more acknowledged records with a follower down",
-    )
-    .await;
+    load.wait_for_more(500, "500 more acknowledged records with a follower down")
+        .await;
     cluster.restart(follower);
     wait_for_isr(&client, 3).await;
-    let before = load.count();
-    load.wait_for(
-        before + 200,
-        "200 more acknowledged records with the ISR full again",
-    )
-    .await;
+    load.wait_for_more(200, "200 more acknowledged records with the ISR full again")
+        .await;
     let acked = load.finish().await;
-    verify_acknowledged(&client, &acked).await;
-    let hws = high_watermarks(&client).await;
-    assert_replicas_identical(&mut cluster, &hws);
+    check_acknowledged_and_replicas(&mut cluster, &client, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_of_three_brokers_down_acks_all_fails_and_committed_data_stays_readable() {
-    let mut cluster = Cluster::start(3, &[]);
-    let client = cluster.client().await;
-    create_replicated_topic(&client).await;
-    let load = start_load(&client);
-    load.wait_for(300, "300 acknowledged records").await;
+    let (mut cluster, client, load) = cluster_under_load(300).await;
     let acked = load.finish().await;
 
     let survivor = leader_of(&client, 0).await;
@@ -649,11 +639,7 @@ async fn an_observer_broker_hosts_and_leads_replicas_without_voting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement; run explicitly"]
 async fn failover_time_over_ten_leader_kills() {
-    let mut cluster = Cluster::start(3, &[]);
-    let client = cluster.client().await;
-    create_replicated_topic(&client).await;
-    let load = start_load(&client);
-    load.wait_for(200, "200 acknowledged records").await;
+    let (mut cluster, client, load) = cluster_under_load(200).await;
     let mut times = Vec::new();
     for round in 0..10 {
         let victim = leader_of(&client, 0).await;
@@ -759,11 +745,7 @@ async fn leadership_returns_to_the_preferred_replica_automatically() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_lost_its_disk_rejoins_the_quorum_and_re_replicates_its_partitions() {
-    let mut cluster = Cluster::start(3, &[]);
-    let client = cluster.client().await;
-    create_replicated_topic(&client).await;
-    let load = start_load(&client);
-    load.wait_for(500, "500 acknowledged records").await;
+    let (mut cluster, _, load) = cluster_under_load(500).await;
     let acked = load.finish().await;
     // Node 1 initialized the quorum; it comes back with an empty data directory.
     cluster.kill(1);
@@ -774,9 +756,7 @@ async fn a_broker_that_lost_its_disk_rejoins_the_quorum_and_re_replicates_its_pa
     let admin = Admin::new(client.clone());
     let brokers = admin.describe_cluster().await.expect("cluster");
     assert!(brokers.iter().all(|b| b.voter && !b.fenced), "{brokers:?}");
-    verify_acknowledged(&client, &acked).await;
-    let hws = high_watermarks(&client).await;
-    assert_replicas_identical(&mut cluster, &hws);
+    check_acknowledged_and_replicas(&mut cluster, &client, &acked).await;
 }
 
 /// The partition of `topic` whose replicas are exactly `replicas` (in order).
@@ -859,11 +839,7 @@ async fn unclean_leader_election_only_where_the_topic_allows_it_and_loudly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_cluster_restart_keeps_every_acknowledged_record() {
-    let mut cluster = Cluster::start(3, &[]);
-    let client = cluster.client().await;
-    create_replicated_topic(&client).await;
-    let load = start_load(&client);
-    load.wait_for(500, "500 acknowledged records").await;
+    let (mut cluster, _, load) = cluster_under_load(500).await;
     let acked = load.finish().await;
     // SIGTERM one after the other (controlled shutdown while a quorum is left), then start all.
     for node in 1..=3u32 {
@@ -878,7 +854,5 @@ async fn a_full_cluster_restart_keeps_every_acknowledged_record() {
     }
     let client = cluster.client().await;
     wait_for_isr(&client, 3).await;
-    verify_acknowledged(&client, &acked).await;
-    let hws = high_watermarks(&client).await;
-    assert_replicas_identical(&mut cluster, &hws);
+    check_acknowledged_and_replicas(&mut cluster, &client, &acked).await;
 }

@@ -358,12 +358,23 @@ pub struct MemberDescription {
 }
 
 impl Admin {
-    async fn group_request(&self, group_id: &str, body: RequestBody) -> Result<ResponseBody> {
-        let address = crate::group::find_coordinator(&self.client, group_id).await?;
+    /// Sends `body` to the group's coordinator (found again on every attempt), retrying
+    /// retriable failures such as a coordinator moving.
+    async fn group_request(
+        &self,
+        group_id: &str,
+        what: &str,
+        body: RequestBody,
+    ) -> Result<ResponseBody> {
         self.client
-            .connection(&address, Purpose::Control)
-            .await?
-            .request(body, self.client.config().request_timeout)
+            .retry(what, || async {
+                let address = crate::group::find_coordinator(&self.client, group_id).await?;
+                self.client
+                    .connection(&address, Purpose::Control)
+                    .await?
+                    .request(body.clone(), self.client.config().request_timeout)
+                    .await
+            })
             .await
     }
 
@@ -403,10 +414,7 @@ impl Admin {
             group_ids: vec![group_id.to_string()],
         });
         let response = self
-            .client
-            .retry("describe group", || {
-                self.group_request(group_id, request.clone())
-            })
+            .group_request(group_id, "describe group", request)
             .await?;
         let ResponseBody::DescribeGroups(response) = response else {
             return Err(unexpected());
@@ -443,10 +451,7 @@ impl Admin {
             topics: None,
         });
         let response = self
-            .client
-            .retry("fetch group offsets", || {
-                self.group_request(group_id, request.clone())
-            })
+            .group_request(group_id, "fetch group offsets", request)
             .await?;
         crate::group::committed_offsets(response, group_id)
     }
@@ -466,10 +471,7 @@ impl Admin {
             topics,
         });
         let response = self
-            .client
-            .retry("reset group offsets", || {
-                self.group_request(group_id, request.clone())
-            })
+            .group_request(group_id, "reset group offsets", request)
             .await?;
         crate::group::check_commit(response, group_id)
     }
@@ -480,10 +482,7 @@ impl Admin {
             group_ids: vec![group_id.to_string()],
         });
         let response = self
-            .client
-            .retry("delete group", || {
-                self.group_request(group_id, request.clone())
-            })
+            .group_request(group_id, "delete group", request)
             .await?;
         let ResponseBody::DeleteGroups(response) = response else {
             return Err(unexpected());
