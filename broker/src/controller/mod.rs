@@ -73,8 +73,7 @@ struct Inner {
     observed_leader: Mutex<Option<NodeId>>,
     /// Observers: the log index of the metadata last received.
     observed_applied: watch::Sender<u64>,
-    /// Observers: poll the voters now (after forwarding a proposal).
-    poll_now: tokio::sync::Notify,
+
     /// Connections to the voters' controller ports, for forwarded requests.
     peers: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<PeerClient>>>>,
     /// Active controller only: when each broker last heartbeated.
@@ -171,7 +170,10 @@ impl Controller {
             let answer = self
                 .call(
                     id,
-                    RaftRequest::GetMetadata { known: u64::MAX },
+                    RaftRequest::GetMetadata {
+                        known: u64::MAX,
+                        wait_ms: 0,
+                    },
                     Duration::from_secs(1),
                 )
                 .await;
@@ -207,7 +209,7 @@ impl Controller {
                 metadata,
                 observed_leader: Mutex::new(None),
                 observed_applied: watch::channel(0).0,
-                poll_now: tokio::sync::Notify::new(),
+
                 peers: Mutex::default(),
                 last_heartbeat: Mutex::default(),
                 options,
@@ -308,7 +310,7 @@ impl Controller {
                     }
                     None => {
                         let mut applied = self.inner.observed_applied.subscribe();
-                        self.inner.poll_now.notify_one();
+
                         let _ = tokio::time::timeout(
                             Duration::from_secs(5),
                             applied.wait_for(|applied| *applied >= index),
@@ -467,15 +469,30 @@ impl Controller {
         }
     }
 
-    /// Observers: polls the voters for metadata and the active controller's id.
+    /// Observers: long-polls a voter (its own connections) for metadata newer than what it has, and the active controller's id.
     async fn observe(self, publisher: watch::Sender<Arc<MetadataState>>) {
         let ids: Vec<NodeId> = self.inner.voters.keys().copied().collect();
         let mut next = 0;
+        // Own connections: a long poll must not hold up this broker's heartbeats and proposals.
+        let mut polls: HashMap<NodeId, PeerClient> = HashMap::new();
         loop {
             let target = self.leader().unwrap_or(ids[next % ids.len()]);
             let known = *self.inner.observed_applied.borrow();
-            let request = RaftRequest::GetMetadata { known };
-            let response = self.call(target, request, Duration::from_secs(2)).await;
+            let request = RaftRequest::GetMetadata {
+                known,
+                wait_ms: 1_000,
+            };
+            let Some(address) = self.inner.voters.get(&target).cloned() else {
+                return;
+            };
+            let poll = polls
+                .entry(target)
+                .or_insert_with(|| PeerClient::new(target, address));
+            let response = tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                response = poll.call(request, Duration::from_secs(3)) => response.ok(),
+            };
+            let answered = response.is_some();
             match response {
                 Some(RaftResponse::Metadata {
                     leader,
@@ -510,10 +527,11 @@ impl Controller {
                     next += 1;
                 }
             }
-            tokio::select! {
-                _ = self.inner.shutdown.cancelled() => return,
-                _ = self.inner.poll_now.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            if !answered {
+                tokio::select! {
+                    _ = self.inner.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
             }
         }
     }

@@ -43,9 +43,11 @@ pub(crate) enum RaftRequest {
         incarnation: u64,
     },
     /// An observer asks for the applied metadata, unless it already has the state as of log
-    /// index `known`.
+    /// index `known`; with `wait_ms` > 0 the voter holds the request until something newer is
+    /// applied or `wait_ms` passes (a long poll: observers see changes at once).
     GetMetadata {
         known: u64,
+        wait_ms: u32,
     },
 }
 
@@ -156,7 +158,17 @@ pub(crate) async fn serve(
                             .on_heartbeat(node_id, host, port, incarnation)
                             .await,
                     ),
-                    RaftRequest::GetMetadata { known } => {
+                    RaftRequest::GetMetadata { known, wait_ms } => {
+                        if wait_ms > 0 {
+                            let wait = Duration::from_millis(u64::from(wait_ms.min(5_000)));
+                            let _ = raft
+                                .wait(Some(wait))
+                                .applied_index_at_least(
+                                    Some(known.saturating_add(1)),
+                                    "metadata long poll",
+                                )
+                                .await;
+                        }
                         let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
                         RaftResponse::Metadata {
                             leader: controller.leader(),
