@@ -73,6 +73,10 @@ struct Load {
 }
 
 fn start_load(client: &Client) -> Load {
+    start_load_with(client, Acks::All)
+}
+
+fn start_load_with(client: &Client, acks: Acks) -> Load {
     let acked: Acked = Arc::default();
     let failures: Arc<Mutex<Vec<ClientError>>> = Arc::default();
     let stop: Arc<std::sync::atomic::AtomicBool> = Arc::default();
@@ -80,7 +84,7 @@ fn start_load(client: &Client) -> Load {
     let producer = Producer::new(
         client.clone(),
         ProducerConfig {
-            acks: Acks::All,
+            acks,
             linger: Duration::from_millis(2),
             batch_size_bytes: 4096,
             delivery_timeout: Duration::from_secs(30),
@@ -109,7 +113,7 @@ fn start_load(client: &Client) -> Load {
                 tokio::spawn(async move {
                     match delivery.await {
                         Ok(m) => {
-                            let offset = m.offset.expect("acks=all gives an offset");
+                            let offset = m.offset.expect("acks=1 and acks=all give an offset");
                             let previous = acked
                                 .lock()
                                 .unwrap()
@@ -388,13 +392,15 @@ async fn a_restarted_follower_catches_up_and_rejoins_the_isr() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_two_of_three_brokers_down_acks_all_fails_and_committed_data_stays_readable() {
+async fn with_two_of_three_brokers_down_nothing_is_acknowledged_and_committed_data_returns_with_a_quorum(
+) {
     let (mut cluster, client, load) = cluster_under_load(300).await;
     let acked = load.finish().await;
 
     let survivor = leader_of(&client, 0).await;
-    for node in (1..=3).filter(|n| *n != survivor) {
-        cluster.kill(node);
+    let down: Vec<u32> = (1..=3).filter(|n| *n != survivor).collect();
+    for node in &down {
+        cluster.kill(*node);
     }
     eprintln!("only node {survivor}, the leader of partition 0, is left");
     let producer = Producer::new(
@@ -405,29 +411,100 @@ async fn with_two_of_three_brokers_down_acks_all_fails_and_committed_data_stays_
             ..ProducerConfig::default()
         },
     );
-    // Until the followers count as lagging (replica_lag_max_ms) a write may wait and time out;
-    // after that it is refused outright.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let delivery = producer
-            .send(Record::new(TOPIC).partition(0).value("after the outage"))
-            .await
-            .expect("queue the record");
-        let error = delivery
-            .await
-            .expect_err("acks=all cannot succeed with one in-sync replica left");
-        if error.to_string().contains("NOT_ENOUGH_REPLICAS") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never refused with NOT_ENOUGH_REPLICAS: {error}"
-        );
-    }
-    // Committed records of partition 0 are still served by the survivor.
+    // Refused at once while the followers still count as in sync (NOT_ENOUGH_REPLICAS), or
+    // once the survivor's lease ran out (it cannot reach a controller quorum: NOT_LEADER until
+    // the delivery timeout): never acknowledged.
+    let delivery = producer
+        .send(Record::new(TOPIC).partition(0).value("after the outage"))
+        .await
+        .expect("queue the record");
+    let error = delivery
+        .await
+        .expect_err("acks=all cannot succeed with one broker of three left");
+    eprintln!("with two brokers down: {error}");
+    // Without a quorum no broker holds a lease: the survivor stops leading, loudly.
+    cluster
+        .broker(survivor)
+        .wait_for_line("leadership lease EXPIRED", Duration::from_secs(30));
+    // One broker back: a quorum again, and every committed record readable.
+    cluster.restart(down[0]);
     let partition_zero: BTreeMap<(u32, u64), (String, Instant)> =
         acked.into_iter().filter(|((p, _), _)| *p == 0).collect();
     verify_acknowledged(&client, &partition_zero).await;
+}
+
+/// Review finding #1: a leader cut off from the controller (clients and the other brokers'
+/// replication still reach it) used to keep acknowledging acks=1 writes that were lost when it
+/// rejoined. With the lease it stops leading before the controller elects another leader, so
+/// every acknowledgement survives the heal, and consumers move to the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_controller_stops_leading_and_no_acks_1_write_is_lost() {
+    use common::cluster::NETWORK_CONTROLLER_PORT;
+    let mut cluster = Cluster::start_in_network(3, &[]);
+    let client = cluster.client().await;
+    let mut topic = NewTopic::new(TOPIC, PARTITIONS);
+    topic.replication_factor = 3;
+    Admin::new(client.clone())
+        .create_topic(topic)
+        .await
+        .expect("create the replicated topic");
+    wait_for_isr(&client, 3).await;
+    // The producer and the consumer have clients of their own, which refresh metadata only
+    // when a broker tells them to (as an application's would): the test's own refreshes must
+    // not move them to the new leader.
+    let load = start_load_with(&cluster.client().await, Acks::Leader);
+    load.wait_for(300, "300 acknowledged records").await;
+
+    // A consumer of partition 0 that must keep seeing new records through the cut.
+    let mut consumer = Consumer::new(cluster.client().await, ConsumerConfig::default());
+    consumer.assign([(TOPIC.to_string(), 0)]);
+    consumer
+        .seek(TOPIC, 0, rill_client::SeekTo::Earliest)
+        .await
+        .expect("seek");
+
+    let zombie = leader_of(&client, 0).await;
+    let cut_at = Instant::now();
+    cluster
+        .network()
+        .cut_port(zombie as usize, NETWORK_CONTROLLER_PORT);
+    eprintln!("cut node {zombie}, the leader of partition 0, from the controller port");
+    cluster
+        .broker(zombie)
+        .wait_for_line("leadership lease EXPIRED", Duration::from_secs(30));
+    let expired_after = cut_at.elapsed();
+    let new_leader = wait_for_new_leader(&client, zombie).await;
+    eprintln!(
+        "node {zombie} stopped leading {expired_after:?} after the cut; node {new_leader} leads partition 0"
+    );
+    load.wait_for_more(300, "300 more acknowledged records on the new leader")
+        .await;
+    // The consumer reaches records written after the cut (it moved to the new leader).
+    let target = load.count();
+    let mut seen = 0;
+    let mut poll = common::Poll::new(Duration::from_secs(60), "the consumer reads past the cut");
+    while seen < target / 2 {
+        seen += consumer
+            .poll(Duration::from_millis(200))
+            .await
+            .expect("poll")
+            .len();
+        poll.pause().await;
+    }
+
+    cluster.network().heal(zombie as usize);
+    eprintln!("healed node {zombie}");
+    load.wait_for_more(300, "300 more acknowledged records after the heal")
+        .await;
+    let acked = load.finish().await;
+    wait_for_isr(&client, 3).await;
+    let zombie_log = cluster.broker(zombie).drain_log().join("\n");
+    assert!(
+        zombie_log.contains("leadership lease granted"),
+        "node {zombie} leads again after re-registering"
+    );
+    dump_logs(&mut cluster);
+    check_acknowledged_and_replicas(&mut cluster, &client, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

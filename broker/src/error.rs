@@ -45,6 +45,9 @@ pub enum Error {
     /// Replication broke a rule (a fetched batch does not continue the log, epochs go back).
     #[error("replication: {0}")]
     Replication(String),
+    /// A leader append admitted at `epoch` after this broker stopped leading at it.
+    #[error("{partition}: this broker no longer leads at epoch {epoch}; refresh metadata and retry on the leader")]
+    NotLeader { partition: String, epoch: u32 },
     /// A log directory whose files cannot be turned into a log (wrong names, impossible sizes).
     #[error("log directory {path} is unusable: {reason}")]
     CorruptLog { path: PathBuf, reason: String },
@@ -79,6 +82,7 @@ impl Error {
             Error::NotController { .. } => ErrorCode::NOT_CONTROLLER,
             Error::ClusterNotReady => ErrorCode::CLUSTER_NOT_READY,
             Error::Replication(_) => ErrorCode::UNKNOWN_SERVER_ERROR,
+            Error::NotLeader { .. } => ErrorCode::NOT_LEADER,
         }
     }
 }

@@ -33,6 +33,10 @@ pub struct ClientConfig {
     pub max_frame_bytes: usize,
     /// Requests in flight per connection. Default 16.
     pub in_flight_requests_max: usize,
+    /// Metadata older than this is refreshed even without an error (Kafka's
+    /// `metadata.max.age.ms`), so a client whose brokers answer but no longer lead still moves
+    /// on to the new leaders. Default 5 min.
+    pub metadata_max_age: Duration,
 }
 
 impl ClientConfig {
@@ -51,6 +55,7 @@ impl ClientConfig {
             retry_backoff_max: Duration::from_secs(1),
             max_frame_bytes: 64 << 20,
             in_flight_requests_max: 16,
+            metadata_max_age: Duration::from_secs(300),
         }
     }
 }
@@ -125,6 +130,7 @@ impl Client {
         client
             .retry("loading cluster metadata", || client.refresh_metadata())
             .await?;
+        tokio::spawn(refresh_periodically(Arc::downgrade(&client.inner)));
         Ok(client)
     }
 
@@ -300,13 +306,21 @@ impl Client {
 
     /// The leader of a partition from the cache.
     pub(crate) async fn leader(&self, topic: &str, partition: u32) -> Result<u32> {
+        self.leader_and_epoch(topic, partition)
+            .await
+            .map(|(leader, _)| leader)
+    }
+
+    /// The leader of a partition and its leader epoch, from the cache.
+    pub(crate) async fn leader_and_epoch(&self, topic: &str, partition: u32) -> Result<(u32, u32)> {
         let cached = self.cached(|m| {
-            m.topics
-                .get(topic)
-                .and_then(|p| p.get(partition as usize).map(|p| p.leader))
+            m.topics.get(topic).and_then(|p| {
+                p.get(partition as usize)
+                    .map(|p| (p.leader, p.leader_epoch))
+            })
         });
-        if let Some(Some(leader)) = cached {
-            return Ok(leader);
+        if let Some((Some(leader), epoch)) = cached {
+            return Ok((leader, epoch));
         }
         let partitions = self.partitions(topic).await?;
         let info = partitions.get(partition as usize).ok_or_else(|| {
@@ -316,13 +330,14 @@ impl Client {
                 Some(format!("the topic has {} partitions", partitions.len())),
             )
         })?;
-        info.leader.ok_or_else(|| {
+        let leader = info.leader.ok_or_else(|| {
             ClientError::broker(
                 ErrorCode::LEADER_NOT_AVAILABLE,
                 format!("{topic}-{partition}"),
                 None,
             )
-        })
+        })?;
+        Ok((leader, info.leader_epoch))
     }
 
     /// Runs `op` until it succeeds, fails with a non-retriable error, or `retry_timeout` passes;
@@ -356,6 +371,23 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+/// Refreshes the metadata every `metadata_max_age` while the client exists.
+async fn refresh_periodically(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(age) = inner.upgrade().map(|i| i.config.metadata_max_age) else {
+            return;
+        };
+        tokio::time::sleep(age.max(Duration::from_millis(10))).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let client = Client { inner };
+        if let Err(e) = client.refresh_metadata().await {
+            tracing::debug!("periodic metadata refresh failed: {e}");
         }
     }
 }

@@ -552,7 +552,7 @@ async fn fetch(
     positions: Positions,
     wait: Duration,
 ) -> Result<Fetched> {
-    let mut by_leader: HashMap<u32, Vec<(String, u32, u64)>> = HashMap::new();
+    let mut by_leader: HashMap<u32, Vec<(String, u32, u64, u32)>> = HashMap::new();
     let mut fetched = Fetched {
         records: Vec::new(),
         positions: positions.clone(),
@@ -560,13 +560,13 @@ async fn fetch(
     };
     let mut leaderless = false;
     for ((topic, partition), offset) in &positions {
-        match client.leader(topic, *partition).await {
-            Ok(leader) => {
-                by_leader
-                    .entry(leader)
-                    .or_default()
-                    .push((topic.clone(), *partition, *offset))
-            }
+        match client.leader_and_epoch(topic, *partition).await {
+            Ok((leader, epoch)) => by_leader.entry(leader).or_default().push((
+                topic.clone(),
+                *partition,
+                *offset,
+                epoch,
+            )),
             Err(e) if e.is_retriable() => leaderless = true,
             Err(e) => return Err(e),
         }
@@ -579,10 +579,12 @@ async fn fetch(
         let config = config.clone();
         async move {
             let mut topics: Vec<FetchTopic> = Vec::new();
-            for (topic, partition, offset) in &partitions {
+            for (topic, partition, offset, epoch) in &partitions {
+                // The leader epoch the metadata gave (KIP-320): a deposed leader answers
+                // FENCED_LEADER_EPOCH / NOT_LEADER instead of serving a frozen log.
                 let fp = FetchPartition {
                     partition: *partition,
-                    current_leader_epoch: None,
+                    current_leader_epoch: Some(*epoch),
                     fetch_offset: *offset,
                     partition_max_bytes: config.partition_max_bytes,
                     last_fetched_epoch: None,

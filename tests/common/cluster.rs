@@ -13,6 +13,11 @@ pub const SESSION_TIMEOUT_MS: u64 = 1500;
 /// A follower behind this long leaves the ISR.
 pub const REPLICA_LAG_MAX_MS: u64 = 4000;
 
+/// Client port of every broker of a [`Cluster::start_in_network`] cluster (each has its own address).
+pub const NETWORK_CLIENT_PORT: u16 = 9292;
+/// Controller port of every broker of a [`Cluster::start_in_network`] cluster.
+pub const NETWORK_CONTROLLER_PORT: u16 = 9400;
+
 /// Clusters of one test binary run one at a time: three brokers each on two cores would
 /// otherwise starve each other's heartbeats and replica fetches into spurious fencing.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -22,8 +27,13 @@ pub struct Cluster {
     pub brokers: Vec<Option<BrokerProcess>>,
     dirs: Vec<tempfile::TempDir>,
     client_ports: Vec<u16>,
+    /// Node `i + 1`'s IP address.
+    hosts: Vec<String>,
     voters: String,
     extra: Vec<String>,
+    /// With [`Cluster::start_in_network`]: every broker in its own network namespace.
+    /// Dropped after the brokers (field order).
+    pub network: Option<super::netns::Network>,
     /// Last field: released after the brokers are dropped (killed).
     _turn: std::sync::MutexGuard<'static, ()>,
 }
@@ -63,6 +73,37 @@ impl Cluster {
         cluster
     }
 
+    /// Starts `n` voter brokers, each in its own network namespace (see `netns`): client
+    /// port [`NETWORK_CLIENT_PORT`] and controller port [`NETWORK_CONTROLLER_PORT`] on every
+    /// node's own address, so faults can cut one kind of traffic of one broker.
+    pub fn start_in_network(n: usize, extra: &[&str]) -> Cluster {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let network = super::netns::Network::create(n);
+        let hosts: Vec<String> = (1..=n).map(|node| network.address(node)).collect();
+        let voters = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| format!("{}@{host}:{NETWORK_CONTROLLER_PORT}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            brokers: (0..n).map(|_| None).collect(),
+            dirs: (0..n)
+                .map(|_| tempfile::tempdir().expect("temp dir"))
+                .collect(),
+            client_ports: vec![NETWORK_CLIENT_PORT; n],
+            hosts,
+            voters,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            network: Some(network),
+            _turn: turn,
+        };
+        for node in 1..=n as u32 {
+            cluster.start_node(node);
+        }
+        cluster
+    }
+
     /// A cluster whose brokers are not started yet: see [`Cluster::start_node`].
     pub fn prepare(voters: usize, observers: usize, extra: &[&str]) -> Cluster {
         let n = voters + observers;
@@ -73,6 +114,8 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = Cluster {
+            hosts: vec!["127.0.0.1".to_string(); n],
+            network: None,
             brokers: Vec::new(),
             dirs: (0..n)
                 .map(|_| tempfile::tempdir().expect("temp dir"))
@@ -116,16 +159,30 @@ impl Cluster {
             "200",
         ];
         args.extend(self.extra.iter().map(String::as_str));
-        BrokerProcess::start_on(
+        let prefix = self
+            .network
+            .as_ref()
+            .map(|network| network.exec_prefix(i + 1))
+            .unwrap_or_default();
+        BrokerProcess::start_with_prefix(
+            &prefix,
             self.dirs[i].path(),
-            &format!("127.0.0.1:{}", self.client_ports[i]),
+            &self.address(i as u32 + 1),
             &args,
         )
     }
 
     /// Client address of node `node` (1-based).
     pub fn address(&self, node: u32) -> String {
-        format!("127.0.0.1:{}", self.client_ports[node as usize - 1])
+        let i = node as usize - 1;
+        format!("{}:{}", self.hosts[i], self.client_ports[i])
+    }
+
+    /// The network the brokers run in ([`Cluster::start_in_network`] only).
+    pub fn network(&self) -> &super::netns::Network {
+        self.network
+            .as_ref()
+            .expect("a cluster started with Cluster::start_in_network")
     }
 
     /// Every broker's client address, comma-separated (a bootstrap list).

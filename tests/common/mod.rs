@@ -164,8 +164,28 @@ impl BrokerProcess {
         listen: &str,
         extra_args: &[&str],
     ) -> BrokerProcess {
+        Self::start_with_prefix(&[], data_dir, listen, extra_args)
+    }
+
+    /// Starts a broker through a command `prefix` (e.g. `ip netns exec <namespace>`, which
+    /// execs the broker: the child's pid is the broker's).
+    pub fn start_with_prefix(
+        prefix: &[String],
+        data_dir: &std::path::Path,
+        listen: &str,
+        extra_args: &[&str],
+    ) -> BrokerProcess {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(broker_binary())
+        let binary = broker_binary();
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = std::process::Command::new(program);
+                command.args(args).arg(&binary);
+                command
+            }
+            None => std::process::Command::new(&binary),
+        };
+        let mut child = command
             .args([
                 "--data-dir",
                 data_dir.to_str().expect("utf-8 path"),
@@ -374,3 +394,4 @@ pub async fn read_positions(
 }
 
 pub mod cluster;
+pub mod netns;

@@ -76,8 +76,16 @@ struct Inner {
 
     /// Connections to the voters' controller ports, for forwarded requests.
     peers: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<PeerClient>>>>,
+    /// Connections for this broker's heartbeats only: a burst of proposals (ISR changes of
+    /// hundreds of partitions) queued on `peers` must not delay them past the session timeout.
+    heartbeat_peers: tokio::sync::Mutex<HashMap<NodeId, PeerClient>>,
     /// Active controller only: when each broker last heartbeated.
     last_heartbeat: Mutex<HashMap<NodeId, Instant>>,
+    /// Serializes taking a heartbeat with deciding to fence: a heartbeat is answered either
+    /// before the session check that would fence its broker, or after that fence is applied
+    /// (and then it re-registers), never in between (its broker would renew its lease while
+    /// the fence moves its leaderships).
+    sessions: tokio::sync::Mutex<()>,
     options: ControllerOptions,
     /// Stops the controller port and background tasks.
     shutdown: tokio_util::sync::CancellationToken,
@@ -212,6 +220,8 @@ impl Controller {
 
                 peers: Mutex::default(),
                 last_heartbeat: Mutex::default(),
+                sessions: tokio::sync::Mutex::default(),
+                heartbeat_peers: tokio::sync::Mutex::default(),
                 options,
                 shutdown,
             }),
@@ -345,8 +355,10 @@ impl Controller {
     }
 
     /// Tells the active controller this broker is alive and where clients reach it. The first
-    /// heartbeat registers the broker; one after fencing unfences it.
-    pub async fn heartbeat(&self, host: &str, port: u16, incarnation: u64) -> Result<()> {
+    /// heartbeat registers the broker; one after fencing unfences it. Returns the index of the
+    /// metadata the controller had applied when it accepted the heartbeat (see
+    /// [`Controller::wait_applied`]). Heartbeats use their own connection to the controller.
+    pub async fn heartbeat(&self, host: &str, port: u16, incarnation: u64) -> Result<u64> {
         let leader = self.leader().ok_or(Error::ClusterNotReady)?;
         let node_id = self.inner.node_id;
         let outcome = if leader == node_id && self.inner.raft.is_some() {
@@ -360,15 +372,59 @@ impl Controller {
                 incarnation,
             };
             let timeout = self.inner.options.heartbeat_interval * 2;
-            match self.call(leader, request, timeout).await {
-                Some(RaftResponse::Heartbeat(outcome)) => outcome,
-                _ => return Err(Error::ClusterNotReady),
+            let address = self
+                .inner
+                .voters
+                .get(&leader)
+                .cloned()
+                .ok_or(Error::ClusterNotReady)?;
+            let mut peers = self.inner.heartbeat_peers.lock().await;
+            let peer = peers
+                .entry(leader)
+                .or_insert_with(|| PeerClient::new(leader, address));
+            match peer.call(request, timeout).await {
+                Ok(RaftResponse::Heartbeat(outcome)) => outcome,
+                Ok(_) => return Err(Error::ClusterNotReady),
+                Err(e) => {
+                    tracing::debug!(leader, "heartbeat failed: {e}");
+                    return Err(Error::ClusterNotReady);
+                }
             }
         };
         match outcome {
-            Ok(()) => Ok(()),
+            Ok(index) => Ok(index),
             Err(ForwardError::NotLeader(leader)) => Err(Error::NotController { leader }),
             Err(ForwardError::Failed(e)) => Err(Error::Controller(e)),
+        }
+    }
+
+    /// Index of the last metadata log entry applied on this broker. The metadata returned by
+    /// [`Controller::metadata`] after reading this is at least as new.
+    pub fn applied_index(&self) -> u64 {
+        match &self.inner.raft {
+            Some(raft) => raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |log_id| log_id.index),
+            None => *self.inner.observed_applied.borrow(),
+        }
+    }
+
+    /// Waits until this broker has applied the metadata log up to `index`, at most `timeout`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        match &self.inner.raft {
+            Some(raft) => raft
+                .wait(Some(timeout))
+                .applied_index_at_least(Some(index), "metadata caught up")
+                .await
+                .is_ok(),
+            None => {
+                let mut applied = self.inner.observed_applied.subscribe();
+                tokio::time::timeout(timeout, applied.wait_for(|applied| *applied >= index))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            }
         }
     }
 
@@ -380,27 +436,30 @@ impl Controller {
         host: String,
         port: u16,
         incarnation: u64,
-    ) -> Result<(), ForwardError> {
+    ) -> Result<u64, ForwardError> {
         let leader = self.leader();
         if leader != Some(self.inner.node_id) {
             return Err(ForwardError::NotLeader(leader));
         }
+        let _sessions = self.inner.sessions.lock().await;
         lock(&self.inner.last_heartbeat).insert(node_id, Instant::now());
         let stale = match self.metadata().brokers.get(&node_id) {
             None => true,
             Some(b) => b.fenced || b.host != host || b.port != port || b.incarnation != incarnation,
         };
         if stale {
-            self.propose_local(Command::Register {
-                node_id,
-                host: host.clone(),
-                port,
-                incarnation,
-            })
-            .await?;
+            let (_, index) = self
+                .propose_local(Command::Register {
+                    node_id,
+                    host: host.clone(),
+                    port,
+                    incarnation,
+                })
+                .await?;
             tracing::info!(node_id, %host, port, "broker registered (alive, unfenced)");
+            return Ok(index.max(self.applied_index()));
         }
-        Ok(())
+        Ok(self.applied_index())
     }
 
     /// Active controller duties, on every voter (idle unless it is the leader): fence brokers
@@ -434,6 +493,7 @@ impl Controller {
             }
             // A new active controller gives every broker a full session from its election.
             let since = *leader_since.get_or_insert_with(Instant::now);
+            let sessions = self.inner.sessions.lock().await;
             let metadata = self.metadata();
             let expired: Vec<NodeId> = {
                 let seen = lock(&self.inner.last_heartbeat);
@@ -454,6 +514,7 @@ impl Controller {
                     tracing::warn!(node_id, "fencing failed: {e:?}");
                 }
             }
+            drop(sessions);
             if let Some(interval) = options.leader_rebalance_interval {
                 if last_rebalance.elapsed() >= interval {
                     last_rebalance = Instant::now();

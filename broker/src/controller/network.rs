@@ -61,7 +61,10 @@ pub(crate) enum RaftResponse {
     ),
     /// The outcome and the index of the log entry that carried it.
     Propose(Result<(CommandResult, u64), ForwardError>),
-    Heartbeat(Result<(), ForwardError>),
+    /// Accepted: the index of the last metadata entry applied on the active controller when
+    /// it took the heartbeat (at least its registration). The broker acts as a leader again
+    /// only once its own metadata has caught up with it.
+    Heartbeat(Result<u64, ForwardError>),
     Metadata {
         leader: Option<NodeId>,
         /// `None` when nothing was applied after the asker's `known` index.

@@ -372,8 +372,11 @@ impl Coordinator {
         let log = self.logs.get(&tp).ok_or_else(|| {
             crate::Error::InvalidConfig(format!("{tp} is not hosted on this broker"))
         })?;
-        log.append(&builder.build(), log.leader_epoch() as i32)
-            .map(|_| ())
+        let epoch = log.leader_epoch().ok_or_else(|| crate::Error::NotLeader {
+            partition: tp.to_string(),
+            epoch: 0,
+        })?;
+        log.append(&builder.build(), epoch).map(|_| ())
     }
 }
 

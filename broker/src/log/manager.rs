@@ -62,8 +62,13 @@ pub struct PartitionLog {
     /// Set by the replica manager; also notified (unchanged) when leadership changes, so
     /// waiters re-check their conditions.
     high_watermark: watch::Sender<u64>,
-    leader_epoch: std::sync::atomic::AtomicU32,
+    /// The leader epoch this broker appends with, or `NOT_LEADING`. Checked under the log
+    /// lock by every leader append, so a write admitted just before this broker stopped
+    /// leading (or moved to a newer epoch) is refused instead of landing with a stale epoch.
+    leading_epoch: std::sync::atomic::AtomicU64,
 }
+
+const NOT_LEADING: u64 = u64::MAX;
 
 impl PartitionLog {
     fn new(tp: TopicPartition, log: Log) -> Arc<PartitionLog> {
@@ -75,7 +80,7 @@ impl PartitionLog {
             log: Mutex::new(log),
             end_offset,
             high_watermark,
-            leader_epoch: std::sync::atomic::AtomicU32::new(epoch),
+            leading_epoch: std::sync::atomic::AtomicU64::new(u64::from(epoch)),
         })
     }
 
@@ -94,14 +99,23 @@ impl PartitionLog {
         self.high_watermark.subscribe()
     }
 
-    /// The epoch this broker stamps on records it appends as leader.
-    pub fn leader_epoch(&self) -> u32 {
-        self.leader_epoch.load(std::sync::atomic::Ordering::Acquire)
+    /// The epoch this broker stamps on records it appends as leader, or `None` while it
+    /// does not lead. A log not yet given a role (no replication; unit tests) leads at its
+    /// last epoch.
+    pub fn leader_epoch(&self) -> Option<u32> {
+        let epoch = self
+            .leading_epoch
+            .load(std::sync::atomic::Ordering::Acquire);
+        u32::try_from(epoch).ok()
     }
 
-    pub fn set_leader_epoch(&self, epoch: u32) {
-        self.leader_epoch
-            .store(epoch, std::sync::atomic::Ordering::Release);
+    /// Leading at `epoch`, or not leading (`None`): set by the replica manager on every role
+    /// change.
+    pub fn set_leader_epoch(&self, epoch: Option<u32>) {
+        self.leading_epoch.store(
+            epoch.map_or(NOT_LEADING, u64::from),
+            std::sync::atomic::Ordering::Release,
+        );
     }
 
     pub fn topic_partition(&self) -> &TopicPartition {
@@ -117,13 +131,23 @@ impl PartitionLog {
         result
     }
 
-    /// Appends as leader (see [`Log::append`]) and wakes fetchers waiting for new data.
+    /// Appends as leader at `leader_epoch` (see [`Log::append`]) and wakes fetchers waiting
+    /// for new data. Refused with [`crate::Error::NotLeader`] unless this broker still leads
+    /// at that epoch (checked under the log lock).
     pub fn append(
         &self,
         batches: &bytes::Bytes,
-        leader_epoch: i32,
+        leader_epoch: u32,
     ) -> Result<crate::log::AppendInfo> {
-        self.with_log(|log| log.append(batches, leader_epoch))
+        self.with_log(|log| {
+            if self.leader_epoch() != Some(leader_epoch) {
+                return Err(crate::Error::NotLeader {
+                    partition: self.tp.to_string(),
+                    epoch: leader_epoch,
+                });
+            }
+            log.append(batches, leader_epoch as i32)
+        })
     }
 
     /// The log end offset as last published (cheap, no lock).

@@ -16,6 +16,7 @@
 //! so ([`ReplicaManager::apply_metadata`]), and every leadership change carries a new epoch.
 
 mod fetcher;
+pub mod lease;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::controller::{Command, CommandResult, Controller, MetadataState, NodeId, PartitionInfo};
 use crate::log::{PartitionLog, TopicPartition};
+pub use lease::Lease;
 
 /// Settings of replication on this broker.
 #[derive(Debug, Clone)]
@@ -74,6 +76,10 @@ struct State {
     isr_failures: u32,
     isr_retry_at: Option<Instant>,
     followers: HashMap<NodeId, Progress>,
+    /// Leader: the local log end offset when it became leader (at this epoch). A follower
+    /// joins the ISR only once it has fetched past it: below it, this leader's HW may still
+    /// lag what the previous leader committed (KAFKA-7128).
+    leader_start_offset: u64,
     min_insync: usize,
     /// Stops this partition's fetcher (followers).
     fetcher: Option<CancellationToken>,
@@ -104,6 +110,8 @@ impl State {
 pub struct Replica {
     pub log: Arc<PartitionLog>,
     state: Mutex<State>,
+    /// This broker's leadership lease: without it, the replica acts as no leader.
+    lease: Arc<Lease>,
     /// The leader epoch this replica follows at (fetched data may be written only then), or
     /// `NOT_FOLLOWING`.
     following: std::sync::atomic::AtomicU64,
@@ -131,8 +139,23 @@ impl Replica {
         );
     }
 
-    /// `Ok` if this broker leads the partition (at `epoch`, when given).
+    /// `Ok` if this broker leads the partition (at `epoch`, when given) and holds its
+    /// leadership lease (NOT_LEADER without it: clients look for the leader elsewhere).
     pub fn check_leader(&self, epoch: Option<u32>) -> LeaderCheck {
+        self.check_role(epoch)?;
+        if !self.lease.is_valid() {
+            return Err(ErrorCode::NOT_LEADER);
+        }
+        Ok(())
+    }
+
+    /// Whether this broker holds the leadership lease (see [`lease`]).
+    pub fn has_lease(&self) -> bool {
+        self.lease.is_valid()
+    }
+
+    /// [`Replica::check_leader`] without the lease: the leader role as the metadata gave it.
+    fn check_role(&self, epoch: Option<u32>) -> LeaderCheck {
         let state = self.state();
         if let Some(epoch) = epoch {
             if epoch < state.leader_epoch {
@@ -162,8 +185,8 @@ impl Replica {
     pub fn admit_produce(&self, all: bool, lag_max: Duration) -> Result<u32, ErrorCode> {
         let state = self.state();
         match state.role {
-            Role::Leader => {}
-            Role::Follower(Some(_)) => return Err(ErrorCode::NOT_LEADER),
+            Role::Leader if self.lease.is_valid() => {}
+            Role::Leader | Role::Follower(Some(_)) => return Err(ErrorCode::NOT_LEADER),
             Role::Follower(None) => return Err(ErrorCode::LEADER_NOT_AVAILABLE),
         }
         if all && live_insync(&state, lag_max) < state.min_insync {
@@ -250,6 +273,7 @@ pub enum FollowerFetch {
 pub struct ReplicaManager {
     config: ReplicaConfig,
     controller: Controller,
+    lease: Arc<Lease>,
     replicas: Mutex<BTreeMap<TopicPartition, Arc<Replica>>>,
     /// Followers' fetchers, one per leader broker.
     fetchers: fetcher::Pool,
@@ -261,11 +285,13 @@ impl ReplicaManager {
     pub fn new(
         config: ReplicaConfig,
         controller: Controller,
+        lease: Arc<Lease>,
         shutdown: CancellationToken,
     ) -> Arc<ReplicaManager> {
         Arc::new(ReplicaManager {
             config,
             controller,
+            lease,
             replicas: Mutex::default(),
             fetchers: fetcher::Pool::default(),
             shutdown,
@@ -323,9 +349,11 @@ impl ReplicaManager {
                         isr_failures: 0,
                         isr_retry_at: None,
                         followers: HashMap::new(),
+                        leader_start_offset: 0,
                         min_insync,
                         fetcher: None,
                     }),
+                    lease: self.lease.clone(),
                     following: std::sync::atomic::AtomicU64::new(NOT_FOLLOWING),
                 })
             });
@@ -346,6 +374,7 @@ impl ReplicaManager {
             }
             state.role = Role::Follower(None);
             replica.set_following(None);
+            replica.log.set_leader_epoch(None);
             drop(state);
             replica.log.set_high_watermark(replica.log.high_watermark());
         }
@@ -401,10 +430,12 @@ impl ReplicaManager {
                             (*r, progress)
                         })
                         .collect();
-                    replica.log.set_leader_epoch(info.leader_epoch);
+                    state.leader_start_offset = end;
+                    replica.log.set_leader_epoch(Some(info.leader_epoch));
                     tracing::info!(partition = %tp, epoch = info.leader_epoch, isr = ?info.isr, end, "became leader");
                 }
                 Role::Follower(leader) => {
+                    replica.log.set_leader_epoch(None);
                     state.followers.clear();
                     if let Some(leader) = leader.and_then(|l| metadata.brokers.get(&l)) {
                         let token = self.shutdown.child_token();
@@ -446,18 +477,14 @@ impl ReplicaManager {
         fetch_offset: u64,
         last_fetched_epoch: Option<u32>,
     ) -> Result<FollowerFetch, ErrorCode> {
-        replica.check_leader(current_leader_epoch)?;
-        let leader_epoch = replica.log.leader_epoch();
-        let (leader_end, epoch_start, diverging) = replica
+        // The role only, not the lease: a leader that lost its lease still serves its
+        // followers until the metadata moves them, so that what it wrote before the lease
+        // ended reaches them (it acknowledges nothing new meanwhile).
+        replica.check_role(current_leader_epoch)?;
+        let (leader_end, diverging) = replica
             .log
             .with_log(|log| {
                 let end = log.log_end_offset();
-                // Where this leader's epoch starts: a follower joins the ISR only past it.
-                let epoch_start = log
-                    .epochs()
-                    .iter()
-                    .find(|(e, _)| *e == leader_epoch)
-                    .map_or(0, |(_, s)| *s);
                 let diverging =
                     last_fetched_epoch.and_then(|last| match log.end_offset_for_epoch(last) {
                         Some((epoch, end_offset))
@@ -471,7 +498,7 @@ impl ReplicaManager {
                             end_offset: log.log_start_offset(),
                         }),
                     });
-                Ok((end, epoch_start, diverging))
+                Ok((end, diverging))
             })
             .map_err(|e| e.error_code())?;
         if let Some(diverging) = diverging {
@@ -502,7 +529,7 @@ impl ReplicaManager {
         let joins = !state.isr.contains(&follower)
             && state.may_propose_isr()
             && fetch_offset >= hw
-            && fetch_offset >= epoch_start;
+            && fetch_offset >= state.leader_start_offset;
         if joins {
             let mut isr = state.isr.clone();
             isr.push(follower);

@@ -29,7 +29,7 @@ use crate::controller::{
 use crate::error::{Error, Result};
 use crate::group::coordinator::{Coordinator, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::log::{now_ms, LogManager, TopicPartition};
-use crate::replica::{ReplicaConfig, ReplicaManager};
+use crate::replica::{Lease, ReplicaConfig, ReplicaManager};
 
 /// What every request handler can reach. Split by owner: logs, metadata, config.
 pub struct BrokerState {
@@ -48,6 +48,14 @@ pub struct BrokerState {
     pub replicas: Arc<ReplicaManager>,
     /// Consumer groups coordinated here.
     pub groups: Coordinator,
+    /// The leadership lease (renewed by accepted heartbeats): without it this broker leads
+    /// no partition and coordinates no group.
+    pub lease: Arc<Lease>,
+    /// Metadata log index the local replica roles were last reconciled with.
+    pub reconciled: tokio::sync::watch::Sender<u64>,
+    /// Asks the reconcile loop for a pass without a metadata change (a heartbeat waiting for
+    /// roles to catch up with an index the loop already passed without noticing).
+    pub reconcile_nudge: tokio::sync::Notify,
     pub shutdown: CancellationToken,
 }
 
@@ -75,7 +83,14 @@ impl BrokerState {
                 tracing::warn!(%tp, "topic config rejected, using broker defaults: {e}");
                 base.clone()
             });
-            local.push((tp.clone(), self.logs.get_or_create(&tp, Some(config))?));
+            // One partition's failure (a full disk, no file descriptors) must not keep the
+            // others from following the metadata: it is logged and retried on the next pass.
+            match self.logs.get_or_create(&tp, Some(config)) {
+                Ok(log) => local.push((tp.clone(), log)),
+                Err(e) => {
+                    tracing::error!(partition = %tp, "opening the local log failed; the replica stays offline here until it can be opened: {e}")
+                }
+            }
             wanted.insert(tp);
         }
         for tp in self.logs.partitions() {
@@ -83,7 +98,9 @@ impl BrokerState {
                 continue;
             }
             if deleted_topics.contains(&tp.topic) && !metadata.topics.contains_key(&tp.topic) {
-                self.logs.delete(&tp)?;
+                if let Err(e) = self.logs.delete(&tp) {
+                    tracing::error!(partition = %tp, "deleting the log of a deleted topic failed: {e}");
+                }
             } else if deleted_topics.is_empty() {
                 tracing::warn!(partition = %tp, "stray partition log: its topic is not in the cluster metadata; it is kept but not served");
             }
@@ -102,6 +119,8 @@ impl BrokerState {
     /// [`BrokerState::reconcile_blocking`] on a blocking thread, against the current metadata.
     pub async fn reconcile(self: &Arc<Self>, deleted_topics: BTreeSet<String>) -> Result<()> {
         let state = self.clone();
+        // Read before the metadata: what is applied below is at least this new.
+        let index = self.controller.applied_index();
         let metadata = self.controller.metadata();
         let snapshot = metadata.clone();
         let local = tokio::task::spawn_blocking(move || {
@@ -120,7 +139,34 @@ impl BrokerState {
                 self.groups.unload(partition);
             }
         }
+        self.reconciled.send_if_modified(|current| {
+            let newer = index > *current;
+            if newer {
+                *current = index;
+            }
+            newer
+        });
         Ok(())
+    }
+
+    /// Waits until the local replica roles reflect the metadata up to `index`, at most
+    /// `timeout`.
+    async fn wait_reconciled(&self, index: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        if !self.controller.wait_applied(index, timeout).await {
+            return false;
+        }
+        let mut reconciled = self.reconciled.subscribe();
+        loop {
+            if *reconciled.borrow_and_update() >= index {
+                return true;
+            }
+            self.reconcile_nudge.notify_one();
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return false,
+                changed = reconciled.changed() => if changed.is_err() { return false },
+            }
+        }
     }
 }
 
@@ -174,6 +220,11 @@ impl Broker {
         let logs = Arc::new(logs);
         let groups = Coordinator::new(logs.clone(), 500);
         let shutdown = CancellationToken::new();
+        let lease_ms = config
+            .broker_session_timeout_ms
+            .saturating_sub(config.broker_heartbeat_interval_ms)
+            .max(1);
+        let lease = Arc::new(Lease::new(Duration::from_millis(lease_ms)));
         let replicas = ReplicaManager::new(
             ReplicaConfig {
                 node_id: config.node_id,
@@ -184,6 +235,7 @@ impl Broker {
                 max_frame_bytes: config.max_frame_bytes,
             },
             controller.clone(),
+            lease.clone(),
             shutdown.clone(),
         );
         let incarnation = std::time::SystemTime::now()
@@ -200,6 +252,9 @@ impl Broker {
             controller,
             replicas,
             groups,
+            lease,
+            reconciled: tokio::sync::watch::Sender::new(0),
+            reconcile_nudge: tokio::sync::Notify::new(),
             shutdown,
             config,
         });
@@ -291,18 +346,38 @@ fn advertised(config: &BrokerConfig, local_addr: SocketAddr) -> Result<(String, 
 }
 
 /// Heartbeats to the active controller until shutdown; the first one registers this broker,
-/// one after fencing unfences it.
+/// one after fencing unfences it. Each accepted heartbeat renews the leadership lease from the
+/// time it was sent, once the local replica roles caught up with the controller's metadata as
+/// of that heartbeat (see `replica::lease`).
 async fn heartbeat_loop(state: Arc<BrokerState>) {
     let interval = Duration::from_millis(state.config.broker_heartbeat_interval_ms);
     let mut failing_since: Option<std::time::Instant> = None;
+    let mut leading = false;
     loop {
         let (host, port) = state.advertised.clone();
-        match state
+        let sent_at = std::time::Instant::now();
+        let outcome = match state
             .controller
             .heartbeat(&host, port, state.incarnation)
             .await
         {
+            Ok(index) => {
+                if state
+                    .wait_reconciled(index, interval.max(Duration::from_millis(100)))
+                    .await
+                {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "accepted, but local metadata has not caught up with index {index}"
+                    ))
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
             Ok(()) => {
+                state.lease.renew(sent_at);
                 if let Some(since) = failing_since.take() {
                     tracing::info!(after = ?since.elapsed(), "heartbeats reach the active controller again");
                 }
@@ -318,9 +393,22 @@ async fn heartbeat_loop(state: Arc<BrokerState>) {
                 }
             }
         }
+        let valid = state.lease.is_valid();
+        if valid != leading {
+            if valid {
+                tracing::info!(lease = ?state.lease.duration(), "leadership lease granted: leading the partitions and groups the metadata gives this broker");
+            } else if state.ready.load(std::sync::atomic::Ordering::Acquire) {
+                tracing::warn!(lease = ?state.lease.duration(), "leadership lease EXPIRED: no heartbeat accepted by the controller in time; this broker stops leading partitions and coordinating groups until it re-registers");
+            }
+            leading = valid;
+        }
+        // Wake at the next heartbeat, or when the lease runs out (to log it at once).
+        let wait = state.lease.remaining().map_or(interval, |left| {
+            left.min(interval) + Duration::from_millis(1)
+        });
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -369,6 +457,7 @@ async fn register_and_reconcile(state: Arc<BrokerState>) {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             changed = metadata.changed() => if changed.is_err() { return },
+            _ = state.reconcile_nudge.notified() => {}
         }
         let current = metadata.borrow_and_update().clone();
         deleted = previous

@@ -38,7 +38,9 @@ async fn coordinate(state: &Arc<BrokerState>, group_id: &str) -> Result<(), Erro
         .get(OFFSETS_TOPIC)
         .and_then(|t| t.partitions.get(partition as usize))
         .ok_or(ErrorCode::COORDINATOR_NOT_AVAILABLE)?;
-    if info.leader != Some(state.node_id) {
+    // Without the lease this broker may have been replaced as leader of the offsets
+    // partition without knowing it: members must find the coordinator again.
+    if info.leader != Some(state.node_id) || !state.lease.is_valid() {
         return Err(ErrorCode::NOT_COORDINATOR);
     }
     let leads = state

@@ -16,10 +16,10 @@ use crate::server::BrokerState;
 
 pub(super) async fn handle(state: &Arc<BrokerState>, request: MetadataRequest) -> Pending {
     // Until this broker has caught up and registered, its metadata may be stale (a restarted
-    // broker replays its own old log first): clients ask another broker. Afterwards, even
-    // without an active controller (quorum lost) the last applied metadata is served, so
-    // clients keep using partitions whose leaders are alive.
-    if !state.ready.load(std::sync::atomic::Ordering::Acquire) {
+    // broker replays its own old log first): clients ask another broker. The same without
+    // the leadership lease (no heartbeat accepted lately): this broker may be cut off from the
+    // controller and its view of the leaders stale. Without a quorum no broker has a lease.
+    if !state.ready.load(std::sync::atomic::Ordering::Acquire) || !state.lease.is_valid() {
         return error_reply(ErrorCode::CLUSTER_NOT_READY);
     }
     if let (Some(names), true) = (&request.topics, state.config.auto_create_topics) {

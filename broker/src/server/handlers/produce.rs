@@ -54,7 +54,7 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: ProduceRequest) ->
                     Ok((replica, epoch)) => {
                         let log = replica.log.clone();
                         match tokio::task::spawn_blocking(move || {
-                            let info = log.append(&records, epoch as i32);
+                            let info = log.append(&records, epoch);
                             let start = log.with_log(|l| Ok(l.log_start_offset())).unwrap_or(0);
                             info.map(|info| (info, start))
                         })

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the system tools the end-to-end tests need (README's test command runs this first):
+# iproute2 (`ip netns`, veth, bridges) and iptables, for the tests that cut real network links
+# between brokers in network namespaces. Needs root (the tests create namespaces too).
+set -euo pipefail
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-test-tools: ${missing[*]} missing and not root: install them (apt-get install ${missing[*]}) or run as root" >&2
+    exit 1
+  fi
+  echo "install-test-tools: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
