@@ -935,3 +935,197 @@ async fn a_full_cluster_restart_keeps_every_acknowledged_record() {
     wait_for_isr(&client, 3).await;
     check_acknowledged_and_replicas(&mut cluster, &client, &acked).await;
 }
+
+/// Review finding #7: a group member whose heartbeats stop reaching the coordinator used to
+/// keep consuming its partitions after the coordinator had expired it and given them to
+/// another member. Now it releases them (as lost) before its session runs out, so a partition
+/// is never consumed by two members at once. Member B is this test process, cut from the
+/// coordinator's broker only (it still reaches the data leaders); member A is the `rill` CLI in
+/// a namespace of its own that still reaches everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_from_its_coordinator_releases_its_partitions_before_others_get_them() {
+    use common::cluster::NETWORK_CLIENT_PORT;
+    const SHARED: &str = "shared";
+    const GROUP: &str = "cut-group";
+    if let Ok(filter) = std::env::var("RILL_TEST_CLIENT_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let cluster = Cluster::start_in_network(3, &[]);
+    let client = cluster.client().await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic(NewTopic::new(SHARED, 6))
+        .await
+        .expect("create the topic");
+    let coordinator_address = common::eventually_value(
+        Duration::from_secs(30),
+        "the group's coordinator",
+        || async { admin.find_coordinator(GROUP).await.ok() },
+    )
+    .await;
+    let coordinator = (1..=3u32)
+        .find(|n| cluster.address(*n) == coordinator_address)
+        .expect("the coordinator is a broker of the cluster");
+    // Data on the other brokers only, so the cut member still reaches every record it consumes.
+    client.refresh_metadata().await.expect("metadata");
+    let data: Vec<u32> = client
+        .partitions(SHARED)
+        .await
+        .expect("partitions")
+        .iter()
+        .filter(|p| p.leader.is_some_and(|l| l != coordinator))
+        .map(|p| p.partition)
+        .collect();
+    assert!(
+        !data.is_empty(),
+        "some partitions led away from the coordinator"
+    );
+    eprintln!("coordinator: node {coordinator}; data partitions {data:?}");
+
+    // A steady producer on the data partitions.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producing = {
+        let (producer, stop, data) = (
+            Producer::new(cluster.client().await, ProducerConfig::default()),
+            stop.clone(),
+            data.clone(),
+        );
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let partition = data[(i % data.len() as u64) as usize];
+                let _ = producer
+                    .send(
+                        Record::new(SHARED)
+                            .partition(partition)
+                            .value(format!("v{i}")),
+                    )
+                    .await;
+                i += 1;
+                if i.is_multiple_of(10) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            producer.flush().await;
+        })
+    };
+
+    // Member B: (partition, when consumed) of every record.
+    let b_seen: Arc<Mutex<Vec<(u32, Instant)>>> = Arc::default();
+    let member_b = {
+        let mut consumer = Consumer::new(cluster.client().await, ConsumerConfig::default());
+        let mut config = rill_client::GroupConfig::new(GROUP);
+        config.session_timeout = Duration::from_secs(3);
+        config.auto_commit_interval = Some(Duration::from_millis(200));
+        consumer.subscribe(config, &[SHARED]);
+        let (seen, stop) = (b_seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(records) = consumer.poll(Duration::from_millis(100)).await {
+                    let now = Instant::now();
+                    seen.lock()
+                        .unwrap()
+                        .extend(records.iter().map(|r| (r.partition, now)));
+                }
+            }
+        })
+    };
+    let seen = b_seen.clone();
+    common::eventually(Duration::from_secs(60), "member B consumes", || {
+        !seen.lock().unwrap().is_empty()
+    });
+
+    // Member A: the CLI in the client namespace; (partition, when its line arrived).
+    let mut a_process = {
+        let prefix = cluster.client_namespace();
+        let mut command = std::process::Command::new(&prefix[0]);
+        command
+            .args(&prefix[1..])
+            .arg(common::cli_binary())
+            .args(["--brokers", &cluster.bootstrap(), "consume", SHARED])
+            .args(["--group", GROUP, "--format", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        command.spawn().expect("start the rill CLI as member A")
+    };
+    let a_seen: Arc<Mutex<Vec<(u32, Instant)>>> = Arc::default();
+    {
+        use std::io::BufRead;
+        let stdout = a_process.stdout.take().expect("stdout");
+        let seen = a_seen.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let now = Instant::now();
+                if let Some(partition) = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v["partition"].as_u64())
+                {
+                    seen.lock().unwrap().push((partition as u32, now));
+                }
+            }
+        });
+    }
+    let seen = a_seen.clone();
+    common::eventually(Duration::from_secs(60), "member A gets partitions", || {
+        !seen.lock().unwrap().is_empty()
+    });
+
+    let cut_at = Instant::now();
+    cluster
+        .network()
+        .cut_host(coordinator as usize, NETWORK_CLIENT_PORT);
+    eprintln!("cut the test process (member B) from node {coordinator}'s client port");
+    let seen = a_seen.clone();
+    let data_partitions = data.clone();
+    common::eventually(
+        Duration::from_secs(60),
+        "member A consumes every data partition after the cut",
+        || {
+            let seen = seen.lock().unwrap();
+            data_partitions.iter().all(|p| {
+                seen.iter()
+                    .any(|(partition, at)| partition == p && *at > cut_at)
+            })
+        },
+    );
+    // Let both run a little longer: B must not take anything back.
+    let settle = Instant::now() + Duration::from_secs(2);
+    let mut poll = common::Poll::new(Duration::from_secs(10), "two more seconds of consumption");
+    while Instant::now() < settle {
+        poll.pause().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = a_process.kill();
+    let _ = a_process.wait();
+    let _ = tokio::time::timeout(Duration::from_secs(30), member_b).await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), producing).await;
+
+    let (a_seen, b_seen) = (a_seen.lock().unwrap(), b_seen.lock().unwrap());
+    for p in &data {
+        // A's first record of p after the cut: from then on, p is A's.
+        let Some(a_first) = a_seen
+            .iter()
+            .filter(|(partition, at)| partition == p && *at > cut_at)
+            .map(|(_, at)| *at)
+            .min()
+        else {
+            continue;
+        };
+        let b_after = b_seen
+            .iter()
+            .filter(|(partition, at)| partition == p && *at >= a_first)
+            .count();
+        assert_eq!(
+            b_after,
+            0,
+            "partition {p}: member B consumed {b_after} records after member A took it over ({:?} after the cut)",
+            a_first - cut_at
+        );
+    }
+}

@@ -237,10 +237,14 @@ impl Consumer {
         let Some(group) = &self.group else {
             return Ok(());
         };
-        let (assignment, error) = {
+        let (assignment, error, lost) = {
             let mut m = group.shared.lock();
             m.last_poll = Some(std::time::Instant::now());
-            (m.assignment.clone(), m.error.take())
+            (
+                m.assignment.clone(),
+                m.error.take(),
+                std::mem::take(&mut m.lost),
+            )
         };
         if let Some(error) = error {
             return Err(error);
@@ -253,7 +257,9 @@ impl Consumer {
         let revoked: BTreeSet<(String, u32)> = owned.difference(&assignment).cloned().collect();
         let added: BTreeSet<(String, u32)> = assignment.difference(&owned).cloned().collect();
         if !revoked.is_empty() {
-            if auto_commit {
+            if lost {
+                tracing::warn!(partitions = ?revoked, "partitions lost with the group session: released without committing (their new owner starts at the last commit)");
+            } else if auto_commit {
                 let positions: BTreeMap<(String, u32), u64> = revoked
                     .iter()
                     .filter_map(|tp| {
@@ -498,6 +504,29 @@ impl Consumer {
             };
             let offset = self.resolve(&tp.0, tp.1, to).await?;
             self.positions.insert(tp.clone(), Some(offset));
+        }
+        let mut fetched = fetched;
+        // Group mode: the membership may have been lost while this fetch (or the auto-commit
+        // before it) was in flight; records of partitions no longer assigned are not handed out,
+        // since their new owner may be consuming them already.
+        if let Some(group) = &self.group {
+            let gone: Vec<(String, u32)> = {
+                let m = group.shared.lock();
+                fetched
+                    .positions
+                    .keys()
+                    .filter(|tp| !m.assignment.contains(*tp))
+                    .cloned()
+                    .collect()
+            };
+            if !gone.is_empty() {
+                fetched.records.retain(|r| {
+                    !gone
+                        .iter()
+                        .any(|(topic, partition)| *partition == r.partition && *topic == r.topic)
+                });
+                fetched.positions.retain(|tp, _| !gone.contains(tp));
+            }
         }
         for (tp, position) in &fetched.positions {
             if let Some(slot) = self.positions.get_mut(tp) {

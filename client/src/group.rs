@@ -72,6 +72,10 @@ pub(crate) struct Membership {
     pub owned: BTreeSet<(String, u32)>,
     pub last_poll: Option<Instant>,
     pub left: bool,
+    /// The membership was given up without the coordinator (session timeout passed without an
+    /// accepted heartbeat): the partitions are lost, not revoked, so nothing is committed for
+    /// them (the group has already moved them on).
+    pub lost: bool,
     pub error: Option<ClientError>,
     pub coordinator: Option<String>,
 }
@@ -227,7 +231,15 @@ pub(crate) async fn heartbeat_loop(
     config: GroupConfig,
     topics: Vec<String>,
 ) {
+    // When the last heartbeat the coordinator accepted was sent. The coordinator expires this
+    // member `session_timeout` after it last received one and gives its partitions to
+    // others, so the member gives them up itself a margin before that (as Kafka's consumer
+    // does on a lost session) instead of consuming alongside their new owners.
+    let margin = (config.session_timeout / 5).max(Duration::from_millis(50));
+    let release_after = config.session_timeout.saturating_sub(margin);
+    let mut last_accepted = Instant::now();
     loop {
+        let sent_at = Instant::now();
         let (member_id, member_epoch, owned, leaving) = {
             let m = shared.lock();
             let idle = m
@@ -256,13 +268,27 @@ pub(crate) async fn heartbeat_loop(
         if leaving && member_id.is_empty() {
             return;
         }
-        let result = request_coordinator(
-            &client,
-            &shared,
-            &config.group_id,
-            RequestBody::ConsumerGroupHeartbeat(request),
+        // Bounded, so a coordinator that stopped answering cannot hold the loop past the
+        // release deadline.
+        let attempt = (config.session_timeout / 3)
+            .min(release_after.saturating_sub(last_accepted.elapsed()))
+            .max(Duration::from_millis(50));
+        let result = tokio::time::timeout(
+            attempt,
+            request_coordinator(
+                &client,
+                &shared,
+                &config.group_id,
+                RequestBody::ConsumerGroupHeartbeat(request),
+            ),
         )
-        .await;
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::Timeout(
+                attempt,
+                format!("heartbeat to group {}", config.group_id),
+            ))
+        });
         let interval;
         if leaving {
             let mut m = shared.lock();
@@ -273,6 +299,7 @@ pub(crate) async fn heartbeat_loop(
         match result {
             Ok(ResponseBody::ConsumerGroupHeartbeat(response)) => match response.error_code {
                 ErrorCode::NONE => {
+                    last_accepted = sent_at;
                     let mut m = shared.lock();
                     m.member_id = response.member_id;
                     m.member_epoch = response.member_epoch;
@@ -289,10 +316,7 @@ pub(crate) async fn heartbeat_loop(
                 }
                 ErrorCode::UNKNOWN_MEMBER_ID | ErrorCode::FENCED_MEMBER_EPOCH => {
                     tracing::warn!(group = %config.group_id, code = ?response.error_code, "fenced from the group: rejoining");
-                    let mut m = shared.lock();
-                    m.member_id.clear();
-                    m.member_epoch = 0;
-                    m.assignment.clear();
+                    give_up_membership(&shared);
                     interval = Duration::from_millis(50);
                 }
                 code if code.is_retriable() => {
@@ -316,9 +340,32 @@ pub(crate) async fn heartbeat_loop(
                 interval = Duration::from_millis(200);
             }
         }
+        if last_accepted.elapsed() >= release_after {
+            let had = {
+                let m = shared.lock();
+                !m.member_id.is_empty() || !m.assignment.is_empty()
+            };
+            if had {
+                tracing::warn!(group = %config.group_id, session_timeout = ?config.session_timeout, "no heartbeat accepted for almost the session timeout: the coordinator is about to expire this member; releasing every partition (lost, not committed) and rejoining");
+                give_up_membership(&shared);
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shared.wake.notified() => {}
         }
     }
+}
+
+/// Forgets the membership: the consumer releases every partition on its next poll, as lost
+/// (without committing: the group has moved them on already), and the next heartbeat joins as
+/// a new member.
+fn give_up_membership(shared: &Shared) {
+    let mut m = shared.lock();
+    m.lost = true;
+    m.member_id.clear();
+    m.member_epoch = 0;
+    m.assignment.clear();
+    drop(m);
+    shared.changed.notify_waiters();
 }

@@ -75,10 +75,11 @@ impl Cluster {
 
     /// Starts `n` voter brokers, each in its own network namespace (see `netns`): client
     /// port [`NETWORK_CLIENT_PORT`] and controller port [`NETWORK_CONTROLLER_PORT`] on every
-    /// node's own address, so faults can cut one kind of traffic of one broker.
+    /// node's own address, so faults can cut one kind of traffic of one broker. Namespace
+    /// `n + 1` runs no broker: it is for client processes ([`Cluster::client_namespace`]).
     pub fn start_in_network(n: usize, extra: &[&str]) -> Cluster {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let network = super::netns::Network::create(n);
+        let network = super::netns::Network::create(n + 1);
         let hosts: Vec<String> = (1..=n).map(|node| network.address(node)).collect();
         let voters = hosts
             .iter()
@@ -176,6 +177,12 @@ impl Cluster {
     pub fn address(&self, node: u32) -> String {
         let i = node as usize - 1;
         format!("{}:{}", self.hosts[i], self.client_ports[i])
+    }
+
+    /// The command prefix that runs a client process in the namespace without a broker
+    /// ([`Cluster::start_in_network`] only).
+    pub fn client_namespace(&self) -> Vec<String> {
+        self.network().exec_prefix(self.hosts.len() + 1)
     }
 
     /// The network the brokers run in ([`Cluster::start_in_network`] only).

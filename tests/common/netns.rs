@@ -183,7 +183,29 @@ impl Network {
         }
     }
 
-    /// Removes every rule `cut_port` added in node `node`'s namespace.
+    /// The test process's own address on the network.
+    pub fn host_address(&self) -> String {
+        format!("10.213.{}.254", self.subnet)
+    }
+
+    /// Drops, in node `node`'s namespace, TCP traffic between the test process and `port` of
+    /// that node (both directions): the test process's clients lose that broker's port while
+    /// every other node still reaches it.
+    pub fn cut_host(&self, node: usize, port: u16) {
+        let ns = self.namespace(node);
+        let (host, port) = (self.host_address(), port.to_string());
+        for (chain, peer, direction) in [("INPUT", "-s", "--dport"), ("OUTPUT", "-d", "--sport")] {
+            run(
+                "ip",
+                &[
+                    "netns", "exec", &ns, "iptables", "-A", chain, peer, &host, "-p", "tcp",
+                    direction, &port, "-j", "DROP",
+                ],
+            );
+        }
+    }
+
+    /// Removes every rule `cut_port` and `cut_host` added in node `node`'s namespace.
     pub fn heal(&self, node: usize) {
         let ns = self.namespace(node);
         run("ip", &["netns", "exec", &ns, "iptables", "-F"]);
