@@ -191,6 +191,36 @@ fn every_bad_input_gets_a_clear_error_and_the_broker_keeps_serving() {
         produce_code(&mut raw, "good", Bytes::from_static(b"not a batch at all")),
         ErrorCode::CORRUPT_MESSAGE
     );
+    // Poison batches (review #11): a "compressed" batch whose record count nobody can check
+    // (it claims 2^31 - 1 records in a few bytes) is refused, not stored for every consumer to
+    // fail on; so is an uncompressed batch whose count disagrees with its records.
+    let with_crc = |mut bytes: Vec<u8>| {
+        let crc = crc32fast::hash(&bytes[21..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        Bytes::from(bytes)
+    };
+    let mut compressed = batch(1, 10, 0, 1).to_vec();
+    compressed[21..23].copy_from_slice(&4i16.to_be_bytes()); // zstd
+    assert_eq!(
+        produce_code(&mut raw, "good", with_crc(compressed.clone())),
+        ErrorCode::UNSUPPORTED_COMPRESSION
+    );
+    compressed[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+    assert_eq!(
+        produce_code(&mut raw, "good", with_crc(compressed)),
+        ErrorCode::CORRUPT_MESSAGE
+    );
+    let mut miscounted = batch(2, 10, 0, 1).to_vec();
+    miscounted[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+    assert_eq!(
+        produce_code(&mut raw, "good", with_crc(miscounted)),
+        ErrorCode::CORRUPT_MESSAGE
+    );
+    // Internal topics are written by brokers only (forged commits, unreplayable batches).
+    assert_eq!(
+        produce_code(&mut raw, "__consumer_offsets", batch(1, 10, 0, 1)),
+        ErrorCode::INVALID_TOPIC
+    );
 
     // Fetch out of range.
     let fetch = FetchRequest {

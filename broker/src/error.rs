@@ -48,6 +48,9 @@ pub enum Error {
     /// A leader append admitted at `epoch` after this broker stopped leading at it.
     #[error("{partition}: this broker no longer leads at epoch {epoch}; refresh metadata and retry on the leader")]
     NotLeader { partition: String, epoch: u32 },
+    /// An fdatasync of this log failed earlier: it is offline until the broker restarts.
+    #[error("partition log {path} is offline after a failed fdatasync ({reason}); check the disk and restart the broker (recovery re-verifies the log)")]
+    LogFailed { path: PathBuf, reason: String },
     /// A log directory whose files cannot be turned into a log (wrong names, impossible sizes).
     #[error("log directory {path} is unusable: {reason}")]
     CorruptLog { path: PathBuf, reason: String },
@@ -70,7 +73,9 @@ impl Error {
     /// The protocol error code a client receives for this error.
     pub fn error_code(&self) -> ErrorCode {
         match self {
-            Error::Io { .. } | Error::CorruptLog { .. } => ErrorCode::STORAGE_ERROR,
+            Error::Io { .. } | Error::CorruptLog { .. } | Error::LogFailed { .. } => {
+                ErrorCode::STORAGE_ERROR
+            }
             Error::InvalidBatch(e) => match e {
                 ProtocolError::UnsupportedCompression(_) => ErrorCode::UNSUPPORTED_COMPRESSION,
                 _ => ErrorCode::CORRUPT_MESSAGE,

@@ -272,6 +272,11 @@ impl BrokerProcess {
         self.child.wait().map(|s| s.success()).unwrap_or(false)
     }
 
+    /// Whether the process is still running (it has not exited or died of a signal).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -56,7 +56,11 @@ impl EpochCache {
         file.write_all(text.as_bytes())
             .context("write epoch checkpoint", &tmp)?;
         file.sync_all().context("sync epoch checkpoint", &tmp)?;
-        fs::rename(&tmp, &path).context("rename epoch checkpoint", &path)
+        fs::rename(&tmp, &path).context("rename epoch checkpoint", &path)?;
+        // The rename is durable only once the directory is.
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .context("sync directory", dir)
     }
 
     fn accepts(&self, epoch: u32, start: u64) -> bool {

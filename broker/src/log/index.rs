@@ -33,6 +33,34 @@ enum Mapping {
     Empty,
     Writable(MmapMut),
     ReadOnly(Mmap),
+    /// The entries copied to memory: a seal that failed after dropping the writable mapping
+    /// (file descriptors or disk space ran out) leaves the index readable, not a panic.
+    Heap(Vec<u8>),
+}
+
+/// Entries' worth of disk reserved at a time for a writable index (64 KiB of entries).
+const ALLOCATE_STEP_BYTES: u64 = 64 << 10;
+
+/// Reserves disk for `file`'s bytes `[offset, offset + len)` so no page of its mapping is ever
+/// first touched on a full filesystem (which raises SIGBUS): `fallocate`, or zeros written with
+/// positional writes where the filesystem has no `fallocate`.
+fn allocate(file: &File, offset: u64, len: u64, path: &Path) -> Result<()> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {
+            use std::os::unix::fs::FileExt;
+            let zeros = vec![0u8; 64 << 10];
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], offset + at)
+                    .context("preallocate index", path)?;
+                at += n as u64;
+            }
+            Ok(())
+        }
+        Err(e) => Err(Error::io("preallocate index", path, e.into())),
+    }
 }
 
 /// A file of fixed-size entries, mapped into memory.
@@ -41,7 +69,12 @@ pub(crate) struct IndexFile {
     entry_bytes: usize,
     entries: usize,
     capacity: usize,
+    /// Writable indexes: entries whose disk space is reserved (`reserve`); the file is
+    /// `capacity` entries long but only this prefix is allocated and ever written.
+    allocated: usize,
     map: Mapping,
+    /// Writable indexes: the open file, to reserve more space.
+    file: Option<File>,
 }
 
 impl IndexFile {
@@ -61,8 +94,20 @@ impl IndexFile {
             .truncate(true)
             .open(path)
             .context("create index", path)?;
+        // The file is sized sparsely to its capacity; disk is reserved step by step ahead of the
+        // entries (`reserve`), so a full disk fails an append instead of raising SIGBUS.
         file.set_len((capacity * entry_bytes) as u64)
-            .context("preallocate index", path)?;
+            .context("size index", path)?;
+        let step_entries = (ALLOCATE_STEP_BYTES as usize / entry_bytes).max(1);
+        let needed = entries.len() / entry_bytes;
+        let mut allocated = (needed + step_entries).min(capacity);
+        if let Err(e) = allocate(&file, 0, (allocated * entry_bytes) as u64, path) {
+            // A full disk (recovery rebuilding an index): take just what the entries need, so
+            // the log still opens; appends then fail cleanly in `reserve` until space returns.
+            tracing::warn!(path = %path.display(), "cannot reserve index space ahead: {e}");
+            allocate(&file, 0, (needed * entry_bytes) as u64, path)?;
+            allocated = needed;
+        }
         // SAFETY: the mapping covers the file length just set; Rill never shrinks an index file
         // while it is mapped (see `seal`), and no other process writes the data directory.
         let mut map = unsafe { MmapMut::map_mut(&file) }.context("map index", path)?;
@@ -72,7 +117,9 @@ impl IndexFile {
             entry_bytes,
             entries: entries.len() / entry_bytes,
             capacity,
+            allocated,
             map: Mapping::Writable(map),
+            file: Some(file),
         })
     }
 
@@ -110,7 +157,9 @@ impl IndexFile {
             entry_bytes,
             entries: len / entry_bytes,
             capacity: len / entry_bytes,
+            allocated: len / entry_bytes,
             map,
+            file: None,
         }))
     }
 
@@ -119,6 +168,7 @@ impl IndexFile {
             Mapping::Empty => &[],
             Mapping::Writable(m) => &m[..self.entries * self.entry_bytes],
             Mapping::ReadOnly(m) => &m[..self.entries * self.entry_bytes],
+            Mapping::Heap(v) => &v[..self.entries * self.entry_bytes],
         }
     }
 
@@ -131,13 +181,33 @@ impl IndexFile {
         self.entries
     }
 
-    /// Appends an encoded entry; false if the index is full or read-only.
+    /// Makes sure disk space is reserved for `more` entries after the current ones (or up to
+    /// the capacity), before the data they will index is written.
+    pub fn reserve(&mut self, more: usize) -> Result<()> {
+        let wanted = (self.entries + more).min(self.capacity);
+        if wanted <= self.allocated {
+            return Ok(());
+        }
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let step_entries = (ALLOCATE_STEP_BYTES as usize / self.entry_bytes).max(1);
+        let target = (wanted.div_ceil(step_entries) * step_entries).min(self.capacity);
+        let from = (self.allocated * self.entry_bytes) as u64;
+        let len = ((target - self.allocated) * self.entry_bytes) as u64;
+        allocate(file, from, len, &self.path)?;
+        self.allocated = target;
+        Ok(())
+    }
+
+    /// Appends an encoded entry; false if the index is full, read-only, or its space was not
+    /// reserved ([`IndexFile::reserve`]; a sparse index simply misses that entry).
     pub fn push(&mut self, entry: &[u8]) -> bool {
         debug_assert_eq!(entry.len(), self.entry_bytes);
         let Mapping::Writable(map) = &mut self.map else {
             return false;
         };
-        if self.entries >= self.capacity {
+        if self.entries >= self.capacity || self.entries >= self.allocated {
             return false;
         }
         let at = self.entries * self.entry_bytes;
@@ -166,7 +236,11 @@ impl IndexFile {
         if let Mapping::Writable(map) = &self.map {
             map.flush().context("flush index", &self.path)?;
         }
-        self.map = Mapping::Empty;
+        // Until the sealed file is mapped again, lookups read a copy (a failure below leaves
+        // a consistent, read-only index).
+        let entries = self.bytes().to_vec();
+        self.map = Mapping::Heap(entries);
+        self.file = None;
         let file = OpenOptions::new()
             .write(true)
             .open(&self.path)

@@ -301,22 +301,40 @@ impl LogManager {
 
     /// Flushes every log whose interval flush is due (the fdatasync runs with the partition
     /// unlocked, so appends continue meanwhile); rolls by age; applies retention. Blocking.
-    pub fn tick(&self, now_ms: i64) -> Result<()> {
+    /// One partition's failure (EIO, ENOSPC, EMFILE) never stops the others: each is handled
+    /// on its own, and the errors are returned together, one per failed partition.
+    pub fn tick(&self, now_ms: i64) -> Vec<(TopicPartition, Error)> {
         let partitions: Vec<Arc<PartitionLog>> = self.read_logs().values().cloned().collect();
+        let mut failures = Vec::new();
         for partition in partitions {
-            if let Some(pending) = partition.with_log(|log| log.begin_flush_if_due())? {
-                let end_offset = pending.sync()?;
-                partition.with_log(|log| {
+            if let Err(e) = Self::tick_one(&partition, now_ms) {
+                failures.push((partition.topic_partition().clone(), e));
+            }
+        }
+        failures
+    }
+
+    fn tick_one(partition: &PartitionLog, now_ms: i64) -> Result<()> {
+        if let Some(pending) = partition.with_log(|log| log.begin_flush_if_due())? {
+            match pending.sync() {
+                Ok(end_offset) => partition.with_log(|log| {
                     log.flush_completed(end_offset);
                     Ok(())
-                })?;
+                })?,
+                // Never retried as if harmless: the log goes offline (see `Log::flush_failed`).
+                Err(e) => {
+                    partition.with_log(|log| {
+                        log.flush_failed(&e);
+                        Ok(())
+                    })?;
+                    return Err(e);
+                }
             }
-            partition.with_log(|log| {
-                log.roll_if_due(now_ms)?;
-                log.enforce_retention(now_ms).map(|_| ())
-            })?;
         }
-        Ok(())
+        partition.with_log(|log| {
+            log.roll_if_due(now_ms)?;
+            log.enforce_retention(now_ms).map(|_| ())
+        })
     }
 
     /// Flushes and closes every log (clean shutdown). Every log is flushed even if one fails.

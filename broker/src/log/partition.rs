@@ -83,6 +83,12 @@ pub struct Log {
     recovery: RecoveryReport,
     /// Leader epoch -> first offset (see `epochs`).
     epochs: EpochCache,
+    /// Set when an fdatasync failed: the kernel may have dropped dirty pages it could not
+    /// write, so what the page cache shows is no longer what is on disk, and a later fsync
+    /// that succeeds would falsely claim it is (PostgreSQL's "fsyncgate"). The log then refuses
+    /// every append and read until the broker restarts and recovery re-verifies the data from
+    /// the last good recovery point.
+    failed: Option<String>,
 }
 
 /// How an append sets offsets and leader epochs.
@@ -178,11 +184,16 @@ impl Log {
             last_flush: Instant::now(),
             recovery: report,
             epochs: EpochCache::default(),
+            failed: None,
         };
         log.load_epochs()?;
         log.active()?.sync()?;
         log.flushed_offset = log.log_end_offset();
-        log.write_recovery_point()?;
+        // Only a shortcut for the next recovery (an older point just means more scanning): a
+        // full disk must not keep the log from opening.
+        if let Err(e) = log.write_recovery_point() {
+            tracing::warn!(dir = %dir.display(), "could not update the recovery point (the next start scans more): {e}");
+        }
         tracing::debug!(dir = %dir.display(), start = log.log_start_offset(), end = log.log_end_offset(), "log opened");
         Ok(log)
     }
@@ -298,6 +309,7 @@ impl Log {
     /// Deletes every record and restarts the log empty at `offset` (a follower whose log ends
     /// before the leader's log start). Blocking.
     pub fn reset_to(&mut self, offset: u64) -> Result<()> {
+        self.check_usable()?;
         let bases: Vec<u64> = self.segments.keys().copied().collect();
         for base in bases {
             if let Some(segment) = self.segments.remove(&base) {
@@ -340,12 +352,12 @@ impl Log {
                         offset = batch.last_offset() as u64 + 1;
                     }
                 }
-                cache.save(&self.dir)?;
+                save_epochs_at_open(&cache, &self.dir);
                 cache
             }
         };
         if cache.truncate_from(end) {
-            cache.save(&self.dir)?;
+            save_epochs_at_open(&cache, &self.dir);
         }
         self.epochs = cache;
         Ok(())
@@ -361,7 +373,31 @@ impl Log {
         self.append_stamped(input, Stamp::Leader(leader_epoch), now_ms)
     }
 
+    /// Whether an fdatasync failed (see the `failed` field); the reason if so.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(reason) => Err(Error::LogFailed {
+                path: self.dir.clone(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    /// Marks the log failed after an fdatasync error (see the `failed` field).
+    pub fn flush_failed(&mut self, error: &Error) {
+        if self.failed.is_none() {
+            tracing::error!(dir = %self.dir.display(), "fdatasync failed: this partition is offline on this broker (no appends, no reads) until the broker restarts and recovery re-verifies it; check the disk: {error}");
+            self.failed = Some(error.to_string());
+        }
+    }
+
     fn append_stamped(&mut self, input: &Bytes, stamp: Stamp, now_ms: i64) -> Result<AppendInfo> {
+        self.check_usable()?;
         if input.len() > (1 << 30) {
             return Err(Error::BatchTooLarge {
                 size_bytes: input.len(),
@@ -387,17 +423,23 @@ impl Log {
                 )));
             }
         }
-        if epochs != self.epochs {
+        let previous_epochs = (epochs != self.epochs).then(|| self.epochs.clone());
+        if previous_epochs.is_some() {
             epochs.save(&self.dir)?;
             self.epochs = epochs;
         }
-        let total = input.len() as u64;
-        if self.active()?.needs_roll(total, &self.config, now_ms) {
-            self.roll()?;
+        if let Err(e) = self.write_planned(input, &plan, now_ms) {
+            // The new epoch's entry announces records that were not written: take it back,
+            // in memory and on disk (else a follower holding it loops on truncation, review
+            // #10). If the rewrite fails too, opening the log drops entries past its end.
+            if let Some(previous) = previous_epochs {
+                self.epochs = previous;
+                if let Err(save) = self.epochs.save(&self.dir) {
+                    tracing::warn!(dir = %self.dir.display(), "rolling back the epoch checkpoint failed (fixed when the log is next opened): {save}");
+                }
+            }
+            return Err(e);
         }
-        let config = self.config.clone();
-        let active = self.active_mut()?;
-        active.append(input, &plan, &config, now_ms)?;
         let info = AppendInfo {
             base_offset: plan[0].base_offset,
             last_offset: plan[plan.len() - 1].last_offset,
@@ -420,6 +462,29 @@ impl Log {
         Ok(info)
     }
 
+    /// Rolls if the append needs it and writes the planned batches into the active segment.
+    fn write_planned(&mut self, input: &Bytes, plan: &[AppendBatch], now_ms: i64) -> Result<()> {
+        let total = input.len() as u64;
+        let (first, last) = (plan[0].base_offset, plan[plan.len() - 1].last_offset);
+        if last - first >= u64::from(u32::MAX / 2) {
+            return Err(ProtocolError::Invalid {
+                what: "append",
+                reason: format!("batches claim {} offsets in one append", last - first + 1),
+            }
+            .into());
+        }
+        // Index entries hold offsets relative to the segment base as u32: a segment never
+        // spans more offsets than that.
+        let base = self.active()?.base_offset;
+        if self.active()?.needs_roll(total, &self.config, now_ms)
+            || (self.active()?.size_bytes > 0 && last - base >= u64::from(u32::MAX))
+        {
+            self.roll()?;
+        }
+        let config = self.config.clone();
+        self.active_mut()?.append(input, plan, &config, now_ms)
+    }
+
     fn plan_append(&self, input: &Bytes, stamp: Stamp) -> Result<Vec<AppendBatch>> {
         let mut next_offset = self.log_end_offset();
         let mut position = 0;
@@ -433,6 +498,15 @@ impl Log {
                 });
             }
             batch.validate()?;
+            // A leader must be able to vouch for every record it stores: this broker cannot
+            // look inside compressed batches yet (consumers would fail on them forever: a
+            // poison batch), so it refuses them rather than trusting their record count.
+            if let Stamp::Leader(_) = stamp {
+                let compression = batch.compression()?;
+                if compression != Compression::None {
+                    return Err(ProtocolError::UnsupportedCompression(compression as u8).into());
+                }
+            }
             if batch.record_count() == 0 {
                 return Err(ProtocolError::Invalid {
                     what: "record batch",
@@ -495,6 +569,9 @@ impl Log {
 
     /// Rolls the active segment if it is older than `segment_ms` (for callers that tick).
     pub fn roll_if_due(&mut self, now_ms: i64) -> Result<bool> {
+        if self.failed.is_some() {
+            return Ok(false);
+        }
         let due =
             self.active()?.needs_roll(0, &self.config, now_ms) && self.active()?.size_bytes > 0;
         if due {
@@ -507,6 +584,7 @@ impl Log {
     /// a consumer always progresses), as `Bytes` borrowing the segment mapping: no data is
     /// copied. Empty at the log end; an error outside `[log start, log end]`.
     pub fn read(&mut self, offset: u64, max_bytes: usize) -> Result<Bytes> {
+        self.check_usable()?;
         let (start, end) = (self.log_start_offset(), self.log_end_offset());
         if offset < start || offset > end {
             return Err(Error::OffsetOutOfRange {
@@ -600,7 +678,13 @@ impl Log {
     /// Removes every record at or after `offset` (rounded down to the start of the batch that
     /// contains it); returns the new log end offset. Used by followers to drop a divergent tail.
     pub fn truncate_to(&mut self, offset: u64) -> Result<u64> {
+        self.check_usable()?;
         if offset >= self.log_end_offset() {
+            // Nothing to cut, but an epoch entry with no records at or past `offset` (left by
+            // a failed write) must go, or the leader keeps answering with the same divergence.
+            if self.epochs.truncate_from(offset) {
+                self.epochs.save(&self.dir)?;
+            }
             return Ok(self.log_end_offset());
         }
         let doomed: Vec<u64> = self.segments.range(offset..).map(|(b, _)| *b).collect();
@@ -675,7 +759,11 @@ impl Log {
 
     /// fdatasync of the active segment; returns the new flushed offset.
     pub fn flush(&mut self) -> Result<u64> {
-        self.active()?.sync()?;
+        self.check_usable()?;
+        if let Err(e) = self.active()?.sync() {
+            self.flush_failed(&e);
+            return Err(e);
+        }
         self.flushed_offset = self.log_end_offset();
         self.last_flush = Instant::now();
         Ok(self.flushed_offset)
@@ -689,6 +777,9 @@ impl Log {
         let FlushPolicy::Interval { interval_ms } = self.config.flush else {
             return Ok(None);
         };
+        if self.failed.is_some() {
+            return Ok(None);
+        }
         if self.flushed_offset == self.log_end_offset()
             || self.last_flush.elapsed().as_millis() < u128::from(interval_ms)
         {
@@ -752,6 +843,14 @@ impl Log {
         file.sync_all().context("sync checkpoint", &tmp)?;
         fs::rename(&tmp, &path).context("rename checkpoint", &path)?;
         sync_dir(&self.dir)
+    }
+}
+
+/// Saves the epoch cache while opening a log. A failure (a full disk) is not fatal: the cache in
+/// memory is right, and the file is brought in line with the log again at every open.
+fn save_epochs_at_open(cache: &EpochCache, dir: &Path) {
+    if let Err(e) = cache.save(dir) {
+        tracing::warn!(dir = %dir.display(), "could not rewrite the leader epoch checkpoint (fixed at the next open): {e}");
     }
 }
 

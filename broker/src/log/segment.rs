@@ -552,6 +552,10 @@ impl Segment {
             active.allocated_bytes = target;
             active.data = map_bytes(&active.file, &path)?;
         }
+        // Index space first (one entry per batch at most, plus the closing time entry): a full
+        // disk fails the append here, before any data is written.
+        active.offset_index.reserve(batches.len())?;
+        active.time_index.reserve(batches.len() + 1)?;
         let mut slices = Vec::with_capacity(batches.len() * 3);
         for batch in batches {
             slices.push(IoSlice::new(&batch.header[..12]));

@@ -480,3 +480,37 @@ fn replicas_keep_the_leaders_offsets_and_epochs_and_truncate_divergent_tails() {
     );
     assert_eq!(follower.last_epoch(), None);
 }
+
+#[test]
+fn a_failed_fsync_takes_the_log_offline_until_it_is_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    log.append(&batch(3, 10, 0), 0).unwrap();
+    // What `flush` and the tick do when fdatasync reports an error (EIO): the kernel may have
+    // dropped the dirty pages, so the log must not go on as if nothing happened.
+    log.flush_failed(&Error::io(
+        "sync segment",
+        dir.path(),
+        std::io::Error::from_raw_os_error(5),
+    ));
+    assert!(log.failure().is_some());
+    for result in [
+        log.append(&batch(1, 10, 0), 0).map(|_| ()),
+        log.read(0, 4096).map(|_| ()),
+        log.flush().map(|_| ()),
+        log.truncate_to(1).map(|_| ()),
+    ] {
+        let error = result.expect_err("a failed log refuses appends, reads, flushes, truncation");
+        assert!(matches!(error, Error::LogFailed { .. }), "{error}");
+        assert_eq!(error.error_code(), rill_protocol::ErrorCode::STORAGE_ERROR);
+    }
+    assert!(
+        log.begin_flush_if_due().unwrap().is_none(),
+        "no flush is retried on a failed log"
+    );
+    drop(log);
+    // A restart re-verifies the data from the recovery point: the log serves again.
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.log_end_offset(), 3);
+    assert_eq!(read_all(&mut log).len(), 1);
+}

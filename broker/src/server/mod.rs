@@ -526,8 +526,11 @@ async fn storage_tick(state: Arc<BrokerState>) {
         }
         let logs = state.logs.clone();
         match tokio::task::spawn_blocking(move || logs.tick(now_ms())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("storage tick failed: {e}"),
+            Ok(failures) => {
+                for (tp, e) in failures {
+                    tracing::error!(partition = %tp, "storage tick failed (flush, roll or retention; other partitions unaffected): {e}");
+                }
+            }
             Err(e) => tracing::error!("storage tick task failed: {e}"),
         }
     }

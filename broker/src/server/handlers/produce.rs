@@ -41,16 +41,31 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: ProduceRequest) ->
     let mut appends = Vec::new();
     for (t, topic) in request.topics.iter().enumerate() {
         for partition in &topic.partitions {
-            let target = local_replica(state, &metadata, &topic.name, partition.partition)
-                .and_then(|replica| {
-                    let epoch = replica.admit_produce(all, lag_max)?;
-                    Ok((replica, epoch))
-                });
+            // Internal topics are written by the broker only (forged commits or membership, or
+            // a batch the coordinator cannot replay, would break every group mapped there).
+            let internal = topic.name == crate::group::coordinator::OFFSETS_TOPIC;
+            let target = (if internal {
+                Err(ErrorCode::INVALID_TOPIC)
+            } else {
+                local_replica(state, &metadata, &topic.name, partition.partition)
+            })
+            .and_then(|replica| {
+                let epoch = replica.admit_produce(all, lag_max)?;
+                Ok((replica, epoch))
+            });
             let records: Bytes = partition.records.clone();
             let index = partition.partition;
             appends.push(async move {
                 let outcome = match target {
-                    Err(code) => Err((code, None)),
+                    Err(code) => Err((
+                        code,
+                        internal.then(|| {
+                            format!(
+                                "{} is an internal topic: only brokers write to it",
+                                crate::group::coordinator::OFFSETS_TOPIC
+                            )
+                        }),
+                    )),
                     Ok((replica, epoch)) => {
                         let log = replica.log.clone();
                         match tokio::task::spawn_blocking(move || {

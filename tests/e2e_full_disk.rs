@@ -1,0 +1,206 @@
+//! A broker on a full disk (review findings #4, #5, #10): its data directory on a small tmpfs
+//! that the test fills to the last byte. Produce fails with a clear retriable error and nothing
+//! crashes; the broker restarts on the full disk (no crash loop) and serves every acknowledged
+//! record; once space is freed, producing resumes. Needs root (mount) like the network tests.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rill_client::{
+    Acks, Admin, Consumer, ConsumerConfig, NewTopic, Producer, ProducerConfig, Record, SeekTo,
+};
+
+/// A tmpfs of `size_mib` mounted on a temp directory; unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size_mib: u64) -> Tmpfs {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "the full-disk test mounts a tmpfs and must run as root"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount (util-linux)");
+        assert!(status.success(), "mounting a tmpfs failed");
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes a filler file until the filesystem is full; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).expect("create filler");
+        let chunk = vec![0xa5u8; 64 << 10];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+        // Small writes too: the last partial page.
+        while file.write(&[0u8; 512]).is_ok_and(|n| n > 0) {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn producer(client: &rill_client::Client) -> Producer {
+    Producer::new(
+        client.clone(),
+        ProducerConfig {
+            acks: Acks::Leader,
+            linger: Duration::from_millis(1),
+            batch_size_bytes: 8 << 10,
+            delivery_timeout: Duration::from_secs(3),
+            ..ProducerConfig::default()
+        },
+    )
+}
+
+/// Produces `count` records (value `tag-i`) one delivery at a time; records what was
+/// acknowledged; stops at the first failed delivery and returns its error.
+async fn produce(
+    producer: &Producer,
+    tag: &str,
+    count: usize,
+    acked: &mut BTreeMap<u64, String>,
+) -> Option<String> {
+    let value_pad = "x".repeat(1000);
+    let mut deliveries = Vec::new();
+    for i in 0..count {
+        let value = format!("{tag}-{i}-{value_pad}");
+        let delivery = producer
+            .send(Record::new("t").partition(0).value(value.clone()))
+            .await
+            .expect("queue a record");
+        deliveries.push((value, delivery));
+        if deliveries.len() == 4096 || i + 1 == count {
+            for (value, delivery) in deliveries.drain(..) {
+                match delivery.await {
+                    Ok(m) => {
+                        acked.insert(m.offset.expect("acks=1 gives an offset"), value);
+                    }
+                    Err(e) => return Some(e.to_string()),
+                }
+            }
+        }
+    }
+    None
+}
+
+async fn verify(client: &rill_client::Client, acked: &BTreeMap<u64, String>) {
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+    consumer.assign([("t".to_string(), 0)]);
+    consumer.seek("t", 0, SeekTo::Earliest).await.expect("seek");
+    let last = *acked.keys().next_back().expect("something acknowledged");
+    let mut stored = BTreeMap::new();
+    let mut poll = common::Poll::new(Duration::from_secs(60), "read every acknowledged record");
+    while stored.keys().next_back().is_none_or(|o| *o < last) {
+        for r in consumer
+            .poll(Duration::from_millis(200))
+            .await
+            .expect("poll")
+        {
+            let value =
+                String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned();
+            stored.insert(r.offset, value);
+        }
+        poll.pause().await;
+    }
+    for (offset, value) in acked {
+        assert_eq!(
+            stored.get(offset),
+            Some(value),
+            "acknowledged record at offset {offset} lost or changed"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_produce_cleanly_survives_a_restart_and_resumes_when_freed() {
+    let started = std::time::Instant::now();
+    let fs = Tmpfs::mount(48);
+    let data = fs.path().join("data");
+    let mut broker = common::BrokerProcess::start(&data, &[]);
+    let address = broker.address.clone();
+    let client = common::client(&address).await;
+    Admin::new(client.clone())
+        .create_topic(NewTopic::new("t", 1))
+        .await
+        .expect("create topic");
+    let mut acked = BTreeMap::new();
+    let producer1 = producer(&client);
+    assert_eq!(produce(&producer1, "before", 2000, &mut acked).await, None);
+
+    eprintln!("{:?}: 2000 acknowledged", started.elapsed());
+    let filler = fs.fill();
+    eprintln!("{:?}: filled", started.elapsed());
+    // Produce into the full disk: the segment's preallocated space takes some, then every
+    // append fails with a retriable storage error; the broker stays up.
+    let error = produce(&producer1, "full", 200_000, &mut acked)
+        .await
+        .expect("the full disk refuses appends eventually");
+    eprintln!("{} records acknowledged; then: {error}", acked.len());
+    assert!(
+        error.contains("STORAGE_ERROR"),
+        "a full disk is a storage error: {error}"
+    );
+    assert!(
+        broker.drain_log().iter().all(|l| !l.contains("panicked")),
+        "no panic"
+    );
+    verify(&client, &acked).await;
+
+    eprintln!("{:?}: full disk refused appends", started.elapsed());
+    // kill -9 and restart on the still full disk: it must come up and serve everything.
+    broker.kill9();
+    drop(producer1);
+    let mut broker = common::BrokerProcess::start_on(&data, &address, &[]);
+    let client = common::client(&address).await;
+    verify(&client, &acked).await;
+
+    eprintln!("{:?}: restarted on the full disk", started.elapsed());
+    // Space again: producing resumes.
+    std::fs::remove_file(&filler).expect("free the filler");
+    let producer2 = producer(&client);
+    let mut poll = common::Poll::new(
+        Duration::from_secs(60),
+        "producing resumes after space is freed",
+    );
+    loop {
+        if produce(&producer2, "after", 500, &mut acked)
+            .await
+            .is_none()
+        {
+            break;
+        }
+        poll.pause().await;
+    }
+    verify(&client, &acked).await;
+    assert!(
+        broker.drain_log().iter().all(|l| !l.contains("panicked")),
+        "no panic"
+    );
+}
