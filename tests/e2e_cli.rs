@@ -361,3 +361,87 @@ fn cli_shows_the_cluster_replicas_isr_and_moves_leaders_back() {
     ));
     assert_eq!(describe(&alive)["partitions"].as_array().unwrap().len(), 5);
 }
+
+/// The CLI as a new user tries it (review of issue 9, item 10): output piped into `head` ends
+/// quietly, a missing broker is reported within a second or two, and unkeyed lines spread over
+/// the partitions.
+#[test]
+fn cli_behaves_like_a_unix_tool() {
+    // No broker: a refused connection fails fast with the clear message.
+    cli_binary(); // built before the clock starts
+    let started = std::time::Instant::now();
+    let output = rill("127.0.0.1:1", &["topic", "list"], None);
+    let took = started.elapsed();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot reach any broker") && stderr.contains("is rill-broker running"),
+        "{stderr}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "refused bootstrap reported after {took:?}"
+    );
+
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &[]);
+    let address = broker.address.as_str();
+    ok(rill(
+        address,
+        &["topic", "create", "spread", "--partitions", "6"],
+        None,
+    ));
+    let lines: String = (1..=60_000).map(|i| format!("{i}\n")).collect();
+    ok(rill(address, &["produce", "spread"], Some(&lines)));
+    let offsets: serde_json::Value = serde_json::from_str(&ok(rill(
+        address,
+        &["offsets", "spread", "--format", "json"],
+        None,
+    )))
+    .unwrap_or(serde_json::Value::Null);
+    eprintln!("offsets: {offsets}");
+    let per_partition: Vec<u64> = offsets
+        .as_array()
+        .expect("offsets as a JSON array")
+        .iter()
+        .map(|p| p["latest"].as_u64().expect("latest offset"))
+        .collect();
+    assert_eq!(per_partition.iter().sum::<u64>(), 60_000);
+    assert!(
+        per_partition.len() == 6 && per_partition.iter().all(|n| *n >= 5_000),
+        "unkeyed lines spread over every partition: {per_partition:?}"
+    );
+    let described = ok(rill(address, &["topic", "describe", "spread"], None));
+    eprintln!("{described}");
+
+    // Piped into a reader that stops after one line: no panic, no error message.
+    let mut child = Command::new(cli_binary())
+        .args(["consume", "spread", "--from-beginning", "--count", "60000"])
+        .env("RILL_BROKERS", address)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let stdout = child.stdout.take().unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty());
+        // The pipe's read end closes here.
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        output.status.success() || output.status.signal() == Some(13),
+        "ends quietly on a closed pipe (exit 0 or SIGPIPE), not {:?}",
+        output.status
+    );
+}

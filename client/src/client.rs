@@ -37,6 +37,9 @@ pub struct ClientConfig {
     /// `metadata.max.age.ms`), so a client whose brokers answer but no longer lead still moves
     /// on to the new leaders. Default 5 min.
     pub metadata_max_age: Duration,
+    /// [`Client::connect`] gives up after this long when every bootstrap address refuses the
+    /// connection (nothing listens there), instead of retrying for `retry_timeout`. Default 2 s.
+    pub bootstrap_refused_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -56,6 +59,7 @@ impl ClientConfig {
             max_frame_bytes: 64 << 20,
             in_flight_requests_max: 16,
             metadata_max_age: Duration::from_secs(300),
+            bootstrap_refused_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -127,11 +131,49 @@ impl Client {
                 connections: Mutex::default(),
             }),
         };
-        client
-            .retry("loading cluster metadata", || client.refresh_metadata())
-            .await?;
+        let started = Instant::now();
+        let refused_timeout = client.inner.config.bootstrap_refused_timeout;
+        let refused = std::sync::atomic::AtomicBool::new(false);
+        let loaded = client
+            .retry("loading cluster metadata", || async {
+                let outcome = client.refresh_metadata().await;
+                if outcome.is_err()
+                    && started.elapsed() >= refused_timeout
+                    && client.bootstrap_refused().await
+                {
+                    // Not retriable: ends the retries; reported below.
+                    refused.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(ClientError::Closed);
+                }
+                outcome
+            })
+            .await;
+        if refused.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ClientError::NoBrokers {
+                addresses: client.inner.config.bootstrap.join(","),
+                reason: format!("connection refused for {refused_timeout:?}"),
+            });
+        }
+        loaded?;
         tokio::spawn(refresh_periodically(Arc::downgrade(&client.inner)));
         Ok(client)
+    }
+
+    /// Whether every bootstrap address refuses a TCP connection right now (nothing listens).
+    async fn bootstrap_refused(&self) -> bool {
+        for address in &self.inner.config.bootstrap {
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(address),
+            )
+            .await;
+            let refused =
+                matches!(&attempt, Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused);
+            if !refused {
+                return false;
+            }
+        }
+        true
     }
 
     /// The settings this client was created with.

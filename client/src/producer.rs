@@ -44,6 +44,10 @@ pub struct ProducerConfig {
     pub buffer_memory_bytes: usize,
     /// How long a record may take to be acknowledged, retries included. Default 120 s.
     pub delivery_timeout: Duration,
+    /// Unkeyed records without a partition stick to one partition for this many bytes, then
+    /// move to the next (Kafka's sticky partitioner switches after `batch.size`, 16 KiB), so
+    /// they spread over the partitions without shrinking the batches sent. Default 16 KiB.
+    pub sticky_partition_bytes: usize,
 }
 
 impl Default for ProducerConfig {
@@ -54,6 +58,7 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             buffer_memory_bytes: 32 << 20,
             delivery_timeout: Duration::from_secs(120),
+            sticky_partition_bytes: 16 << 10,
         }
     }
 }
@@ -161,7 +166,9 @@ struct Batch {
 struct State {
     queues: HashMap<String, HashMap<u32, VecDeque<Batch>>>,
     in_flight: HashSet<TopicPartition>,
-    sticky: HashMap<String, u32>,
+    /// Unkeyed records: the partition they go to per topic, and bytes sent there since it was
+    /// chosen.
+    sticky: HashMap<String, (u32, usize)>,
     flushing: bool,
 }
 
@@ -301,14 +308,24 @@ impl Producer {
                 )))
             }
             (None, Some(key)) => partition_for_key(key, partitions),
-            (None, None) => match state.sticky.get(record.topic.as_str()) {
-                Some(p) => *p % partitions,
-                None => {
-                    let p = (now_ms() as u32) % partitions;
-                    state.sticky.insert(record.topic.clone(), p);
-                    p
+            (None, None) => {
+                let sticky_bytes = shared.config.sticky_partition_bytes;
+                match state.sticky.get_mut(record.topic.as_str()) {
+                    Some((p, sent)) => {
+                        if *sent >= sticky_bytes {
+                            *p = (*p + 1) % partitions;
+                            *sent = 0;
+                        }
+                        *sent += size;
+                        *p % partitions
+                    }
+                    None => {
+                        let p = (now_ms() as u32) % partitions;
+                        state.sticky.insert(record.topic.clone(), (p, size));
+                        p
+                    }
                 }
-            },
+            }
         };
         let batch_size = shared.config.batch_size_bytes;
         let queue = state.queue(&record.topic, partition);
@@ -349,7 +366,7 @@ impl Producer {
             // Sticky partitioning: move unkeyed records on once a batch is full.
             state
                 .sticky
-                .insert(record.topic.clone(), (partition + 1) % partitions);
+                .insert(record.topic.clone(), ((partition + 1) % partitions, 0));
         }
         drop(state);
         shared.outstanding.fetch_add(1, Ordering::AcqRel);

@@ -76,6 +76,9 @@ pub struct ProduceArgs {
     batch_size: usize,
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
+    /// Unkeyed records move to the next partition after this many bytes.
+    #[arg(long, default_value_t = 16 * 1024)]
+    sticky_partition_bytes: usize,
     #[arg(long, value_enum, default_value_t = Keys::None)]
     keys: Keys,
     #[arg(long, default_value_t = 1000)]
@@ -150,6 +153,7 @@ async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
         acks: args.acks.into(),
         batch_size_bytes: args.batch_size,
         linger: Duration::from_millis(args.linger_ms),
+        sticky_partition_bytes: args.sticky_partition_bytes,
         ..ProducerConfig::default()
     };
     let started = Instant::now();

@@ -142,6 +142,12 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 
 #[tokio::main]
 async fn main() {
+    // Output piped into `head` and the like: end quietly when the reader goes away (SIGPIPE's
+    // default action, which Rust replaces with ignoring it and panicking in `println!`).
+    // SAFETY: `signal` only sets how this process handles SIGPIPE; nothing else here sets it.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("RILL_LOG"))
