@@ -572,3 +572,61 @@ async fn members_carry_on_without_a_rebalance_when_the_coordinator_restarts() {
         );
     }
 }
+
+/// Review finding #12: `__consumer_offsets` inherited the broker-wide size retention, so old
+/// commits were deleted and consumers fell back to `offset_reset`. It must keep every offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_survive_broker_wide_size_retention_and_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let flags = [
+        "--retention-bytes",
+        "8192",
+        "--segment-bytes",
+        "4096",
+        "--tick-ms",
+        "20",
+    ];
+    let mut broker = BrokerProcess::start(data.path(), &flags);
+    let address = broker.address.clone();
+    let client = common::client(&address).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic(NewTopic::new("kept", 2))
+        .await
+        .expect("create topic");
+    let offsets = |partition: u32, offset: u64| {
+        std::collections::BTreeMap::from([(("kept".to_string(), partition), offset)])
+    };
+    admin
+        .reset_group_offsets("keeper", &offsets(0, 5))
+        .await
+        .expect("commit partition 0");
+    // Many more commits into the same offsets partition: far more than 8 KiB of segments.
+    for i in 0..400 {
+        admin
+            .reset_group_offsets("keeper", &offsets(1, i))
+            .await
+            .expect("commit partition 1");
+    }
+    broker.terminate();
+    drop(broker);
+    let broker = BrokerProcess::start_on(data.path(), &address, &flags);
+    let client = common::client(&broker.address).await;
+    let committed = common::eventually_value(
+        Duration::from_secs(30),
+        "the group's offsets after the restart",
+        || async {
+            Admin::new(client.clone())
+                .group_offsets("keeper")
+                .await
+                .ok()
+        },
+    )
+    .await;
+    assert_eq!(
+        committed.get(&("kept".to_string(), 0)),
+        Some(&5),
+        "the first commit survives retention: {committed:?}"
+    );
+    assert_eq!(committed.get(&("kept".to_string(), 1)), Some(&399));
+}

@@ -8,7 +8,7 @@
 //! for offsets, none for a group tombstone. Membership itself is not persisted: after a
 //! coordinator restart or move, members get `UNKNOWN_MEMBER_ID` and rejoin.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use rill_protocol::batch::{batches, RecordBatchBuilder};
@@ -85,7 +85,10 @@ pub struct Coordinator {
     logs: Arc<LogManager>,
     heartbeat_interval_ms: u32,
     groups: Mutex<HashMap<String, GroupEntry>>,
-    loaded: Mutex<HashSet<u32>>,
+    /// Offsets partitions whose records are in the cache, and the leader epoch they were
+    /// loaded under: leadership that went away and came back (X -> Y -> X between two
+    /// reconciles) is a new epoch, and the cache is reloaded instead of serving what Y never saw.
+    loaded: Mutex<HashMap<u32, u32>>,
     /// Group version last written to the offsets topic, per group.
     persisted: Mutex<HashMap<String, u64>>,
 }
@@ -173,7 +176,7 @@ impl Coordinator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&partition);
-        if !was_loaded {
+        if was_loaded.is_none() {
             return;
         }
         self.groups
@@ -190,15 +193,19 @@ impl Coordinator {
         );
     }
 
-    /// Loads the offsets stored in an offsets partition (once). Blocking: reads the log.
-    pub fn ensure_loaded(&self, partition: u32) -> crate::Result<()> {
-        if self
+    /// Loads the offsets stored in an offsets partition (once per leader epoch). Blocking:
+    /// reads the log.
+    pub fn ensure_loaded(&self, partition: u32, leader_epoch: u32) -> crate::Result<()> {
+        let loaded_at = self
             .loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&partition)
-        {
-            return Ok(());
+            .get(&partition)
+            .copied();
+        match loaded_at {
+            Some(epoch) if epoch == leader_epoch => return Ok(()),
+            Some(_) => self.unload(partition),
+            None => {}
         }
         let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
         let Some(log) = self.logs.get(&tp) else {
@@ -228,7 +235,7 @@ impl Coordinator {
         self.loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(partition);
+            .insert(partition, leader_epoch);
         Ok(())
     }
 
@@ -290,9 +297,9 @@ impl Coordinator {
         &self,
         group: &str,
         offsets: &[(TopicPartition, Committed)],
-    ) -> crate::Result<()> {
+    ) -> crate::Result<Option<(u32, u64)>> {
         if offsets.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let now = now_ms();
         let mut builder = RecordBatchBuilder::new();
@@ -309,13 +316,13 @@ impl Coordinator {
             };
             builder.append(now, Some(&encode(&key)?), Some(&encode(&value)?), &[]);
         }
-        self.append(group, builder)?;
+        let appended = self.append(group, builder)?;
         self.with_group(group, |entry| {
             for (tp, committed) in offsets {
                 entry.offsets.insert(tp.clone(), committed.clone());
             }
         });
-        Ok(())
+        Ok(Some(appended))
     }
 
     /// Writes a snapshot of the group's membership if it changed since the last one. Blocking.
@@ -367,7 +374,9 @@ impl Coordinator {
         Ok(())
     }
 
-    fn append(&self, group: &str, builder: RecordBatchBuilder) -> crate::Result<()> {
+    /// Appends to the group's offsets partition as its leader; returns the leader epoch it was
+    /// written at and the log end offset after it (what must be replicated before it counts).
+    fn append(&self, group: &str, builder: RecordBatchBuilder) -> crate::Result<(u32, u64)> {
         let tp = TopicPartition::new(OFFSETS_TOPIC, partition_for(group));
         let log = self.logs.get(&tp).ok_or_else(|| {
             crate::Error::InvalidConfig(format!("{tp} is not hosted on this broker"))
@@ -376,7 +385,8 @@ impl Coordinator {
             partition: tp.to_string(),
             epoch: 0,
         })?;
-        log.append(&builder.build(), epoch).map(|_| ())
+        log.append(&builder.build(), epoch)
+            .map(|info| (epoch, info.last_offset + 1))
     }
 }
 
@@ -446,7 +456,7 @@ mod tests {
 
         let reloaded = Coordinator::new(logs, 500);
         for p in 0..OFFSETS_PARTITIONS {
-            reloaded.ensure_loaded(p).unwrap();
+            reloaded.ensure_loaded(p, 0).unwrap();
         }
         assert_eq!(
             reloaded.with_existing("g1", |e| e.offsets[&tp].clone()),
@@ -480,7 +490,7 @@ mod tests {
         let epoch = coordinator.with_group("g", |e| e.group.epoch);
 
         let reloaded = Coordinator::new(logs, 500);
-        reloaded.ensure_loaded(partition_for("g")).unwrap();
+        reloaded.ensure_loaded(partition_for("g"), 0).unwrap();
         let (members, reloaded_epoch) = reloaded.with_group("g", |e| {
             (
                 e.group.members.keys().cloned().collect::<Vec<_>>(),
@@ -508,7 +518,7 @@ mod tests {
             partition_for("orders-service"),
             partition_for("orders-service")
         );
-        let used: HashSet<u32> = (0..100)
+        let used: std::collections::HashSet<u32> = (0..100)
             .map(|i| partition_for(&format!("group-{i}")))
             .collect();
         assert_eq!(used.len(), OFFSETS_PARTITIONS as usize);

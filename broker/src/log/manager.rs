@@ -66,6 +66,11 @@ pub struct PartitionLog {
     /// lock by every leader append, so a write admitted just before this broker stopped
     /// leading (or moved to a newer epoch) is refused instead of landing with a stale epoch.
     leading_epoch: std::sync::atomic::AtomicU64,
+    /// Whether the log has its topic's config. Logs found on disk at start get the broker
+    /// defaults until the metadata gives theirs (`get_or_create`); until then the tick rolls
+    /// and deletes nothing (a topic that keeps data longer than the broker default, like
+    /// `__consumer_offsets`, would lose it to the default's retention at every start).
+    configured: std::sync::atomic::AtomicBool,
 }
 
 const NOT_LEADING: u64 = u64::MAX;
@@ -81,6 +86,7 @@ impl PartitionLog {
             end_offset,
             high_watermark,
             leading_epoch: std::sync::atomic::AtomicU64::new(u64::from(epoch)),
+            configured: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -262,6 +268,9 @@ impl LogManager {
                         Ok(())
                     }
                 })?;
+                existing
+                    .configured
+                    .store(true, std::sync::atomic::Ordering::Release);
             }
             return Ok(existing);
         }
@@ -281,6 +290,9 @@ impl LogManager {
             config.unwrap_or_else(|| self.default_config.clone()),
         )?;
         let partition = PartitionLog::new(tp.clone(), log);
+        partition
+            .configured
+            .store(true, std::sync::atomic::Ordering::Release);
         logs.insert(tp.clone(), partition.clone());
         tracing::info!(partition = %tp, "created partition log");
         Ok(partition)
@@ -330,6 +342,12 @@ impl LogManager {
                     return Err(e);
                 }
             }
+        }
+        if !partition
+            .configured
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(());
         }
         partition.with_log(|log| {
             log.roll_if_due(now_ms)?;

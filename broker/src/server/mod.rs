@@ -79,10 +79,16 @@ impl BrokerState {
                 .get(topic)
                 .map(|t| t.configs.clone())
                 .unwrap_or_default();
-            let config = topic_log_config(&base, &configs).unwrap_or_else(|e| {
+            let mut config = topic_log_config(&base, &configs).unwrap_or_else(|e| {
                 tracing::warn!(%tp, "topic config rejected, using broker defaults: {e}");
                 base.clone()
             });
+            if topic == OFFSETS_TOPIC {
+                // Committed offsets are kept until compaction exists: never by the broker-wide
+                // size or time retention (also for an offsets topic created before this rule).
+                config.retention_bytes = None;
+                config.retention_ms = None;
+            }
             // One partition's failure (a full disk, no file descriptors) must not keep the
             // others from following the metadata: it is logged and retried on the next pass.
             match self.logs.get_or_create(&tp, Some(config)) {
@@ -496,6 +502,7 @@ async fn ensure_offsets_topic(state: &Arc<BrokerState>) {
         assignments: assign_replicas(&brokers, 0, OFFSETS_PARTITIONS, rf),
         configs: std::collections::BTreeMap::from([
             ("retention.ms".to_string(), "0".to_string()),
+            ("retention.bytes".to_string(), "0".to_string()),
             ("min.insync.replicas".to_string(), rf.min(2).to_string()),
         ]),
     };

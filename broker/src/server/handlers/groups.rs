@@ -51,7 +51,8 @@ async fn coordinate(state: &Arc<BrokerState>, group_id: &str) -> Result<(), Erro
         return Err(ErrorCode::COORDINATOR_NOT_AVAILABLE);
     }
     let loader = state.clone();
-    match tokio::task::spawn_blocking(move || loader.groups.ensure_loaded(partition)).await {
+    let epoch = info.leader_epoch;
+    match tokio::task::spawn_blocking(move || loader.groups.ensure_loaded(partition, epoch)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             tracing::error!(partition, "loading group offsets failed: {e}");
@@ -198,17 +199,18 @@ pub(super) async fn heartbeat(
     reply(ResponseBody::ConsumerGroupHeartbeat(response))
 }
 
-/// Writes the group's membership to its offsets partition if it changed (before the member
-/// hears about the change, so a restarted coordinator resumes from what members were told).
-/// Waits until everything appended to the group's offsets partition is on every in-sync
-/// replica (acks=all for commits), so a commit survives the coordinator's death.
-async fn replicated(state: &Arc<BrokerState>, group_id: &str) -> Result<(), ErrorCode> {
+/// Waits until a commit appended at leader `epoch`, ending at `end`, is on every in-sync replica
+/// of the group's offsets partition (acks=all for commits), so it survives the coordinator's
+/// death. The epoch is the one the append used: had this broker lost and regained leadership
+/// since, the append may have been truncated away, and waiting at the new epoch would ack it.
+async fn replicated(
+    state: &Arc<BrokerState>,
+    group_id: &str,
+    epoch: u32,
+    end: u64,
+) -> Result<(), ErrorCode> {
     let tp = TopicPartition::new(OFFSETS_TOPIC, partition_for(group_id));
     let replica = state.replicas.get(&tp).ok_or(ErrorCode::NOT_COORDINATOR)?;
-    let epoch = replica
-        .leader_epoch()
-        .map_err(|_| ErrorCode::NOT_COORDINATOR)?;
-    let end = replica.log.log_end_offset();
     state.replicas.appended(&replica);
     let timeout = Duration::from_millis(state.config.request_timeout_ms.min(10_000));
     replica
@@ -220,6 +222,9 @@ async fn replicated(state: &Arc<BrokerState>, group_id: &str) -> Result<(), Erro
         })
 }
 
+/// Writes the group's membership to its offsets partition if it changed (before the member
+/// hears about the change, so a restarted coordinator resumes from what members were told).
+/// A failure costs a rebalance after a coordinator failover, not offsets: logged at ERROR.
 pub(crate) async fn persist(state: &Arc<BrokerState>, group_id: &str) {
     let writer = state.clone();
     let group = group_id.to_string();
@@ -230,8 +235,8 @@ pub(crate) async fn persist(state: &Arc<BrokerState>, group_id: &str) {
                 state.replicas.appended(&replica);
             }
         }
-        Ok(Err(e)) => tracing::warn!(group = group_id, "persisting group membership failed: {e}"),
-        Err(e) => tracing::warn!(group = group_id, "persisting group membership failed: {e}"),
+        Ok(Err(e)) => tracing::error!(group = group_id, "persisting group membership failed (a coordinator failover will rebalance this group; a snapshot over max_batch_bytes needs fewer members or partitions per group, or a larger max_batch_bytes): {e}"),
+        Err(e) => tracing::error!(group = group_id, "persisting group membership failed: {e}"),
     }
 }
 
@@ -290,7 +295,8 @@ pub(super) async fn offset_commit(
         tokio::task::spawn_blocking(move || writer.groups.store_offsets(&group_id, &accepted))
             .await;
     let storage_error = match stored {
-        Ok(Ok(())) => replicated(state, &request.group_id).await.err(),
+        Ok(Ok(Some((epoch, end)))) => replicated(state, &request.group_id, epoch, end).await.err(),
+        Ok(Ok(None)) => None,
         Ok(Err(e)) => Some(e.error_code()),
         Err(_) => Some(ErrorCode::UNKNOWN_SERVER_ERROR),
     };
