@@ -230,12 +230,23 @@ async fn fetch_round(
     correlation_id: u32,
 ) -> Result<Vec<(String, FetchPartitionResponse)>, String> {
     let config = manager.config();
+    // Each log's end and last epoch, read under its lock on the blocking pool (an append may
+    // hold that lock across an fdatasync).
+    let replicas: Vec<Arc<Replica>> = due.iter().map(|(_, r, _)| r.clone()).collect();
+    let positions = tokio::task::spawn_blocking(move || {
+        replicas
+            .iter()
+            .map(|r| {
+                r.log
+                    .with_log(|log| Ok((log.log_end_offset(), log.last_epoch())))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| format!("log position task failed: {e}"))?
+    .map_err(|e| e.to_string())?;
     let mut topics: Vec<FetchTopic> = Vec::new();
-    for (tp, replica, epoch) in due {
-        let (fetch_offset, last_epoch) = replica
-            .log
-            .with_log(|log| Ok((log.log_end_offset(), log.last_epoch())))
-            .map_err(|e| e.to_string())?;
+    for ((tp, _, epoch), (fetch_offset, last_epoch)) in due.iter().zip(positions) {
         let partition = FetchPartition {
             partition: tp.partition,
             current_leader_epoch: Some(*epoch),

@@ -46,7 +46,8 @@ pub(super) fn handle(state: &Arc<BrokerState>, request: FetchRequest) -> Pending
     let task = tokio::spawn(async move { respond(&state, request).await });
     Box::pin(async move {
         match task.await {
-            Ok(chunks) => Some((ErrorCode::NONE, chunks)),
+            Ok(Some(chunks)) => Some((ErrorCode::NONE, chunks)),
+            Ok(None) => Some((ErrorCode::UNKNOWN_SERVER_ERROR, Vec::new())),
             Err(e) => {
                 tracing::error!("fetch task failed: {e}");
                 Some((ErrorCode::UNKNOWN_SERVER_ERROR, Vec::new()))
@@ -55,12 +56,70 @@ pub(super) fn handle(state: &Arc<BrokerState>, request: FetchRequest) -> Pending
     })
 }
 
-async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Vec<Bytes> {
+/// The response's chunks; `None` if a blocking read task failed (logged).
+async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Option<Vec<Bytes>> {
     let wait_ms = u64::from(request.max_wait_ms).min(state.config.request_timeout_ms);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    // Everything that takes a partition's log lock (held by appends across fdatasync with
+    // flush=always, by rolls and truncation) or faults in mapped pages runs on the blocking
+    // pool: a slow disk must not stall the async workers that run heartbeats, Raft and every
+    // other partition's requests.
+    let request = Arc::new(request);
+    let targets = if request.replica_id.is_none() {
+        // Consumers: role checks and watches only, no log lock.
+        Arc::new(resolve(state, &request))
+    } else {
+        let (state, request) = (state.clone(), request.clone());
+        match tokio::task::spawn_blocking(move || resolve(&state, &request)).await {
+            Ok(targets) => Arc::new(targets),
+            Err(e) => {
+                tracing::error!("fetch task failed: {e}");
+                return None;
+            }
+        }
+    };
+    loop {
+        let pass = {
+            let (request, targets) = (request.clone(), targets.clone());
+            tokio::task::spawn_blocking(move || read_once(&request, &targets)).await
+        };
+        let Ok((response, bytes, any_error)) = pass else {
+            tracing::error!("fetch read task failed");
+            return None;
+        };
+        let now = tokio::time::Instant::now();
+        if bytes >= request.min_bytes as usize
+            || any_error
+            || now >= deadline
+            || state.shutdown.is_cancelled()
+        {
+            return Some(response.encode_chunks());
+        }
+        let mut waits: Vec<_> = targets
+            .iter()
+            .flatten()
+            .filter_map(|t| t.as_ref().ok())
+            .map(|source| {
+                let mut watch = source.watch.clone();
+                Box::pin(async move { watch.changed().await })
+            })
+            .collect();
+        if waits.is_empty() {
+            return Some(response.encode_chunks());
+        }
+        tokio::select! {
+            _ = futures::future::select_all(waits.iter_mut()) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = state.shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// Resolves each partition once; watches are taken before reading so no append is missed.
+/// Blocking for follower fetches (the divergence check reads the log under its lock).
+fn resolve(state: &Arc<BrokerState>, request: &FetchRequest) -> Vec<Vec<Target>> {
     let metadata = state.controller.metadata();
-    // Resolve each partition once; watches are taken before reading so no append is missed.
-    let targets: Vec<Vec<Target>> = request
+    request
         .topics
         .iter()
         .map(|t| {
@@ -100,35 +159,7 @@ async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Vec<Bytes> 
                 })
                 .collect()
         })
-        .collect();
-    loop {
-        let (response, bytes, any_error) = read_once(&request, &targets);
-        let now = tokio::time::Instant::now();
-        if bytes >= request.min_bytes as usize
-            || any_error
-            || now >= deadline
-            || state.shutdown.is_cancelled()
-        {
-            return response.encode_chunks();
-        }
-        let mut waits: Vec<_> = targets
-            .iter()
-            .flatten()
-            .filter_map(|t| t.as_ref().ok())
-            .map(|source| {
-                let mut watch = source.watch.clone();
-                Box::pin(async move { watch.changed().await })
-            })
-            .collect();
-        if waits.is_empty() {
-            return response.encode_chunks();
-        }
-        tokio::select! {
-            _ = futures::future::select_all(waits.iter_mut()) => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-            _ = state.shutdown.cancelled() => {}
-        }
-    }
+        .collect()
 }
 
 /// One pass over every partition: returns the response, the record bytes in it, and whether a
