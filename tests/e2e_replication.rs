@@ -1129,3 +1129,34 @@ async fn a_member_cut_off_from_its_coordinator_releases_its_partitions_before_ot
         );
     }
 }
+
+/// Review #14: controlled shutdown stopped serving before fencing itself, so acks=1 records
+/// still on their way to the followers at SIGTERM were lost. Now the leader stops
+/// acknowledging, lets the followers catch up, hands leadership over, and only then stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_a_leader_under_acks_1_load_loses_no_acknowledged_record() {
+    let mut cluster = Cluster::start(3, &[]);
+    let client = cluster.client().await;
+    let mut topic = NewTopic::new(TOPIC, PARTITIONS);
+    topic.replication_factor = 3;
+    Admin::new(client.clone())
+        .create_topic(topic)
+        .await
+        .expect("create the replicated topic");
+    wait_for_isr(&client, 3).await;
+    let load = start_load_with(&cluster.client().await, Acks::Leader);
+    load.wait_for(500, "500 acknowledged records").await;
+    let leader = leader_of(&client, 0).await;
+    assert!(
+        cluster.broker(leader).terminate(),
+        "node {leader} exits cleanly on SIGTERM"
+    );
+    cluster.brokers[leader as usize - 1] = None;
+    wait_for_new_leader(&client, leader).await;
+    load.wait_for_more(300, "300 more acknowledged records after the SIGTERM")
+        .await;
+    let acked = load.finish().await;
+    cluster.start_node(leader);
+    wait_for_isr(&client, 3).await;
+    check_acknowledged_and_replicas(&mut cluster, &client, &acked).await;
+}

@@ -122,10 +122,19 @@ impl LogStore {
             let StoredEntry::V1(entry) = postcard::from_bytes(record).map_err(io_err)?;
             entries.insert(entry.log_id.index, entry);
         }
+        let created = !log_path.exists();
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)?;
+        if created {
+            // The new file's directory entry must be durable before entries are reported
+            // flushed in it.
+            File::open(dir)?.sync_all()?;
+            if let Some(parent) = dir.parent() {
+                File::open(parent)?.sync_all()?;
+            }
+        }
         if valid < bytes.len() {
             tracing::warn!(path = %log_path.display(), cut = bytes.len() - valid, "cut a torn tail off the metadata Raft log");
             log.set_len(valid as u64)?;

@@ -111,7 +111,13 @@ impl Log {
     /// Opens (or creates) the log in `dir`, recovering it: see docs/STORAGE.md, "Recovery".
     pub fn open(dir: &Path, config: LogConfig) -> Result<Log> {
         config.validate()?;
-        fs::create_dir_all(dir).context("create log directory", dir)?;
+        if !dir.exists() {
+            fs::create_dir_all(dir).context("create log directory", dir)?;
+            // The new directory's entry is durable only once its parent is synced.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         let bases = list_segments(dir)?;
         let recovery_point = read_recovery_point(dir);
         // Trust sealed segments wholly before the one holding the recovery point; scan the rest.
@@ -605,11 +611,11 @@ impl Log {
             .collect();
         for base in bases {
             self.open_segment(base)?;
-            if let Some(bytes) = self
-                .segments
-                .get(&base)
-                .and_then(|s| s.read(offset, max_bytes))
-            {
+            let read = match self.segments.get(&base) {
+                Some(segment) => segment.read(offset, max_bytes)?,
+                None => None,
+            };
+            if let Some(bytes) = read {
                 return Ok(bytes);
             }
         }
@@ -652,7 +658,7 @@ impl Log {
                 continue;
             };
             let floor = segment.time_index_floor(timestamp)?;
-            let Some((mut position, _, _)) = segment.locate(floor) else {
+            let Some((mut position, _, _)) = segment.locate(floor)? else {
                 continue;
             };
             while let Some(batch) = segment.batch_at(position) {

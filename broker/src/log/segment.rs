@@ -649,8 +649,10 @@ impl Segment {
 
     /// Finds the batch containing `offset` (or the first batch after it): its position, base
     /// offset and size. `None` if the segment holds nothing at or after `offset`.
-    pub fn locate(&self, offset: u64) -> Option<(usize, u64, usize)> {
-        let (data, index) = self.view()?;
+    pub fn locate(&self, offset: u64) -> Result<Option<(usize, u64, usize)>> {
+        let Some((data, index)) = self.view() else {
+            return Ok(None);
+        };
         let relative = offset
             .saturating_sub(self.base_offset)
             .min(u64::from(u32::MAX)) as i64;
@@ -661,44 +663,74 @@ impl Segment {
         let end = self.size_bytes as usize;
         while position + BATCH_HEADER_BYTES <= end {
             let header = &data[position..position + BATCH_HEADER_BYTES];
-            let (base, size) = peek_offset_and_size(header)?;
+            let Some((base, size)) = peek_offset_and_size(header) else {
+                return Ok(None);
+            };
+            let size = self.checked_size(position, size)?;
             if header_last_offset(header) >= offset {
-                return Some((position, base as u64, size as usize));
+                return Ok(Some((position, base as u64, size)));
             }
-            position += size as usize;
+            position += size;
         }
-        None
+        Ok(None)
+    }
+
+    /// A batch size read from the data (trusted for sealed segments before the recovery point):
+    /// one that cannot be a batch or runs past the segment's end is bit rot, reported as an
+    /// error instead of looping or reading past the data.
+    fn checked_size(&self, position: usize, size: i64) -> Result<usize> {
+        let fits = usize::try_from(size).ok().filter(|size| {
+            *size >= BATCH_HEADER_BYTES && position + *size <= self.size_bytes as usize
+        });
+        fits.ok_or_else(|| Error::CorruptLog {
+            path: self.path(),
+            reason: format!(
+                "batch at position {position} claims {size} bytes (segment holds {}); restore this replica from another one",
+                self.size_bytes
+            ),
+        })
     }
 
     /// Whole batches starting with the one containing `offset`, up to `max_bytes` (but at least
     /// one batch), as a zero-copy slice of the mapping.
-    pub fn read(&self, offset: u64, max_bytes: usize) -> Option<Bytes> {
-        let (start, _, first_size) = self.locate(offset)?;
-        let (data, _) = self.view()?;
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Option<Bytes>> {
+        let Some((start, _, first_size)) = self.locate(offset)? else {
+            return Ok(None);
+        };
+        let Some((data, _)) = self.view() else {
+            return Ok(None);
+        };
         let end_limit = self.size_bytes as usize;
         let mut end = start + first_size;
         while end + BATCH_HEADER_BYTES <= end_limit {
-            let (_, size) = peek_offset_and_size(&data[end..])?;
-            if end + size as usize - start > max_bytes {
+            let Some((_, size)) = peek_offset_and_size(&data[end..]) else {
+                break;
+            };
+            // A rotten batch after the first ends this read; reading at it is the error.
+            let Ok(size) = self.checked_size(end, size) else {
+                break;
+            };
+            if end + size - start > max_bytes {
                 break;
             }
-            end += size as usize;
+            end += size;
         }
         debug_assert!(end <= end_limit);
-        Some(data.slice(start..end))
+        Ok(Some(data.slice(start..end)))
     }
 
     /// The whole batch starting at `position`, if one does (for timestamp lookups).
     pub fn batch_at(&self, position: usize) -> Option<Bytes> {
         let (data, _) = self.view()?;
         let (_, size) = peek_offset_and_size(data.get(position..self.size_bytes as usize)?)?;
-        Some(data.slice(position..position + size as usize))
+        let size = self.checked_size(position, size).ok()?;
+        Some(data.slice(position..position + size))
     }
 
     /// Removes every batch from the one containing `offset` on: zeroes those bytes in place
     /// (never shortening a mapped file), makes the segment active again, and rebuilds its indexes.
     pub fn truncate_to(&mut self, offset: u64, config: &LogConfig) -> Result<()> {
-        let Some((position, base, _)) = self.locate(offset) else {
+        let Some((position, base, _)) = self.locate(offset)? else {
             return Ok(());
         };
         debug_assert!(base >= self.base_offset);

@@ -514,3 +514,29 @@ fn a_failed_fsync_takes_the_log_offline_until_it_is_reopened() {
     assert_eq!(log.log_end_offset(), 3);
     assert_eq!(read_all(&mut log).len(), 1);
 }
+
+#[test]
+fn a_rotten_batch_length_in_a_trusted_sealed_segment_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    for _ in 0..4 {
+        log.append(&batch(2, 10, 0), 0).unwrap();
+    }
+    log.roll().unwrap();
+    log.append(&batch(2, 10, 0), 0).unwrap();
+    log.close().unwrap();
+    // The second batch of the sealed first segment (trusted at open: before the recovery
+    // point) gets a length that makes its size 0.
+    let path = dir.path().join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let first = 12 + i32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    bytes[first + 8..first + 12].copy_from_slice(&(-12i32).to_be_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    let error = log
+        .read(4, 1 << 20)
+        .expect_err("a rotten length is reported");
+    assert!(matches!(error, Error::CorruptLog { .. }), "{error}");
+    // Reads before it still work.
+    assert!(!log.read(0, 1).unwrap().is_empty());
+}

@@ -20,6 +20,8 @@ pub struct Lease {
     /// Nanoseconds after `origin` until which this broker may lead; 0: not granted.
     valid_until_ns: AtomicU64,
     duration: Duration,
+    /// Set by [`Lease::revoke`]: no renewal takes effect any more (shutting down).
+    revoked: std::sync::atomic::AtomicBool,
 }
 
 impl Lease {
@@ -32,6 +34,7 @@ impl Lease {
             origin: now.checked_sub(Duration::from_secs(3600)).unwrap_or(now),
             valid_until_ns: AtomicU64::new(0),
             duration,
+            revoked: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -47,16 +50,25 @@ impl Lease {
         self.duration
     }
 
-    /// Extends the lease to `sent_at + duration` (never shortens it).
+    /// Extends the lease to `sent_at + duration` (never shortens it); nothing once revoked.
     pub fn renew(&self, sent_at: Instant) {
+        if self.revoked.load(Ordering::Acquire) {
+            return;
+        }
         let until = sent_at.saturating_duration_since(self.origin) + self.duration;
         let until_ns = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.valid_until_ns.fetch_max(until_ns, Ordering::AcqRel);
     }
 
-    /// Ends the lease now (controlled shutdown).
+    /// Ends the lease now and for good (controlled shutdown).
     pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
         self.valid_until_ns.store(0, Ordering::Release);
+    }
+
+    /// Whether [`Lease::revoke`] ended it (shutting down).
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
     }
 
     /// Whether this broker may act as a leader now.
@@ -92,6 +104,8 @@ mod tests {
         lease.revoke();
         assert!(!lease.is_valid());
         assert_eq!(lease.remaining(), None);
+        lease.renew(Instant::now());
+        assert!(!lease.is_valid(), "a revoked lease is never renewed");
     }
 
     #[test]

@@ -586,6 +586,17 @@ impl ReplicaManager {
         replica.advance_high_watermark(&state, self.config.node_id);
     }
 
+    /// Whether, on every partition this broker leads with more than one in-sync replica, the
+    /// high watermark has reached the log end (every in-sync follower has everything).
+    pub fn led_partitions_replicated(&self) -> bool {
+        self.replicas().values().all(|replica| {
+            let state = replica.state();
+            state.role != Role::Leader
+                || state.isr.len() <= 1
+                || replica.log.high_watermark() >= replica.log.log_end_offset()
+        })
+    }
+
     /// Leader duty, every tick: followers that have not caught up within `lag_max` leave the ISR.
     pub fn shrink_isrs(self: &Arc<Self>) {
         let replicas: Vec<(TopicPartition, Arc<Replica>)> = self

@@ -282,6 +282,25 @@ impl Broker {
         })
     }
 
+    /// Waits (at most `timeout`) until the in-sync followers of every partition this broker
+    /// leads have fetched its whole log, so acks=1 records written just before a SIGTERM are
+    /// not lost when another replica takes over.
+    async fn drain_to_followers(&self, timeout: Duration) {
+        let metadata = self.state.controller.metadata();
+        if metadata.alive().iter().all(|b| *b == self.state.node_id) {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let replicas = self.state.replicas.clone();
+        while tokio::time::Instant::now() < deadline {
+            if replicas.led_partitions_replicated() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!(?timeout, "controlled shutdown: followers did not catch up in time; the last acks=1 records may be lost");
+    }
+
     /// Controlled shutdown: asks the controller to fence this broker now, so the partitions it
     /// leads get new leaders at once instead of after the session timeout. Skipped when this
     /// broker is the only one (nothing could take over) or no quorum answers within 5 s.
@@ -317,8 +336,13 @@ impl Broker {
     /// Graceful shutdown: stop accepting, finish in-flight requests (at most `grace`), flush and
     /// close every log, stop the controller.
     pub async fn shutdown(self, grace: Duration) -> Result<()> {
-        self.state.shutdown.cancel();
+        // Hand leadership over while still serving: stop acknowledging anything new (the
+        // lease), let followers fetch what is already written, then fence this broker so new
+        // leaders are elected at once; only then stop serving.
+        self.state.lease.revoke();
+        self.drain_to_followers(Duration::from_secs(5)).await;
         self.controlled_shutdown().await;
+        self.state.shutdown.cancel();
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait())
             .await
@@ -403,6 +427,8 @@ async fn heartbeat_loop(state: Arc<BrokerState>) {
         if valid != leading {
             if valid {
                 tracing::info!(lease = ?state.lease.duration(), "leadership lease granted: leading the partitions and groups the metadata gives this broker");
+            } else if state.lease.is_revoked() {
+                tracing::info!("shutting down: leading nothing any more");
             } else if state.ready.load(std::sync::atomic::Ordering::Acquire) {
                 tracing::warn!(lease = ?state.lease.duration(), "leadership lease EXPIRED: no heartbeat accepted by the controller in time; this broker stops leading partitions and coordinating groups until it re-registers");
             }
