@@ -1160,3 +1160,72 @@ async fn sigterm_of_a_leader_under_acks_1_load_loses_no_acknowledged_record() {
     wait_for_isr(&client, 3).await;
     check_acknowledged_and_replicas(&mut cluster, &client, &acked).await;
 }
+
+/// Review #8: heartbeats shared the controller connection with proposals, so a burst of ISR
+/// expansions (hundreds of partitions whose follower returns at once) could hold a broker's
+/// heartbeats past its session timeout and fence it, in waves. Heartbeats have their own
+/// connection now: no broker is fenced while 300 partitions take their follower back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_isr_expansions_at_once_fence_no_broker() {
+    const MANY: &str = "many";
+    let mut cluster = Cluster::start(3, &[]);
+    let client = cluster.client().await;
+    let mut topic = NewTopic::new(MANY, 300);
+    topic.replication_factor = 3;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic(topic)
+        .await
+        .expect("create 300 partitions");
+    let full_isr = |size: usize| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .describe_topic(MANY)
+                .await
+                .is_ok_and(|ps| ps.len() == 300 && ps.iter().all(|p| p.isr.len() == size))
+        }
+    };
+    common::eventually_async(
+        Duration::from_secs(60),
+        "300 partitions with 3 in sync",
+        || full_isr(3),
+    )
+    .await;
+    // Node 3 goes away long enough to leave every ISR, then returns: its 300 replicas catch up
+    // at once and the leaders propose 300 ISR expansions together.
+    cluster.kill(3);
+    common::eventually_async(Duration::from_secs(60), "node 3 out of every ISR", || {
+        full_isr(2)
+    })
+    .await;
+    let fenced_before: Vec<usize> = (1..=2u32)
+        .map(|n| {
+            cluster
+                .broker(n)
+                .drain_log()
+                .iter()
+                .filter(|l| l.contains("fencing broker"))
+                .count()
+        })
+        .collect();
+    cluster.restart(3);
+    common::eventually_async(Duration::from_secs(90), "node 3 back in every ISR", || {
+        full_isr(3)
+    })
+    .await;
+    for (i, n) in (1..=3u32).enumerate() {
+        let fences: Vec<String> = cluster
+            .broker(n)
+            .drain_log()
+            .iter()
+            .filter(|l| l.contains("fencing broker"))
+            .skip(fenced_before.get(i).copied().unwrap_or(0))
+            .cloned()
+            .collect();
+        assert!(
+            fences.is_empty(),
+            "node {n} fenced brokers while the ISRs expanded: {fences:?}"
+        );
+    }
+}
