@@ -1229,3 +1229,105 @@ async fn hundreds_of_isr_expansions_at_once_fence_no_broker() {
         );
     }
 }
+
+/// Review #2: a broker that missed a topic's deletion (down while it was deleted and created
+/// again) picked its old log up as the new topic's: as a follower it kept the old records below
+/// the new leader's end (replicas differ), as a leader it would serve them. Topic ids tell the
+/// incarnations apart: the old log is deleted and the replica starts empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_missed_a_topic_deletion_never_serves_the_old_topic_log() {
+    // A long session: node 3 stays registered (and gets replicas of the new topic) while down.
+    let mut cluster = Cluster::start(3, &["--broker-session-timeout-ms", "60000"]);
+    let client = cluster.client().await;
+    let admin = Admin::new(client.clone());
+    let create = || {
+        let mut topic = NewTopic::new(TOPIC, PARTITIONS);
+        topic.replication_factor = 3;
+        topic
+    };
+    admin
+        .create_topic(create())
+        .await
+        .expect("create the topic");
+    wait_for_isr(&client, 3).await;
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            acks: Acks::All,
+            ..ProducerConfig::default()
+        },
+    );
+    for i in 0..100 {
+        for partition in 0..PARTITIONS {
+            producer
+                .send(
+                    Record::new(TOPIC)
+                        .partition(partition)
+                        .value(format!("old-{i}")),
+                )
+                .await
+                .expect("queue");
+        }
+    }
+    producer.flush().await;
+    wait_for_isr(&client, 3).await;
+    cluster.kill(3);
+    admin.delete_topic(TOPIC).await.expect("delete the topic");
+    admin.create_topic(create()).await.expect("create it again");
+    // New records on the partitions not led by the (down) node 3.
+    client.refresh_metadata().await.expect("metadata");
+    let partitions = client.partitions(TOPIC).await.expect("partitions");
+    let writable: Vec<u32> = partitions
+        .iter()
+        .filter(|p| p.leader.is_some_and(|l| l != 3))
+        .map(|p| p.partition)
+        .collect();
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    for i in 0..10 {
+        for partition in &writable {
+            producer
+                .send(
+                    Record::new(TOPIC)
+                        .partition(*partition)
+                        .value(format!("new-{i}")),
+                )
+                .await
+                .expect("queue");
+        }
+    }
+    producer.flush().await;
+    cluster.restart(3);
+    wait_for_isr(&client, 3).await;
+    cluster.broker(3).wait_for_line(
+        "belongs to an earlier topic of this name",
+        Duration::from_secs(30),
+    );
+    // Every replica holds the new topic's records only, identical below the HW.
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+    consumer.assign((0..PARTITIONS).map(|p| (TOPIC.to_string(), p)));
+    consumer
+        .seek_all(rill_client::SeekTo::Earliest)
+        .await
+        .expect("seek");
+    let hws = high_watermarks(&client).await;
+    let expected: u64 = hws.iter().sum();
+    let mut seen = 0u64;
+    let mut poll = common::Poll::new(Duration::from_secs(30), "read the new topic");
+    while seen < expected {
+        for record in consumer
+            .poll(Duration::from_millis(200))
+            .await
+            .expect("poll")
+        {
+            let value =
+                String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned();
+            assert!(
+                value.starts_with("new-"),
+                "the old topic's record {value:?} came back"
+            );
+            seen += 1;
+        }
+        poll.pause().await;
+    }
+    assert_replicas_identical(&mut cluster, &hws);
+}

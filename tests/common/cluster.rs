@@ -159,6 +159,14 @@ impl Cluster {
             "--replica-fetch-wait-max-ms",
             "200",
         ];
+        // A flag given in `extra` replaces the harness default of the same name.
+        let overridden: Vec<usize> = (0..args.len())
+            .step_by(2)
+            .filter(|i| *i > 3 && self.extra.iter().any(|e| e == args[*i]))
+            .collect();
+        for i in overridden.into_iter().rev() {
+            args.drain(i..i + 2);
+        }
         args.extend(self.extra.iter().map(String::as_str));
         let prefix = self
             .network

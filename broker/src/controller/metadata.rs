@@ -126,6 +126,11 @@ pub struct TopicInfo {
     pub name: String,
     pub partitions: Vec<PartitionInfo>,
     pub configs: BTreeMap<String, String>,
+    /// Identifies this incarnation of the topic (KIP-516): the metadata log index of the entry
+    /// that created it, so a topic deleted and created again under the same name has another
+    /// id on every voter, and a broker that missed the deletion can tell its old log apart.
+    /// 0: unknown (topics created before ids existed).
+    pub id: u64,
 }
 
 /// Everything the controller knows. Snapshots serialize it whole.
@@ -136,8 +141,14 @@ pub struct MetadataState {
 }
 
 impl MetadataState {
-    /// Applies one command; deterministic.
+    /// Applies one command; deterministic. Topics it creates get id 0 (unknown): the state
+    /// machine uses [`MetadataState::apply_at`].
     pub fn apply(&mut self, command: &Command) -> CommandResult {
+        self.apply_at(command, 0)
+    }
+
+    /// Applies the command of metadata log entry `index`; deterministic.
+    pub fn apply_at(&mut self, command: &Command, index: u64) -> CommandResult {
         match command {
             Command::RegisterBroker {
                 node_id,
@@ -170,6 +181,7 @@ impl MetadataState {
                         name: name.clone(),
                         partitions,
                         configs: configs.clone(),
+                        id: index,
                     },
                 );
                 CommandResult::Ok
@@ -449,6 +461,21 @@ pub fn assign_replicas(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_topic_created_again_gets_another_id() {
+        let mut state = MetadataState::default();
+        let create = Command::CreateTopic {
+            name: "t".into(),
+            assignments: vec![vec![1]],
+            configs: BTreeMap::new(),
+        };
+        assert_eq!(state.apply_at(&create, 10), CommandResult::Ok);
+        assert_eq!(state.topics["t"].id, 10);
+        state.apply_at(&Command::DeleteTopic { name: "t".into() }, 11);
+        state.apply_at(&create, 12);
+        assert_eq!(state.topics["t"].id, 12);
+    }
+
     use super::*;
 
     #[test]

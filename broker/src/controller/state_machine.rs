@@ -28,6 +28,11 @@ enum StoredSnapshot {
     /// Adds broker fencing and partition epochs.
     V2 {
         meta: SnapshotMeta<NodeId, BasicNode>,
+        state: v2::MetadataState,
+    },
+    /// Adds topic ids.
+    V3 {
+        meta: SnapshotMeta<NodeId, BasicNode>,
         state: MetadataState,
     },
 }
@@ -36,13 +41,60 @@ impl StoredSnapshot {
     fn into_parts(self) -> (SnapshotMeta<NodeId, BasicNode>, MetadataState) {
         match self {
             StoredSnapshot::V1 { meta, state } => (meta, state.into()),
-            StoredSnapshot::V2 { meta, state } => (meta, state),
+            StoredSnapshot::V2 { meta, state } => (meta, state.into()),
+            StoredSnapshot::V3 { meta, state } => (meta, state),
         }
     }
 
     fn meta(&self) -> &SnapshotMeta<NodeId, BasicNode> {
         match self {
-            StoredSnapshot::V1 { meta, .. } | StoredSnapshot::V2 { meta, .. } => meta,
+            StoredSnapshot::V1 { meta, .. }
+            | StoredSnapshot::V2 { meta, .. }
+            | StoredSnapshot::V3 { meta, .. } => meta,
+        }
+    }
+}
+
+/// The metadata shapes of snapshot format 2 (before topic ids): topics convert with id 0
+/// (unknown), the same on every voter whatever its snapshot point.
+mod v2 {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    use crate::controller::metadata::{self as current, BrokerInfo, NodeId, PartitionInfo};
+
+    #[derive(Serialize, Deserialize, Clone)]
+    pub struct TopicInfo {
+        pub name: String,
+        pub partitions: Vec<PartitionInfo>,
+        pub configs: BTreeMap<String, String>,
+    }
+
+    #[derive(Serialize, Deserialize, Clone)]
+    pub struct MetadataState {
+        pub brokers: BTreeMap<NodeId, BrokerInfo>,
+        pub topics: BTreeMap<String, TopicInfo>,
+    }
+
+    impl From<MetadataState> for current::MetadataState {
+        fn from(old: MetadataState) -> Self {
+            current::MetadataState {
+                brokers: old.brokers,
+                topics: old
+                    .topics
+                    .into_iter()
+                    .map(|(name, t)| {
+                        let topic = current::TopicInfo {
+                            name: t.name,
+                            partitions: t.partitions,
+                            configs: t.configs,
+                            id: 0,
+                        };
+                        (name, topic)
+                    })
+                    .collect(),
+            }
         }
     }
 }
@@ -119,6 +171,7 @@ mod v1 {
                             name: t.name,
                             partitions,
                             configs: t.configs,
+                            id: 0,
                         };
                         (name, topic)
                     })
@@ -281,7 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let result = match entry.payload {
                 EntryPayload::Blank => CommandResult::Ok,
                 EntryPayload::Normal(command) => {
-                    let result = self.state.apply(&command);
+                    let result = self.state.apply_at(&command, entry.log_id.index);
                     tracing::debug!(?command, ?result, "applied metadata command");
                     result
                 }
@@ -300,7 +353,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.snapshots_built += 1;
         SnapshotBuilder {
             dir: self.dir.clone(),
-            snapshot: StoredSnapshot::V2 {
+            snapshot: StoredSnapshot::V3 {
                 meta: self.snapshot_meta(),
                 state: self.state.clone(),
             },
@@ -324,7 +377,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e))
             })?
             .into_parts();
-        let stored = StoredSnapshot::V2 {
+        let stored = StoredSnapshot::V3 {
             meta: meta.clone(),
             state: state.clone(),
         };

@@ -404,7 +404,7 @@ mod tests {
     fn offsets_logs(dir: &std::path::Path) -> Arc<LogManager> {
         let logs = Arc::new(LogManager::open(dir, LogConfig::default()).unwrap());
         for p in 0..OFFSETS_PARTITIONS {
-            logs.get_or_create(&TopicPartition::new(OFFSETS_TOPIC, p), None)
+            logs.get_or_create(&TopicPartition::new(OFFSETS_TOPIC, p), None, 0)
                 .unwrap();
         }
         logs

@@ -71,6 +71,33 @@ pub struct PartitionLog {
     /// and deletes nothing (a topic that keeps data longer than the broker default, like
     /// `__consumer_offsets`, would lose it to the default's retention at every start).
     configured: std::sync::atomic::AtomicBool,
+    /// The id of the topic incarnation this log belongs to (`topic-id` in its directory; 0:
+    /// unknown, a log from before topic ids).
+    topic_id: std::sync::atomic::AtomicU64,
+}
+
+/// File in a partition directory naming the topic id the log belongs to.
+pub const TOPIC_ID_FILE: &str = "topic-id";
+
+fn read_topic_id(dir: &Path) -> u64 {
+    fs::read_to_string(dir.join(TOPIC_ID_FILE))
+        .ok()
+        .and_then(|text| text.strip_prefix("1 ")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn write_topic_id(dir: &Path, id: u64) -> Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{TOPIC_ID_FILE}.tmp"));
+    let mut file = fs::File::create(&tmp).context("create topic id file", &tmp)?;
+    file.write_all(format!("1 {id}\n").as_bytes())
+        .context("write topic id file", &tmp)?;
+    file.sync_all().context("sync topic id file", &tmp)?;
+    let path = dir.join(TOPIC_ID_FILE);
+    fs::rename(&tmp, &path).context("rename topic id file", &path)?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .context("sync directory", dir)
 }
 
 const NOT_LEADING: u64 = u64::MAX;
@@ -87,6 +114,7 @@ impl PartitionLog {
             high_watermark,
             leading_epoch: std::sync::atomic::AtomicU64::new(u64::from(epoch)),
             configured: std::sync::atomic::AtomicBool::new(false),
+            topic_id: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -122,6 +150,11 @@ impl PartitionLog {
             epoch.map_or(NOT_LEADING, u64::from),
             std::sync::atomic::Ordering::Release,
         );
+    }
+
+    /// The topic id this log belongs to (0: unknown).
+    pub fn topic_id(&self) -> u64 {
+        self.topic_id.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn topic_partition(&self) -> &TopicPartition {
@@ -212,8 +245,13 @@ impl LogManager {
                 continue;
             }
             let log = Log::open(&entry.path(), default_config.clone())?;
-            tracing::info!(partition = %tp, start = log.log_start_offset(), end = log.log_end_offset(), segments = log.segment_count(), "opened partition log");
-            logs.insert(tp.clone(), PartitionLog::new(tp, log));
+            let topic_id = read_topic_id(&entry.path());
+            tracing::info!(partition = %tp, topic_id, start = log.log_start_offset(), end = log.log_end_offset(), segments = log.segment_count(), "opened partition log");
+            let partition = PartitionLog::new(tp.clone(), log);
+            partition
+                .topic_id
+                .store(topic_id, std::sync::atomic::Ordering::Release);
+            logs.insert(tp, partition);
         }
         Ok(LogManager {
             data_dir: data_dir.to_owned(),
@@ -253,13 +291,29 @@ impl LogManager {
     }
 
     /// Opens (creating if needed) the log of `tp` with `config` (or the default); an existing
-    /// log gets `config` applied. Blocking (file I/O).
+    /// log gets `config` applied. With a `topic_id` (not 0), a local log of another incarnation
+    /// of the topic (deleted and created again while this broker did not see it) is deleted
+    /// and a new one created: an old log is never served as the new topic's. A log without an
+    /// id (older versions) takes the id. Blocking (file I/O).
     pub fn get_or_create(
         &self,
         tp: &TopicPartition,
         config: Option<LogConfig>,
+        topic_id: u64,
     ) -> Result<Arc<PartitionLog>> {
         if let Some(existing) = self.get(tp) {
+            let stored = existing.topic_id();
+            if topic_id != 0 && stored != 0 && stored != topic_id {
+                tracing::warn!(partition = %tp, old_topic_id = stored, topic_id, "the local log belongs to an earlier topic of this name (deleted while this broker did not see it): deleting it and starting the new topic's log empty");
+                self.delete(tp)?;
+                return self.get_or_create(tp, config, topic_id);
+            }
+            if topic_id != 0 && stored == 0 {
+                write_topic_id(&self.data_dir.join(tp.dir_name()), topic_id)?;
+                existing
+                    .topic_id
+                    .store(topic_id, std::sync::atomic::Ordering::Release);
+            }
             if let Some(config) = config {
                 existing.with_log(|log| {
                     if *log.config() != config {
@@ -289,10 +343,16 @@ impl LogManager {
             &self.data_dir.join(tp.dir_name()),
             config.unwrap_or_else(|| self.default_config.clone()),
         )?;
+        if topic_id != 0 {
+            write_topic_id(&self.data_dir.join(tp.dir_name()), topic_id)?;
+        }
         let partition = PartitionLog::new(tp.clone(), log);
         partition
             .configured
             .store(true, std::sync::atomic::Ordering::Release);
+        partition
+            .topic_id
+            .store(topic_id, std::sync::atomic::Ordering::Release);
         logs.insert(tp.clone(), partition.clone());
         tracing::info!(partition = %tp, "created partition log");
         Ok(partition)
@@ -392,6 +452,37 @@ mod tests {
     }
 
     #[test]
+    fn a_log_of_an_earlier_topic_of_the_same_name_is_replaced_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let tp = TopicPartition::new("t", 0);
+        let mut batch = rill_protocol::batch::RecordBatchBuilder::new();
+        batch.append(0, None, Some(b"old"), &[]);
+        {
+            let manager = LogManager::open(dir.path(), LogConfig::default()).unwrap();
+            let old = manager.get_or_create(&tp, None, 7).unwrap();
+            old.append(&batch.build(), 0).unwrap();
+            manager.close().unwrap();
+        }
+        let manager = LogManager::open(dir.path(), LogConfig::default()).unwrap();
+        // The same incarnation keeps its data across a restart.
+        let same = manager.get_or_create(&tp, None, 7).unwrap();
+        assert_eq!((same.topic_id(), same.log_end_offset()), (7, 1));
+        // Another incarnation (deleted and created again meanwhile) starts empty.
+        let new = manager.get_or_create(&tp, None, 42).unwrap();
+        assert_eq!((new.topic_id(), new.log_end_offset()), (42, 0));
+        drop(manager);
+        let manager = LogManager::open(dir.path(), LogConfig::default()).unwrap();
+        assert_eq!(manager.get(&tp).unwrap().topic_id(), 42);
+        // A log from before topic ids takes the id it is given.
+        let legacy = TopicPartition::new("legacy", 0);
+        manager.get_or_create(&legacy, None, 0).unwrap();
+        assert_eq!(
+            manager.get_or_create(&legacy, None, 9).unwrap().topic_id(),
+            9
+        );
+    }
+
+    #[test]
     fn reopens_partitions_and_locks_the_directory() {
         let dir = tempfile::tempdir().unwrap();
         let manager = LogManager::open(dir.path(), LogConfig::default()).unwrap();
@@ -402,7 +493,7 @@ mod tests {
         let tp = TopicPartition::new("t", 0);
         let mut batch = rill_protocol::batch::RecordBatchBuilder::new();
         batch.append(0, None, Some(b"v"), &[]);
-        let partition = manager.get_or_create(&tp, None).unwrap();
+        let partition = manager.get_or_create(&tp, None, 0).unwrap();
         let mut end = partition.subscribe();
         partition.append(&batch.build(), 0).unwrap();
         assert!(

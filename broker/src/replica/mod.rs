@@ -336,7 +336,12 @@ impl ReplicaManager {
                 .get("min.insync.replicas")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(self.config.min_insync_replicas) as usize;
-            let replica = replicas.get(&tp).cloned().unwrap_or_else(|| {
+            // A replica whose log was replaced (an earlier topic of this name) starts anew.
+            let current = replicas
+                .get(&tp)
+                .filter(|r| Arc::ptr_eq(&r.log, &log))
+                .cloned();
+            let replica = current.unwrap_or_else(|| {
                 Arc::new(Replica {
                     log: log.clone(),
                     state: Mutex::new(State {
@@ -362,7 +367,7 @@ impl ReplicaManager {
         }
         let removed: Vec<Arc<Replica>> = replicas
             .iter()
-            .filter(|(tp, _)| !wanted.contains_key(*tp))
+            .filter(|(tp, r)| wanted.get(*tp).is_none_or(|w| !Arc::ptr_eq(w, r)))
             .map(|(_, r)| r.clone())
             .collect();
         *replicas = wanted;

@@ -79,6 +79,7 @@ impl BrokerState {
                 .get(topic)
                 .map(|t| t.configs.clone())
                 .unwrap_or_default();
+            let topic_id = metadata.topics.get(topic).map_or(0, |t| t.id);
             let mut config = topic_log_config(&base, &configs).unwrap_or_else(|e| {
                 tracing::warn!(%tp, "topic config rejected, using broker defaults: {e}");
                 base.clone()
@@ -91,7 +92,7 @@ impl BrokerState {
             }
             // One partition's failure (a full disk, no file descriptors) must not keep the
             // others from following the metadata: it is logged and retried on the next pass.
-            match self.logs.get_or_create(&tp, Some(config)) {
+            match self.logs.get_or_create(&tp, Some(config), topic_id) {
                 Ok(log) => local.push((tp.clone(), log)),
                 Err(e) => {
                     tracing::error!(partition = %tp, "opening the local log failed; the replica stays offline here until it can be opened: {e}")
