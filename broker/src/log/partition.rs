@@ -339,10 +339,15 @@ impl Log {
     /// drops entries beyond the log end (records lost in a crash).
     fn load_epochs(&mut self) -> Result<()> {
         let end = self.log_end_offset();
-        let mut cache = match EpochCache::load(&self.dir) {
-            Some(cache) => cache,
+        let loaded = EpochCache::load(&self.dir);
+        // The checkpoint must know the epoch of the last batch (it is written before that
+        // epoch's records; a checkpoint that lags the log, e.g. after a power loss, is rebuilt).
+        let last_epoch = self.last_batch_epoch()?;
+        let lags = |cache: &EpochCache| last_epoch.is_some_and(|e| cache.last_epoch() < Some(e));
+        let mut cache = match loaded {
+            Some(cache) if !lags(&cache) => cache,
             None if end == self.log_start_offset() => EpochCache::default(),
-            None => {
+            _ => {
                 tracing::info!(dir = %self.dir.display(), "rebuilding the leader epoch cache from the log");
                 let mut cache = EpochCache::default();
                 let mut offset = self.log_start_offset();
@@ -367,6 +372,19 @@ impl Log {
         }
         self.epochs = cache;
         Ok(())
+    }
+
+    /// The leader epoch of the log's last batch, if it has one.
+    fn last_batch_epoch(&mut self) -> Result<Option<u32>> {
+        let (start, end) = (self.log_start_offset(), self.log_end_offset());
+        if end == start {
+            return Ok(None);
+        }
+        let chunk = self.read(end - 1, 1)?;
+        Ok(batches(chunk)
+            .next()
+            .and_then(|batch| batch.ok())
+            .map(|batch| batch.partition_leader_epoch().max(0) as u32))
     }
 
     /// [`Log::append`] with an explicit wall-clock time (for rolling by age).

@@ -540,3 +540,16 @@ fn a_rotten_batch_length_in_a_trusted_sealed_segment_is_an_error_not_a_hang() {
     // Reads before it still work.
     assert!(!log.read(0, 1).unwrap().is_empty());
 }
+
+#[test]
+fn an_epoch_checkpoint_that_lags_the_log_is_rebuilt_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    log.append(&batch(2, 10, 0), 0).unwrap();
+    log.append(&batch(2, 10, 0), 3).unwrap();
+    log.close().unwrap();
+    // A checkpoint that missed epoch 3 (its rename was lost in a power failure).
+    std::fs::write(dir.path().join(crate::log::epochs::EPOCH_FILE), "1\n0 0\n").unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.epochs(), &[(0, 0), (3, 2)]);
+}

@@ -392,6 +392,13 @@ async fn heartbeat_loop(state: Arc<BrokerState>) {
             .heartbeat(&host, port, state.incarnation)
             .await
         {
+            // Holding the lease, this broker cannot have been fenced (the controller fences
+            // only after a session without heartbeats, longer than the lease): its roles are
+            // as current as metadata propagation makes them, and the lease just extends. Once
+            // it lapsed, the broker may have been fenced and replaced: it leads again only
+            // after its replica roles caught up with the controller's metadata as of this
+            // heartbeat (however long reconciling takes, e.g. creating many partitions).
+            Ok(_) if state.lease.is_valid() => Ok(()),
             Ok(index) => {
                 if state
                     .wait_reconciled(index, interval.max(Duration::from_millis(100)))
@@ -400,7 +407,7 @@ async fn heartbeat_loop(state: Arc<BrokerState>) {
                     Ok(())
                 } else {
                     Err(format!(
-                        "accepted, but local metadata has not caught up with index {index}"
+                        "accepted, but local replica roles have not caught up with metadata index {index} yet"
                     ))
                 }
             }
