@@ -34,6 +34,17 @@ async fn create_replicated_topic(client: &Client) {
     wait_for_isr(client, 3).await;
 }
 
+/// Creates the topic with three replicas (default `min.insync.replicas`) and waits for full ISRs.
+async fn create_rf3_topic(client: &Client) {
+    let mut topic = NewTopic::new(TOPIC, PARTITIONS);
+    topic.replication_factor = 3;
+    Admin::new(client.clone())
+        .create_topic(topic)
+        .await
+        .expect("create the replicated topic");
+    wait_for_isr(client, 3).await;
+}
+
 /// Waits until every partition of the topic has a leader and `size` in-sync replicas.
 async fn wait_for_isr(client: &Client, size: usize) {
     let admin = Admin::new(client.clone());
@@ -442,13 +453,7 @@ async fn a_leader_cut_off_from_the_controller_stops_leading_and_no_acks_1_write_
     use common::cluster::NETWORK_CONTROLLER_PORT;
     let mut cluster = Cluster::start_in_network(3, &[]);
     let client = cluster.client().await;
-    let mut topic = NewTopic::new(TOPIC, PARTITIONS);
-    topic.replication_factor = 3;
-    Admin::new(client.clone())
-        .create_topic(topic)
-        .await
-        .expect("create the replicated topic");
-    wait_for_isr(&client, 3).await;
+    create_rf3_topic(&client).await;
     // The producer and the consumer have clients of their own, which refresh metadata only
     // when a broker tells them to (as an application's would): the test's own refreshes must
     // not move them to the new leader.
@@ -1137,13 +1142,7 @@ async fn a_member_cut_off_from_its_coordinator_releases_its_partitions_before_ot
 async fn sigterm_of_a_leader_under_acks_1_load_loses_no_acknowledged_record() {
     let mut cluster = Cluster::start(3, &[]);
     let client = cluster.client().await;
-    let mut topic = NewTopic::new(TOPIC, PARTITIONS);
-    topic.replication_factor = 3;
-    Admin::new(client.clone())
-        .create_topic(topic)
-        .await
-        .expect("create the replicated topic");
-    wait_for_isr(&client, 3).await;
+    create_rf3_topic(&client).await;
     let load = start_load_with(&cluster.client().await, Acks::Leader);
     load.wait_for(500, "500 acknowledged records").await;
     let leader = leader_of(&client, 0).await;
