@@ -4,10 +4,12 @@
 //! The controller fences a broker `broker_session_timeout_ms` after it last *received* a
 //! heartbeat, and only then elects other leaders. The broker renews its lease from the moment
 //! it *sent* a heartbeat that the controller accepted, for the session timeout less one
-//! heartbeat interval, and only once its own metadata (and replica roles) have caught up with
-//! what the controller had applied at that moment. So a broker cut off from the controller
-//! stops leading before any other broker can be elected in its place, and after a cut it leads
-//! again only what the current metadata gives it (it re-registered first).
+//! heartbeat interval. A lapsed lease is granted again only once the broker's replica roles have
+//! caught up with what the controller had applied when it accepted the heartbeat (a broker that
+//! still holds its lease cannot have been fenced, so its lease simply extends). So a broker cut
+//! off from the controller stops leading before any other broker can be elected in its place,
+//! and after a cut it leads again only what the current metadata gives it (it re-registered
+//! first).
 //!
 //! Invariant: `valid_until` never moves back except through [`Lease::revoke`].
 

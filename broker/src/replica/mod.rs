@@ -149,11 +149,6 @@ impl Replica {
         Ok(())
     }
 
-    /// Whether this broker holds the leadership lease (see [`lease`]).
-    pub fn has_lease(&self) -> bool {
-        self.lease.is_valid()
-    }
-
     /// [`Replica::check_leader`] without the lease: the leader role as the metadata gave it.
     fn check_role(&self, epoch: Option<u32>) -> LeaderCheck {
         let state = self.state();

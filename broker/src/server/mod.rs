@@ -378,8 +378,8 @@ fn advertised(config: &BrokerConfig, local_addr: SocketAddr) -> Result<(String, 
 
 /// Heartbeats to the active controller until shutdown; the first one registers this broker,
 /// one after fencing unfences it. Each accepted heartbeat renews the leadership lease from the
-/// time it was sent, once the local replica roles caught up with the controller's metadata as
-/// of that heartbeat (see `replica::lease`).
+/// time it was sent; a lapsed lease only once the local replica roles caught up with the
+/// controller's metadata as of that heartbeat (see `replica::lease`).
 async fn heartbeat_loop(state: Arc<BrokerState>) {
     let interval = Duration::from_millis(state.config.broker_heartbeat_interval_ms);
     let mut failing_since: Option<std::time::Instant> = None;
