@@ -16,7 +16,7 @@ use rill_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 use crate::group::state::{Group, GroupError};
-use crate::log::{now_ms, LogManager, TopicPartition};
+use crate::log::{monotonic_ms, now_ms, LogManager, TopicPartition};
 
 /// The internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -281,7 +281,7 @@ impl Coordinator {
                 };
                 let version = stored.version;
                 // Members get a full session from now to reach the restarted coordinator.
-                let restored = stored.restored(now_ms());
+                let restored = stored.restored(monotonic_ms());
                 self.with_group(&group, |entry| entry.group = restored);
                 self.persisted
                     .lock()

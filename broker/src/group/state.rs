@@ -8,7 +8,7 @@
 //! consumers). A member whose returned assignment equals its target is *reconciled* and takes
 //! the group epoch as its *member epoch*; commits and heartbeats with any other epoch are fenced.
 //!
-//! Pure and deterministic apart from the member ids it mints; time is passed in (`now_ms`).
+//! Pure and deterministic apart from the member ids it mints; time is passed in (`now_ms`: the broker passes a monotonic clock, `log::monotonic_ms`, so wall-clock jumps neither stop nor rush session expiry).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -146,14 +146,19 @@ impl Group {
         }
     }
 
-    fn mint_member_id(&mut self, now_ms: i64) -> String {
+    /// A member id unique across coordinator restarts: wall-clock time (not the monotonic
+    /// `now_ms` the timers use, which restarts with the process) and a counter.
+    fn mint_member_id(&mut self) -> String {
         self.next_member += 1;
-        let nanos = std::time::SystemTime::now()
+        let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+            .unwrap_or_default();
         format!(
             "{}-{:x}{:08x}-{}",
-            self.group_id, now_ms, nanos, self.next_member
+            self.group_id,
+            wall.as_millis(),
+            wall.subsec_nanos(),
+            self.next_member
         )
     }
 
@@ -233,7 +238,7 @@ impl Group {
                 .find(|m| m.instance_id.as_ref() == Some(instance))
                 .map(|m| m.member_id.clone())
         });
-        let new_id = self.mint_member_id(now_ms);
+        let new_id = self.mint_member_id();
         if let Some(old_id) = previous {
             // Static membership: same slot, same target, no rebalance; the old id is fenced.
             self.version += 1;

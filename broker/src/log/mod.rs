@@ -30,7 +30,8 @@ pub(crate) mod segment;
 pub use config::{FlushPolicy, LogConfig};
 pub use manager::{LogManager, PartitionLog, TopicPartition};
 pub use partition::{
-    now_ms, AppendInfo, Log, PendingFlush, RecoveryReport, RetentionOutcome, RECOVERY_POINT_FILE,
+    monotonic_ms, now_ms, AppendInfo, Log, PendingFlush, RecoveryReport, RetentionOutcome,
+    RECOVERY_POINT_FILE,
 };
 
 #[cfg(test)]

@@ -107,6 +107,15 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Milliseconds on a monotonic clock (since this process first asked): for timeouts, which
+/// must not jump when the wall clock is set (a backward jump would stop session expiry, a
+/// forward one expire every member at once). Not comparable across processes.
+pub fn monotonic_ms() -> i64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    i64::try_from(origin.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
 impl Log {
     /// Opens (or creates) the log in `dir`, recovering it: see docs/STORAGE.md, "Recovery".
     pub fn open(dir: &Path, config: LogConfig) -> Result<Log> {

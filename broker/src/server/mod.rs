@@ -28,7 +28,7 @@ use crate::controller::{
 };
 use crate::error::{Error, Result};
 use crate::group::coordinator::{Coordinator, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
-use crate::log::{now_ms, LogManager, TopicPartition};
+use crate::log::{monotonic_ms, now_ms, LogManager, TopicPartition};
 use crate::replica::{Lease, ReplicaConfig, ReplicaManager};
 
 /// What every request handler can reach. Split by owner: logs, metadata, config.
@@ -558,7 +558,7 @@ async fn storage_tick(state: Arc<BrokerState>) {
             _ = interval.tick() => {}
         }
         let mut changed = std::collections::BTreeSet::new();
-        for (group, member) in state.groups.expire_members(now_ms()) {
+        for (group, member) in state.groups.expire_members(monotonic_ms()) {
             tracing::info!(%group, %member, "group member removed (session expired or revocation stuck); rebalancing");
             changed.insert(group);
         }

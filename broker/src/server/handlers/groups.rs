@@ -16,7 +16,7 @@ use crate::group::coordinator::{
     error_code, partition_for, Committed, GROUP_ID_BYTES_MAX, OFFSETS_TOPIC,
 };
 use crate::group::state::Heartbeat;
-use crate::log::{now_ms, TopicPartition};
+use crate::log::{monotonic_ms, TopicPartition};
 use crate::server::BrokerState;
 
 const SUBSCRIBED_TOPICS_MAX: usize = 1000;
@@ -182,7 +182,7 @@ pub(super) async fn heartbeat(
         assignor: request.assignor,
     };
     match state.groups.with_group(&request.group_id, |entry| {
-        entry.group.heartbeat(heartbeat, now_ms(), &topics)
+        entry.group.heartbeat(heartbeat, monotonic_ms(), &topics)
     }) {
         Ok(outcome) => {
             response.member_id = outcome.member_id;
