@@ -636,3 +636,104 @@ impl ReplicaManager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::metadata::{BrokerInfo, TopicInfo};
+    use crate::controller::ControllerOptions;
+    use crate::log::{LogConfig, LogManager};
+
+    /// KAFKA-7128 (review #6): a new leader's HW may lag what the previous leader committed,
+    /// so a follower fetching between that HW and the new leader's log end must not join the
+    /// ISR yet (it could then be elected without the committed records).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lagging_follower_joins_the_isr_only_past_the_log_end_at_election() {
+        let dir = tempfile::tempdir().unwrap();
+        let voters = BTreeMap::from([(1, "127.0.0.1:0".to_string())]);
+        let controller = Controller::start(
+            1,
+            &dir.path().join("raft"),
+            voters,
+            None,
+            ControllerOptions::default(),
+        )
+        .await
+        .unwrap();
+        let logs = LogManager::open(&dir.path().join("data"), LogConfig::default()).unwrap();
+        let tp = TopicPartition::new("t", 0);
+        let log = logs.get_or_create(&tp, None, 0).unwrap();
+        // Ten records written at epoch 0 (under the previous leader, say).
+        let mut batch = rill_protocol::batch::RecordBatchBuilder::new();
+        for _ in 0..10 {
+            batch.append(0, None, Some(b"v"), &[]);
+        }
+        log.append(&batch.build(), 0).unwrap();
+        let manager = ReplicaManager::new(
+            ReplicaConfig {
+                node_id: 1,
+                lag_max: Duration::from_secs(10),
+                min_insync_replicas: 1,
+                fetch_wait_max_ms: 100,
+                fetch_max_bytes: 1 << 20,
+                max_frame_bytes: 1 << 20,
+            },
+            controller,
+            Arc::new(Lease::unlimited()),
+            CancellationToken::new(),
+        );
+        let broker = |node_id| BrokerInfo {
+            node_id,
+            host: "127.0.0.1".into(),
+            port: 1,
+            fenced: false,
+            incarnation: 1,
+        };
+        // This broker becomes leader at epoch 1; replica 3 is out of the ISR.
+        let metadata = MetadataState {
+            brokers: (1..=3).map(|n| (n, broker(n))).collect(),
+            topics: BTreeMap::from([(
+                "t".to_string(),
+                TopicInfo {
+                    name: "t".into(),
+                    partitions: vec![PartitionInfo {
+                        replicas: vec![1, 2, 3],
+                        leader: Some(1),
+                        leader_epoch: 1,
+                        isr: vec![1, 2],
+                        partition_epoch: 1,
+                    }],
+                    configs: BTreeMap::new(),
+                    id: 0,
+                },
+            )]),
+        };
+        manager.apply_metadata(&metadata, vec![(tp.clone(), log.clone())]);
+        let replica = manager.get(&tp).unwrap();
+        assert_eq!(
+            log.high_watermark(),
+            0,
+            "the new leader has learned nothing yet"
+        );
+        // Past the HW (0) but below the log end at election (10): not in sync.
+        manager
+            .on_follower_fetch(&tp, &replica, 3, Some(1), 5, Some(0))
+            .unwrap();
+        {
+            let state = replica.state();
+            assert!(
+                state.pending_isr.is_none() && state.isr_failures == 0,
+                "no ISR expansion proposed for a follower below the election's log end"
+            );
+        }
+        // At the log end at election: it joins (a proposal is made).
+        manager
+            .on_follower_fetch(&tp, &replica, 3, Some(1), 10, Some(0))
+            .unwrap();
+        let state = replica.state();
+        assert!(
+            state.pending_isr.is_some() || state.isr_failures > 0,
+            "an ISR expansion is proposed once the follower reached the election's log end"
+        );
+    }
+}
