@@ -10,15 +10,20 @@ use std::process::{Command, Output, Stdio};
 
 use common::{cli_binary, BrokerProcess};
 
-fn rill(address: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(cli_binary())
+/// Starts `rill args` against `address` with piped stdin, stdout and stderr.
+fn spawn_rill(address: &str, args: &[&str]) -> std::process::Child {
+    Command::new(cli_binary())
         .args(args)
         .env("RILL_BROKERS", address)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+fn rill(address: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = spawn_rill(address, args);
     let mut input = child.stdin.take().unwrap();
     if let Some(text) = stdin {
         input.write_all(text.as_bytes()).unwrap();
@@ -415,13 +420,10 @@ fn cli_behaves_like_a_unix_tool() {
     eprintln!("{described}");
 
     // Piped into a reader that stops after one line: no panic, no error message.
-    let mut child = Command::new(cli_binary())
-        .args(["consume", "spread", "--from-beginning", "--count", "60000"])
-        .env("RILL_BROKERS", address)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_rill(
+        address,
+        &["consume", "spread", "--from-beginning", "--count", "60000"],
+    );
     {
         use std::io::BufRead;
         let stdout = child.stdout.take().unwrap();

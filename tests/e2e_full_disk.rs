@@ -8,9 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rill_client::{
-    Acks, Admin, Consumer, ConsumerConfig, NewTopic, Producer, ProducerConfig, Record, SeekTo,
-};
+use rill_client::{Acks, Admin, NewTopic, Producer, ProducerConfig, Record};
 
 /// A tmpfs of `size_mib` mounted on a temp directory; unmounted on drop.
 struct Tmpfs {
@@ -110,28 +108,13 @@ async fn produce(
     None
 }
 
+/// Every acknowledged record is at its offset (read from the beginning of partition 0).
 async fn verify(client: &rill_client::Client, acked: &BTreeMap<u64, String>) {
-    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
-    consumer.assign([("t".to_string(), 0)]);
-    consumer.seek("t", 0, SeekTo::Earliest).await.expect("seek");
-    let last = *acked.keys().next_back().expect("something acknowledged");
-    let mut stored = BTreeMap::new();
-    let mut poll = common::Poll::new(Duration::from_secs(60), "read every acknowledged record");
-    while stored.keys().next_back().is_none_or(|o| *o < last) {
-        for r in consumer
-            .poll(Duration::from_millis(200))
-            .await
-            .expect("poll")
-        {
-            let value =
-                String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned();
-            stored.insert(r.offset, value);
-        }
-        poll.pause().await;
-    }
+    let stored =
+        common::read_positions(client, "t", Some(&[0]), acked.keys().map(|o| (0, *o))).await;
     for (offset, value) in acked {
         assert_eq!(
-            stored.get(offset),
+            stored.get(&(0, *offset)),
             Some(value),
             "acknowledged record at offset {offset} lost or changed"
         );
