@@ -47,6 +47,9 @@ fn benches(c: &mut Criterion) {
     let buffer = vec![0xa5u8; 1 << 20];
     let mut group = c.benchmark_group("crc32");
     group.throughput(Throughput::Bytes(buffer.len() as u64));
+    group.bench_function("crc32c_1MiB", |b| {
+        b.iter(|| rill_protocol::batch::checksum(black_box(&buffer)))
+    });
     group.bench_function("crc32fast_1MiB", |b| {
         b.iter(|| crc32fast::hash(black_box(&buffer)))
     });

@@ -12,6 +12,8 @@ use rill_broker::log::{Log, LogConfig, RECOVERY_POINT_FILE};
 #[test]
 fn broker_recovers_logs_keeps_strays_refuses_a_second_broker_and_stops_cleanly() {
     let data = tempfile::tempdir().unwrap();
+    // A data directory of this format (see tests/e2e_data_dir.rs for the others).
+    rill_broker::log::meta::check_or_init(data.path(), 1, None).unwrap();
     let mut log = Log::open(&data.path().join("orders-0"), LogConfig::default()).unwrap();
     for i in 0..5 {
         log.append(&batch(10, 100, i, 1), 0).unwrap();

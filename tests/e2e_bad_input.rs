@@ -195,7 +195,7 @@ fn every_bad_input_gets_a_clear_error_and_the_broker_keeps_serving() {
     // (it claims 2^31 - 1 records in a few bytes) is refused, not stored for every consumer to
     // fail on; so is an uncompressed batch whose count disagrees with its records.
     let with_crc = |mut bytes: Vec<u8>| {
-        let crc = crc32fast::hash(&bytes[21..]);
+        let crc = rill_protocol::batch::checksum(&bytes[21..]);
         bytes[17..21].copy_from_slice(&crc.to_be_bytes());
         Bytes::from(bytes)
     };

@@ -24,6 +24,10 @@ pub struct BrokerConfig {
     pub advertised_address: Option<String>,
     /// Where partition logs and the metadata Raft state live.
     pub data_dir: PathBuf,
+    /// Pins the cluster's id: a data directory of another cluster is refused, and a new quorum
+    /// takes this name. Unset: the quorum names itself (a UUID) when its first broker
+    /// registers, and each data directory records the name it joined.
+    pub cluster_id: Option<String>,
     /// Log filter (RUST_LOG wins).
     pub log_level: String,
     /// `always`, `interval:<ms>` or `os`.
@@ -88,6 +92,7 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9292)),
             advertised_address: None,
             data_dir: PathBuf::from("./rill-data"),
+            cluster_id: None,
             log_level: "info,openraft=off".into(),
             flush: "interval:1000".into(),
             segment_bytes: 1 << 30,
@@ -142,6 +147,9 @@ pub struct Flags {
     /// Data directory [default: ./rill-data].
     #[arg(long, env = "RILL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Cluster id to pin (refuse data directories of other clusters) [default: the quorum's own].
+    #[arg(long)]
+    pub cluster_id: Option<String>,
     /// Log filter, e.g. info or rill_broker=debug; openraft=warn shows Raft internals [default: info,openraft=off].
     #[arg(long)]
     pub log_level: Option<String>,
@@ -241,6 +249,21 @@ impl BrokerConfig {
         };
         if let Some(address) = flags.advertised_address {
             config.advertised_address = Some(address);
+        }
+        if let Some(cluster_id) = flags.cluster_id {
+            config.cluster_id = Some(cluster_id);
+        }
+        if let Some(cluster_id) = &config.cluster_id {
+            if cluster_id.is_empty()
+                || cluster_id.len() > 64
+                || !cluster_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(Error::InvalidConfig(format!(
+                    "cluster_id {cluster_id:?}: 1-64 characters of A-Z a-z 0-9 - _"
+                )));
+            }
         }
         override_from_flags!(
             config,

@@ -51,6 +51,12 @@ pub enum Error {
     /// An fdatasync of this log failed earlier: it is offline until the broker restarts.
     #[error("partition log {path} is offline after a failed fdatasync ({reason}); check the disk and restart the broker (recovery re-verifies the log)")]
     LogFailed { path: PathBuf, reason: String },
+    /// A data directory this broker must not open (other data format, node or cluster).
+    #[error("data directory {path} refused: {reason}")]
+    DataDirectory { path: PathBuf, reason: String },
+    /// The controller quorum belongs to another cluster than this broker's data directory.
+    #[error("{0}")]
+    InconsistentClusterId(String),
     /// A log directory whose files cannot be turned into a log (wrong names, impossible sizes).
     #[error("log directory {path} is unusable: {reason}")]
     CorruptLog { path: PathBuf, reason: String },
@@ -73,9 +79,10 @@ impl Error {
     /// The protocol error code a client receives for this error.
     pub fn error_code(&self) -> ErrorCode {
         match self {
-            Error::Io { .. } | Error::CorruptLog { .. } | Error::LogFailed { .. } => {
-                ErrorCode::STORAGE_ERROR
-            }
+            Error::Io { .. }
+            | Error::CorruptLog { .. }
+            | Error::LogFailed { .. }
+            | Error::DataDirectory { .. } => ErrorCode::STORAGE_ERROR,
             Error::InvalidBatch(e) => match e {
                 ProtocolError::UnsupportedCompression(_) => ErrorCode::UNSUPPORTED_COMPRESSION,
                 _ => ErrorCode::CORRUPT_MESSAGE,
@@ -88,6 +95,7 @@ impl Error {
             Error::ClusterNotReady => ErrorCode::CLUSTER_NOT_READY,
             Error::Replication(_) => ErrorCode::UNKNOWN_SERVER_ERROR,
             Error::NotLeader { .. } => ErrorCode::NOT_LEADER,
+            Error::InconsistentClusterId(_) => ErrorCode::UNKNOWN_SERVER_ERROR,
         }
     }
 }

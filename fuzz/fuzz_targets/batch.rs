@@ -10,7 +10,7 @@ use rill_protocol::batch::{batches, CRC_OFFSET, CRC_START};
 fuzz_target!(|data: &[u8]| {
     let mut bytes = BytesMut::from(data);
     if data.first().is_some_and(|b| b & 1 == 1) && bytes.len() > CRC_START {
-        let crc = crc32fast::hash(&bytes[CRC_START..]);
+        let crc = rill_protocol::batch::checksum(&bytes[CRC_START..]);
         bytes[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
     }
     for batch in batches(Bytes::from(bytes)) {

@@ -6,7 +6,7 @@
 //!      8     4  batch_length           i32   bytes after this field
 //!     12     4  partition_leader_epoch i32   stamped by the leader, -1 from producers
 //!     16     1  magic                  i8    = 2
-//!     17     4  crc                    u32   CRC-32 (IEEE, crc32fast) of bytes [21, end)
+//!     17     4  crc                    u32   CRC-32C (Castagnoli) of bytes [21, end)
 //!     21     2  attributes             i16   bits 0-2 compression, bit 3 timestamp type
 //!     23     4  last_offset_delta      i32   = record_count - 1
 //!     27     8  base_timestamp         i64   timestamp of the first record (ms)
@@ -255,7 +255,7 @@ impl RecordBatchBuilder {
         header.put_i16(self.producer_epoch);
         header.put_i32(self.base_sequence);
         header.put_i32(self.record_count);
-        let crc = crc32fast::hash(&buf[CRC_START..]);
+        let crc = checksum(&buf[CRC_START..]);
         buf[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
         buf.freeze()
     }
@@ -269,6 +269,12 @@ fn put_opt_bytes(buf: &mut BytesMut, bytes: Option<&[u8]>) {
             buf.put_slice(b);
         }
     }
+}
+
+/// The batch checksum: CRC-32C (Castagnoli), as in Kafka's v2 batches, over `bytes` (a batch's
+/// bytes from [`CRC_START`] to its end).
+pub fn checksum(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(bytes)
 }
 
 /// Reads the base offset and total size (including the 12-byte overhead) of the batch at the front
@@ -398,9 +404,9 @@ impl RecordBatch {
         self.bytes
     }
 
-    /// CRC-32 of the covered range, as computed now.
+    /// CRC-32C of the covered range, as computed now.
     pub fn compute_crc(&self) -> u32 {
-        crc32fast::hash(&self.bytes[CRC_START..])
+        checksum(&self.bytes[CRC_START..])
     }
 
     /// Checks the CRC; for uncompressed batches also walks every record, checking its structure.
@@ -747,12 +753,22 @@ mod tests {
             let mut bytes = BytesMut::from(&build(&records)[..]);
             let at = BATCH_HEADER_BYTES + at.index(bytes.len() - BATCH_HEADER_BYTES);
             bytes[at] = byte;
-            let crc = crc32fast::hash(&bytes[CRC_START..]);
+            let crc = checksum(&bytes[CRC_START..]);
             bytes[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
             if let Ok(batch) = RecordBatch::parse(bytes.freeze()) {
                 let _ = batch.validate();
             }
         }
+    }
+
+    #[test]
+    fn the_checksum_is_crc32c() {
+        // The standard check value of CRC-32C (Castagnoli), the checksum of Kafka's v2 batches;
+        // CRC-32 (IEEE) would give 0xCBF43926.
+        assert_eq!(checksum(b"123456789"), 0xE306_9283);
+        let bytes = build(&[(1, None, Some(b"a".to_vec()), vec![])]);
+        let batch = RecordBatch::parse(bytes.clone()).unwrap();
+        assert_eq!(batch.crc(), crc32c::crc32c(&bytes[CRC_START..]));
     }
 
     #[test]
@@ -776,7 +792,7 @@ mod tests {
     fn compressed_batches_are_stored_but_not_iterated() {
         let mut bytes = BytesMut::from(&build(&[(1, None, Some(b"a".to_vec()), vec![])])[..]);
         bytes[CRC_START + 1] |= Compression::Zstd as u8;
-        let crc = crc32fast::hash(&bytes[CRC_START..]);
+        let crc = checksum(&bytes[CRC_START..]);
         bytes[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
         let batch = RecordBatch::parse(bytes.freeze()).unwrap();
         assert_eq!(batch.compression().unwrap(), Compression::Zstd);

@@ -272,6 +272,17 @@ impl BrokerProcess {
         self.child.wait().map(|s| s.success()).unwrap_or(false)
     }
 
+    /// Waits (at most `timeout`) for the process to exit on its own; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        eventually(timeout, "the broker to exit", || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        self.drain_log();
+        status.expect("exited")
+    }
+
     /// Whether the process is still running (it has not exited or died of a signal).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -24,7 +24,13 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     let broker = Broker::start(config).await?;
-    shutdown_signal().await?;
+    tokio::select! {
+        signal = shutdown_signal() => signal?,
+        reason = broker.failed() => {
+            broker.shutdown_after_failure().await?;
+            anyhow::bail!("{reason}");
+        }
+    }
     tracing::info!("shutting down: finishing in-flight requests, flushing and closing logs");
     broker.shutdown(Duration::from_secs(10)).await?;
     tracing::info!("stopped cleanly");

@@ -96,6 +96,53 @@ fn unframe(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
     (records, at)
 }
 
+/// `raft/reserve`: disk space held back for the metadata quorum. Partition logs can fill the
+/// disk the Raft state shares; a Raft write that fails then stops the Raft node (openraft
+/// treats storage errors as fatal), so the broker could not even register to serve what it
+/// holds. A write that fails for want of space releases the reserve and is tried once more
+/// (CockroachDB's "ballast" file is the model). Created (fallocated) at start when missing.
+const RESERVE_FILE: &str = "reserve";
+const RESERVE_BYTES: u64 = 4 << 20;
+
+/// Creates the reserve if it is missing (a failure is only logged: the disk may be full).
+fn ensure_reserve(dir: &Path) {
+    let path = dir.join(RESERVE_FILE);
+    if path.exists() {
+        return;
+    }
+    let created = File::create(&path).and_then(|file| {
+        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES)
+            .map_err(std::io::Error::from)?;
+        file.sync_all()
+    });
+    if let Err(e) = created {
+        let _ = fs::remove_file(&path);
+        tracing::warn!(path = %path.display(), "cannot reserve {} MiB for the metadata quorum: {e}", RESERVE_BYTES >> 20);
+    }
+}
+
+/// Runs `write`; if it fails for want of space and the reserve is still there, releases the
+/// reserve and runs `write` once more. `write` must be safe to repeat.
+pub(crate) fn with_reserve<T>(
+    dir: &Path,
+    mut write: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    match write() {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => {
+            if fs::remove_file(dir.join(RESERVE_FILE)).is_err() {
+                return Err(e);
+            }
+            tracing::error!(
+                dir = %dir.display(),
+                "DISK FULL: released the metadata quorum's {} MiB reserve so the controller keeps working; free disk space now (the reserve is restored at the next start)",
+                RESERVE_BYTES >> 20
+            );
+            write()
+        }
+        other => other,
+    }
+}
+
 /// Writes `bytes` to `path` atomically and durably.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
@@ -135,6 +182,7 @@ impl LogStore {
                 File::open(parent)?.sync_all()?;
             }
         }
+        ensure_reserve(dir);
         if valid < bytes.len() {
             tracing::warn!(path = %log_path.display(), cut = bytes.len() - valid, "cut a torn tail off the metadata Raft log");
             log.set_len(valid as u64)?;
@@ -180,11 +228,8 @@ impl Inner {
             committed: self.committed,
             last_purged: self.last_purged,
         };
-        write_atomic(
-            &self.dir,
-            "meta",
-            &frame(&postcard::to_allocvec(&meta).map_err(io_err)?),
-        )
+        let bytes = frame(&postcard::to_allocvec(&meta).map_err(io_err)?);
+        with_reserve(&self.dir, || write_atomic(&self.dir, "meta", &bytes))
     }
 
     /// Rewrites the whole log file from `entries` (after truncate or purge).
@@ -195,7 +240,7 @@ impl Inner {
                 &postcard::to_allocvec(&StoredEntry::V1(entry.clone())).map_err(io_err)?,
             ));
         }
-        write_atomic(&self.dir, "log", &bytes)?;
+        with_reserve(&self.dir, || write_atomic(&self.dir, "log", &bytes))?;
         self.log = OpenOptions::new().append(true).open(self.dir.join("log"))?;
         Ok(())
     }
@@ -279,10 +324,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             bytes.extend(frame(&payload));
         }
         // Durable before openraft hears "flushed": it may count this entry towards a quorum.
-        let result = inner
-            .log
-            .write_all(&bytes)
-            .and_then(|()| inner.log.sync_data());
+        // A failed attempt is cut off again before the retry (no torn record in the middle).
+        let inner = &mut *inner;
+        let (dir, log) = (&inner.dir, &mut inner.log);
+        let result = with_reserve(dir, || {
+            let end = log.metadata()?.len();
+            let written = log.write_all(&bytes).and_then(|()| log.sync_data());
+            if written.is_err() {
+                let _ = log.set_len(end);
+            }
+            written
+        });
         if result.is_ok() {
             for entry in entries {
                 inner.entries.insert(entry.log_id.index, entry);

@@ -60,6 +60,12 @@ pub enum Command {
         port: u16,
         incarnation: u64,
     },
+    /// Names the cluster (once: the first name applied stays; another is `Invalid`). Proposed
+    /// by the active controller when the first broker registers.
+    InitCluster { cluster_id: String },
+    /// Hands broker `node_id` the next `count` producer ids (a block it assigns to idempotent
+    /// producers on its own): no two brokers ever get the same id, also across failovers.
+    AllocateProducerIds { node_id: NodeId, count: u32 },
 }
 
 /// Outcome of applying a [`Command`].
@@ -76,6 +82,11 @@ pub enum CommandResult {
     Elected {
         elected: u32,
         not_preferred: u32,
+    },
+    /// Outcome of [`Command::AllocateProducerIds`]: ids `first..first + count`.
+    ProducerIds {
+        first: u64,
+        count: u32,
     },
 }
 
@@ -138,6 +149,11 @@ pub struct TopicInfo {
 pub struct MetadataState {
     pub brokers: BTreeMap<NodeId, BrokerInfo>,
     pub topics: BTreeMap<String, TopicInfo>,
+    /// The cluster's name, chosen when its first broker registered (or pinned with
+    /// `cluster_id`); every data directory of the cluster records it in `meta.properties`.
+    pub cluster_id: Option<String>,
+    /// The first producer id not handed out yet ([`Command::AllocateProducerIds`]).
+    pub next_producer_id: u64,
 }
 
 impl MetadataState {
@@ -269,6 +285,31 @@ impl MetadataState {
                     .partitions
                     .extend(assignments.iter().map(|r| PartitionInfo::new(r)));
                 CommandResult::Ok
+            }
+            Command::InitCluster { cluster_id } => match &self.cluster_id {
+                None => {
+                    self.cluster_id = Some(cluster_id.clone());
+                    CommandResult::Ok
+                }
+                Some(current) if current == cluster_id => CommandResult::Ok,
+                Some(current) => CommandResult::Invalid(format!("the cluster is {current}")),
+            },
+            Command::AllocateProducerIds { node_id, count } => {
+                if !self.brokers.contains_key(node_id) || *count == 0 {
+                    return CommandResult::Invalid(format!(
+                        "broker {node_id} is not registered or asked for no ids"
+                    ));
+                }
+                let first = self.next_producer_id;
+                // Producer ids are non-negative i64s on the wire.
+                if first + u64::from(*count) > i64::MAX as u64 {
+                    return CommandResult::Invalid("producer ids are exhausted".into());
+                }
+                self.next_producer_id = first + u64::from(*count);
+                CommandResult::ProducerIds {
+                    first,
+                    count: *count,
+                }
             }
         }
     }
@@ -461,6 +502,49 @@ pub fn assign_replicas(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_cluster_is_named_once_and_producer_id_blocks_never_overlap() {
+        let mut state = MetadataState::default();
+        let name = |id: &str| Command::InitCluster {
+            cluster_id: id.into(),
+        };
+        assert_eq!(state.apply(&name("a")), CommandResult::Ok);
+        assert_eq!(state.apply(&name("a")), CommandResult::Ok);
+        assert!(matches!(state.apply(&name("b")), CommandResult::Invalid(_)));
+        assert_eq!(state.cluster_id.as_deref(), Some("a"));
+
+        let allocate = |node_id| Command::AllocateProducerIds {
+            node_id,
+            count: 1000,
+        };
+        assert!(matches!(
+            state.apply(&allocate(1)),
+            CommandResult::Invalid(_)
+        ));
+        for node_id in [1, 2] {
+            state.apply(&Command::Register {
+                node_id,
+                host: "h".into(),
+                port: 1,
+                incarnation: 1,
+            });
+        }
+        assert_eq!(
+            state.apply(&allocate(1)),
+            CommandResult::ProducerIds {
+                first: 0,
+                count: 1000
+            }
+        );
+        assert_eq!(
+            state.apply(&allocate(2)),
+            CommandResult::ProducerIds {
+                first: 1000,
+                count: 1000
+            }
+        );
+    }
+
     #[test]
     fn a_topic_created_again_gets_another_id() {
         let mut state = MetadataState::default();

@@ -334,6 +334,9 @@ impl Controller {
                 Err(Error::NotController { leader })
             }
             Some(RaftResponse::Propose(Err(ForwardError::Failed(e)))) => Err(Error::Controller(e)),
+            Some(RaftResponse::Propose(Err(ForwardError::InconsistentClusterId(e)))) => {
+                Err(Error::InconsistentClusterId(e))
+            }
             _ => Err(Error::ClusterNotReady),
         }
     }
@@ -357,12 +360,21 @@ impl Controller {
     /// Tells the active controller this broker is alive and where clients reach it. The first
     /// heartbeat registers the broker; one after fencing unfences it. Returns the index of the
     /// metadata the controller had applied when it accepted the heartbeat (see
-    /// [`Controller::wait_applied`]). Heartbeats use their own connection to the controller.
-    pub async fn heartbeat(&self, host: &str, port: u16, incarnation: u64) -> Result<u64> {
+    /// [`Controller::wait_applied`]) and the cluster's id. A broker whose data directory
+    /// belongs to `cluster_id` is refused by the controller of another cluster
+    /// ([`Error::InconsistentClusterId`]). Heartbeats use their own connection to the
+    /// controller.
+    pub async fn heartbeat(
+        &self,
+        host: &str,
+        port: u16,
+        incarnation: u64,
+        cluster_id: Option<String>,
+    ) -> Result<(u64, String)> {
         let leader = self.leader().ok_or(Error::ClusterNotReady)?;
         let node_id = self.inner.node_id;
         let outcome = if leader == node_id && self.inner.raft.is_some() {
-            self.on_heartbeat(node_id, host.to_string(), port, incarnation)
+            self.on_heartbeat(node_id, host.to_string(), port, incarnation, cluster_id)
                 .await
         } else {
             let request = RaftRequest::Heartbeat {
@@ -370,6 +382,7 @@ impl Controller {
                 host: host.to_string(),
                 port,
                 incarnation,
+                cluster_id,
             };
             let timeout = self.inner.options.heartbeat_interval * 2;
             let address = self
@@ -392,9 +405,10 @@ impl Controller {
             }
         };
         match outcome {
-            Ok(index) => Ok(index),
+            Ok(accepted) => Ok(accepted),
             Err(ForwardError::NotLeader(leader)) => Err(Error::NotController { leader }),
             Err(ForwardError::Failed(e)) => Err(Error::Controller(e)),
+            Err(ForwardError::InconsistentClusterId(e)) => Err(Error::InconsistentClusterId(e)),
         }
     }
 
@@ -428,20 +442,45 @@ impl Controller {
         }
     }
 
-    /// Active controller: records a broker's heartbeat; (re-)registers it if it is unknown,
-    /// fenced, moved, or a new process (incarnation).
+    /// Active controller: names the cluster if it has no name yet (after the broker's data
+    /// directory, or a new UUID); refuses a broker of another cluster; records the heartbeat;
+    /// (re-)registers the broker if it is unknown, fenced, moved, or a new process
+    /// (incarnation).
     async fn on_heartbeat(
         &self,
         node_id: NodeId,
         host: String,
         port: u16,
         incarnation: u64,
-    ) -> Result<u64, ForwardError> {
+        cluster_id: Option<String>,
+    ) -> Result<(u64, String), ForwardError> {
         let leader = self.leader();
         if leader != Some(self.inner.node_id) {
             return Err(ForwardError::NotLeader(leader));
         }
         let _sessions = self.inner.sessions.lock().await;
+        let cluster = match self.metadata().cluster_id.clone() {
+            Some(cluster) => cluster,
+            None => {
+                let name = cluster_id
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                self.propose_local(Command::InitCluster {
+                    cluster_id: name.clone(),
+                })
+                .await?;
+                match self.metadata().cluster_id.clone() {
+                    Some(cluster) => cluster,
+                    None => return Err(ForwardError::Failed("naming the cluster failed".into())),
+                }
+            }
+        };
+        if let Some(theirs) = cluster_id.filter(|theirs| *theirs != cluster) {
+            tracing::error!(node_id, %host, port, their_cluster = %theirs, cluster = %cluster, "refused a broker of another cluster (its data directory belongs to {theirs})");
+            return Err(ForwardError::InconsistentClusterId(format!(
+                "the controller quorum at this address belongs to cluster {cluster}, but this broker's data directory belongs to cluster {theirs}: refusing to join (check --controller-voters and --data-dir)"
+            )));
+        }
         lock(&self.inner.last_heartbeat).insert(node_id, Instant::now());
         let stale = match self.metadata().brokers.get(&node_id) {
             None => true,
@@ -457,9 +496,9 @@ impl Controller {
                 })
                 .await?;
             tracing::info!(node_id, %host, port, "broker registered (alive, unfenced)");
-            return Ok(index.max(self.applied_index()));
+            return Ok((index.max(self.applied_index()), cluster));
         }
-        Ok(self.applied_index())
+        Ok((self.applied_index(), cluster))
     }
 
     /// Active controller duties, on every voter (idle unless it is the leader): fence brokers

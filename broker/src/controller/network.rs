@@ -41,6 +41,8 @@ pub(crate) enum RaftRequest {
         host: String,
         port: u16,
         incarnation: u64,
+        /// The cluster its data directory belongs to, if it knows yet.
+        cluster_id: Option<String>,
     },
     /// An observer asks for the applied metadata, unless it already has the state as of log
     /// index `known`; with `wait_ms` > 0 the voter holds the request until something newer is
@@ -64,7 +66,8 @@ pub(crate) enum RaftResponse {
     /// Accepted: the index of the last metadata entry applied on the active controller when
     /// it took the heartbeat (at least its registration). The broker acts as a leader again
     /// only once its own metadata has caught up with it.
-    Heartbeat(Result<u64, ForwardError>),
+    /// Also names the cluster.
+    Heartbeat(Result<(u64, String), ForwardError>),
     Metadata {
         leader: Option<NodeId>,
         /// `None` when nothing was applied after the asker's `known` index.
@@ -82,6 +85,8 @@ pub(crate) enum ForwardError {
     NotLeader(Option<NodeId>),
     /// The proposal failed (Raft error).
     Failed(String),
+    /// A heartbeat from a broker of another cluster (its data directory says so).
+    InconsistentClusterId(String),
 }
 
 async fn write_frame(stream: &mut TcpStream, value: &impl Serialize) -> std::io::Result<()> {
@@ -156,9 +161,10 @@ pub(crate) async fn serve(
                         host,
                         port,
                         incarnation,
+                        cluster_id,
                     } => RaftResponse::Heartbeat(
                         controller
-                            .on_heartbeat(node_id, host, port, incarnation)
+                            .on_heartbeat(node_id, host, port, incarnation, cluster_id)
                             .await,
                     ),
                     RaftRequest::GetMetadata { known, wait_ms } => {

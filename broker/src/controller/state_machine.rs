@@ -18,20 +18,12 @@ use crate::controller::metadata::{CommandResult, MetadataState, NodeId};
 use crate::controller::TypeConfig;
 
 /// A snapshot file. postcard is not self-describing: a change to `MetadataState`'s shape adds a
-/// variant, and older variants are converted on load.
+/// variant, and older variants are converted on load. (The shapes of Rills before data format 1
+/// went with the directories that held them: `meta.properties` refuses those directories.)
 #[derive(Serialize, Deserialize, Clone)]
 enum StoredSnapshot {
+    /// Data format 1: cluster id and producer id blocks.
     V1 {
-        meta: SnapshotMeta<NodeId, BasicNode>,
-        state: v1::MetadataState,
-    },
-    /// Adds broker fencing and partition epochs.
-    V2 {
-        meta: SnapshotMeta<NodeId, BasicNode>,
-        state: v2::MetadataState,
-    },
-    /// Adds topic ids.
-    V3 {
         meta: SnapshotMeta<NodeId, BasicNode>,
         state: MetadataState,
     },
@@ -40,187 +32,13 @@ enum StoredSnapshot {
 impl StoredSnapshot {
     fn into_parts(self) -> (SnapshotMeta<NodeId, BasicNode>, MetadataState) {
         match self {
-            StoredSnapshot::V1 { meta, state } => (meta, state.into()),
-            StoredSnapshot::V2 { meta, state } => (meta, state.into()),
-            StoredSnapshot::V3 { meta, state } => (meta, state),
+            StoredSnapshot::V1 { meta, state } => (meta, state),
         }
     }
 
     fn meta(&self) -> &SnapshotMeta<NodeId, BasicNode> {
         match self {
-            StoredSnapshot::V1 { meta, .. }
-            | StoredSnapshot::V2 { meta, .. }
-            | StoredSnapshot::V3 { meta, .. } => meta,
-        }
-    }
-}
-
-/// The metadata shapes of snapshot format 2 (before topic ids): topics convert with id 0
-/// (unknown), the same on every voter whatever its snapshot point.
-mod v2 {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Serialize};
-
-    use crate::controller::metadata::{self as current, BrokerInfo, NodeId, PartitionInfo};
-
-    #[derive(Serialize, Deserialize, Clone)]
-    pub struct TopicInfo {
-        pub name: String,
-        pub partitions: Vec<PartitionInfo>,
-        pub configs: BTreeMap<String, String>,
-    }
-
-    #[derive(Serialize, Deserialize, Clone)]
-    pub struct MetadataState {
-        pub brokers: BTreeMap<NodeId, BrokerInfo>,
-        pub topics: BTreeMap<String, TopicInfo>,
-    }
-
-    impl From<MetadataState> for current::MetadataState {
-        fn from(old: MetadataState) -> Self {
-            current::MetadataState {
-                brokers: old.brokers,
-                topics: old
-                    .topics
-                    .into_iter()
-                    .map(|(name, t)| {
-                        let topic = current::TopicInfo {
-                            name: t.name,
-                            partitions: t.partitions,
-                            configs: t.configs,
-                            id: 0,
-                        };
-                        (name, topic)
-                    })
-                    .collect(),
-            }
-        }
-    }
-}
-
-/// The metadata shapes of snapshot format 1 (before replication).
-mod v1 {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Serialize};
-
-    use crate::controller::metadata::{self as current, NodeId};
-
-    #[derive(Serialize, Deserialize, Clone)]
-    pub struct BrokerInfo {
-        node_id: NodeId,
-        host: String,
-        port: u16,
-    }
-
-    #[derive(Serialize, Deserialize, Clone)]
-    pub struct PartitionInfo {
-        replicas: Vec<NodeId>,
-        leader: Option<NodeId>,
-        leader_epoch: u32,
-        isr: Vec<NodeId>,
-    }
-
-    #[derive(Serialize, Deserialize, Clone)]
-    pub struct TopicInfo {
-        name: String,
-        partitions: Vec<PartitionInfo>,
-        configs: BTreeMap<String, String>,
-    }
-
-    #[derive(Serialize, Deserialize, Clone)]
-    pub struct MetadataState {
-        brokers: BTreeMap<NodeId, BrokerInfo>,
-        topics: BTreeMap<String, TopicInfo>,
-    }
-
-    impl From<MetadataState> for current::MetadataState {
-        fn from(old: MetadataState) -> Self {
-            current::MetadataState {
-                brokers: old
-                    .brokers
-                    .into_iter()
-                    .map(|(id, b)| {
-                        let info = current::BrokerInfo {
-                            node_id: b.node_id,
-                            host: b.host,
-                            port: b.port,
-                            fenced: false,
-                            incarnation: 0,
-                        };
-                        (id, info)
-                    })
-                    .collect(),
-                topics: old
-                    .topics
-                    .into_iter()
-                    .map(|(name, t)| {
-                        let partitions = t
-                            .partitions
-                            .into_iter()
-                            .map(|p| current::PartitionInfo {
-                                replicas: p.replicas,
-                                leader: p.leader,
-                                leader_epoch: p.leader_epoch,
-                                isr: p.isr,
-                                partition_epoch: 0,
-                            })
-                            .collect();
-                        let topic = current::TopicInfo {
-                            name: t.name,
-                            partitions,
-                            configs: t.configs,
-                            id: 0,
-                        };
-                        (name, topic)
-                    })
-                    .collect(),
-            }
-        }
-    }
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn format_1_snapshots_load_with_no_broker_fenced() {
-            let old = MetadataState {
-                brokers: BTreeMap::from([(
-                    1,
-                    BrokerInfo {
-                        node_id: 1,
-                        host: "h".into(),
-                        port: 9,
-                    },
-                )]),
-                topics: BTreeMap::from([(
-                    "t".to_string(),
-                    TopicInfo {
-                        name: "t".into(),
-                        partitions: vec![PartitionInfo {
-                            replicas: vec![1],
-                            leader: Some(1),
-                            leader_epoch: 3,
-                            isr: vec![1],
-                        }],
-                        configs: BTreeMap::new(),
-                    },
-                )]),
-            };
-            let stored = super::super::StoredSnapshot::V1 {
-                meta: Default::default(),
-                state: old,
-            };
-            let bytes = postcard::to_allocvec(&stored).unwrap();
-            let decoded: super::super::StoredSnapshot = postcard::from_bytes(&bytes).unwrap();
-            let (_, state) = decoded.into_parts();
-            assert!(!state.brokers[&1].fenced);
-            let p = &state.topics["t"].partitions[0];
-            assert_eq!(
-                (p.leader, p.leader_epoch, p.partition_epoch),
-                (Some(1), 3, 0)
-            );
+            StoredSnapshot::V1 { meta, .. } => meta,
         }
     }
 }
@@ -248,10 +66,12 @@ fn read_snapshot(dir: &Path) -> std::io::Result<Option<StoredSnapshot>> {
 fn write_snapshot(dir: &Path, snapshot: &StoredSnapshot) -> std::io::Result<Vec<u8>> {
     let bytes = postcard::to_allocvec(snapshot).map_err(std::io::Error::other)?;
     let tmp = dir.join("snapshot.tmp");
-    std::fs::write(&tmp, &bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, dir.join("snapshot"))?;
-    std::fs::File::open(dir)?.sync_all()?;
+    super::log_store::with_reserve(dir, || {
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, dir.join("snapshot"))?;
+        std::fs::File::open(dir)?.sync_all()
+    })?;
     Ok(bytes)
 }
 
@@ -353,7 +173,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.snapshots_built += 1;
         SnapshotBuilder {
             dir: self.dir.clone(),
-            snapshot: StoredSnapshot::V3 {
+            snapshot: StoredSnapshot::V1 {
                 meta: self.snapshot_meta(),
                 state: self.state.clone(),
             },
@@ -377,7 +197,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e))
             })?
             .into_parts();
-        let stored = StoredSnapshot::V3 {
+        let stored = StoredSnapshot::V1 {
             meta: meta.clone(),
             state: state.clone(),
         };

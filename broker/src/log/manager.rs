@@ -2,7 +2,8 @@
 //!
 //! Layout: `<data_dir>/<topic>-<partition>/` per partition (topic names never contain `/`, and the
 //! partition number is the text after the last `-`), plus `<data_dir>/.lock`, held with an
-//! exclusive `flock` for the manager's lifetime so two brokers can never write the same logs.
+//! exclusive `flock` for the manager's lifetime so two brokers can never write the same logs,
+//! and `<data_dir>/meta.properties` (see `meta`), checked before any log is opened.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 
 use crate::error::{Error, IoContext, Result};
+use crate::log::meta::{self, DirMeta};
 use crate::log::{Log, LogConfig};
 
 /// Identifies a partition.
@@ -206,14 +208,31 @@ pub struct LogManager {
     data_dir: PathBuf,
     default_config: LogConfig,
     logs: RwLock<BTreeMap<TopicPartition, Arc<PartitionLog>>>,
+    meta: Mutex<DirMeta>,
     _lock: fs::File,
 }
 
 impl LogManager {
-    /// Locks `data_dir` (creating it) and opens, recovering, every partition log found in it.
+    /// Locks `data_dir` (creating it) for node 1 and opens, recovering, every partition log
+    /// found in it.
     pub fn open(data_dir: &Path, default_config: LogConfig) -> Result<LogManager> {
+        let manager = LogManager::open_unloaded(data_dir, default_config, 1, None)?;
+        manager.load()?;
+        Ok(manager)
+    }
+
+    /// Locks `data_dir` (creating it) and checks its metadata for node `node_id` (and cluster
+    /// `cluster_id`, when given), without opening any log: [`LogManager::load`] does that.
+    pub fn open_unloaded(
+        data_dir: &Path,
+        default_config: LogConfig,
+        node_id: u64,
+        cluster_id: Option<&str>,
+    ) -> Result<LogManager> {
         default_config.validate()?;
         fs::create_dir_all(data_dir).context("create data directory", data_dir)?;
+        // Refusals write nothing, not even the lock file; initializing happens under the lock.
+        meta::inspect(data_dir, node_id, cluster_id)?;
         let lock_path = data_dir.join(".lock");
         let lock = fs::OpenOptions::new()
             .create(true)
@@ -230,6 +249,42 @@ impl LogManager {
                 )
             },
         )?;
+        let meta = meta::check_or_init(data_dir, node_id, cluster_id)?;
+        Ok(LogManager {
+            data_dir: data_dir.to_owned(),
+            default_config,
+            logs: RwLock::new(BTreeMap::new()),
+            meta: Mutex::new(meta),
+            _lock: lock,
+        })
+    }
+
+    /// The cluster this directory belongs to, once known.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.meta
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cluster_id
+            .clone()
+    }
+
+    /// Records that this directory belongs to `cluster_id`: refused if it belongs to another.
+    pub fn record_cluster_id(&self, cluster_id: &str) -> Result<()> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        match &meta.cluster_id {
+            Some(stored) if stored == cluster_id => Ok(()),
+            Some(stored) => Err(Error::DataDirectory {
+                path: self.data_dir.clone(),
+                reason: meta::other_cluster(stored, cluster_id),
+            }),
+            None => meta::record_cluster_id(&self.data_dir, &mut meta, cluster_id),
+        }
+    }
+
+    /// Opens, recovering, every partition log in the directory that is not open yet.
+    pub fn load(&self) -> Result<()> {
+        let data_dir = self.data_dir.as_path();
+        let default_config = &self.default_config;
         let mut logs = BTreeMap::new();
         for entry in fs::read_dir(data_dir).context("list data directory", data_dir)? {
             let entry = entry.context("list data directory", data_dir)?;
@@ -241,7 +296,7 @@ impl LogManager {
             else {
                 continue;
             };
-            if !is_dir {
+            if !is_dir || self.get(&tp).is_some() {
                 continue;
             }
             let log = Log::open(&entry.path(), default_config.clone())?;
@@ -253,12 +308,11 @@ impl LogManager {
                 .store(topic_id, std::sync::atomic::Ordering::Release);
             logs.insert(tp, partition);
         }
-        Ok(LogManager {
-            data_dir: data_dir.to_owned(),
-            default_config,
-            logs: RwLock::new(logs),
-            _lock: lock,
-        })
+        let mut open = self.write_logs();
+        for (tp, partition) in logs {
+            open.entry(tp).or_insert(partition);
+        }
+        Ok(())
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -24,6 +24,7 @@ pub mod config;
 pub mod epochs;
 pub(crate) mod index;
 pub mod manager;
+pub mod meta;
 pub mod partition;
 pub(crate) mod segment;
 

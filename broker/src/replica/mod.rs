@@ -707,6 +707,7 @@ mod tests {
                     id: 0,
                 },
             )]),
+            ..MetadataState::default()
         };
         manager.apply_metadata(&metadata, vec![(tp.clone(), log.clone())]);
         let replica = manager.get(&tp).unwrap();

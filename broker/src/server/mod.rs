@@ -57,6 +57,9 @@ pub struct BrokerState {
     /// roles to catch up with an index the loop already passed without noticing).
     pub reconcile_nudge: tokio::sync::Notify,
     pub shutdown: CancellationToken,
+    /// Why this broker cannot go on (set once; the process should exit): its data directory
+    /// belongs to another cluster than its controller quorum, or its logs failed to open.
+    pub fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl BrokerState {
@@ -189,9 +192,15 @@ impl Broker {
     pub async fn start(config: BrokerConfig) -> Result<Broker> {
         let log_config = config.log_config()?;
         let data_dir = config.data_dir.clone();
-        let logs = tokio::task::spawn_blocking(move || LogManager::open(&data_dir, log_config))
-            .await
-            .map_err(|e| Error::Controller(format!("opening logs failed: {e}")))??;
+        let (node_id, cluster_id) = (config.node_id, config.cluster_id.clone());
+        // The directory is locked and its meta.properties checked now; its logs are opened
+        // only once the controller quorum confirmed the cluster (`register_and_reconcile`), so
+        // a directory of another cluster is refused untouched.
+        let logs = tokio::task::spawn_blocking(move || {
+            LogManager::open_unloaded(&data_dir, log_config, node_id, cluster_id.as_deref())
+        })
+        .await
+        .map_err(|e| Error::Controller(format!("opening the data directory failed: {e}")))??;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::io("bind client listener on", config.listen.to_string(), e))?;
@@ -263,6 +272,7 @@ impl Broker {
             reconciled: tokio::sync::watch::Sender::new(0),
             reconcile_nudge: tokio::sync::Notify::new(),
             shutdown,
+            fatal: tokio::sync::watch::Sender::new(None),
             config,
         });
         let tracker = TaskTracker::new();
@@ -323,6 +333,32 @@ impl Broker {
             Ok(Err(e)) => tracing::warn!("controlled shutdown failed: {e}"),
             Err(_) => tracing::warn!("controlled shutdown: the controller did not answer in 5 s"),
         }
+    }
+
+    /// Resolves when the broker cannot go on, with the reason (then call
+    /// [`Broker::shutdown_after_failure`] and exit non-zero).
+    pub async fn failed(&self) -> String {
+        let mut fatal = self.state.fatal.subscribe();
+        let reason = match fatal.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => "the broker state was dropped".into(),
+        };
+        reason
+    }
+
+    /// Stops after a fatal error: no controlled shutdown (the controller may be another
+    /// cluster's), no waiting for followers; stops serving and closes whatever logs are open.
+    pub async fn shutdown_after_failure(self) -> Result<()> {
+        self.state.lease.revoke();
+        self.state.shutdown.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        let logs = self.state.logs.clone();
+        let closed = tokio::task::spawn_blocking(move || logs.close())
+            .await
+            .map_err(|e| Error::Controller(format!("close task failed: {e}")))?;
+        self.state.controller.shutdown().await;
+        closed
     }
 
     /// The address the listener is bound to.
@@ -389,7 +425,7 @@ async fn heartbeat_loop(state: Arc<BrokerState>) {
         let sent_at = std::time::Instant::now();
         let outcome = match state
             .controller
-            .heartbeat(&host, port, state.incarnation)
+            .heartbeat(&host, port, state.incarnation, state.logs.cluster_id())
             .await
         {
             // Holding the lease, this broker cannot have been fenced (the controller fences
@@ -399,7 +435,7 @@ async fn heartbeat_loop(state: Arc<BrokerState>) {
             // after its replica roles caught up with the controller's metadata as of this
             // heartbeat (however long reconciling takes, e.g. creating many partitions).
             Ok(_) if state.lease.is_valid() => Ok(()),
-            Ok(index) => {
+            Ok((index, _)) => {
                 if state
                     .wait_reconciled(index, interval.max(Duration::from_millis(100)))
                     .await
@@ -410,6 +446,11 @@ async fn heartbeat_loop(state: Arc<BrokerState>) {
                         "accepted, but local replica roles have not caught up with metadata index {index} yet"
                     ))
                 }
+            }
+            Err(Error::InconsistentClusterId(reason)) => {
+                // rill-broker prints it as its exit error.
+                state.fatal.send_replace(Some(reason));
+                return;
             }
             Err(e) => Err(e.to_string()),
         };
@@ -471,6 +512,35 @@ async fn replica_tick(state: Arc<BrokerState>) {
 /// shutdown.
 async fn register_and_reconcile(state: Arc<BrokerState>) {
     let mut metadata = state.controller.subscribe();
+    // The logs are opened once the metadata this broker follows names the cluster its data
+    // directory belongs to (a directory that has no name yet holds no logs: it records the
+    // quorum's name first). A directory of another cluster is never opened.
+    loop {
+        let quorum = metadata.borrow_and_update().cluster_id.clone();
+        match (state.logs.cluster_id(), quorum) {
+            (Some(ours), Some(theirs)) if ours != theirs => {
+                state.fatal.send_replace(Some(format!(
+                    "the controller quorum belongs to cluster {theirs}, but this broker's data directory belongs to cluster {ours}: refusing to join (check --controller-voters and --data-dir)"
+                )));
+                return;
+            }
+            (_, Some(theirs)) => {
+                if let Err(reason) = open_logs(&state, theirs).await {
+                    state.fatal.send_replace(Some(reason));
+                    return;
+                }
+                break;
+            }
+            (_, None) => {}
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            changed = metadata.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                tracing::info!("waiting for the metadata quorum");
+            }
+        }
+    }
     loop {
         if state.is_registered(&metadata.borrow_and_update()) {
             break;
@@ -483,7 +553,7 @@ async fn register_and_reconcile(state: Arc<BrokerState>) {
             }
         }
     }
-    tracing::info!(node_id = state.node_id, "registered with the controller");
+    tracing::info!(node_id = state.node_id, cluster_id = ?state.logs.cluster_id(), "registered with the controller");
     state
         .ready
         .store(true, std::sync::atomic::Ordering::Release);
@@ -508,6 +578,18 @@ async fn register_and_reconcile(state: Arc<BrokerState>) {
             .collect();
         previous = current;
     }
+}
+
+/// Records the cluster's id in the data directory (it has no other) and opens, recovering, its partition logs.
+async fn open_logs(state: &Arc<BrokerState>, cluster: String) -> Result<(), String> {
+    let logs = state.logs.clone();
+    tokio::task::spawn_blocking(move || {
+        logs.record_cluster_id(&cluster)?;
+        logs.load()
+    })
+    .await
+    .map_err(|e| format!("opening the partition logs failed: {e}"))?
+    .map_err(|e| format!("opening the partition logs failed: {e}"))
 }
 
 /// Creates `__consumer_offsets` if the cluster does not have it yet, once enough brokers are
