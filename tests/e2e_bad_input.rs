@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use common::{batch, BrokerProcess};
 use rill_protocol::api::*;
+use rill_protocol::batch::{Compression, RecordBatchBuilder};
 use rill_protocol::frame::{RequestHeader, ResponseHeader};
 use rill_protocol::wire::{encode_to_bytes, Wire};
 use rill_protocol::ErrorCode;
@@ -80,10 +81,31 @@ fn produce(topic: &str, records: Bytes) -> RequestBody {
 }
 
 fn produce_code(raw: &mut Raw, topic: &str, records: Bytes) -> ErrorCode {
+    produce_outcome(raw, topic, records).0
+}
+
+fn produce_outcome(raw: &mut Raw, topic: &str, records: Bytes) -> (ErrorCode, Option<String>) {
     let ResponseBody::Produce(response) = raw.call(produce(topic, records)) else {
         panic!("wrong response type")
     };
-    response.topics[0].partitions[0].error_code
+    let partition = &response.topics[0].partitions[0];
+    (partition.error_code, partition.error_message.clone())
+}
+
+/// Repairs the CRC of a batch whose covered bytes were changed.
+fn with_crc(mut bytes: Vec<u8>) -> Bytes {
+    let crc = rill_protocol::batch::checksum(&bytes[21..]);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(bytes)
+}
+
+/// `records` records of value `value`, compressed with `codec`.
+fn compressed_batch(codec: Compression, records: usize, value: &[u8]) -> Bytes {
+    let mut builder = RecordBatchBuilder::new();
+    for i in 0..records {
+        builder.append(i as i64, None, Some(value), &[]);
+    }
+    builder.build_compressed(codec).unwrap()
 }
 
 fn create(
@@ -191,23 +213,25 @@ fn every_bad_input_gets_a_clear_error_and_the_broker_keeps_serving() {
         produce_code(&mut raw, "good", Bytes::from_static(b"not a batch at all")),
         ErrorCode::CORRUPT_MESSAGE
     );
-    // Poison batches (review #11): a "compressed" batch whose record count nobody can check
-    // (it claims 2^31 - 1 records in a few bytes) is refused, not stored for every consumer to
-    // fail on; so is an uncompressed batch whose count disagrees with its records.
-    let with_crc = |mut bytes: Vec<u8>| {
-        let crc = rill_protocol::batch::checksum(&bytes[21..]);
-        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
-        Bytes::from(bytes)
-    };
+    // Poison batches (review #11): a "compressed" batch whose records are not what its codec
+    // says, or whose record count is a lie, is refused, not stored for every consumer to fail
+    // on; so is an uncompressed batch whose count disagrees with its records.
     let mut compressed = batch(1, 10, 0, 1).to_vec();
-    compressed[21..23].copy_from_slice(&4i16.to_be_bytes()); // zstd
+    compressed[21..23].copy_from_slice(&4i16.to_be_bytes()); // zstd, but the records are plain
+    assert_eq!(
+        produce_code(&mut raw, "good", with_crc(compressed.clone())),
+        ErrorCode::CORRUPT_MESSAGE
+    );
+    compressed[21..23].copy_from_slice(&5i16.to_be_bytes()); // no such codec
     assert_eq!(
         produce_code(&mut raw, "good", with_crc(compressed.clone())),
         ErrorCode::UNSUPPORTED_COMPRESSION
     );
-    compressed[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+    let mut lying = compressed_batch(Compression::Lz4, 1, b"a").to_vec();
+    lying[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+    lying[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes());
     assert_eq!(
-        produce_code(&mut raw, "good", with_crc(compressed)),
+        produce_code(&mut raw, "good", with_crc(lying)),
         ErrorCode::CORRUPT_MESSAGE
     );
     let mut miscounted = batch(2, 10, 0, 1).to_vec();
@@ -569,4 +593,56 @@ fn bad_group_requests_get_clear_errors() {
     };
     assert_eq!(deleted.results[0].error_code, ErrorCode::NON_EMPTY_GROUP);
     assert_eq!(deleted.results[1].error_code, ErrorCode::GROUP_ID_NOT_FOUND);
+}
+
+/// Decompression bombs (a few KiB that inflate far past `max_batch_decompressed_bytes`) are
+/// refused with MESSAGE_TOO_LARGE and a message naming the limit, for every codec; so is a
+/// snappy block that merely claims a huge length. Real compressed batches are accepted.
+#[test]
+fn decompression_bombs_are_refused_for_every_codec() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &["--max-batch-decompressed-bytes", "1048576"]);
+    let client_runtime = tokio::runtime::Runtime::new().unwrap();
+    client_runtime.block_on(async {
+        let client = common::client(&broker.address).await;
+        rill_client::Admin::new(client)
+            .create_topic(rill_client::NewTopic::new("bombs", 1))
+            .await
+            .unwrap();
+    });
+    let mut raw = Raw::connect(&broker.address);
+    let zeros = vec![0u8; 4 << 20];
+    for codec in Compression::ALL {
+        let bomb = compressed_batch(codec, 1, &zeros);
+        let (code, message) = produce_outcome(&mut raw, "bombs", bomb.clone());
+        if codec == Compression::None {
+            // 4 MiB uncompressed is over max_batch_bytes, checked first.
+            assert_eq!(code, ErrorCode::MESSAGE_TOO_LARGE);
+            continue;
+        }
+        assert!(bomb.len() < 1 << 20, "{codec}: a {} byte bomb", bomb.len());
+        assert_eq!(code, ErrorCode::MESSAGE_TOO_LARGE, "{codec}: {message:?}");
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("max_batch_decompressed_bytes")),
+            "{codec}: {message:?}"
+        );
+        let fine = compressed_batch(codec, 100, b"a value that compresses");
+        assert_eq!(
+            produce_code(&mut raw, "bombs", fine),
+            ErrorCode::NONE,
+            "{codec}"
+        );
+    }
+    // A raw snappy block whose header claims 2^32 - 1 bytes: refused before allocating.
+    let mut liar = compressed_batch(Compression::Snappy, 1, b"x").to_vec();
+    liar.truncate(61);
+    liar.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0x00]);
+    let length = (liar.len() - 12) as i32;
+    liar[8..12].copy_from_slice(&length.to_be_bytes());
+    assert_eq!(
+        produce_code(&mut raw, "bombs", with_crc(liar)),
+        ErrorCode::MESSAGE_TOO_LARGE
+    );
 }

@@ -40,6 +40,8 @@ pub struct BrokerConfig {
     pub retention_bytes: u64,
     /// Largest record batch accepted.
     pub max_batch_bytes: usize,
+    /// Most bytes a compressed batch may decompress to when the broker validates it.
+    pub max_batch_decompressed_bytes: usize,
     /// Largest request frame accepted.
     pub max_frame_bytes: usize,
     /// Client connections beyond this are closed at once.
@@ -100,6 +102,8 @@ impl Default for BrokerConfig {
             retention_ms: 7 * 24 * 3600 * 1000,
             retention_bytes: 0,
             max_batch_bytes: 1 << 20,
+            max_batch_decompressed_bytes:
+                rill_protocol::compression::DEFAULT_MAX_DECOMPRESSED_BYTES,
             max_frame_bytes: 64 << 20,
             max_connections: 10_000,
             in_flight_requests_max: 32,
@@ -171,6 +175,9 @@ pub struct Flags {
     /// Largest record batch accepted, bytes [default: 1048576].
     #[arg(long)]
     pub max_batch_bytes: Option<usize>,
+    /// Most bytes a compressed batch may decompress to (bigger: refused) [default: 33554432].
+    #[arg(long)]
+    pub max_batch_decompressed_bytes: Option<usize>,
     /// Largest request frame accepted, bytes [default: 67108864].
     #[arg(long)]
     pub max_frame_bytes: Option<usize>,
@@ -278,6 +285,7 @@ impl BrokerConfig {
             retention_ms,
             retention_bytes,
             max_batch_bytes,
+            max_batch_decompressed_bytes,
             max_frame_bytes,
             max_connections,
             in_flight_requests_max,
@@ -380,6 +388,7 @@ impl BrokerConfig {
             retention_ms: (self.retention_ms > 0).then_some(self.retention_ms),
             retention_bytes: (self.retention_bytes > 0).then_some(self.retention_bytes),
             max_batch_bytes: self.max_batch_bytes,
+            max_batch_decompressed_bytes: self.max_batch_decompressed_bytes,
             flush: self.flush.parse::<FlushPolicy>()?,
             ..LogConfig::default()
         };

@@ -85,6 +85,7 @@ impl Error {
             | Error::DataDirectory { .. } => ErrorCode::STORAGE_ERROR,
             Error::InvalidBatch(e) => match e {
                 ProtocolError::UnsupportedCompression(_) => ErrorCode::UNSUPPORTED_COMPRESSION,
+                ProtocolError::DecompressedTooLarge { .. } => ErrorCode::MESSAGE_TOO_LARGE,
                 _ => ErrorCode::CORRUPT_MESSAGE,
             },
             Error::BatchTooLarge { .. } => ErrorCode::MESSAGE_TOO_LARGE,

@@ -46,3 +46,4 @@ pub use group::{GroupConfig, RebalanceEvent};
 pub use producer::{Producer, ProducerConfig, Record, RecordMetadata};
 pub use rill_protocol as protocol;
 pub use rill_protocol::api::Acks;
+pub use rill_protocol::batch::Compression;

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use rill_protocol::api::{
     Acks, ProducePartition, ProduceRequest, ProduceTopic, RequestBody, ResponseBody,
 };
-use rill_protocol::batch::{Header, RecordBatchBuilder, BATCH_HEADER_BYTES};
+use rill_protocol::batch::{Compression, Header, RecordBatchBuilder, BATCH_HEADER_BYTES};
 use rill_protocol::ErrorCode;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -48,6 +48,9 @@ pub struct ProducerConfig {
     /// move to the next (Kafka's sticky partitioner switches after `batch.size`, 16 KiB), so
     /// they spread over the partitions without shrinking the batches sent. Default 16 KiB.
     pub sticky_partition_bytes: usize,
+    /// Codec batches are compressed with (Kafka's `compression.type`). Default none.
+    /// `batch_size_bytes` counts records before compression.
+    pub compression: Compression,
 }
 
 impl Default for ProducerConfig {
@@ -59,6 +62,7 @@ impl Default for ProducerConfig {
             buffer_memory_bytes: 32 << 20,
             delivery_timeout: Duration::from_secs(120),
             sticky_partition_bytes: 16 << 10,
+            compression: Compression::None,
         }
     }
 }
@@ -474,11 +478,21 @@ async fn send_to_leader(
     mut batches: Vec<(TopicPartition, Batch)>,
 ) {
     let mut topics: Vec<ProduceTopic> = Vec::new();
-    for ((topic, partition), batch) in &mut batches {
-        let bytes = batch
-            .built
-            .get_or_insert_with(|| std::mem::take(&mut batch.builder).build())
-            .clone();
+    let mut unbuildable = Vec::new();
+    for (i, ((topic, partition), batch)) in batches.iter_mut().enumerate() {
+        let bytes = match &batch.built {
+            Some(bytes) => bytes.clone(),
+            None => {
+                let builder = std::mem::take(&mut batch.builder);
+                match builder.build_compressed(shared.config.compression) {
+                    Ok(bytes) => batch.built.insert(bytes).clone(),
+                    Err(e) => {
+                        unbuildable.push((i, e));
+                        continue;
+                    }
+                }
+            }
+        };
         match topics.iter_mut().find(|t| t.name == *topic) {
             Some(t) => t.partitions.push(ProducePartition {
                 partition: *partition,
@@ -492,6 +506,14 @@ async fn send_to_leader(
                 }],
             }),
         }
+    }
+    for (i, e) in unbuildable.into_iter().rev() {
+        let ((topic, partition), batch) = batches.remove(i);
+        let error = ClientError::Invalid(format!("compressing a batch failed: {e}"));
+        finish(&shared, &topic, partition, batch, Err(error));
+    }
+    if batches.is_empty() {
+        return;
     }
     let timeout = shared.client.config().request_timeout;
     let request = RequestBody::Produce(ProduceRequest {

@@ -163,6 +163,8 @@ pub enum ProtocolError {
     UnsupportedCompression(u8),
     #[error("i/o error in codec: {0}")]
     Io(String),
+    #[error("the batch's records decompress to more than {limit} bytes (max_batch_decompressed_bytes): refused")]
+    DecompressedTooLarge { limit: usize },
 }
 
 impl ProtocolError {
@@ -175,6 +177,7 @@ impl ProtocolError {
             ProtocolError::CrcMismatch { .. } => ErrorCode::CORRUPT_MESSAGE,
             ProtocolError::UnsupportedCompression(_) => ErrorCode::UNSUPPORTED_COMPRESSION,
             ProtocolError::Io(_) => ErrorCode::UNKNOWN_SERVER_ERROR,
+            ProtocolError::DecompressedTooLarge { .. } => ErrorCode::MESSAGE_TOO_LARGE,
             _ => ErrorCode::INVALID_REQUEST,
         }
     }

@@ -6,6 +6,7 @@
 //! - [`frame`]: length-prefixed frames, request/response headers, and the tokio-util codecs.
 //! - [`api`]: api keys and every request and response body.
 //! - [`batch`]: the record batch (builder, zero-copy reader, validation).
+//! - [`compression`]: the batch codecs (gzip, snappy, lz4, zstd), with bounded decompression.
 //! - [`error`]: the one error-code table ([`ErrorCode`]) and [`ProtocolError`].
 //! - [`wire`]: the primitive encodings everything above is made of.
 //!
@@ -13,6 +14,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod compression;
 pub mod error;
 pub mod frame;
 pub mod wire;

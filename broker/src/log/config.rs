@@ -52,6 +52,10 @@ pub struct LogConfig {
     pub preallocate_bytes: u64,
     /// Largest single batch accepted. Default 1 MiB.
     pub max_batch_bytes: usize,
+    /// Most bytes a compressed batch's records may decompress to where the broker looks
+    /// inside (leader validation, timestamp lookup): a decompression bomb is refused at this
+    /// bound. Default 32 MiB.
+    pub max_batch_decompressed_bytes: usize,
     /// Sealed segments are deleted, oldest first, while the log stays at least this large. Default none.
     pub retention_bytes: Option<u64>,
     /// Sealed segments whose newest record is older than this are deleted. Default 7 days.
@@ -71,6 +75,8 @@ impl Default for LogConfig {
             index_max_bytes: 10 << 20,
             preallocate_bytes: 16 << 20,
             max_batch_bytes: 1 << 20,
+            max_batch_decompressed_bytes:
+                rill_protocol::compression::DEFAULT_MAX_DECOMPRESSED_BYTES,
             retention_bytes: None,
             retention_ms: Some(7 * 24 * 3600 * 1000),
             flush: FlushPolicy::Interval { interval_ms: 1000 },
@@ -93,6 +99,13 @@ impl LogConfig {
             return fail(format!(
                 "max_batch_bytes {} must be between 64 and 1073741824",
                 self.max_batch_bytes
+            ));
+        }
+        if self.max_batch_decompressed_bytes < 1024 || self.max_batch_decompressed_bytes > (1 << 30)
+        {
+            return fail(format!(
+                "max_batch_decompressed_bytes {} must be between 1024 and 1073741824",
+                self.max_batch_decompressed_bytes
             ));
         }
         if self.index_interval_bytes == 0 {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rill_protocol::batch::{batches, set_base_offset, set_leader_epoch, Compression, RecordBatch};
+use rill_protocol::batch::{batches, set_base_offset, set_leader_epoch, RecordBatch};
 use rill_protocol::ProtocolError;
 
 use crate::error::{Error, IoContext, Result};
@@ -530,15 +530,15 @@ impl Log {
                     max_bytes: self.config.max_batch_bytes,
                 });
             }
-            batch.validate()?;
-            // A leader must be able to vouch for every record it stores: this broker cannot
-            // look inside compressed batches yet (consumers would fail on them forever: a
-            // poison batch), so it refuses them rather than trusting their record count.
-            if let Stamp::Leader(_) = stamp {
-                let compression = batch.compression()?;
-                if compression != Compression::None {
-                    return Err(ProtocolError::UnsupportedCompression(compression as u8).into());
+            // A leader vouches for every record it stores (a batch consumers cannot read would
+            // poison the partition): it walks the records, decompressing compressed batches
+            // within `max_batch_decompressed_bytes` (a decompression bomb is refused there).
+            // The batch itself is stored as the producer compressed it. Replicas check the CRC.
+            match stamp {
+                Stamp::Leader(_) => {
+                    batch.validate_records(self.config.max_batch_decompressed_bytes)?
                 }
+                Stamp::Replica => batch.validate()?,
             }
             if batch.record_count() == 0 {
                 return Err(ProtocolError::Invalid {
@@ -694,10 +694,7 @@ impl Log {
                     continue;
                 }
                 let batch = RecordBatch::parse(batch)?;
-                if batch.compression()? != Compression::None {
-                    return Ok(Some((batch.base_offset() as u64, batch.max_timestamp())));
-                }
-                for record in batch.records()? {
+                for record in batch.records_limited(self.config.max_batch_decompressed_bytes)? {
                     let record = record?;
                     if record.timestamp >= timestamp {
                         return Ok(Some((record.offset, record.timestamp)));

@@ -14,8 +14,8 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rill_client::protocol::api::OffsetSpec;
 use rill_client::{
-    Admin, Client, ClientError, Consumer, ConsumerConfig, NewTopic, Producer, ProducerConfig,
-    Record, SeekTo,
+    Admin, Client, ClientError, Compression, Consumer, ConsumerConfig, NewTopic, Producer,
+    ProducerConfig, Record, SeekTo,
 };
 use rill_protocol::ErrorCode;
 
@@ -42,6 +42,56 @@ pub struct Common {
     replicas: u16,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Payload {
+    /// `--size` bytes of 'x' (compresses to almost nothing).
+    Constant,
+    /// JSON events of about `--size` bytes, varying per record (user ids, pages, numbers,
+    /// timestamps): a realistic payload for measuring compression.
+    Json,
+}
+
+/// `count` distinct JSON event values of about `size` bytes each.
+fn json_values(count: usize, size: usize) -> Vec<Bytes> {
+    let pages = [
+        "/",
+        "/cart",
+        "/checkout",
+        "/items",
+        "/search",
+        "/account",
+        "/help",
+    ];
+    let events = ["view", "click", "add_to_cart", "purchase", "scroll"];
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    (0..count)
+        .map(|i| {
+            let mut value = format!(
+                "{{\"ts\":{},\"user\":\"user-{}\",\"session\":\"{:016x}\",\"event\":\"{}\",\"page\":\"{}\",\"item\":{},\"price\":{}.{:02},\"tags\":[",
+                1_764_000_000_000u64 + i as u64 * 17,
+                next() % 50_000,
+                next(),
+                events[(next() % events.len() as u64) as usize],
+                pages[(next() % pages.len() as u64) as usize],
+                next() % 100_000,
+                next() % 500,
+                next() % 100,
+            );
+            while value.len() + 40 < size {
+                value.push_str(&format!("\"tag-{}\",", next() % 300));
+            }
+            value.push_str("\"end\"]}");
+            Bytes::from(value)
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -83,6 +133,12 @@ pub struct ProduceArgs {
     keys: Keys,
     #[arg(long, default_value_t = 1000)]
     key_space: u64,
+    /// Batch compression: none, gzip, snappy, lz4, zstd.
+    #[arg(long, default_value = "none")]
+    compression: Compression,
+    /// What the values hold.
+    #[arg(long, value_enum, default_value_t = Payload::Constant)]
+    payload: Payload,
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,7 +197,10 @@ fn progress(total: u64, format: Format) -> ProgressBar {
 
 async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
     ensure_topic(&client, &args.common).await?;
-    let value = Bytes::from(vec![b'x'; args.size]);
+    let values = Arc::new(match args.payload {
+        Payload::Constant => vec![Bytes::from(vec![b'x'; args.size])],
+        Payload::Json => json_values(4096, args.size),
+    });
     let latencies = Arc::new(Mutex::new(histogram()));
     let errors = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
@@ -154,6 +213,7 @@ async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
         batch_size_bytes: args.batch_size,
         linger: Duration::from_millis(args.linger_ms),
         sticky_partition_bytes: args.sticky_partition_bytes,
+        compression: args.compression,
         ..ProducerConfig::default()
     };
     let started = Instant::now();
@@ -161,10 +221,10 @@ async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
     for p in 0..u64::from(args.producers.max(1)) {
         let share = args.messages / u64::from(args.producers.max(1))
             + u64::from(p < args.messages % u64::from(args.producers.max(1)));
-        let (client, config, value, latencies, errors, acked, bar, topic) = (
+        let (client, config, values, latencies, errors, acked, bar, topic) = (
             client.clone(),
             config.clone(),
-            value.clone(),
+            values.clone(),
             latencies.clone(),
             errors.clone(),
             acked.clone(),
@@ -201,7 +261,8 @@ async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
-                let mut record = Record::new(&topic).value(value.clone());
+                let value = values[(i % values.len() as u64) as usize].clone();
+                let mut record = Record::new(&topic).value(value);
                 match keys {
                     Keys::None => {}
                     Keys::Sequential => record = record.key((i % key_space).to_string()),

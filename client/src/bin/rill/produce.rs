@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use clap::ValueEnum;
-use rill_client::{Acks, Producer, ProducerConfig, Record};
+use rill_client::{Acks, Compression, Producer, ProducerConfig, Record};
 use tokio::io::AsyncBufReadExt;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -39,6 +39,9 @@ pub struct Args {
     acks: AcksArg,
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
+    /// Batch compression: none, gzip, snappy, lz4, zstd.
+    #[arg(long, default_value = "none")]
+    compression: Compression,
 }
 
 pub async fn run(brokers: &str, args: Args) -> anyhow::Result<()> {
@@ -46,6 +49,7 @@ pub async fn run(brokers: &str, args: Args) -> anyhow::Result<()> {
     let config = ProducerConfig {
         acks: args.acks.into(),
         linger: std::time::Duration::from_millis(args.linger_ms),
+        compression: args.compression,
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config);
