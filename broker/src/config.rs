@@ -42,6 +42,10 @@ pub struct BrokerConfig {
     pub max_batch_bytes: usize,
     /// Most bytes a compressed batch may decompress to when the broker validates it.
     pub max_batch_decompressed_bytes: usize,
+    /// An idempotent producer unseen this long is forgotten by every partition.
+    pub producer_id_expiration_ms: u64,
+    /// Most idempotent producers tracked per partition.
+    pub max_producers_per_partition: usize,
     /// Largest request frame accepted.
     pub max_frame_bytes: usize,
     /// Client connections beyond this are closed at once.
@@ -104,6 +108,8 @@ impl Default for BrokerConfig {
             max_batch_bytes: 1 << 20,
             max_batch_decompressed_bytes:
                 rill_protocol::compression::DEFAULT_MAX_DECOMPRESSED_BYTES,
+            producer_id_expiration_ms: 24 * 3600 * 1000,
+            max_producers_per_partition: 10_000,
             max_frame_bytes: 64 << 20,
             max_connections: 10_000,
             in_flight_requests_max: 32,
@@ -178,6 +184,12 @@ pub struct Flags {
     /// Most bytes a compressed batch may decompress to (bigger: refused) [default: 33554432].
     #[arg(long)]
     pub max_batch_decompressed_bytes: Option<usize>,
+    /// Forget an idempotent producer unseen this long, ms [default: 86400000].
+    #[arg(long)]
+    pub producer_id_expiration_ms: Option<u64>,
+    /// Most idempotent producers tracked per partition [default: 10000].
+    #[arg(long)]
+    pub max_producers_per_partition: Option<usize>,
     /// Largest request frame accepted, bytes [default: 67108864].
     #[arg(long)]
     pub max_frame_bytes: Option<usize>,
@@ -286,6 +298,8 @@ impl BrokerConfig {
             retention_bytes,
             max_batch_bytes,
             max_batch_decompressed_bytes,
+            producer_id_expiration_ms,
+            max_producers_per_partition,
             max_frame_bytes,
             max_connections,
             in_flight_requests_max,
@@ -389,6 +403,8 @@ impl BrokerConfig {
             retention_bytes: (self.retention_bytes > 0).then_some(self.retention_bytes),
             max_batch_bytes: self.max_batch_bytes,
             max_batch_decompressed_bytes: self.max_batch_decompressed_bytes,
+            producer_id_expiration_ms: self.producer_id_expiration_ms,
+            max_producers_per_partition: self.max_producers_per_partition,
             flush: self.flush.parse::<FlushPolicy>()?,
             ..LogConfig::default()
         };

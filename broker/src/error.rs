@@ -57,6 +57,12 @@ pub enum Error {
     /// The controller quorum belongs to another cluster than this broker's data directory.
     #[error("{0}")]
     InconsistentClusterId(String),
+    /// An idempotent producer's batch refused by the partition's producer state.
+    #[error("{message}")]
+    ProducerState {
+        code: rill_protocol::ErrorCode,
+        message: String,
+    },
     /// A log directory whose files cannot be turned into a log (wrong names, impossible sizes).
     #[error("log directory {path} is unusable: {reason}")]
     CorruptLog { path: PathBuf, reason: String },
@@ -97,6 +103,7 @@ impl Error {
             Error::Replication(_) => ErrorCode::UNKNOWN_SERVER_ERROR,
             Error::NotLeader { .. } => ErrorCode::NOT_LEADER,
             Error::InconsistentClusterId(_) => ErrorCode::UNKNOWN_SERVER_ERROR,
+            Error::ProducerState { code, .. } => *code,
         }
     }
 }

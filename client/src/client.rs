@@ -249,6 +249,22 @@ impl Client {
             .await
     }
 
+    /// Queues a request to broker `node` (requests queued one after another go out in that
+    /// order on its connection) and returns the wait for its response.
+    pub(crate) async fn enqueue_node(
+        &self,
+        node: u32,
+        purpose: Purpose,
+        body: RequestBody,
+        timeout: Duration,
+    ) -> Result<impl std::future::Future<Output = Result<ResponseBody>> + Send + 'static> {
+        let address = self.node_address(node)?;
+        self.connection(&address, purpose)
+            .await?
+            .enqueue(body, timeout)
+            .await
+    }
+
     /// `host:port` of a broker, read from the cache without copying it.
     fn node_address(&self, node: u32) -> Result<String> {
         self.cached(|m| m.brokers.get(&node).cloned())

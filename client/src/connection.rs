@@ -188,6 +188,16 @@ impl Connection {
 
     /// Sends a request and waits for its response (at most `timeout`).
     pub async fn request(&self, body: RequestBody, timeout: Duration) -> Result<ResponseBody> {
+        self.enqueue(body, timeout).await?.await
+    }
+
+    /// Queues a request for writing (requests go out in the order they were queued) and
+    /// returns the wait for its response (at most `timeout`).
+    pub async fn enqueue(
+        &self,
+        body: RequestBody,
+        timeout: Duration,
+    ) -> Result<impl std::future::Future<Output = Result<ResponseBody>> + Send + 'static> {
         let api_key = body.api_key();
         let permit = self
             .in_flight
@@ -204,6 +214,16 @@ impl Connection {
             })
             .await
             .map_err(|_| self.closed())?;
+        let connection = self.clone();
+        Ok(async move { connection.response(api_key, response, timeout).await })
+    }
+
+    async fn response(
+        &self,
+        api_key: rill_protocol::api::ApiKey,
+        response: oneshot::Receiver<Result<ResponseFrame>>,
+        timeout: Duration,
+    ) -> Result<ResponseBody> {
         let frame = match tokio::time::timeout(timeout, response).await {
             Ok(Ok(result)) => result?,
             Ok(Err(_)) => return Err(self.closed()),

@@ -5,11 +5,23 @@
 //! bound), appends the record to that partition's open batch and returns a [`DeliveryFuture`].
 //! A background sender closes a batch when it reaches `batch_size_bytes` or is `linger` old,
 //! groups ready batches by leader into one Produce request per broker, and pipelines requests.
-//! At most one batch per partition is in flight, so retries keep per-partition order. Retriable
-//! errors (not leader, disconnects, ...) refresh metadata and retry with backoff until
+//! Retriable errors (not leader, disconnects, ...) refresh metadata and retry with backoff until
 //! `delivery_timeout`.
+//!
+//! **Idempotence** (`enable_idempotence`, the default unless acks = 0): the producer gets a
+//! producer id from a broker (InitProducerId) and stamps every batch with it and a
+//! per-partition sequence number, so a leader writes each batch once however often it is
+//! retried (a retry of a written batch is answered with its original offsets). Up to
+//! `max_in_flight_per_partition` batches per partition are in flight, and still never
+//! reordered: requests go out in sequence order on one connection, the broker appends a
+//! connection's requests in order, and a failed batch is re-sent only after every batch sent
+//! before it came back, in sequence order. If a partition loses the producer's state
+//! (`UNKNOWN_PRODUCER_ID`, or `OUT_OF_ORDER_SEQUENCE` for the oldest unacknowledged batch:
+//! acknowledged records were lost, e.g. acks = 1 and a failover) the producer takes a new id
+//! and re-sends what is unacknowledged under it: a batch written but never acknowledged before
+//! that may then appear twice. Without idempotence one batch per partition is in flight.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rill_protocol::api::{
-    Acks, ProducePartition, ProduceRequest, ProduceTopic, RequestBody, ResponseBody,
+    Acks, InitProducerIdRequest, ProducePartition, ProduceRequest, ProduceTopic, RequestBody,
+    ResponseBody,
 };
 use rill_protocol::batch::{Compression, Header, RecordBatchBuilder, BATCH_HEADER_BYTES};
 use rill_protocol::ErrorCode;
@@ -51,6 +64,15 @@ pub struct ProducerConfig {
     /// Codec batches are compressed with (Kafka's `compression.type`). Default none.
     /// `batch_size_bytes` counts records before compression.
     pub compression: Compression,
+    /// Every batch is written exactly once per partition, retries included (see the module
+    /// docs). Default true, as in Kafka since 3.0; ignored with acks = 0.
+    pub enable_idempotence: bool,
+    /// Batches in flight per partition with idempotence (without: 1). Default 5, Kafka's
+    /// `max.in.flight.requests.per.connection`.
+    pub max_in_flight_per_partition: usize,
+    /// How long one produce request may take before it is retried (Kafka's
+    /// `request.timeout.ms`). Default: the client's `request_timeout`.
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for ProducerConfig {
@@ -63,6 +85,9 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             sticky_partition_bytes: 16 << 10,
             compression: Compression::None,
+            enable_idempotence: true,
+            max_in_flight_per_partition: 5,
+            request_timeout: None,
         }
     }
 }
@@ -162,6 +187,30 @@ struct Batch {
     _memory: Vec<OwnedSemaphorePermit>,
     attempts: u32,
     retry_at: Option<Instant>,
+    /// Producer id, epoch and base sequence, once first sent (idempotent producers).
+    stamp: Option<Stamp>,
+    /// Order of first sending in its partition (re-sent batches go back in this order).
+    send_order: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    producer_id: i64,
+    epoch: i16,
+    sequence: i32,
+}
+
+/// Sending state of one partition.
+#[derive(Default)]
+struct PartitionState {
+    in_flight: usize,
+    /// The producer id the in-flight batches carry.
+    in_flight_id: Option<i64>,
+    /// Producer id and next sequence number to assign.
+    next: Option<(i64, i32)>,
+    /// Producer id and the sequence after the last acknowledged batch.
+    acked: Option<(i64, i32)>,
+    sent: u64,
 }
 
 /// Batches per topic and partition. Nested maps so that the per-record path looks topics up by
@@ -169,7 +218,9 @@ struct Batch {
 #[derive(Default)]
 struct State {
     queues: HashMap<String, HashMap<u32, VecDeque<Batch>>>,
-    in_flight: HashSet<TopicPartition>,
+    partitions: HashMap<TopicPartition, PartitionState>,
+    /// The producer id and epoch (idempotent producers), once a broker gave one.
+    producer: Option<(i64, i16)>,
     /// Unkeyed records: the partition they go to per topic, and bytes sent there since it was
     /// chosen.
     sticky: HashMap<String, (u32, usize)>,
@@ -191,6 +242,7 @@ impl State {
 struct Shared {
     client: Client,
     config: ProducerConfig,
+    idempotent: bool,
     state: Mutex<State>,
     wake: Notify,
     idle: Notify,
@@ -255,6 +307,7 @@ impl Producer {
         ));
         let shared = Arc::new(Shared {
             client,
+            idempotent: config.enable_idempotence && config.acks != Acks::None,
             config,
             state: Mutex::default(),
             wake: Notify::new(),
@@ -353,6 +406,8 @@ impl Producer {
                 _memory: Vec::new(),
                 attempts: 0,
                 retry_at: None,
+                stamp: None,
+                send_order: 0,
             });
         }
         let batch = queue.back_mut().expect("a batch was pushed above");
@@ -409,23 +464,104 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Takes sendable batches (at most one in flight per partition), groups them by leader, sends.
+/// Asks a broker for a producer id.
+async fn init_producer_id(shared: &Shared) -> Result<(i64, i16)> {
+    let request = RequestBody::InitProducerId(InitProducerIdRequest {
+        transactional_id: None,
+        transaction_timeout_ms: 0,
+    });
+    match shared.client.request_any(request).await? {
+        ResponseBody::InitProducerId(r) if r.error_code == ErrorCode::NONE => {
+            Ok((r.producer_id, r.producer_epoch))
+        }
+        ResponseBody::InitProducerId(r) => Err(ClientError::broker(
+            r.error_code,
+            "InitProducerId".to_string(),
+            None,
+        )),
+        _ => Err(crate::admin::unexpected()),
+    }
+}
+
+/// Fails queued batches past their delivery timeout (while no producer id can be had).
+fn expire_queued(shared: &Shared, error: &ClientError) {
+    let mut expired = Vec::new();
+    {
+        let mut state = shared.lock();
+        for (topic, partitions) in state.queues.iter_mut() {
+            for (partition, queue) in partitions.iter_mut() {
+                while queue
+                    .front()
+                    .is_some_and(|b| b.created.elapsed() >= shared.config.delivery_timeout)
+                {
+                    if let Some(batch) = queue.pop_front() {
+                        expired.push((topic.clone(), *partition, batch));
+                    }
+                }
+            }
+        }
+    }
+    for (topic, partition, batch) in expired {
+        let error = ClientError::Timeout(
+            shared.config.delivery_timeout,
+            format!("delivery to {topic}-{partition}: no producer id: {error}"),
+        );
+        shared.complete(&topic, partition, batch, Err(error));
+    }
+}
+
+/// Takes sendable batches, groups them by leader, and queues one request per leader, in order.
 async fn sender(shared: Arc<Shared>) {
+    let max_in_flight = if shared.idempotent {
+        shared.config.max_in_flight_per_partition.max(1)
+    } else {
+        1
+    };
     loop {
+        if shared.idempotent
+            && shared.lock().producer.is_none()
+            && shared.outstanding.load(Ordering::Acquire) > 0
+        {
+            match init_producer_id(&shared).await {
+                Ok(producer) => {
+                    tracing::debug!(producer_id = producer.0, "idempotent producer id");
+                    shared.lock().producer = Some(producer);
+                }
+                Err(e) => {
+                    tracing::debug!("no producer id yet: {e}");
+                    expire_queued(&shared, &e);
+                    tokio::select! {
+                        _ = shared.wake.notified() => {}
+                        _ = tokio::time::sleep(shared.client.config().retry_backoff) => {}
+                    }
+                    continue;
+                }
+            }
+        }
         let now = Instant::now();
         let mut ready: Vec<(TopicPartition, Batch)> = Vec::new();
         let mut next_wake: Option<Instant> = None;
         {
             let mut state = shared.lock();
             let drain = state.flushing || shared.closed.load(Ordering::Acquire);
+            let producer = state.producer;
             let State {
-                queues, in_flight, ..
+                queues,
+                partitions: partition_states,
+                ..
             } = &mut *state;
             for (topic, partitions) in queues.iter_mut() {
                 for (partition, queue) in partitions.iter_mut() {
                     let Some(front) = queue.front() else { continue };
                     let tp = (topic.clone(), *partition);
-                    if in_flight.contains(&tp) {
+                    let ps = partition_states.entry(tp.clone()).or_default();
+                    if ps.in_flight >= max_in_flight {
+                        continue;
+                    }
+                    // Order: a re-sent batch, or one under a new producer id, goes only once
+                    // every batch sent before it came back.
+                    let current_id = producer.map(|p| p.0);
+                    if ps.in_flight > 0 && (front.attempts > 0 || ps.in_flight_id != current_id) {
                         continue;
                     }
                     let due = match front.retry_at {
@@ -433,14 +569,33 @@ async fn sender(shared: Arc<Shared>) {
                         None if front.full || drain => now,
                         None => front.created + shared.config.linger,
                     };
-                    if due <= now {
-                        if let Some(batch) = queue.pop_front() {
-                            in_flight.insert(tp.clone());
-                            ready.push((tp, batch));
-                        }
-                    } else {
+                    if due > now {
                         next_wake = Some(next_wake.map_or(due, |w: Instant| w.min(due)));
+                        continue;
                     }
+                    let Some(mut batch) = queue.pop_front() else {
+                        continue;
+                    };
+                    if let Some((producer_id, epoch)) = producer.filter(|_| shared.idempotent) {
+                        if batch.stamp.map(|s| s.producer_id) != Some(producer_id) {
+                            let sequence = match ps.next {
+                                Some((id, next)) if id == producer_id => next,
+                                _ => 0,
+                            };
+                            let records = batch.deliveries.len() as i32;
+                            ps.next = Some((producer_id, increment(sequence, records)));
+                            batch.stamp = Some(Stamp {
+                                producer_id,
+                                epoch,
+                                sequence,
+                            });
+                            ps.sent += 1;
+                            batch.send_order = ps.sent;
+                        }
+                    }
+                    ps.in_flight += 1;
+                    ps.in_flight_id = batch.stamp.map(|s| s.producer_id);
+                    ready.push((tp, batch));
                 }
             }
         }
@@ -467,30 +622,72 @@ async fn sender(shared: Arc<Shared>) {
             }
         }
         for (leader, batches) in by_leader {
-            tokio::spawn(send_to_leader(shared.clone(), leader, batches));
+            send_to_leader(&shared, leader, batches).await;
         }
     }
 }
 
+/// `seq + delta` wrapping at `i32::MAX` to 0, as the broker counts.
+fn increment(seq: i32, delta: i32) -> i32 {
+    if seq > i32::MAX - delta {
+        delta - (i32::MAX - seq) - 1
+    } else {
+        seq + delta
+    }
+}
+
+/// The batch's bytes, built (stamped, compressed) on first use; re-stamped if its stamp
+/// changed since.
+fn batch_bytes(shared: &Shared, batch: &mut Batch) -> Result<Bytes> {
+    if let Some(built) = &batch.built {
+        let current = rill_protocol::batch::RecordBatch::parse(built.clone()).ok();
+        let stale = match (batch.stamp, current) {
+            (Some(stamp), Some(b)) => {
+                b.producer_id() != stamp.producer_id
+                    || b.producer_epoch() != stamp.epoch
+                    || b.base_sequence() != stamp.sequence
+            }
+            _ => false,
+        };
+        if !stale {
+            return Ok(built.clone());
+        }
+        let mut bytes = bytes::BytesMut::from(&built[..]);
+        if let Some(stamp) = batch.stamp {
+            rill_protocol::batch::set_producer(
+                &mut bytes,
+                stamp.producer_id,
+                stamp.epoch,
+                stamp.sequence,
+            );
+        }
+        return Ok(batch.built.insert(bytes.freeze()).clone());
+    }
+    let mut builder = std::mem::take(&mut batch.builder);
+    if let Some(stamp) = batch.stamp {
+        builder = builder.producer(stamp.producer_id, stamp.epoch, stamp.sequence);
+    }
+    let bytes = builder
+        .build_compressed(shared.config.compression)
+        .map_err(|e| ClientError::Invalid(format!("compressing a batch failed: {e}")))?;
+    Ok(batch.built.insert(bytes).clone())
+}
+
+/// Builds one Produce request for `leader` and queues it on its connection now (so requests
+/// leave in the order the sender made them); the response is handled in a task.
 async fn send_to_leader(
-    shared: Arc<Shared>,
+    shared: &Arc<Shared>,
     leader: u32,
     mut batches: Vec<(TopicPartition, Batch)>,
 ) {
     let mut topics: Vec<ProduceTopic> = Vec::new();
     let mut unbuildable = Vec::new();
     for (i, ((topic, partition), batch)) in batches.iter_mut().enumerate() {
-        let bytes = match &batch.built {
-            Some(bytes) => bytes.clone(),
-            None => {
-                let builder = std::mem::take(&mut batch.builder);
-                match builder.build_compressed(shared.config.compression) {
-                    Ok(bytes) => batch.built.insert(bytes).clone(),
-                    Err(e) => {
-                        unbuildable.push((i, e));
-                        continue;
-                    }
-                }
+        let bytes = match batch_bytes(shared, batch) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                unbuildable.push((i, e));
+                continue;
             }
         };
         match topics.iter_mut().find(|t| t.name == *topic) {
@@ -509,13 +706,15 @@ async fn send_to_leader(
     }
     for (i, e) in unbuildable.into_iter().rev() {
         let ((topic, partition), batch) = batches.remove(i);
-        let error = ClientError::Invalid(format!("compressing a batch failed: {e}"));
-        finish(&shared, &topic, partition, batch, Err(error));
+        finish(shared, &topic, partition, batch, Err(e));
     }
     if batches.is_empty() {
         return;
     }
-    let timeout = shared.client.config().request_timeout;
+    let timeout = shared
+        .config
+        .request_timeout
+        .unwrap_or(shared.client.config().request_timeout);
     let request = RequestBody::Produce(ProduceRequest {
         acks: shared.config.acks,
         timeout_ms: timeout.as_millis() as u32,
@@ -525,16 +724,31 @@ async fn send_to_leader(
         let sent = shared.client.send_only_node(leader, request).await;
         for ((topic, partition), batch) in batches {
             match &sent {
-                Ok(()) => finish(&shared, &topic, partition, batch, Ok(None)),
-                Err(e) => retry_or_fail(&shared, (topic, partition), batch, e.clone()),
+                Ok(()) => finish(shared, &topic, partition, batch, Ok(None)),
+                Err(e) => retry_or_fail(shared, (topic, partition), batch, e.clone()),
             }
         }
         return;
     }
-    let response = shared
+    let queued = shared
         .client
-        .request_node(leader, Purpose::Produce, request, timeout)
+        .enqueue_node(leader, Purpose::Produce, request, timeout)
         .await;
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let response = match queued {
+            Ok(wait) => wait.await,
+            Err(e) => Err(e),
+        };
+        handle_response(&shared, batches, response);
+    });
+}
+
+fn handle_response(
+    shared: &Arc<Shared>,
+    batches: Vec<(TopicPartition, Batch)>,
+    response: Result<ResponseBody>,
+) {
     let mut results: HashMap<TopicPartition, (ErrorCode, u64, Option<String>)> = HashMap::new();
     let failure = match response {
         Ok(ResponseBody::Produce(response)) => {
@@ -566,10 +780,51 @@ async fn send_to_leader(
             ))),
         };
         match outcome {
-            Ok(base) => finish(&shared, &tp.0, tp.1, batch, Ok(base)),
-            Err(e) => retry_or_fail(&shared, tp, batch, e),
+            Ok(base) => finish(shared, &tp.0, tp.1, batch, Ok(base)),
+            Err(e) => match e.code() {
+                Some(
+                    ErrorCode::OUT_OF_ORDER_SEQUENCE
+                    | ErrorCode::UNKNOWN_PRODUCER_ID
+                    | ErrorCode::INVALID_PRODUCER_EPOCH,
+                ) if batch.stamp.is_some() => sequence_error(shared, tp, batch, e),
+                _ => retry_or_fail(shared, tp, batch, e),
+            },
         }
     }
+}
+
+/// A batch refused for its producer id or sequence. `OUT_OF_ORDER_SEQUENCE` for a batch that
+/// is not the oldest unacknowledged one of its partition only means an earlier batch failed
+/// first: it is re-sent after that one. Otherwise the partition lost this producer's state
+/// (or records it acknowledged): take a new producer id and re-send under it.
+fn sequence_error(shared: &Arc<Shared>, tp: TopicPartition, batch: Batch, error: ClientError) {
+    let Some(stamp) = batch.stamp else {
+        return retry_or_fail_as(shared, tp, batch, error, true);
+    };
+    let oldest = {
+        let state = shared.lock();
+        let acked = state.partitions.get(&tp).and_then(|p| p.acked);
+        match acked {
+            Some((id, next)) if id == stamp.producer_id => next == stamp.sequence,
+            _ => stamp.sequence == 0,
+        }
+    };
+    if error.code() == Some(ErrorCode::OUT_OF_ORDER_SEQUENCE) && !oldest {
+        return retry_or_fail_as(shared, tp, batch, error, true);
+    }
+    {
+        let mut state = shared.lock();
+        if state.producer.map(|p| p.0) == Some(stamp.producer_id) {
+            tracing::warn!(
+                topic = %tp.0,
+                partition = tp.1,
+                producer_id = stamp.producer_id,
+                "partition lost this producer's state ({error}): taking a new producer id; unacknowledged batches are re-sent under it (one written but not acknowledged before may appear twice)"
+            );
+            state.producer = None;
+        }
+    }
+    retry_or_fail_as(shared, tp, batch, error, true)
 }
 
 fn finish(
@@ -579,19 +834,44 @@ fn finish(
     batch: Batch,
     outcome: std::result::Result<Option<u64>, ClientError>,
 ) {
+    let acked = match (&outcome, batch.stamp) {
+        (Ok(_), Some(stamp)) => Some((
+            stamp.producer_id,
+            increment(stamp.sequence, batch.deliveries.len() as i32),
+        )),
+        _ => None,
+    };
     shared.complete(topic, partition, batch, outcome);
-    shared
-        .lock()
-        .in_flight
-        .remove(&(topic.to_string(), partition));
+    {
+        let mut state = shared.lock();
+        if let Some(ps) = state.partitions.get_mut(&(topic.to_string(), partition)) {
+            ps.in_flight = ps.in_flight.saturating_sub(1);
+            if acked.is_some() {
+                ps.acked = acked;
+            }
+        }
+    }
     shared.wake.notify_one();
 }
 
 /// Puts a failed batch back at the front of its queue (order kept) or fails its records.
-fn retry_or_fail(shared: &Arc<Shared>, tp: TopicPartition, mut batch: Batch, error: ClientError) {
+fn retry_or_fail(shared: &Arc<Shared>, tp: TopicPartition, batch: Batch, error: ClientError) {
+    let retriable = error.is_retriable();
+    retry_or_fail_as(shared, tp, batch, error, retriable)
+}
+
+/// [`retry_or_fail`], with the caller deciding whether the error is worth a retry. A retried
+/// batch goes back before every batch sent after it, so the queue keeps sending order.
+fn retry_or_fail_as(
+    shared: &Arc<Shared>,
+    tp: TopicPartition,
+    mut batch: Batch,
+    error: ClientError,
+    retriable: bool,
+) {
     let expired = batch.created.elapsed() >= shared.config.delivery_timeout;
-    if !error.is_retriable() || expired {
-        let error = if expired && error.is_retriable() {
+    if !retriable || expired {
+        let error = if expired && retriable {
             ClientError::Timeout(
                 shared.config.delivery_timeout,
                 format!("delivery to {}-{}: {error}", tp.0, tp.1),
@@ -608,8 +888,15 @@ fn retry_or_fail(shared: &Arc<Shared>, tp: TopicPartition, mut batch: Batch, err
     tracing::debug!(topic = %tp.0, partition = tp.1, attempt = batch.attempts, "retrying produce: {error}");
     {
         let mut state = shared.lock();
-        state.queue(&tp.0, tp.1).push_front(batch);
-        state.in_flight.remove(&tp);
+        let queue = state.queue(&tp.0, tp.1);
+        let at = queue
+            .iter()
+            .position(|b| b.send_order == 0 || b.send_order > batch.send_order)
+            .unwrap_or(queue.len());
+        queue.insert(at, batch);
+        if let Some(ps) = state.partitions.get_mut(&tp) {
+            ps.in_flight = ps.in_flight.saturating_sub(1);
+        }
     }
     let refresh = shared.clone();
     tokio::spawn(async move {

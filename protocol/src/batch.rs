@@ -360,6 +360,20 @@ pub fn set_leader_epoch(buf: &mut [u8], epoch: i32) {
     buf[LEADER_EPOCH_OFFSET..LEADER_EPOCH_OFFSET + 4].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Overwrites the producer id, epoch and base sequence of the batch `buf` (exactly one batch)
+/// and recomputes its CRC (these fields are inside the covered range): how a producer re-stamps
+/// a built batch under a new producer id.
+pub fn set_producer(buf: &mut [u8], producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+    if buf.len() < BATCH_HEADER_BYTES {
+        return;
+    }
+    buf[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    buf[51..53].copy_from_slice(&producer_epoch.to_be_bytes());
+    buf[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = checksum(&buf[CRC_START..]);
+    buf[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// One record batch over its exact bytes. Header fields are checked by [`RecordBatch::parse`];
 /// the CRC and records by [`RecordBatch::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -872,6 +886,22 @@ mod tests {
                 let _ = batch.validate();
             }
         }
+    }
+
+    #[test]
+    fn a_restamped_batch_stays_valid() {
+        let mut bytes = BytesMut::from(&build(&[(1, None, Some(b"a".to_vec()), vec![])])[..]);
+        set_producer(&mut bytes, 42, 3, 1000);
+        let batch = RecordBatch::parse(bytes.freeze()).unwrap();
+        batch.validate().unwrap();
+        assert_eq!(
+            (
+                batch.producer_id(),
+                batch.producer_epoch(),
+                batch.base_sequence()
+            ),
+            (42, 3, 1000)
+        );
     }
 
     #[test]

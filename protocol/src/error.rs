@@ -114,6 +114,12 @@ error_codes! {
     GROUP_MAX_SIZE_REACHED = 108, retriable = false, "the group is full";
     /// A commit for a partition the member does not hold.
     PARTITION_NOT_ASSIGNED = 109, retriable = false, "the partition is not assigned to this member";
+    /// An idempotent producer's batch does not continue its sequence on this partition.
+    OUT_OF_ORDER_SEQUENCE = 200, retriable = false, "the batch's sequence number does not follow the producer's last one on this partition (an earlier batch is missing)";
+    /// An idempotent producer's epoch is older than the one the partition knows.
+    INVALID_PRODUCER_EPOCH = 201, retriable = false, "the producer epoch is older than the partition's: this producer was replaced";
+    /// The partition knows no state of this producer id, and the batch does not start it.
+    UNKNOWN_PRODUCER_ID = 202, retriable = false, "the partition has no state for this producer id (expired or deleted); get a new producer id";
 }
 
 impl fmt::Debug for ErrorCode {

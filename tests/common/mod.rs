@@ -411,3 +411,4 @@ pub async fn read_positions(
 
 pub mod cluster;
 pub mod netns;
+pub mod raw;

@@ -56,6 +56,11 @@ pub struct LogConfig {
     /// inside (leader validation, timestamp lookup): a decompression bomb is refused at this
     /// bound. Default 32 MiB.
     pub max_batch_decompressed_bytes: usize,
+    /// An idempotent producer unseen this long is forgotten. Default 1 day (Kafka's).
+    pub producer_id_expiration_ms: u64,
+    /// Most idempotent producers tracked per partition (past that the least recently active is
+    /// forgotten). Default 10000.
+    pub max_producers_per_partition: usize,
     /// Sealed segments are deleted, oldest first, while the log stays at least this large. Default none.
     pub retention_bytes: Option<u64>,
     /// Sealed segments whose newest record is older than this are deleted. Default 7 days.
@@ -77,6 +82,8 @@ impl Default for LogConfig {
             max_batch_bytes: 1 << 20,
             max_batch_decompressed_bytes:
                 rill_protocol::compression::DEFAULT_MAX_DECOMPRESSED_BYTES,
+            producer_id_expiration_ms: 24 * 3600 * 1000,
+            max_producers_per_partition: 10_000,
             retention_bytes: None,
             retention_ms: Some(7 * 24 * 3600 * 1000),
             flush: FlushPolicy::Interval { interval_ms: 1000 },
@@ -107,6 +114,11 @@ impl LogConfig {
                 "max_batch_decompressed_bytes {} must be between 1024 and 1073741824",
                 self.max_batch_decompressed_bytes
             ));
+        }
+        if self.producer_id_expiration_ms == 0 || self.max_producers_per_partition == 0 {
+            return fail(
+                "producer_id_expiration_ms and max_producers_per_partition must be positive".into(),
+            );
         }
         if self.index_interval_bytes == 0 {
             return fail("index_interval_bytes must be positive".into());

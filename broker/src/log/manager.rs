@@ -464,6 +464,7 @@ impl LogManager {
             return Ok(());
         }
         partition.with_log(|log| {
+            log.expire_producers(now_ms);
             log.roll_if_due(now_ms)?;
             log.enforce_retention(now_ms).map(|_| ())
         })
@@ -479,8 +480,13 @@ impl LogManager {
                     .into_inner()
                     .unwrap_or_else(|e| e.into_inner())
                     .close(),
-                // Still referenced by an in-flight request: flush it; the drop will not lose data.
-                Err(shared) => shared.with_log(|log| log.flush().map(|_| ())),
+                // Still referenced (the replica manager, an in-flight request): flush it and
+                // snapshot its producer state; the drop will not lose data.
+                Err(shared) => shared.with_log(|log| {
+                    log.flush()?;
+                    log.snapshot_producers();
+                    Ok(())
+                }),
             };
             if let Err(e) = result {
                 tracing::error!(partition = %tp, "closing log failed: {e}");

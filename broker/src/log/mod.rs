@@ -26,6 +26,7 @@ pub(crate) mod index;
 pub mod manager;
 pub mod meta;
 pub mod partition;
+pub mod producers;
 pub(crate) mod segment;
 
 pub use config::{FlushPolicy, LogConfig};

@@ -19,6 +19,7 @@ use rill_protocol::ProtocolError;
 use crate::error::{Error, IoContext, Result};
 use crate::log::config::{FlushPolicy, LogConfig};
 use crate::log::epochs::EpochCache;
+use crate::log::producers::{self, ProducerBatch, ProducerEntry, ProducerStates, Verdict};
 use crate::log::segment::{header_max_timestamp, AppendBatch, Segment};
 
 /// Name of the recovery point checkpoint in a partition directory.
@@ -89,6 +90,8 @@ pub struct Log {
     /// every append and read until the broker restarts and recovery re-verifies the data from
     /// the last good recovery point.
     failed: Option<String>,
+    /// Idempotent producers' sequences (see `producers`).
+    producers: ProducerStates,
 }
 
 /// How an append sets offsets and leader epochs.
@@ -200,8 +203,10 @@ impl Log {
             recovery: report,
             epochs: EpochCache::default(),
             failed: None,
+            producers: ProducerStates::default(),
         };
         log.load_epochs()?;
+        log.load_producers()?;
         log.active()?.sync()?;
         log.flushed_offset = log.log_end_offset();
         // Only a shortcut for the next recovery (an older point just means more scanning): a
@@ -339,6 +344,8 @@ impl Log {
         self.flushed_offset = offset;
         self.epochs.clear();
         self.epochs.save(&self.dir)?;
+        producers::delete_snapshots(&self.dir, |_| true)?;
+        self.producers = ProducerStates::default();
         self.write_recovery_point()?;
         tracing::info!(dir = %self.dir.display(), offset, "log reset: it now starts empty at {offset}");
         Ok(())
@@ -381,6 +388,67 @@ impl Log {
         }
         self.epochs = cache;
         Ok(())
+    }
+
+    /// Rebuilds the producer state: the newest snapshot at or before the log end (not before
+    /// the log start), then every batch after it.
+    fn load_producers(&mut self) -> Result<()> {
+        let (start, end) = (self.log_start_offset(), self.log_end_offset());
+        let (mut offset, mut states) = match producers::read_latest_snapshot(&self.dir, end)? {
+            Some((at, states)) if at >= start => (at, states),
+            _ => (start, ProducerStates::default()),
+        };
+        let max = self.config.max_producers_per_partition;
+        while offset < end {
+            let chunk = self.read(offset, 1 << 20)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for batch in batches(chunk) {
+                let batch = batch?;
+                let last = batch.last_offset() as u64;
+                if last >= offset {
+                    if let Some(p) = ProducerBatch::of(&batch) {
+                        let base = batch.base_offset() as u64;
+                        states.record(&p, base, last, batch.max_timestamp(), max);
+                    }
+                }
+                offset = offset.max(last + 1);
+            }
+        }
+        states.expire(now_ms(), self.config.producer_id_expiration_ms);
+        self.producers = states;
+        Ok(())
+    }
+
+    /// What this partition knows of producer `producer_id`.
+    pub fn producer_state(&self, producer_id: i64) -> Option<&ProducerEntry> {
+        self.producers.get(producer_id)
+    }
+
+    /// Producers tracked.
+    pub fn producer_count(&self) -> usize {
+        self.producers.len()
+    }
+
+    /// Forgets producers unseen for `producer_id_expiration_ms`; how many.
+    pub fn expire_producers(&mut self, now_ms: i64) -> usize {
+        let expired = self
+            .producers
+            .expire(now_ms, self.config.producer_id_expiration_ms);
+        if expired > 0 {
+            tracing::debug!(dir = %self.dir.display(), expired, "forgot expired idempotent producers");
+        }
+        expired
+    }
+
+    /// Writes a producer state snapshot as of the log end (a shortcut for the next open: a
+    /// failure is only logged).
+    pub fn snapshot_producers(&self) {
+        let end = self.log_end_offset();
+        if let Err(e) = producers::write_snapshot(&self.dir, end, &self.producers) {
+            tracing::warn!(dir = %self.dir.display(), "could not write a producer state snapshot (the next start scans more): {e}");
+        }
     }
 
     /// The leader epoch of the log's last batch, if it has one.
@@ -438,6 +506,11 @@ impl Log {
             });
         }
         let plan = self.plan_append(input, stamp)?;
+        if let Stamp::Leader(_) = stamp {
+            if let Some(duplicate) = self.check_producers(input, plan.len())? {
+                return Ok(duplicate);
+            }
+        }
         // A new epoch is recorded (durably) before its records are written.
         let mut epochs = self.epochs.clone();
         for batch in &plan {
@@ -473,6 +546,13 @@ impl Log {
             }
             return Err(e);
         }
+        let max = self.config.max_producers_per_partition;
+        for (batch, planned) in batches(input.clone()).zip(&plan) {
+            if let Some(p) = batch.ok().as_ref().and_then(ProducerBatch::of) {
+                self.producers
+                    .record(&p, planned.base_offset, planned.last_offset, now_ms, max);
+            }
+        }
         let info = AppendInfo {
             base_offset: plan[0].base_offset,
             last_offset: plan[plan.len() - 1].last_offset,
@@ -493,6 +573,41 @@ impl Log {
             FlushPolicy::Interval { .. } | FlushPolicy::Os => {}
         }
         Ok(info)
+    }
+
+    /// A leader's check of an idempotent producer's batch (which must come alone): `Some` with
+    /// the original offsets when it was written already; an error when its sequence or epoch
+    /// does not fit (see `producers`).
+    fn check_producers(&self, input: &Bytes, planned: usize) -> Result<Option<AppendInfo>> {
+        let Some(Ok(first)) = batches(input.clone()).next() else {
+            return Ok(None);
+        };
+        let Some(producer) = ProducerBatch::of(&first) else {
+            return Ok(None);
+        };
+        if planned != 1 {
+            return Err(ProtocolError::Invalid {
+                what: "append",
+                reason: "an idempotent producer's batch must be the only one for its partition"
+                    .into(),
+            }
+            .into());
+        }
+        Ok(match self.producers.check(&producer)? {
+            Verdict::Append => None,
+            Verdict::Duplicate {
+                base_offset,
+                last_offset,
+            } => {
+                tracing::debug!(dir = %self.dir.display(), producer_id = producer.producer_id, sequence = producer.first_seq, base_offset, "duplicate batch of an idempotent producer: answered with its original offsets");
+                Some(AppendInfo {
+                    base_offset,
+                    last_offset,
+                    max_timestamp: first.max_timestamp(),
+                    batches: 1,
+                })
+            }
+        })
     }
 
     /// Rolls if the append needs it and writes the planned batches into the active segment.
@@ -596,6 +711,7 @@ impl Log {
         sync_dir(&self.dir)?;
         self.flushed_offset = self.flushed_offset.max(base);
         self.write_recovery_point()?;
+        self.snapshot_producers();
         tracing::debug!(dir = %self.dir.display(), base, "rolled to a new segment");
         Ok(())
     }
@@ -748,6 +864,8 @@ impl Log {
             self.epochs.save(&self.dir)?;
         }
         self.write_recovery_point()?;
+        producers::delete_snapshots(&self.dir, |at| at > end)?;
+        self.load_producers()?;
         tracing::info!(dir = %self.dir.display(), requested = offset, end, "truncated log");
         Ok(end)
     }
@@ -782,6 +900,8 @@ impl Log {
             segment.delete_files()?;
         }
         if outcome.deleted_segments > 0 {
+            let start = self.log_start_offset();
+            producers::delete_snapshots(&self.dir, |at| at < start)?;
             tracing::info!(dir = %self.dir.display(), segments = outcome.deleted_segments, bytes = outcome.deleted_bytes, start = self.log_start_offset(), "retention deleted segments");
         }
         Ok(outcome)
@@ -852,6 +972,7 @@ impl Log {
     pub fn close(mut self) -> Result<()> {
         self.flush()?;
         self.active_mut()?.trim()?;
+        self.snapshot_producers();
         self.write_recovery_point()
     }
 

@@ -553,3 +553,85 @@ fn an_epoch_checkpoint_that_lags_the_log_is_rebuilt_at_open() {
     let log = Log::open(dir.path(), small_config()).unwrap();
     assert_eq!(log.epochs(), &[(0, 0), (3, 2)]);
 }
+
+fn idempotent(producer_id: i64, epoch: i16, sequence: i32, records: usize) -> Bytes {
+    let mut builder = RecordBatchBuilder::new().producer(producer_id, epoch, sequence);
+    for i in 0..records {
+        builder.append(
+            now_ms(),
+            None,
+            Some(format!("v{i}-{:>60}", "").as_bytes()),
+            &[],
+        );
+    }
+    builder.build()
+}
+
+fn producer_code(result: crate::Result<AppendInfo>) -> rill_protocol::ErrorCode {
+    match result {
+        Err(e) => e.error_code(),
+        Ok(info) => panic!("expected a refusal, got {info:?}"),
+    }
+}
+
+#[test]
+fn idempotent_batches_are_written_once_across_rolls_reopens_and_crashes() {
+    use rill_protocol::ErrorCode;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    let mut sequence = 0;
+    let mut offsets = Vec::new();
+    for _ in 0..40 {
+        let info = log.append(&idempotent(9, 0, sequence, 10), 0).unwrap();
+        offsets.push(info.base_offset);
+        sequence += 10;
+    }
+    assert!(log.segment_count() > 3, "rolled, writing snapshots");
+    let end = log.log_end_offset();
+    // A retry of the last batch: its original offsets, nothing written.
+    let again = log.append(&idempotent(9, 0, sequence - 10, 10), 0).unwrap();
+    assert_eq!(again.base_offset, offsets[39]);
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(
+        producer_code(log.append(&idempotent(9, 0, sequence + 5, 1), 0)),
+        ErrorCode::OUT_OF_ORDER_SEQUENCE
+    );
+    assert_eq!(
+        producer_code(log.append(&idempotent(10, 0, 7, 1), 0)),
+        ErrorCode::UNKNOWN_PRODUCER_ID
+    );
+    // Non-idempotent batches are never checked.
+    log.append(&batch(2, 10, 1), 0).unwrap();
+    let end = log.log_end_offset();
+    drop(log); // a crash: the state is rebuilt from the last roll's snapshot and the log
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    assert!(!producers::list_snapshots(dir.path()).unwrap().is_empty());
+    let again = log.append(&idempotent(9, 0, sequence - 10, 10), 0).unwrap();
+    assert_eq!(again.base_offset, offsets[39]);
+    assert_eq!(log.log_end_offset(), end);
+    log.append(&idempotent(9, 0, sequence, 1), 0).unwrap();
+    log.close().unwrap();
+    // From the close snapshot alone; then without any snapshot, from the log itself.
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(
+        log.producer_state(9)
+            .unwrap()
+            .batches
+            .back()
+            .unwrap()
+            .first_seq,
+        sequence
+    );
+    drop(log);
+    producers::delete_snapshots(dir.path(), |_| true).unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    let again = log.append(&idempotent(9, 0, sequence, 1), 0).unwrap();
+    assert_eq!(again.base_offset, end);
+    // Truncation forgets what it removed: the cut batch may be written again.
+    log.truncate_to(offsets[39]).unwrap();
+    let info = log.append(&idempotent(9, 0, sequence - 10, 10), 0).unwrap();
+    assert_eq!(info.base_offset, offsets[39]);
+    // Expiration forgets a silent producer.
+    assert_eq!(log.expire_producers(now_ms() + 2 * 24 * 3600 * 1000), 1);
+    assert_eq!(log.producer_count(), 0);
+}

@@ -60,6 +60,8 @@ pub struct BrokerState {
     /// Why this broker cannot go on (set once; the process should exit): its data directory
     /// belongs to another cluster than its controller quorum, or its logs failed to open.
     pub fatal: tokio::sync::watch::Sender<Option<String>>,
+    /// This broker's unused producer ids (a block from the controller).
+    pub producer_ids: tokio::sync::Mutex<std::ops::Range<u64>>,
 }
 
 impl BrokerState {
@@ -273,6 +275,7 @@ impl Broker {
             reconcile_nudge: tokio::sync::Notify::new(),
             shutdown,
             fatal: tokio::sync::watch::Sender::new(None),
+            producer_ids: tokio::sync::Mutex::new(0..0),
             config,
         });
         let tracker = TaskTracker::new();

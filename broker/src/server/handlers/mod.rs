@@ -9,6 +9,7 @@ mod delete_topics;
 mod elect_leaders;
 mod fetch;
 mod groups;
+mod init_producer_id;
 
 pub(crate) use groups::persist as persist_group;
 mod list_offsets;
@@ -71,6 +72,7 @@ pub async fn start(state: &Arc<BrokerState>, frame: RequestFrame, peer: SocketAd
         RequestBody::ListGroups(_) => groups::list_groups(state),
         RequestBody::DescribeGroups(request) => groups::describe_groups(state, request).await,
         RequestBody::DeleteGroups(request) => groups::delete_groups(state, request).await,
+        RequestBody::InitProducerId(request) => init_producer_id::handle(state, request).await,
     }
 }
 
