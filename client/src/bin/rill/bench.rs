@@ -139,6 +139,12 @@ pub struct ProduceArgs {
     /// What the values hold.
     #[arg(long, value_enum, default_value_t = Payload::Constant)]
     payload: Payload,
+    /// Turn the idempotent producer off (one batch per partition in flight).
+    #[arg(long)]
+    no_idempotence: bool,
+    /// Batches in flight per partition with idempotence.
+    #[arg(long, default_value_t = 5)]
+    max_in_flight: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -214,6 +220,8 @@ async fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
         linger: Duration::from_millis(args.linger_ms),
         sticky_partition_bytes: args.sticky_partition_bytes,
         compression: args.compression,
+        enable_idempotence: !args.no_idempotence,
+        max_in_flight_per_partition: args.max_in_flight,
         ..ProducerConfig::default()
     };
     let started = Instant::now();
