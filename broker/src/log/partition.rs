@@ -366,19 +366,10 @@ impl Log {
             _ => {
                 tracing::info!(dir = %self.dir.display(), "rebuilding the leader epoch cache from the log");
                 let mut cache = EpochCache::default();
-                let mut offset = self.log_start_offset();
-                while offset < end {
-                    let chunk = self.read(offset, 1 << 20)?;
-                    if chunk.is_empty() {
-                        break;
-                    }
-                    for batch in batches(chunk) {
-                        let batch = batch?;
-                        let epoch = batch.partition_leader_epoch().max(0) as u32;
-                        let _ = cache.assign(epoch, batch.base_offset() as u64);
-                        offset = batch.last_offset() as u64 + 1;
-                    }
-                }
+                self.scan_batches(self.log_start_offset(), |batch| {
+                    let epoch = batch.partition_leader_epoch().max(0) as u32;
+                    let _ = cache.assign(epoch, batch.base_offset() as u64);
+                })?;
                 save_epochs_at_open(&cache, &self.dir);
                 cache
             }
@@ -394,11 +385,27 @@ impl Log {
     /// the log start), then every batch after it.
     fn load_producers(&mut self) -> Result<()> {
         let (start, end) = (self.log_start_offset(), self.log_end_offset());
-        let (mut offset, mut states) = match producers::read_latest_snapshot(&self.dir, end)? {
+        let (from, mut states) = match producers::read_latest_snapshot(&self.dir, end)? {
             Some((at, states)) if at >= start => (at, states),
             _ => (start, ProducerStates::default()),
         };
         let max = self.config.max_producers_per_partition;
+        self.scan_batches(from, |batch| {
+            if let Some(p) = ProducerBatch::of(batch) {
+                let (base, last) = (batch.base_offset() as u64, batch.last_offset() as u64);
+                states.record(&p, base, last, batch.max_timestamp(), max);
+            }
+        })?;
+        states.expire(now_ms(), self.config.producer_id_expiration_ms);
+        self.producers = states;
+        Ok(())
+    }
+
+    /// Calls `f` with every batch that ends at or after `from`, to the log end (headers only:
+    /// compressed batches are not decompressed).
+    fn scan_batches(&mut self, from: u64, mut f: impl FnMut(&RecordBatch)) -> Result<()> {
+        let end = self.log_end_offset();
+        let mut offset = from;
         while offset < end {
             let chunk = self.read(offset, 1 << 20)?;
             if chunk.is_empty() {
@@ -408,16 +415,11 @@ impl Log {
                 let batch = batch?;
                 let last = batch.last_offset() as u64;
                 if last >= offset {
-                    if let Some(p) = ProducerBatch::of(&batch) {
-                        let base = batch.base_offset() as u64;
-                        states.record(&p, base, last, batch.max_timestamp(), max);
-                    }
+                    f(&batch);
                 }
                 offset = offset.max(last + 1);
             }
         }
-        states.expire(now_ms(), self.config.producer_id_expiration_ms);
-        self.producers = states;
         Ok(())
     }
 

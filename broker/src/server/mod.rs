@@ -356,6 +356,11 @@ impl Broker {
         self.state.shutdown.cancel();
         self.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        self.close_logs_and_controller().await
+    }
+
+    /// Closes every log, then stops the controller.
+    async fn close_logs_and_controller(self) -> Result<()> {
         let logs = self.state.logs.clone();
         let closed = tokio::task::spawn_blocking(move || logs.close())
             .await
@@ -393,12 +398,7 @@ impl Broker {
                 "connections still busy after the grace period; closing logs anyway"
             );
         }
-        let logs = self.state.logs.clone();
-        let closed = tokio::task::spawn_blocking(move || logs.close())
-            .await
-            .map_err(|e| Error::Controller(format!("close task failed: {e}")))?;
-        self.state.controller.shutdown().await;
-        closed
+        self.close_logs_and_controller().await
     }
 }
 
