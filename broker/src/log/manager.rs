@@ -89,17 +89,7 @@ fn read_topic_id(dir: &Path) -> u64 {
 }
 
 fn write_topic_id(dir: &Path, id: u64) -> Result<()> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{TOPIC_ID_FILE}.tmp"));
-    let mut file = fs::File::create(&tmp).context("create topic id file", &tmp)?;
-    file.write_all(format!("1 {id}\n").as_bytes())
-        .context("write topic id file", &tmp)?;
-    file.sync_all().context("sync topic id file", &tmp)?;
-    let path = dir.join(TOPIC_ID_FILE);
-    fs::rename(&tmp, &path).context("rename topic id file", &path)?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .context("sync directory", dir)
+    meta::write_durably(dir, TOPIC_ID_FILE, format!("1 {id}\n").as_bytes())
 }
 
 const NOT_LEADING: u64 = u64::MAX;

@@ -183,16 +183,21 @@ pub fn record_cluster_id(data_dir: &Path, meta: &mut DirMeta, cluster_id: &str) 
 }
 
 fn write(data_dir: &Path, meta: &DirMeta) -> Result<()> {
-    let tmp: PathBuf = data_dir.join(format!("{META_FILE}.tmp"));
+    write_durably(data_dir, META_FILE, meta.render().as_bytes())
+}
+
+/// Replaces `dir/name` with `bytes` atomically and durably: write `name.tmp`, fsync, rename,
+/// fsync the directory.
+pub(crate) fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp: PathBuf = dir.join(format!("{name}.tmp"));
     let mut file = fs::File::create(&tmp).context("create", &tmp)?;
-    file.write_all(meta.render().as_bytes())
-        .context("write", &tmp)?;
+    file.write_all(bytes).context("write", &tmp)?;
     file.sync_all().context("sync", &tmp)?;
-    let path = data_dir.join(META_FILE);
+    let path = dir.join(name);
     fs::rename(&tmp, &path).context("rename", &path)?;
-    fs::File::open(data_dir)
+    fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .context("sync directory", data_dir)
+        .context("sync directory", dir)
 }
 
 #[cfg(test)]
