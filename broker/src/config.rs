@@ -423,6 +423,10 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "flush",
     "min.insync.replicas",
     "unclean.leader.election.enable",
+    "cleanup.policy",
+    "min.cleanable.dirty.ratio",
+    "delete.retention.ms",
+    "min.compaction.lag.ms",
 ];
 
 /// Applies topic configs over `base`; unknown keys and bad values are errors.
@@ -441,6 +445,14 @@ pub fn topic_log_config(base: &LogConfig, configs: &BTreeMap<String, String>) ->
             "segment.ms" => config.segment_ms = number()?,
             "max.message.bytes" => config.max_batch_bytes = number()? as usize,
             "flush" => config.flush = value.parse()?,
+            "cleanup.policy" => config.cleanup_policy = value.parse()?,
+            "min.cleanable.dirty.ratio" => {
+                config.min_cleanable_dirty_ratio = value.parse::<f64>().map_err(|_| {
+                    Error::InvalidConfig(format!("{key}={value}: expected a number from 0 to 1"))
+                })?
+            }
+            "delete.retention.ms" => config.delete_retention_ms = number()?,
+            "min.compaction.lag.ms" => config.min_compaction_lag_ms = number()?,
             // Replication settings: read by the replica manager and the controller.
             "min.insync.replicas" => {
                 if number()? == 0 {

@@ -63,6 +63,9 @@ pub enum Error {
         code: rill_protocol::ErrorCode,
         message: String,
     },
+    /// A record the partition's topic does not accept (no key on a compacted topic).
+    #[error("{0}")]
+    InvalidRecord(String),
     /// A log directory whose files cannot be turned into a log (wrong names, impossible sizes).
     #[error("log directory {path} is unusable: {reason}")]
     CorruptLog { path: PathBuf, reason: String },
@@ -104,6 +107,7 @@ impl Error {
             Error::NotLeader { .. } => ErrorCode::NOT_LEADER,
             Error::InconsistentClusterId(_) => ErrorCode::UNKNOWN_SERVER_ERROR,
             Error::ProducerState { code, .. } => *code,
+            Error::InvalidRecord(_) => ErrorCode::INVALID_RECORD,
         }
     }
 }

@@ -374,6 +374,17 @@ pub fn set_producer(buf: &mut [u8], producer_id: i64, producer_epoch: i16, base_
     buf[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// What [`RecordBatch::retain`] left of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retained {
+    /// Every record is kept: the batch's own bytes stay.
+    Unchanged,
+    /// No record is kept.
+    Empty,
+    /// The batch with fewer records.
+    Rebuilt(Bytes),
+}
+
 /// One record batch over its exact bytes. Header fields are checked by [`RecordBatch::parse`];
 /// the CRC and records by [`RecordBatch::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -419,11 +430,14 @@ impl RecordBatch {
                 format!("magic {} is not {MAGIC}", batch.magic()),
             ));
         }
-        if batch.record_count() < 0 || batch.last_offset_delta() != batch.record_count() - 1 {
+        // A compacted batch keeps its offset range but may hold fewer records than it spans.
+        if batch.record_count() < 0
+            || i64::from(batch.last_offset_delta()) < i64::from(batch.record_count()) - 1
+        {
             return Err(ProtocolError::invalid(
                 "record batch",
                 format!(
-                    "record_count {} does not match last_offset_delta {}",
+                    "record_count {} does not fit last_offset_delta {}",
                     batch.record_count(),
                     batch.last_offset_delta()
                 ),
@@ -482,25 +496,47 @@ impl RecordBatch {
         checksum(&self.bytes[CRC_START..])
     }
 
+    /// Whether the batch holds a record for every offset it spans (every producer's batch
+    /// does; a compacted one may not).
+    pub fn is_dense(&self) -> bool {
+        i64::from(self.last_offset_delta()) == i64::from(self.record_count()) - 1
+    }
+
     /// Checks the CRC; for uncompressed batches also walks every record, checking its
-    /// structure (compressed ones: the codec is known). What recovery and replicas check.
+    /// structure and that offset deltas increase within the batch's range (compressed ones:
+    /// the codec is known). What recovery and replicas check: compacted batches pass.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         self.check_crc()?;
         match self.compression()? {
-            Compression::None => {
-                check_records(&self.bytes[BATCH_HEADER_BYTES..], self.record_count())
-            }
+            Compression::None => check_records(
+                &self.bytes[BATCH_HEADER_BYTES..],
+                self.record_count(),
+                self.last_offset_delta(),
+                false,
+            ),
             _ => Ok(()),
         }
     }
 
     /// Checks the CRC and every record's structure, decompressing (at most `limit` bytes)
-    /// where needed: what a leader vouches for before it stores a producer's batch.
+    /// where needed, and that the batch is dense (offset deltas 0, 1, 2, ...): what a leader
+    /// vouches for before it stores a producer's batch.
     pub fn validate_records(&self, limit: usize) -> Result<(), ProtocolError> {
         self.check_crc()?;
+        if !self.is_dense() {
+            return Err(ProtocolError::invalid(
+                "record batch",
+                format!(
+                    "record_count {} does not match last_offset_delta {}",
+                    self.record_count(),
+                    self.last_offset_delta()
+                ),
+            ));
+        }
+        let (count, last) = (self.record_count(), self.last_offset_delta());
         match self.compression()? {
             Compression::None => {
-                check_records(&self.bytes[BATCH_HEADER_BYTES..], self.record_count())
+                check_records(&self.bytes[BATCH_HEADER_BYTES..], count, last, true)
             }
             codec => {
                 let records = crate::compression::decompress(
@@ -508,9 +544,81 @@ impl RecordBatch {
                     &self.bytes[BATCH_HEADER_BYTES..],
                     limit,
                 )?;
-                check_records(&records, self.record_count())
+                check_records(&records, count, last, true)
             }
         }
+    }
+
+    /// The batch with only the records `keep` accepts (compaction), decompressing at most
+    /// `limit` bytes. Kept records are copied byte for byte, so their offsets and timestamps
+    /// do not change; the batch keeps its base offset, offset range (`last_offset_delta`),
+    /// timestamps, producer fields and leader epoch, and a compressed batch is compressed
+    /// again with its own codec. The CRC is recomputed.
+    pub fn retain(
+        &self,
+        limit: usize,
+        mut keep: impl FnMut(&Record) -> bool,
+    ) -> Result<Retained, ProtocolError> {
+        let codec = self.compression()?;
+        let region = match codec {
+            Compression::None => self.bytes.slice(BATCH_HEADER_BYTES..),
+            codec => Bytes::from(crate::compression::decompress(
+                codec,
+                &self.bytes[BATCH_HEADER_BYTES..],
+                limit,
+            )?),
+        };
+        let mut kept = BytesMut::new();
+        let (mut position, mut kept_count, mut dropped) = (0usize, 0i32, false);
+        for _ in 0..self.record_count() {
+            let rest = region.slice(position..);
+            let mut headers = Vec::new();
+            let (raw, used) = parse_record(&rest, |key, value| {
+                headers.push(Header {
+                    key: rest.slice(key),
+                    value: value.map(|v| rest.slice(v)),
+                });
+            })?;
+            let record = Record {
+                offset: (self.base_offset() + i64::from(raw.offset_delta)) as u64,
+                timestamp: self.base_timestamp().wrapping_add(raw.timestamp_delta),
+                key: raw.key.map(|r| rest.slice(r)),
+                value: raw.value.map(|r| rest.slice(r)),
+                headers,
+            };
+            if keep(&record) {
+                kept.extend_from_slice(&rest[..used]);
+                kept_count += 1;
+            } else {
+                dropped = true;
+            }
+            position += used;
+        }
+        if position != region.len() {
+            return Err(ProtocolError::TrailingBytes {
+                what: "records",
+                trailing: region.len() - position,
+            });
+        }
+        if !dropped {
+            return Ok(Retained::Unchanged);
+        }
+        if kept_count == 0 {
+            return Ok(Retained::Empty);
+        }
+        let body = match codec {
+            Compression::None => kept.freeze(),
+            codec => Bytes::from(crate::compression::compress(codec, &kept)?),
+        };
+        let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len());
+        buf.extend_from_slice(&self.bytes[..BATCH_HEADER_BYTES]);
+        buf.extend_from_slice(&body);
+        let batch_length = (buf.len() - LOG_OVERHEAD_BYTES) as i32;
+        buf[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        buf[57..61].copy_from_slice(&kept_count.to_be_bytes());
+        let crc = checksum(&buf[CRC_START..]);
+        buf[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
+        Ok(Retained::Rebuilt(buf.freeze()))
     }
 
     fn check_crc(&self) -> Result<(), ProtocolError> {
@@ -703,17 +811,30 @@ fn take_range(
 }
 
 /// Checks the structure of every record of an uncompressed batch, and that offset deltas run
-/// 0, 1, 2, ... — on plain slices, without creating a `Bytes` per field.
-fn check_records(records: &[u8], count: i32) -> Result<(), ProtocolError> {
+/// 0, 1, 2, ... (`dense`) or at least increase within `0..=last_delta` (a compacted batch) —
+/// on plain slices, without creating a `Bytes` per field.
+fn check_records(
+    records: &[u8],
+    count: i32,
+    last_delta: i32,
+    dense: bool,
+) -> Result<(), ProtocolError> {
     let mut position = 0;
+    let mut previous = -1i32;
     for i in 0..count {
         let (raw, used) = parse_record(&records[position..], |_, _| {})?;
-        if raw.offset_delta != i {
+        let fits = if dense {
+            raw.offset_delta == i
+        } else {
+            raw.offset_delta > previous && raw.offset_delta <= last_delta
+        };
+        if !fits {
             return Err(ProtocolError::invalid(
                 "record",
                 format!("record {i} has offset delta {}", raw.offset_delta),
             ));
         }
+        previous = raw.offset_delta;
         position += used;
     }
     if position != records.len() {
@@ -820,6 +941,44 @@ mod tests {
             let got: Vec<Record> = batch.records().unwrap().map(Result::unwrap).collect();
             let want: Vec<Record> = plain.records().unwrap().map(Result::unwrap).collect();
             prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn retained_batch_keeps_offsets_and_fields(records in proptest::collection::vec(arb_record(), 1..20), mask in proptest::collection::vec(any::<bool>(), 20), codec in 0usize..5, base in 0u64..1 << 40) {
+            let codec = Compression::ALL[codec];
+            let plain = RecordBatch::parse(build(&records)).unwrap();
+            let mut builder = RecordBatchBuilder::new().producer(7, 1, 100);
+            for record in plain.records().unwrap() {
+                let r = record.unwrap();
+                builder.append(r.timestamp, r.key.as_deref(), r.value.as_deref(), &r.headers);
+            }
+            let mut bytes = BytesMut::from(&builder.build_compressed(codec).unwrap()[..]);
+            set_base_offset(&mut bytes, base);
+            set_leader_epoch(&mut bytes, 9);
+            let batch = RecordBatch::parse(bytes.freeze()).unwrap();
+            let all: Vec<Record> = batch.records().unwrap().map(Result::unwrap).collect();
+            let mut i = 0;
+            let retained = batch.retain(1 << 20, |_| { i += 1; mask[i - 1] }).unwrap();
+            let want: Vec<Record> = all.iter().zip(&mask).filter(|(_, k)| **k).map(|(r, _)| r.clone()).collect();
+            match retained {
+                Retained::Unchanged => prop_assert_eq!(want.len(), all.len()),
+                Retained::Empty => prop_assert!(want.is_empty()),
+                Retained::Rebuilt(bytes) => {
+                    let cleaned = RecordBatch::parse(bytes).unwrap();
+                    cleaned.validate().unwrap();
+                    prop_assert_eq!(cleaned.compression().unwrap(), codec);
+                    prop_assert_eq!(cleaned.base_offset(), batch.base_offset());
+                    prop_assert_eq!(cleaned.last_offset(), batch.last_offset());
+                    prop_assert_eq!(cleaned.partition_leader_epoch(), 9);
+                    prop_assert_eq!(cleaned.producer_id(), 7);
+                    prop_assert_eq!(cleaned.base_sequence(), 100);
+                    prop_assert_eq!(cleaned.is_dense(), want.len() == all.len());
+                    // A leader never accepts a compacted (sparse) batch from a producer.
+                    prop_assert!(cleaned.validate_records(1 << 20).is_err());
+                    let got: Vec<Record> = cleaned.records().unwrap().map(Result::unwrap).collect();
+                    prop_assert_eq!(got, want);
+                }
+            }
         }
 
         #[test]

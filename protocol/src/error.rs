@@ -94,6 +94,8 @@ error_codes! {
     CLUSTER_NOT_READY = 26, retriable = true, "the cluster metadata quorum is not ready; retry shortly";
     /// The broker is shutting down.
     BROKER_SHUTTING_DOWN = 27, retriable = true, "the broker is shutting down; retry on another broker";
+    /// A record the topic does not accept (a record without a key on a compacted topic).
+    INVALID_RECORD = 28, retriable = false, "a record breaks the topic's rules: a compacted topic needs a key on every record";
     /// This broker is not the group's coordinator.
     NOT_COORDINATOR = 100, retriable = true, "this broker is not the group's coordinator; find the coordinator again";
     /// The coordinator is loading or not elected yet.

@@ -37,8 +37,61 @@ impl std::str::FromStr for FlushPolicy {
     }
 }
 
+/// What happens to old data (`cleanup.policy`): deleted by retention, compacted by key, or
+/// both. Retention (`retention_ms`, `retention_bytes`) applies only with `delete`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    pub delete: bool,
+    pub compact: bool,
+}
+
+impl CleanupPolicy {
+    pub const DELETE: CleanupPolicy = CleanupPolicy {
+        delete: true,
+        compact: false,
+    };
+    pub const COMPACT: CleanupPolicy = CleanupPolicy {
+        delete: false,
+        compact: true,
+    };
+}
+
+impl std::str::FromStr for CleanupPolicy {
+    type Err = Error;
+
+    /// Parses `delete`, `compact`, or both comma-separated (Kafka's spelling).
+    fn from_str(s: &str) -> Result<Self> {
+        let mut policy = CleanupPolicy {
+            delete: false,
+            compact: false,
+        };
+        for part in s.split(',').map(str::trim) {
+            match part {
+                "delete" => policy.delete = true,
+                "compact" => policy.compact = true,
+                _ => {
+                    return Err(Error::InvalidConfig(format!(
+                        "cleanup.policy {s:?}: expected delete, compact or compact,delete"
+                    )))
+                }
+            }
+        }
+        Ok(policy)
+    }
+}
+
+impl std::fmt::Display for CleanupPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match (self.compact, self.delete) {
+            (true, true) => "compact,delete",
+            (true, false) => "compact",
+            _ => "delete",
+        })
+    }
+}
+
 /// Settings of one partition log. See docs/STORAGE.md for what each bounds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// A segment is rolled when the next append would take it past this size. Default 1 GiB; at most 2 GiB.
     pub segment_bytes: u64,
@@ -67,6 +120,16 @@ pub struct LogConfig {
     pub retention_ms: Option<u64>,
     /// Default: `interval:1000`.
     pub flush: FlushPolicy,
+    /// `cleanup.policy`. Default delete.
+    pub cleanup_policy: CleanupPolicy,
+    /// A compacted log is cleaned once this share of its cleanable bytes was written since the
+    /// last cleaning (`min.cleanable.dirty.ratio`). Default 0.5.
+    pub min_cleanable_dirty_ratio: f64,
+    /// Tombstones (records with a null value) are removed by compaction once their segment's
+    /// newest record is this old (`delete.retention.ms`). Default 1 day.
+    pub delete_retention_ms: u64,
+    /// Records younger than this are never compacted (`min.compaction.lag.ms`). Default 0.
+    pub min_compaction_lag_ms: u64,
     /// Most sealed segments of this log kept mapped at once (3 mappings each, no file handles). Default 8.
     pub open_sealed_segments_max: usize,
 }
@@ -87,6 +150,10 @@ impl Default for LogConfig {
             retention_bytes: None,
             retention_ms: Some(7 * 24 * 3600 * 1000),
             flush: FlushPolicy::Interval { interval_ms: 1000 },
+            cleanup_policy: CleanupPolicy::DELETE,
+            min_cleanable_dirty_ratio: 0.5,
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_compaction_lag_ms: 0,
             open_sealed_segments_max: 8,
         }
     }
@@ -140,6 +207,15 @@ impl LogConfig {
         }
         if self.segment_ms == 0 {
             return fail("segment_ms must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.min_cleanable_dirty_ratio) {
+            return fail(format!(
+                "min.cleanable.dirty.ratio {} must be between 0 and 1",
+                self.min_cleanable_dirty_ratio
+            ));
+        }
+        if !self.cleanup_policy.delete && !self.cleanup_policy.compact {
+            return fail("cleanup.policy must name delete, compact or both".into());
         }
         Ok(())
     }

@@ -95,7 +95,7 @@ fn write_topic_id(dir: &Path, id: u64) -> Result<()> {
 const NOT_LEADING: u64 = u64::MAX;
 
 impl PartitionLog {
-    fn new(tp: TopicPartition, log: Log) -> Arc<PartitionLog> {
+    pub(crate) fn new(tp: TopicPartition, log: Log) -> Arc<PartitionLog> {
         let (end_offset, _) = watch::channel(log.log_end_offset());
         let (high_watermark, _) = watch::channel(0);
         let epoch = log.last_epoch().unwrap_or(0);

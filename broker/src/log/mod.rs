@@ -20,6 +20,7 @@
 //! assert!(!bytes.is_empty());
 //! ```
 
+pub mod cleaner;
 pub mod config;
 pub mod epochs;
 pub(crate) mod index;
@@ -29,7 +30,8 @@ pub mod partition;
 pub mod producers;
 pub(crate) mod segment;
 
-pub use config::{FlushPolicy, LogConfig};
+pub use cleaner::{CleanStats, CleanerConfig};
+pub use config::{CleanupPolicy, FlushPolicy, LogConfig};
 pub use manager::{LogManager, PartitionLog, TopicPartition};
 pub use partition::{
     monotonic_ms, now_ms, AppendInfo, Log, PendingFlush, RecoveryReport, RetentionOutcome,

@@ -17,10 +17,11 @@ use rill_protocol::batch::{batches, set_base_offset, set_leader_epoch, RecordBat
 use rill_protocol::ProtocolError;
 
 use crate::error::{Error, IoContext, Result};
+use crate::log::cleaner::{CleanableSegment, CleaningView};
 use crate::log::config::{FlushPolicy, LogConfig};
 use crate::log::epochs::EpochCache;
 use crate::log::producers::{self, ProducerBatch, ProducerEntry, ProducerStates, Verdict};
-use crate::log::segment::{header_max_timestamp, AppendBatch, Segment};
+use crate::log::segment::{header_max_timestamp, AppendBatch, CleanedSegment, Segment};
 
 /// Name of the recovery point checkpoint in a partition directory.
 pub const RECOVERY_POINT_FILE: &str = "recovery-point";
@@ -92,6 +93,13 @@ pub struct Log {
     failed: Option<String>,
     /// Idempotent producers' sequences (see `producers`).
     producers: ProducerStates,
+    /// Bumped whenever segments are removed or rewritten other than by appending and rolling
+    /// (retention, truncation, reset, compaction): the cleaner installs what it wrote only if
+    /// the segments it read are still the log's.
+    layout_version: u64,
+    /// Compaction has cleaned every offset below this (`cleaner-checkpoint`); the log is
+    /// *dirty* from here.
+    cleaned_to: u64,
 }
 
 /// How an append sets offsets and leader epochs.
@@ -130,6 +138,7 @@ impl Log {
                 sync_dir(parent)?;
             }
         }
+        crate::log::segment::finish_swaps(dir)?;
         let bases = list_segments(dir)?;
         let recovery_point = read_recovery_point(dir);
         // Trust sealed segments wholly before the one holding the recovery point; scan the rest.
@@ -157,8 +166,10 @@ impl Log {
                 .next_back()
                 .map(|s: &Segment| s.next_offset)
             {
-                if previous != base {
-                    tracing::warn!(dir = %dir.display(), segment = base, expected = previous, "gap in offsets between segments");
+                // A compacted segment (or one rescanned after its last records were removed)
+                // may end before the next one starts; offsets never overlap.
+                if previous > base {
+                    tracing::warn!(dir = %dir.display(), segment = base, expected = previous, "segments overlap in offsets");
                 }
             }
             let cut_short = loaded.truncation_reason.is_some();
@@ -204,6 +215,8 @@ impl Log {
             epochs: EpochCache::default(),
             failed: None,
             producers: ProducerStates::default(),
+            layout_version: 0,
+            cleaned_to: read_cleaner_checkpoint(dir),
         };
         log.load_epochs()?;
         log.load_producers()?;
@@ -337,6 +350,7 @@ impl Log {
             }
         }
         self.open_sealed.clear();
+        self.layout_version += 1;
         let config = self.config.clone();
         self.segments
             .insert(offset, Segment::create(&self.dir, offset, &config)?);
@@ -626,10 +640,16 @@ impl Log {
         // Index entries hold offsets relative to the segment base as u32: a segment never
         // spans more offsets than that.
         let base = self.active()?.base_offset;
+        let far = last - base >= u64::from(u32::MAX);
         if self.active()?.needs_roll(total, &self.config, now_ms)
-            || (self.active()?.size_bytes > 0 && last - base >= u64::from(u32::MAX))
+            || (self.active()?.size_bytes > 0 && far)
         {
-            self.roll()?;
+            // At the first batch's offset: a replicated batch may start past the log end.
+            self.roll_to(first)?;
+        } else if far {
+            // An empty active segment far below a replicated batch (a compacted leader skipped
+            // that many offsets): it starts again at the batch.
+            self.restart_empty_active_at(first)?;
         }
         let config = self.config.clone();
         self.active_mut()?.append(input, plan, &config, now_ms)
@@ -653,7 +673,10 @@ impl Log {
             // The batch itself is stored as the producer compressed it. Replicas check the CRC.
             match stamp {
                 Stamp::Leader(_) => {
-                    batch.validate_records(self.config.max_batch_decompressed_bytes)?
+                    batch.validate_records(self.config.max_batch_decompressed_bytes)?;
+                    if self.config.cleanup_policy.compact {
+                        self.check_keys(&batch)?;
+                    }
                 }
                 Stamp::Replica => batch.validate()?,
             }
@@ -671,15 +694,18 @@ impl Log {
                     set_base_offset(&mut header, next_offset);
                     set_leader_epoch(&mut header, leader_epoch);
                 }
-                Stamp::Replica if batch.base_offset() != next_offset as i64 => {
+                // A compacted leader log may skip offsets (removed records): a replicated
+                // batch may start past the log end, never before it.
+                Stamp::Replica if batch.base_offset() < next_offset as i64 => {
                     return Err(Error::Replication(format!(
                         "replicated batch starts at offset {}, the log ends at {next_offset}",
                         batch.base_offset()
                     )));
                 }
-                Stamp::Replica => {}
+                Stamp::Replica => next_offset = batch.base_offset() as u64,
             }
-            let last_offset = next_offset + batch.record_count() as u64 - 1;
+            // A leader's batches are dense (checked above); a replicated one keeps its range.
+            let last_offset = next_offset + batch.last_offset_delta().max(0) as u64;
             plan.push(AppendBatch {
                 range: position..position + batch.size_bytes(),
                 header,
@@ -700,14 +726,35 @@ impl Log {
         Ok(plan)
     }
 
+    /// A compacted topic keeps the latest record per key: a record without a key could never
+    /// be compacted away, so a leader refuses it (as Kafka does).
+    fn check_keys(&self, batch: &RecordBatch) -> Result<()> {
+        for record in batch.records_limited(self.config.max_batch_decompressed_bytes)? {
+            if record?.key.is_none() {
+                return Err(Error::InvalidRecord(format!(
+                    "{}: a compacted topic (cleanup.policy={}) accepts only records with a key",
+                    self.dir.display(),
+                    self.config.cleanup_policy
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Seals the active segment (if it holds data) and starts a new one at the log end.
     pub fn roll(&mut self) -> Result<()> {
+        let end = self.log_end_offset();
+        self.roll_to(end)
+    }
+
+    /// [`Log::roll`] with the new segment starting at `base` (at or past the log end).
+    fn roll_to(&mut self, base: u64) -> Result<()> {
         let active = self.active_mut()?;
         if active.size_bytes == 0 {
             return Ok(());
         }
         active.seal()?;
-        let base = active.next_offset;
+        let base = base.max(active.next_offset);
         let segment = Segment::create(&self.dir, base, &self.config)?;
         self.segments.insert(base, segment);
         sync_dir(&self.dir)?;
@@ -716,6 +763,21 @@ impl Log {
         self.snapshot_producers();
         tracing::debug!(dir = %self.dir.display(), base, "rolled to a new segment");
         Ok(())
+    }
+
+    /// Replaces the empty active segment by one starting at `base` (past the log end).
+    fn restart_empty_active_at(&mut self, base: u64) -> Result<()> {
+        let Some((_, segment)) = self.segments.pop_last() else {
+            return Ok(());
+        };
+        debug_assert_eq!(segment.size_bytes, 0);
+        segment.delete_files()?;
+        self.layout_version += 1;
+        let config = self.config.clone();
+        self.segments
+            .insert(base, Segment::create(&self.dir, base, &config)?);
+        sync_dir(&self.dir)?;
+        self.write_recovery_point()
     }
 
     /// Rolls the active segment if it is older than `segment_ms` (for callers that tick).
@@ -835,6 +897,7 @@ impl Log {
             }
             return Ok(self.log_end_offset());
         }
+        self.layout_version += 1;
         let doomed: Vec<u64> = self.segments.range(offset..).map(|(b, _)| *b).collect();
         for base in doomed {
             if let Some(segment) = self.segments.remove(&base) {
@@ -877,7 +940,8 @@ impl Log {
     /// is never deleted. Advances the log start offset.
     pub fn enforce_retention(&mut self, now_ms: i64) -> Result<RetentionOutcome> {
         let mut outcome = RetentionOutcome::default();
-        while self.segments.len() > 1 {
+        // Only `cleanup.policy` delete (or compact,delete) deletes by size or age.
+        while self.config.cleanup_policy.delete && self.segments.len() > 1 {
             let Some(oldest) = self.segments.values().next() else {
                 break;
             };
@@ -902,6 +966,7 @@ impl Log {
             segment.delete_files()?;
         }
         if outcome.deleted_segments > 0 {
+            self.layout_version += 1;
             let start = self.log_start_offset();
             producers::delete_snapshots(&self.dir, |at| at < start)?;
             tracing::info!(dir = %self.dir.display(), segments = outcome.deleted_segments, bytes = outcome.deleted_bytes, start = self.log_start_offset(), "retention deleted segments");
@@ -999,6 +1064,112 @@ impl Log {
     }
 }
 
+/// Name of the compaction checkpoint in a partition directory: every offset below it is clean.
+pub const CLEANER_CHECKPOINT_FILE: &str = "cleaner-checkpoint";
+
+fn read_cleaner_checkpoint(dir: &Path) -> u64 {
+    fs::read_to_string(dir.join(CLEANER_CHECKPOINT_FILE))
+        .ok()
+        .and_then(|text| text.strip_prefix("1 ")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+impl Log {
+    /// What the cleaner needs to compact this log with the log unlocked: the sealed segments
+    /// below `upper` (the high watermark: nothing a consumer cannot read yet is compacted)
+    /// whose newest record is at least `min.compaction.lag.ms` old, with the offset the dirty
+    /// part starts at. `None` if the log is not compacted or nothing may be cleaned.
+    pub(crate) fn cleaning_view(&self, upper: u64, now_ms: i64) -> Option<CleaningView> {
+        if !self.config.cleanup_policy.compact || self.failed.is_some() {
+            return None;
+        }
+        let lag_horizon = now_ms.saturating_sub(self.config.min_compaction_lag_ms as i64);
+        let bases: Vec<u64> = self.segments.keys().copied().collect();
+        let mut segments = Vec::new();
+        for (i, base) in bases.iter().enumerate() {
+            let (Some(segment), Some(&end)) = (self.segments.get(base), bases.get(i + 1)) else {
+                break; // the active segment is never cleaned
+            };
+            if end > upper || (segment.size_bytes > 0 && segment.max_timestamp > lag_horizon) {
+                break;
+            }
+            segments.push(CleanableSegment {
+                base: *base,
+                end,
+                size_bytes: segment.size_bytes,
+                max_timestamp: segment.max_timestamp,
+                path: segment.path(),
+            });
+        }
+        if segments.is_empty() {
+            return None;
+        }
+        Some(CleaningView {
+            dir: self.dir.clone(),
+            config: self.config.clone(),
+            first_dirty: self.cleaned_to.max(self.log_start_offset()),
+            segments,
+            layout_version: self.layout_version,
+            producer_last_offsets: self.producers.last_offsets(),
+        })
+    }
+
+    /// Puts a cleaned segment in place of the segments at `old_bases` if the log still holds
+    /// them as the cleaner read them (`layout_version`); returns the new layout version, or
+    /// `None` (and deletes the cleaned files) if the log changed meanwhile.
+    pub(crate) fn install_cleaned(
+        &mut self,
+        layout_version: u64,
+        cleaned: CleanedSegment,
+        old_bases: &[u64],
+        crash_after: Option<usize>,
+    ) -> Result<Option<u64>> {
+        let unchanged = self.layout_version == layout_version
+            && old_bases
+                .iter()
+                .all(|b| self.segments.get(b).is_some_and(|s| !s.is_active()));
+        if !unchanged || self.failed.is_some() {
+            cleaned.discard();
+            return Ok(None);
+        }
+        self.layout_version += 1;
+        for base in old_bases {
+            self.open_sealed.retain(|b| b != base);
+            self.segments.remove(base);
+        }
+        match cleaned.commit(old_bases, crash_after) {
+            Ok(segment) => {
+                self.segments.insert(segment.base_offset, segment);
+                Ok(Some(self.layout_version))
+            }
+            // Half replaced: the files are right for recovery (which finishes a committed
+            // replacement and drops an uncommitted one), the segments in memory are not.
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), "replacing segments by their cleaned segment failed: this partition is offline on this broker until it restarts: {e}");
+                self.failed = Some(format!("compaction could not replace segments: {e}"));
+                Err(e)
+            }
+        }
+    }
+
+    /// Records that compaction cleaned every offset below `offset` (durably; a failure only
+    /// means the next pass cleans more).
+    pub(crate) fn set_cleaned_to(&mut self, offset: u64) {
+        self.cleaned_to = offset;
+        let text = format!("1 {offset}\n");
+        if let Err(e) =
+            crate::log::meta::write_durably(&self.dir, CLEANER_CHECKPOINT_FILE, text.as_bytes())
+        {
+            tracing::warn!(dir = %self.dir.display(), "could not write the cleaner checkpoint (the next pass cleans more): {e}");
+        }
+    }
+
+    /// Offsets below this are clean (compaction's checkpoint).
+    pub fn cleaned_to(&self) -> u64 {
+        self.cleaned_to
+    }
+}
+
 /// Saves the epoch cache while opening a log. A failure (a full disk) is not fatal: the cache in
 /// memory is right, and the file is brought in line with the log again at every open.
 fn save_epochs_at_open(cache: &EpochCache, dir: &Path) {
@@ -1023,7 +1194,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
         match (base, ext) {
             (Some(base), "log") => bases.push(base),
             (Some(base), "index" | "timeindex") => index_files.push((base, entry.path())),
-            (_, e) if e.ends_with("tmp") => {
+            (_, e) if e.ends_with("tmp") || e.ends_with(crate::log::segment::CLEANED_SUFFIX) => {
                 let _ = fs::remove_file(entry.path());
             }
             _ => {}

@@ -118,6 +118,15 @@ impl ProducerStates {
         self.producers.get(&producer_id)
     }
 
+    /// The last offset of each producer's newest batch: compaction keeps those batches whole,
+    /// so the state can always be rebuilt from the log.
+    pub fn last_offsets(&self) -> HashMap<i64, u64> {
+        self.producers
+            .iter()
+            .filter_map(|(id, entry)| Some((*id, entry.batches.back()?.last_offset)))
+            .collect()
+    }
+
     /// Whether `batch` may be written (see the module docs).
     pub fn check(&self, batch: &ProducerBatch) -> Result<Verdict> {
         let Some(entry) = self.producers.get(&batch.producer_id) else {

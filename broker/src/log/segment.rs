@@ -11,7 +11,8 @@
 //!   dropped again by the log's open-segment limit. No file handle stays open.
 //!
 //! Invariants: `size` is the end of the last complete, CRC-checked batch, and no read ever returns
-//! bytes at or past `size`; batches are contiguous in offsets from `base_offset` to `next_offset`;
+//! bytes at or past `size`; batches increase in offsets from `base_offset` to `next_offset`
+//! (contiguous, except in a segment written by compaction, where removed records leave gaps);
 //! a file is only shortened when the segment's own mapping has been dropped, and only bytes past
 //! `size` are ever cut, so `Bytes` handed to readers (which end at or before `size`) never point
 //! past the end of the file (no SIGBUS). Truncating *valid* data (`truncate_to`) zeroes it in
@@ -45,6 +46,30 @@ fn index_path(dir: &Path, base_offset: u64) -> PathBuf {
 fn time_index_path(dir: &Path, base_offset: u64) -> PathBuf {
     dir.join(format!("{base_offset:020}.timeindex"))
 }
+
+/// A segment's three files, in the order a cleaned segment's are renamed into place (the data
+/// file last).
+fn segment_paths(dir: &Path, base_offset: u64) -> [PathBuf; 3] {
+    [
+        time_index_path(dir, base_offset),
+        index_path(dir, base_offset),
+        dir.join(log_file_name(base_offset)),
+    ]
+}
+
+/// `path` with `.suffix` appended (`...log` -> `...log.cleaned`).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Suffix of a cleaned segment's files while they are written (deleted at open: unfinished).
+pub const CLEANED_SUFFIX: &str = "cleaned";
+/// Suffix of a cleaned segment's files once complete: from the moment the data file has it,
+/// the replacement is committed and opening the log finishes it.
+pub const SWAP_SUFFIX: &str = "swap";
 
 /// Last offset of the batch whose header starts `header`.
 pub(crate) fn header_last_offset(header: &[u8]) -> u64 {
@@ -135,9 +160,10 @@ pub(crate) fn scan(data: &Bytes, base_offset: u64, config: &LogConfig) -> Scan {
                     rest.len()
                 ))
             }
-            Some((offset, _)) if offset != next_offset as i64 => {
-                Some(format!("batch has offset {offset}, expected {next_offset}"))
-            }
+            // Offsets increase; a compacted segment may skip some (removed records).
+            Some((offset, _)) if offset < next_offset as i64 => Some(format!(
+                "batch has offset {offset}, expected at least {next_offset}"
+            )),
             Some((_, size)) => {
                 let batch = RecordBatch::parse(data.slice(position..position + size as usize));
                 match batch {
@@ -849,4 +875,315 @@ fn write_all_vectored_at(
         }
     }
     Ok(())
+}
+
+/// Writes the segment that compaction makes of a group of sealed segments covering
+/// `base_offset..end_offset`: `<base>.log.cleaned` and its two indexes (`.cleaned`), sealed.
+/// Nothing is visible to the log until [`CleanedSegment::commit`].
+pub(crate) struct CleanedWriter {
+    dir: PathBuf,
+    base_offset: u64,
+    file: std::io::BufWriter<File>,
+    path: PathBuf,
+    size_bytes: u64,
+    indexer: Indexer,
+    offset_entries: Vec<u8>,
+    time_entries: Vec<u8>,
+    last_offset: Option<u64>,
+}
+
+impl CleanedWriter {
+    pub fn create(dir: &Path, base_offset: u64, config: &LogConfig) -> Result<CleanedWriter> {
+        let path = with_suffix(&dir.join(log_file_name(base_offset)), CLEANED_SUFFIX);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .context("create cleaned segment", &path)?;
+        Ok(CleanedWriter {
+            dir: dir.to_owned(),
+            base_offset,
+            file: std::io::BufWriter::with_capacity(256 << 10, file),
+            path,
+            size_bytes: 0,
+            indexer: Indexer::new(config.index_interval_bytes),
+            offset_entries: Vec::new(),
+            time_entries: Vec::new(),
+            last_offset: None,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// Appends one whole, valid batch; offsets must increase from the base offset.
+    pub fn push(&mut self, batch: &[u8]) -> Result<()> {
+        use std::io::Write as _;
+        let Some((base, _)) = peek_offset_and_size(batch) else {
+            return Err(self.corrupt("a batch without a header"));
+        };
+        if batch.len() < BATCH_HEADER_BYTES {
+            return Err(self.corrupt("a batch without a header"));
+        }
+        let (base, last) = (base as u64, header_last_offset(batch));
+        let in_order = self.last_offset.is_none_or(|l| base > l);
+        if base < self.base_offset || last - self.base_offset >= u64::from(u32::MAX) || !in_order {
+            return Err(self.corrupt(&format!(
+                "batch {base}..={last} out of order for a segment at {}",
+                self.base_offset
+            )));
+        }
+        let relative = (base - self.base_offset) as u32;
+        if let Some((o, t)) = self.indexer.before_batch(relative, self.size_bytes as u32) {
+            self.offset_entries.extend_from_slice(&o);
+            self.time_entries.extend_from_slice(&t);
+        }
+        self.indexer
+            .after_batch(batch.len() as u64, header_max_timestamp(batch));
+        self.file
+            .write_all(batch)
+            .context("write cleaned segment", &self.path)?;
+        self.size_bytes += batch.len() as u64;
+        self.last_offset = Some(last);
+        Ok(())
+    }
+
+    fn corrupt(&self, reason: &str) -> Error {
+        Error::CorruptLog {
+            path: self.path.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Flushes and fsyncs the data, then writes the sealed indexes (the time index closes with
+    /// the group's end offset, so the cleaned segment covers the same offsets as the ones it
+    /// replaces, also where its last records were removed).
+    /// `end_offset` is the end of the range the segment replaces (past its last batch).
+    pub fn finish(self, end_offset: u64) -> Result<CleanedSegment> {
+        let CleanedWriter {
+            dir,
+            base_offset,
+            file,
+            path,
+            size_bytes,
+            indexer,
+            offset_entries,
+            mut time_entries,
+            last_offset: self_last_offset,
+        } = self;
+        let file = file
+            .into_inner()
+            .map_err(|e| Error::io("write cleaned segment", &path, e.into_error()))?;
+        file.sync_all().context("sync cleaned segment", &path)?;
+        drop(file);
+        if self_last_offset.is_some_and(|l| l >= end_offset) || end_offset <= base_offset {
+            return Err(Error::CorruptLog {
+                path,
+                reason: format!("cleaned segment at {base_offset} does not end by {end_offset}"),
+            });
+        }
+        time_entries.extend_from_slice(&time_entry(
+            indexer.max_timestamp,
+            (end_offset - base_offset) as u32,
+        ));
+        let cleaned = CleanedSegment {
+            dir,
+            base_offset,
+            end_offset,
+            size_bytes,
+            max_timestamp: indexer.max_timestamp,
+        };
+        let [time_path, index_path, _] = cleaned.paths(CLEANED_SUFFIX);
+        IndexFile::create_sealed(&index_path, OFFSET_ENTRY_BYTES, &offset_entries)?;
+        IndexFile::create_sealed(&time_path, TIME_ENTRY_BYTES, &time_entries)?;
+        Ok(cleaned)
+    }
+}
+
+/// A cleaned segment written and synced, not yet in place.
+#[derive(Debug)]
+pub(crate) struct CleanedSegment {
+    dir: PathBuf,
+    pub base_offset: u64,
+    pub end_offset: u64,
+    pub size_bytes: u64,
+    pub max_timestamp: i64,
+}
+
+impl CleanedSegment {
+    fn paths(&self, suffix: &str) -> [PathBuf; 3] {
+        segment_paths(&self.dir, self.base_offset).map(|p| with_suffix(&p, suffix))
+    }
+
+    /// Removes the cleaned files (cleaning abandoned).
+    pub fn discard(self) {
+        discard_cleaned(&self.dir, self.base_offset);
+    }
+
+    /// Puts the cleaned segment in place of the segments at `old_bases` (which lie in its
+    /// range and include its base): indexes renamed to `.swap`, then the data file (the commit
+    /// point: from here on opening the log finishes the replacement, see [`finish_swaps`]),
+    /// then the old files deleted, then the `.swap` files renamed to their final names, the
+    /// data file last. Every step is made durable before the next (directory fsyncs). Readers
+    /// holding the old segments' mappings keep a valid view (the inodes live on).
+    /// `crash_after` stops after that many file operations (tests of each crash point).
+    pub fn commit(self, old_bases: &[u64], crash_after: Option<usize>) -> Result<Segment> {
+        let mut done = 0usize;
+        let mut step = |op: std::io::Result<()>, what: &str, path: &Path| -> Result<()> {
+            match op {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && what == "delete" => {}
+                Err(e) => return Err(Error::io("replace cleaned segment", path, e)),
+            }
+            done += 1;
+            if crash_after == Some(done) {
+                return Err(Error::CorruptLog {
+                    path: path.to_owned(),
+                    reason: format!("simulated crash after {done} steps"),
+                });
+            }
+            Ok(())
+        };
+        let cleaned = self.paths(CLEANED_SUFFIX);
+        let swap = self.paths(SWAP_SUFFIX);
+        for i in 0..2 {
+            step(std::fs::rename(&cleaned[i], &swap[i]), "rename", &swap[i])?;
+        }
+        sync_dir(&self.dir)?;
+        step(std::fs::rename(&cleaned[2], &swap[2]), "rename", &swap[2])?;
+        sync_dir(&self.dir)?;
+        for &old in old_bases {
+            for path in segment_paths(&self.dir, old) {
+                step(std::fs::remove_file(&path), "delete", &path)?;
+            }
+        }
+        sync_dir(&self.dir)?;
+        for (from, to) in swap.iter().zip(segment_paths(&self.dir, self.base_offset)) {
+            step(std::fs::rename(from, &to), "rename", &to)?;
+        }
+        sync_dir(&self.dir)?;
+        Ok(Segment {
+            base_offset: self.base_offset,
+            dir: self.dir.clone(),
+            size_bytes: self.size_bytes,
+            next_offset: self.end_offset,
+            max_timestamp: self.max_timestamp,
+            first_append_ms: None,
+            state: State::Sealed(None),
+        })
+    }
+}
+
+/// Deletes the `.cleaned` files of the segment at `base_offset`, whichever exist.
+pub(crate) fn discard_cleaned(dir: &Path, base_offset: u64) {
+    for path in segment_paths(dir, base_offset) {
+        let _ = std::fs::remove_file(with_suffix(&path, CLEANED_SUFFIX));
+    }
+}
+
+/// Finishes every committed replacement by a cleaned segment (a data file `<base>.log.swap`)
+/// that a crash interrupted: deletes what is left of the segments it replaces (found from the
+/// end offset its time index closes with) and renames its files into place. Uncommitted ones
+/// (index `.swap` files without the data file's) are deleted; `.cleaned` files are left for
+/// the listing to delete. Called when a log opens, before its segments are listed.
+pub(crate) fn finish_swaps(dir: &Path) -> Result<usize> {
+    let mut swapped = Vec::new();
+    let mut orphans = Vec::new();
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir).context("list log directory", dir)? {
+        let entry = entry.context("list log directory", dir)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(base) = name.get(..20).and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
+        match &name[20..] {
+            ".log.swap" => swapped.push(base),
+            ".index.swap" | ".timeindex.swap" => orphans.push((base, entry.path())),
+            ".log" => bases.push(base),
+            _ => {}
+        }
+    }
+    for (base, path) in orphans {
+        if !swapped.contains(&base) {
+            tracing::info!(path = %path.display(), "removing an uncommitted cleaned index");
+            std::fs::remove_file(&path).context("delete uncommitted index", &path)?;
+        }
+    }
+    for &base in &swapped {
+        let [time_path, index_path, log_path] = segment_paths(dir, base);
+        let time_swap = with_suffix(&time_path, SWAP_SUFFIX);
+        let index_swap = with_suffix(&index_path, SWAP_SUFFIX);
+        // The data file is renamed last: while it is a `.swap`, a time index without the
+        // suffix is already the new one.
+        let time_now = if time_swap.exists() {
+            &time_swap
+        } else {
+            &time_path
+        };
+        let end = IndexFile::open_sealed(time_now, TIME_ENTRY_BYTES)?
+            .and_then(|index| {
+                let last = index.len().checked_sub(1)?;
+                Some(read_time_entry(index.entry(last)).1)
+            })
+            .filter(|relative| *relative > 0)
+            .map(|relative| base + u64::from(relative))
+            .ok_or_else(|| Error::CorruptLog {
+                path: time_now.clone(),
+                reason: "the time index of a committed cleaned segment names no end offset; restore this replica from another one".into(),
+            })?;
+        let mut doomed = vec![log_path.clone()];
+        if time_swap.exists() {
+            doomed.push(time_path.clone());
+        }
+        if index_swap.exists() {
+            doomed.push(index_path.clone());
+        }
+        for &old in bases.iter().filter(|b| **b > base && **b < end) {
+            doomed.extend(segment_paths(dir, old));
+        }
+        for path in doomed {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("delete replaced segment", &path, e)),
+            }
+        }
+        sync_dir(dir)?;
+        for (from, to) in [
+            (time_swap, time_path),
+            (index_swap, index_path),
+            (with_suffix(&log_path, SWAP_SUFFIX), log_path),
+        ] {
+            if from.exists() {
+                std::fs::rename(&from, &to).context("rename cleaned segment", &to)?;
+            }
+        }
+        sync_dir(dir)?;
+        tracing::info!(dir = %dir.display(), segment = base, end, "finished replacing segments by their cleaned segment (interrupted by a crash)");
+    }
+    Ok(swapped.len())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .context("sync directory", dir)
+}
+
+/// Maps the first `size_bytes` of a sealed segment's data file on its own (the cleaner reads
+/// with the log unlocked; sealed data is never shortened, and deletion keeps the inode alive).
+pub(crate) fn map_sealed(path: &Path, size_bytes: u64) -> Result<Bytes> {
+    let file = File::open(path).context("open segment", path)?;
+    let data = map_bytes(&file, path)?;
+    if (data.len() as u64) < size_bytes {
+        return Err(Error::CorruptLog {
+            path: path.to_owned(),
+            reason: format!("segment holds {} bytes, expected {size_bytes}", data.len()),
+        });
+    }
+    Ok(data.slice(..size_bytes as usize))
 }
