@@ -46,6 +46,14 @@ pub struct BrokerConfig {
     pub producer_id_expiration_ms: u64,
     /// Most idempotent producers tracked per partition.
     pub max_producers_per_partition: usize,
+    /// Memory for one compaction pass's key map (bytes).
+    pub log_cleaner_dedupe_buffer_bytes: usize,
+    /// Compaction's read plus write rate limit, bytes per second (0: none).
+    pub log_cleaner_io_max_bytes_per_second: u64,
+    /// Pause between the cleaner's rounds over the compacted partitions, ms.
+    pub log_cleaner_backoff_ms: u64,
+    /// Segment size of `__consumer_offsets` (compacted).
+    pub offsets_topic_segment_bytes: u64,
     /// Largest request frame accepted.
     pub max_frame_bytes: usize,
     /// Client connections beyond this are closed at once.
@@ -110,6 +118,10 @@ impl Default for BrokerConfig {
                 rill_protocol::compression::DEFAULT_MAX_DECOMPRESSED_BYTES,
             producer_id_expiration_ms: 24 * 3600 * 1000,
             max_producers_per_partition: 10_000,
+            log_cleaner_dedupe_buffer_bytes: 16 << 20,
+            log_cleaner_io_max_bytes_per_second: 0,
+            log_cleaner_backoff_ms: 15_000,
+            offsets_topic_segment_bytes: 100 << 20,
             max_frame_bytes: 64 << 20,
             max_connections: 10_000,
             in_flight_requests_max: 32,
@@ -190,6 +202,18 @@ pub struct Flags {
     /// Most idempotent producers tracked per partition [default: 10000].
     #[arg(long)]
     pub max_producers_per_partition: Option<usize>,
+    /// Memory for one compaction pass's key map, bytes [default: 16777216].
+    #[arg(long)]
+    pub log_cleaner_dedupe_buffer_bytes: Option<usize>,
+    /// Compaction's read plus write rate limit, bytes/s; 0 = none [default: 0].
+    #[arg(long)]
+    pub log_cleaner_io_max_bytes_per_second: Option<u64>,
+    /// Pause between the cleaner's rounds over compacted partitions, ms [default: 15000].
+    #[arg(long)]
+    pub log_cleaner_backoff_ms: Option<u64>,
+    /// Segment size of the compacted __consumer_offsets topic, bytes [default: 104857600].
+    #[arg(long)]
+    pub offsets_topic_segment_bytes: Option<u64>,
     /// Largest request frame accepted, bytes [default: 67108864].
     #[arg(long)]
     pub max_frame_bytes: Option<usize>,
@@ -300,6 +324,10 @@ impl BrokerConfig {
             max_batch_decompressed_bytes,
             producer_id_expiration_ms,
             max_producers_per_partition,
+            log_cleaner_dedupe_buffer_bytes,
+            log_cleaner_io_max_bytes_per_second,
+            log_cleaner_backoff_ms,
+            offsets_topic_segment_bytes,
             max_frame_bytes,
             max_connections,
             in_flight_requests_max,
@@ -337,6 +365,7 @@ impl BrokerConfig {
             ));
         }
         config.log_config()?;
+        config.cleaner_config()?;
         if config.in_flight_requests_max == 0
             || config.max_connections == 0
             || config.default_partitions == 0
@@ -392,6 +421,20 @@ impl BrokerConfig {
             ));
         }
         Ok(voters)
+    }
+
+    /// The compaction cleaner's settings.
+    pub fn cleaner_config(&self) -> Result<crate::log::CleanerConfig> {
+        if self.log_cleaner_dedupe_buffer_bytes < (1 << 16) || self.log_cleaner_backoff_ms == 0 {
+            return Err(Error::InvalidConfig(
+                "log_cleaner_dedupe_buffer_bytes must be at least 65536 and log_cleaner_backoff_ms positive".into(),
+            ));
+        }
+        Ok(crate::log::CleanerConfig {
+            dedupe_buffer_bytes: self.log_cleaner_dedupe_buffer_bytes,
+            io_max_bytes_per_second: (self.log_cleaner_io_max_bytes_per_second > 0)
+                .then_some(self.log_cleaner_io_max_bytes_per_second),
+        })
     }
 
     /// The default log settings of every partition (topics may override some).

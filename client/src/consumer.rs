@@ -693,6 +693,9 @@ async fn fetch(
                             headers: record.headers,
                         });
                     }
+                    // A compacted batch may end with removed records: move past its whole
+                    // range, or the next fetch returns the same batch again.
+                    *position = (*position).max(batch.last_offset() as u64 + 1);
                 }
             }
         }

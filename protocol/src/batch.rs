@@ -553,10 +553,13 @@ impl RecordBatch {
     /// `limit` bytes. Kept records are copied byte for byte, so their offsets and timestamps
     /// do not change; the batch keeps its base offset, offset range (`last_offset_delta`),
     /// timestamps, producer fields and leader epoch, and a compressed batch is compressed
-    /// again with its own codec. The CRC is recomputed.
+    /// again with its own codec. The CRC is recomputed. With `keep_header`, a batch left with
+    /// no records stays as a header without records (Kafka keeps an idempotent producer's last
+    /// batch so: its sequence and offsets remain in the log for rebuilding producer state).
     pub fn retain(
         &self,
         limit: usize,
+        keep_header: bool,
         mut keep: impl FnMut(&Record) -> bool,
     ) -> Result<Retained, ProtocolError> {
         let codec = self.compression()?;
@@ -603,7 +606,7 @@ impl RecordBatch {
         if !dropped {
             return Ok(Retained::Unchanged);
         }
-        if kept_count == 0 {
+        if kept_count == 0 && !keep_header {
             return Ok(Retained::Empty);
         }
         let body = match codec {
@@ -958,11 +961,12 @@ mod tests {
             let batch = RecordBatch::parse(bytes.freeze()).unwrap();
             let all: Vec<Record> = batch.records().unwrap().map(Result::unwrap).collect();
             let mut i = 0;
-            let retained = batch.retain(1 << 20, |_| { i += 1; mask[i - 1] }).unwrap();
+            let keep_header = records.len() % 2 == 0;
+            let retained = batch.retain(1 << 20, keep_header, |_| { i += 1; mask[i - 1] }).unwrap();
             let want: Vec<Record> = all.iter().zip(&mask).filter(|(_, k)| **k).map(|(r, _)| r.clone()).collect();
             match retained {
                 Retained::Unchanged => prop_assert_eq!(want.len(), all.len()),
-                Retained::Empty => prop_assert!(want.is_empty()),
+                Retained::Empty => prop_assert!(want.is_empty() && !keep_header),
                 Retained::Rebuilt(bytes) => {
                     let cleaned = RecordBatch::parse(bytes).unwrap();
                     cleaned.validate().unwrap();

@@ -254,6 +254,17 @@ impl Coordinator {
                     offset, metadata, ..
                 })) = value.map(postcard::from_bytes::<OffsetValue>)
                 else {
+                    // A tombstone (the group was deleted): the offset is gone.
+                    if value.is_none() {
+                        if let Some(entry) = self
+                            .groups
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_mut(&group)
+                        {
+                            entry.offsets.remove(&TopicPartition::new(topic, partition));
+                        }
+                    }
                     return;
                 };
                 self.with_group(&group, |entry| {
@@ -355,11 +366,33 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Appends a tombstone for `group` and forgets it. Blocking.
+    /// Appends tombstones for `group` and forgets it: one per committed offset and one for its
+    /// membership (so compaction removes every record of the group), then the group's own
+    /// deletion record (a tombstone too). Blocking.
     pub fn delete_group(&self, group: &str) -> crate::Result<()> {
+        let committed: Vec<TopicPartition> = self
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group)
+            .map(|entry| entry.offsets.keys().cloned().collect())
+            .unwrap_or_default();
         let mut builder = RecordBatchBuilder::new();
+        let now = now_ms();
+        for tp in committed {
+            let key = RecordKey::Offset {
+                group: group.to_string(),
+                topic: tp.topic,
+                partition: tp.partition,
+            };
+            builder.append(now, Some(&encode(&key)?), None, &[]);
+        }
+        let metadata = RecordKey::GroupMetadata {
+            group: group.to_string(),
+        };
+        builder.append(now, Some(&encode(&metadata)?), None, &[]);
         builder.append(
-            now_ms(),
+            now,
             Some(&encode(&RecordKey::GroupDeleted {
                 group: group.to_string(),
             })?),

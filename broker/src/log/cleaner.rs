@@ -10,8 +10,8 @@
 //! 3. Rewrite every cleanable segment below the map's end, in groups of up to `segment_bytes`:
 //!    a record is kept if its key's latest offset is its own (or its key is not in the map),
 //!    tombstones (null values) go once their segment is `delete.retention.ms` old, records
-//!    without a key stay, and each idempotent producer's newest batch stays whole (so producer
-//!    state can be rebuilt from the log). Batches keep their offsets; compressed ones are
+//!    without a key stay, and each idempotent producer's newest batch keeps at least its
+//!    header, with no records if none is left (so producer state can be rebuilt from the log). Batches keep their offsets; compressed ones are
 //!    compressed again with their codec. Each group is written as `.cleaned` files, then
 //!    swapped in under the lock ([`Log::install_cleaned`], crash-safe, see
 //!    [`CleanedSegment::commit`]) only if the log did not change meanwhile.
@@ -373,21 +373,22 @@ impl Pass<'_> {
             self.throttle.account(batch.size_bytes() as u64);
             self.stats.bytes_read += batch.size_bytes() as u64;
             self.stats.records_read += batch.record_count().max(0) as u64;
-            let retained = if is_producers_newest(&batch, &self.view.producer_last_offsets) {
-                Retained::Unchanged
-            } else {
+            // An idempotent producer's newest batch keeps at least its header.
+            let keep_header = is_producers_newest(&batch, &self.view.producer_last_offsets);
+            let retained = {
                 let (map, map_end) = (self.map, self.map_end);
                 let mut tombstones = 0;
-                let retained = batch.retain(self.limit, |record| {
-                    match keep_record(record, map, map_end, drop_tombstones) {
-                        Keep::Yes => true,
-                        Keep::Superseded => false,
-                        Keep::ExpiredTombstone => {
-                            tombstones += 1;
-                            false
+                let retained =
+                    batch.retain(self.limit, keep_header, |record| {
+                        match keep_record(record, map, map_end, drop_tombstones) {
+                            Keep::Yes => true,
+                            Keep::Superseded => false,
+                            Keep::ExpiredTombstone => {
+                                tombstones += 1;
+                                false
+                            }
                         }
-                    }
-                })?;
+                    })?;
                 self.stats.tombstones_removed += tombstones;
                 retained
             };
@@ -435,7 +436,7 @@ impl Pass<'_> {
     }
 }
 
-/// Whether `batch` is an idempotent producer's newest (kept whole by compaction).
+/// Whether `batch` is an idempotent producer's newest (its header survives compaction).
 fn is_producers_newest(batch: &RecordBatch, last_offsets: &HashMap<i64, u64>) -> bool {
     batch.producer_id() >= 0
         && last_offsets.get(&batch.producer_id()) == Some(&(batch.last_offset() as u64))
@@ -650,23 +651,24 @@ mod tests {
         builder.append(crate::log::now_ms(), Some(b"key-2"), Some(b"p1"), &[]);
         let retry = builder.build();
         let info = log.append(&retry, 1).unwrap();
-        latest.insert("key-2".into(), (info.base_offset, Some("p1".into())));
         let overwritten = fill(&mut log, 10, 1);
         latest.extend(overwritten);
         let held = log.read(0, 1 << 20).unwrap();
         let partition = PartitionLog::new(TopicPartition::new("t", 0), log);
-        run(&partition, 2_000).expect("a pass ran");
+        run(&partition, crate::log::now_ms()).expect("a pass ran");
         for b in batches(held) {
             b.unwrap().validate().expect("the old mapping stays valid");
         }
         partition
             .with_log(|log| {
                 let got = records(log);
-                // The producer's newest batch stays whole although key-2 was overwritten.
-                assert_eq!(
-                    got.get(&info.base_offset),
-                    Some(&("key-2".into(), Some("p1".into())))
-                );
+                // key-2 was overwritten: the producer's newest batch is left as a bare header.
+                assert_eq!(got.get(&info.base_offset), None);
+                let header = log.read(info.base_offset, 1)?;
+                let header = batches(header).next().unwrap().unwrap();
+                assert_eq!(header.base_offset() as u64, info.base_offset);
+                assert_eq!(header.record_count(), 0);
+                assert_eq!((header.producer_id(), header.base_sequence()), (42, 1));
                 Ok(())
             })
             .unwrap();

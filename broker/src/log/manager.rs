@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 
 use crate::error::{Error, IoContext, Result};
+use crate::log::cleaner::CleanerConfig;
 use crate::log::meta::{self, DirMeta};
 use crate::log::{Log, LogConfig};
 
@@ -458,6 +459,37 @@ impl LogManager {
             log.roll_if_due(now_ms)?;
             log.enforce_retention(now_ms).map(|_| ())
         })
+    }
+
+    /// One compaction round: a cleaning pass over every configured, compacted partition that
+    /// is due (see `cleaner`), each only below its high watermark. Blocking. `stop` ends the
+    /// round early; one partition's failure never stops the others.
+    pub fn clean(
+        &self,
+        cleaner: &CleanerConfig,
+        stop: &std::sync::atomic::AtomicBool,
+        now_ms: i64,
+    ) -> Vec<(TopicPartition, Error)> {
+        let partitions: Vec<Arc<PartitionLog>> = self.read_logs().values().cloned().collect();
+        let mut failures = Vec::new();
+        for partition in partitions {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            if !partition
+                .configured
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                continue;
+            }
+            let upper = partition.high_watermark().min(partition.log_end_offset());
+            match crate::log::cleaner::clean(&partition, upper, now_ms, cleaner, stop) {
+                Ok(_) => {}
+                Err(_) if stop.load(std::sync::atomic::Ordering::Relaxed) => break,
+                Err(e) => failures.push((partition.topic_partition().clone(), e)),
+            }
+        }
+        failures
     }
 
     /// Flushes and closes every log (clean shutdown). Every log is flushed even if one fails.

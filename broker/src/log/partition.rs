@@ -680,7 +680,8 @@ impl Log {
                 }
                 Stamp::Replica => batch.validate()?,
             }
-            if batch.record_count() == 0 {
+            // (A replicated batch may be a compacted producer batch's bare header.)
+            if batch.record_count() == 0 && matches!(stamp, Stamp::Leader(_)) {
                 return Err(ProtocolError::Invalid {
                     what: "record batch",
                     reason: "holds no records".into(),

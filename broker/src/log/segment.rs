@@ -171,9 +171,6 @@ pub(crate) fn scan(data: &Bytes, base_offset: u64, config: &LogConfig) -> Scan {
                     Ok(b) if b.compute_crc() != b.crc() => {
                         Some(format!("CRC mismatch in batch at offset {next_offset}"))
                     }
-                    Ok(b) if b.record_count() == 0 => {
-                        Some(format!("empty batch at offset {next_offset}"))
-                    }
                     Ok(b) => {
                         let relative = (next_offset - base_offset) as u32;
                         if let Some((o, t)) = indexer.before_batch(relative, position as u32) {

@@ -90,10 +90,16 @@ impl BrokerState {
                 base.clone()
             });
             if topic == OFFSETS_TOPIC {
-                // Committed offsets are kept until compaction exists: never by the broker-wide
-                // size or time retention (also for an offsets topic created before this rule).
+                // Committed offsets are compacted, never deleted by size or age (also for an
+                // offsets topic created before these rules, whatever its stored configs say).
+                config.cleanup_policy = crate::log::CleanupPolicy::COMPACT;
                 config.retention_bytes = None;
                 config.retention_ms = None;
+                config.segment_bytes = self.config.offsets_topic_segment_bytes;
+                if let Err(e) = config.validate() {
+                    tracing::warn!(%tp, "offsets_topic_segment_bytes rejected, using the broker default: {e}");
+                    config.segment_bytes = base.segment_bytes;
+                }
             }
             // One partition's failure (a full disk, no file descriptors) must not keep the
             // others from following the metadata: it is logged and retried on the next pass.
@@ -282,6 +288,7 @@ impl Broker {
         tracker.spawn(heartbeat_loop(state.clone()));
         tracker.spawn(register_and_reconcile(state.clone()));
         tracker.spawn(storage_tick(state.clone()));
+        tracker.spawn(cleaner_loop(state.clone()));
         tracker.spawn(replica_tick(state.clone()));
         tracker.spawn(listener::accept_loop(
             state.clone(),
@@ -620,6 +627,7 @@ async fn ensure_offsets_topic(state: &Arc<BrokerState>) {
         name: OFFSETS_TOPIC.to_string(),
         assignments: assign_replicas(&brokers, 0, OFFSETS_PARTITIONS, rf),
         configs: std::collections::BTreeMap::from([
+            ("cleanup.policy".to_string(), "compact".to_string()),
             ("retention.ms".to_string(), "0".to_string()),
             ("retention.bytes".to_string(), "0".to_string()),
             ("min.insync.replicas".to_string(), rf.min(2).to_string()),
@@ -630,6 +638,44 @@ async fn ensure_offsets_topic(state: &Arc<BrokerState>) {
         Err(e) => tracing::warn!(
             "creating {OFFSETS_TOPIC} failed (groups will be unavailable until it exists): {e}"
         ),
+    }
+}
+
+/// Compaction: a round over the compacted partitions every `log_cleaner_backoff_ms`, on a
+/// blocking thread (one cleaner, as Kafka's default). Shutdown stops a pass between batches.
+async fn cleaner_loop(state: Arc<BrokerState>) {
+    let cleaner = match state.config.cleaner_config() {
+        Ok(cleaner) => Arc::new(cleaner),
+        Err(e) => {
+            tracing::error!("log cleaner not started: {e}");
+            return;
+        }
+    };
+    let backoff = Duration::from_millis(state.config.log_cleaner_backoff_ms);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        let (logs, cleaner, flag) = (state.logs.clone(), cleaner.clone(), stop.clone());
+        let mut round = tokio::task::spawn_blocking(move || logs.clean(&cleaner, &flag, now_ms()));
+        let result = tokio::select! {
+            result = &mut round => result,
+            _ = state.shutdown.cancelled() => {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = round.await;
+                return;
+            }
+        };
+        match result {
+            Ok(failures) => {
+                for (tp, e) in failures {
+                    tracing::error!(partition = %tp, "compaction failed (retried next round; the log is unchanged where the pass did not finish): {e}");
+                }
+            }
+            Err(e) => tracing::error!("log cleaner task failed: {e}"),
+        }
     }
 }
 
