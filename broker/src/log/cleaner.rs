@@ -777,8 +777,14 @@ mod tests {
         let latest = fill(&mut leader, 30, 20);
         let partition = PartitionLog::new(TopicPartition::new("t", 0), leader);
         run(&partition, 2_000).expect("a pass ran");
+        // A follower whose topic config says delete (say, the policy was just changed) still
+        // takes the leader's gaps, and marks its directory so a rescan at open allows them.
+        let delete = LogConfig {
+            cleanup_policy: CleanupPolicy::DELETE,
+            ..config()
+        };
         let follower_dir = tempfile::tempdir().unwrap();
-        let mut follower = Log::open(follower_dir.path(), config()).unwrap();
+        let mut follower = Log::open(follower_dir.path(), delete.clone()).unwrap();
         partition
             .with_log(|leader| {
                 while follower.log_end_offset() < leader.log_end_offset() {
@@ -790,7 +796,16 @@ mod tests {
             .unwrap();
         assert_compacted(&mut follower, &latest, true);
         drop(follower);
-        let mut follower = Log::open(follower_dir.path(), config()).unwrap();
+        // Every segment rescanned: no recovery point, no indexes.
+        for entry in std::fs::read_dir(follower_dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with("index") || name == "recovery-point" {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        let mut follower = Log::open(follower_dir.path(), delete).unwrap();
+        assert_eq!(follower.recovery_report().truncated_bytes, 0);
         assert_compacted(&mut follower, &latest, true);
     }
 

@@ -141,6 +141,20 @@ impl Log {
         crate::log::segment::finish_swaps(dir)?;
         let bases = list_segments(dir)?;
         let recovery_point = read_recovery_point(dir);
+        // A log that was ever compacted (or replicated a compacted leader) may skip offsets
+        // between batches, also if its topic is no longer compacted: scans allow gaps then.
+        let config_now = config;
+        let config = if dir.join(CLEANER_CHECKPOINT_FILE).exists() {
+            LogConfig {
+                cleanup_policy: crate::log::CleanupPolicy {
+                    compact: true,
+                    ..config_now.cleanup_policy
+                },
+                ..config_now.clone()
+            }
+        } else {
+            config_now.clone()
+        };
         // Trust sealed segments wholly before the one holding the recovery point; scan the rest.
         let first_scanned = bases
             .partition_point(|b| *b <= recovery_point)
@@ -206,7 +220,7 @@ impl Log {
         }
         let mut log = Log {
             dir: dir.to_owned(),
-            config,
+            config: config_now,
             segments,
             open_sealed: VecDeque::new(),
             flushed_offset: 0,
@@ -521,6 +535,7 @@ impl Log {
                 max_bytes: 1 << 30,
             });
         }
+        let previous_end = self.log_end_offset();
         let plan = self.plan_append(input, stamp)?;
         if let Stamp::Leader(_) = stamp {
             if let Some(duplicate) = self.check_producers(input, plan.len())? {
@@ -561,6 +576,17 @@ impl Log {
                 }
             }
             return Err(e);
+        }
+        // A replica that took a batch past its log end holds a compacted leader's gaps: the
+        // checkpoint file marks the directory so (recovery scans allow gaps, see `open`).
+        if matches!(stamp, Stamp::Replica)
+            && (plan.first().is_some_and(|b| b.base_offset > previous_end)
+                || plan
+                    .windows(2)
+                    .any(|w| w[1].base_offset > w[0].last_offset + 1))
+            && !self.dir.join(CLEANER_CHECKPOINT_FILE).exists()
+        {
+            self.set_cleaned_to(self.cleaned_to);
         }
         let max = self.config.max_producers_per_partition;
         for (batch, planned) in batches(input.clone()).zip(&plan) {

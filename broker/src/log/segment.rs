@@ -160,10 +160,16 @@ pub(crate) fn scan(data: &Bytes, base_offset: u64, config: &LogConfig) -> Scan {
                     rest.len()
                 ))
             }
-            // Offsets increase; a compacted segment may skip some (removed records).
-            Some((offset, _)) if offset < next_offset as i64 => Some(format!(
-                "batch has offset {offset}, expected at least {next_offset}"
-            )),
+            // Offsets are contiguous, except that a compacted log may skip some (removed
+            // records). The base offset is outside the CRC: in a log that is not compacted a
+            // gap is corruption, and no gap may leave the segment's u32 relative offsets.
+            Some((offset, _))
+                if offset < next_offset as i64
+                    || (offset != next_offset as i64 && !config.cleanup_policy.compact)
+                    || offset as u64 - base_offset > u64::from(u32::MAX / 2) =>
+            {
+                Some(format!("batch has offset {offset}, expected {next_offset}"))
+            }
             Some((_, size)) => {
                 let batch = RecordBatch::parse(data.slice(position..position + size as usize));
                 match batch {
