@@ -810,6 +810,44 @@ mod tests {
     }
 
     #[test]
+    fn the_compaction_lag_and_the_dirty_ratio_hold_a_pass_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let lagging = LogConfig {
+            min_compaction_lag_ms: 10_000,
+            min_cleanable_dirty_ratio: 0.9,
+            ..config()
+        };
+        let mut log = Log::open(dir.path(), lagging).unwrap();
+        let latest = fill(&mut log, 20, 20); // records at 1,000-1,019 ms
+        let partition = PartitionLog::new(TopicPartition::new("t", 0), log);
+        assert!(
+            run(&partition, 5_000).is_none(),
+            "younger than min.compaction.lag.ms"
+        );
+        run(&partition, 20_000).expect("old enough");
+        // A little new dirt is below the 0.9 ratio: no pass.
+        partition
+            .with_log(|log| {
+                let more = batch(
+                    &[("key-1".into(), Some("new".into()))],
+                    1_500,
+                    Compression::None,
+                );
+                log.append(&more, 1)?;
+                log.roll()
+            })
+            .unwrap();
+        assert!(run(&partition, 20_000).is_none(), "dirty ratio below 0.9");
+        partition
+            .with_log(|log| {
+                let got = records(log);
+                assert!(got.len() > latest.len(), "key-1 has its old and new value");
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
     fn unkeyed_records_are_refused_by_a_compacted_topic() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = Log::open(dir.path(), config()).unwrap();
