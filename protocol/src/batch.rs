@@ -575,20 +575,7 @@ impl RecordBatch {
         let (mut position, mut kept_count, mut dropped) = (0usize, 0i32, false);
         for _ in 0..self.record_count() {
             let rest = region.slice(position..);
-            let mut headers = Vec::new();
-            let (raw, used) = parse_record(&rest, |key, value| {
-                headers.push(Header {
-                    key: rest.slice(key),
-                    value: value.map(|v| rest.slice(v)),
-                });
-            })?;
-            let record = Record {
-                offset: (self.base_offset() + i64::from(raw.offset_delta)) as u64,
-                timestamp: self.base_timestamp().wrapping_add(raw.timestamp_delta),
-                key: raw.key.map(|r| rest.slice(r)),
-                value: raw.value.map(|r| rest.slice(r)),
-                headers,
-            };
+            let (record, used) = record_at(&rest, self.base_offset(), self.base_timestamp())?;
             if keep(&record) {
                 kept.extend_from_slice(&rest[..used]);
                 kept_count += 1;
@@ -705,24 +692,34 @@ impl Iterator for Records {
 
 impl Records {
     fn read_record(&mut self) -> Result<Record, ProtocolError> {
-        let rest = self.rest.clone();
-        let mut headers = Vec::new();
-        let (raw, used) = parse_record(&rest, |key, value| {
-            headers.push(Header {
-                key: rest.slice(key),
-                value: value.map(|v| rest.slice(v)),
-            });
-        })?;
-        let record = Record {
-            offset: (self.base_offset + i64::from(raw.offset_delta)) as u64,
-            timestamp: self.base_timestamp.wrapping_add(raw.timestamp_delta),
-            key: raw.key.map(|r| rest.slice(r)),
-            value: raw.value.map(|r| rest.slice(r)),
-            headers,
-        };
+        let (record, used) = record_at(&self.rest, self.base_offset, self.base_timestamp)?;
         self.rest.advance(used);
         Ok(record)
     }
+}
+
+/// The record at the front of `rest` (its key, value and headers slices of `rest`) and the
+/// bytes it occupies.
+fn record_at(
+    rest: &Bytes,
+    base_offset: i64,
+    base_timestamp: i64,
+) -> Result<(Record, usize), ProtocolError> {
+    let mut headers = Vec::new();
+    let (raw, used) = parse_record(rest, |key, value| {
+        headers.push(Header {
+            key: rest.slice(key),
+            value: value.map(|v| rest.slice(v)),
+        });
+    })?;
+    let record = Record {
+        offset: (base_offset + i64::from(raw.offset_delta)) as u64,
+        timestamp: base_timestamp.wrapping_add(raw.timestamp_delta),
+        key: raw.key.map(|r| rest.slice(r)),
+        value: raw.value.map(|r| rest.slice(r)),
+        headers,
+    };
+    Ok((record, used))
 }
 
 /// One record's fields as byte ranges of the buffer it was parsed from.

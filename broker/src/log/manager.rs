@@ -83,10 +83,7 @@ pub struct PartitionLog {
 pub const TOPIC_ID_FILE: &str = "topic-id";
 
 fn read_topic_id(dir: &Path) -> u64 {
-    fs::read_to_string(dir.join(TOPIC_ID_FILE))
-        .ok()
-        .and_then(|text| text.strip_prefix("1 ")?.trim().parse().ok())
-        .unwrap_or(0)
+    meta::read_numbered(dir, TOPIC_ID_FILE)
 }
 
 fn write_topic_id(dir: &Path, id: u64) -> Result<()> {

@@ -186,6 +186,14 @@ fn write(data_dir: &Path, meta: &DirMeta) -> Result<()> {
     write_durably(data_dir, META_FILE, meta.render().as_bytes())
 }
 
+/// Reads a small checkpoint file `dir/name` holding `1 <number>`; 0 if missing or unreadable.
+pub(crate) fn read_numbered(dir: &Path, name: &str) -> u64 {
+    fs::read_to_string(dir.join(name))
+        .ok()
+        .and_then(|text| text.strip_prefix("1 ")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Replaces `dir/name` with `bytes` atomically and durably: write `name.tmp`, fsync, rename,
 /// fsync the directory.
 pub(crate) fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {

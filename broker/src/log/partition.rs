@@ -1095,10 +1095,7 @@ impl Log {
 pub const CLEANER_CHECKPOINT_FILE: &str = "cleaner-checkpoint";
 
 fn read_cleaner_checkpoint(dir: &Path) -> u64 {
-    fs::read_to_string(dir.join(CLEANER_CHECKPOINT_FILE))
-        .ok()
-        .and_then(|text| text.strip_prefix("1 ")?.trim().parse().ok())
-        .unwrap_or(0)
+    crate::log::meta::read_numbered(dir, CLEANER_CHECKPOINT_FILE)
 }
 
 impl Log {
