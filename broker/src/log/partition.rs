@@ -666,7 +666,8 @@ impl Log {
         // Index entries hold offsets relative to the segment base as u32: a segment never
         // spans more offsets than that.
         let base = self.active()?.base_offset;
-        let far = last - base >= u64::from(u32::MAX);
+        // (Half the u32 range, as `needs_roll` and recovery's scan.)
+        let far = last - base > u64::from(u32::MAX / 2);
         if self.active()?.needs_roll(total, &self.config, now_ms)
             || (self.active()?.size_bytes > 0 && far)
         {
