@@ -124,3 +124,48 @@ async fn produce_consume_restart_and_read_again() {
         "the restarted broker serves the same records"
     );
 }
+
+/// Issue 14 §0: a record sent after the producer went idle is sent after `linger`, not after
+/// the sender's 1 s fallback sleep. Each round waits for the previous acknowledgement (the
+/// sender then goes idle), pauses, and sends one record: before the fix every round took about
+/// the rest of a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_sent_after_an_idle_pause_is_acknowledged_within_a_few_lingers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let client = client(&broker.address).await;
+    Admin::new(client.clone())
+        .create_topic(NewTopic::new("idle", 1))
+        .await
+        .unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            linger: Duration::from_millis(5),
+            ..ProducerConfig::default()
+        },
+    );
+    let send = |i: usize| {
+        let producer = producer.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let delivery = producer
+                .send(Record::new("idle").partition(0).value(format!("r{i}")))
+                .await
+                .unwrap();
+            delivery.await.unwrap();
+            started.elapsed()
+        }
+    };
+    send(0).await; // takes a producer id, learns the leader
+    let mut slowest = Duration::ZERO;
+    for i in 1..=5 {
+        // The idle pause is the scenario under test, not a wait for some state.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        slowest = slowest.max(send(i).await);
+    }
+    assert!(
+        slowest < Duration::from_millis(400),
+        "a record after an idle pause took {slowest:?} (linger 5 ms)"
+    );
+}

@@ -429,7 +429,10 @@ impl Producer {
         }
         drop(state);
         shared.outstanding.fetch_add(1, Ordering::AcqRel);
-        if became_full || shared.config.linger.is_zero() {
+        // A new batch (which also closes the one before it) gives the sender a new deadline:
+        // without this wake-up an idle sender slept on to its 1 s fallback, and a record sent
+        // after a pause waited up to a second instead of `linger` (issue 14's stalls).
+        if became_full || needs_new || shared.config.linger.is_zero() {
             shared.wake.notify_one();
         }
         Ok(DeliveryFuture(delivery))
