@@ -63,9 +63,6 @@ pub enum Error {
         code: rill_protocol::ErrorCode,
         message: String,
     },
-    /// A record the partition's topic does not accept (no key on a compacted topic).
-    #[error("{0}")]
-    InvalidRecord(String),
     /// A log directory whose files cannot be turned into a log (wrong names, impossible sizes).
     #[error("log directory {path} is unusable: {reason}")]
     CorruptLog { path: PathBuf, reason: String },
@@ -95,6 +92,7 @@ impl Error {
             Error::InvalidBatch(e) => match e {
                 ProtocolError::UnsupportedCompression(_) => ErrorCode::UNSUPPORTED_COMPRESSION,
                 ProtocolError::DecompressedTooLarge { .. } => ErrorCode::MESSAGE_TOO_LARGE,
+                ProtocolError::MissingKey { .. } => ErrorCode::INVALID_RECORD,
                 _ => ErrorCode::CORRUPT_MESSAGE,
             },
             Error::BatchTooLarge { .. } => ErrorCode::MESSAGE_TOO_LARGE,
@@ -107,7 +105,6 @@ impl Error {
             Error::NotLeader { .. } => ErrorCode::NOT_LEADER,
             Error::InconsistentClusterId(_) => ErrorCode::UNKNOWN_SERVER_ERROR,
             Error::ProducerState { code, .. } => *code,
-            Error::InvalidRecord(_) => ErrorCode::INVALID_RECORD,
         }
     }
 }

@@ -513,6 +513,7 @@ impl RecordBatch {
                 self.record_count(),
                 self.last_offset_delta(),
                 false,
+                false,
             ),
             _ => Ok(()),
         }
@@ -522,6 +523,16 @@ impl RecordBatch {
     /// where needed, and that the batch is dense (offset deltas 0, 1, 2, ...): what a leader
     /// vouches for before it stores a producer's batch.
     pub fn validate_records(&self, limit: usize) -> Result<(), ProtocolError> {
+        self.check_dense(limit, false)
+    }
+
+    /// [`RecordBatch::validate_records`], also requiring a key on every record (a compacted
+    /// topic's rule; `MissingKey` otherwise), in the same walk over the records.
+    pub fn validate_keyed_records(&self, limit: usize) -> Result<(), ProtocolError> {
+        self.check_dense(limit, true)
+    }
+
+    fn check_dense(&self, limit: usize, require_keys: bool) -> Result<(), ProtocolError> {
         self.check_crc()?;
         if !self.is_dense() {
             return Err(ProtocolError::invalid(
@@ -534,19 +545,20 @@ impl RecordBatch {
             ));
         }
         let (count, last) = (self.record_count(), self.last_offset_delta());
-        match self.compression()? {
-            Compression::None => {
-                check_records(&self.bytes[BATCH_HEADER_BYTES..], count, last, true)
-            }
-            codec => {
-                let records = crate::compression::decompress(
-                    codec,
-                    &self.bytes[BATCH_HEADER_BYTES..],
-                    limit,
-                )?;
-                check_records(&records, count, last, true)
-            }
-        }
+        let region = self.records_region(limit)?;
+        check_records(&region, count, last, true, require_keys)
+    }
+
+    /// The records region, decompressed (at most `limit` bytes) if the batch is compressed.
+    fn records_region(&self, limit: usize) -> Result<Bytes, ProtocolError> {
+        Ok(match self.compression()? {
+            Compression::None => self.bytes.slice(BATCH_HEADER_BYTES..),
+            codec => Bytes::from(crate::compression::decompress(
+                codec,
+                &self.bytes[BATCH_HEADER_BYTES..],
+                limit,
+            )?),
+        })
     }
 
     /// The batch with only the records `keep` accepts (compaction), decompressing at most
@@ -563,14 +575,7 @@ impl RecordBatch {
         mut keep: impl FnMut(&Record) -> bool,
     ) -> Result<Retained, ProtocolError> {
         let codec = self.compression()?;
-        let region = match codec {
-            Compression::None => self.bytes.slice(BATCH_HEADER_BYTES..),
-            codec => Bytes::from(crate::compression::decompress(
-                codec,
-                &self.bytes[BATCH_HEADER_BYTES..],
-                limit,
-            )?),
-        };
+        let region = self.records_region(limit)?;
         let mut kept = BytesMut::new();
         let (mut position, mut kept_count, mut dropped) = (0usize, 0i32, false);
         for _ in 0..self.record_count() {
@@ -632,16 +637,8 @@ impl RecordBatch {
 
     /// [`RecordBatch::records`], decompressing at most `limit` bytes.
     pub fn records_limited(&self, limit: usize) -> Result<Records, ProtocolError> {
-        let rest = match self.compression()? {
-            Compression::None => self.bytes.slice(BATCH_HEADER_BYTES..),
-            codec => Bytes::from(crate::compression::decompress(
-                codec,
-                &self.bytes[BATCH_HEADER_BYTES..],
-                limit,
-            )?),
-        };
         Ok(Records {
-            rest,
+            rest: self.records_region(limit)?,
             remaining: self.record_count() as u32,
             base_offset: self.base_offset(),
             base_timestamp: self.base_timestamp(),
@@ -818,6 +815,7 @@ fn check_records(
     count: i32,
     last_delta: i32,
     dense: bool,
+    require_keys: bool,
 ) -> Result<(), ProtocolError> {
     let mut position = 0;
     let mut previous = -1i32;
@@ -833,6 +831,9 @@ fn check_records(
                 "record",
                 format!("record {i} has offset delta {}", raw.offset_delta),
             ));
+        }
+        if require_keys && raw.key.is_none() {
+            return Err(ProtocolError::MissingKey { index: i });
         }
         previous = raw.offset_delta;
         position += used;

@@ -173,6 +173,8 @@ pub enum ProtocolError {
     Io(String),
     #[error("the batch's records decompress to more than {limit} bytes (max_batch_decompressed_bytes): refused")]
     DecompressedTooLarge { limit: usize },
+    #[error("record {index} has no key: a compacted topic accepts only records with a key")]
+    MissingKey { index: i32 },
 }
 
 impl ProtocolError {
@@ -186,6 +188,7 @@ impl ProtocolError {
             ProtocolError::UnsupportedCompression(_) => ErrorCode::UNSUPPORTED_COMPRESSION,
             ProtocolError::Io(_) => ErrorCode::UNKNOWN_SERVER_ERROR,
             ProtocolError::DecompressedTooLarge { .. } => ErrorCode::MESSAGE_TOO_LARGE,
+            ProtocolError::MissingKey { .. } => ErrorCode::INVALID_RECORD,
             _ => ErrorCode::INVALID_REQUEST,
         }
     }

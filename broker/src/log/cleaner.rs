@@ -482,18 +482,13 @@ mod tests {
     use rill_protocol::batch::{Compression, RecordBatchBuilder};
 
     use super::*;
-    use crate::log::{CleanupPolicy, FlushPolicy, Log, TopicPartition};
+    use crate::log::{CleanupPolicy, Log, TopicPartition};
 
     fn config() -> LogConfig {
         LogConfig {
-            segment_bytes: 8 * 1024,
-            index_interval_bytes: 512,
-            preallocate_bytes: 4096,
-            retention_ms: None,
-            flush: FlushPolicy::Os,
             cleanup_policy: CleanupPolicy::COMPACT,
             min_cleanable_dirty_ratio: 0.0,
-            ..LogConfig::default()
+            ..crate::log::tests::small_config()
         }
     }
 

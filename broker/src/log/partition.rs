@@ -699,11 +699,13 @@ impl Log {
             // within `max_batch_decompressed_bytes` (a decompression bomb is refused there).
             // The batch itself is stored as the producer compressed it. Replicas check the CRC.
             match stamp {
+                // A compacted topic needs a key on every record (one that never had one could
+                // never be compacted away): Kafka's rule, checked in the same walk.
+                Stamp::Leader(_) if self.config.cleanup_policy.compact => {
+                    batch.validate_keyed_records(self.config.max_batch_decompressed_bytes)?
+                }
                 Stamp::Leader(_) => {
-                    batch.validate_records(self.config.max_batch_decompressed_bytes)?;
-                    if self.config.cleanup_policy.compact {
-                        self.check_keys(&batch)?;
-                    }
+                    batch.validate_records(self.config.max_batch_decompressed_bytes)?
                 }
                 Stamp::Replica => batch.validate()?,
             }
@@ -752,21 +754,6 @@ impl Log {
             .into());
         }
         Ok(plan)
-    }
-
-    /// A compacted topic keeps the latest record per key: a record without a key could never
-    /// be compacted away, so a leader refuses it (as Kafka does).
-    fn check_keys(&self, batch: &RecordBatch) -> Result<()> {
-        for record in batch.records_limited(self.config.max_batch_decompressed_bytes)? {
-            if record?.key.is_none() {
-                return Err(Error::InvalidRecord(format!(
-                    "{}: a compacted topic (cleanup.policy={}) accepts only records with a key",
-                    self.dir.display(),
-                    self.config.cleanup_policy
-                )));
-            }
-        }
-        Ok(())
     }
 
     /// Seals the active segment (if it holds data) and starts a new one at the log end.

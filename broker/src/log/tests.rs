@@ -20,7 +20,7 @@ fn batch(records: usize, value_bytes: usize, timestamp: i64) -> Bytes {
     builder.build()
 }
 
-fn small_config() -> LogConfig {
+pub(super) fn small_config() -> LogConfig {
     LogConfig {
         segment_bytes: 8 * 1024,
         index_interval_bytes: 512,
