@@ -297,6 +297,17 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // A failed test shows what its broker said last.
+            let pid = self.child.id();
+            let log = self.drain_log();
+            let tail = &log[log.len().saturating_sub(40)..];
+            eprintln!(
+                "--- last {} log lines of broker pid {pid} ---\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
