@@ -7,6 +7,7 @@ pub mod controller;
 pub mod error;
 pub mod group;
 pub mod log;
+pub mod ops;
 pub mod replica;
 pub mod server;
 

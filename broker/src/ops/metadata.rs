@@ -5,24 +5,40 @@
 use std::sync::Arc;
 
 use rill_protocol::api::{
-    BrokerMetadata, MetadataRequest, MetadataResponse, PartitionMetadata, ResponseBody,
-    TopicMetadata,
+    BrokerMetadata, MetadataRequest, MetadataResponse, PartitionMetadata, TopicMetadata,
 };
 use rill_protocol::ErrorCode;
 
-use super::{create_topic, error_reply, reply, Pending};
+use super::create_topic;
 use crate::controller::TopicInfo;
 use crate::server::BrokerState;
 
-pub(super) async fn handle(state: &Arc<BrokerState>, request: MetadataRequest) -> Pending {
+/// The cluster as applied here, or the request-level error (CLUSTER_NOT_READY).
+pub async fn metadata(
+    state: &Arc<BrokerState>,
+    request: MetadataRequest,
+) -> Result<MetadataResponse, ErrorCode> {
+    metadata_of(state, request, true).await
+}
+
+/// [`metadata`]; unknown named topics are created only if `auto_create` too (a Kafka client
+/// may ask not to).
+pub async fn metadata_of(
+    state: &Arc<BrokerState>,
+    request: MetadataRequest,
+    auto_create: bool,
+) -> Result<MetadataResponse, ErrorCode> {
     // Until this broker has caught up and registered, its metadata may be stale (a restarted
     // broker replays its own old log first): clients ask another broker. The same without
     // the leadership lease (no heartbeat accepted lately): this broker may be cut off from the
     // controller and its view of the leaders stale. Without a quorum no broker has a lease.
     if !state.ready.load(std::sync::atomic::Ordering::Acquire) || !state.lease.is_valid() {
-        return error_reply(ErrorCode::CLUSTER_NOT_READY);
+        return Err(ErrorCode::CLUSTER_NOT_READY);
     }
-    if let (Some(names), true) = (&request.topics, state.config.auto_create_topics) {
+    if let (Some(names), true) = (
+        &request.topics,
+        state.config.auto_create_topics && auto_create,
+    ) {
         let metadata = state.controller.metadata();
         for name in names.iter().filter(|n| !metadata.topics.contains_key(*n)) {
             let (code, message) = create_topic(
@@ -76,7 +92,7 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: MetadataRequest) -
         brokers,
         topics,
     };
-    reply(ResponseBody::Metadata(response))
+    Ok(response)
 }
 
 fn describe(topic: &TopicInfo) -> TopicMetadata {

@@ -4,12 +4,15 @@
 
 use std::sync::Arc;
 
-use rill_protocol::api::{CreateTopicsRequest, CreateTopicsResponse, ResponseBody, TopicResult};
+use rill_protocol::api::{CreateTopicsRequest, CreateTopicsResponse, TopicResult};
 
-use super::{create_topic, reply, Pending};
+use super::create_topic;
 use crate::server::BrokerState;
 
-pub(super) async fn handle(state: &Arc<BrokerState>, request: CreateTopicsRequest) -> Pending {
+pub async fn create_topics(
+    state: &Arc<BrokerState>,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let configs = topic
@@ -32,7 +35,5 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: CreateTopicsReques
             error_message,
         });
     }
-    reply(ResponseBody::CreateTopics(CreateTopicsResponse {
-        topics: results,
-    }))
+    CreateTopicsResponse { topics: results }
 }

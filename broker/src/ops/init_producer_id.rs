@@ -5,23 +5,23 @@
 
 use std::sync::Arc;
 
-use rill_protocol::api::{InitProducerIdRequest, InitProducerIdResponse, ResponseBody};
+use rill_protocol::api::{InitProducerIdRequest, InitProducerIdResponse};
 use rill_protocol::ErrorCode;
 
-use super::{reply, Pending};
 use crate::controller::{Command, CommandResult};
 use crate::server::BrokerState;
 
 /// Producer ids per block taken from the controller.
 pub const BLOCK: u32 = 1000;
 
-pub(super) async fn handle(state: &Arc<BrokerState>, request: InitProducerIdRequest) -> Pending {
-    let answer = |error_code, producer_id| {
-        reply(ResponseBody::InitProducerId(InitProducerIdResponse {
-            error_code,
-            producer_id,
-            producer_epoch: if producer_id < 0 { -1 } else { 0 },
-        }))
+pub async fn init_producer_id(
+    state: &Arc<BrokerState>,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let answer = |error_code, producer_id: i64| InitProducerIdResponse {
+        error_code,
+        producer_id,
+        producer_epoch: if producer_id < 0 { -1 } else { 0 },
     };
     if request.transactional_id.is_some() {
         return answer(ErrorCode::INVALID_REQUEST, -1);

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use rill_protocol::api::{
     EpochEndOffset, FetchPartitionResponse, FetchRequest, FetchResponse, FetchTopicResponse,
 };
@@ -22,7 +23,7 @@ use rill_protocol::batch::peek_offset_and_size;
 use rill_protocol::ErrorCode;
 use tokio::sync::watch;
 
-use super::{local_replica, Pending};
+use super::local_replica;
 use crate::log::TopicPartition;
 use crate::replica::{FollowerFetch, Replica};
 use crate::server::BrokerState;
@@ -41,23 +42,27 @@ struct Source {
 /// A partition's source, or the error code to answer for it.
 type Target = Result<Source, ErrorCode>;
 
-pub(super) fn handle(state: &Arc<BrokerState>, request: FetchRequest) -> Pending {
+/// Starts the fetch as its own task; resolves to the response, or `None` if a blocking read
+/// task failed (logged; answered as UNKNOWN_SERVER_ERROR).
+pub fn fetch(
+    state: &Arc<BrokerState>,
+    request: FetchRequest,
+) -> BoxFuture<'static, Option<FetchResponse>> {
     let state = state.clone();
     let task = tokio::spawn(async move { respond(&state, request).await });
     Box::pin(async move {
         match task.await {
-            Ok(Some(chunks)) => Some((ErrorCode::NONE, chunks)),
-            Ok(None) => Some((ErrorCode::UNKNOWN_SERVER_ERROR, Vec::new())),
+            Ok(response) => response,
             Err(e) => {
                 tracing::error!("fetch task failed: {e}");
-                Some((ErrorCode::UNKNOWN_SERVER_ERROR, Vec::new()))
+                None
             }
         }
     })
 }
 
-/// The response's chunks; `None` if a blocking read task failed (logged).
-async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Option<Vec<Bytes>> {
+/// The response; `None` if a blocking read task failed (logged).
+async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Option<FetchResponse> {
     let wait_ms = u64::from(request.max_wait_ms).min(state.config.request_timeout_ms);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     // Everything that takes a partition's log lock (held by appends across fdatasync with
@@ -93,7 +98,7 @@ async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Option<Vec<
             || now >= deadline
             || state.shutdown.is_cancelled()
         {
-            return Some(response.encode_chunks());
+            return Some(response);
         }
         let mut waits: Vec<_> = targets
             .iter()
@@ -105,7 +110,7 @@ async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Option<Vec<
             })
             .collect();
         if waits.is_empty() {
-            return Some(response.encode_chunks());
+            return Some(response);
         }
         tokio::select! {
             _ = futures::future::select_all(waits.iter_mut()) => {}

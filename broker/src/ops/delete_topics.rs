@@ -3,14 +3,16 @@
 
 use std::sync::Arc;
 
-use rill_protocol::api::{DeleteTopicsRequest, DeleteTopicsResponse, ResponseBody, TopicResult};
+use rill_protocol::api::{DeleteTopicsRequest, DeleteTopicsResponse, TopicResult};
 use rill_protocol::ErrorCode;
 
-use super::{reply, Pending};
 use crate::controller::{Command, CommandResult};
 use crate::server::BrokerState;
 
-pub(super) async fn handle(state: &Arc<BrokerState>, request: DeleteTopicsRequest) -> Pending {
+pub async fn delete_topics(
+    state: &Arc<BrokerState>,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     let mut results = Vec::with_capacity(request.names.len());
     for name in request.names {
         let (error_code, error_message) = match state
@@ -46,7 +48,5 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: DeleteTopicsReques
             error_message,
         });
     }
-    reply(ResponseBody::DeleteTopics(DeleteTopicsResponse {
-        topics: results,
-    }))
+    DeleteTopicsResponse { topics: results }
 }

@@ -4,16 +4,17 @@
 
 use std::sync::Arc;
 
-use rill_protocol::api::{
-    CreatePartitionsRequest, CreatePartitionsResponse, ResponseBody, TopicResult,
-};
+use rill_protocol::api::{CreatePartitionsRequest, CreatePartitionsResponse, TopicResult};
 use rill_protocol::ErrorCode;
 
-use super::{reply, Pending, PARTITIONS_MAX};
+use super::PARTITIONS_MAX;
 use crate::controller::{metadata::assign_replicas, Command, CommandResult};
 use crate::server::BrokerState;
 
-pub(super) async fn handle(state: &Arc<BrokerState>, request: CreatePartitionsRequest) -> Pending {
+pub async fn create_partitions(
+    state: &Arc<BrokerState>,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let (error_code, error_message) =
@@ -27,9 +28,7 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: CreatePartitionsRe
     if let Err(e) = state.reconcile(Default::default()).await {
         tracing::warn!("creating local logs for new partitions failed: {e}");
     }
-    reply(ResponseBody::CreatePartitions(CreatePartitionsResponse {
-        topics: results,
-    }))
+    CreatePartitionsResponse { topics: results }
 }
 
 async fn grow(

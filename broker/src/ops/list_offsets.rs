@@ -6,14 +6,17 @@ use std::sync::Arc;
 
 use rill_protocol::api::{
     ListOffsetsPartitionResponse, ListOffsetsRequest, ListOffsetsResponse,
-    ListOffsetsTopicResponse, OffsetSpec, ResponseBody,
+    ListOffsetsTopicResponse, OffsetSpec,
 };
 use rill_protocol::ErrorCode;
 
-use super::{leader_replica, reply, Pending};
+use super::leader_replica;
 use crate::server::BrokerState;
 
-pub(super) async fn handle(state: &Arc<BrokerState>, request: ListOffsetsRequest) -> Pending {
+pub async fn list_offsets(
+    state: &Arc<BrokerState>,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let metadata = state.controller.metadata();
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
@@ -59,5 +62,5 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: ListOffsetsRequest
             partitions,
         });
     }
-    reply(ResponseBody::ListOffsets(ListOffsetsResponse { topics }))
+    ListOffsetsResponse { topics }
 }

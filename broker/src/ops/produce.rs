@@ -10,16 +10,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use rill_protocol::api::{
     Acks, ProducePartitionResponse, ProduceRequest, ProduceResponse, ProduceTopicResponse,
-    ResponseBody,
 };
 use rill_protocol::ErrorCode;
 
-use super::{create_topic, local_replica, reply, Pending};
+use super::{create_topic, local_replica};
 use crate::server::BrokerState;
 
-pub(super) async fn handle(state: &Arc<BrokerState>, request: ProduceRequest) -> Pending {
+/// Appends (before returning) and returns the acknowledgement still to come: `None` for
+/// `acks = 0` (no response is sent).
+pub async fn produce(
+    state: &Arc<BrokerState>,
+    request: ProduceRequest,
+) -> BoxFuture<'static, Option<ProduceResponse>> {
     if state.config.auto_create_topics {
         for topic in &request.topics {
             if !state.controller.metadata().topics.contains_key(&topic.name) {
@@ -96,10 +102,13 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: ProduceRequest) ->
         }
     }
     if request.acks == Acks::None {
-        return futures::FutureExt::boxed(futures::future::ready(None));
+        return futures::future::ready(None).boxed();
     }
     let timeout =
         Duration::from_millis(u64::from(request.timeout_ms).min(state.config.request_timeout_ms));
+    let names: Vec<String> = request.topics.iter().map(|t| t.name.clone()).collect();
+    // Waiting for replication is not order-sensitive: the connection reads on meanwhile.
+    async move {
     let outcomes =
         futures::future::join_all(appended.into_iter().map(|(t, index, outcome)| async move {
             let outcome = match outcome {
@@ -114,11 +123,10 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: ProduceRequest) ->
             (t, index, outcome)
         }))
         .await;
-    let mut topics: Vec<ProduceTopicResponse> = request
-        .topics
-        .iter()
-        .map(|t| ProduceTopicResponse {
-            name: t.name.clone(),
+    let mut topics: Vec<ProduceTopicResponse> = names
+        .into_iter()
+        .map(|name| ProduceTopicResponse {
+            name,
             partitions: Vec::new(),
         })
         .collect();
@@ -150,5 +158,7 @@ pub(super) async fn handle(state: &Arc<BrokerState>, request: ProduceRequest) ->
         };
         topics[t].partitions.push(response);
     }
-    reply(ResponseBody::Produce(ProduceResponse { topics }))
+    Some(ProduceResponse { topics })
+    }
+    .boxed()
 }
