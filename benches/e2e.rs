@@ -47,6 +47,8 @@ fn start_broker(data_dir: &std::path::Path) -> Broker {
             data_dir.to_str().expect("utf-8 path"),
             "--listen",
             "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
             "--flush",
             "os",
             "--log-level",

@@ -39,6 +39,8 @@ fn broker_recovers_logs_keeps_strays_refuses_a_second_broker_and_stops_cleanly()
             data.path().to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
         ])
         .output()
         .unwrap();

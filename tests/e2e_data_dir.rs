@@ -39,6 +39,8 @@ fn refused_at_start(dir: &Path, args: &[&str]) -> String {
             dir.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
         ])
         .args(args)
         .output()

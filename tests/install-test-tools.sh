@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the system tools the end-to-end tests need (README's test command runs this first):
 # iproute2 (`ip netns`, veth, bridges) and iptables, for the tests that cut real network links
-# between brokers in network namespaces. Needs root (the tests create namespaces too).
+# between brokers in network namespaces; kcat (librdkafka's command-line client), for the Kafka
+# listener's tests. Needs root (the tests create namespaces too).
 set -euo pipefail
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v mount >/dev/null 2>&1 || missing+=(mount)
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "install-test-tools: ${missing[*]} missing and not root: install them (apt-get install ${missing[*]}) or run as root" >&2

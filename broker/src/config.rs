@@ -22,6 +22,10 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// `host:port` clients are told to use; defaults to the bound listen address.
     pub advertised_address: Option<String>,
+    /// Address the Kafka-protocol listener binds (`host:port`), or `off` (docs/KAFKA.md).
+    pub kafka_listen: String,
+    /// `host:port` Kafka clients are told to use; defaults to the bound Kafka listen address.
+    pub kafka_advertised_address: Option<String>,
     /// Where partition logs and the metadata Raft state live.
     pub data_dir: PathBuf,
     /// Pins the cluster's id: a data directory of another cluster is refused, and a new quorum
@@ -105,6 +109,8 @@ impl Default for BrokerConfig {
             node_id: 1,
             listen: SocketAddr::from(([127, 0, 0, 1], 9292)),
             advertised_address: None,
+            kafka_listen: "127.0.0.1:9092".into(),
+            kafka_advertised_address: None,
             data_dir: PathBuf::from("./rill-data"),
             cluster_id: None,
             log_level: "info,openraft=off".into(),
@@ -164,8 +170,14 @@ pub struct Flags {
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// host:port advertised to clients [default: the bound listen address].
-    #[arg(long)]
+    #[arg(long, alias = "advertise")]
     pub advertised_address: Option<String>,
+    /// Kafka-protocol listener address, or off [default: 127.0.0.1:9092; port 0 for any free port].
+    #[arg(long)]
+    pub kafka_listen: Option<String>,
+    /// host:port advertised to Kafka clients [default: the bound Kafka listen address].
+    #[arg(long, alias = "kafka-advertise")]
+    pub kafka_advertised_address: Option<String>,
     /// Data directory [default: ./rill-data].
     #[arg(long, env = "RILL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -293,6 +305,9 @@ impl BrokerConfig {
         if let Some(address) = flags.advertised_address {
             config.advertised_address = Some(address);
         }
+        if let Some(address) = flags.kafka_advertised_address {
+            config.kafka_advertised_address = Some(address);
+        }
         if let Some(cluster_id) = flags.cluster_id {
             config.cluster_id = Some(cluster_id);
         }
@@ -313,6 +328,7 @@ impl BrokerConfig {
             flags,
             node_id,
             listen,
+            kafka_listen,
             data_dir,
             log_level,
             flush,
@@ -375,6 +391,7 @@ impl BrokerConfig {
                     .into(),
             ));
         }
+        config.kafka_listen_address()?;
         if config.max_frame_bytes < 1024 {
             return Err(Error::InvalidConfig(format!(
                 "max_frame_bytes {} must be at least 1024",
@@ -382,6 +399,19 @@ impl BrokerConfig {
             )));
         }
         Ok(config)
+    }
+
+    /// Where the Kafka listener binds; `None` when `kafka_listen` is `off`.
+    pub fn kafka_listen_address(&self) -> Result<Option<SocketAddr>> {
+        if self.kafka_listen.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        self.kafka_listen.parse().map(Some).map_err(|_| {
+            Error::InvalidConfig(format!(
+                "kafka_listen {:?}: expected ip:port (e.g. 127.0.0.1:9092) or off",
+                self.kafka_listen
+            ))
+        })
     }
 
     fn from_file(path: &Path) -> Result<BrokerConfig> {

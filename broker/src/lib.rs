@@ -6,6 +6,7 @@ pub mod config;
 pub mod controller;
 pub mod error;
 pub mod group;
+pub mod kafka;
 pub mod log;
 pub mod ops;
 pub mod replica;

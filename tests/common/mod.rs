@@ -146,6 +146,8 @@ pub struct BrokerProcess {
     child: std::process::Child,
     /// `host:port` of the client listener.
     pub address: String,
+    /// `host:port` of the Kafka-protocol listener (`None` when started with it off).
+    pub kafka_address: Option<String>,
     pub data_dir: std::path::PathBuf,
     lines: std::sync::mpsc::Receiver<String>,
     /// Every stderr line seen so far (for assertions and failure messages).
@@ -195,6 +197,14 @@ impl BrokerProcess {
                 "info,openraft=off",
             ])
             .args(extra_args)
+            // Any free port for the Kafka listener (its default, 9092, would be shared by
+            // every test), unless the test chose one.
+            .args(
+                (!extra_args.contains(&"--kafka-listen"))
+                    .then_some(["--kafka-listen", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -214,6 +224,7 @@ impl BrokerProcess {
         let mut broker = BrokerProcess {
             child,
             address: String::new(),
+            kafka_address: None,
             data_dir: data_dir.to_owned(),
             lines,
             log: Vec::new(),
@@ -225,6 +236,13 @@ impl BrokerProcess {
             .and_then(|s| s.split_whitespace().next())
             .expect("address in the listening line")
             .to_string();
+        // Logged before the line above, when the Kafka listener is on.
+        broker.kafka_address = broker
+            .log
+            .iter()
+            .find_map(|l| l.split("kafka listener on ").nth(1))
+            .and_then(|s| s.split_whitespace().next())
+            .map(str::to_string);
         broker
     }
 

@@ -18,11 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use futures::StreamExt;
 use rill_protocol::frame::{response_prefix, RequestCodec, ResponseHeader};
 use rill_protocol::{ErrorCode, ProtocolError};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
@@ -30,18 +32,26 @@ use tokio_util::codec::FramedRead;
 use super::handlers::{self, Pending};
 use super::BrokerState;
 
-/// A response on its way: the correlation id and the future body (None = send nothing).
-struct Outgoing {
-    correlation_id: u32,
-    reply: Pending,
-}
+/// A response on its way: the whole frame's chunks, still being produced (`None` = send
+/// nothing). Both protocols' connections queue these, in request order.
+pub(crate) type Outgoing = BoxFuture<'static, Option<Vec<Bytes>>>;
 
-pub(super) async fn serve(state: Arc<BrokerState>, socket: TcpStream, peer: SocketAddr) {
+/// Runs a connection: `read` reads requests and queues their responses (at most
+/// `in_flight_requests_max` ahead), a writer task sends them in order.
+pub(crate) async fn serve_with<F, Fut>(
+    state: Arc<BrokerState>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    read: F,
+) where
+    F: FnOnce(Arc<BrokerState>, OwnedReadHalf, mpsc::Sender<Outgoing>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     tracing::debug!(%peer, "connection opened");
     let (read_half, write_half) = socket.into_split();
     let (queue, pending) = mpsc::channel::<Outgoing>(state.config.in_flight_requests_max);
     let writer = tokio::spawn(write_loop(write_half, pending, peer));
-    read_loop(&state, read_half, queue, peer).await;
+    read(state, read_half, queue).await;
     // The queue is closed: the writer sends what is pending and ends.
     if let Err(e) = writer.await {
         tracing::warn!(%peer, "connection writer failed: {e}");
@@ -49,9 +59,34 @@ pub(super) async fn serve(state: Arc<BrokerState>, socket: TcpStream, peer: Sock
     tracing::debug!(%peer, "connection closed");
 }
 
+/// A native-protocol connection.
+pub(super) async fn serve(state: Arc<BrokerState>, socket: TcpStream, peer: SocketAddr) {
+    serve_with(state, socket, peer, |state, read_half, queue| async move {
+        read_loop(&state, read_half, queue, peer).await
+    })
+    .await
+}
+
+/// The native response frame for `reply`: prefix (size, correlation id, error code) + body.
+fn framed(correlation_id: u32, reply: Pending) -> Outgoing {
+    async move {
+        let (error_code, body) = reply.await?;
+        let body_bytes: usize = body.iter().map(Bytes::len).sum();
+        let header = ResponseHeader {
+            correlation_id,
+            error_code,
+        };
+        let mut chunks = Vec::with_capacity(body.len() + 1);
+        chunks.push(response_prefix(&header, body_bytes));
+        chunks.extend(body);
+        Some(chunks)
+    }
+    .boxed()
+}
+
 async fn read_loop(
     state: &Arc<BrokerState>,
-    read_half: tokio::net::tcp::OwnedReadHalf,
+    read_half: OwnedReadHalf,
     queue: mpsc::Sender<Outgoing>,
     peer: SocketAddr,
 ) {
@@ -77,12 +112,7 @@ async fn read_loop(
                 tracing::warn!(%peer, len, max, "request frame too large; closing the connection");
                 if let Some(correlation_id) = correlation_id {
                     let reply = handlers::error_reply(ErrorCode::REQUEST_TOO_LARGE);
-                    let _ = queue
-                        .send(Outgoing {
-                            correlation_id,
-                            reply,
-                        })
-                        .await;
+                    let _ = queue.send(framed(correlation_id, reply)).await;
                 }
                 return;
             }
@@ -93,14 +123,7 @@ async fn read_loop(
         };
         let correlation_id = frame.header.correlation_id;
         let reply = handlers::start(state, frame, peer).await;
-        if queue
-            .send(Outgoing {
-                correlation_id,
-                reply,
-            })
-            .await
-            .is_err()
-        {
+        if queue.send(framed(correlation_id, reply)).await.is_err() {
             return; // the writer failed: the peer is gone
         }
     }
@@ -112,17 +135,9 @@ async fn write_loop(
     peer: SocketAddr,
 ) {
     while let Some(outgoing) = pending.recv().await {
-        let Some((error_code, body)) = outgoing.reply.await else {
+        let Some(mut chunks) = outgoing.await else {
             continue;
         };
-        let body_bytes: usize = body.iter().map(Bytes::len).sum();
-        let header = ResponseHeader {
-            correlation_id: outgoing.correlation_id,
-            error_code,
-        };
-        let mut chunks = Vec::with_capacity(body.len() + 1);
-        chunks.push(response_prefix(&header, body_bytes));
-        chunks.extend(body);
         if let Err(e) = write_all_chunks(&mut socket, &mut chunks).await {
             tracing::debug!(%peer, "writing a response failed, closing: {e}");
             return;

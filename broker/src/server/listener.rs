@@ -1,20 +1,27 @@
-//! Accepts client connections, at most `max_connections` at once; one more is closed at once
-//! with a log line. Stops accepting when the broker shuts down.
+//! Accepts client connections on a listener (native or Kafka), at most `max_connections` at
+//! once over both; one more is closed at once with a log line. Stops accepting when the broker
+//! shuts down.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use futures::future::BoxFuture;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use super::{connection, BrokerState};
+use super::BrokerState;
 
-pub(super) async fn accept_loop(
+/// Runs one accepted connection of a protocol.
+pub(crate) type Serve = fn(Arc<BrokerState>, TcpStream, SocketAddr) -> BoxFuture<'static, ()>;
+
+pub(crate) async fn accept_loop(
     state: Arc<BrokerState>,
     listener: TcpListener,
     tracker: TaskTracker,
+    slots: Arc<Semaphore>,
+    serve: Serve,
 ) {
-    let slots = Arc::new(Semaphore::new(state.config.max_connections));
     loop {
         let accepted = tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -36,7 +43,7 @@ pub(super) async fn accept_loop(
         let _ = socket.set_nodelay(true);
         let state = state.clone();
         tracker.spawn(async move {
-            connection::serve(state, socket, peer).await;
+            serve(state, socket, peer).await;
             drop(slot);
         });
     }

@@ -9,9 +9,9 @@
 //! `listener` accepts connections within `max_connections`; `connection` runs one connection
 //! (ordered, pipelined responses; vectored writes); `handlers/` holds one file per API.
 
-mod connection;
+pub(crate) mod connection;
 pub mod handlers;
-mod listener;
+pub(crate) mod listener;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -37,6 +37,8 @@ pub struct BrokerState {
     pub node_id: NodeId,
     /// Host and port clients are told to connect to.
     pub advertised: (String, u16),
+    /// Host and port Kafka clients are told to connect to (`None`: no Kafka listener).
+    pub kafka_advertised: Option<(String, u16)>,
     pub logs: Arc<LogManager>,
     pub controller: Controller,
     /// Identifies this broker process (new on every start): the controller fences an earlier
@@ -215,7 +217,38 @@ impl Broker {
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::io("read listener address", config.listen.to_string(), e))?;
-        let advertised = advertised(&config, local_addr)?;
+        let advertised = advertised_at(
+            "advertised_address",
+            config.advertised_address.as_deref(),
+            local_addr,
+        )?;
+        // The Kafka listener: a port in use is one clear error naming the setting.
+        let kafka_listener = match config.kafka_listen_address()? {
+            None => None,
+            Some(address) => {
+                let listener = TcpListener::bind(address).await.map_err(|e| {
+                    Error::io(
+                        "bind the Kafka listener (kafka_listen, --kafka-listen; off disables it) on",
+                        address.to_string(),
+                        e,
+                    )
+                })?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|e| Error::io("read listener address", address.to_string(), e))?;
+                Some((listener, local))
+            }
+        };
+        let kafka_advertised = kafka_listener
+            .as_ref()
+            .map(|(_, local)| {
+                advertised_at(
+                    "kafka_advertised_address",
+                    config.kafka_advertised_address.as_deref(),
+                    *local,
+                )
+            })
+            .transpose()?;
         let mut voters = config.voters()?;
         let mut raft_listener = None;
         if voters.is_empty() {
@@ -272,6 +305,7 @@ impl Broker {
             ready: std::sync::atomic::AtomicBool::new(false),
             node_id: config.node_id,
             advertised,
+            kafka_advertised,
             logs,
             controller,
             replicas,
@@ -290,11 +324,35 @@ impl Broker {
         tracker.spawn(storage_tick(state.clone()));
         tracker.spawn(cleaner_loop(state.clone()));
         tracker.spawn(replica_tick(state.clone()));
+        let slots = Arc::new(tokio::sync::Semaphore::new(state.config.max_connections));
         tracker.spawn(listener::accept_loop(
             state.clone(),
             listener,
             tracker.clone(),
+            slots.clone(),
+            |state, socket, peer| Box::pin(connection::serve(state, socket, peer)),
         ));
+        if let Some((listener, local)) = kafka_listener {
+            tracing::info!(listen = %local, "rill-broker kafka listener on {local}");
+            let (state, tracker_) = (state.clone(), tracker.clone());
+            tracker.spawn(async move {
+                // As Kafka brokers do, requests are taken only once this broker has registered
+                // and holds its lease: Kafka clients do not all retry a "not ready" answer
+                // (the native client does). Until then connections wait in the backlog.
+                while !(state.ready.load(std::sync::atomic::Ordering::Acquire)
+                    && state.lease.is_valid())
+                {
+                    tokio::select! {
+                        _ = state.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    }
+                }
+                listener::accept_loop(state, listener, tracker_, slots, |state, socket, peer| {
+                    Box::pin(crate::kafka::serve(state, socket, peer))
+                })
+                .await
+            });
+        }
         tracing::info!(node_id = state.node_id, listen = %local_addr, advertised = %format!("{}:{}", state.advertised.0, state.advertised.1), data_dir = %state.config.data_dir.display(), "rill-broker listening on {local_addr}");
         Ok(Broker {
             state,
@@ -409,16 +467,21 @@ impl Broker {
     }
 }
 
-fn advertised(config: &BrokerConfig, local_addr: SocketAddr) -> Result<(String, u16)> {
-    let Some(address) = &config.advertised_address else {
+/// The `host:port` a listener is advertised at: `setting`'s value, else its bound address.
+fn advertised_at(
+    setting: &str,
+    address: Option<&str>,
+    local_addr: SocketAddr,
+) -> Result<(String, u16)> {
+    let Some(address) = address else {
         return Ok((local_addr.ip().to_string(), local_addr.port()));
     };
-    let (host, port) = address.rsplit_once(':').ok_or_else(|| {
-        Error::InvalidConfig(format!("advertised_address {address:?} must be host:port"))
-    })?;
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| Error::InvalidConfig(format!("{setting} {address:?} must be host:port")))?;
     let port = port
         .parse()
-        .map_err(|_| Error::InvalidConfig(format!("advertised_address {address:?}: bad port")))?;
+        .map_err(|_| Error::InvalidConfig(format!("{setting} {address:?}: bad port")))?;
     Ok((host.to_string(), port))
 }
 

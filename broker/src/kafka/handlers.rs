@@ -1,0 +1,593 @@
+//! The Kafka APIs Rill serves: each turns a Kafka request (decoded by `kafka-protocol`) into
+//! the plain request of a broker operation (`crate::ops`), calls it, and turns its answer into
+//! the Kafka response. No behaviour lives here, only field mapping and Kafka's conventions
+//! (-1 for "none", Kafka's error numbers, version differences).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, RequestKind, ResponseKind, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use rill_protocol::api as rill;
+use rill_protocol::ErrorCode;
+
+use super::errors::kafka_code;
+use crate::group::coordinator::OFFSETS_TOPIC;
+use crate::ops;
+use crate::server::BrokerState;
+
+/// Every API this listener serves and the versions of it, as ApiVersions advertises them
+/// (docs/KAFKA.md). A request for anything else closes the connection, as Kafka does.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::InitProducerId, 0, 4),
+];
+
+/// The version range served for `api`, if it is served.
+pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(key, _, _)| *key == api)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+/// A response still being produced; `None` sends nothing (produce with acks = 0).
+pub type Reply = BoxFuture<'static, Option<ResponseKind>>;
+
+fn ready(response: ResponseKind) -> Reply {
+    futures::future::ready(Some(response)).boxed()
+}
+
+/// Runs one decoded request (its version is served: checked by the caller).
+pub async fn start(state: &Arc<BrokerState>, request: RequestKind, version: i16) -> Reply {
+    match request {
+        RequestKind::ApiVersions(_) => ready(ResponseKind::ApiVersions(api_versions(0))),
+        RequestKind::Metadata(request) => ready(ResponseKind::Metadata(
+            metadata(state, request, version).await,
+        )),
+        RequestKind::Produce(request) => produce(state, request).await,
+        RequestKind::Fetch(request) => fetch(state, request),
+        RequestKind::ListOffsets(request) => ready(ResponseKind::ListOffsets(
+            list_offsets(state, request).await,
+        )),
+        RequestKind::CreateTopics(request) => ready(ResponseKind::CreateTopics(
+            create_topics(state, request).await,
+        )),
+        RequestKind::DeleteTopics(request) => ready(ResponseKind::DeleteTopics(
+            delete_topics(state, request).await,
+        )),
+        RequestKind::InitProducerId(request) => ready(ResponseKind::InitProducerId(
+            init_producer_id(state, request).await,
+        )),
+        // `SUPPORTED` and this match list the same APIs; the caller checked the first.
+        _ => futures::future::ready(None).boxed(),
+    }
+}
+
+/// The ApiVersions answer, with `error_code` (UNSUPPORTED_VERSION for KIP-511's fallback).
+pub fn api_versions(error_code: i16) -> ApiVersionsResponse {
+    ApiVersionsResponse::default()
+        .with_error_code(error_code)
+        .with_api_keys(
+            SUPPORTED
+                .iter()
+                .map(|(key, min, max)| {
+                    ApiVersion::default()
+                        .with_api_key(*key as i16)
+                        .with_min_version(*min)
+                        .with_max_version(*max)
+                })
+                .collect(),
+        )
+}
+
+fn name(topic: &TopicName) -> String {
+    topic.0.as_str().to_string()
+}
+
+fn topic_name(name: String) -> TopicName {
+    TopicName(StrBytes::from_string(name))
+}
+
+fn message(text: Option<String>) -> Option<StrBytes> {
+    text.map(StrBytes::from_string)
+}
+
+/// A Kafka partition index (an `i32`) as Rill's; a negative one names no partition.
+fn partition(index: i32) -> u32 {
+    u32::try_from(index).unwrap_or(u32::MAX)
+}
+
+/// Kafka's "none" (-1) for an optional epoch.
+fn epoch(value: i32) -> Option<u32> {
+    u32::try_from(value).ok()
+}
+
+/// The Kafka listener's address of every broker that has one (as of now: this broker's).
+fn brokers(state: &BrokerState) -> Vec<MetadataResponseBroker> {
+    state
+        .kafka_advertised
+        .iter()
+        .map(|(host, port)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(state.node_id as i32))
+                .with_host(StrBytes::from_string(host.clone()))
+                .with_port(i32::from(*port))
+        })
+        .collect()
+}
+
+async fn metadata(
+    state: &Arc<BrokerState>,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
+    // v0 asks for every topic with an empty list; later versions with null.
+    let names: Option<Vec<String>> = match request.topics {
+        Some(topics) if !(version == 0 && topics.is_empty()) => Some(
+            topics
+                .iter()
+                .map(|t| t.name.as_ref().map(name).unwrap_or_default())
+                .collect(),
+        ),
+        _ => None,
+    };
+    // Before v4 requesting a topic auto-created it (if the broker allows).
+    let auto_create = version < 4 || request.allow_auto_topic_creation;
+    let response = MetadataResponse::default()
+        .with_brokers(brokers(state))
+        // Every Rill broker takes admin requests (they go through the controller quorum).
+        .with_controller_id(BrokerId(state.node_id as i32));
+    let cluster = ops::metadata::metadata_of(
+        state,
+        rill::MetadataRequest {
+            topics: names.clone(),
+        },
+        auto_create,
+    )
+    .await;
+    let cluster = match cluster {
+        Ok(cluster) => cluster,
+        Err(code) => {
+            // Not ready: named topics answer retriably, so clients refresh and retry.
+            let topics = names
+                .unwrap_or_default()
+                .into_iter()
+                .map(|n| {
+                    MetadataResponseTopic::default()
+                        .with_name(Some(topic_name(n)))
+                        .with_error_code(kafka_code(code))
+                })
+                .collect();
+            return response.with_topics(topics);
+        }
+    };
+    let topics = cluster
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    MetadataResponsePartition::default()
+                        .with_error_code(kafka_code(p.error_code))
+                        .with_partition_index(p.partition as i32)
+                        .with_leader_id(BrokerId(p.leader.map_or(-1, |l| l as i32)))
+                        .with_leader_epoch(p.leader_epoch as i32)
+                        .with_replica_nodes(
+                            p.replicas.iter().map(|r| BrokerId(*r as i32)).collect(),
+                        )
+                        .with_isr_nodes(p.isr.iter().map(|r| BrokerId(*r as i32)).collect())
+                })
+                .collect();
+            MetadataResponseTopic::default()
+                .with_error_code(kafka_code(t.error_code))
+                .with_is_internal(t.name == OFFSETS_TOPIC)
+                .with_name(Some(topic_name(t.name)))
+                .with_partitions(partitions)
+        })
+        .collect();
+    response
+        .with_cluster_id(Some(StrBytes::from_string(cluster.cluster_id)))
+        .with_topics(topics)
+}
+
+async fn produce(state: &Arc<BrokerState>, request: ProduceRequest) -> Reply {
+    let acks = match request.acks {
+        0 => rill::Acks::None,
+        1 => rill::Acks::Leader,
+        -1 => rill::Acks::All,
+        _ => {
+            return ready(ResponseKind::Produce(produce_refused(
+                &request,
+                21,
+                "acks must be 0, 1 or -1",
+            )))
+        }
+    };
+    if request.transactional_id.is_some() {
+        // Transactions are not served (docs/KAFKA.md); InitProducerId refuses them first.
+        return ready(ResponseKind::Produce(produce_refused(
+            &request,
+            kafka_code(ErrorCode::INVALID_REQUEST),
+            "transactions are not supported by Rill yet",
+        )));
+    }
+    let produce = rill::ProduceRequest {
+        acks,
+        timeout_ms: u32::try_from(request.timeout_ms).unwrap_or(0),
+        topics: request
+            .topic_data
+            .into_iter()
+            .map(|t| rill::ProduceTopic {
+                name: name(&t.name),
+                partitions: t
+                    .partition_data
+                    .into_iter()
+                    .map(|p| rill::ProducePartition {
+                        partition: partition(p.index),
+                        records: p.records.unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let acked = ops::produce::produce(state, produce).await;
+    async move {
+        let response = acked.await?;
+        let responses = response
+            .topics
+            .into_iter()
+            .map(|t| {
+                TopicProduceResponse::default()
+                    .with_name(topic_name(t.name))
+                    .with_partition_responses(
+                        t.partitions
+                            .into_iter()
+                            .map(|p| {
+                                let failed = p.error_code != ErrorCode::NONE;
+                                PartitionProduceResponse::default()
+                                    .with_index(p.partition as i32)
+                                    .with_error_code(kafka_code(p.error_code))
+                                    .with_base_offset(if failed {
+                                        -1
+                                    } else {
+                                        p.base_offset as i64
+                                    })
+                                    .with_log_append_time_ms(-1)
+                                    .with_log_start_offset(if failed {
+                                        -1
+                                    } else {
+                                        p.log_start_offset as i64
+                                    })
+                                    .with_error_message(message(p.error_message))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        Some(ResponseKind::Produce(
+            ProduceResponse::default().with_responses(responses),
+        ))
+    }
+    .boxed()
+}
+
+/// Every partition of `request` answered with `error_code`.
+fn produce_refused(request: &ProduceRequest, error_code: i16, text: &str) -> ProduceResponse {
+    ProduceResponse::default().with_responses(
+        request
+            .topic_data
+            .iter()
+            .map(|t| {
+                TopicProduceResponse::default()
+                    .with_name(t.name.clone())
+                    .with_partition_responses(
+                        t.partition_data
+                            .iter()
+                            .map(|p| {
+                                PartitionProduceResponse::default()
+                                    .with_index(p.index)
+                                    .with_error_code(error_code)
+                                    .with_base_offset(-1)
+                                    .with_log_append_time_ms(-1)
+                                    .with_log_start_offset(-1)
+                                    .with_error_message(Some(StrBytes::from_string(text.into())))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+fn fetch(state: &Arc<BrokerState>, request: FetchRequest) -> Reply {
+    // A Kafka client is always a consumer here: brokers replicate over Rill's own protocol,
+    // and a `replica_id` from this port is not believed. No fetch sessions (KIP-227): the
+    // answer's session id 0 tells clients to send full fetches. No transactions, so
+    // read_committed reads what read_uncommitted reads: up to the high watermark.
+    let fetch = rill::FetchRequest {
+        replica_id: None,
+        max_wait_ms: u32::try_from(request.max_wait_ms).unwrap_or(0),
+        min_bytes: u32::try_from(request.min_bytes).unwrap_or(0),
+        max_bytes: u32::try_from(request.max_bytes).unwrap_or(0),
+        topics: request
+            .topics
+            .into_iter()
+            .map(|t| rill::FetchTopic {
+                name: name(&t.topic),
+                partitions: t
+                    .partitions
+                    .into_iter()
+                    .map(|p| rill::FetchPartition {
+                        partition: partition(p.partition),
+                        current_leader_epoch: epoch(p.current_leader_epoch),
+                        fetch_offset: u64::try_from(p.fetch_offset).unwrap_or(u64::MAX),
+                        partition_max_bytes: u32::try_from(p.partition_max_bytes).unwrap_or(0),
+                        last_fetched_epoch: None,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let fetched = ops::fetch::fetch(state, fetch);
+    async move {
+        let Some(response) = fetched.await else {
+            let code = kafka_code(ErrorCode::UNKNOWN_SERVER_ERROR);
+            return Some(ResponseKind::Fetch(
+                FetchResponse::default().with_error_code(code),
+            ));
+        };
+        let responses = response
+            .topics
+            .into_iter()
+            .map(|t| {
+                FetchableTopicResponse::default()
+                    .with_topic(topic_name(t.name))
+                    .with_partitions(
+                        t.partitions
+                            .into_iter()
+                            .map(|p| {
+                                let hw = p.high_watermark as i64;
+                                PartitionData::default()
+                                    .with_partition_index(p.partition as i32)
+                                    .with_error_code(kafka_code(p.error_code))
+                                    .with_high_watermark(hw)
+                                    .with_last_stable_offset(hw)
+                                    .with_log_start_offset(p.log_start_offset as i64)
+                                    .with_aborted_transactions(Some(Vec::new()))
+                                    .with_preferred_read_replica(BrokerId(-1))
+                                    .with_records(Some(p.records))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        Some(ResponseKind::Fetch(
+            FetchResponse::default().with_responses(responses),
+        ))
+    }
+    .boxed()
+}
+
+async fn list_offsets(
+    state: &Arc<BrokerState>,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
+    // Specs Rill does not serve are answered per partition, the rest go to the operation.
+    let mut refused: BTreeMap<(String, i32), ()> = BTreeMap::new();
+    let list = rill::ListOffsetsRequest {
+        topics: request
+            .topics
+            .iter()
+            .map(|t| rill::ListOffsetsTopic {
+                name: name(&t.name),
+                partitions: t
+                    .partitions
+                    .iter()
+                    .filter_map(|p| {
+                        let spec = match p.timestamp {
+                            -1 => rill::OffsetSpec::Latest,
+                            -2 => rill::OffsetSpec::Earliest,
+                            ts if ts >= 0 => rill::OffsetSpec::Timestamp(ts),
+                            _ => {
+                                refused.insert((name(&t.name), p.partition_index), ());
+                                return None;
+                            }
+                        };
+                        Some(rill::ListOffsetsPartition {
+                            partition: partition(p.partition_index),
+                            current_leader_epoch: epoch(p.current_leader_epoch),
+                            spec,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let listed = ops::list_offsets::list_offsets(state, list).await;
+    let mut topics: Vec<ListOffsetsTopicResponse> = listed
+        .topics
+        .into_iter()
+        .map(|t| {
+            let topic = t.name.clone();
+            let mut partitions: Vec<ListOffsetsPartitionResponse> = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition as i32)
+                        .with_error_code(kafka_code(p.error_code))
+                        .with_timestamp(p.timestamp)
+                        .with_offset(p.offset.map_or(-1, |o| o as i64))
+                        .with_leader_epoch(-1)
+                })
+                .collect();
+            for (_, index) in refused.keys().filter(|(name, _)| *name == topic) {
+                partitions.push(
+                    ListOffsetsPartitionResponse::default()
+                        .with_partition_index(*index)
+                        .with_error_code(kafka_code(ErrorCode::UNSUPPORTED_VERSION))
+                        .with_timestamp(-1)
+                        .with_offset(-1)
+                        .with_leader_epoch(-1),
+                );
+            }
+            ListOffsetsTopicResponse::default()
+                .with_name(topic_name(topic))
+                .with_partitions(partitions)
+        })
+        .collect();
+    topics.retain(|t| !t.partitions.is_empty());
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+async fn create_topics(
+    state: &Arc<BrokerState>,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let topic_name_text = name(&topic.name);
+        let result = CreatableTopicResult::default().with_name(topic.name.clone());
+        if !topic.assignments.is_empty() {
+            results.push(
+                result
+                    .with_error_code(kafka_code(ErrorCode::INVALID_REQUEST))
+                    .with_error_message(message(Some(
+                        "manual replica assignments are not supported; give a partition count and a replication factor".into(),
+                    ))),
+            );
+            continue;
+        }
+        // -1: the broker's defaults (KIP-464).
+        let partitions =
+            u32::try_from(topic.num_partitions).unwrap_or(state.config.default_partitions);
+        let replication_factor = u16::try_from(topic.replication_factor)
+            .unwrap_or(state.config.default_replication_factor);
+        let create = rill::CreateTopicsRequest {
+            topics: vec![rill::CreatableTopic {
+                name: topic_name_text,
+                partitions,
+                replication_factor,
+                configs: topic
+                    .configs
+                    .into_iter()
+                    .filter_map(|c| {
+                        Some(rill::ConfigEntry {
+                            key: c.name.as_str().to_string(),
+                            value: c.value?.as_str().to_string(),
+                        })
+                    })
+                    .collect(),
+            }],
+            timeout_ms: u32::try_from(request.timeout_ms).unwrap_or(0),
+            validate_only: request.validate_only,
+        };
+        let created = ops::create_topics::create_topics(state, create).await;
+        let (error_code, error_message) = created
+            .topics
+            .into_iter()
+            .next()
+            .map_or((ErrorCode::UNKNOWN_SERVER_ERROR, None), |t| {
+                (t.error_code, t.error_message)
+            });
+        let ok = error_code == ErrorCode::NONE;
+        results.push(
+            result
+                .with_error_code(kafka_code(error_code))
+                .with_error_message(message(error_message))
+                .with_num_partitions(if ok { partitions as i32 } else { -1 })
+                .with_replication_factor(if ok { replication_factor as i16 } else { -1 }),
+        );
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+async fn delete_topics(
+    state: &Arc<BrokerState>,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
+    // v0-5 name topics in `topic_names`, v6 in `topics` (by name; ids are not served).
+    let mut names: Vec<Option<String>> =
+        request.topic_names.iter().map(|n| Some(name(n))).collect();
+    names.extend(request.topics.iter().map(|t| t.name.as_ref().map(name)));
+    let mut responses = Vec::with_capacity(names.len());
+    for topic in names {
+        let Some(topic) = topic else {
+            responses.push(
+                DeletableTopicResult::default()
+                    .with_error_code(kafka_protocol::error::ResponseError::UnknownTopicId.code())
+                    .with_error_message(message(Some(
+                        "topic ids are not supported; name the topic".into(),
+                    ))),
+            );
+            continue;
+        };
+        let deleted = ops::delete_topics::delete_topics(
+            state,
+            rill::DeleteTopicsRequest {
+                names: vec![topic.clone()],
+                timeout_ms: u32::try_from(request.timeout_ms).unwrap_or(0),
+            },
+        )
+        .await;
+        let (error_code, error_message) = deleted
+            .topics
+            .into_iter()
+            .next()
+            .map_or((ErrorCode::UNKNOWN_SERVER_ERROR, None), |t| {
+                (t.error_code, t.error_message)
+            });
+        responses.push(
+            DeletableTopicResult::default()
+                .with_name(Some(topic_name(topic)))
+                .with_error_code(kafka_code(error_code))
+                .with_error_message(message(error_message)),
+        );
+    }
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+async fn init_producer_id(
+    state: &Arc<BrokerState>,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let response = ops::init_producer_id::init_producer_id(
+        state,
+        rill::InitProducerIdRequest {
+            transactional_id: request.transactional_id.map(|t| t.0.as_str().to_string()),
+            transaction_timeout_ms: request.transaction_timeout_ms,
+        },
+    )
+    .await;
+    InitProducerIdResponse::default()
+        .with_error_code(kafka_code(response.error_code))
+        .with_producer_id(kafka_protocol::messages::ProducerId(response.producer_id))
+        .with_producer_epoch(response.producer_epoch)
+}

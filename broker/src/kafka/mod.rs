@@ -1,0 +1,186 @@
+//! The Kafka-protocol listener (`kafka_listen`, docs/KAFKA.md): Kafka clients and tools talk to
+//! the same broker operations (`crate::ops`) as Rill's own protocol, over Kafka's framing and
+//! messages (decoded and encoded by the `kafka-protocol` crate, generated from Kafka's message
+//! schemas).
+//!
+//! A connection reads size-prefixed frames (at most `max_frame_bytes`, refused before any
+//! buffer is allocated for them), decodes the request header and body, and queues the
+//! response in request order on the shared connection writer (`server::connection`), which
+//! also bounds the requests read ahead (`in_flight_requests_max`).
+//!
+//! Bad input, Kafka's way: an oversized or truncated frame, an api key or version this
+//! listener does not serve (see [`handlers::SUPPORTED`]) or a body that does not decode closes
+//! the connection with a log line; nothing a client sends panics the broker. ApiVersions at a
+//! version above the newest served gets KIP-511's answer: version 0 with UNSUPPORTED_VERSION
+//! and the served ranges, so the client can retry with one it shares.
+
+mod errors;
+pub mod handlers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::{FutureExt, StreamExt};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+
+pub use errors::kafka_code;
+
+use crate::server::connection::{serve_with, Outgoing};
+use crate::server::BrokerState;
+
+/// Serves one Kafka client connection.
+pub async fn serve(state: Arc<BrokerState>, socket: TcpStream, peer: SocketAddr) {
+    serve_with(state, socket, peer, |state, read_half, queue| async move {
+        read_loop(&state, read_half, queue, peer).await
+    })
+    .await
+}
+
+async fn read_loop(
+    state: &Arc<BrokerState>,
+    read_half: OwnedReadHalf,
+    queue: mpsc::Sender<Outgoing>,
+    peer: SocketAddr,
+) {
+    // Kafka frames: a 4-byte big-endian size, then the request. The codec checks the size
+    // against the limit before it reserves room for the frame.
+    let codec = LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(state.config.max_frame_bytes)
+        .new_codec();
+    let mut frames = FramedRead::new(read_half, codec);
+    let idle = Duration::from_millis(state.config.idle_timeout_ms.max(1));
+    loop {
+        let next = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            next = tokio::time::timeout(idle, frames.next()) => next,
+        };
+        let frame = match next {
+            Err(_) => {
+                tracing::info!(%peer, ?idle, "closing idle Kafka connection");
+                return;
+            }
+            Ok(None) => return,
+            Ok(Some(Ok(frame))) => frame.freeze(),
+            Ok(Some(Err(e))) => {
+                tracing::warn!(%peer, max = state.config.max_frame_bytes, "bad Kafka request frame, closing the connection: {e}");
+                return;
+            }
+        };
+        match start(state, frame).await {
+            Ok(outgoing) => {
+                if queue.send(outgoing).await.is_err() {
+                    return; // the writer failed: the peer is gone
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(%peer, "Kafka request refused, closing the connection: {reason}");
+                return;
+            }
+        }
+    }
+}
+
+/// Decodes and starts one request; `Err` (why) closes the connection.
+async fn start(state: &Arc<BrokerState>, mut frame: Bytes) -> Result<Outgoing, String> {
+    if frame.len() < 8 {
+        return Err(format!("a {}-byte request has no header", frame.len()));
+    }
+    let api_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api = ApiKey::try_from(api_key).map_err(|_| format!("unknown api key {api_key}"))?;
+    let Some((min, max)) = handlers::supported(api) else {
+        return Err(format!("{api:?} (key {api_key}) is not served"));
+    };
+    if api == ApiKey::ApiVersions && version > max {
+        // KIP-511: answer in version 0 (whose layout every client reads) with the ranges.
+        let response = ResponseKind::ApiVersions(handlers::api_versions(kafka_code(
+            rill_protocol::ErrorCode::UNSUPPORTED_VERSION,
+        )));
+        return Ok(futures::future::ready(encode(correlation_id, &response, 0, 0)).boxed());
+    }
+    if version < min || version > max {
+        return Err(format!(
+            "{api:?} version {version} is not served (versions {min}-{max})"
+        ));
+    }
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+        .map_err(|e| format!("{api:?} v{version}: undecodable request header: {e}"))?;
+    let request = RequestKind::decode(api, &mut frame, version)
+        .map_err(|e| format!("{api:?} v{version}: undecodable request body: {e}"))?;
+    tracing::trace!(?api, version, correlation_id, client_id = ?header.client_id, "Kafka request");
+    let reply = handlers::start(state, request, version).await;
+    let header_version = api.response_header_version(version);
+    Ok(async move {
+        let response = reply.await?;
+        encode(correlation_id, &response, version, header_version)
+    }
+    .boxed())
+}
+
+/// The response frame: size, header, body. `None` (logged) if the body cannot be encoded at
+/// the request's version, which would be a bug here: the client then times out and retries.
+fn encode(
+    correlation_id: i32,
+    response: &ResponseKind,
+    version: i16,
+    header_version: i16,
+) -> Option<Vec<Bytes>> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.extend_from_slice(&[0; 4]);
+    let encoded = ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut buf, header_version)
+        .and_then(|()| response.encode(&mut buf, version));
+    if let Err(e) = encoded {
+        tracing::error!(version, "encoding a Kafka response failed: {e}");
+        return None;
+    }
+    let size = (buf.len() - 4) as u32;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    Some(vec![buf.freeze()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::MetadataRequest;
+
+    #[test]
+    fn a_claimed_array_length_beyond_the_frame_is_an_error_not_an_allocation() {
+        // Metadata v1: topics array claims 2^31-1 entries, then nothing follows.
+        let mut body = Bytes::from_static(&[0x7f, 0xff, 0xff, 0xff]);
+        assert!(MetadataRequest::decode(&mut body, 1).is_err());
+        // Compact (v9+): an unsigned varint of 2^32-1.
+        let mut body = Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(MetadataRequest::decode(&mut body, 9).is_err());
+    }
+
+    #[test]
+    fn every_served_api_has_a_handler_and_valid_versions() {
+        for (api, min, max) in handlers::SUPPORTED {
+            let valid = api.valid_versions();
+            assert!(
+                *min >= valid.min && *max <= valid.max && min <= max,
+                "{api:?} {min}-{max} outside {valid:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn api_versions_encodes_at_every_served_version() {
+        let response = ResponseKind::ApiVersions(handlers::api_versions(0));
+        for version in 0..=3 {
+            let frame = encode(7, &response, version, 0).expect("encodes");
+            assert_eq!(&frame[0][4..8], &7i32.to_be_bytes());
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! Kafka clients against a real `rill-broker`'s Kafka listener (docs/KAFKA.md).
+//!
+//! rskafka is an independent, pure-Rust implementation of Kafka's protocol (it does not use the
+//! `kafka-protocol` crate the listener decodes with): topic admin, produce with every codec,
+//! fetch, list offsets. Records cross between the protocols both ways. Bad input on the Kafka
+//! port closes the connection and leaves the broker serving.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::BrokerProcess;
+use rill_client::protocol::batch::Header;
+use rill_client::{Consumer, ConsumerConfig, Producer, ProducerConfig, Record};
+use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
+use rskafka::client::ClientBuilder;
+use rskafka::record::Record as KafkaRecord;
+
+/// An rskafka client of `broker`'s Kafka listener.
+async fn kafka_client(broker: &BrokerProcess) -> rskafka::client::Client {
+    let address = broker
+        .kafka_address
+        .clone()
+        .expect("the Kafka listener is on");
+    ClientBuilder::new(vec![address])
+        .build()
+        .await
+        .expect("rskafka connects to the Kafka listener")
+}
+
+/// A keyed record with two headers; `n` makes it unique.
+fn kafka_record(partition: i32, codec: usize, n: usize) -> KafkaRecord {
+    KafkaRecord {
+        key: Some(format!("key-{partition}-{codec}-{n}").into_bytes()),
+        value: Some(format!("value {partition}/{codec}/{n} {}", "x".repeat(n * 7)).into_bytes()),
+        headers: BTreeMap::from([
+            ("codec".to_string(), codec.to_string().into_bytes()),
+            ("n".to_string(), n.to_string().into_bytes()),
+        ]),
+        timestamp: chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + n as i64)
+            .expect("a valid timestamp"),
+    }
+}
+
+/// Every record of `topic`/`partition` from offset 0 to the high watermark, through rskafka.
+async fn fetch_all(
+    client: &rskafka::client::Client,
+    topic: &str,
+    partition: i32,
+) -> Vec<(i64, KafkaRecord)> {
+    let partition_client = client
+        .partition_client(topic, partition, UnknownTopicHandling::Retry)
+        .await
+        .expect("partition client");
+    let end = partition_client.get_offset(OffsetAt::Latest).await.unwrap();
+    let mut out = Vec::new();
+    let mut offset = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while offset < end {
+        assert!(
+            Instant::now() < deadline,
+            "fetching {topic}/{partition} to {end} timed out"
+        );
+        let (records, _hw) = partition_client
+            .fetch_records(offset, 1..1_000_000, 500)
+            .await
+            .expect("fetch");
+        for r in records {
+            if r.offset >= offset {
+                offset = r.offset + 1;
+                out.push((r.offset, r.record));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rskafka_creates_produces_with_every_codec_consumes_lists_offsets_and_deletes() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &[]);
+    let kafka = kafka_client(&broker).await;
+    let controller = kafka.controller_client().unwrap();
+    controller
+        .create_topic("kafka-events", 3, 1, 5_000)
+        .await
+        .expect("CreateTopics");
+    let err = controller
+        .create_topic("kafka-events", 3, 1, 5_000)
+        .await
+        .expect_err("a second create fails");
+    assert!(err.to_string().contains("TopicAlreadyExists"), "{err}");
+
+    let codecs = [
+        Compression::NoCompression,
+        Compression::Gzip,
+        Compression::Lz4,
+        Compression::Snappy,
+        Compression::Zstd,
+    ];
+    let mut sent: BTreeMap<i32, Vec<(i64, KafkaRecord)>> = BTreeMap::new();
+    for partition in 0..3 {
+        let client = kafka
+            .partition_client("kafka-events", partition, UnknownTopicHandling::Retry)
+            .await
+            .unwrap();
+        for (c, codec) in codecs.iter().enumerate() {
+            let records: Vec<KafkaRecord> =
+                (0..20).map(|n| kafka_record(partition, c, n)).collect();
+            let offsets = client
+                .produce(records.clone(), *codec)
+                .await
+                .expect("produce");
+            assert_eq!(offsets.len(), 20);
+            sent.entry(partition)
+                .or_default()
+                .extend(offsets.into_iter().zip(records));
+        }
+        assert_eq!(client.get_offset(OffsetAt::Earliest).await.unwrap(), 0);
+        assert_eq!(client.get_offset(OffsetAt::Latest).await.unwrap(), 100);
+    }
+    // Every record back, in order, at the offsets the produce answers named: keys, values,
+    // headers and timestamps exact.
+    for (partition, expected) in &sent {
+        let got = fetch_all(&kafka, "kafka-events", *partition).await;
+        assert_eq!(&got, expected, "partition {partition}");
+    }
+
+    // Kafka producer -> Rill consumer: the same records.
+    let rill = common::client(&broker.address).await;
+    let mut consumer = Consumer::new(rill.clone(), ConsumerConfig::default());
+    consumer.assign([("kafka-events".to_string(), 1)]);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "the Rill consumer got {} of 100",
+            seen.len()
+        );
+        seen.extend(consumer.poll(Duration::from_millis(200)).await.unwrap());
+    }
+    for (record, (offset, kafka)) in seen.iter().zip(&sent[&1]) {
+        assert_eq!(record.offset as i64, *offset);
+        assert_eq!(record.key.as_deref(), kafka.key.as_deref());
+        assert_eq!(record.value.as_deref(), kafka.value.as_deref());
+        assert_eq!(record.timestamp, kafka.timestamp.timestamp_millis());
+        let headers: BTreeMap<String, Vec<u8>> = record
+            .headers
+            .iter()
+            .map(|h| {
+                let value = h.value.clone().unwrap_or_default().to_vec();
+                (String::from_utf8(h.key.to_vec()).unwrap(), value)
+            })
+            .collect();
+        assert_eq!(headers, kafka.headers);
+    }
+
+    // Rill producer -> Kafka consumer.
+    let producer = Producer::new(rill.clone(), ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for n in 0..10 {
+        let record = Record::new("kafka-events")
+            .partition(2)
+            .key(format!("rill-{n}"))
+            .value(format!("from rill {n}"));
+        let mut record = record;
+        record.headers.push(Header {
+            key: Bytes::from_static(b"origin"),
+            value: Some(Bytes::from_static(b"rill")),
+        });
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    producer.flush().await;
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    let got = fetch_all(&kafka, "kafka-events", 2).await;
+    assert_eq!(got.len(), 110);
+    for (n, (offset, record)) in got[100..].iter().enumerate() {
+        assert_eq!(*offset, 100 + n as i64);
+        assert_eq!(record.key.as_deref(), Some(format!("rill-{n}").as_bytes()));
+        assert_eq!(
+            record.value.as_deref(),
+            Some(format!("from rill {n}").as_bytes())
+        );
+        assert_eq!(
+            record.headers.get("origin").map(Vec::as_slice),
+            Some(&b"rill"[..])
+        );
+    }
+
+    // Metadata lists the topic with its partitions; DeleteTopics removes it.
+    let topics = kafka.list_topics().await.unwrap();
+    let topic = topics
+        .iter()
+        .find(|t| t.name == "kafka-events")
+        .expect("listed");
+    assert_eq!(topic.partitions.len(), 3);
+    controller
+        .delete_topic("kafka-events", 5_000)
+        .await
+        .expect("DeleteTopics");
+    common::eventually_async(Duration::from_secs(30), "the topic to be gone", || {
+        let kafka = &kafka;
+        async move {
+            let topics = kafka.list_topics().await.unwrap();
+            !topics.iter().any(|t| t.name == "kafka-events")
+        }
+    })
+    .await;
+    assert!(!data.path().join("kafka-events-0").exists());
+}
+
+/// Sends `bytes` on a new connection to `address` and reads until the broker closes it (or
+/// 10 s pass); what it answered.
+fn exchange(address: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut socket = std::net::TcpStream::connect(address).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = socket.write_all(bytes);
+    // End of input: a truncated frame stays truncated.
+    let _ = socket.shutdown(std::net::Shutdown::Write);
+    let mut answer = Vec::new();
+    let _ = socket.read_to_end(&mut answer);
+    answer
+}
+
+/// A Kafka request frame: size, api key, version, correlation id, client id, body.
+fn request(api_key: i16, version: i16, body: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&api_key.to_be_bytes());
+    frame.extend_from_slice(&version.to_be_bytes());
+    frame.extend_from_slice(&42i32.to_be_bytes());
+    frame.extend_from_slice(&4i16.to_be_bytes());
+    frame.extend_from_slice(b"test");
+    frame.extend_from_slice(body);
+    let mut out = (frame.len() as u32).to_be_bytes().to_vec();
+    out.extend(frame);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_on_the_kafka_port_closes_the_connection_and_the_broker_keeps_serving() {
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(data.path(), &["--max-frame-bytes", "1048576"]);
+    let address = broker.kafka_address.clone().unwrap();
+
+    // KIP-511: ApiVersions at a version newer than served gets a version-0 answer with
+    // UNSUPPORTED_VERSION (35) and the served ranges.
+    let answer = exchange(&address, &request(18, 99, &[]));
+    assert!(answer.len() > 14, "an answer: {answer:?}");
+    assert_eq!(&answer[4..8], &42i32.to_be_bytes(), "correlation id");
+    assert_eq!(&answer[8..10], &35i16.to_be_bytes(), "UNSUPPORTED_VERSION");
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a truncated frame", {
+            let mut frame = request(3, 1, &[0, 0, 0, 0]);
+            frame.truncate(9);
+            frame
+        }),
+        ("a header shorter than 8 bytes", vec![0, 0, 0, 3, 0, 3, 0]),
+        ("an unknown api key", request(999, 0, &[])),
+        (
+            "an api not served (SaslHandshake)",
+            request(17, 1, &[0, 5, b'P', b'L', b'A', b'I', b'N']),
+        ),
+        ("a version not served", request(3, 50, &[])),
+        ("an oversized frame", {
+            let mut frame = (64u32 << 20).to_be_bytes().to_vec();
+            frame.extend_from_slice(&[0; 64]);
+            frame
+        }),
+        ("a negative size", vec![0xff, 0xff, 0xff, 0xfe, 0, 0]),
+        (
+            "an array claiming 2^31 entries",
+            request(3, 1, &[0x7f, 0xff, 0xff, 0xff]),
+        ),
+        (
+            "a string longer than the frame",
+            request(3, 1, &[0, 0, 0, 1, 0x7f, 0xff]),
+        ),
+        // Produce v3: no transactional id, acks 1, then the timeout is missing.
+        ("a body cut short", request(0, 3, &[0xff, 0xff, 0, 1])),
+    ];
+    for (what, bytes) in &cases {
+        let answer = exchange(&address, bytes);
+        assert!(
+            answer.is_empty(),
+            "{what}: closed without an answer, got {answer:?}"
+        );
+        assert!(broker.is_running(), "{what}: the broker is still running");
+    }
+    // Still serving Kafka clients.
+    let kafka = kafka_client(&broker).await;
+    kafka
+        .controller_client()
+        .unwrap()
+        .create_topic("after-bad-input", 1, 1, 5_000)
+        .await
+        .unwrap();
+    let lines = broker.drain_log().join("\n");
+    for needle in [
+        "unknown api key 999",
+        "is not served",
+        "undecodable request body",
+        "bad Kafka request frame",
+    ] {
+        assert!(lines.contains(needle), "logged {needle:?}:\n{lines}");
+    }
+    assert!(!lines.contains("panicked"), "{lines}");
+}
+
+#[test]
+fn a_kafka_port_in_use_is_one_clear_error_naming_the_setting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(common::broker_binary())
+        .args(["--data-dir", data.path().to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--kafka-listen", &port])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("kafka_listen") && stderr.contains(&port),
+        "names the setting and address: {stderr}"
+    );
+}
+
+/// Runs kcat (librdkafka) with `args`, feeding it `input`; its stdout. A missing kcat fails
+/// the test, naming it (tests/install-test-tools.sh installs it).
+fn kcat(args: &[&str], input: &str) -> String {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("kcat")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat is not installed: run tests/install-test-tools.sh (apt-get install kcat)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write to kcat");
+    let output = child.wait_with_output().expect("kcat runs");
+    assert!(
+        output.status.success(),
+        "kcat {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+#[test]
+fn kcat_produces_idempotently_with_every_codec_and_consumes_exactly_what_was_acknowledged() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &["--auto-create-topics", "true"]);
+    let address = broker.kafka_address.clone().unwrap();
+    let mut expected = String::new();
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let lines: String = (0..500)
+            .map(|n| format!("{codec}-{n}:value {n} of {codec}\n"))
+            .collect();
+        // librdkafka's idempotent producer: InitProducerId, sequences, acks=all.
+        kcat(
+            &[
+                "-b",
+                &address,
+                "-P",
+                "-t",
+                "kcat",
+                "-p",
+                "0",
+                "-K",
+                ":",
+                "-X",
+                &format!("compression.codec={codec}"),
+                "-X",
+                "enable.idempotence=true",
+                "-X",
+                "acks=all",
+            ],
+            &lines,
+        );
+        expected.push_str(&lines);
+    }
+    // Consumed back in order with keys, at consecutive offsets; then the end offset.
+    let consumed = kcat(
+        &[
+            "-b",
+            &address,
+            "-C",
+            "-t",
+            "kcat",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%k:%s\n",
+        ],
+        "",
+    );
+    assert_eq!(consumed, expected);
+    let offsets = kcat(
+        &[
+            "-b",
+            &address,
+            "-C",
+            "-t",
+            "kcat",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%o\n",
+        ],
+        "",
+    );
+    let offsets: Vec<u64> = offsets.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(offsets, (0..2500).collect::<Vec<u64>>());
+    // ListOffsets: the latest offset.
+    let latest = kcat(&["-b", &address, "-Q", "-t", "kcat:0:-1"], "");
+    assert!(latest.contains("offset 2500"), "{latest}");
+    // Metadata: this broker, the topic and its leader.
+    let listing = kcat(&["-b", &address, "-L", "-t", "kcat"], "");
+    assert!(
+        listing.contains(&format!("broker 1 at {address}"))
+            && listing.contains("partition 0, leader 1"),
+        "{listing}"
+    );
+}
