@@ -439,3 +439,84 @@ fn kcat_produces_idempotently_with_every_codec_and_consumes_exactly_what_was_ack
         "{listing}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_client_bootstrapped_at_one_broker_of_a_cluster_reaches_every_leader() {
+    let mut cluster = common::cluster::Cluster::start(3, &[]);
+    let kafka: Vec<String> = (1..=3)
+        .map(|n| {
+            cluster
+                .broker(n)
+                .kafka_address
+                .clone()
+                .expect("Kafka listener")
+        })
+        .collect();
+    rill_client::Admin::new(cluster.client().await)
+        .create_topic(rill_client::NewTopic {
+            replication_factor: 3,
+            configs: BTreeMap::from([("min.insync.replicas".to_string(), "2".to_string())]),
+            ..rill_client::NewTopic::new("spread", 6)
+        })
+        .await
+        .unwrap();
+    // Broker 1's Metadata names all three brokers at their Kafka addresses (each registers
+    // its own), and the partitions have leaders on all three.
+    common::eventually(
+        Duration::from_secs(60),
+        "every broker's Kafka address in Metadata",
+        || {
+            let listing = kcat(&["-b", &kafka[0], "-L", "-t", "spread"], "");
+            kafka.iter().all(|a| listing.contains(&format!(" at {a}")))
+                && (1..=3).all(|n| listing.contains(&format!("leader {n},")))
+        },
+    );
+    // An idempotent acks=all producer that knows only broker 1 writes to every partition; a
+    // consumer that knows only broker 2 reads every record back.
+    let lines: String = (0..600).map(|n| format!("key-{n}:value {n}\n")).collect();
+    kcat(
+        &[
+            "-b",
+            &kafka[0],
+            "-P",
+            "-t",
+            "spread",
+            "-K",
+            ":",
+            "-X",
+            "enable.idempotence=true",
+            "-X",
+            "acks=all",
+        ],
+        &lines,
+    );
+    let consumed = kcat(
+        &[
+            "-b",
+            &kafka[1],
+            "-C",
+            "-t",
+            "spread",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%p %k:%s\n",
+        ],
+        "",
+    );
+    let mut got: Vec<&str> = consumed
+        .lines()
+        .map(|l| l.split_once(' ').expect("partition and record").1)
+        .collect();
+    got.sort();
+    let mut expected: Vec<&str> = lines.lines().collect();
+    expected.sort();
+    assert_eq!(got, expected);
+    let partitions: std::collections::BTreeSet<&str> = consumed
+        .lines()
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert_eq!(partitions.len(), 6, "records on every partition");
+}

@@ -66,6 +66,13 @@ pub enum Command {
     /// Hands broker `node_id` the next `count` producer ids (a block it assigns to idempotent
     /// producers on its own): no two brokers ever get the same id, also across failovers.
     AllocateProducerIds { node_id: NodeId, count: u32 },
+    /// A broker's other listeners by name (`"kafka"` -> host, port), replacing what it
+    /// registered before. Proposed by the broker itself once registered, and again whenever
+    /// the metadata shows other addresses than its own.
+    RegisterListeners {
+        node_id: NodeId,
+        listeners: BTreeMap<String, (String, u16)>,
+    },
 }
 
 /// Outcome of applying a [`Command`].
@@ -154,6 +161,30 @@ pub struct MetadataState {
     pub cluster_id: Option<String>,
     /// The first producer id not handed out yet ([`Command::AllocateProducerIds`]).
     pub next_producer_id: u64,
+    /// Each broker's listeners besides its Rill one, by name (`"kafka"`): the address clients
+    /// of that protocol reach it at ([`Command::RegisterListeners`]).
+    pub listeners: BTreeMap<NodeId, BTreeMap<String, (String, u16)>>,
+}
+
+/// The first shape of [`MetadataState`] (data format 1 snapshots), before `listeners`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MetadataStateV1 {
+    pub brokers: BTreeMap<NodeId, BrokerInfo>,
+    pub topics: BTreeMap<String, TopicInfo>,
+    pub cluster_id: Option<String>,
+    pub next_producer_id: u64,
+}
+
+impl From<MetadataStateV1> for MetadataState {
+    fn from(v1: MetadataStateV1) -> MetadataState {
+        MetadataState {
+            brokers: v1.brokers,
+            topics: v1.topics,
+            cluster_id: v1.cluster_id,
+            next_producer_id: v1.next_producer_id,
+            listeners: BTreeMap::new(),
+        }
+    }
 }
 
 impl MetadataState {
@@ -177,6 +208,13 @@ impl MetadataState {
                 port,
                 incarnation,
             } => self.register(*node_id, host, *port, *incarnation),
+            Command::RegisterListeners { node_id, listeners } => {
+                if !self.brokers.contains_key(node_id) {
+                    return CommandResult::Invalid(format!("broker {node_id} is not registered"));
+                }
+                self.listeners.insert(*node_id, listeners.clone());
+                CommandResult::Ok
+            }
             Command::CreateTopic {
                 name,
                 assignments,

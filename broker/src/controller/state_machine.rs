@@ -14,7 +14,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::controller::metadata::{CommandResult, MetadataState, NodeId};
+use crate::controller::metadata::{CommandResult, MetadataState, MetadataStateV1, NodeId};
 use crate::controller::TypeConfig;
 
 /// A snapshot file. postcard is not self-describing: a change to `MetadataState`'s shape adds a
@@ -25,6 +25,11 @@ enum StoredSnapshot {
     /// Data format 1: cluster id and producer id blocks.
     V1 {
         meta: SnapshotMeta<NodeId, BasicNode>,
+        state: MetadataStateV1,
+    },
+    /// And the brokers' other listeners (the Kafka addresses).
+    V2 {
+        meta: SnapshotMeta<NodeId, BasicNode>,
         state: MetadataState,
     },
 }
@@ -32,13 +37,14 @@ enum StoredSnapshot {
 impl StoredSnapshot {
     fn into_parts(self) -> (SnapshotMeta<NodeId, BasicNode>, MetadataState) {
         match self {
-            StoredSnapshot::V1 { meta, state } => (meta, state),
+            StoredSnapshot::V1 { meta, state } => (meta, state.into()),
+            StoredSnapshot::V2 { meta, state } => (meta, state),
         }
     }
 
     fn meta(&self) -> &SnapshotMeta<NodeId, BasicNode> {
         match self {
-            StoredSnapshot::V1 { meta, .. } => meta,
+            StoredSnapshot::V1 { meta, .. } | StoredSnapshot::V2 { meta, .. } => meta,
         }
     }
 }
@@ -173,7 +179,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.snapshots_built += 1;
         SnapshotBuilder {
             dir: self.dir.clone(),
-            snapshot: StoredSnapshot::V1 {
+            snapshot: StoredSnapshot::V2 {
                 meta: self.snapshot_meta(),
                 state: self.state.clone(),
             },
@@ -197,7 +203,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e))
             })?
             .into_parts();
-        let stored = StoredSnapshot::V1 {
+        let stored = StoredSnapshot::V2 {
             meta: meta.clone(),
             state: state.clone(),
         };
@@ -222,5 +228,68 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 snapshot: Box::new(Cursor::new(bytes)),
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::controller::metadata::Command;
+
+    #[test]
+    fn a_format_1_snapshot_loads_with_no_listeners_and_new_ones_keep_them() {
+        let mut state = MetadataState::default();
+        state.apply(&Command::Register {
+            node_id: 1,
+            host: "h".into(),
+            port: 9292,
+            incarnation: 7,
+        });
+        let v1 = MetadataStateV1 {
+            brokers: state.brokers.clone(),
+            topics: state.topics.clone(),
+            cluster_id: Some("c".into()),
+            next_producer_id: 5,
+        };
+        let bytes = postcard::to_allocvec(&StoredSnapshot::V1 {
+            meta: SnapshotMeta::default(),
+            state: v1,
+        })
+        .unwrap();
+        let (_, loaded) = postcard::from_bytes::<StoredSnapshot>(&bytes)
+            .unwrap()
+            .into_parts();
+        assert_eq!(loaded.brokers, state.brokers);
+        assert_eq!(loaded.next_producer_id, 5);
+        assert!(loaded.listeners.is_empty());
+
+        let listeners = BTreeMap::from([("kafka".to_string(), ("h".to_string(), 9092))]);
+        let mut state = loaded;
+        assert_eq!(
+            state.apply(&Command::RegisterListeners {
+                node_id: 1,
+                listeners: listeners.clone(),
+            }),
+            CommandResult::Ok
+        );
+        assert!(matches!(
+            state.apply(&Command::RegisterListeners {
+                node_id: 2,
+                listeners: listeners.clone(),
+            }),
+            CommandResult::Invalid(_)
+        ));
+        let bytes = postcard::to_allocvec(&StoredSnapshot::V2 {
+            meta: SnapshotMeta::default(),
+            state: state.clone(),
+        })
+        .unwrap();
+        let (_, again) = postcard::from_bytes::<StoredSnapshot>(&bytes)
+            .unwrap()
+            .into_parts();
+        assert_eq!(again, state);
+        assert_eq!(again.listeners[&1], listeners);
     }
 }

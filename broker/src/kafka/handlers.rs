@@ -127,16 +127,29 @@ fn epoch(value: i32) -> Option<u32> {
     u32::try_from(value).ok()
 }
 
-/// The Kafka listener's address of every broker that has one (as of now: this broker's).
+/// Every live broker that has a Kafka listener, at its registered Kafka address (this one's
+/// own address even before its registration is applied).
 fn brokers(state: &BrokerState) -> Vec<MetadataResponseBroker> {
-    state
-        .kafka_advertised
-        .iter()
-        .map(|(host, port)| {
+    let metadata = state.controller.metadata();
+    let mut brokers: BTreeMap<u64, (String, u16)> = metadata
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .filter_map(|b| {
+            let address = metadata.listeners.get(&b.node_id)?.get("kafka")?;
+            Some((b.node_id, address.clone()))
+        })
+        .collect();
+    if let Some(own) = &state.kafka_advertised {
+        brokers.insert(state.node_id, own.clone());
+    }
+    brokers
+        .into_iter()
+        .map(|(node_id, (host, port))| {
             MetadataResponseBroker::default()
-                .with_node_id(BrokerId(state.node_id as i32))
-                .with_host(StrBytes::from_string(host.clone()))
-                .with_port(i32::from(*port))
+                .with_node_id(BrokerId(node_id as i32))
+                .with_host(StrBytes::from_string(host))
+                .with_port(i32::from(port))
         })
         .collect()
 }

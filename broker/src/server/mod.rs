@@ -13,7 +13,7 @@ pub(crate) mod connection;
 pub mod handlers;
 pub(crate) mod listener;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -321,6 +321,7 @@ impl Broker {
         let tracker = TaskTracker::new();
         tracker.spawn(heartbeat_loop(state.clone()));
         tracker.spawn(register_and_reconcile(state.clone()));
+        tracker.spawn(register_listeners(state.clone()));
         tracker.spawn(storage_tick(state.clone()));
         tracker.spawn(cleaner_loop(state.clone()));
         tracker.spawn(replica_tick(state.clone()));
@@ -583,6 +584,44 @@ async fn replica_tick(state: Arc<BrokerState>) {
 /// unfenced (so it has caught up with the metadata log: it never acts on leaderships it held
 /// before a restart), then keeps local logs and replica roles in step with the metadata until
 /// shutdown.
+/// Keeps this broker's other listeners (its Kafka address) in the metadata: once registered,
+/// and whenever the metadata shows other addresses (a restart on another port, a broker that
+/// turned its Kafka listener off). A failed proposal is retried after a second.
+async fn register_listeners(state: Arc<BrokerState>) {
+    let wanted: BTreeMap<String, (String, u16)> = state
+        .kafka_advertised
+        .iter()
+        .map(|address| ("kafka".to_string(), address.clone()))
+        .collect();
+    let mut metadata = state.controller.subscribe();
+    loop {
+        let current = metadata
+            .borrow_and_update()
+            .listeners
+            .get(&state.node_id)
+            .cloned()
+            .unwrap_or_default();
+        let registered = state.is_registered(&state.controller.metadata());
+        if registered && current != wanted {
+            let command = Command::RegisterListeners {
+                node_id: state.node_id,
+                listeners: wanted.clone(),
+            };
+            match state.controller.propose(command).await {
+                Ok(_) => tracing::info!(listeners = ?wanted, "registered this broker's listeners"),
+                Err(e) => {
+                    tracing::warn!("registering this broker's listeners failed, retrying: {e}")
+                }
+            }
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            changed = metadata.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 async fn register_and_reconcile(state: Arc<BrokerState>) {
     let mut metadata = state.controller.subscribe();
     // The logs are opened once the metadata this broker follows names the cluster its data
