@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -56,10 +57,20 @@ pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
 }
 
 /// A response still being produced; `None` sends nothing (produce with acks = 0).
-pub type Reply = BoxFuture<'static, Option<ResponseKind>>;
+pub type Reply = BoxFuture<'static, Option<Response>>;
+
+/// A response to encode.
+pub enum Response {
+    Message(ResponseKind),
+    /// A Fetch response whose partitions' records (in order) are sent as they are.
+    Fetch {
+        response: FetchResponse,
+        records: Vec<Bytes>,
+    },
+}
 
 fn ready(response: ResponseKind) -> Reply {
-    futures::future::ready(Some(response)).boxed()
+    futures::future::ready(Some(Response::Message(response))).boxed()
 }
 
 /// Runs one decoded request (its version is served: checked by the caller).
@@ -304,9 +315,9 @@ async fn produce(state: &Arc<BrokerState>, request: ProduceRequest) -> Reply {
                     )
             })
             .collect();
-        Some(ResponseKind::Produce(
+        Some(Response::Message(ResponseKind::Produce(
             ProduceResponse::default().with_responses(responses),
-        ))
+        )))
     }
     .boxed()
 }
@@ -372,10 +383,10 @@ fn fetch(state: &Arc<BrokerState>, request: FetchRequest) -> Reply {
     async move {
         let Some(response) = fetched.await else {
             let code = kafka_code(ErrorCode::UNKNOWN_SERVER_ERROR);
-            return Some(ResponseKind::Fetch(
-                FetchResponse::default().with_error_code(code),
-            ));
+            let response = FetchResponse::default().with_error_code(code);
+            return Some(Response::Message(ResponseKind::Fetch(response)));
         };
+        let mut records = Vec::new();
         let responses = response
             .topics
             .into_iter()
@@ -387,6 +398,7 @@ fn fetch(state: &Arc<BrokerState>, request: FetchRequest) -> Reply {
                             .into_iter()
                             .map(|p| {
                                 let hw = p.high_watermark as i64;
+                                records.push(p.records);
                                 PartitionData::default()
                                     .with_partition_index(p.partition as i32)
                                     .with_error_code(kafka_code(p.error_code))
@@ -395,15 +407,15 @@ fn fetch(state: &Arc<BrokerState>, request: FetchRequest) -> Reply {
                                     .with_log_start_offset(p.log_start_offset as i64)
                                     .with_aborted_transactions(Some(Vec::new()))
                                     .with_preferred_read_replica(BrokerId(-1))
-                                    .with_records(Some(p.records))
+                                    // Sent on their own, from the mapping (`fetch.rs`).
+                                    .with_records(None)
                             })
                             .collect(),
                     )
             })
             .collect();
-        Some(ResponseKind::Fetch(
-            FetchResponse::default().with_responses(responses),
-        ))
+        let response = FetchResponse::default().with_responses(responses);
+        Some(Response::Fetch { response, records })
     }
     .boxed()
 }

@@ -15,6 +15,7 @@
 //! and the served ranges, so the client can retry with one it shares.
 
 mod errors;
+mod fetch;
 pub mod handlers;
 
 use std::net::SocketAddr;
@@ -102,9 +103,9 @@ async fn start(state: &Arc<BrokerState>, mut frame: Bytes) -> Result<Outgoing, S
     };
     if api == ApiKey::ApiVersions && version > max {
         // KIP-511: answer in version 0 (whose layout every client reads) with the ranges.
-        let response = ResponseKind::ApiVersions(handlers::api_versions(kafka_code(
-            rill_protocol::ErrorCode::UNSUPPORTED_VERSION,
-        )));
+        let response = handlers::Response::Message(ResponseKind::ApiVersions(
+            handlers::api_versions(kafka_code(rill_protocol::ErrorCode::UNSUPPORTED_VERSION)),
+        ));
         return Ok(futures::future::ready(encode(correlation_id, &response, 0, 0)).boxed());
     }
     if version < min || version > max {
@@ -126,11 +127,12 @@ async fn start(state: &Arc<BrokerState>, mut frame: Bytes) -> Result<Outgoing, S
     .boxed())
 }
 
-/// The response frame: size, header, body. `None` (logged) if the body cannot be encoded at
-/// the request's version, which would be a bug here: the client then times out and retries.
+/// The response frame's chunks: size, header, body (a fetch's records as their own chunks).
+/// `None` (logged) if the body cannot be encoded at the request's version, which would be a
+/// bug here: the client then times out and retries.
 fn encode(
     correlation_id: i32,
-    response: &ResponseKind,
+    response: &handlers::Response,
     version: i16,
     header_version: i16,
 ) -> Option<Vec<Bytes>> {
@@ -139,14 +141,28 @@ fn encode(
     let encoded = ResponseHeader::default()
         .with_correlation_id(correlation_id)
         .encode(&mut buf, header_version)
-        .and_then(|()| response.encode(&mut buf, version));
-    if let Err(e) = encoded {
-        tracing::error!(version, "encoding a Kafka response failed: {e}");
-        return None;
-    }
-    let size = (buf.len() - 4) as u32;
-    buf[..4].copy_from_slice(&size.to_be_bytes());
-    Some(vec![buf.freeze()])
+        .and_then(|()| match response {
+            handlers::Response::Message(message) => {
+                message.encode(&mut buf, version)?;
+                Ok(Vec::new())
+            }
+            handlers::Response::Fetch { response, records } => {
+                fetch::encode_chunks(response, records, version)
+            }
+        });
+    let body = match encoded {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!(version, "encoding a Kafka response failed: {e}");
+            return None;
+        }
+    };
+    let size = buf.len() - 4 + body.iter().map(Bytes::len).sum::<usize>();
+    buf[..4].copy_from_slice(&(size as u32).to_be_bytes());
+    let mut chunks = Vec::with_capacity(body.len() + 1);
+    chunks.push(buf.freeze());
+    chunks.extend(body);
+    Some(chunks)
 }
 
 #[cfg(test)]
@@ -177,7 +193,8 @@ mod tests {
 
     #[test]
     fn api_versions_encodes_at_every_served_version() {
-        let response = ResponseKind::ApiVersions(handlers::api_versions(0));
+        let response =
+            handlers::Response::Message(ResponseKind::ApiVersions(handlers::api_versions(0)));
         for version in 0..=3 {
             let frame = encode(7, &response, version, 0).expect("encodes");
             assert_eq!(&frame[0][4..8], &7i32.to_be_bytes());
