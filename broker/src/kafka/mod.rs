@@ -20,10 +20,9 @@ pub mod handlers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::net::tcp::OwnedReadHalf;
@@ -33,7 +32,7 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 pub use errors::kafka_code;
 
-use crate::server::connection::{serve_with, Outgoing};
+use crate::server::connection::{next_frame, serve_with, Outgoing};
 use crate::server::BrokerState;
 
 /// Serves one Kafka client connection.
@@ -57,20 +56,13 @@ async fn read_loop(
         .max_frame_length(state.config.max_frame_bytes)
         .new_codec();
     let mut frames = FramedRead::new(read_half, codec);
-    let idle = Duration::from_millis(state.config.idle_timeout_ms.max(1));
     loop {
-        let next = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            next = tokio::time::timeout(idle, frames.next()) => next,
+        let Some(next) = next_frame(state, &mut frames, peer).await else {
+            return;
         };
         let frame = match next {
-            Err(_) => {
-                tracing::info!(%peer, ?idle, "closing idle Kafka connection");
-                return;
-            }
-            Ok(None) => return,
-            Ok(Some(Ok(frame))) => frame.freeze(),
-            Ok(Some(Err(e))) => {
+            Ok(frame) => frame.freeze(),
+            Err(e) => {
                 tracing::warn!(%peer, max = state.config.max_frame_bytes, "bad Kafka request frame, closing the connection: {e}");
                 return;
             }

@@ -91,24 +91,17 @@ async fn read_loop(
     peer: SocketAddr,
 ) {
     let mut frames = FramedRead::new(read_half, RequestCodec::new(state.config.max_frame_bytes));
-    let idle = Duration::from_millis(state.config.idle_timeout_ms.max(1));
     loop {
-        let next = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            next = tokio::time::timeout(idle, frames.next()) => next,
+        let Some(next) = next_frame(state, &mut frames, peer).await else {
+            return;
         };
         let frame = match next {
-            Err(_) => {
-                tracing::info!(%peer, ?idle, "closing idle connection");
-                return;
-            }
-            Ok(None) => return,
-            Ok(Some(Ok(frame))) => frame,
-            Ok(Some(Err(ProtocolError::FrameTooLarge {
+            Ok(frame) => frame,
+            Err(ProtocolError::FrameTooLarge {
                 len,
                 max,
                 correlation_id,
-            }))) => {
+            }) => {
                 tracing::warn!(%peer, len, max, "request frame too large; closing the connection");
                 if let Some(correlation_id) = correlation_id {
                     let reply = handlers::error_reply(ErrorCode::REQUEST_TOO_LARGE);
@@ -116,7 +109,7 @@ async fn read_loop(
                 }
                 return;
             }
-            Ok(Some(Err(e))) => {
+            Err(e) => {
                 tracing::warn!(%peer, "undecodable request, closing the connection: {e}");
                 return;
             }
@@ -126,6 +119,26 @@ async fn read_loop(
         if queue.send(framed(correlation_id, reply)).await.is_err() {
             return; // the writer failed: the peer is gone
         }
+    }
+}
+
+/// A connection's next frame (or decode error), or `None` when it is to close: the broker
+/// shuts down, the peer closed it, or it was idle for `idle_timeout_ms` (logged).
+pub(crate) async fn next_frame<S: futures::Stream + Unpin>(
+    state: &BrokerState,
+    frames: &mut S,
+    peer: SocketAddr,
+) -> Option<S::Item> {
+    let idle = Duration::from_millis(state.config.idle_timeout_ms.max(1));
+    tokio::select! {
+        _ = state.shutdown.cancelled() => None,
+        next = tokio::time::timeout(idle, frames.next()) => match next {
+            Err(_) => {
+                tracing::info!(%peer, ?idle, "closing idle connection");
+                None
+            }
+            Ok(next) => next,
+        },
     }
 }
 
