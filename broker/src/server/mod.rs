@@ -6,8 +6,9 @@
 //! tick. [`Broker::shutdown`] stops accepting, lets connections finish their in-flight
 //! requests, closes the logs (flush + checkpoint) and stops the controller.
 //!
-//! `listener` accepts connections within `max_connections`; `connection` runs one connection
-//! (ordered, pipelined responses; vectored writes); `handlers/` holds one file per API.
+//! `listener` accepts connections within `max_connections` (on both listeners: this one and
+//! the Kafka one, `crate::kafka`); `connection` runs one connection (ordered, pipelined
+//! responses; vectored writes); `handlers/` is the native protocol's door over `crate::ops`.
 
 pub(crate) mod connection;
 pub mod handlers;
@@ -580,10 +581,6 @@ async fn replica_tick(state: Arc<BrokerState>) {
     }
 }
 
-/// Waits until the metadata this broker follows shows it registered under its incarnation and
-/// unfenced (so it has caught up with the metadata log: it never acts on leaderships it held
-/// before a restart), then keeps local logs and replica roles in step with the metadata until
-/// shutdown.
 /// Keeps this broker's other listeners (its Kafka address) in the metadata: once registered,
 /// and whenever the metadata shows other addresses (a restart on another port, a broker that
 /// turned its Kafka listener off). A failed proposal is retried after a second.
@@ -622,6 +619,10 @@ async fn register_listeners(state: Arc<BrokerState>) {
     }
 }
 
+/// Waits until the metadata this broker follows shows it registered under its incarnation and
+/// unfenced (so it has caught up with the metadata log: it never acts on leaderships it held
+/// before a restart), then keeps local logs and replica roles in step with the metadata until
+/// shutdown.
 async fn register_and_reconcile(state: Arc<BrokerState>) {
     let mut metadata = state.controller.subscribe();
     // The logs are opened once the metadata this broker follows names the cluster its data
