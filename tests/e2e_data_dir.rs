@@ -161,7 +161,10 @@ async fn a_directory_of_another_cluster_is_refused_by_its_quorum_untouched() {
     // Cluster Y, a quorum of its own (it names itself with a new UUID).
     let y_voters = format!("1@127.0.0.1:{}", port(()));
     let y1 = tempfile::tempdir().unwrap();
-    let _y = BrokerProcess::start(y1.path(), &["--controller-voters", &y_voters]);
+    let mut y = BrokerProcess::start(y1.path(), &["--controller-voters", &y_voters]);
+    // Named once its own voter registered: a quorum with no name yet takes the name of the
+    // first directory that registers, which must be Y's own, not X's.
+    y.wait_for_line("registered with the controller", Duration::from_secs(30));
 
     // Node 2 with X's directory pointed at Y: Y's controller refuses it; it exits non-zero
     // without having opened (recovered, rewritten) anything in the directory.
