@@ -3,7 +3,7 @@
 //! the Kafka response. No behaviour lives here, only field mapping and Kafka's conventions
 //! (-1 for "none", Kafka's error numbers, version differences).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -73,9 +73,15 @@ fn ready(response: ResponseKind) -> Reply {
     futures::future::ready(Some(Response::Message(response))).boxed()
 }
 
-/// Runs one decoded request (its version is served: checked by the caller).
-pub async fn start(state: &Arc<BrokerState>, request: RequestKind, version: i16) -> Reply {
-    match request {
+/// Runs one decoded request (its version is served: checked by the caller); `Err` for an
+/// API in `SUPPORTED` without a handler here (a bug: the connection is closed, not left
+/// waiting for an answer).
+pub async fn start(
+    state: &Arc<BrokerState>,
+    request: RequestKind,
+    version: i16,
+) -> Result<Reply, String> {
+    Ok(match request {
         RequestKind::ApiVersions(_) => ready(ResponseKind::ApiVersions(api_versions(0))),
         RequestKind::Metadata(request) => ready(ResponseKind::Metadata(
             metadata(state, request, version).await,
@@ -94,9 +100,8 @@ pub async fn start(state: &Arc<BrokerState>, request: RequestKind, version: i16)
         RequestKind::InitProducerId(request) => ready(ResponseKind::InitProducerId(
             init_producer_id(state, request).await,
         )),
-        // `SUPPORTED` and this match list the same APIs; the caller checked the first.
-        _ => futures::future::ready(None).boxed(),
-    }
+        _ => return Err("served but without a handler".into()),
+    })
 }
 
 /// The ApiVersions answer, with `error_code` (UNSUPPORTED_VERSION for KIP-511's fallback).
@@ -425,7 +430,7 @@ async fn list_offsets(
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
     // Specs Rill does not serve are answered per partition, the rest go to the operation.
-    let mut refused: BTreeMap<(String, i32), ()> = BTreeMap::new();
+    let mut refused: BTreeSet<(String, i32)> = BTreeSet::new();
     let list = rill::ListOffsetsRequest {
         topics: request
             .topics
@@ -441,7 +446,7 @@ async fn list_offsets(
                             -2 => rill::OffsetSpec::Earliest,
                             ts if ts >= 0 => rill::OffsetSpec::Timestamp(ts),
                             _ => {
-                                refused.insert((name(&t.name), p.partition_index), ());
+                                refused.insert((name(&t.name), p.partition_index));
                                 return None;
                             }
                         };
@@ -473,7 +478,7 @@ async fn list_offsets(
                         .with_leader_epoch(-1)
                 })
                 .collect();
-            for (_, index) in refused.keys().filter(|(name, _)| *name == topic) {
+            for (_, index) in refused.iter().filter(|(name, _)| *name == topic) {
                 partitions.push(
                     ListOffsetsPartitionResponse::default()
                         .with_partition_index(*index)

@@ -110,7 +110,9 @@ async fn start(state: &Arc<BrokerState>, mut frame: Bytes) -> Result<Outgoing, S
     let request = RequestKind::decode(api, &mut frame, version)
         .map_err(|e| format!("{api:?} v{version}: undecodable request body: {e}"))?;
     tracing::trace!(?api, version, correlation_id, client_id = ?header.client_id, "Kafka request");
-    let reply = handlers::start(state, request, version).await;
+    let reply = handlers::start(state, request, version)
+        .await
+        .map_err(|e| format!("{api:?} v{version}: {e}"))?;
     let header_version = api.response_header_version(version);
     Ok(async move {
         let response = reply.await?;
