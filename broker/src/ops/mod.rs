@@ -1,5 +1,5 @@
-//! The broker operations: produce, fetch, list offsets, metadata and topic admin, each one
-//! function over the broker state that both protocols call. The native handlers
+//! The broker operations: produce, fetch, list offsets, metadata, topic admin and consumer
+//! groups, each one function over the broker state that both protocols call. The native handlers
 //! (`server::handlers`) and the Kafka handlers (`kafka`) are codecs over them: they turn their
 //! wire messages into the plain request structs of `rill_protocol::api` (the one vocabulary of
 //! broker operations), call the operation, and encode what it returns. Behaviour (validation,
@@ -13,6 +13,7 @@ pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_topics;
 pub mod fetch;
+pub mod groups;
 pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;

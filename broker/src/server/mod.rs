@@ -797,7 +797,7 @@ async fn storage_tick(state: Arc<BrokerState>) {
             changed.insert(group);
         }
         for group in changed {
-            handlers::persist_group(&state, &group).await;
+            crate::ops::groups::persist(&state, &group).await;
         }
         let logs = state.logs.clone();
         match tokio::task::spawn_blocking(move || logs.tick(now_ms())).await {

@@ -1,13 +1,10 @@
 //! The native protocol's door. [`start`] decodes a request body, calls the broker operation
-//! (`crate::ops`) and encodes what it returns; group and leader-election requests still have
-//! their handlers here. Each does its order-sensitive work before returning (so requests on
-//! one connection take effect in order) and returns the rest as a [`Pending`] response.
+//! (`crate::ops`) and encodes what it returns; leader election still has its handler here.
+//! Each does its order-sensitive work before returning (so requests on one connection take
+//! effect in order) and returns the rest as a [`Pending`] response.
 
 mod api_versions;
 mod elect_leaders;
-mod groups;
-
-pub(crate) use groups::persist as persist_group;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,13 +83,27 @@ pub async fn start(state: &Arc<BrokerState>, frame: RequestFrame, peer: SocketAd
             ops::create_partitions::create_partitions(state, request).await,
         )),
         RequestBody::ElectLeaders(request) => elect_leaders::handle(state, request).await,
-        RequestBody::FindCoordinator(request) => groups::find_coordinator(state, request),
-        RequestBody::ConsumerGroupHeartbeat(request) => groups::heartbeat(state, request).await,
-        RequestBody::OffsetCommit(request) => groups::offset_commit(state, request).await,
-        RequestBody::OffsetFetch(request) => groups::offset_fetch(state, request).await,
-        RequestBody::ListGroups(_) => groups::list_groups(state),
-        RequestBody::DescribeGroups(request) => groups::describe_groups(state, request).await,
-        RequestBody::DeleteGroups(request) => groups::delete_groups(state, request).await,
+        RequestBody::FindCoordinator(request) => reply(ResponseBody::FindCoordinator(
+            ops::groups::find_coordinator(state, request),
+        )),
+        RequestBody::ConsumerGroupHeartbeat(request) => reply(
+            ResponseBody::ConsumerGroupHeartbeat(ops::groups::heartbeat(state, request).await),
+        ),
+        RequestBody::OffsetCommit(request) => reply(ResponseBody::OffsetCommit(
+            ops::groups::offset_commit(state, request).await,
+        )),
+        RequestBody::OffsetFetch(request) => reply(ResponseBody::OffsetFetch(
+            ops::groups::offset_fetch(state, request).await,
+        )),
+        RequestBody::ListGroups(_) => {
+            reply(ResponseBody::ListGroups(ops::groups::list_groups(state)))
+        }
+        RequestBody::DescribeGroups(request) => reply(ResponseBody::DescribeGroups(
+            ops::groups::describe_groups(state, request).await,
+        )),
+        RequestBody::DeleteGroups(request) => reply(ResponseBody::DeleteGroups(
+            ops::groups::delete_groups(state, request).await,
+        )),
         RequestBody::InitProducerId(request) => reply(ResponseBody::InitProducerId(
             ops::init_producer_id::init_producer_id(state, request).await,
         )),

@@ -11,7 +11,6 @@ use std::time::Duration;
 use rill_protocol::api::*;
 use rill_protocol::ErrorCode;
 
-use super::{reply, Pending};
 use crate::group::coordinator::{
     error_code, partition_for, Committed, GROUP_ID_BYTES_MAX, OFFSETS_TOPIC,
 };
@@ -87,10 +86,10 @@ fn from_wire(topics: Vec<TopicPartitions>) -> BTreeSet<TopicPartition> {
         .collect()
 }
 
-pub(super) fn find_coordinator(
+pub fn find_coordinator(
     state: &Arc<BrokerState>,
     request: FindCoordinatorRequest,
-) -> Pending {
+) -> FindCoordinatorResponse {
     let mut response = FindCoordinatorResponse {
         error_code: ErrorCode::NONE,
         node_id: None,
@@ -99,7 +98,7 @@ pub(super) fn find_coordinator(
     };
     if !valid_id(&request.group_id) {
         response.error_code = ErrorCode::INVALID_GROUP_ID;
-        return reply(ResponseBody::FindCoordinator(response));
+        return response;
     }
     let metadata = state.controller.metadata();
     let leader = metadata
@@ -115,13 +114,13 @@ pub(super) fn find_coordinator(
         }
         None => response.error_code = ErrorCode::COORDINATOR_NOT_AVAILABLE,
     }
-    reply(ResponseBody::FindCoordinator(response))
+    response
 }
 
-pub(super) async fn heartbeat(
+pub async fn heartbeat(
     state: &Arc<BrokerState>,
     request: ConsumerGroupHeartbeatRequest,
-) -> Pending {
+) -> ConsumerGroupHeartbeatResponse {
     let mut response = ConsumerGroupHeartbeatResponse {
         error_code: ErrorCode::NONE,
         error_message: None,
@@ -163,7 +162,7 @@ pub(super) async fn heartbeat(
     if let Some((code, message)) = problem {
         response.error_code = code;
         response.error_message = message;
-        return reply(ResponseBody::ConsumerGroupHeartbeat(response));
+        return response;
     }
     let metadata = state.controller.metadata();
     let topics: BTreeMap<String, u32> = metadata
@@ -196,7 +195,7 @@ pub(super) async fn heartbeat(
         }
     }
     persist(state, &request.group_id).await;
-    reply(ResponseBody::ConsumerGroupHeartbeat(response))
+    response
 }
 
 /// Waits until a commit appended at leader `epoch`, ending at `end`, is on every in-sync replica
@@ -240,17 +239,17 @@ pub(crate) async fn persist(state: &Arc<BrokerState>, group_id: &str) {
     }
 }
 
-pub(super) async fn offset_commit(
+pub async fn offset_commit(
     state: &Arc<BrokerState>,
     request: OffsetCommitRequest,
-) -> Pending {
+) -> OffsetCommitResponse {
     let mut response = OffsetCommitResponse {
         error_code: ErrorCode::NONE,
         topics: Vec::new(),
     };
     if let Err(code) = coordinate(state, &request.group_id).await {
         response.error_code = code;
-        return reply(ResponseBody::OffsetCommit(response));
+        return response;
     }
     let metadata = state.controller.metadata();
     let mut accepted: Vec<(TopicPartition, Committed)> = Vec::new();
@@ -317,17 +316,20 @@ pub(super) async fn offset_commit(
                 .collect(),
         })
         .collect();
-    reply(ResponseBody::OffsetCommit(response))
+    response
 }
 
-pub(super) async fn offset_fetch(state: &Arc<BrokerState>, request: OffsetFetchRequest) -> Pending {
+pub async fn offset_fetch(
+    state: &Arc<BrokerState>,
+    request: OffsetFetchRequest,
+) -> OffsetFetchResponse {
     let mut response = OffsetFetchResponse {
         error_code: ErrorCode::NONE,
         topics: Vec::new(),
     };
     if let Err(code) = coordinate(state, &request.group_id).await {
         response.error_code = code;
-        return reply(ResponseBody::OffsetFetch(response));
+        return response;
     }
     let offsets = state
         .groups
@@ -353,10 +355,10 @@ pub(super) async fn offset_fetch(state: &Arc<BrokerState>, request: OffsetFetchR
         .into_iter()
         .map(|(name, partitions)| OffsetFetchTopic { name, partitions })
         .collect();
-    reply(ResponseBody::OffsetFetch(response))
+    response
 }
 
-pub(super) fn list_groups(state: &Arc<BrokerState>) -> Pending {
+pub fn list_groups(state: &Arc<BrokerState>) -> ListGroupsResponse {
     let groups = state
         .groups
         .group_ids()
@@ -369,13 +371,13 @@ pub(super) fn list_groups(state: &Arc<BrokerState>) -> Pending {
             })
         })
         .collect();
-    reply(ResponseBody::ListGroups(ListGroupsResponse { groups }))
+    ListGroupsResponse { groups }
 }
 
-pub(super) async fn describe_groups(
+pub async fn describe_groups(
     state: &Arc<BrokerState>,
     request: DescribeGroupsRequest,
-) -> Pending {
+) -> DescribeGroupsResponse {
     let mut groups = Vec::with_capacity(request.group_ids.len());
     for group_id in request.group_ids {
         let mut description = GroupDescription {
@@ -413,15 +415,13 @@ pub(super) async fn describe_groups(
         }
         groups.push(description);
     }
-    reply(ResponseBody::DescribeGroups(DescribeGroupsResponse {
-        groups,
-    }))
+    DescribeGroupsResponse { groups }
 }
 
-pub(super) async fn delete_groups(
+pub async fn delete_groups(
     state: &Arc<BrokerState>,
     request: DeleteGroupsRequest,
-) -> Pending {
+) -> DeleteGroupsResponse {
     let mut results = Vec::with_capacity(request.group_ids.len());
     for group_id in request.group_ids {
         let code = match coordinate(state, &group_id).await {
@@ -450,5 +450,5 @@ pub(super) async fn delete_groups(
             error_code: code,
         });
     }
-    reply(ResponseBody::DeleteGroups(DeleteGroupsResponse { results }))
+    DeleteGroupsResponse { results }
 }
