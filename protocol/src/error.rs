@@ -116,6 +116,18 @@ error_codes! {
     GROUP_MAX_SIZE_REACHED = 108, retriable = false, "the group is full";
     /// A commit for a partition the member does not hold.
     PARTITION_NOT_ASSIGNED = 109, retriable = false, "the partition is not assigned to this member";
+    /// A classic (Kafka JoinGroup) member spoke with a generation the group has left behind.
+    ILLEGAL_GENERATION = 110, retriable = false, "the group generation is stale; rejoin the group";
+    /// The classic group is rebalancing: the member must rejoin.
+    REBALANCE_IN_PROGRESS = 111, retriable = true, "the group is rebalancing; rejoin";
+    /// The member's protocols share none with the group's, or the group speaks the other protocol.
+    INCONSISTENT_GROUP_PROTOCOL = 112, retriable = false, "the member's protocol does not match the group's (classic and native members cannot share a group)";
+    /// A classic join without a member id: the answer carries one, join again with it (KIP-394).
+    MEMBER_ID_REQUIRED = 113, retriable = false, "join again with the member id this answer carries";
+    /// The session timeout is outside the broker's bounds.
+    INVALID_SESSION_TIMEOUT = 114, retriable = false, "the session timeout is out of range (1 s to 30 min)";
+    /// Another member joined with this group.instance.id (KIP-345).
+    FENCED_INSTANCE_ID = 115, retriable = false, "another member has this group instance id";
     /// An idempotent producer's batch does not continue its sequence on this partition.
     OUT_OF_ORDER_SEQUENCE = 200, retriable = false, "the batch's sequence number does not follow the producer's last one on this partition (an earlier batch is missing)";
     /// An idempotent producer's epoch is older than the one the partition knows.
