@@ -72,8 +72,11 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     /// Partitions of auto-created topics.
     pub default_partitions: u32,
-    /// Period of the flush / age-roll / retention task.
+    /// Period of the flush / age-roll / retention task (and of group session checks).
     pub tick_ms: u64,
+    /// How long a Kafka classic group that was empty waits for more members before its first
+    /// generation (Kafka's `group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay_ms: u64,
     /// The metadata quorum: `id@host:port,...`, each voter's node id and controller (Raft)
     /// address. A broker whose id is listed is a voter and listens on its address; others are
     /// observers. Unset: a single-node cluster whose only voter is this broker.
@@ -136,6 +139,7 @@ impl Default for BrokerConfig {
             auto_create_topics: false,
             default_partitions: 1,
             tick_ms: 100,
+            group_initial_rebalance_delay_ms: 3000,
             controller_voters: None,
             broker_heartbeat_interval_ms: 500,
             broker_session_timeout_ms: 3000,
@@ -250,6 +254,9 @@ pub struct Flags {
     /// Period of the flush / roll / retention task, ms [default: 100].
     #[arg(long)]
     pub tick_ms: Option<u64>,
+    /// Wait of a Kafka classic group that was empty for more members, ms [default: 3000].
+    #[arg(long)]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
     /// Metadata quorum voters, `id@host:port,...` (each voter's controller address); a broker
     /// whose --node-id is listed listens there for Raft traffic [default: this broker alone].
     #[arg(long)]
@@ -352,6 +359,7 @@ impl BrokerConfig {
             auto_create_topics,
             default_partitions,
             tick_ms,
+            group_initial_rebalance_delay_ms,
             broker_heartbeat_interval_ms,
             broker_session_timeout_ms,
             replica_lag_max_ms,

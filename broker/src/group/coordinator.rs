@@ -4,9 +4,13 @@
 //! log engine as any data. On first use of a partition the coordinator rebuilds its groups'
 //! offsets by reading the partition from the start.
 //!
+//! A group speaks one protocol at a time: Rill's native heartbeat protocol (`state::Group`) or
+//! Kafka's classic JoinGroup/SyncGroup protocol (`classic::ClassicGroup`), as Kafka 4 holds
+//! consumer and classic groups; a group with live members of one refuses the other with
+//! INCONSISTENT_GROUP_PROTOCOL. Offsets are shared.
+//!
 //! Record format (docs/GROUPS.md): key = postcard(`RecordKey`), value = postcard(`OffsetValue`)
-//! for offsets, none for a group tombstone. Membership itself is not persisted: after a
-//! coordinator restart or move, members get `UNKNOWN_MEMBER_ID` and rejoin.
+//! for offsets, `GroupValue` for membership snapshots (native or classic), none for a tombstone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -15,6 +19,7 @@ use rill_protocol::batch::{batches, RecordBatchBuilder};
 use rill_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
+use crate::group::classic::{ClassicGroup, Replies};
 use crate::group::state::{Group, GroupError};
 use crate::log::{monotonic_ms, now_ms, LogManager, TopicPartition};
 
@@ -55,6 +60,8 @@ pub enum RecordKey {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum GroupValue {
     V1(Group),
+    /// A Kafka classic group (its native side is empty).
+    Classic(ClassicGroup),
 }
 
 /// Value of an offset record.
@@ -77,7 +84,44 @@ pub struct Committed {
 /// A group and its committed offsets.
 pub struct GroupEntry {
     pub group: Group,
+    pub classic: ClassicGroup,
     pub offsets: BTreeMap<TopicPartition, Committed>,
+}
+
+impl GroupEntry {
+    /// Whether the group exists: has members (of either protocol) or committed offsets.
+    pub fn exists(&self) -> bool {
+        !self.group.members.is_empty() || self.classic.is_live() || !self.offsets.is_empty()
+    }
+
+    /// Whether Kafka's classic protocol runs it (else the native one, or nobody yet).
+    pub fn is_classic(&self) -> bool {
+        self.classic.is_live()
+    }
+
+    /// The version of what is persisted: both sides' versions only grow.
+    fn version(&self) -> u64 {
+        self.group.version + self.classic.version
+    }
+
+    /// The membership snapshot to persist: the classic group once it was used and while no
+    /// native member is in, else the native one.
+    fn snapshot(&self) -> GroupValue {
+        if self.classic.version > 0 && self.group.members.is_empty() {
+            GroupValue::Classic(self.classic.clone())
+        } else {
+            GroupValue::V1(self.group.clone())
+        }
+    }
+}
+
+/// What a coordinator tick changed in one group.
+pub struct GroupTick {
+    pub group: String,
+    /// Members removed (session expired, or did not rejoin a rebalance in time).
+    pub expired: Vec<String>,
+    /// Classic answers to deliver once the group is persisted.
+    pub replies: Replies,
 }
 
 /// See the module docs.
@@ -123,6 +167,7 @@ impl Coordinator {
             .entry(group_id.to_string())
             .or_insert_with(|| GroupEntry {
                 group: Group::new(group_id, self.heartbeat_interval_ms),
+                classic: ClassicGroup::new(group_id),
                 offsets: BTreeMap::new(),
             });
         f(entry)
@@ -135,10 +180,7 @@ impl Coordinator {
         f: impl FnOnce(&mut GroupEntry) -> T,
     ) -> Option<T> {
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        groups
-            .get_mut(group_id)
-            .filter(|e| !e.group.members.is_empty() || !e.offsets.is_empty())
-            .map(f)
+        groups.get_mut(group_id).filter(|e| e.exists()).map(f)
     }
 
     /// Ids of the groups hosted here that have members or offsets.
@@ -146,24 +188,28 @@ impl Coordinator {
         let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         let mut ids: Vec<String> = groups
             .iter()
-            .filter(|(_, e)| !e.group.members.is_empty() || !e.offsets.is_empty())
+            .filter(|(_, e)| e.exists())
             .map(|(id, _)| id.clone())
             .collect();
         ids.sort();
         ids
     }
 
-    /// Removes members whose session expired, in every group. Returns (group, member) pairs.
-    pub fn expire_members(&self, now_ms: i64) -> Vec<(String, String)> {
+    /// Removes members whose session expired and completes classic rebalances that are due,
+    /// in every group. Returns the groups where something changed.
+    pub fn tick(&self, now_ms: i64) -> Vec<GroupTick> {
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         groups
             .iter_mut()
-            .flat_map(|(id, entry)| {
-                entry
-                    .group
-                    .expire(now_ms)
-                    .into_iter()
-                    .map(move |m| (id.clone(), m))
+            .filter_map(|(id, entry)| {
+                let mut expired = entry.group.expire(now_ms);
+                let (classic_expired, replies) = entry.classic.tick(now_ms);
+                expired.extend(classic_expired);
+                (!expired.is_empty() || !replies.is_empty()).then(|| GroupTick {
+                    group: id.clone(),
+                    expired,
+                    replies,
+                })
             })
             .collect()
     }
@@ -285,15 +331,26 @@ impl Coordinator {
                     .remove(&group);
             }
             RecordKey::GroupMetadata { group } => {
-                let Some(Ok(GroupValue::V1(stored))) =
-                    value.map(postcard::from_bytes::<GroupValue>)
-                else {
+                let Some(Ok(stored)) = value.map(postcard::from_bytes::<GroupValue>) else {
                     return;
                 };
-                let version = stored.version;
-                // Members get a full session from now to reach the restarted coordinator.
-                let restored = stored.restored(monotonic_ms());
-                self.with_group(&group, |entry| entry.group = restored);
+                // Members get a full session from now to reach the restarted coordinator. The
+                // other protocol's side starts empty (one protocol per group).
+                let now = monotonic_ms();
+                let heartbeat_interval_ms = self.heartbeat_interval_ms;
+                let version = self.with_group(&group, |entry| {
+                    match stored {
+                        GroupValue::V1(native) => {
+                            entry.group = native.restored(now);
+                            entry.classic = ClassicGroup::new(group.clone());
+                        }
+                        GroupValue::Classic(classic) => {
+                            entry.classic = classic.restored(now);
+                            entry.group = Group::new(group.clone(), heartbeat_interval_ms);
+                        }
+                    }
+                    entry.version()
+                });
                 self.persisted
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -342,13 +399,13 @@ impl Coordinator {
             let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
             let persisted = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
             match groups.get(group_id) {
-                Some(entry) if persisted.get(group_id) != Some(&entry.group.version) => {
-                    entry.group.clone()
+                Some(entry) if persisted.get(group_id) != Some(&entry.version()) => {
+                    (entry.version(), entry.snapshot())
                 }
                 _ => return Ok(()),
             }
         };
-        let version = snapshot.version;
+        let (version, snapshot) = snapshot;
         let mut builder = RecordBatchBuilder::new();
         let key = RecordKey::GroupMetadata {
             group: group_id.to_string(),
@@ -356,7 +413,7 @@ impl Coordinator {
         builder.append(
             now_ms(),
             Some(&encode(&key)?),
-            Some(&encode(&GroupValue::V1(snapshot))?),
+            Some(&encode(&snapshot)?),
             &[],
         );
         self.append(group_id, builder)?;

@@ -31,6 +31,7 @@ use rill_protocol::api as rill;
 use rill_protocol::ErrorCode;
 
 use super::errors::kafka_code;
+use super::groups;
 use crate::group::coordinator::OFFSETS_TOPIC;
 use crate::ops;
 use crate::server::BrokerState;
@@ -46,6 +47,16 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 /// The version range served for `api`, if it is served.
@@ -80,6 +91,7 @@ pub async fn start(
     state: &Arc<BrokerState>,
     request: RequestKind,
     version: i16,
+    client: &groups::Client,
 ) -> Result<Reply, String> {
     Ok(match request {
         RequestKind::ApiVersions(_) => ready(ResponseKind::ApiVersions(api_versions(0))),
@@ -99,6 +111,51 @@ pub async fn start(
         )),
         RequestKind::InitProducerId(request) => ready(ResponseKind::InitProducerId(
             init_producer_id(state, request).await,
+        )),
+        RequestKind::FindCoordinator(request) => ready(ResponseKind::FindCoordinator(
+            groups::find_coordinator(state, request, version),
+        )),
+        RequestKind::JoinGroup(request) => {
+            let (state, client) = (state.clone(), client.clone());
+            async move {
+                let response = groups::join_group(&state, request, version, &client).await;
+                Some(Response::Message(ResponseKind::JoinGroup(response)))
+            }
+            .boxed()
+        }
+        RequestKind::SyncGroup(request) => {
+            let state = state.clone();
+            async move {
+                let response = groups::sync_group(&state, request).await;
+                Some(Response::Message(ResponseKind::SyncGroup(response)))
+            }
+            .boxed()
+        }
+        RequestKind::Heartbeat(request) => ready(ResponseKind::Heartbeat(
+            groups::heartbeat(state, request).await,
+        )),
+        RequestKind::LeaveGroup(request) => ready(ResponseKind::LeaveGroup(
+            groups::leave_group(state, request, version).await,
+        )),
+        RequestKind::OffsetCommit(request) => {
+            let state = state.clone();
+            async move {
+                let response = groups::offset_commit(&state, request).await;
+                Some(Response::Message(ResponseKind::OffsetCommit(response)))
+            }
+            .boxed()
+        }
+        RequestKind::OffsetFetch(request) => ready(ResponseKind::OffsetFetch(
+            groups::offset_fetch(state, request, version).await,
+        )),
+        RequestKind::ListGroups(request) => ready(ResponseKind::ListGroups(groups::list_groups(
+            state, request,
+        ))),
+        RequestKind::DescribeGroups(request) => ready(ResponseKind::DescribeGroups(
+            groups::describe_groups(state, request).await,
+        )),
+        RequestKind::DeleteGroups(request) => ready(ResponseKind::DeleteGroups(
+            groups::delete_groups(state, request).await,
         )),
         _ => return Err("served but without a handler".into()),
     })

@@ -16,6 +16,7 @@
 
 mod errors;
 mod fetch;
+pub mod groups;
 pub mod handlers;
 
 use std::net::SocketAddr;
@@ -67,7 +68,7 @@ async fn read_loop(
                 return;
             }
         };
-        match start(state, frame).await {
+        match start(state, frame, peer).await {
             Ok(outgoing) => {
                 if queue.send(outgoing).await.is_err() {
                     return; // the writer failed: the peer is gone
@@ -82,7 +83,11 @@ async fn read_loop(
 }
 
 /// Decodes and starts one request; `Err` (why) closes the connection.
-async fn start(state: &Arc<BrokerState>, mut frame: Bytes) -> Result<Outgoing, String> {
+async fn start(
+    state: &Arc<BrokerState>,
+    mut frame: Bytes,
+    peer: SocketAddr,
+) -> Result<Outgoing, String> {
     if frame.len() < 8 {
         return Err(format!("a {}-byte request has no header", frame.len()));
     }
@@ -110,7 +115,15 @@ async fn start(state: &Arc<BrokerState>, mut frame: Bytes) -> Result<Outgoing, S
     let request = RequestKind::decode(api, &mut frame, version)
         .map_err(|e| format!("{api:?} v{version}: undecodable request body: {e}"))?;
     tracing::trace!(?api, version, correlation_id, client_id = ?header.client_id, "Kafka request");
-    let reply = handlers::start(state, request, version)
+    let client = groups::Client {
+        client_id: header
+            .client_id
+            .as_ref()
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_default(),
+        host: format!("/{}", peer.ip()),
+    };
+    let reply = handlers::start(state, request, version, &client)
         .await
         .map_err(|e| format!("{api:?} v{version}: {e}"))?;
     let header_version = api.response_header_version(version);

@@ -1,5 +1,6 @@
-//! The consumer group APIs: FindCoordinator, ConsumerGroupHeartbeat, OffsetCommit,
-//! OffsetFetch, ListGroups, DescribeGroups, DeleteGroups. Every group request other than
+//! The consumer group APIs: FindCoordinator, ConsumerGroupHeartbeat, Kafka's classic JoinGroup,
+//! SyncGroup, Heartbeat and LeaveGroup, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups,
+//! DeleteGroups. A group runs one protocol at a time (native or classic); offsets are shared. Every group request other than
 //! FindCoordinator must reach the group's coordinator (the leader of its `__consumer_offsets`
 //! partition), or gets NOT_COORDINATOR. Limits: ids of at most 255 bytes, at most 1000
 //! subscribed topics and 100000 owned partitions per heartbeat.
@@ -11,6 +12,7 @@ use std::time::Duration;
 use rill_protocol::api::*;
 use rill_protocol::ErrorCode;
 
+use crate::group::classic::{self, Join, Joined, Sync, Synced};
 use crate::group::coordinator::{
     error_code, partition_for, Committed, GROUP_ID_BYTES_MAX, OFFSETS_TOPIC,
 };
@@ -86,6 +88,21 @@ fn from_wire(topics: Vec<TopicPartitions>) -> BTreeSet<TopicPartition> {
         .collect()
 }
 
+/// The node that coordinates `group_id` (the leader of its offsets partition).
+pub fn coordinator_node(state: &Arc<BrokerState>, group_id: &str) -> Result<u64, ErrorCode> {
+    if !valid_id(group_id) {
+        return Err(ErrorCode::INVALID_GROUP_ID);
+    }
+    state
+        .controller
+        .metadata()
+        .topics
+        .get(OFFSETS_TOPIC)
+        .and_then(|t| t.partitions.get(partition_for(group_id) as usize))
+        .and_then(|p| p.leader)
+        .ok_or(ErrorCode::COORDINATOR_NOT_AVAILABLE)
+}
+
 pub fn find_coordinator(
     state: &Arc<BrokerState>,
     request: FindCoordinatorRequest,
@@ -96,17 +113,14 @@ pub fn find_coordinator(
         host: String::new(),
         port: 0,
     };
-    if !valid_id(&request.group_id) {
-        response.error_code = ErrorCode::INVALID_GROUP_ID;
-        return response;
-    }
-    let metadata = state.controller.metadata();
-    let leader = metadata
-        .topics
-        .get(OFFSETS_TOPIC)
-        .and_then(|t| t.partitions.get(partition_for(&request.group_id) as usize))
-        .and_then(|p| p.leader);
-    match leader.and_then(|node| metadata.brokers.get(&node)) {
+    let node = match coordinator_node(state, &request.group_id) {
+        Ok(node) => node,
+        Err(code) => {
+            response.error_code = code;
+            return response;
+        }
+    };
+    match state.controller.metadata().brokers.get(&node) {
         Some(broker) => {
             response.node_id = Some(broker.node_id as u32);
             response.host = broker.host.clone();
@@ -181,7 +195,13 @@ pub async fn heartbeat(
         assignor: request.assignor,
     };
     match state.groups.with_group(&request.group_id, |entry| {
-        entry.group.heartbeat(heartbeat, monotonic_ms(), &topics)
+        if entry.is_classic() {
+            return Err(None);
+        }
+        entry
+            .group
+            .heartbeat(heartbeat, monotonic_ms(), &topics)
+            .map_err(Some)
     }) {
         Ok(outcome) => {
             response.member_id = outcome.member_id;
@@ -189,13 +209,143 @@ pub async fn heartbeat(
             response.heartbeat_interval_ms = outcome.heartbeat_interval_ms;
             response.assignment = to_wire(&outcome.assignment);
         }
-        Err(e) => {
+        Err(Some(e)) => {
             response.error_code = error_code(&e);
             response.error_message = Some(e.to_string());
+        }
+        Err(None) => {
+            response.error_code = ErrorCode::INCONSISTENT_GROUP_PROTOCOL;
+            response.error_message = Some(
+                "the group has members of Kafka's classic protocol (JoinGroup); use another group id"
+                    .into(),
+            );
         }
     }
     persist(state, &request.group_id).await;
     response
+}
+
+/// Most bytes of a client id or host, and of a protocol name, in a classic join.
+const CLIENT_FIELD_BYTES_MAX: usize = 1024;
+
+/// Waits for a parked classic answer: a dropped sender means the group was unloaded (this
+/// broker stopped coordinating it); `refuse` builds the answer for that and for a timeout.
+async fn parked<T>(
+    rx: tokio::sync::oneshot::Receiver<T>,
+    wait: Duration,
+    refuse: impl Fn(ErrorCode) -> T,
+) -> T {
+    match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => refuse(ErrorCode::NOT_COORDINATOR),
+        Err(_) => refuse(ErrorCode::REBALANCE_IN_PROGRESS),
+    }
+}
+
+/// Kafka's JoinGroup: joins (or rejoins) a classic group; answers when the rebalance completes.
+pub async fn join_group(state: &Arc<BrokerState>, group_id: &str, join: Join) -> Joined {
+    let refuse = |code| Joined {
+        error_code: code,
+        generation: -1,
+        member_id: join.member_id.clone(),
+        ..Joined::default()
+    };
+    if let Err(code) = coordinate(state, group_id).await {
+        return refuse(code);
+    }
+    let too_long = join.member_id.len() > GROUP_ID_BYTES_MAX
+        || join.instance_id.as_ref().is_some_and(|i| !valid_id(i))
+        || join.client_id.len() > CLIENT_FIELD_BYTES_MAX
+        || join.protocol_type.len() > CLIENT_FIELD_BYTES_MAX
+        || join
+            .protocols
+            .iter()
+            .any(|(name, _)| name.len() > CLIENT_FIELD_BYTES_MAX);
+    if too_long {
+        return refuse(ErrorCode::INVALID_REQUEST);
+    }
+    let delay = state.config.group_initial_rebalance_delay_ms;
+    let wait = Duration::from_millis(
+        join.rebalance_timeout_ms
+            .clamp(1, classic::REBALANCE_TIMEOUT_MS_MAX)
+            .saturating_add(delay)
+            .saturating_add(5_000),
+    );
+    let joined = state.groups.with_group(group_id, |entry| {
+        if !entry.group.members.is_empty() {
+            return None;
+        }
+        Some(entry.classic.join(join.clone(), monotonic_ms(), delay))
+    });
+    let Some((rx, replies)) = joined else {
+        return refuse(ErrorCode::INCONSISTENT_GROUP_PROTOCOL);
+    };
+    persist(state, group_id).await;
+    replies.deliver();
+    parked(rx, wait, refuse).await
+}
+
+/// Kafka's SyncGroup: the leader's carries every assignment; each member gets its own.
+pub async fn sync_group(state: &Arc<BrokerState>, group_id: &str, sync: Sync) -> Synced {
+    let refuse = |code| Synced {
+        error_code: code,
+        ..Synced::default()
+    };
+    if let Err(code) = coordinate(state, group_id).await {
+        return refuse(code);
+    }
+    let (rx, replies) = state
+        .groups
+        .with_group(group_id, |entry| entry.classic.sync(sync, monotonic_ms()));
+    persist(state, group_id).await;
+    replies.deliver();
+    let wait = Duration::from_millis(classic::REBALANCE_TIMEOUT_MS_MAX);
+    parked(rx, wait, refuse).await
+}
+
+/// Kafka's Heartbeat (classic groups).
+pub async fn classic_heartbeat(
+    state: &Arc<BrokerState>,
+    group_id: &str,
+    member_id: &str,
+    instance_id: Option<&str>,
+    generation: i32,
+) -> ErrorCode {
+    if let Err(code) = coordinate(state, group_id).await {
+        return code;
+    }
+    state.groups.with_group(group_id, |entry| {
+        entry
+            .classic
+            .heartbeat(member_id, instance_id, generation, monotonic_ms())
+    })
+}
+
+/// Kafka's LeaveGroup: each (member id, instance id) leaves; one code per member, or the
+/// group's error.
+pub async fn leave_group(
+    state: &Arc<BrokerState>,
+    group_id: &str,
+    members: &[(String, Option<String>)],
+) -> Result<Vec<ErrorCode>, ErrorCode> {
+    coordinate(state, group_id).await?;
+    let mut all = classic::Replies::default();
+    let codes = state.groups.with_group(group_id, |entry| {
+        members
+            .iter()
+            .map(|(member, instance)| {
+                let (code, replies) =
+                    entry
+                        .classic
+                        .leave(member, instance.as_deref(), monotonic_ms());
+                all.extend(replies);
+                code
+            })
+            .collect()
+    });
+    persist(state, group_id).await;
+    all.deliver();
+    Ok(codes)
 }
 
 /// Waits until a commit appended at leader `epoch`, ending at `end`, is on every in-sync replica
@@ -243,6 +393,16 @@ pub async fn offset_commit(
     state: &Arc<BrokerState>,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
+    offset_commit_as(state, request, None).await
+}
+
+/// OffsetCommit with the committer's group instance id (Kafka's static members). In a classic
+/// group `member_epoch` is the generation.
+pub async fn offset_commit_as(
+    state: &Arc<BrokerState>,
+    request: OffsetCommitRequest,
+    instance_id: Option<String>,
+) -> OffsetCommitResponse {
     let mut response = OffsetCommitResponse {
         error_code: ErrorCode::NONE,
         topics: Vec::new(),
@@ -263,12 +423,20 @@ pub async fn offset_commit(
             let mut partitions = Vec::new();
             for p in &topic.partitions {
                 let tp = TopicPartition::new(topic.name.clone(), p.partition);
-                let code = match count {
-                    Some(n) if p.partition < n => match entry.group.validate_commit(
+                let valid = if entry.is_classic() {
+                    entry.classic.validate_commit(
                         &request.member_id,
+                        instance_id.as_deref(),
                         request.member_epoch,
-                        &tp,
-                    ) {
+                    )
+                } else {
+                    entry
+                        .group
+                        .validate_commit(&request.member_id, request.member_epoch, &tp)
+                        .map_err(|e| error_code(&e))
+                };
+                let code = match count {
+                    Some(n) if p.partition < n => match valid {
                         Ok(()) => {
                             accepted.push((
                                 tp,
@@ -279,7 +447,7 @@ pub async fn offset_commit(
                             ));
                             ErrorCode::NONE
                         }
-                        Err(e) => error_code(&e),
+                        Err(code) => code,
                     },
                     _ => ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
                 };
@@ -359,27 +527,118 @@ pub async fn offset_fetch(
 }
 
 pub fn list_groups(state: &Arc<BrokerState>) -> ListGroupsResponse {
-    let groups = state
+    ListGroupsResponse {
+        groups: list_group_views(state)
+            .into_iter()
+            .map(|(listing, _, _)| listing)
+            .collect(),
+    }
+}
+
+/// Every group hosted here, with its protocol type ("consumer" for native groups; empty for a
+/// group that only has offsets) and whether Kafka's classic protocol runs it.
+pub fn list_group_views(state: &Arc<BrokerState>) -> Vec<(GroupListing, String, bool)> {
+    state
         .groups
         .group_ids()
         .into_iter()
         .filter_map(|id| {
-            state.groups.with_existing(&id, |entry| GroupListing {
-                group_id: id.clone(),
-                state: entry.group.state().name().into(),
-                members: entry.group.members.len() as u32,
+            state.groups.with_existing(&id, |entry| {
+                if entry.is_classic() {
+                    let listing = GroupListing {
+                        group_id: id.clone(),
+                        state: entry.classic.state.name().into(),
+                        members: entry.classic.members.len() as u32,
+                    };
+                    let protocol_type = entry.classic.protocol_type.clone().unwrap_or_default();
+                    (listing, protocol_type, true)
+                } else {
+                    let listing = GroupListing {
+                        group_id: id.clone(),
+                        state: entry.group.state().name().into(),
+                        members: entry.group.members.len() as u32,
+                    };
+                    let protocol_type = if entry.group.members.is_empty() {
+                        String::new()
+                    } else {
+                        "consumer".to_string()
+                    };
+                    (listing, protocol_type, false)
+                }
             })
         })
-        .collect();
-    ListGroupsResponse { groups }
+        .collect()
+}
+
+/// A group as both doors describe it: the native description (classic members appear with
+/// their generation as epoch and their decoded consumer-protocol assignment), and what Kafka's
+/// DescribeGroups adds.
+pub struct GroupView {
+    pub description: GroupDescription,
+    pub protocol_type: String,
+    /// Per member of `description.members`: client id, client host, metadata of the chosen
+    /// protocol, assignment bytes (classic groups only; empty for native members).
+    pub classic_members: Vec<ClassicMemberView>,
+}
+
+pub struct ClassicMemberView {
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Vec<u8>,
+    pub assignment: Vec<u8>,
 }
 
 pub async fn describe_groups(
     state: &Arc<BrokerState>,
     request: DescribeGroupsRequest,
 ) -> DescribeGroupsResponse {
-    let mut groups = Vec::with_capacity(request.group_ids.len());
-    for group_id in request.group_ids {
+    DescribeGroupsResponse {
+        groups: describe_group_views(state, request.group_ids)
+            .await
+            .into_iter()
+            .map(|view| view.description)
+            .collect(),
+    }
+}
+
+fn classic_view(group: &classic::ClassicGroup, description: &mut GroupDescription) -> GroupView {
+    description.state = group.state.name().into();
+    description.group_epoch = group.generation;
+    description.assignor = group.protocol.clone().unwrap_or_default();
+    let protocol = group.protocol.clone().unwrap_or_default();
+    let mut views = Vec::new();
+    description.members = group
+        .members
+        .values()
+        .map(|m| {
+            views.push(ClassicMemberView {
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                metadata: m.metadata(&protocol).to_vec(),
+                assignment: m.assignment.clone(),
+            });
+            GroupMember {
+                member_id: m.member_id.clone(),
+                instance_id: m.instance_id.clone(),
+                member_epoch: group.generation,
+                subscribed_topics: group.subscribed_topics(m),
+                assignment: to_wire(&group.assigned_partitions(m)),
+            }
+        })
+        .collect();
+    GroupView {
+        description: description.clone(),
+        protocol_type: group.protocol_type.clone().unwrap_or_default(),
+        classic_members: views,
+    }
+}
+
+pub async fn describe_group_views(
+    state: &Arc<BrokerState>,
+    group_ids: Vec<String>,
+) -> Vec<GroupView> {
+    let mut groups = Vec::with_capacity(group_ids.len());
+    for group_id in group_ids {
         let mut description = GroupDescription {
             error_code: ErrorCode::NONE,
             group_id: group_id.clone(),
@@ -388,12 +647,20 @@ pub async fn describe_groups(
             assignor: String::new(),
             members: Vec::new(),
         };
+        let unknown = |description: GroupDescription| GroupView {
+            description,
+            protocol_type: String::new(),
+            classic_members: Vec::new(),
+        };
         if let Err(code) = coordinate(state, &group_id).await {
             description.error_code = code;
-            groups.push(description);
+            groups.push(unknown(description));
             continue;
         }
         let found = state.groups.with_existing(&group_id, |entry| {
+            if entry.is_classic() {
+                return classic_view(&entry.classic, &mut description);
+            }
             let group = &entry.group;
             description.state = group.state().name().into();
             description.group_epoch = group.epoch;
@@ -409,13 +676,25 @@ pub async fn describe_groups(
                     assignment: to_wire(&m.assigned),
                 })
                 .collect();
+            GroupView {
+                description: description.clone(),
+                protocol_type: if group.members.is_empty() {
+                    String::new()
+                } else {
+                    "consumer".into()
+                },
+                classic_members: Vec::new(),
+            }
         });
-        if found.is_none() {
-            description.error_code = ErrorCode::GROUP_ID_NOT_FOUND;
+        match found {
+            Some(view) => groups.push(view),
+            None => {
+                description.error_code = ErrorCode::GROUP_ID_NOT_FOUND;
+                groups.push(unknown(description));
+            }
         }
-        groups.push(description);
     }
-    DescribeGroupsResponse { groups }
+    groups
 }
 
 pub async fn delete_groups(
@@ -426,10 +705,9 @@ pub async fn delete_groups(
     for group_id in request.group_ids {
         let code = match coordinate(state, &group_id).await {
             Err(code) => code,
-            Ok(()) => match state
-                .groups
-                .with_existing(&group_id, |entry| entry.group.members.len())
-            {
+            Ok(()) => match state.groups.with_existing(&group_id, |entry| {
+                entry.group.members.len() + entry.classic.members.len()
+            }) {
                 None => ErrorCode::GROUP_ID_NOT_FOUND,
                 Some(members) if members > 0 => ErrorCode::NON_EMPTY_GROUP,
                 Some(_) => {

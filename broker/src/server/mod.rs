@@ -791,13 +791,12 @@ async fn storage_tick(state: Arc<BrokerState>) {
             _ = state.shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let mut changed = std::collections::BTreeSet::new();
-        for (group, member) in state.groups.expire_members(monotonic_ms()) {
-            tracing::info!(%group, %member, "group member removed (session expired or revocation stuck); rebalancing");
-            changed.insert(group);
-        }
-        for group in changed {
-            crate::ops::groups::persist(&state, &group).await;
+        for tick in state.groups.tick(monotonic_ms()) {
+            for member in &tick.expired {
+                tracing::info!(group = %tick.group, %member, "group member removed (session expired, revocation stuck or no rejoin in time); rebalancing");
+            }
+            crate::ops::groups::persist(&state, &tick.group).await;
+            tick.replies.deliver();
         }
         let logs = state.logs.clone();
         match tokio::task::spawn_blocking(move || logs.tick(now_ms())).await {

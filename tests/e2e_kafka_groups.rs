@@ -1,0 +1,297 @@
+//! Kafka consumer groups from librdkafka (the `rdkafka` crate, built from librdkafka's bundled
+//! source) against a real `rill-broker`: the classic JoinGroup/SyncGroup protocol with
+//! client-side assignment, rebalances as members join and leave, committed offsets that survive
+//! a broker crash, and the group seen through Rill's own CLI with its lag.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::BrokerProcess;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+fn kafka_address(broker: &BrokerProcess) -> String {
+    broker
+        .kafka_address
+        .clone()
+        .expect("the Kafka listener is on")
+}
+
+async fn create_topic(kafka: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("CreateTopics answered");
+    for result in results {
+        result.expect("topic created");
+    }
+}
+
+/// Produces `values` (key = value) with an idempotent producer; returns each record's
+/// (partition, offset) and value.
+async fn produce(
+    kafka: &str,
+    topic: &str,
+    values: impl Iterator<Item = String>,
+) -> BTreeMap<(i32, i64), String> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut acked = BTreeMap::new();
+    for value in values {
+        let delivered = producer
+            .send(
+                FutureRecord::to(topic).key(&value).payload(&value),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("record acknowledged");
+        acked.insert((delivered.partition, delivered.offset), value);
+    }
+    acked
+}
+
+fn consumer_config(kafka: &str, group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", kafka)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500");
+    config
+}
+
+/// A librdkafka group member consuming in a task until stopped (it then closes: LeaveGroup).
+struct Member {
+    stop: Arc<AtomicBool>,
+    assigned: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type Seen = Arc<Mutex<BTreeMap<(i32, i64), String>>>;
+
+fn member(kafka: &str, group: &str, topic: &str, seen: Seen) -> Member {
+    let consumer: StreamConsumer = consumer_config(kafka, group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "100")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let stop = Arc::new(AtomicBool::new(false));
+    let assigned = Arc::new(AtomicUsize::new(0));
+    let (stop_flag, assigned_count) = (stop.clone(), assigned.clone());
+    let task = tokio::spawn(async move {
+        while !stop_flag.load(Ordering::SeqCst) {
+            if let Ok(Ok(message)) =
+                tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await
+            {
+                let value = String::from_utf8_lossy(message.payload().unwrap_or_default());
+                seen.lock()
+                    .unwrap()
+                    .insert((message.partition(), message.offset()), value.into_owned());
+            }
+            let count = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+            assigned_count.store(count, Ordering::SeqCst);
+        }
+        // Closing commits and leaves the group: blocking, so off the runtime's threads.
+        tokio::task::spawn_blocking(move || drop(consumer))
+            .await
+            .expect("consumer closed");
+    });
+    Member {
+        stop,
+        assigned,
+        task,
+    }
+}
+
+impl Member {
+    fn assigned(&self) -> usize {
+        self.assigned.load(Ordering::SeqCst)
+    }
+
+    async fn leave(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("member task");
+    }
+}
+
+fn missing(acked: &BTreeMap<(i32, i64), String>, seen: &Seen) -> usize {
+    let seen = seen.lock().unwrap();
+    acked.iter().filter(|(k, v)| seen.get(k) != Some(v)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_consumers_share_a_topic_through_rebalances_and_nothing_is_skipped() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &["--group-initial-rebalance-delay-ms", "300"]);
+    let kafka = kafka_address(&broker);
+    create_topic(&kafka, "shared", 6).await;
+    let mut acked = produce(&kafka, "shared", (0..300).map(|i| format!("r{i}"))).await;
+    let seen: Seen = Arc::default();
+
+    let a = member(&kafka, "sharers", "shared", seen.clone());
+    let b = member(&kafka, "sharers", "shared", seen.clone());
+    common::eventually_async(
+        Duration::from_secs(60),
+        "a and b split the partitions",
+        || {
+            let split = a.assigned() > 0 && b.assigned() > 0 && a.assigned() + b.assigned() == 6;
+            async move { split }
+        },
+    )
+    .await;
+    common::eventually_async(Duration::from_secs(60), "the first 300 consumed", || {
+        let done = missing(&acked, &seen) == 0;
+        async move { done }
+    })
+    .await;
+
+    // A third member joins: the group rebalances over three.
+    let c = member(&kafka, "sharers", "shared", seen.clone());
+    common::eventually_async(
+        Duration::from_secs(60),
+        "a, b and c share the partitions",
+        || {
+            let shared = [a.assigned(), b.assigned(), c.assigned()];
+            async move { shared.iter().all(|n| *n == 2) }
+        },
+    )
+    .await;
+    acked.extend(produce(&kafka, "shared", (300..600).map(|i| format!("r{i}"))).await);
+    common::eventually_async(Duration::from_secs(60), "600 consumed", || {
+        let done = missing(&acked, &seen) == 0;
+        async move { done }
+    })
+    .await;
+
+    // b leaves: a and c take its partitions over from its committed offsets.
+    b.leave().await;
+    acked.extend(produce(&kafka, "shared", (600..900).map(|i| format!("r{i}"))).await);
+    common::eventually_async(
+        Duration::from_secs(60),
+        "a and c hold every partition",
+        || {
+            let held = a.assigned() + c.assigned();
+            async move { held == 6 }
+        },
+    )
+    .await;
+    common::eventually_async(Duration::from_secs(60), "all 900 consumed", || {
+        let done = missing(&acked, &seen) == 0;
+        async move { done }
+    })
+    .await;
+    assert_eq!(acked.len(), 900);
+    a.leave().await;
+    c.leave().await;
+}
+
+/// The Rill CLI against `address`.
+fn rill(address: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(common::cli_binary())
+        .args(args)
+        .env("RILL_BROKERS", address)
+        .output()
+        .expect("run rill");
+    assert!(
+        output.status.success(),
+        "rill {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_from_librdkafka_survive_a_broker_crash_and_rill_shows_the_group_lag() {
+    let data = tempfile::tempdir().unwrap();
+    let mut broker =
+        BrokerProcess::start(data.path(), &["--group-initial-rebalance-delay-ms", "0"]);
+    let kafka = kafka_address(&broker);
+    create_topic(&kafka, "kept", 2).await;
+    let acked = produce(&kafka, "kept", (0..100).map(|i| format!("k{i}"))).await;
+
+    let consumer: StreamConsumer = consumer_config(&kafka, "keepers")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["kept"]).expect("subscribe");
+    let mut first: BTreeSet<(i32, i64)> = BTreeSet::new();
+    while first.len() < 60 {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("a record within 30 s")
+            .expect("consumed");
+        first.insert((message.partition(), message.offset()));
+    }
+    consumer
+        .commit_consumer_state(CommitMode::Sync)
+        .expect("offsets committed");
+
+    // Rill's own CLI shows the Kafka client's group: its member and its lag.
+    let described: serde_json::Value = serde_json::from_str(&rill(
+        &broker.address,
+        &["group", "describe", "keepers", "--format", "json"],
+    ))
+    .expect("json");
+    assert_eq!(described["total_lag"], 40, "{described}");
+    assert_eq!(
+        described["group"]["members"].as_array().map(Vec::len),
+        Some(1),
+        "{described}"
+    );
+    let listed = rill(&broker.address, &["group", "list"]);
+    assert!(listed.contains("keepers"), "{listed}");
+
+    tokio::task::spawn_blocking(move || drop(consumer))
+        .await
+        .unwrap();
+    broker.kill9();
+    let broker = BrokerProcess::start(data.path(), &["--group-initial-rebalance-delay-ms", "0"]);
+    let kafka = kafka_address(&broker);
+
+    // A new member resumes where the commit left off: exactly the other 40.
+    let consumer: StreamConsumer = consumer_config(&kafka, "keepers")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["kept"]).expect("subscribe");
+    let mut rest: BTreeSet<(i32, i64)> = BTreeSet::new();
+    while rest.len() < 40 {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("a record within 30 s")
+            .expect("consumed");
+        let at = (message.partition(), message.offset());
+        assert!(
+            !first.contains(&at),
+            "{at:?} was consumed and committed before the crash"
+        );
+        rest.insert(at);
+    }
+    let all: BTreeSet<(i32, i64)> = first.union(&rest).copied().collect();
+    assert_eq!(all, acked.keys().copied().collect::<BTreeSet<_>>());
+    tokio::task::spawn_blocking(move || drop(consumer))
+        .await
+        .unwrap();
+}
