@@ -603,6 +603,57 @@ mod tests {
     }
 
     #[test]
+    fn a_classic_group_survives_a_reload_at_its_generation() {
+        use crate::group::classic::{ClassicState, Join, Sync};
+        let dir = tempfile::tempdir().unwrap();
+        let logs = offsets_logs(dir.path());
+        let coordinator = Coordinator::new(logs.clone(), 500);
+        let join = Join {
+            client_id: "c".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), b"meta".to_vec())],
+            ..Join::default()
+        };
+        let (mut rx, replies) = coordinator.with_group("k", |e| e.classic.join(join, 0, 0));
+        replies.deliver();
+        let joined = rx
+            .try_recv()
+            .expect("the only member completes the join at once");
+        let (mut rx, replies) = coordinator.with_group("k", |e| {
+            e.classic.sync(
+                Sync {
+                    member_id: joined.member_id.clone(),
+                    generation: joined.generation,
+                    assignments: vec![(joined.member_id.clone(), b"mine".to_vec())],
+                    ..Sync::default()
+                },
+                1,
+            )
+        });
+        coordinator.persist_if_changed("k").unwrap();
+        replies.deliver();
+        assert_eq!(rx.try_recv().unwrap().assignment, b"mine");
+        assert!(coordinator.with_group("k", |e| e.is_classic()));
+
+        let reloaded = Coordinator::new(logs, 500);
+        reloaded.ensure_loaded(partition_for("k"), 0).unwrap();
+        reloaded.with_group("k", |e| {
+            assert!(e.is_classic() && e.group.members.is_empty());
+            assert_eq!(e.classic.state, ClassicState::Stable);
+            assert_eq!(e.classic.generation, joined.generation);
+            assert_eq!(
+                e.classic
+                    .heartbeat(&joined.member_id, None, joined.generation, 5),
+                ErrorCode::NONE,
+                "the member carries on without a rebalance"
+            );
+        });
+        assert_eq!(reloaded.group_ids(), vec!["k".to_string()]);
+    }
+
+    #[test]
     fn the_partition_for_a_group_is_stable() {
         assert_eq!(
             partition_for("orders-service"),
