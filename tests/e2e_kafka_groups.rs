@@ -222,6 +222,25 @@ fn rill(address: &str, args: &[&str]) -> String {
     String::from_utf8(output.stdout).expect("utf-8")
 }
 
+/// A subscribed group member that commits only when told.
+fn manual_committer(kafka: &str, group: &str, topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = consumer_config(kafka, group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// The (partition, offset) of the next record `consumer` reads.
+async fn next_position(consumer: &StreamConsumer) -> (i32, i64) {
+    let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("a record within 30 s")
+        .expect("consumed");
+    (message.partition(), message.offset())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_from_librdkafka_survive_a_broker_crash_and_rill_shows_the_group_lag() {
     let data = tempfile::tempdir().unwrap();
@@ -231,18 +250,10 @@ async fn commits_from_librdkafka_survive_a_broker_crash_and_rill_shows_the_group
     create_topic(&kafka, "kept", 2).await;
     let acked = produce(&kafka, "kept", (0..100).map(|i| format!("k{i}"))).await;
 
-    let consumer: StreamConsumer = consumer_config(&kafka, "keepers")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&["kept"]).expect("subscribe");
+    let consumer = manual_committer(&kafka, "keepers", "kept");
     let mut first: BTreeSet<(i32, i64)> = BTreeSet::new();
     while first.len() < 60 {
-        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .expect("a record within 30 s")
-            .expect("consumed");
-        first.insert((message.partition(), message.offset()));
+        first.insert(next_position(&consumer).await);
     }
     consumer
         .commit_consumer_state(CommitMode::Sync)
@@ -263,6 +274,31 @@ async fn commits_from_librdkafka_survive_a_broker_crash_and_rill_shows_the_group
     let listed = rill(&broker.address, &["group", "list"]);
     assert!(listed.contains("keepers"), "{listed}");
 
+    // One protocol per group: a Rill consumer cannot join the Kafka client's group.
+    let mut native = rill_client::Consumer::new(
+        common::client(&broker.address).await,
+        rill_client::ConsumerConfig::default(),
+    );
+    native.subscribe(rill_client::GroupConfig::new("keepers"), &["kept"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        match native.poll(Duration::from_millis(100)).await {
+            Err(e) => break e,
+            Ok(records) => {
+                assert!(records.is_empty(), "the native member got records");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the native member was not refused"
+                );
+            }
+        }
+    };
+    assert!(
+        refused.to_string().contains("INCONSISTENT_GROUP_PROTOCOL"),
+        "{refused}"
+    );
+    drop(native);
+
     tokio::task::spawn_blocking(move || drop(consumer))
         .await
         .unwrap();
@@ -271,18 +307,10 @@ async fn commits_from_librdkafka_survive_a_broker_crash_and_rill_shows_the_group
     let kafka = kafka_address(&broker);
 
     // A new member resumes where the commit left off: exactly the other 40.
-    let consumer: StreamConsumer = consumer_config(&kafka, "keepers")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&["kept"]).expect("subscribe");
+    let consumer = manual_committer(&kafka, "keepers", "kept");
     let mut rest: BTreeSet<(i32, i64)> = BTreeSet::new();
     while rest.len() < 40 {
-        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .expect("a record within 30 s")
-            .expect("consumed");
-        let at = (message.partition(), message.offset());
+        let at = next_position(&consumer).await;
         assert!(
             !first.contains(&at),
             "{at:?} was consumed and committed before the crash"
