@@ -323,3 +323,72 @@ async fn commits_from_librdkafka_survive_a_broker_crash_and_rill_shows_the_group
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_librdkafka_member_carries_on_through_a_coordinator_failover_and_its_commits_survive() {
+    let mut cluster =
+        common::cluster::Cluster::start(3, &["--group-initial-rebalance-delay-ms", "0"]);
+    let kafka: Vec<String> = (1..=3).map(|n| kafka_address(cluster.broker(n))).collect();
+    let admin = rill_client::Admin::new(cluster.client().await);
+    admin
+        .create_topic(rill_client::NewTopic {
+            replication_factor: 3,
+            ..rill_client::NewTopic::new("moved", 3)
+        })
+        .await
+        .expect("topic created");
+    let acked = produce(&kafka.join(","), "moved", (0..150).map(|i| format!("m{i}"))).await;
+
+    let consumer = manual_committer(&kafka.join(","), "movers", "moved");
+    let mut seen: BTreeSet<(i32, i64)> = BTreeSet::new();
+    while seen.len() < 100 {
+        seen.insert(next_position(&consumer).await);
+    }
+    consumer
+        .commit_consumer_state(CommitMode::Sync)
+        .expect("offsets committed");
+
+    // Kill the group's coordinator: the offsets partition's leadership moves to a follower,
+    // which resumes the group from `__consumer_offsets`.
+    let coordinator = admin.find_coordinator("movers").await.expect("coordinator");
+    let node = (1..=3)
+        .find(|n| cluster.address(*n) == coordinator)
+        .expect("the coordinator is a cluster broker");
+    cluster.kill(node);
+
+    // The same member reads the rest (leaders of "moved" may have moved too) and commits to
+    // the new coordinator.
+    while seen.len() < 150 {
+        seen.insert(next_position(&consumer).await);
+    }
+    assert_eq!(seen, acked.keys().copied().collect::<BTreeSet<_>>());
+    let mut poll = common::Poll::new(Duration::from_secs(60), "a commit after the failover");
+    while let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::info!("commit not taken yet: {e}");
+        poll.pause().await;
+    }
+    tokio::task::spawn_blocking(move || drop(consumer))
+        .await
+        .unwrap();
+
+    // What was committed is what a new member of the group sees.
+    let survivors: Vec<String> = (1..=3u32)
+        .filter(|n| *n != node)
+        .map(|n| kafka[n as usize - 1].clone())
+        .collect();
+    let consumer = manual_committer(&survivors.join(","), "movers", "moved");
+    let committed = tokio::task::block_in_place(|| {
+        let mut list = rdkafka::TopicPartitionList::new();
+        for partition in 0..3 {
+            list.add_partition("moved", partition);
+        }
+        consumer.committed_offsets(list, Duration::from_secs(30))
+    })
+    .expect("committed offsets");
+    let total: i64 = committed
+        .elements()
+        .iter()
+        .map(|e| e.offset().to_raw().unwrap_or(-1))
+        .sum();
+    assert_eq!(total, 150, "{committed:?}");
+}
