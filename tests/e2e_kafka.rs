@@ -513,3 +513,75 @@ async fn a_kafka_client_bootstrapped_at_one_broker_of_a_cluster_reaches_every_le
         .collect();
     assert_eq!(partitions.len(), 6, "records on every partition");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_admin_grows_a_topic_and_describes_the_cluster() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &[]);
+    let address = broker.kafka_address.clone().unwrap();
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &address)
+        .create()
+        .expect("admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin
+        .create_topics(
+            &[NewTopic::new("grown", 2, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await
+        .expect("CreateTopics")
+    {
+        result.expect("created");
+    }
+    // CreatePartitions: 2 -> 5; shrinking is refused with Kafka's INVALID_PARTITIONS.
+    let grown = admin
+        .create_partitions(&[NewPartitions::new("grown", 5)], &options)
+        .await
+        .expect("CreatePartitions");
+    assert!(grown[0].is_ok(), "{grown:?}");
+    let shrunk = admin
+        .create_partitions(&[NewPartitions::new("grown", 3)], &options)
+        .await
+        .expect("CreatePartitions");
+    assert!(
+        matches!(
+            &shrunk[0],
+            Err((_, rdkafka::types::RDKafkaErrorCode::InvalidPartitions))
+        ),
+        "{shrunk:?}"
+    );
+    let kafka = kafka_client(&broker).await;
+    common::eventually_async(
+        Duration::from_secs(30),
+        "five partitions in Metadata",
+        || {
+            let kafka = &kafka;
+            async move {
+                kafka.list_topics().await.is_ok_and(|topics| {
+                    topics
+                        .iter()
+                        .any(|t| t.name == "grown" && t.partitions.len() == 5)
+                })
+            }
+        },
+    )
+    .await;
+
+    // DescribeCluster v0 (flexible: header and body end with empty tagged fields): no error,
+    // and this broker at its Kafka address.
+    let answer = exchange(&address, &request(60, 0, &[0, 0, 0]));
+    assert!(answer.len() > 15, "an answer: {answer:?}");
+    assert_eq!(&answer[4..8], &42i32.to_be_bytes(), "correlation id");
+    assert_eq!(&answer[13..15], &0i16.to_be_bytes(), "no error: {answer:?}");
+    let (host, port) = address.rsplit_once(':').unwrap();
+    let port: i32 = port.parse().unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains(host), "{answer:?}");
+    assert!(
+        answer.windows(4).any(|w| w == port.to_be_bytes()),
+        "the Kafka port in {answer:?}"
+    );
+}

@@ -10,8 +10,10 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -21,10 +23,12 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
-    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, RequestKind, ResponseKind, TopicName,
+    ApiKey, ApiVersionsResponse, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeClusterRequest, DescribeClusterResponse, FetchRequest, FetchResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestKind, ResponseKind,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use rill_protocol::api as rill;
@@ -57,6 +61,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeCluster, 0, 1),
 ];
 
 /// The version range served for `api`, if it is served.
@@ -156,6 +162,12 @@ pub async fn start(
         )),
         RequestKind::DeleteGroups(request) => ready(ResponseKind::DeleteGroups(
             groups::delete_groups(state, request).await,
+        )),
+        RequestKind::CreatePartitions(request) => ready(ResponseKind::CreatePartitions(
+            create_partitions(state, request).await,
+        )),
+        RequestKind::DescribeCluster(request) => ready(ResponseKind::DescribeCluster(
+            describe_cluster(state, request).await,
         )),
         _ => return Err("served but without a handler".into()),
     })
@@ -677,4 +689,88 @@ async fn init_producer_id(
         .with_error_code(kafka_code(response.error_code))
         .with_producer_id(kafka_protocol::messages::ProducerId(response.producer_id))
         .with_producer_epoch(response.producer_epoch)
+}
+
+async fn create_partitions(
+    state: &Arc<BrokerState>,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    // Manual assignments are refused per topic; the rest go to the operation.
+    let mut results = Vec::with_capacity(request.topics.len());
+    let mut grow = Vec::new();
+    for topic in &request.topics {
+        if topic.assignments.is_some() {
+            results.push(
+                CreatePartitionsTopicResult::default()
+                    .with_name(topic.name.clone())
+                    .with_error_code(kafka_code(ErrorCode::INVALID_REQUEST))
+                    .with_error_message(message(Some(
+                        "manual replica assignments are not supported; give a partition count"
+                            .into(),
+                    ))),
+            );
+            continue;
+        }
+        grow.push(rill::CreatePartitionsTopic {
+            name: name(&topic.name),
+            count: u32::try_from(topic.count).unwrap_or(0),
+        });
+    }
+    let grown = ops::create_partitions::create_partitions(
+        state,
+        rill::CreatePartitionsRequest {
+            topics: grow,
+            validate_only: request.validate_only,
+        },
+    )
+    .await;
+    results.extend(grown.topics.into_iter().map(|t| {
+        CreatePartitionsTopicResult::default()
+            .with_name(topic_name(t.name))
+            .with_error_code(kafka_code(t.error_code))
+            .with_error_message(message(t.error_message))
+    }));
+    CreatePartitionsResponse::default().with_results(results)
+}
+
+async fn describe_cluster(
+    state: &Arc<BrokerState>,
+    request: DescribeClusterRequest,
+) -> DescribeClusterResponse {
+    let response = DescribeClusterResponse::default()
+        .with_controller_id(BrokerId(state.node_id as i32))
+        .with_cluster_authorized_operations(i32::MIN)
+        .with_endpoint_type(1);
+    if request.endpoint_type != 1 {
+        // Endpoint type 2 (controllers, KIP-919): Rill's controllers speak Raft, not Kafka.
+        return response
+            .with_error_code(kafka_code(ErrorCode::INVALID_REQUEST))
+            .with_error_message(message(Some(
+                "only broker endpoints (type 1) are served".into(),
+            )));
+    }
+    let cluster = ops::metadata::metadata_of(
+        state,
+        rill::MetadataRequest {
+            topics: Some(Vec::new()),
+        },
+        false,
+    )
+    .await;
+    let cluster_id = match cluster {
+        Ok(cluster) => cluster.cluster_id,
+        Err(code) => return response.with_error_code(kafka_code(code)),
+    };
+    let brokers = brokers(state)
+        .into_iter()
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(b.node_id)
+                .with_host(b.host)
+                .with_port(b.port)
+        })
+        .collect();
+    response
+        .with_cluster_id(StrBytes::from_string(cluster_id))
+        .with_brokers(brokers)
 }
