@@ -570,6 +570,41 @@ async fn kafka_admin_grows_a_topic_and_describes_the_cluster() {
     )
     .await;
 
+    // OffsetForLeaderEpoch v2 for partition 0 after three records: the epoch they were written
+    // in ends at offset 3; a current epoch from the future is UNKNOWN_LEADER_EPOCH (75).
+    let partition = kafka
+        .partition_client("grown", 0, UnknownTopicHandling::Retry)
+        .await
+        .expect("partition client");
+    partition
+        .produce(
+            (0..3).map(|n| kafka_record(0, 0, n)).collect(),
+            Compression::NoCompression,
+        )
+        .await
+        .expect("produced");
+    let epoch_request = |current: i32| {
+        let mut body = Vec::new();
+        body.extend_from_slice(&1i32.to_be_bytes());
+        body.extend_from_slice(&5i16.to_be_bytes());
+        body.extend_from_slice(b"grown");
+        body.extend_from_slice(&1i32.to_be_bytes());
+        body.extend_from_slice(&0i32.to_be_bytes()); // partition
+        body.extend_from_slice(&current.to_be_bytes()); // current leader epoch
+        body.extend_from_slice(&i32::MAX.to_be_bytes()); // leader epoch asked about
+        request(23, 2, &body)
+    };
+    let answer = exchange(&address, &epoch_request(-1));
+    assert_eq!(answer.len(), 45, "{answer:?}");
+    assert_eq!(&answer[27..29], &0i16.to_be_bytes(), "no error: {answer:?}");
+    assert_eq!(
+        &answer[37..45],
+        &3i64.to_be_bytes(),
+        "ends at 3: {answer:?}"
+    );
+    let answer = exchange(&address, &epoch_request(1_000));
+    assert_eq!(&answer[27..29], &75i16.to_be_bytes(), "{answer:?}");
+
     // DescribeCluster v0 (flexible: header and body end with empty tagged fields): no error,
     // and this broker at its Kafka address.
     let answer = exchange(&address, &request(60, 0, &[0, 0, 0]));

@@ -21,14 +21,17 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse,
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
     DescribeClusterRequest, DescribeClusterResponse, FetchRequest, FetchResponse,
     InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestKind, ResponseKind,
-    TopicName,
+    MetadataRequest, MetadataResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+    ProduceRequest, ProduceResponse, RequestKind, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use rill_protocol::api as rill;
@@ -63,6 +66,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
 ];
 
 /// The version range served for `api`, if it is served.
@@ -168,6 +172,9 @@ pub async fn start(
         )),
         RequestKind::DescribeCluster(request) => ready(ResponseKind::DescribeCluster(
             describe_cluster(state, request).await,
+        )),
+        RequestKind::OffsetForLeaderEpoch(request) => ready(ResponseKind::OffsetForLeaderEpoch(
+            offset_for_leader_epoch(state, request).await,
         )),
         _ => return Err("served but without a handler".into()),
     })
@@ -773,4 +780,55 @@ async fn describe_cluster(
     response
         .with_cluster_id(StrBytes::from_string(cluster_id))
         .with_brokers(brokers)
+}
+
+async fn offset_for_leader_epoch(
+    state: &Arc<BrokerState>,
+    request: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    // A Kafka client is a consumer here (brokers replicate over Rill's protocol): `replica_id`
+    // is not believed. A negative epoch asks about no epoch: UNDEFINED (-1, -1).
+    let queries: Vec<ops::offset_for_leader_epoch::EpochQuery> = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| ops::offset_for_leader_epoch::EpochQuery {
+                    topic: name(&t.topic),
+                    partition: partition(p.partition),
+                    current_leader_epoch: epoch(p.current_leader_epoch),
+                    leader_epoch: epoch(p.leader_epoch).unwrap_or(0),
+                })
+        })
+        .collect();
+    let mut answers = ops::offset_for_leader_epoch::offset_for_leader_epoch(state, &queries)
+        .await
+        .into_iter();
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let answer = answers.next();
+                    let (code, end) = answer.map_or((ErrorCode::UNKNOWN_SERVER_ERROR, None), |a| {
+                        (a.error_code, a.end)
+                    });
+                    let end = end.filter(|_| p.leader_epoch >= 0);
+                    EpochEndOffset::default()
+                        .with_partition(p.partition)
+                        .with_error_code(kafka_code(code))
+                        .with_leader_epoch(end.map_or(-1, |(e, _)| e as i32))
+                        .with_end_offset(end.map_or(-1, |(_, o)| o as i64))
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(t.topic)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetForLeaderEpochResponse::default().with_topics(topics)
 }
