@@ -339,6 +339,10 @@ fn kcat(args: &[&str], input: &str) -> String {
     use std::process::{Command, Stdio};
     let mut child = Command::new("kcat")
         .args(args)
+        // Cargo puts the library directories of the test's dependencies on the library path,
+        // among them the librdkafka the `rdkafka` crate built (without zstd): kcat must load the
+        // system's own.
+        .env_remove("LD_LIBRARY_PATH")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
