@@ -532,7 +532,7 @@ async fn kafka_admin_grows_a_topic_and_describes_the_cluster() {
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin
         .create_topics(
-            &[NewTopic::new("grown", 2, TopicReplication::Fixed(1))],
+            &[NewTopic::new("grown", 2, TopicReplication::Fixed(1)).set("retention.ms", "60000")],
             &options,
         )
         .await
@@ -573,6 +573,34 @@ async fn kafka_admin_grows_a_topic_and_describes_the_cluster() {
         },
     )
     .await;
+
+    // DescribeConfigs: the topic's own retention, the broker's defaults for the rest.
+    use rdkafka::admin::{ConfigSource, ResourceSpecifier};
+    let described = admin
+        .describe_configs(
+            &[
+                ResourceSpecifier::Topic("grown"),
+                ResourceSpecifier::Broker(1),
+            ],
+            &options,
+        )
+        .await
+        .expect("DescribeConfigs");
+    let topic = described[0].as_ref().expect("topic configs");
+    let retention = topic.get("retention.ms").expect("retention.ms");
+    assert_eq!(retention.value.as_deref(), Some("60000"));
+    assert_eq!(retention.source, ConfigSource::DynamicTopic);
+    let segment = topic.get("segment.bytes").expect("segment.bytes");
+    assert_eq!(segment.source, ConfigSource::Default);
+    assert!(segment
+        .value
+        .as_deref()
+        .is_some_and(|v| v.parse::<u64>().is_ok()));
+    let broker_configs = described[1].as_ref().expect("broker configs");
+    assert!(
+        broker_configs.get("log.segment.bytes").is_some(),
+        "{broker_configs:?}"
+    );
 
     // OffsetForLeaderEpoch v2 for partition 0 after three records: the epoch they were written
     // in ends at offset 3; a current epoch from the future is UNKNOWN_LEADER_EPOCH (75).

@@ -14,6 +14,9 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -28,10 +31,11 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse,
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    DescribeClusterRequest, DescribeClusterResponse, FetchRequest, FetchResponse,
-    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
-    ProduceRequest, ProduceResponse, RequestKind, ResponseKind, TopicName,
+    DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProduceRequest,
+    ProduceResponse, RequestKind, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use rill_protocol::api as rill;
@@ -67,6 +71,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
 ];
 
 /// The version range served for `api`, if it is served.
@@ -175,6 +180,9 @@ pub async fn start(
         )),
         RequestKind::OffsetForLeaderEpoch(request) => ready(ResponseKind::OffsetForLeaderEpoch(
             offset_for_leader_epoch(state, request).await,
+        )),
+        RequestKind::DescribeConfigs(request) => ready(ResponseKind::DescribeConfigs(
+            describe_configs(state, request),
         )),
         _ => return Err("served but without a handler".into()),
     })
@@ -831,4 +839,106 @@ async fn offset_for_leader_epoch(
         })
         .collect();
     OffsetForLeaderEpochResponse::default().with_topics(topics)
+}
+
+/// Kafka's broker config name for a topic config key (its default), where it has one.
+fn broker_config_name(topic_key: &str) -> &str {
+    match topic_key {
+        "retention.ms" => "log.retention.ms",
+        "retention.bytes" => "log.retention.bytes",
+        "segment.bytes" => "log.segment.bytes",
+        "segment.ms" => "log.roll.ms",
+        "max.message.bytes" => "message.max.bytes",
+        "cleanup.policy" => "log.cleanup.policy",
+        "min.cleanable.dirty.ratio" => "log.cleaner.min.cleanable.ratio",
+        "delete.retention.ms" => "log.cleaner.delete.retention.ms",
+        "min.compaction.lag.ms" => "log.cleaner.min.compaction.lag.ms",
+        other => other,
+    }
+}
+
+fn describe_configs(
+    state: &Arc<BrokerState>,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
+    const TOPIC: i8 = 2;
+    const BROKER: i8 = 4;
+    // Kafka's config sources.
+    const TOPIC_CONFIG: i8 = 1;
+    const STATIC_BROKER_CONFIG: i8 = 4;
+    const DEFAULT_CONFIG: i8 = 5;
+    let results = request
+        .resources
+        .into_iter()
+        .map(|resource| {
+            let result = DescribeConfigsResult::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
+            let name = resource.resource_name.as_str();
+            let configs = match resource.resource_type {
+                TOPIC => ops::describe_configs::topic_configs(state, name).map(|configs| {
+                    configs
+                        .into_iter()
+                        .map(|c| {
+                            let source = if c.from_topic {
+                                TOPIC_CONFIG
+                            } else {
+                                DEFAULT_CONFIG
+                            };
+                            (c.name.to_string(), c.value, source, false)
+                        })
+                        .collect::<Vec<_>>()
+                }),
+                // Empty: the broker answering (the cluster-wide default resource).
+                BROKER if name.is_empty() || name == state.node_id.to_string() => {
+                    ops::describe_configs::broker_defaults(state).map(|configs| {
+                        configs
+                            .into_iter()
+                            .map(|c| {
+                                let key = broker_config_name(c.name).to_string();
+                                (key, c.value, STATIC_BROKER_CONFIG, true)
+                            })
+                            .collect()
+                    })
+                }
+                BROKER => {
+                    return result
+                        .with_error_code(kafka_code(ErrorCode::INVALID_REQUEST))
+                        .with_error_message(message(Some(format!(
+                            "this is broker {}: ask broker {name} for its configs",
+                            state.node_id
+                        ))))
+                }
+                other => {
+                    return result
+                        .with_error_code(kafka_code(ErrorCode::INVALID_REQUEST))
+                        .with_error_message(message(Some(format!(
+                            "resource type {other} is not served (topics 2 and brokers 4 are)"
+                        ))))
+                }
+            };
+            match configs {
+                Err(code) => result.with_error_code(kafka_code(code)),
+                Ok(configs) => {
+                    let wanted = resource.configuration_keys.as_ref();
+                    result.with_configs(
+                        configs
+                            .into_iter()
+                            .filter(|(key, ..)| {
+                                wanted.is_none_or(|keys| keys.iter().any(|k| k.as_str() == key))
+                            })
+                            .map(|(key, value, source, read_only)| {
+                                DescribeConfigsResourceResult::default()
+                                    .with_name(StrBytes::from_string(key))
+                                    .with_value(Some(StrBytes::from_string(value)))
+                                    .with_config_source(source)
+                                    .with_read_only(read_only)
+                            })
+                            .collect(),
+                    )
+                }
+            }
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
 }
