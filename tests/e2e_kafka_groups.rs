@@ -392,3 +392,118 @@ async fn a_librdkafka_member_carries_on_through_a_coordinator_failover_and_its_c
         .sum();
     assert_eq!(total, 150, "{committed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_librdkafka_producer_loses_and_repeats_nothing_when_a_leader_is_killed() {
+    use rdkafka::consumer::BaseConsumer;
+    let mut cluster = common::cluster::Cluster::start(3, &[]);
+    let kafka: Vec<String> = (1..=3).map(|n| kafka_address(cluster.broker(n))).collect();
+    let admin = rill_client::Admin::new(cluster.client().await);
+    admin
+        .create_topic(rill_client::NewTopic {
+            replication_factor: 3,
+            configs: BTreeMap::from([("min.insync.replicas".to_string(), "2".to_string())]),
+            ..rill_client::NewTopic::new("exactly", 3)
+        })
+        .await
+        .expect("topic created");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.join(","))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .expect("producer");
+    // Three rounds of 1,000 records in flight at once; the leader of partition 0 is killed
+    // while the second is in flight.
+    let mut acked: BTreeSet<String> = BTreeSet::new();
+    let mut sent = 0;
+    let mut killed = None;
+    for round in 0..3 {
+        let deliveries: Vec<_> = (0..1000)
+            .map(|i| {
+                let value = format!("x{round}-{i}");
+                let future = producer
+                    .send_result(FutureRecord::to("exactly").key(&value).payload(&value))
+                    .map_err(|(e, _)| e)
+                    .expect("queued");
+                (value, future)
+            })
+            .collect();
+        sent += deliveries.len();
+        if round == 1 {
+            // With the second round in flight.
+            let leader = admin.describe_topic("exactly").await.expect("described")[0]
+                .leader
+                .expect("partition 0 has a leader");
+            cluster.kill(leader);
+            killed = Some(leader);
+        }
+        for (value, delivery) in deliveries {
+            if let Ok(Ok(_)) = delivery.await {
+                acked.insert(value);
+            }
+        }
+    }
+    assert!(
+        acked.len() > 2000,
+        "most records are acknowledged: {}",
+        acked.len()
+    );
+
+    // Every record the survivors hold, read from the beginning.
+    let killed = killed.expect("a leader was killed");
+    let survivors: Vec<String> = (1..=3u32)
+        .filter(|n| *n != killed)
+        .map(|n| kafka[n as usize - 1].clone())
+        .collect();
+    let consumed = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", survivors.join(","))
+            .set("group.id", "verifier")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut list = rdkafka::TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for partition in 0..3 {
+            list.add_partition_offset("exactly", partition, rdkafka::Offset::Beginning)
+                .expect("partition");
+            let (_, high) = consumer
+                .fetch_watermarks("exactly", partition, Duration::from_secs(30))
+                .expect("watermarks");
+            ends.insert(partition, high);
+        }
+        consumer.assign(&list).expect("assign");
+        let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut values: Vec<String> = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while ends
+            .iter()
+            .any(|(p, end)| positions.get(p).copied().unwrap_or(0) < *end)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reading back timed out"
+            );
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+                positions.insert(message.partition(), message.offset() + 1);
+                values.push(String::from_utf8_lossy(message.payload().unwrap_or_default()).into());
+            }
+        }
+        values
+    })
+    .await
+    .expect("read back");
+    eprintln!(
+        "acknowledged {} of {sent}, read back {} (broker {killed} killed)",
+        acked.len(),
+        consumed.len()
+    );
+    let distinct: BTreeSet<&String> = consumed.iter().collect();
+    assert_eq!(distinct.len(), consumed.len(), "no record twice");
+    let missing: Vec<&String> = acked.iter().filter(|v| !distinct.contains(v)).collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert!(consumed.len() <= sent);
+}
