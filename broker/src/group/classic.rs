@@ -134,7 +134,24 @@ impl Replies {
     }
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// Where a parked request's answer goes: neither persisted nor copied (a snapshot of the group
+/// carries no waiting requests).
+#[derive(Debug)]
+struct Waiter<T>(Option<oneshot::Sender<T>>);
+
+impl<T> Default for Waiter<T> {
+    fn default() -> Self {
+        Waiter(None)
+    }
+}
+
+impl<T> Clone for Waiter<T> {
+    fn clone(&self) -> Self {
+        Waiter(None)
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ClassicMember {
     pub member_id: String,
     pub instance_id: Option<String>,
@@ -148,29 +165,9 @@ pub struct ClassicMember {
     pub assignment: Vec<u8>,
     pub last_seen_ms: i64,
     #[serde(skip)]
-    join_waiter: Option<oneshot::Sender<Joined>>,
+    join_waiter: Waiter<Joined>,
     #[serde(skip)]
-    sync_waiter: Option<oneshot::Sender<Synced>>,
-}
-
-impl Clone for ClassicMember {
-    /// A copy without the parked requests (for snapshots).
-    fn clone(&self) -> ClassicMember {
-        ClassicMember {
-            member_id: self.member_id.clone(),
-            instance_id: self.instance_id.clone(),
-            client_id: self.client_id.clone(),
-            client_host: self.client_host.clone(),
-            session_timeout_ms: self.session_timeout_ms,
-            rebalance_timeout_ms: self.rebalance_timeout_ms,
-            protocol_type: self.protocol_type.clone(),
-            protocols: self.protocols.clone(),
-            assignment: self.assignment.clone(),
-            last_seen_ms: self.last_seen_ms,
-            join_waiter: None,
-            sync_waiter: None,
-        }
-    }
+    sync_waiter: Waiter<Synced>,
 }
 
 impl ClassicMember {
@@ -345,12 +342,12 @@ impl ClassicGroup {
             let new_id = self.mint_member_id(&request.client_id);
             if let Some(old_id) = previous {
                 if let Some(mut old) = self.members.remove(&old_id) {
-                    if let Some(waiter) = old.join_waiter.take() {
+                    if let Some(waiter) = old.join_waiter.0.take() {
                         replies
                             .joins
                             .push((waiter, Self::refuse(&old_id, ErrorCode::FENCED_INSTANCE_ID)));
                     }
-                    if let Some(waiter) = old.sync_waiter.take() {
+                    if let Some(waiter) = old.sync_waiter.0.take() {
                         replies.syncs.push((
                             waiter,
                             Synced {
@@ -422,16 +419,7 @@ impl ClassicGroup {
             .or_insert_with(|| ClassicMember {
                 member_id: request.member_id.clone(),
                 instance_id: request.instance_id.clone(),
-                client_id: String::new(),
-                client_host: String::new(),
-                session_timeout_ms: 0,
-                rebalance_timeout_ms: 0,
-                protocol_type: String::new(),
-                protocols: Vec::new(),
-                assignment: Vec::new(),
-                last_seen_ms: now_ms,
-                join_waiter: None,
-                sync_waiter: None,
+                ..ClassicMember::default()
             });
         member.client_id.clone_from(&request.client_id);
         member.client_host.clone_from(&request.client_host);
@@ -456,7 +444,7 @@ impl ClassicGroup {
         }
         self.update_member(&request, now_ms);
         if let Some(member) = self.members.get_mut(&request.member_id) {
-            if let Some(old) = member.join_waiter.replace(tx) {
+            if let Some(old) = member.join_waiter.0.replace(tx) {
                 // A second JoinGroup while the first is parked: the first is answered as a retry.
                 replies.joins.push((
                     old,
@@ -501,7 +489,7 @@ impl ClassicGroup {
             // The assignment being synced is void: parked SyncGroups retry with a rejoin.
             for member in self.members.values_mut() {
                 member.assignment.clear();
-                if let Some(waiter) = member.sync_waiter.take() {
+                if let Some(waiter) = member.sync_waiter.0.take() {
                     replies.syncs.push((
                         waiter,
                         Synced {
@@ -564,7 +552,7 @@ impl ClassicGroup {
         let expired: Vec<String> = self
             .members
             .values()
-            .filter(|m| m.join_waiter.is_none() && m.sync_waiter.is_none())
+            .filter(|m| m.join_waiter.0.is_none() && m.sync_waiter.0.is_none())
             .filter(|m| now_ms - m.last_seen_ms > m.session_timeout_ms as i64)
             .map(|m| m.member_id.clone())
             .collect();
@@ -586,13 +574,13 @@ impl ClassicGroup {
             return self.pending.remove(member_id).is_some();
         };
         self.joined.remove(member_id);
-        if let Some(waiter) = member.join_waiter.take() {
+        if let Some(waiter) = member.join_waiter.0.take() {
             replies.joins.push((
                 waiter,
                 Self::refuse(member_id, ErrorCode::UNKNOWN_MEMBER_ID),
             ));
         }
-        if let Some(waiter) = member.sync_waiter.take() {
+        if let Some(waiter) = member.sync_waiter.0.take() {
             replies.syncs.push((
                 waiter,
                 Synced {
@@ -632,7 +620,7 @@ impl ClassicGroup {
             .collect();
         for id in absent {
             if let Some(mut member) = self.members.remove(&id) {
-                if let Some(waiter) = member.sync_waiter.take() {
+                if let Some(waiter) = member.sync_waiter.0.take() {
                     replies.syncs.push((
                         waiter,
                         Synced {
@@ -677,7 +665,11 @@ impl ClassicGroup {
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
             let joined = self.answer(&id, id == leader);
-            if let Some(waiter) = self.members.get_mut(&id).and_then(|m| m.join_waiter.take()) {
+            if let Some(waiter) = self
+                .members
+                .get_mut(&id)
+                .and_then(|m| m.join_waiter.0.take())
+            {
                 replies.joins.push((waiter, joined));
             }
         }
@@ -761,7 +753,7 @@ impl ClassicGroup {
             ClassicState::CompletingRebalance => {
                 if let Some(member) = self.members.get_mut(&request.member_id) {
                     member.last_seen_ms = now_ms;
-                    member.sync_waiter = Some(tx);
+                    member.sync_waiter = Waiter(Some(tx));
                 }
                 if self.leader.as_deref() == Some(request.member_id.as_str()) {
                     let mut assignments: BTreeMap<String, Vec<u8>> =
@@ -778,8 +770,10 @@ impl ClassicGroup {
                             continue;
                         };
                         let synced = answer(member, self);
-                        if let Some(waiter) =
-                            self.members.get_mut(&id).and_then(|m| m.sync_waiter.take())
+                        if let Some(waiter) = self
+                            .members
+                            .get_mut(&id)
+                            .and_then(|m| m.sync_waiter.0.take())
                         {
                             replies.syncs.push((waiter, synced));
                         }

@@ -13,6 +13,7 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_request::OffsetCommitRequestPartition;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -231,7 +232,8 @@ pub async fn offset_commit(
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     // Offsets a Kafka client cannot mean (negative) are refused per partition.
-    let mut refused: Vec<(String, i32)> = Vec::new();
+    let refused =
+        |p: &OffsetCommitRequestPartition| p.partition_index < 0 || p.committed_offset < 0;
     let commit = rill::OffsetCommitRequest {
         group_id: request.group_id.0.as_str().to_string(),
         member_id: request.member_id.as_str().to_string(),
@@ -244,19 +246,12 @@ pub async fn offset_commit(
                 partitions: t
                     .partitions
                     .iter()
-                    .filter_map(|p| {
-                        let (Ok(partition), Ok(offset)) = (
-                            u32::try_from(p.partition_index),
-                            u64::try_from(p.committed_offset),
-                        ) else {
-                            refused.push((t.name.0.as_str().to_string(), p.partition_index));
-                            return None;
-                        };
-                        Some(rill::OffsetCommitPartition {
-                            partition,
-                            offset,
-                            metadata: opt(&p.committed_metadata),
-                        })
+                    .filter(|p| !refused(p))
+                    .map(|p| rill::OffsetCommitPartition {
+                        // Both checked non-negative above.
+                        partition: p.partition_index as u32,
+                        offset: p.committed_offset as u64,
+                        metadata: opt(&p.committed_metadata),
                     })
                     .collect(),
             })
@@ -264,28 +259,33 @@ pub async fn offset_commit(
     };
     let instance_id = opt(&request.group_instance_id);
     let response = ops::groups::offset_commit_as(state, commit, instance_id).await;
+    let answered: std::collections::HashMap<(&str, u32), ErrorCode> = response
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| ((t.name.as_str(), p.partition), p.error_code))
+        })
+        .collect();
     let topics = request
         .topics
         .iter()
         .map(|t| {
             let name = t.name.0.as_str();
-            let answered = response.topics.iter().find(|r| r.name == name);
             let partitions = t
                 .partitions
                 .iter()
                 .map(|p| {
-                    let code = if refused.contains(&(name.to_string(), p.partition_index)) {
+                    let code = if refused(p) {
                         ErrorCode::INVALID_REQUEST
                     } else if response.error_code != ErrorCode::NONE {
                         response.error_code
                     } else {
                         answered
-                            .and_then(|r| {
-                                r.partitions.iter().find(|r| {
-                                    i64::from(r.partition) == i64::from(p.partition_index)
-                                })
-                            })
-                            .map_or(ErrorCode::UNKNOWN_SERVER_ERROR, |r| r.error_code)
+                            .get(&(name, p.partition_index as u32))
+                            .copied()
+                            .unwrap_or(ErrorCode::UNKNOWN_SERVER_ERROR)
                     };
                     OffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)

@@ -99,6 +99,12 @@ fn ready(response: ResponseKind) -> Reply {
     futures::future::ready(Some(Response::Message(response))).boxed()
 }
 
+/// A response that takes long (a parked group request, a commit waiting for replication): the
+/// connection reads on meanwhile, and answers in request order.
+fn deferred(response: impl std::future::Future<Output = ResponseKind> + Send + 'static) -> Reply {
+    async move { Some(Response::Message(response.await)) }.boxed()
+}
+
 /// Runs one decoded request (its version is served: checked by the caller); `Err` for an
 /// API in `SUPPORTED` without a handler here (a bug: the connection is closed, not left
 /// waiting for an answer).
@@ -132,19 +138,15 @@ pub async fn start(
         )),
         RequestKind::JoinGroup(request) => {
             let (state, client) = (state.clone(), client.clone());
-            async move {
-                let response = groups::join_group(&state, request, version, &client).await;
-                Some(Response::Message(ResponseKind::JoinGroup(response)))
-            }
-            .boxed()
+            deferred(async move {
+                ResponseKind::JoinGroup(groups::join_group(&state, request, version, &client).await)
+            })
         }
         RequestKind::SyncGroup(request) => {
             let state = state.clone();
-            async move {
-                let response = groups::sync_group(&state, request).await;
-                Some(Response::Message(ResponseKind::SyncGroup(response)))
-            }
-            .boxed()
+            deferred(
+                async move { ResponseKind::SyncGroup(groups::sync_group(&state, request).await) },
+            )
         }
         RequestKind::Heartbeat(request) => ready(ResponseKind::Heartbeat(
             groups::heartbeat(state, request).await,
@@ -154,11 +156,9 @@ pub async fn start(
         )),
         RequestKind::OffsetCommit(request) => {
             let state = state.clone();
-            async move {
-                let response = groups::offset_commit(&state, request).await;
-                Some(Response::Message(ResponseKind::OffsetCommit(response)))
-            }
-            .boxed()
+            deferred(async move {
+                ResponseKind::OffsetCommit(groups::offset_commit(&state, request).await)
+            })
         }
         RequestKind::OffsetFetch(request) => ready(ResponseKind::OffsetFetch(
             groups::offset_fetch(state, request, version).await,

@@ -244,10 +244,11 @@ async fn parked<T>(
 
 /// Kafka's JoinGroup: joins (or rejoins) a classic group; answers when the rebalance completes.
 pub async fn join_group(state: &Arc<BrokerState>, group_id: &str, join: Join) -> Joined {
+    let member_id = join.member_id.clone();
     let refuse = |code| Joined {
         error_code: code,
         generation: -1,
-        member_id: join.member_id.clone(),
+        member_id: member_id.clone(),
         ..Joined::default()
     };
     if let Err(code) = coordinate(state, group_id).await {
@@ -275,7 +276,7 @@ pub async fn join_group(state: &Arc<BrokerState>, group_id: &str, join: Join) ->
         if !entry.group.members.is_empty() {
             return None;
         }
-        Some(entry.classic.join(join.clone(), monotonic_ms(), delay))
+        Some(entry.classic.join(join, monotonic_ms(), delay))
     });
     let Some((rx, replies)) = joined else {
         return refuse(ErrorCode::INCONSISTENT_GROUP_PROTOCOL);
