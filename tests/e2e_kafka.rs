@@ -340,8 +340,8 @@ fn kcat(args: &[&str], input: &str) -> String {
     let mut child = Command::new("kcat")
         .args(args)
         // Cargo puts the library directories of the test's dependencies on the library path,
-        // among them the librdkafka the `rdkafka` crate built (without zstd): kcat must load the
-        // system's own.
+        // among them the librdkafka the `rdkafka` crate built: kcat must load the system's own,
+        // the one it was built against.
         .env_remove("LD_LIBRARY_PATH")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -651,4 +651,221 @@ async fn kafka_admin_grows_a_topic_and_describes_the_cluster() {
         answer.windows(4).any(|w| w == port.to_be_bytes()),
         "the Kafka port in {answer:?}"
     );
+}
+
+/// A record as librdkafka produced it, to compare with what it consumes back.
+#[derive(Debug, Clone, PartialEq)]
+struct Sent {
+    key: String,
+    value: String,
+    headers: Vec<(String, Vec<u8>)>,
+    timestamp: i64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_produces_keyed_records_with_headers_under_every_codec_and_reads_them_back() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Header as KafkaHeader, Headers, Message, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{Offset, Timestamp, TopicPartitionList};
+
+    const TOPIC: &str = "codecs";
+    const PARTITIONS: i32 = 3;
+    const BASE_TIME: i64 = 1_750_000_000_000;
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &[]);
+    let address = broker.kafka_address.clone().unwrap();
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &address)
+        .create()
+        .expect("admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin
+        .create_topics(
+            &[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await
+        .expect("CreateTopics")
+    {
+        result.expect("created");
+    }
+
+    // One idempotent producer per codec; each sends 300 keyed records with two headers and its
+    // own timestamps without waiting in between, so batches hold many records.
+    let mut acked: BTreeMap<(i32, i64), Sent> = BTreeMap::new();
+    let mut sequence = 0i64;
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &address)
+            .set("enable.idempotence", "true")
+            .set("compression.type", codec)
+            .set("linger.ms", "20")
+            .create()
+            .expect("producer");
+        let mut pending = Vec::new();
+        for n in 0..300u32 {
+            let sent = Sent {
+                key: format!("key-{}", n % 20),
+                value: format!("{codec} record {n} {}", "v".repeat(n as usize % 97)),
+                headers: vec![
+                    ("codec".to_string(), codec.as_bytes().to_vec()),
+                    ("n".to_string(), n.to_be_bytes().to_vec()),
+                ],
+                timestamp: BASE_TIME + sequence,
+            };
+            sequence += 1;
+            let headers = sent
+                .headers
+                .iter()
+                .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                    headers.insert(KafkaHeader {
+                        key,
+                        value: Some(value),
+                    })
+                });
+            let delivery = producer
+                .send_result(
+                    FutureRecord::to(TOPIC)
+                        .key(&sent.key)
+                        .payload(&sent.value)
+                        .headers(headers)
+                        .timestamp(sent.timestamp),
+                )
+                .map_err(|(e, _)| e)
+                .expect("queued");
+            pending.push((delivery, sent));
+        }
+        for (delivery, sent) in pending {
+            let delivered = delivery
+                .await
+                .expect("not cancelled")
+                .map_err(|(e, _)| e)
+                .unwrap_or_else(|e| panic!("{codec} record acknowledged: {e}"));
+            acked.insert((delivered.partition, delivered.offset), sent);
+        }
+    }
+    assert_eq!(acked.len(), 1500);
+    // Keyed partitioning: a key always lands on one partition, and every partition has records.
+    let mut partition_of: BTreeMap<&str, i32> = BTreeMap::new();
+    for ((partition, _), sent) in &acked {
+        let first = *partition_of.entry(&sent.key).or_insert(*partition);
+        assert_eq!(first, *partition, "{} on one partition", sent.key);
+    }
+    let used: std::collections::BTreeSet<i32> = partition_of.values().copied().collect();
+    assert_eq!(used.len(), PARTITIONS as usize, "{partition_of:?}");
+
+    // Consumed back from the beginning of each partition (assigned, no group): every record at
+    // its acknowledged offset, in order, with key, value, headers and timestamp exact.
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &address)
+        .set("group.id", "codecs-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(TOPIC, partition, Offset::Beginning)
+            .expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut consumed: BTreeMap<(i32, i64), Sent> = BTreeMap::new();
+    let mut last_offset: BTreeMap<i32, i64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumed.len() < acked.len() {
+        assert!(
+            Instant::now() < deadline,
+            "consumed {} of {} records",
+            consumed.len(),
+            acked.len()
+        );
+        let Ok(message) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
+        else {
+            continue;
+        };
+        let message = message.expect("a record");
+        let previous = last_offset.insert(message.partition(), message.offset());
+        assert_eq!(
+            message.offset(),
+            previous.map_or(0, |o| o + 1),
+            "partition {} in order",
+            message.partition()
+        );
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Timestamp::CreateTime(timestamp) = message.timestamp() else {
+            panic!("a create time: {:?}", message.timestamp());
+        };
+        let text = |bytes: Option<&[u8]>| String::from_utf8_lossy(bytes.unwrap_or_default()).into();
+        consumed.insert(
+            (message.partition(), message.offset()),
+            Sent {
+                key: text(message.key()),
+                value: text(message.payload()),
+                headers,
+                timestamp,
+            },
+        );
+    }
+    assert_eq!(consumed, acked);
+
+    // ListOffsets: earliest and latest per partition, and by timestamp the first record at or
+    // after it.
+    let middle = BASE_TIME + 750;
+    let mut times = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        let end = acked.range((partition, 0)..(partition + 1, 0)).count() as i64;
+        let watermarks = consumer
+            .fetch_watermarks(TOPIC, partition, Duration::from_secs(10))
+            .expect("ListOffsets");
+        assert_eq!(watermarks, (0, end), "partition {partition}");
+        times
+            .add_partition_offset(TOPIC, partition, Offset::Offset(middle))
+            .expect("timestamp query");
+    }
+    let found = consumer
+        .offsets_for_times(times, Duration::from_secs(10))
+        .expect("ListOffsets by timestamp");
+    for element in found.elements() {
+        let expected = acked
+            .iter()
+            .find(|((p, _), sent)| *p == element.partition() && sent.timestamp >= middle)
+            .map(|((_, offset), _)| *offset)
+            .expect("a record after the middle");
+        assert_eq!(
+            element.offset(),
+            Offset::Offset(expected),
+            "partition {}",
+            element.partition()
+        );
+    }
+
+    // DeleteTopics: gone from Metadata.
+    for result in admin
+        .delete_topics(&[TOPIC], &options)
+        .await
+        .expect("DeleteTopics")
+    {
+        result.expect("deleted");
+    }
+    common::eventually(Duration::from_secs(30), "the topic gone from Metadata", || {
+        consumer
+            .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
+            .is_ok_and(|metadata| {
+                metadata
+                    .topics()
+                    .iter()
+                    .all(|t| t.name() != TOPIC || t.error().is_some())
+            })
+    });
 }
