@@ -858,14 +858,18 @@ async fn librdkafka_produces_keyed_records_with_headers_under_every_codec_and_re
     {
         result.expect("deleted");
     }
-    common::eventually(Duration::from_secs(30), "the topic gone from Metadata", || {
-        consumer
-            .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
-            .is_ok_and(|metadata| {
-                metadata
-                    .topics()
-                    .iter()
-                    .all(|t| t.name() != TOPIC || t.error().is_some())
-            })
-    });
+    common::eventually(
+        Duration::from_secs(30),
+        "the topic gone from Metadata",
+        || {
+            consumer
+                .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
+                .is_ok_and(|metadata| {
+                    metadata
+                        .topics()
+                        .iter()
+                        .all(|t| t.name() != TOPIC || t.error().is_some())
+                })
+        },
+    );
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,22 +84,24 @@ fn consumer_config(kafka: &str, group: &str) -> ClientConfig {
 /// A librdkafka group member consuming in a task until stopped (it then closes: LeaveGroup).
 struct Member {
     stop: Arc<AtomicBool>,
-    assigned: Arc<AtomicUsize>,
+    assigned: Arc<Mutex<BTreeSet<i32>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 type Seen = Arc<Mutex<BTreeMap<(i32, i64), String>>>;
 
-fn member(kafka: &str, group: &str, topic: &str, seen: Seen) -> Member {
+/// A member of `group` reading `topic` into `seen`, with `partition.assignment.strategy` `assignor`.
+fn member(kafka: &str, group: &str, topic: &str, assignor: &str, seen: Seen) -> Member {
     let consumer: StreamConsumer = consumer_config(kafka, group)
+        .set("partition.assignment.strategy", assignor)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "100")
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     let stop = Arc::new(AtomicBool::new(false));
-    let assigned = Arc::new(AtomicUsize::new(0));
-    let (stop_flag, assigned_count) = (stop.clone(), assigned.clone());
+    let assigned: Arc<Mutex<BTreeSet<i32>>> = Arc::default();
+    let (stop_flag, assigned_now) = (stop.clone(), assigned.clone());
     let task = tokio::spawn(async move {
         while !stop_flag.load(Ordering::SeqCst) {
             if let Ok(Ok(message)) =
@@ -110,8 +112,13 @@ fn member(kafka: &str, group: &str, topic: &str, seen: Seen) -> Member {
                     .unwrap()
                     .insert((message.partition(), message.offset()), value.into_owned());
             }
-            let count = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-            assigned_count.store(count, Ordering::SeqCst);
+            if let Ok(assignment) = consumer.assignment() {
+                *assigned_now.lock().unwrap() = assignment
+                    .elements()
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
+            }
         }
         // Closing commits and leaves the group: blocking, so off the runtime's threads.
         tokio::task::spawn_blocking(move || drop(consumer))
@@ -127,7 +134,11 @@ fn member(kafka: &str, group: &str, topic: &str, seen: Seen) -> Member {
 
 impl Member {
     fn assigned(&self) -> usize {
-        self.assigned.load(Ordering::SeqCst)
+        self.partitions().len()
+    }
+
+    fn partitions(&self) -> BTreeSet<i32> {
+        self.assigned.lock().unwrap().clone()
     }
 
     async fn leave(self) {
@@ -143,6 +154,22 @@ fn missing(acked: &BTreeMap<(i32, i64), String>, seen: &Seen) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn librdkafka_consumers_share_a_topic_through_rebalances_and_nothing_is_skipped() {
+    share_through_rebalances("range,roundrobin").await;
+}
+
+/// KIP-429's incremental rebalancing is the clients' own (the coordinator runs the same
+/// classic protocol); it works only if each member's subscription, with the partitions it owns,
+/// reaches the leader intact. Sticky: a joining member takes partitions only from the others,
+/// who keep the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_sticky_librdkafka_consumers_rebalance_incrementally_and_skip_nothing() {
+    share_through_rebalances("cooperative-sticky").await;
+}
+
+/// Two members of `assignor` split six partitions, a third joins, one leaves; every
+/// acknowledged record is consumed.
+async fn share_through_rebalances(assignor: &str) {
+    let cooperative = assignor == "cooperative-sticky";
     let data = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(data.path(), &["--group-initial-rebalance-delay-ms", "300"]);
     let kafka = kafka_address(&broker);
@@ -150,8 +177,8 @@ async fn librdkafka_consumers_share_a_topic_through_rebalances_and_nothing_is_sk
     let mut acked = produce(&kafka, "shared", (0..300).map(|i| format!("r{i}"))).await;
     let seen: Seen = Arc::default();
 
-    let a = member(&kafka, "sharers", "shared", seen.clone());
-    let b = member(&kafka, "sharers", "shared", seen.clone());
+    let a = member(&kafka, "sharers", "shared", assignor, seen.clone());
+    let b = member(&kafka, "sharers", "shared", assignor, seen.clone());
     common::eventually_async(
         Duration::from_secs(60),
         "a and b split the partitions",
@@ -168,7 +195,8 @@ async fn librdkafka_consumers_share_a_topic_through_rebalances_and_nothing_is_sk
     .await;
 
     // A third member joins: the group rebalances over three.
-    let c = member(&kafka, "sharers", "shared", seen.clone());
+    let (a_before, b_before) = (a.partitions(), b.partitions());
+    let c = member(&kafka, "sharers", "shared", assignor, seen.clone());
     common::eventually_async(
         Duration::from_secs(60),
         "a, b and c share the partitions",
@@ -178,6 +206,14 @@ async fn librdkafka_consumers_share_a_topic_through_rebalances_and_nothing_is_sk
         },
     )
     .await;
+    if cooperative {
+        assert!(
+            a.partitions().is_subset(&a_before) && b.partitions().is_subset(&b_before),
+            "sticky: a {a_before:?} -> {:?}, b {b_before:?} -> {:?}",
+            a.partitions(),
+            b.partitions()
+        );
+    }
     acked.extend(produce(&kafka, "shared", (300..600).map(|i| format!("r{i}"))).await);
     common::eventually_async(Duration::from_secs(60), "600 consumed", || {
         let done = missing(&acked, &seen) == 0;
@@ -186,6 +222,7 @@ async fn librdkafka_consumers_share_a_topic_through_rebalances_and_nothing_is_sk
     .await;
 
     // b leaves: a and c take its partitions over from its committed offsets.
+    let (a_before, c_before) = (a.partitions(), c.partitions());
     b.leave().await;
     acked.extend(produce(&kafka, "shared", (600..900).map(|i| format!("r{i}"))).await);
     common::eventually_async(
@@ -197,6 +234,14 @@ async fn librdkafka_consumers_share_a_topic_through_rebalances_and_nothing_is_sk
         },
     )
     .await;
+    if cooperative {
+        assert!(
+            a_before.is_subset(&a.partitions()) && c_before.is_subset(&c.partitions()),
+            "sticky: a {a_before:?} -> {:?}, c {c_before:?} -> {:?}",
+            a.partitions(),
+            c.partitions()
+        );
+    }
     common::eventually_async(Duration::from_secs(60), "all 900 consumed", || {
         let done = missing(&acked, &seen) == 0;
         async move { done }
