@@ -245,7 +245,7 @@ fn request(api_key: i16, version: i16, body: &[u8]) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_on_the_kafka_port_closes_the_connection_and_the_broker_keeps_serving() {
+async fn bad_input_on_the_kafka_port_is_refused_and_the_broker_keeps_serving() {
     let data = tempfile::tempdir().unwrap();
     let mut broker = BrokerProcess::start(data.path(), &["--max-frame-bytes", "1048576"]);
     let address = broker.kafka_address.clone().unwrap();
@@ -257,6 +257,29 @@ async fn bad_input_on_the_kafka_port_closes_the_connection_and_the_broker_keeps_
     assert_eq!(&answer[4..8], &42i32.to_be_bytes(), "correlation id");
     assert_eq!(&answer[8..10], &35i16.to_be_bytes(), "UNSUPPORTED_VERSION");
 
+    // Transactions and SASL, not served: an answer with UNSUPPORTED_VERSION, so a client set
+    // up for them fails at once instead of reconnecting for ever.
+    let answer = exchange(
+        &address,
+        &request(17, 1, &[0, 5, b'P', b'L', b'A', b'I', b'N']),
+    );
+    assert_eq!(
+        &answer[4..8],
+        &42i32.to_be_bytes(),
+        "SaslHandshake: {answer:?}"
+    );
+    assert_eq!(
+        &answer[8..10],
+        &35i16.to_be_bytes(),
+        "SaslHandshake: {answer:?}"
+    );
+    let mut end_txn = vec![0, 2, b't', b'x'];
+    end_txn.extend_from_slice(&7i64.to_be_bytes());
+    end_txn.extend_from_slice(&0i16.to_be_bytes());
+    end_txn.push(1);
+    let answer = exchange(&address, &request(26, 0, &end_txn));
+    assert_eq!(&answer[12..14], &35i16.to_be_bytes(), "EndTxn: {answer:?}");
+
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("a truncated frame", {
             let mut frame = request(3, 1, &[0, 0, 0, 0]);
@@ -265,10 +288,7 @@ async fn bad_input_on_the_kafka_port_closes_the_connection_and_the_broker_keeps_
         }),
         ("a header shorter than 8 bytes", vec![0, 0, 0, 3, 0, 3, 0]),
         ("an unknown api key", request(999, 0, &[])),
-        (
-            "an api not served (SaslHandshake)",
-            request(17, 1, &[0, 5, b'P', b'L', b'A', b'I', b'N']),
-        ),
+        ("an api not served (DescribeAcls)", request(29, 1, &[1])),
         ("a version not served", request(3, 50, &[])),
         ("an oversized frame", {
             let mut frame = (64u32 << 20).to_be_bytes().to_vec();
@@ -872,4 +892,47 @@ async fn librdkafka_produces_keyed_records_with_headers_under_every_codec_and_re
                 })
         },
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_refused_with_unsupported_version() {
+    use rdkafka::producer::{BaseProducer, Producer};
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &[]);
+    let address = broker.kafka_address.clone().unwrap();
+    // FindCoordinator v2 for a transaction coordinator (key type 1): UNSUPPORTED_VERSION (35).
+    let mut find = vec![0, 8];
+    find.extend_from_slice(b"payments");
+    find.push(1);
+    let answer = exchange(&address, &request(10, 2, &find));
+    assert_eq!(&answer[12..14], &35i16.to_be_bytes(), "{answer:?}");
+    // InitProducerId v0 with a transactional id: UNSUPPORTED_VERSION, no producer id.
+    let mut init = vec![0, 8];
+    init.extend_from_slice(b"payments");
+    init.extend_from_slice(&60_000i32.to_be_bytes());
+    let answer = exchange(&address, &request(22, 0, &init));
+    assert_eq!(&answer[12..14], &35i16.to_be_bytes(), "{answer:?}");
+    assert_eq!(&answer[14..22], &(-1i64).to_be_bytes(), "{answer:?}");
+
+    // librdkafka retries a coordinator lookup whatever the error (only authorization failures
+    // are fatal to it), so its init_transactions ends with its own timeout, as against a
+    // Kafka cluster whose transaction coordinator is down; it gets an error, not a hang.
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &address)
+        .set("transactional.id", "payments")
+        .create()
+        .expect("producer");
+    let refused =
+        tokio::task::spawn_blocking(move || producer.init_transactions(Duration::from_secs(3)))
+            .await
+            .expect("init_transactions ran");
+    assert!(refused.is_err(), "transactions are refused");
+    // The broker serves on.
+    let kafka = kafka_client(&broker).await;
+    kafka
+        .controller_client()
+        .unwrap()
+        .create_topic("after-transactions", 1, 1, 5_000)
+        .await
+        .unwrap();
 }

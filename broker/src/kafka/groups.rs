@@ -74,7 +74,7 @@ pub fn find_coordinator(
     let locate = |key: &str| -> Coordinator {
         let found = if request.key_type != 0 {
             // Transaction coordinators (key type 1) are not served: no transactions yet.
-            Err(ErrorCode::INVALID_REQUEST)
+            Err(ErrorCode::UNSUPPORTED_API)
         } else {
             ops::groups::coordinator_node(state, key).and_then(|node| {
                 kafka_address(state, node)

@@ -48,7 +48,8 @@ use crate::ops;
 use crate::server::BrokerState;
 
 /// Every API this listener serves and the versions of it, as ApiVersions advertises them
-/// (docs/KAFKA.md). A request for anything else closes the connection, as Kafka does.
+/// (docs/KAFKA.md). A request for anything else is answered by `unserved` or closes the
+/// connection, as Kafka does.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
@@ -80,6 +81,126 @@ pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
         .iter()
         .find(|(key, _, _)| *key == api)
         .map(|(_, min, max)| (*min, *max))
+}
+
+/// The answer to a request of an API that is not served but that a client may send anyway:
+/// transactions and SASL, which clients configured for them ask for even when ApiVersions
+/// does not list them. Every result carries UNSUPPORTED_VERSION, so the client fails at once
+/// with an error naming the cause instead of reconnecting forever after a closed connection.
+/// `None` for any other API (the connection is closed, as Kafka does).
+pub fn unserved(request: RequestKind) -> Option<ResponseKind> {
+    use kafka_protocol::messages::add_partitions_to_txn_response::{
+        AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
+    };
+    use kafka_protocol::messages::describe_transactions_response::TransactionState;
+    use kafka_protocol::messages::txn_offset_commit_response::{
+        TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+    };
+    use kafka_protocol::messages::{
+        AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, DescribeTransactionsResponse,
+        EndTxnResponse, ListTransactionsResponse, SaslAuthenticateResponse, SaslHandshakeResponse,
+        TxnOffsetCommitResponse,
+    };
+    let code = kafka_code(ErrorCode::UNSUPPORTED_API);
+    let txn_topics = |topics: &[kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic]| {
+        topics
+            .iter()
+            .map(|topic| {
+                AddPartitionsToTxnTopicResult::default()
+                    .with_name(topic.name.clone())
+                    .with_results_by_partition(
+                        topic
+                            .partitions
+                            .iter()
+                            .map(|p| {
+                                AddPartitionsToTxnPartitionResult::default()
+                                    .with_partition_index(*p)
+                                    .with_partition_error_code(code)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect::<Vec<_>>()
+    };
+    Some(match request {
+        RequestKind::SaslHandshake(_) => {
+            ResponseKind::SaslHandshake(SaslHandshakeResponse::default().with_error_code(code))
+        }
+        RequestKind::SaslAuthenticate(_) => ResponseKind::SaslAuthenticate(
+            SaslAuthenticateResponse::default()
+                .with_error_code(code)
+                .with_error_message(Some(StrBytes::from_static_str(
+                    "SASL is not supported by Rill yet",
+                ))),
+        ),
+        RequestKind::AddPartitionsToTxn(request) => ResponseKind::AddPartitionsToTxn(
+            AddPartitionsToTxnResponse::default()
+                .with_error_code(code)
+                .with_results_by_topic_v3_and_below(txn_topics(&request.v3_and_below_topics))
+                .with_results_by_transaction(
+                    request
+                        .transactions
+                        .iter()
+                        .map(|t| {
+                            AddPartitionsToTxnResult::default()
+                                .with_transactional_id(t.transactional_id.clone())
+                                .with_topic_results(txn_topics(&t.topics))
+                        })
+                        .collect(),
+                ),
+        ),
+        RequestKind::AddOffsetsToTxn(_) => {
+            ResponseKind::AddOffsetsToTxn(AddOffsetsToTxnResponse::default().with_error_code(code))
+        }
+        RequestKind::EndTxn(_) => ResponseKind::EndTxn(
+            EndTxnResponse::default()
+                .with_error_code(code)
+                .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+                .with_producer_epoch(-1),
+        ),
+        RequestKind::TxnOffsetCommit(request) => ResponseKind::TxnOffsetCommit(
+            TxnOffsetCommitResponse::default().with_topics(
+                request
+                    .topics
+                    .iter()
+                    .map(|topic| {
+                        TxnOffsetCommitResponseTopic::default()
+                            .with_name(topic.name.clone())
+                            .with_partitions(
+                                topic
+                                    .partitions
+                                    .iter()
+                                    .map(|p| {
+                                        TxnOffsetCommitResponsePartition::default()
+                                            .with_partition_index(p.partition_index)
+                                            .with_error_code(code)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+        ),
+        RequestKind::ListTransactions(_) => ResponseKind::ListTransactions(
+            ListTransactionsResponse::default().with_error_code(code),
+        ),
+        RequestKind::DescribeTransactions(request) => ResponseKind::DescribeTransactions(
+            DescribeTransactionsResponse::default().with_transaction_states(
+                request
+                    .transactional_ids
+                    .iter()
+                    .map(|id| {
+                        TransactionState::default()
+                            .with_error_code(code)
+                            .with_transactional_id(id.clone())
+                            .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+                            .with_producer_epoch(-1)
+                    })
+                    .collect(),
+            ),
+        ),
+        _ => return None,
+    })
 }
 
 /// A response still being produced; `None` sends nothing (produce with acks = 0).
@@ -347,7 +468,7 @@ async fn produce(state: &Arc<BrokerState>, request: ProduceRequest) -> Reply {
         // Transactions are not served (docs/KAFKA.md); InitProducerId refuses them first.
         return ready(ResponseKind::Produce(produce_refused(
             &request,
-            kafka_code(ErrorCode::INVALID_REQUEST),
+            kafka_code(ErrorCode::UNSUPPORTED_API),
             "transactions are not supported by Rill yet",
         )));
     }

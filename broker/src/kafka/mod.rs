@@ -96,7 +96,23 @@ async fn start(
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let api = ApiKey::try_from(api_key).map_err(|_| format!("unknown api key {api_key}"))?;
     let Some((min, max)) = handlers::supported(api) else {
-        return Err(format!("{api:?} (key {api_key}) is not served"));
+        // Transactions and SASL get an answer with UNSUPPORTED_VERSION if the request decodes;
+        // anything else closes the connection.
+        let answer = RequestHeader::decode(&mut frame, api.request_header_version(version))
+            .ok()
+            .and_then(|_| RequestKind::decode(api, &mut frame, version).ok())
+            .and_then(handlers::unserved)
+            .ok_or_else(|| format!("{api:?} (key {api_key}) is not served"))?;
+        tracing::debug!(?api, version, %peer, "Kafka request for an API not served: UNSUPPORTED_VERSION");
+        let response = handlers::Response::Message(answer);
+        let header_version = api.response_header_version(version);
+        return Ok(futures::future::ready(encode(
+            correlation_id,
+            &response,
+            version,
+            header_version,
+        ))
+        .boxed());
     };
     if api == ApiKey::ApiVersions && version > max {
         // KIP-511: answer in version 0 (whose layout every client reads) with the ranges.

@@ -24,7 +24,8 @@ pub async fn init_producer_id(
         producer_epoch: if producer_id < 0 { -1 } else { 0 },
     };
     if request.transactional_id.is_some() {
-        return answer(ErrorCode::INVALID_REQUEST, -1);
+        // Transactions are not served: the API a transactional producer needs is missing.
+        return answer(ErrorCode::UNSUPPORTED_API, -1);
     }
     let mut ids = state.producer_ids.lock().await;
     if ids.is_empty() {
