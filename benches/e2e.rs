@@ -49,6 +49,8 @@ fn start_broker(data_dir: &std::path::Path) -> Broker {
             "127.0.0.1:0",
             "--kafka-listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
             "--flush",
             "os",
             "--log-level",

@@ -41,6 +41,8 @@ fn broker_recovers_logs_keeps_strays_refuses_a_second_broker_and_stops_cleanly()
             "127.0.0.1:0",
             "--kafka-listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
         ])
         .output()
         .unwrap();

@@ -41,6 +41,8 @@ fn refused_at_start(dir: &Path, args: &[&str]) -> String {
             "127.0.0.1:0",
             "--kafka-listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
         ])
         .args(args)
         .output()

@@ -26,6 +26,10 @@ pub struct BrokerConfig {
     pub kafka_listen: String,
     /// `host:port` Kafka clients are told to use; defaults to the bound Kafka listen address.
     pub kafka_advertised_address: Option<String>,
+    /// Address the admin HTTP listener binds (health probes, `/metrics`), or `off`.
+    pub admin_listen: String,
+    /// Per-topic labels on metrics (`false`: one `topic="_all"` series, for very many topics).
+    pub metrics_per_topic: bool,
     /// Where partition logs and the metadata Raft state live.
     pub data_dir: PathBuf,
     /// Pins the cluster's id: a data directory of another cluster is refused, and a new quorum
@@ -114,6 +118,8 @@ impl Default for BrokerConfig {
             advertised_address: None,
             kafka_listen: "127.0.0.1:9092".into(),
             kafka_advertised_address: None,
+            admin_listen: "127.0.0.1:9644".into(),
+            metrics_per_topic: true,
             data_dir: PathBuf::from("./rill-data"),
             cluster_id: None,
             log_level: "info,openraft=off".into(),
@@ -182,6 +188,12 @@ pub struct Flags {
     /// host:port advertised to Kafka clients [default: the bound Kafka listen address].
     #[arg(long, alias = "kafka-advertise")]
     pub kafka_advertised_address: Option<String>,
+    /// Admin HTTP listener address (health, metrics), or off [default: 127.0.0.1:9644; port 0 for any free port].
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// Per-topic labels on metrics [default: true].
+    #[arg(long)]
+    pub metrics_per_topic: Option<bool>,
     /// Data directory [default: ./rill-data].
     #[arg(long, env = "RILL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -336,6 +348,8 @@ impl BrokerConfig {
             node_id,
             listen,
             kafka_listen,
+            admin_listen,
+            metrics_per_topic,
             data_dir,
             log_level,
             flush,
@@ -400,6 +414,7 @@ impl BrokerConfig {
             ));
         }
         config.kafka_listen_address()?;
+        config.admin_listen_address()?;
         if config.max_frame_bytes < 1024 {
             return Err(Error::InvalidConfig(format!(
                 "max_frame_bytes {} must be at least 1024",
@@ -418,6 +433,19 @@ impl BrokerConfig {
             Error::InvalidConfig(format!(
                 "kafka_listen {:?}: expected ip:port (e.g. 127.0.0.1:9092) or off",
                 self.kafka_listen
+            ))
+        })
+    }
+
+    /// Where the admin HTTP listener binds; `None` when `admin_listen` is `off`.
+    pub fn admin_listen_address(&self) -> Result<Option<SocketAddr>> {
+        if self.admin_listen.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        self.admin_listen.parse().map(Some).map_err(|_| {
+            Error::InvalidConfig(format!(
+                "admin_listen {:?}: expected ip:port (e.g. 127.0.0.1:9644) or off",
+                self.admin_listen
             ))
         })
     }

@@ -148,6 +148,8 @@ pub struct BrokerProcess {
     pub address: String,
     /// `host:port` of the Kafka-protocol listener (`None` when started with it off).
     pub kafka_address: Option<String>,
+    /// The admin HTTP listener's address (`host:port`), when it is on.
+    pub admin_address: Option<String>,
     pub data_dir: std::path::PathBuf,
     lines: std::sync::mpsc::Receiver<String>,
     /// Every stderr line seen so far (for assertions and failure messages).
@@ -205,6 +207,12 @@ impl BrokerProcess {
                     .into_iter()
                     .flatten(),
             )
+            .args(
+                (!extra_args.contains(&"--admin-listen"))
+                    .then_some(["--admin-listen", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -225,6 +233,7 @@ impl BrokerProcess {
             child,
             address: String::new(),
             kafka_address: None,
+            admin_address: None,
             data_dir: data_dir.to_owned(),
             lines,
             log: Vec::new(),
@@ -236,13 +245,17 @@ impl BrokerProcess {
             .and_then(|s| s.split_whitespace().next())
             .expect("address in the listening line")
             .to_string();
-        // Logged before the line above, when the Kafka listener is on.
-        broker.kafka_address = broker
-            .log
-            .iter()
-            .find_map(|l| l.split("kafka listener on ").nth(1))
-            .and_then(|s| s.split_whitespace().next())
-            .map(str::to_string);
+        // Logged before the line above, when the Kafka and admin listeners are on.
+        let logged_address = |broker: &BrokerProcess, needle: &str| {
+            broker
+                .log
+                .iter()
+                .find_map(|l| l.split(needle).nth(1))
+                .and_then(|s| s.split_whitespace().next())
+                .map(str::to_string)
+        };
+        broker.kafka_address = logged_address(&broker, "kafka listener on ");
+        broker.admin_address = logged_address(&broker, "admin listener on ");
         broker
     }
 

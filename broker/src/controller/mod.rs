@@ -255,6 +255,15 @@ impl Controller {
         }
     }
 
+    /// The quorum's Raft term as this broker knows it (`None` on an observer, which is not in
+    /// the quorum).
+    pub fn raft_term(&self) -> Option<u64> {
+        self.inner
+            .raft
+            .as_ref()
+            .map(|raft| raft.metrics().borrow().current_term)
+    }
+
     /// Waits until a leader is elected and its first entry applied here, or `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let Some(raft) = &self.inner.raft else {

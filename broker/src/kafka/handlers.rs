@@ -85,10 +85,11 @@ pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
 
 /// The answer to a request of an API that is not served but that a client may send anyway:
 /// transactions and SASL, which clients configured for them ask for even when ApiVersions
-/// does not list them. Every result carries UNSUPPORTED_VERSION, so the client fails at once
-/// with an error naming the cause instead of reconnecting forever after a closed connection.
-/// `None` for any other API (the connection is closed, as Kafka does).
+/// does not list them. Every result carries UNSUPPORTED_VERSION, so the client gets an error
+/// naming the cause rather than a closed connection, after which it would reconnect and ask
+/// again. `None` for any other API (the connection is closed, as Kafka does).
 pub fn unserved(request: RequestKind) -> Option<ResponseKind> {
+    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
     use kafka_protocol::messages::add_partitions_to_txn_response::{
         AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
     };
@@ -102,7 +103,7 @@ pub fn unserved(request: RequestKind) -> Option<ResponseKind> {
         TxnOffsetCommitResponse,
     };
     let code = kafka_code(ErrorCode::UNSUPPORTED_API);
-    let txn_topics = |topics: &[kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic]| {
+    let txn_topics = |topics: &[AddPartitionsToTxnTopic]| {
         topics
             .iter()
             .map(|topic| {

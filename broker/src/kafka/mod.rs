@@ -38,6 +38,7 @@ use crate::server::BrokerState;
 
 /// Serves one Kafka client connection.
 pub async fn serve(state: Arc<BrokerState>, socket: TcpStream, peer: SocketAddr) {
+    let _open = state.metrics.connection("kafka");
     serve_with(state, socket, peer, |state, read_half, queue| async move {
         read_loop(&state, read_half, queue, peer).await
     })
@@ -143,9 +144,17 @@ async fn start(
         .await
         .map_err(|e| format!("{api:?} v{version}: {e}"))?;
     let header_version = api.response_header_version(version);
+    let (started, metrics) = (std::time::Instant::now(), state.metrics.clone());
     Ok(async move {
-        let response = reply.await?;
-        encode(correlation_id, &response, version, header_version)
+        let response = reply.await;
+        // Kafka answers carry their errors per partition or group (counted by the operations).
+        metrics.request(
+            "kafka",
+            api_name(api),
+            rill_protocol::ErrorCode::NONE,
+            started.elapsed(),
+        );
+        encode(correlation_id, &response?, version, header_version)
     }
     .boxed())
 }
@@ -186,6 +195,35 @@ fn encode(
     chunks.push(buf.freeze());
     chunks.extend(body);
     Some(chunks)
+}
+
+/// The name of a served Kafka api for metrics labels (a fixed set: `handlers::SUPPORTED`).
+fn api_name(api: ApiKey) -> &'static str {
+    match api {
+        ApiKey::Produce => "Produce",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::DeleteTopics => "DeleteTopics",
+        ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::CreatePartitions => "CreatePartitions",
+        ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
+        ApiKey::DescribeConfigs => "DescribeConfigs",
+        _ => "other",
+    }
 }
 
 #[cfg(test)]

@@ -323,6 +323,22 @@ impl LogManager {
         self.logs.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Bytes on disk of each topic's partition logs here (segments and their indexes). Takes
+    /// each log's lock in turn: blocking.
+    pub fn size_by_topic(&self) -> BTreeMap<String, u64> {
+        let logs: Vec<(String, Arc<PartitionLog>)> = self
+            .read_logs()
+            .iter()
+            .map(|(tp, log)| (tp.topic.clone(), log.clone()))
+            .collect();
+        let mut sizes = BTreeMap::new();
+        for (topic, log) in logs {
+            let size = log.with_log(|l| Ok(l.size_bytes())).unwrap_or(0);
+            *sizes.entry(topic).or_insert(0) += size;
+        }
+        sizes
+    }
+
     /// Partitions with a log, in order.
     pub fn partitions(&self) -> Vec<TopicPartition> {
         self.read_logs().keys().cloned().collect()

@@ -32,6 +32,8 @@ pub struct AppendInfo {
     pub base_offset: u64,
     pub last_offset: u64,
     pub max_timestamp: i64,
+    /// Batches written; 0 for a repeat of an idempotent producer's batch (answered with its
+    /// original offsets, nothing written).
     pub batches: usize,
 }
 
@@ -646,7 +648,7 @@ impl Log {
                     base_offset,
                     last_offset,
                     max_timestamp: first.max_timestamp(),
-                    batches: 1,
+                    batches: 0,
                 })
             }
         })

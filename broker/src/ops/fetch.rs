@@ -98,7 +98,7 @@ async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Option<Fetc
             || now >= deadline
             || state.shutdown.is_cancelled()
         {
-            return Some(response);
+            return Some(counted(state, &request, response));
         }
         let mut waits: Vec<_> = targets
             .iter()
@@ -110,7 +110,7 @@ async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Option<Fetc
             })
             .collect();
         if waits.is_empty() {
-            return Some(response);
+            return Some(counted(state, &request, response));
         }
         tokio::select! {
             _ = futures::future::select_all(waits.iter_mut()) => {}
@@ -118,6 +118,22 @@ async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Option<Fetc
             _ = state.shutdown.cancelled() => {}
         }
     }
+}
+
+/// `response`, its bytes, records and partition errors counted in the metrics.
+fn counted(state: &BrokerState, request: &FetchRequest, response: FetchResponse) -> FetchResponse {
+    let replica = request.replica_id.is_some();
+    for topic in &response.topics {
+        for partition in &topic.partitions {
+            state.metrics.partition_error("Fetch", partition.error_code);
+            state.metrics.fetched(
+                &topic.name,
+                std::slice::from_ref(&partition.records),
+                replica,
+            );
+        }
+    }
+    response
 }
 
 /// Resolves each partition once; watches are taken before reading so no append is missed.

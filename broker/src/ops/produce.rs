@@ -61,6 +61,7 @@ pub async fn produce(
             });
             let records: Bytes = partition.records.clone();
             let index = partition.partition;
+            let (metrics, name) = (state.metrics.clone(), topic.name.clone());
             appends.push(async move {
                 let outcome = match target {
                     Err(code) => Err((
@@ -74,6 +75,7 @@ pub async fn produce(
                     )),
                     Ok((replica, epoch)) => {
                         let log = replica.log.clone();
+                        let records_len = records.len();
                         match tokio::task::spawn_blocking(move || {
                             let info = log.append(&records, epoch);
                             let start = log.with_log(|l| Ok(l.log_start_offset())).unwrap_or(0);
@@ -81,7 +83,14 @@ pub async fn produce(
                         })
                         .await
                         {
-                            Ok(Ok(ok)) => Ok((replica, epoch, ok)),
+                            Ok(Ok(ok)) => {
+                                // A repeat of an idempotent producer's batch writes nothing.
+                                if ok.0.batches > 0 {
+                                    let count = ok.0.last_offset + 1 - ok.0.base_offset;
+                                    metrics.produced(&name, records_len, count);
+                                }
+                                Ok((replica, epoch, ok))
+                            }
                             Ok(Err(e)) => Err((e.error_code(), Some(e.to_string()))),
                             Err(e) => Err((
                                 ErrorCode::UNKNOWN_SERVER_ERROR,
@@ -90,6 +99,9 @@ pub async fn produce(
                         }
                     }
                 };
+                if let Err((code, _)) = &outcome {
+                    metrics.partition_error("Produce", *code);
+                }
                 (t, index, outcome)
             });
         }

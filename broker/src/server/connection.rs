@@ -61,6 +61,7 @@ pub(crate) async fn serve_with<F, Fut>(
 
 /// A native-protocol connection.
 pub(super) async fn serve(state: Arc<BrokerState>, socket: TcpStream, peer: SocketAddr) {
+    let _open = state.metrics.connection("rill");
     serve_with(state, socket, peer, |state, read_half, queue| async move {
         read_loop(&state, read_half, queue, peer).await
     })
@@ -115,7 +116,18 @@ async fn read_loop(
             }
         };
         let correlation_id = frame.header.correlation_id;
+        let (started, api) = (
+            std::time::Instant::now(),
+            native_api_name(frame.header.api_key),
+        );
         let reply = handlers::start(state, frame, peer).await;
+        let metrics = state.metrics.clone();
+        let reply: Pending = reply
+            .inspect(move |answer| {
+                let code = answer.as_ref().map_or(ErrorCode::NONE, |(code, _)| *code);
+                metrics.request("rill", api, code, started.elapsed());
+            })
+            .boxed();
         if queue.send(framed(correlation_id, reply)).await.is_err() {
             return; // the writer failed: the peer is gone
         }
@@ -190,4 +202,29 @@ async fn write_all_chunks(
         }
     }
     Ok(())
+}
+
+/// The name of a native api for metrics labels (a fixed set).
+fn native_api_name(key: u16) -> &'static str {
+    use rill_protocol::api::ApiKey;
+    match ApiKey::from_u16(key) {
+        Some(ApiKey::ApiVersions) => "ApiVersions",
+        Some(ApiKey::Metadata) => "Metadata",
+        Some(ApiKey::CreateTopics) => "CreateTopics",
+        Some(ApiKey::DeleteTopics) => "DeleteTopics",
+        Some(ApiKey::Produce) => "Produce",
+        Some(ApiKey::Fetch) => "Fetch",
+        Some(ApiKey::ListOffsets) => "ListOffsets",
+        Some(ApiKey::CreatePartitions) => "CreatePartitions",
+        Some(ApiKey::ElectLeaders) => "ElectLeaders",
+        Some(ApiKey::FindCoordinator) => "FindCoordinator",
+        Some(ApiKey::ConsumerGroupHeartbeat) => "ConsumerGroupHeartbeat",
+        Some(ApiKey::OffsetCommit) => "OffsetCommit",
+        Some(ApiKey::OffsetFetch) => "OffsetFetch",
+        Some(ApiKey::ListGroups) => "ListGroups",
+        Some(ApiKey::DescribeGroups) => "DescribeGroups",
+        Some(ApiKey::DeleteGroups) => "DeleteGroups",
+        Some(ApiKey::InitProducerId) => "InitProducerId",
+        None => "unknown",
+    }
 }

@@ -47,6 +47,8 @@ pub struct BrokerState {
     pub incarnation: u64,
     /// Set once this broker has registered under its incarnation (its metadata caught up).
     pub ready: std::sync::atomic::AtomicBool,
+    /// Prometheus metrics (`crate::metrics`), served by the admin listener.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Roles, ISR and high watermarks of the local partition replicas.
     pub replicas: Arc<ReplicaManager>,
     /// Consumer groups coordinated here.
@@ -240,6 +242,23 @@ impl Broker {
                 Some((listener, local))
             }
         };
+        // The admin HTTP listener, likewise.
+        let admin_listener = match config.admin_listen_address()? {
+            None => None,
+            Some(address) => {
+                let listener = TcpListener::bind(address).await.map_err(|e| {
+                    Error::io(
+                        "bind the admin listener (admin_listen, --admin-listen; off disables it) on",
+                        address.to_string(),
+                        e,
+                    )
+                })?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|e| Error::io("read listener address", address.to_string(), e))?;
+                Some((listener, local))
+            }
+        };
         let kafka_advertised = kafka_listener
             .as_ref()
             .map(|(_, local)| {
@@ -304,6 +323,7 @@ impl Broker {
         let state = Arc::new(BrokerState {
             incarnation,
             ready: std::sync::atomic::AtomicBool::new(false),
+            metrics: Arc::new(crate::metrics::Metrics::new(config.metrics_per_topic)),
             node_id: config.node_id,
             advertised,
             kafka_advertised,
@@ -354,6 +374,10 @@ impl Broker {
                 })
                 .await
             });
+        }
+        if let Some((listener, local)) = admin_listener {
+            tracing::info!(listen = %local, "rill-broker admin listener on {local}");
+            tracker.spawn(crate::admin::serve(state.clone(), listener));
         }
         tracing::info!(node_id = state.node_id, listen = %local_addr, advertised = %format!("{}:{}", state.advertised.0, state.advertised.1), data_dir = %state.config.data_dir.display(), "rill-broker listening on {local_addr}");
         Ok(Broker {

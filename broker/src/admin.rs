@@ -1,0 +1,69 @@
+//! The admin HTTP listener (`admin_listen`, default `127.0.0.1:9644`, `off` disables it;
+//! docs/OPERATIONS.md): probes for load balancers and Kubernetes, and Prometheus metrics.
+//! Read-only: nothing here changes the broker.
+//!
+//! - `GET /health/live`: 200 while the process serves HTTP at all.
+//! - `GET /health/ready`: 200 once the broker has registered with the controller quorum, its
+//!   metadata has caught up and its logs are recovered (it takes client requests); 503 before
+//!   and while it shuts down.
+//! - `GET /metrics`: every metric (`crate::metrics`) in Prometheus's OpenMetrics text.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::server::BrokerState;
+
+/// Serves the admin API on `listener` until the broker shuts down.
+pub async fn serve(state: Arc<BrokerState>, listener: TcpListener) {
+    let shutdown = state.shutdown.clone();
+    let app = Router::new()
+        .route("/health/live", get(|| async { "live\n" }))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        tracing::warn!("admin listener stopped: {e}");
+    }
+}
+
+async fn ready(State(state): State<Arc<BrokerState>>) -> impl IntoResponse {
+    let ready = state.ready.load(Ordering::Acquire)
+        && state.lease.is_valid()
+        && !state.shutdown.is_cancelled();
+    if ready {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics(State(state): State<Arc<BrokerState>>) -> impl IntoResponse {
+    // Log sizes take each log's lock, which an fsync may hold: off the async threads.
+    let rendered = tokio::task::spawn_blocking(move || state.metrics.render(&state)).await;
+    match rendered {
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("metrics failed: {e}\n"),
+        )
+            .into_response(),
+    }
+}

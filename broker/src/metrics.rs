@@ -1,0 +1,401 @@
+//! The broker's Prometheus metrics (`GET /metrics` on the admin listener; every metric is
+//! described in docs/OPERATIONS.md). Counters and histograms are updated where the work
+//! happens: the broker operations (`crate::ops`, shared by both protocols) count bytes and
+//! records per topic, each listener counts its requests and their latency. Gauges that
+//! describe state (partitions, controller, storage) are computed from the broker's state
+//! when Prometheus scrapes, so they cannot drift from what the CLI shows. Label sets are
+//! bounded: api names, error names and listener names are fixed sets; per-topic labels grow
+//! with the topics and `metrics_per_topic = false` turns them off (a `topic="_all"` total).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use rill_protocol::ErrorCode;
+
+use crate::server::BrokerState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `rill` (the native listener) or `kafka`.
+    pub listener: &'static str,
+    pub api: &'static str,
+    /// The request-level error (`NONE` when it succeeded); per-partition errors are in
+    /// `rill_partition_errors_total`.
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub listener: &'static str,
+    pub api: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionErrorLabels {
+    pub api: &'static str,
+    pub error: &'static str,
+}
+
+/// Request latency buckets, seconds: 0.1 ms to 30 s (a long poll waits up to its max wait).
+const LATENCY_BUCKETS: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 20.0, 30.0,
+];
+
+/// Produce batch sizes, bytes: 64 B to 16 MiB.
+const BATCH_BUCKETS: [f64; 10] = [
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Every metric of one broker.
+pub struct Metrics {
+    registry: Registry,
+    per_topic: bool,
+    bytes_in: Family<TopicLabels, Counter>,
+    records_in: Family<TopicLabels, Counter>,
+    bytes_out: Family<TopicLabels, Counter>,
+    records_out: Family<TopicLabels, Counter>,
+    replication_bytes_out: Counter,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    partition_errors: Family<PartitionErrorLabels, Counter>,
+    produce_batch_bytes: Histogram,
+    connections: Family<ListenerLabels, Gauge>,
+    // Computed at scrape time.
+    active_controller: Gauge,
+    raft_term: Gauge,
+    raft_applied_index: Gauge,
+    brokers_alive: Gauge,
+    leader_partitions: Gauge,
+    under_replicated_partitions: Gauge,
+    offline_partitions: Gauge,
+    log_size_bytes: Family<TopicLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+impl Metrics {
+    pub fn new(per_topic: bool) -> Metrics {
+        let mut registry = Registry::with_prefix("rill");
+        let metrics = Metrics {
+            registry: Registry::default(),
+            per_topic,
+            bytes_in: Family::default(),
+            records_in: Family::default(),
+            bytes_out: Family::default(),
+            records_out: Family::default(),
+            replication_bytes_out: Counter::default(),
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            partition_errors: Family::default(),
+            produce_batch_bytes: Histogram::new(BATCH_BUCKETS),
+            connections: Family::default(),
+            active_controller: Gauge::default(),
+            raft_term: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            brokers_alive: Gauge::default(),
+            leader_partitions: Gauge::default(),
+            under_replicated_partitions: Gauge::default(),
+            offline_partitions: Gauge::default(),
+            log_size_bytes: Family::default(),
+        };
+        registry.register_with_unit(
+            "produced",
+            "Record batch bytes appended by producers (leader appends, both listeners)",
+            Unit::Bytes,
+            metrics.bytes_in.clone(),
+        );
+        registry.register(
+            "produced_records",
+            "Records appended by producers (duplicates of an idempotent producer excluded)",
+            metrics.records_in.clone(),
+        );
+        registry.register_with_unit(
+            "consumed",
+            "Record batch bytes sent to consumers",
+            Unit::Bytes,
+            metrics.bytes_out.clone(),
+        );
+        registry.register(
+            "consumed_records",
+            "Records sent to consumers (whole batches, as fetched)",
+            metrics.records_out.clone(),
+        );
+        registry.register_with_unit(
+            "replication_sent",
+            "Record batch bytes sent to follower replicas",
+            Unit::Bytes,
+            metrics.replication_bytes_out.clone(),
+        );
+        registry.register(
+            "requests",
+            "Requests answered, by listener, api and request-level error",
+            metrics.requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from a request read to its answer ready, by listener and api",
+            Unit::Seconds,
+            metrics.request_seconds.clone(),
+        );
+        registry.register(
+            "partition_errors",
+            "Per-partition errors of produce and fetch requests, by api and error",
+            metrics.partition_errors.clone(),
+        );
+        registry.register_with_unit(
+            "produce_batch_size",
+            "Size of each partition's records in a produce request",
+            Unit::Bytes,
+            metrics.produce_batch_bytes.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open client connections, by listener",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "controller_active",
+            "1 on the broker that is the active controller (Raft leader), else 0",
+            metrics.active_controller.clone(),
+        );
+        registry.register(
+            "controller_raft_term",
+            "The metadata quorum's Raft term as this broker knows it",
+            metrics.raft_term.clone(),
+        );
+        registry.register(
+            "controller_applied_index",
+            "Index of the last metadata log entry applied on this broker",
+            metrics.raft_applied_index.clone(),
+        );
+        registry.register(
+            "brokers_alive",
+            "Brokers registered and not fenced, in this broker's metadata",
+            metrics.brokers_alive.clone(),
+        );
+        registry.register(
+            "leader_partitions",
+            "Partitions this broker leads",
+            metrics.leader_partitions.clone(),
+        );
+        registry.register(
+            "under_replicated_partitions",
+            "Partitions this broker leads whose ISR is smaller than their replica set",
+            metrics.under_replicated_partitions.clone(),
+        );
+        registry.register(
+            "offline_partitions",
+            "Partitions without a leader (reported by the active controller only, else 0)",
+            metrics.offline_partitions.clone(),
+        );
+        registry.register_with_unit(
+            "log_size",
+            "Bytes of partition logs on this broker's disk, by topic",
+            Unit::Bytes,
+            metrics.log_size_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    fn topic(&self, topic: &str) -> TopicLabels {
+        TopicLabels {
+            topic: if self.per_topic {
+                topic.to_string()
+            } else {
+                "_all".to_string()
+            },
+        }
+    }
+
+    /// A leader append of `records` records in `bytes` bytes to `topic`.
+    pub fn produced(&self, topic: &str, bytes: usize, records: u64) {
+        let labels = self.topic(topic);
+        self.bytes_in.get_or_create(&labels).inc_by(bytes as u64);
+        self.records_in.get_or_create(&labels).inc_by(records);
+        self.produce_batch_bytes.observe(bytes as f64);
+    }
+
+    /// Record batches sent from `topic` to a consumer, or to a follower (`replica`).
+    pub fn fetched(&self, topic: &str, batches: &[bytes::Bytes], replica: bool) {
+        let bytes: usize = batches.iter().map(|b| b.len()).sum();
+        if bytes == 0 {
+            return;
+        }
+        if replica {
+            self.replication_bytes_out.inc_by(bytes as u64);
+            return;
+        }
+        let labels = self.topic(topic);
+        self.bytes_out.get_or_create(&labels).inc_by(bytes as u64);
+        let records: u64 = batches.iter().map(|b| record_count(b)).sum();
+        self.records_out.get_or_create(&labels).inc_by(records);
+    }
+
+    /// A per-partition error answered to a produce or fetch.
+    pub fn partition_error(&self, api: &'static str, code: ErrorCode) {
+        if code != ErrorCode::NONE {
+            self.partition_errors
+                .get_or_create(&PartitionErrorLabels {
+                    api,
+                    error: code.name().unwrap_or("UNKNOWN"),
+                })
+                .inc();
+        }
+    }
+
+    /// One request answered.
+    pub fn request(
+        &self,
+        listener: &'static str,
+        api: &'static str,
+        error: ErrorCode,
+        took: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                listener,
+                api,
+                error: error.name().unwrap_or("UNKNOWN"),
+            })
+            .inc();
+        self.request_seconds
+            .get_or_create(&LatencyLabels { listener, api })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A connection opened on `listener`; closed when the guard drops.
+    pub fn connection(self: &Arc<Self>, listener: &'static str) -> ConnectionGuard {
+        self.connections
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+        ConnectionGuard {
+            metrics: self.clone(),
+            listener,
+        }
+    }
+
+    /// The OpenMetrics text of every metric, with the state gauges computed now.
+    pub fn render(&self, state: &BrokerState) -> String {
+        self.refresh(state);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn refresh(&self, state: &BrokerState) {
+        let node = state.node_id;
+        let controller = &state.controller;
+        let active = controller.leader() == Some(node);
+        self.active_controller.set(i64::from(active));
+        self.raft_term
+            .set(controller.raft_term().map_or(0, |t| t as i64));
+        self.raft_applied_index
+            .set(controller.applied_index() as i64);
+        let metadata = controller.metadata();
+        self.brokers_alive.set(metadata.alive().len() as i64);
+        let (mut leading, mut under, mut offline) = (0, 0, 0);
+        for topic in metadata.topics.values() {
+            for partition in &topic.partitions {
+                match partition.leader {
+                    Some(leader) if leader == node => {
+                        leading += 1;
+                        if partition.isr.len() < partition.replicas.len() {
+                            under += 1;
+                        }
+                    }
+                    Some(_) => {}
+                    None => offline += 1,
+                }
+            }
+        }
+        self.leader_partitions.set(leading);
+        self.under_replicated_partitions.set(under);
+        self.offline_partitions
+            .set(if active { offline } else { 0 });
+        self.log_size_bytes.clear();
+        for (topic, bytes) in state.logs.size_by_topic() {
+            self.log_size_bytes
+                .get_or_create(&self.topic(&topic))
+                .inc_by(bytes as i64);
+        }
+    }
+}
+
+/// Counts a connection as open while it lives.
+pub struct ConnectionGuard {
+    metrics: Arc<Metrics>,
+    listener: &'static str,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .connections
+            .get_or_create(&ListenerLabels {
+                listener: self.listener,
+            })
+            .dec();
+    }
+}
+
+/// Records in a run of record batches (Kafka v2 layout: the count is the i32 at byte 57 of
+/// each batch); a cut-off last batch counts what its header says.
+fn record_count(mut batches: &[u8]) -> u64 {
+    let mut records = 0u64;
+    while batches.len() >= 61 {
+        let length = i32::from_be_bytes([batches[8], batches[9], batches[10], batches[11]]);
+        let count = i32::from_be_bytes([batches[57], batches[58], batches[59], batches[60]]);
+        records += u64::try_from(count).unwrap_or(0);
+        let Some(next) = usize::try_from(length).ok().and_then(|l| l.checked_add(12)) else {
+            break;
+        };
+        if next > batches.len() {
+            break;
+        }
+        batches = &batches[next..];
+    }
+    records
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_count_walks_batch_headers() {
+        let batch = |count: i32, body: usize| {
+            let mut b = vec![0u8; 61 + body];
+            b[8..12].copy_from_slice(&((49 + body) as i32).to_be_bytes());
+            b[57..61].copy_from_slice(&count.to_be_bytes());
+            b
+        };
+        let mut run = batch(3, 10);
+        run.extend(batch(5, 0));
+        assert_eq!(record_count(&run), 8);
+        assert_eq!(record_count(&run[..70]), 3);
+        assert_eq!(record_count(&[]), 0);
+    }
+}

@@ -1,0 +1,245 @@
+//! The admin HTTP listener of real `rill-broker` processes (docs/OPERATIONS.md, "Admin
+//! listener and metrics"): health probes, and `/metrics` counting exactly what was done.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::cluster::Cluster;
+use common::{client, BrokerProcess};
+use rill_client::{Admin, Consumer, ConsumerConfig, NewTopic, Producer, ProducerConfig, Record};
+
+/// `GET path` on `address`: the status code and body.
+fn get(address: &str, path: &str) -> (u16, String) {
+    let mut socket = std::net::TcpStream::connect(address).expect("connect to the admin port");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        socket,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).expect("an HTTP answer");
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Every sample of a `/metrics` scrape: `name{labels}` -> value.
+fn scrape(address: &str) -> BTreeMap<String, f64> {
+    let (status, body) = get(address, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.ends_with("# EOF\n"), "OpenMetrics text: {body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn sample(samples: &BTreeMap<String, f64>, name: &str) -> f64 {
+    *samples
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} in {:#?}", samples.keys().collect::<Vec<_>>()))
+}
+
+/// A Kafka ApiVersions v0 request on a new connection; waits for its answer.
+fn kafka_api_versions(address: &str) {
+    let mut socket = std::net::TcpStream::connect(address).unwrap();
+    let mut frame = vec![0, 18, 0, 0, 0, 0, 0, 7, 0, 1, b'm'];
+    let mut request = (frame.len() as u32).to_be_bytes().to_vec();
+    request.append(&mut frame);
+    socket.write_all(&request).unwrap();
+    let mut size = [0u8; 4];
+    socket.read_exact(&mut size).unwrap();
+    let mut answer = vec![0u8; u32::from_be_bytes(size) as usize];
+    socket.read_exact(&mut answer).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_what_was_produced_and_requested() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &[]);
+    let admin = broker
+        .admin_address
+        .clone()
+        .expect("the admin listener is on");
+    assert_eq!(get(&admin, "/health/live").0, 200);
+    common::eventually(Duration::from_secs(30), "ready", || {
+        get(&admin, "/health/ready").0 == 200
+    });
+    assert_eq!(get(&admin, "/nothing-here").0, 404);
+
+    let client = client(&broker.address).await;
+    Admin::new(client.clone())
+        .create_topic(NewTopic::new("metered", 2))
+        .await
+        .unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for i in 0..250 {
+        let record = Record::new("metered")
+            .key(format!("k{}", i % 7))
+            .value(format!("value {i:04}"));
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    producer.flush().await;
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+
+    // Five Kafka requests: five counted, five in the latency histogram.
+    let kafka = broker.kafka_address.clone().unwrap();
+    for _ in 0..5 {
+        kafka_api_versions(&kafka);
+    }
+
+    let samples = scrape(&admin);
+    assert_eq!(
+        sample(&samples, r#"rill_produced_records_total{topic="metered"}"#),
+        250.0
+    );
+    // Every byte produced is in the log, and only those: the log's size is what came in.
+    assert_eq!(
+        sample(&samples, r#"rill_produced_bytes_total{topic="metered"}"#),
+        sample(&samples, r#"rill_log_size_bytes{topic="metered"}"#)
+    );
+    let produce_requests = sample(
+        &samples,
+        r#"rill_requests_total{listener="rill",api="Produce",error="NONE"}"#,
+    );
+    assert!(produce_requests >= 1.0);
+    assert_eq!(
+        sample(
+            &samples,
+            r#"rill_request_duration_seconds_count{listener="rill",api="Produce"}"#
+        ),
+        produce_requests
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            r#"rill_requests_total{listener="kafka",api="ApiVersions",error="NONE"}"#
+        ),
+        5.0
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            r#"rill_request_duration_seconds_count{listener="kafka",api="ApiVersions"}"#
+        ),
+        5.0
+    );
+    assert!(sample(&samples, "rill_produce_batch_size_bytes_count") >= produce_requests);
+    assert_eq!(sample(&samples, "rill_controller_active"), 1.0);
+    assert_eq!(sample(&samples, "rill_leader_partitions"), 2.0 + 8.0); // + __consumer_offsets
+    assert_eq!(sample(&samples, "rill_under_replicated_partitions"), 0.0);
+    assert!(sample(&samples, r#"rill_connections{listener="rill"}"#) >= 1.0);
+    // The five Kafka connections are closed: the gauge comes back to 0.
+    common::eventually(Duration::from_secs(10), "Kafka connections closed", || {
+        sample(&scrape(&admin), r#"rill_connections{listener="kafka"}"#) == 0.0
+    });
+
+    // Consumed back: the records and bytes out are those in.
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+    consumer.assign_topic("metered").await.unwrap();
+    let mut consumed = 0;
+    let mut poll = common::Poll::new(Duration::from_secs(60), "250 records consumed");
+    while consumed < 250 {
+        consumed += consumer
+            .poll(Duration::from_millis(500))
+            .await
+            .unwrap()
+            .len();
+        poll.pause().await;
+    }
+    let samples = scrape(&admin);
+    assert_eq!(
+        sample(&samples, r#"rill_consumed_records_total{topic="metered"}"#),
+        250.0
+    );
+    assert_eq!(
+        sample(&samples, r#"rill_consumed_bytes_total{topic="metered"}"#),
+        sample(&samples, r#"rill_produced_bytes_total{topic="metered"}"#)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_active_controller_and_under_replication_seen_on_the_leader() {
+    let mut cluster = Cluster::start(3, &[]);
+    let admin = |cluster: &mut Cluster, node: u32| {
+        cluster
+            .broker(node)
+            .admin_address
+            .clone()
+            .expect("admin listener")
+    };
+    let client = cluster.client().await;
+    Admin::new(client.clone())
+        .create_topic(NewTopic {
+            replication_factor: 3,
+            ..NewTopic::new("replicated", 3)
+        })
+        .await
+        .unwrap();
+    let addresses: Vec<String> = (1..=3).map(|n| admin(&mut cluster, n)).collect();
+    common::eventually(Duration::from_secs(30), "one active controller", || {
+        addresses
+            .iter()
+            .map(|a| sample(&scrape(a), "rill_controller_active"))
+            .sum::<f64>()
+            == 1.0
+    });
+    // Partition leaders are spread; kill a broker, and the others' led partitions whose ISR
+    // held it are under-replicated until it is back.
+    let under = |addresses: &[String]| -> f64 {
+        addresses
+            .iter()
+            .map(|a| sample(&scrape(a), "rill_under_replicated_partitions"))
+            .sum()
+    };
+    common::eventually(Duration::from_secs(30), "fully replicated", || {
+        under(&addresses) == 0.0
+    });
+    cluster.kill(3);
+    let survivors = addresses[..2].to_vec();
+    common::eventually(
+        Duration::from_secs(60),
+        "under-replicated partitions on the leaders",
+        || under(&survivors) >= 3.0,
+    );
+    cluster.restart(3);
+    let addresses: Vec<String> = (1..=3).map(|n| admin(&mut cluster, n)).collect();
+    common::eventually(Duration::from_secs(60), "replicated again", || {
+        under(&addresses) == 0.0
+    });
+}
+
+#[test]
+fn a_broker_without_a_quorum_is_live_but_not_ready() {
+    // Node 1 of three voters, alone: no quorum, so it never registers.
+    let mut cluster = Cluster::prepare(3, 0, &[]);
+    cluster.start_node(1);
+    let admin = cluster.broker(1).admin_address.clone().unwrap();
+    assert_eq!(get(&admin, "/health/live").0, 200);
+    let (status, body) = get(&admin, "/health/ready");
+    assert_eq!((status, body.as_str()), (503, "not ready\n"));
+    // It becomes ready once a quorum forms.
+    cluster.start_node(2);
+    common::eventually(Duration::from_secs(60), "ready with a quorum", || {
+        get(&admin, "/health/ready").0 == 200
+    });
+}
