@@ -343,6 +343,7 @@ fn a_kafka_port_in_use_is_one_clear_error_naming_the_setting() {
     let output = std::process::Command::new(common::broker_binary())
         .args(["--data-dir", data.path().to_str().unwrap()])
         .args(["--listen", "127.0.0.1:0", "--kafka-listen", &port])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert!(!output.status.success());
