@@ -262,3 +262,37 @@ fn an_admin_port_in_use_is_one_clear_error_naming_the_setting() {
         "names the setting and address: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(data.path(), &["--log-format", "json"]);
+    let admin = broker
+        .admin_address
+        .clone()
+        .expect("admin address from a JSON line");
+    common::eventually(Duration::from_secs(30), "ready", || {
+        get(&admin, "/health/ready").0 == 200
+    });
+    // Some requests, so that more than start-up lines are written.
+    let client = client(&broker.address).await;
+    Admin::new(client.clone())
+        .create_topic(NewTopic::new("logged", 1))
+        .await
+        .unwrap();
+    let lines = broker.drain_log().to_vec();
+    assert!(lines.len() > 3, "{lines:?}");
+    for line in &lines {
+        let object: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            object["timestamp"].is_string()
+                && object["level"].is_string()
+                && object["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("registered with the controller")));
+}

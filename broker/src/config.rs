@@ -38,6 +38,8 @@ pub struct BrokerConfig {
     pub cluster_id: Option<String>,
     /// Log filter (RUST_LOG wins).
     pub log_level: String,
+    /// `text` (human-readable lines) or `json` (one JSON object per line).
+    pub log_format: String,
     /// `always`, `interval:<ms>` or `os`.
     pub flush: String,
     pub segment_bytes: u64,
@@ -123,6 +125,7 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from("./rill-data"),
             cluster_id: None,
             log_level: "info,openraft=off".into(),
+            log_format: "text".into(),
             flush: "interval:1000".into(),
             segment_bytes: 1 << 30,
             segment_ms: 7 * 24 * 3600 * 1000,
@@ -203,6 +206,9 @@ pub struct Flags {
     /// Log filter, e.g. info or rill_broker=debug; openraft=warn shows Raft internals [default: info,openraft=off].
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Log line format: text | json (one JSON object per line) [default: text].
+    #[arg(long)]
+    pub log_format: Option<String>,
     /// Flush policy: always | interval:<ms> | os [default: interval:1000].
     #[arg(long)]
     pub flush: Option<String>,
@@ -352,6 +358,7 @@ impl BrokerConfig {
             metrics_per_topic,
             data_dir,
             log_level,
+            log_format,
             flush,
             segment_bytes,
             segment_ms,
@@ -415,6 +422,12 @@ impl BrokerConfig {
         }
         config.kafka_listen_address()?;
         config.admin_listen_address()?;
+        if !matches!(config.log_format.as_str(), "text" | "json") {
+            return Err(Error::InvalidConfig(format!(
+                "log_format {:?}: expected text or json",
+                config.log_format
+            )));
+        }
         if config.max_frame_bytes < 1024 {
             return Err(Error::InvalidConfig(format!(
                 "max_frame_bytes {} must be at least 1024",

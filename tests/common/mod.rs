@@ -239,20 +239,20 @@ impl BrokerProcess {
             log: Vec::new(),
         };
         let line = broker.wait_for_line("rill-broker listening on", Duration::from_secs(60));
+        // An address ends at a space or, in a JSON log line (`--log-format json`), a quote.
+        let address_in = |s: &str| s.split([' ', '"']).next().map(str::to_string);
         broker.address = line
             .rsplit("listening on ")
             .next()
-            .and_then(|s| s.split_whitespace().next())
-            .expect("address in the listening line")
-            .to_string();
+            .and_then(address_in)
+            .expect("address in the listening line");
         // Logged before the line above, when the Kafka and admin listeners are on.
         let logged_address = |broker: &BrokerProcess, needle: &str| {
             broker
                 .log
                 .iter()
                 .find_map(|l| l.split(needle).nth(1))
-                .and_then(|s| s.split_whitespace().next())
-                .map(str::to_string)
+                .and_then(address_in)
         };
         broker.kafka_address = logged_address(&broker, "kafka listener on ");
         broker.admin_address = logged_address(&broker, "admin listener on ");
