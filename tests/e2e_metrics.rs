@@ -148,6 +148,17 @@ async fn metrics_count_exactly_what_was_produced_and_requested() {
     assert_eq!(sample(&samples, "rill_leader_partitions"), 2.0 + 8.0); // + __consumer_offsets
     assert_eq!(sample(&samples, "rill_under_replicated_partitions"), 0.0);
     assert!(sample(&samples, r#"rill_connections{listener="rill"}"#) >= 1.0);
+    for process in [
+        "rill_process_resident_memory_bytes",
+        "rill_process_cpu_seconds",
+        "rill_process_open_fds",
+    ] {
+        assert!(sample(&samples, process) > 0.0, "{process}");
+    }
+    // The interval flush (every second by default) syncs what was written.
+    common::eventually(Duration::from_secs(10), "an fsync timed", || {
+        sample(&scrape(&admin), "rill_fsync_duration_seconds_count") >= 1.0
+    });
     // The five Kafka connections are closed: the gauge comes back to 0.
     common::eventually(Duration::from_secs(10), "Kafka connections closed", || {
         sample(&scrape(&admin), r#"rill_connections{listener="kafka"}"#) == 0.0

@@ -7,7 +7,8 @@
 //! bounded: api names, error names and listener names are fixed sets; per-topic labels grow
 //! with the topics and `metrics_per_topic = false` turns them off (a `topic="_all"` total).
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -62,6 +63,16 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// fdatasync buckets, seconds: 10 µs to 10 s.
+const FSYNC_BUCKETS: [f64; 14] = [
+    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0,
+    10.0,
+];
+
+/// Latency of every fdatasync of partition data (`log::segment`). Process-wide: the storage
+/// layer knows nothing of the broker state; each broker's registry shows this one.
+pub static FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| Histogram::new(FSYNC_BUCKETS));
+
 /// Every metric of one broker.
 pub struct Metrics {
     registry: Registry,
@@ -85,6 +96,9 @@ pub struct Metrics {
     under_replicated_partitions: Gauge,
     offline_partitions: Gauge,
     log_size_bytes: Family<TopicLabels, Gauge>,
+    process_resident_bytes: Gauge,
+    process_cpu_seconds: Gauge<f64, AtomicU64>,
+    process_open_fds: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,6 +130,9 @@ impl Metrics {
             under_replicated_partitions: Gauge::default(),
             offline_partitions: Gauge::default(),
             log_size_bytes: Family::default(),
+            process_resident_bytes: Gauge::default(),
+            process_cpu_seconds: Gauge::default(),
+            process_open_fds: Gauge::default(),
         };
         registry.register_with_unit(
             "produced",
@@ -212,6 +229,29 @@ impl Metrics {
             "Bytes of partition logs on this broker's disk, by topic",
             Unit::Bytes,
             metrics.log_size_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "fsync_duration",
+            "Latency of each fdatasync of partition data",
+            Unit::Seconds,
+            FSYNC_SECONDS.clone(),
+        );
+        registry.register_with_unit(
+            "process_resident_memory",
+            "Resident memory of the broker process (mapped log pages it touched included)",
+            Unit::Bytes,
+            metrics.process_resident_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "process_cpu",
+            "CPU time (user + system) the broker process has used",
+            Unit::Seconds,
+            metrics.process_cpu_seconds.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "File descriptors the broker process holds (sockets, segments, indexes)",
+            metrics.process_open_fds.clone(),
         );
         Metrics {
             registry,
@@ -335,11 +375,44 @@ impl Metrics {
         self.under_replicated_partitions.set(under);
         self.offline_partitions
             .set(if active { offline } else { 0 });
+        self.refresh_process();
         self.log_size_bytes.clear();
         for (topic, bytes) in state.logs.size_by_topic() {
             self.log_size_bytes
                 .get_or_create(&self.topic(&topic))
                 .inc_by(bytes as i64);
+        }
+    }
+}
+
+impl Metrics {
+    /// Resident memory, CPU time and open files, from `/proc/self` (Linux; left at 0 elsewhere).
+    fn refresh_process(&self) {
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            let rss_kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<i64>().ok());
+            if let Some(kib) = rss_kib {
+                self.process_resident_bytes.set(kib * 1024);
+            }
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command (which may hold spaces) closed by its last ')'; utime and
+            // stime are the 14th and 15th, in clock ticks of 1/100 s (USER_HZ on Linux).
+            let ticks: Option<u64> = stat.rsplit_once(')').and_then(|(_, rest)| {
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let utime = fields.get(11)?.parse::<u64>().ok()?;
+                let stime = fields.get(12)?.parse::<u64>().ok()?;
+                Some(utime + stime)
+            });
+            if let Some(ticks) = ticks {
+                self.process_cpu_seconds.set(ticks as f64 / 100.0);
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.process_open_fds.set(fds.count() as i64);
         }
     }
 }

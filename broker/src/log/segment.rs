@@ -629,13 +629,13 @@ impl Segment {
         }
     }
 
-    /// fdatasync of the active data file.
+    /// fdatasync of the active data file (its latency goes to `rill_fsync_duration_seconds`).
     pub fn sync(&self) -> Result<()> {
         if let State::Active(active) = &self.state {
-            active
-                .file
-                .sync_data()
-                .context("sync segment", &self.path())?;
+            let started = std::time::Instant::now();
+            let synced = active.file.sync_data();
+            crate::metrics::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
+            synced.context("sync segment", &self.path())?;
         }
         Ok(())
     }
