@@ -232,11 +232,34 @@ async fn exactly_one_active_controller_and_under_replication_seen_on_the_leader(
         "under-replicated partitions on the leaders",
         || under(&survivors) >= 3.0,
     );
+    // The partitions broker 3 led moved to the survivors: clean elections there, and the
+    // ISRs they lead shrank.
+    let total = |addresses: &[String], name: &str| -> f64 {
+        addresses
+            .iter()
+            .map(|a| scrape(a).get(name).copied().unwrap_or(0.0))
+            .sum()
+    };
+    common::eventually(Duration::from_secs(60), "clean elections", || {
+        total(&survivors, r#"rill_leader_elections_total{kind="clean"}"#) >= 1.0
+    });
+    assert!(total(&survivors, "rill_isr_shrinks_total") >= 3.0);
+    assert_eq!(
+        total(&survivors, r#"rill_leader_elections_total{kind="unclean"}"#),
+        0.0
+    );
     cluster.restart(3);
     let addresses: Vec<String> = (1..=3).map(|n| admin(&mut cluster, n)).collect();
     common::eventually(Duration::from_secs(60), "replicated again", || {
         under(&addresses) == 0.0
     });
+    assert!(total(&addresses, "rill_isr_expands_total") >= 3.0);
+    let lag = scrape(&addresses[0]);
+    assert!(
+        lag.keys()
+            .any(|k| k.starts_with("rill_follower_lag_max_records{")),
+        "{lag:?}"
+    );
 }
 
 #[test]

@@ -19,6 +19,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use rill_protocol::ErrorCode;
 
+use crate::controller::metadata::MetadataState;
+use crate::controller::NodeId;
 use crate::server::BrokerState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,6 +99,10 @@ pub struct Metrics {
     offline_partitions: Gauge,
     log_size_bytes: Family<TopicLabels, Gauge>,
     process_resident_bytes: Gauge,
+    leader_elections: Family<ElectionLabels, Counter>,
+    isr_shrinks: Counter,
+    isr_expands: Counter,
+    follower_lag_records: Family<TopicLabels, Gauge>,
     process_cpu_seconds: Gauge<f64, AtomicU64>,
     process_open_fds: Gauge,
 }
@@ -131,6 +137,10 @@ impl Metrics {
             offline_partitions: Gauge::default(),
             log_size_bytes: Family::default(),
             process_resident_bytes: Gauge::default(),
+            leader_elections: Family::default(),
+            isr_shrinks: Counter::default(),
+            isr_expands: Counter::default(),
+            follower_lag_records: Family::default(),
             process_cpu_seconds: Gauge::default(),
             process_open_fds: Gauge::default(),
         };
@@ -229,6 +239,26 @@ impl Metrics {
             "Bytes of partition logs on this broker's disk, by topic",
             Unit::Bytes,
             metrics.log_size_bytes.clone(),
+        );
+        registry.register(
+            "leader_elections",
+            "Partition leaderships this broker took (kind clean: it was in the ISR; unclean: it was not)",
+            metrics.leader_elections.clone(),
+        );
+        registry.register(
+            "isr_shrinks",
+            "Followers removed from the ISR of partitions this broker leads",
+            metrics.isr_shrinks.clone(),
+        );
+        registry.register(
+            "isr_expands",
+            "Followers added to the ISR of partitions this broker leads",
+            metrics.isr_expands.clone(),
+        );
+        registry.register(
+            "follower_lag_max_records",
+            "Largest lag in records of any follower of a partition this broker leads, by topic",
+            metrics.follower_lag_records.clone(),
         );
         registry.register_with_unit(
             "fsync_duration",
@@ -376,6 +406,11 @@ impl Metrics {
         self.offline_partitions
             .set(if active { offline } else { 0 });
         self.refresh_process();
+        self.follower_lag_records.clear();
+        for (topic, lag) in state.replicas.follower_lag_by_topic() {
+            let gauge = self.follower_lag_records.get_or_create(&self.topic(&topic));
+            gauge.set(gauge.get().max(lag as i64));
+        }
         self.log_size_bytes.clear();
         for (topic, bytes) in state.logs.size_by_topic() {
             self.log_size_bytes
@@ -415,6 +450,49 @@ impl Metrics {
             self.process_open_fds.set(fds.count() as i64);
         }
     }
+}
+
+impl Metrics {
+    /// Counts what changed between two metadata states this broker applied: leaderships it
+    /// took (clean or unclean) and ISR changes of partitions it kept leading. Changes applied
+    /// between two looks are seen together (a shrink and the expand after it may cancel out).
+    pub fn metadata_changed(
+        &self,
+        node: NodeId,
+        previous: &MetadataState,
+        current: &MetadataState,
+    ) {
+        for (name, topic) in &current.topics {
+            let Some(before) = previous.topics.get(name).filter(|t| t.id == topic.id) else {
+                continue;
+            };
+            for (now, was) in topic.partitions.iter().zip(&before.partitions) {
+                if now.leader != Some(node) {
+                    continue;
+                }
+                if was.leader != Some(node) {
+                    let kind = if was.isr.contains(&node) {
+                        "clean"
+                    } else {
+                        "unclean"
+                    };
+                    self.leader_elections
+                        .get_or_create(&ElectionLabels { kind })
+                        .inc();
+                    continue;
+                }
+                let removed = was.isr.iter().filter(|r| !now.isr.contains(r)).count();
+                let added = now.isr.iter().filter(|r| !was.isr.contains(r)).count();
+                self.isr_shrinks.inc_by(removed as u64);
+                self.isr_expands.inc_by(added as u64);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ElectionLabels {
+    pub kind: &'static str,
 }
 
 /// Counts a connection as open while it lives.

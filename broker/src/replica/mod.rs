@@ -586,6 +586,30 @@ impl ReplicaManager {
         replica.advance_high_watermark(&state, self.config.node_id);
     }
 
+    /// For each topic with a partition this broker leads, the largest lag (in records, leader
+    /// log end minus the follower's fetch offset) of any of its followers; a follower that has
+    /// not fetched since this broker took the lead counts from offset 0.
+    pub fn follower_lag_by_topic(&self) -> BTreeMap<String, u64> {
+        let mut lags: BTreeMap<String, u64> = BTreeMap::new();
+        for (tp, replica) in self.replicas().iter() {
+            let state = replica.state();
+            if state.role != Role::Leader {
+                continue;
+            }
+            let end = replica.log.log_end_offset();
+            let lag = state
+                .replicas
+                .iter()
+                .filter(|r| **r != self.config.node_id)
+                .map(|r| end.saturating_sub(state.followers.get(r).map_or(0, |p| p.end_offset)))
+                .max()
+                .unwrap_or(0);
+            let entry = lags.entry(tp.topic.clone()).or_insert(0);
+            *entry = (*entry).max(lag);
+        }
+        lags
+    }
+
     /// Whether, on every partition this broker leads with more than one in-sync replica, the
     /// high watermark has reached the log end (every in-sync follower has everything).
     pub fn led_partitions_replicated(&self) -> bool {

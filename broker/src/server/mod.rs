@@ -707,6 +707,9 @@ async fn register_and_reconcile(state: Arc<BrokerState>) {
             _ = state.reconcile_nudge.notified() => {}
         }
         let current = metadata.borrow_and_update().clone();
+        state
+            .metrics
+            .metadata_changed(state.node_id, &previous, &current);
         deleted = previous
             .topics
             .keys()
