@@ -311,6 +311,17 @@ async fn commits_from_librdkafka_survive_a_broker_crash_and_rill_shows_the_group
     ))
     .expect("json");
     assert_eq!(described["total_lag"], 40, "{described}");
+    // The coordinator's metrics show the same lag and member.
+    let metrics = common::scrape_metrics(broker.admin_address.as_deref().expect("admin port"));
+    assert_eq!(
+        metrics.get(r#"rill_group_lag_records{group="keepers",topic="kept"}"#),
+        Some(&40.0),
+        "{metrics:?}"
+    );
+    assert_eq!(
+        metrics.get(r#"rill_group_members{group="keepers"}"#),
+        Some(&1.0)
+    );
     assert_eq!(
         described["group"]["members"].as_array().map(Vec::len),
         Some(1),

@@ -8,47 +8,8 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::cluster::Cluster;
-use common::{client, BrokerProcess};
+use common::{client, http_get as get, scrape_metrics as scrape, BrokerProcess};
 use rill_client::{Admin, Consumer, ConsumerConfig, NewTopic, Producer, ProducerConfig, Record};
-
-/// `GET path` on `address`: the status code and body.
-fn get(address: &str, path: &str) -> (u16, String) {
-    let mut socket = std::net::TcpStream::connect(address).expect("connect to the admin port");
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        socket,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    socket.read_to_string(&mut answer).expect("an HTTP answer");
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// Every sample of a `/metrics` scrape: `name{labels}` -> value.
-fn scrape(address: &str) -> BTreeMap<String, f64> {
-    let (status, body) = get(address, "/metrics");
-    assert_eq!(status, 200, "{body}");
-    assert!(body.ends_with("# EOF\n"), "OpenMetrics text: {body}");
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
 
 fn sample(samples: &BTreeMap<String, f64>, name: &str) -> f64 {
     *samples

@@ -21,6 +21,7 @@ use rill_protocol::ErrorCode;
 
 use crate::controller::metadata::MetadataState;
 use crate::controller::NodeId;
+use crate::log::TopicPartition;
 use crate::server::BrokerState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,6 +104,9 @@ pub struct Metrics {
     isr_shrinks: Counter,
     isr_expands: Counter,
     follower_lag_records: Family<TopicLabels, Gauge>,
+    group_members: Family<GroupLabels, Gauge>,
+    group_generation: Family<GroupLabels, Gauge>,
+    group_lag_records: Family<GroupTopicLabels, Gauge>,
     process_cpu_seconds: Gauge<f64, AtomicU64>,
     process_open_fds: Gauge,
 }
@@ -141,6 +145,9 @@ impl Metrics {
             isr_shrinks: Counter::default(),
             isr_expands: Counter::default(),
             follower_lag_records: Family::default(),
+            group_members: Family::default(),
+            group_generation: Family::default(),
+            group_lag_records: Family::default(),
             process_cpu_seconds: Gauge::default(),
             process_open_fds: Gauge::default(),
         };
@@ -259,6 +266,21 @@ impl Metrics {
             "follower_lag_max_records",
             "Largest lag in records of any follower of a partition this broker leads, by topic",
             metrics.follower_lag_records.clone(),
+        );
+        registry.register(
+            "group_members",
+            "Members of each consumer group this broker coordinates (native or Kafka classic)",
+            metrics.group_members.clone(),
+        );
+        registry.register(
+            "group_generation",
+            "Generation (native: group epoch) of each group coordinated here; it rises by one per rebalance",
+            metrics.group_generation.clone(),
+        );
+        registry.register(
+            "group_lag_records",
+            "Records between each group's committed offsets and the high watermarks, by group and topic (partitions with a replica on the coordinator)",
+            metrics.group_lag_records.clone(),
         );
         registry.register_with_unit(
             "fsync_duration",
@@ -411,6 +433,7 @@ impl Metrics {
             let gauge = self.follower_lag_records.get_or_create(&self.topic(&topic));
             gauge.set(gauge.get().max(lag as i64));
         }
+        self.refresh_groups(state);
         self.log_size_bytes.clear();
         for (topic, bytes) in state.logs.size_by_topic() {
             self.log_size_bytes
@@ -485,6 +508,63 @@ impl Metrics {
                 let added = now.isr.iter().filter(|r| !was.isr.contains(r)).count();
                 self.isr_shrinks.inc_by(removed as u64);
                 self.isr_expands.inc_by(added as u64);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupTopicLabels {
+    pub group: String,
+    pub topic: String,
+}
+
+impl Metrics {
+    /// Members, generation and lag of the groups coordinated here. Lag is the high watermark
+    /// minus the committed offset of each partition that has a replica on this broker (its
+    /// high watermark is known here without asking another broker), summed per topic.
+    fn refresh_groups(&self, state: &BrokerState) {
+        self.group_members.clear();
+        self.group_generation.clear();
+        self.group_lag_records.clear();
+        for id in state.groups.group_ids() {
+            let Some((members, generation, offsets)) = state.groups.with_existing(&id, |entry| {
+                let (members, generation) = if entry.is_classic() {
+                    (entry.classic.members.len(), entry.classic.generation)
+                } else {
+                    (entry.group.members.len(), entry.group.epoch)
+                };
+                let offsets: Vec<(TopicPartition, u64)> = entry
+                    .offsets
+                    .iter()
+                    .map(|(tp, committed)| (tp.clone(), committed.offset))
+                    .collect();
+                (members, generation, offsets)
+            }) else {
+                continue;
+            };
+            let group = GroupLabels { group: id.clone() };
+            self.group_members.get_or_create(&group).set(members as i64);
+            self.group_generation
+                .get_or_create(&group)
+                .set(i64::from(generation));
+            for (tp, offset) in offsets {
+                let Some(log) = state.logs.get(&tp) else {
+                    continue;
+                };
+                let lag = log.high_watermark().saturating_sub(offset);
+                let labels = GroupTopicLabels {
+                    group: id.clone(),
+                    topic: self.topic(&tp.topic).topic,
+                };
+                self.group_lag_records
+                    .get_or_create(&labels)
+                    .inc_by(lag as i64);
             }
         }
     }

@@ -454,3 +454,42 @@ pub async fn read_positions(
 pub mod cluster;
 pub mod netns;
 pub mod raw;
+
+/// `GET path` on `address`: the status code and body.
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    let mut socket = std::net::TcpStream::connect(address).expect("connect to the admin port");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        socket,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut socket, &mut answer).expect("an HTTP answer");
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Every sample of a broker's `/metrics` (its admin address): `name{labels}` -> value.
+pub fn scrape_metrics(address: &str) -> std::collections::BTreeMap<String, f64> {
+    let (status, body) = http_get(address, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.ends_with("# EOF\n"), "OpenMetrics text: {body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
