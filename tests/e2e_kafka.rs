@@ -337,21 +337,7 @@ async fn bad_input_on_the_kafka_port_is_refused_and_the_broker_keeps_serving() {
 
 #[test]
 fn a_kafka_port_in_use_is_one_clear_error_naming_the_setting() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().to_string();
-    let data = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(common::broker_binary())
-        .args(["--data-dir", data.path().to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0", "--kafka-listen", &port])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("kafka_listen") && stderr.contains(&port),
-        "names the setting and address: {stderr}"
-    );
+    common::assert_port_in_use_is_refused("--kafka-listen", "kafka_listen");
 }
 
 /// Runs kcat (librdkafka) with `args`, feeding it `input`; its stdout. A missing kcat fails

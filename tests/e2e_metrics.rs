@@ -241,21 +241,7 @@ fn a_broker_without_a_quorum_is_live_but_not_ready() {
 
 #[test]
 fn an_admin_port_in_use_is_one_clear_error_naming_the_setting() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().to_string();
-    let data = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(common::broker_binary())
-        .args(["--data-dir", data.path().to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0"])
-        .args(["--admin-listen", &port])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("admin_listen") && stderr.contains(&port),
-        "names the setting and address: {stderr}"
-    );
+    common::assert_port_in_use_is_refused("--admin-listen", "admin_listen");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

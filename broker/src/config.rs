@@ -439,28 +439,12 @@ impl BrokerConfig {
 
     /// Where the Kafka listener binds; `None` when `kafka_listen` is `off`.
     pub fn kafka_listen_address(&self) -> Result<Option<SocketAddr>> {
-        if self.kafka_listen.eq_ignore_ascii_case("off") {
-            return Ok(None);
-        }
-        self.kafka_listen.parse().map(Some).map_err(|_| {
-            Error::InvalidConfig(format!(
-                "kafka_listen {:?}: expected ip:port (e.g. 127.0.0.1:9092) or off",
-                self.kafka_listen
-            ))
-        })
+        optional_address("kafka_listen", &self.kafka_listen, "127.0.0.1:9092")
     }
 
     /// Where the admin HTTP listener binds; `None` when `admin_listen` is `off`.
     pub fn admin_listen_address(&self) -> Result<Option<SocketAddr>> {
-        if self.admin_listen.eq_ignore_ascii_case("off") {
-            return Ok(None);
-        }
-        self.admin_listen.parse().map(Some).map_err(|_| {
-            Error::InvalidConfig(format!(
-                "admin_listen {:?}: expected ip:port (e.g. 127.0.0.1:9644) or off",
-                self.admin_listen
-            ))
-        })
+        optional_address("admin_listen", &self.admin_listen, "127.0.0.1:9644")
     }
 
     fn from_file(path: &Path) -> Result<BrokerConfig> {
@@ -598,6 +582,18 @@ pub fn topic_log_config(base: &LogConfig, configs: &BTreeMap<String, String>) ->
     }
     config.validate()?;
     Ok(config)
+}
+
+/// A listener setting: `ip:port`, or `off` (`None`).
+fn optional_address(setting: &str, value: &str, example: &str) -> Result<Option<SocketAddr>> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| {
+        Error::InvalidConfig(format!(
+            "{setting} {value:?}: expected ip:port (e.g. {example}) or off"
+        ))
+    })
 }
 
 #[cfg(test)]

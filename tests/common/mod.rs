@@ -493,3 +493,33 @@ pub fn scrape_metrics(address: &str) -> std::collections::BTreeMap<String, f64> 
         })
         .collect()
 }
+
+/// Starts a broker whose listener `flag` (`--kafka-listen`, `--admin-listen`) is given a port
+/// already in use: it must exit with one error naming `setting` and the address.
+pub fn assert_port_in_use_is_refused(flag: &str, setting: &str) {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(broker_binary());
+    command.args([
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    for other in ["--kafka-listen", "--admin-listen"] {
+        let address = if other == flag {
+            port.as_str()
+        } else {
+            "127.0.0.1:0"
+        };
+        command.args([other, address]);
+    }
+    let output = command.output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(setting) && stderr.contains(&port),
+        "names the setting and address: {stderr}"
+    );
+}

@@ -226,39 +226,17 @@ impl Broker {
             local_addr,
         )?;
         // The Kafka listener: a port in use is one clear error naming the setting.
-        let kafka_listener = match config.kafka_listen_address()? {
-            None => None,
-            Some(address) => {
-                let listener = TcpListener::bind(address).await.map_err(|e| {
-                    Error::io(
-                        "bind the Kafka listener (kafka_listen, --kafka-listen; off disables it) on",
-                        address.to_string(),
-                        e,
-                    )
-                })?;
-                let local = listener
-                    .local_addr()
-                    .map_err(|e| Error::io("read listener address", address.to_string(), e))?;
-                Some((listener, local))
-            }
-        };
+        let kafka_listener = bind_optional(
+            config.kafka_listen_address()?,
+            "bind the Kafka listener (kafka_listen, --kafka-listen; off disables it) on",
+        )
+        .await?;
         // The admin HTTP listener, likewise.
-        let admin_listener = match config.admin_listen_address()? {
-            None => None,
-            Some(address) => {
-                let listener = TcpListener::bind(address).await.map_err(|e| {
-                    Error::io(
-                        "bind the admin listener (admin_listen, --admin-listen; off disables it) on",
-                        address.to_string(),
-                        e,
-                    )
-                })?;
-                let local = listener
-                    .local_addr()
-                    .map_err(|e| Error::io("read listener address", address.to_string(), e))?;
-                Some((listener, local))
-            }
-        };
+        let admin_listener = bind_optional(
+            config.admin_listen_address()?,
+            "bind the admin listener (admin_listen, --admin-listen; off disables it) on",
+        )
+        .await?;
         let kafka_advertised = kafka_listener
             .as_ref()
             .map(|(_, local)| {
@@ -718,6 +696,24 @@ async fn register_and_reconcile(state: Arc<BrokerState>) {
             .collect();
         previous = current;
     }
+}
+
+/// Binds a listener that may be `off` (`None`); a failure (a port in use) is one error naming
+/// the setting (`what`) and the address.
+async fn bind_optional(
+    address: Option<SocketAddr>,
+    what: &str,
+) -> Result<Option<(TcpListener, SocketAddr)>> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| Error::io(what, address.to_string(), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::io("read listener address", address.to_string(), e))?;
+    Ok(Some((listener, local)))
 }
 
 /// Records the cluster's id in the data directory (it has no other) and opens, recovering, its partition logs.
