@@ -119,8 +119,10 @@ pub async fn produce(
     let timeout =
         Duration::from_millis(u64::from(request.timeout_ms).min(state.config.request_timeout_ms));
     let names: Vec<String> = request.topics.iter().map(|t| t.name.clone()).collect();
+    let metrics = state.metrics.clone();
     // Waiting for replication is not order-sensitive: the connection reads on meanwhile.
     async move {
+    let metrics = &metrics;
     let outcomes =
         futures::future::join_all(appended.into_iter().map(|(t, index, outcome)| async move {
             let outcome = match outcome {
@@ -128,7 +130,10 @@ pub async fn produce(
                     .wait_replicated(info.last_offset + 1, epoch, timeout)
                     .await
                     .map(|()| (info, start))
-                    .map_err(|code| (code, None)),
+                    .map_err(|code| {
+                        metrics.partition_error("Produce", code);
+                        (code, None)
+                    }),
                 Ok((_, _, ok)) => Ok(ok),
                 Err(e) => Err(e),
             };
