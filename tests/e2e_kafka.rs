@@ -525,18 +525,30 @@ async fn a_kafka_client_bootstrapped_at_one_broker_of_a_cluster_reaches_every_le
     assert_eq!(partitions.len(), 6, "records on every partition");
 }
 
+/// librdkafka's admin client of the Kafka listener at `address`, and options with a 10 s
+/// operation timeout.
+fn rdkafka_admin(
+    address: &str,
+) -> (
+    rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+    rdkafka::admin::AdminOptions,
+) {
+    let admin = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", address)
+        .create()
+        .expect("admin client");
+    let options =
+        rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    (admin, options)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_admin_grows_a_topic_and_describes_the_cluster() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
+    use rdkafka::admin::{NewPartitions, NewTopic, TopicReplication};
     let data = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(data.path(), &[]);
     let address = broker.kafka_address.clone().unwrap();
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &address)
-        .create()
-        .expect("admin client");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let (admin, options) = rdkafka_admin(&address);
     for result in admin
         .create_topics(
             &[NewTopic::new("grown", 2, TopicReplication::Fixed(1)).set("retention.ms", "60000")],
@@ -671,8 +683,7 @@ struct Sent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn librdkafka_produces_keyed_records_with_headers_under_every_codec_and_reads_them_back() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
+    use rdkafka::admin::{NewTopic, TopicReplication};
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Header as KafkaHeader, Headers, Message, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -684,11 +695,7 @@ async fn librdkafka_produces_keyed_records_with_headers_under_every_codec_and_re
     let data = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(data.path(), &[]);
     let address = broker.kafka_address.clone().unwrap();
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &address)
-        .create()
-        .expect("admin client");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let (admin, options) = rdkafka_admin(&address);
     for result in admin
         .create_topics(
             &[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(1))],

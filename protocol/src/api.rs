@@ -71,6 +71,29 @@ impl ApiKey {
         ApiKey::ALL.into_iter().find(|k| *k as u16 == key)
     }
 
+    /// The API's name, as docs/PROTOCOL.md and the broker's metrics labels spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiKey::ApiVersions => "ApiVersions",
+            ApiKey::Metadata => "Metadata",
+            ApiKey::CreateTopics => "CreateTopics",
+            ApiKey::DeleteTopics => "DeleteTopics",
+            ApiKey::Produce => "Produce",
+            ApiKey::Fetch => "Fetch",
+            ApiKey::ListOffsets => "ListOffsets",
+            ApiKey::CreatePartitions => "CreatePartitions",
+            ApiKey::ElectLeaders => "ElectLeaders",
+            ApiKey::FindCoordinator => "FindCoordinator",
+            ApiKey::ConsumerGroupHeartbeat => "ConsumerGroupHeartbeat",
+            ApiKey::OffsetCommit => "OffsetCommit",
+            ApiKey::OffsetFetch => "OffsetFetch",
+            ApiKey::ListGroups => "ListGroups",
+            ApiKey::DescribeGroups => "DescribeGroups",
+            ApiKey::DeleteGroups => "DeleteGroups",
+            ApiKey::InitProducerId => "InitProducerId",
+        }
+    }
+
     /// Oldest and newest body version this crate can encode and decode.
     pub fn supported_versions(self) -> (u16, u16) {
         (0, 0)

@@ -116,10 +116,9 @@ async fn read_loop(
             }
         };
         let correlation_id = frame.header.correlation_id;
-        let (started, api) = (
-            std::time::Instant::now(),
-            native_api_name(frame.header.api_key),
-        );
+        let started = std::time::Instant::now();
+        let api = rill_protocol::api::ApiKey::from_u16(frame.header.api_key)
+            .map_or("unknown", rill_protocol::api::ApiKey::name);
         let reply = handlers::start(state, frame, peer).await;
         let metrics = state.metrics.clone();
         let reply: Pending = reply
@@ -202,29 +201,4 @@ async fn write_all_chunks(
         }
     }
     Ok(())
-}
-
-/// The name of a native api for metrics labels (a fixed set).
-fn native_api_name(key: u16) -> &'static str {
-    use rill_protocol::api::ApiKey;
-    match ApiKey::from_u16(key) {
-        Some(ApiKey::ApiVersions) => "ApiVersions",
-        Some(ApiKey::Metadata) => "Metadata",
-        Some(ApiKey::CreateTopics) => "CreateTopics",
-        Some(ApiKey::DeleteTopics) => "DeleteTopics",
-        Some(ApiKey::Produce) => "Produce",
-        Some(ApiKey::Fetch) => "Fetch",
-        Some(ApiKey::ListOffsets) => "ListOffsets",
-        Some(ApiKey::CreatePartitions) => "CreatePartitions",
-        Some(ApiKey::ElectLeaders) => "ElectLeaders",
-        Some(ApiKey::FindCoordinator) => "FindCoordinator",
-        Some(ApiKey::ConsumerGroupHeartbeat) => "ConsumerGroupHeartbeat",
-        Some(ApiKey::OffsetCommit) => "OffsetCommit",
-        Some(ApiKey::OffsetFetch) => "OffsetFetch",
-        Some(ApiKey::ListGroups) => "ListGroups",
-        Some(ApiKey::DescribeGroups) => "DescribeGroups",
-        Some(ApiKey::DeleteGroups) => "DeleteGroups",
-        Some(ApiKey::InitProducerId) => "InitProducerId",
-        None => "unknown",
-    }
 }
