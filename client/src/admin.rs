@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use rill_protocol::api::{
     ConfigEntry, CreatableTopic, CreatePartitionsRequest, CreatePartitionsTopic,
     CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeGroupsRequest,
-    ElectLeadersRequest, ListGroupsRequest, ListOffsetsPartition, ListOffsetsRequest,
-    ListOffsetsTopic, OffsetCommitRequest, OffsetFetchRequest, OffsetSpec, RequestBody,
-    ResponseBody,
+    DescribeLogsRequest, ElectLeadersRequest, ListGroupsRequest, ListOffsetsPartition,
+    ListOffsetsRequest, ListOffsetsTopic, OffsetCommitRequest, OffsetFetchRequest, OffsetSpec,
+    ReplicaLog, RequestBody, ResponseBody,
 };
 use rill_protocol::ErrorCode;
 
@@ -57,6 +57,12 @@ pub struct PartitionDescription {
     /// The high watermark: the offset after the last record every in-sync replica has
     /// (consumers read up to it). `None` while the partition has no leader.
     pub latest_offset: Option<u64>,
+    /// The leader's log end offset (records written, not all replicated yet).
+    pub log_end_offset: Option<u64>,
+    /// Bytes of the leader's segment files.
+    pub size_bytes: Option<u64>,
+    /// Segment files of the leader's log.
+    pub segments: Option<u32>,
 }
 
 /// A broker of the cluster.
@@ -160,33 +166,113 @@ impl Admin {
         Ok(names)
     }
 
-    /// Partitions of a topic with leaders, replicas, ISR and earliest/latest offsets.
+    /// Every topic with its partition count, replication health and size on disk (one
+    /// DescribeLogs request to each broker).
+    pub async fn topic_summaries(&self) -> Result<Vec<TopicSummary>> {
+        self.client.refresh_metadata().await?;
+        let metadata = self.client.metadata();
+        let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
+        let mut nodes: Vec<u32> = metadata
+            .brokers
+            .keys()
+            .filter(|n| !metadata.fenced.contains(n))
+            .copied()
+            .collect();
+        nodes.sort();
+        for node in nodes {
+            let Ok(replicas) = self.describe_logs(node, None).await else {
+                continue;
+            };
+            for r in replicas.into_iter().filter(|r| r.leader) {
+                *sizes.entry(r.topic).or_insert(0) += r.size_bytes;
+            }
+        }
+        let mut topics: Vec<TopicSummary> = metadata
+            .topics
+            .iter()
+            .map(|(name, partitions)| {
+                let count = |f: &dyn Fn(&crate::client::PartitionInfo) -> bool| {
+                    partitions.iter().filter(|p| f(p)).count() as u32
+                };
+                TopicSummary {
+                    name: name.clone(),
+                    partitions: partitions.len() as u32,
+                    replication_factor: partitions.first().map_or(0, |p| p.replicas.len() as u32),
+                    under_replicated: count(&|p| p.isr.len() < p.replicas.len()),
+                    offline: count(&|p| p.leader.is_none()),
+                    size_bytes: sizes.get(name).copied().unwrap_or(0),
+                    internal: name.starts_with("__"),
+                }
+            })
+            .collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(topics)
+    }
+
+    /// Partitions of a topic with leaders, replicas, ISR, and the leader's log start, high
+    /// watermark, log end and size (one DescribeLogs request to each leader).
     pub async fn describe_topic(&self, name: &str) -> Result<Vec<PartitionDescription>> {
         self.client.refresh_metadata().await?;
         let partitions = self.client.partitions(name).await?;
-        let mut described = Vec::with_capacity(partitions.len());
-        for p in partitions {
-            // One attempt each: an offline partition shows no offsets instead of failing all.
-            let offset = |spec| async move {
-                p.leader?; // offline: no leader to ask
-                self.partition_offset(name, p.partition, spec)
-                    .await
-                    .ok()
-                    .flatten()
+        let leaders: std::collections::BTreeSet<u32> =
+            partitions.iter().filter_map(|p| p.leader).collect();
+        let mut logs: BTreeMap<u32, ReplicaLog> = BTreeMap::new();
+        for leader in leaders {
+            // One attempt each: a leader that does not answer shows no offsets instead of
+            // failing the whole description.
+            let Ok(replicas) = self
+                .describe_logs(leader, Some(vec![name.to_string()]))
+                .await
+            else {
+                continue;
             };
-            let earliest_offset = offset(OffsetSpec::Earliest).await;
-            let latest_offset = offset(OffsetSpec::Latest).await;
-            described.push(PartitionDescription {
-                partition: p.partition,
-                leader: p.leader,
-                leader_epoch: p.leader_epoch,
-                replicas: p.replicas,
-                isr: p.isr,
-                earliest_offset,
-                latest_offset,
-            });
+            logs.extend(
+                replicas
+                    .into_iter()
+                    .filter(|r| r.leader && r.topic == name)
+                    .map(|r| (r.partition, r)),
+            );
         }
-        Ok(described)
+        Ok(partitions
+            .into_iter()
+            .map(|p| {
+                let log = p.leader.and_then(|_| logs.remove(&p.partition));
+                PartitionDescription {
+                    partition: p.partition,
+                    leader: p.leader,
+                    leader_epoch: p.leader_epoch,
+                    replicas: p.replicas,
+                    isr: p.isr,
+                    earliest_offset: log.as_ref().map(|l| l.log_start_offset),
+                    latest_offset: log.as_ref().map(|l| l.high_watermark),
+                    log_end_offset: log.as_ref().map(|l| l.log_end_offset),
+                    size_bytes: log.as_ref().map(|l| l.size_bytes),
+                    segments: log.as_ref().map(|l| l.segments),
+                }
+            })
+            .collect())
+    }
+
+    /// The local partition replicas of broker `node` (of `topics`, or all): role, leader
+    /// epoch, offsets and size on disk.
+    pub async fn describe_logs(
+        &self,
+        node: u32,
+        topics: Option<Vec<String>>,
+    ) -> Result<Vec<ReplicaLog>> {
+        let response = self
+            .client
+            .request_node(
+                node,
+                Purpose::Control,
+                RequestBody::DescribeLogs(DescribeLogsRequest { topics }),
+                self.client.config().request_timeout,
+            )
+            .await?;
+        let ResponseBody::DescribeLogs(response) = response else {
+            return Err(unexpected());
+        };
+        Ok(response.replicas)
     }
 
     /// The offset `spec` names in every partition of `topic` (`None`: no record at or after a timestamp).
@@ -307,6 +393,24 @@ impl Admin {
         Ok((response.elected, response.not_preferred))
     }
 
+    /// The cluster id, controller, quorum and brokers (`rill cluster info`).
+    pub async fn cluster(&self) -> Result<ClusterDescription> {
+        let brokers = self.describe_cluster().await?;
+        let metadata = self.client.metadata();
+        let quorum = if metadata.controller.is_some() {
+            "leader elected"
+        } else {
+            "no active controller (quorum forming or lost)"
+        };
+        Ok(ClusterDescription {
+            cluster_id: metadata.cluster_id,
+            controller: metadata.controller,
+            voters: metadata.voters,
+            quorum: quorum.into(),
+            brokers,
+        })
+    }
+
     /// The brokers, and which one is the active controller.
     pub async fn describe_cluster(&self) -> Result<Vec<BrokerDescription>> {
         self.client.refresh_metadata().await?;
@@ -325,6 +429,105 @@ impl Admin {
         brokers.sort_by_key(|b| b.node_id);
         Ok(brokers)
     }
+}
+
+/// The cluster as `rill cluster info` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClusterDescription {
+    /// Cluster name reported by the brokers.
+    pub cluster_id: String,
+    /// Node id of the active controller, if elected.
+    pub controller: Option<u32>,
+    /// Node ids of the metadata quorum's voters.
+    pub voters: Vec<u32>,
+    /// `leader elected`, or why there is no active controller.
+    pub quorum: String,
+    /// Every registered broker.
+    pub brokers: Vec<BrokerDescription>,
+}
+
+/// A group as `ListGroups` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct GroupSummary {
+    /// The group id.
+    pub group: String,
+    /// `Empty`, `Reconciling` or `Stable`.
+    pub state: String,
+    /// Members now.
+    pub members: u32,
+}
+
+/// One partition of a group's lag.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionLag {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// The group's committed offset, if it committed one.
+    pub committed: Option<u64>,
+    /// The partition's high watermark (what the group can read up to).
+    pub log_end: Option<u64>,
+    /// `log_end - committed` (all of `log_end` without a commit).
+    pub lag: Option<u64>,
+    /// The member the partition is assigned to.
+    pub member: Option<String>,
+}
+
+/// A group with its committed offsets and lag per partition (`rill group describe`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupLag {
+    /// State, members and assignment.
+    pub group: GroupDescription,
+    /// Every partition of the topics the group subscribes to or committed for.
+    pub partitions: Vec<PartitionLag>,
+    /// The sum of every partition's lag.
+    pub total_lag: u64,
+}
+
+/// A bounded slice of a partition's records (the console's record browser).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordSlice {
+    /// The offset the slice starts at.
+    pub start_offset: u64,
+    /// The partition's high watermark when read.
+    pub high_watermark: u64,
+    /// The offset to read next (after the last record returned).
+    pub next_offset: u64,
+    /// At most the `max_records` asked, and at most `max_bytes` of keys, values and headers.
+    pub records: Vec<crate::ConsumerRecord>,
+    /// Stopped at a limit before the high watermark.
+    pub truncated: bool,
+}
+
+/// Where a record slice starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliceFrom {
+    /// At this offset (moved to the log start if below it).
+    Offset(u64),
+    /// At the first record with a timestamp at or after this (ms since the Unix epoch).
+    Timestamp(i64),
+    /// The last `max_records` records below the high watermark.
+    End,
+}
+
+/// A topic in a listing: its shape, replication health and size.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TopicSummary {
+    /// Topic name.
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: u32,
+    /// Replicas of its first partition.
+    pub replication_factor: u32,
+    /// Partitions whose ISR is smaller than their replica set.
+    pub under_replicated: u32,
+    /// Partitions without a leader.
+    pub offline: u32,
+    /// Bytes of the leaders' segment files (leaders that did not answer count nothing).
+    pub size_bytes: u64,
+    /// A broker's own topic (`__consumer_offsets`).
+    pub internal: bool,
 }
 
 /// A consumer group as `DescribeGroups` reports it.
@@ -379,7 +582,7 @@ impl Admin {
     }
 
     /// Groups with members or committed offsets, with their state and member count.
-    pub async fn list_groups(&self) -> Result<Vec<(String, String, u32)>> {
+    pub async fn list_groups(&self) -> Result<Vec<GroupSummary>> {
         self.client.refresh_metadata().await?;
         let mut out = Vec::new();
         let mut brokers: Vec<u32> = self.client.metadata().brokers.keys().copied().collect();
@@ -397,15 +600,158 @@ impl Admin {
             let ResponseBody::ListGroups(response) = response else {
                 return Err(unexpected());
             };
-            out.extend(
-                response
-                    .groups
-                    .into_iter()
-                    .map(|g| (g.group_id, g.state, g.members)),
-            );
+            out.extend(response.groups.into_iter().map(|g| GroupSummary {
+                group: g.group_id,
+                state: g.state,
+                members: g.members,
+            }));
         }
         out.sort();
         Ok(out)
+    }
+
+    /// A group's members, committed offsets, high watermarks and lag per partition
+    /// (`rill group describe`): every partition of the topics it subscribes to or committed for.
+    pub async fn group_lag(&self, group_id: &str) -> Result<GroupLag> {
+        let group = self.describe_group(group_id).await?;
+        let committed = self.group_offsets(group_id).await?;
+        let owner: BTreeMap<(String, u32), String> = group
+            .members
+            .iter()
+            .flat_map(|m| {
+                m.partitions
+                    .iter()
+                    .map(move |tp| (tp.clone(), m.member_id.clone()))
+            })
+            .collect();
+        let topics: std::collections::BTreeSet<String> = committed
+            .keys()
+            .map(|(t, _)| t.clone())
+            .chain(group.members.iter().flat_map(|m| m.topics.iter().cloned()))
+            .collect();
+        let mut partitions = Vec::new();
+        let mut total_lag = 0u64;
+        for topic in topics {
+            // A topic deleted since the group committed for it has no lag to show.
+            let Ok(ends) = self.list_offsets(&topic, OffsetSpec::Latest).await else {
+                continue;
+            };
+            for (partition, end) in ends {
+                let key = (topic.clone(), partition);
+                let offset = committed.get(&key).copied();
+                let lag = match (offset, end) {
+                    (Some(o), Some(e)) => Some(e.saturating_sub(o)),
+                    (None, Some(e)) => Some(e),
+                    _ => None,
+                };
+                total_lag += lag.unwrap_or(0);
+                partitions.push(PartitionLag {
+                    topic: topic.clone(),
+                    partition,
+                    committed: offset,
+                    log_end: end,
+                    lag,
+                    member: owner.get(&key).cloned(),
+                });
+            }
+        }
+        Ok(GroupLag {
+            group,
+            partitions,
+            total_lag,
+        })
+    }
+
+    /// At most `max_records` records of one partition, and at most `max_bytes` of their keys,
+    /// values and headers, from `from`, never past the high watermark (the record browser).
+    /// Returns what the limits allow; `next_offset` says where to go on.
+    pub async fn read_records(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: SliceFrom,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<RecordSlice> {
+        use crate::consumer::{Consumer, ConsumerConfig, OffsetReset, SeekTo};
+        let earliest = self
+            .partition_offset(topic, partition, OffsetSpec::Earliest)
+            .await?
+            .unwrap_or(0);
+        let high_watermark = self
+            .partition_offset(topic, partition, OffsetSpec::Latest)
+            .await?
+            .unwrap_or(0);
+        let start = match from {
+            SliceFrom::Offset(offset) => offset.max(earliest),
+            SliceFrom::End => high_watermark
+                .saturating_sub(max_records as u64)
+                .max(earliest),
+            SliceFrom::Timestamp(ts) => self
+                .partition_offset(topic, partition, OffsetSpec::Timestamp(ts))
+                .await?
+                .unwrap_or(high_watermark),
+        };
+        let fetch_bytes = u32::try_from(max_bytes.max(1024)).unwrap_or(u32::MAX);
+        let mut consumer = Consumer::new(
+            self.client.clone(),
+            ConsumerConfig {
+                fetch_max_wait: std::time::Duration::from_millis(100),
+                fetch_max_bytes: fetch_bytes,
+                partition_max_bytes: fetch_bytes,
+                offset_reset: OffsetReset::Error,
+                ..ConsumerConfig::default()
+            },
+        );
+        consumer.assign([(topic.to_string(), partition)]);
+        consumer
+            .seek(topic, partition, SeekTo::Offset(start))
+            .await?;
+        let mut slice = RecordSlice {
+            start_offset: start,
+            high_watermark,
+            next_offset: start,
+            records: Vec::new(),
+            truncated: false,
+        };
+        let mut bytes = 0usize;
+        let deadline = tokio::time::Instant::now() + self.client.config().request_timeout;
+        'reading: while slice.next_offset < high_watermark {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Timeout(
+                    self.client.config().request_timeout,
+                    format!(
+                        "reading {topic}-{partition} from offset {}",
+                        slice.next_offset
+                    ),
+                ));
+            }
+            for record in consumer.poll(std::time::Duration::from_millis(500)).await? {
+                if record.offset >= high_watermark {
+                    break 'reading;
+                }
+                let size = record.key.as_ref().map_or(0, |k| k.len())
+                    + record.value.as_ref().map_or(0, |v| v.len())
+                    + record
+                        .headers
+                        .iter()
+                        .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
+                        .sum::<usize>();
+                if slice.records.len() >= max_records || bytes + size > max_bytes {
+                    slice.truncated = true;
+                    break 'reading;
+                }
+                bytes += size;
+                slice.next_offset = record.offset + 1;
+                slice.records.push(record);
+            }
+            // Every record polled was taken: the position also covers offsets with no record
+            // (compacted away), so the loop ends at the high watermark.
+            if let Some(position) = consumer.position(topic, partition) {
+                slice.next_offset = slice.next_offset.max(position.min(high_watermark));
+            }
+        }
+        Ok(slice)
     }
 
     /// Members, their partitions and the group's state.

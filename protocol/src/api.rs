@@ -34,6 +34,7 @@ pub enum ApiKey {
     ListOffsets = 6,
     CreatePartitions = 7,
     ElectLeaders = 8,
+    DescribeLogs = 9,
     FindCoordinator = 10,
     ConsumerGroupHeartbeat = 11,
     OffsetCommit = 12,
@@ -46,7 +47,7 @@ pub enum ApiKey {
 
 impl ApiKey {
     /// Every API this protocol version defines.
-    pub const ALL: [ApiKey; 17] = [
+    pub const ALL: [ApiKey; 18] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -56,6 +57,7 @@ impl ApiKey {
         ApiKey::ListOffsets,
         ApiKey::CreatePartitions,
         ApiKey::ElectLeaders,
+        ApiKey::DescribeLogs,
         ApiKey::FindCoordinator,
         ApiKey::ConsumerGroupHeartbeat,
         ApiKey::OffsetCommit,
@@ -83,6 +85,7 @@ impl ApiKey {
             ApiKey::ListOffsets => "ListOffsets",
             ApiKey::CreatePartitions => "CreatePartitions",
             ApiKey::ElectLeaders => "ElectLeaders",
+            ApiKey::DescribeLogs => "DescribeLogs",
             ApiKey::FindCoordinator => "FindCoordinator",
             ApiKey::ConsumerGroupHeartbeat => "ConsumerGroupHeartbeat",
             ApiKey::OffsetCommit => "OffsetCommit",
@@ -554,6 +557,43 @@ wire_struct! {
     }
 }
 
+// ---------------------------------------------------------------- DescribeLogs (9)
+
+wire_struct! {
+    /// The local partition replicas of the broker asked (of `topics`, or of every topic when
+    /// `None`): role, offsets and size on disk. Answered by any broker for its own replicas, so
+    /// a tool asks each partition's leader for its high watermark.
+    pub struct DescribeLogsRequest {
+        pub topics: Option<Vec<String>>,
+    }
+}
+
+wire_struct! {
+    /// One local replica.
+    pub struct ReplicaLog {
+        pub topic: String,
+        pub partition: u32,
+        /// This broker leads the partition (and holds its leadership lease).
+        pub leader: bool,
+        /// The leader epoch this replica is at.
+        pub leader_epoch: u32,
+        pub log_start_offset: u64,
+        /// On the leader, what consumers may read up to; on a follower, the leader's as last
+        /// fetched.
+        pub high_watermark: u64,
+        pub log_end_offset: u64,
+        /// Bytes of segment files (data, not indexes).
+        pub size_bytes: u64,
+        pub segments: u32,
+    }
+}
+
+wire_struct! {
+    pub struct DescribeLogsResponse {
+        pub replicas: Vec<ReplicaLog>,
+    }
+}
+
 // ---------------------------------------------------------------- consumer groups (10-16)
 
 wire_struct! {
@@ -837,6 +877,7 @@ body_enum! {
         ListOffsets => ListOffsetsRequest,
         CreatePartitions => CreatePartitionsRequest,
         ElectLeaders => ElectLeadersRequest,
+        DescribeLogs => DescribeLogsRequest,
         FindCoordinator => FindCoordinatorRequest,
         ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest,
         OffsetCommit => OffsetCommitRequest,
@@ -860,6 +901,7 @@ body_enum! {
         ListOffsets => ListOffsetsResponse,
         CreatePartitions => CreatePartitionsResponse,
         ElectLeaders => ElectLeadersResponse,
+        DescribeLogs => DescribeLogsResponse,
         FindCoordinator => FindCoordinatorResponse,
         ConsumerGroupHeartbeat => ConsumerGroupHeartbeatResponse,
         OffsetCommit => OffsetCommitResponse,

@@ -480,6 +480,30 @@ pub fn http_get(address: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// `GET path` on `address`, answered with JSON: the status code and the parsed body.
+pub fn http_json(address: &str, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) = http_get(address, path);
+    let value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("JSON from {path}: {e}: {body}"));
+    (status, value)
+}
+
+/// `rill args --format json` against `brokers`: its parsed output (panics if it fails).
+pub fn rill_json(brokers: &str, args: &[&str]) -> serde_json::Value {
+    let output = std::process::Command::new(cli_binary())
+        .args(args)
+        .args(["--format", "json"])
+        .env("RILL_BROKERS", brokers)
+        .output()
+        .expect("run rill");
+    assert!(
+        output.status.success(),
+        "rill {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("rill printed JSON")
+}
+
 /// Every sample of a broker's `/metrics` (its admin address): `name{labels}` -> value.
 pub fn scrape_metrics(address: &str) -> std::collections::BTreeMap<String, f64> {
     let (status, body) = http_get(address, "/metrics");

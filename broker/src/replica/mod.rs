@@ -586,6 +586,23 @@ impl ReplicaManager {
         replica.advance_high_watermark(&state, self.config.node_id);
     }
 
+    /// Every local replica (of `topics`, or all), with whether it leads its partition now
+    /// (the leader role and a valid lease) and its leader epoch.
+    pub fn local_replicas(
+        &self,
+        topics: Option<&[String]>,
+    ) -> Vec<(TopicPartition, Arc<Replica>, bool, u32)> {
+        self.replicas()
+            .iter()
+            .filter(|(tp, _)| topics.is_none_or(|t| t.contains(&tp.topic)))
+            .map(|(tp, replica)| {
+                let epoch = replica.state().leader_epoch;
+                let leads = replica.check_leader(None).is_ok();
+                (tp.clone(), replica.clone(), leads, epoch)
+            })
+            .collect()
+    }
+
     /// For each topic with a partition this broker leads, the largest lag (in records, leader
     /// log end minus the follower's fetch offset) of any of its followers; a follower that has
     /// not fetched since this broker took the lead counts from offset 0.

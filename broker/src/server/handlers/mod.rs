@@ -83,6 +83,9 @@ pub async fn start(state: &Arc<BrokerState>, frame: RequestFrame, peer: SocketAd
             ops::create_partitions::create_partitions(state, request).await,
         )),
         RequestBody::ElectLeaders(request) => elect_leaders::handle(state, request).await,
+        RequestBody::DescribeLogs(request) => reply(ResponseBody::DescribeLogs(
+            ops::describe_logs::describe_logs(state, request).await,
+        )),
         RequestBody::FindCoordinator(request) => reply(ResponseBody::FindCoordinator(
             ops::groups::find_coordinator(state, request),
         )),

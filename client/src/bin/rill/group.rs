@@ -57,17 +57,13 @@ pub async fn run(brokers: &str, command: Command) -> anyhow::Result<()> {
         Command::List { out } => {
             let groups = admin.list_groups().await?;
             if out.format == Format::Json {
-                let rows: Vec<_> = groups
-                    .iter()
-                    .map(|(g, s, m)| serde_json::json!({"group": g, "state": s, "members": m}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                println!("{}", serde_json::to_string_pretty(&groups)?);
                 return Ok(());
             }
             let mut table = Table::new();
             table.set_header(["GROUP", "STATE", "MEMBERS"]);
-            for (group, state, members) in groups {
-                table.add_row([group, state, members.to_string()]);
+            for g in groups {
+                table.add_row([g.group, g.state, g.members.to_string()]);
             }
             println!("{table}");
         }
@@ -82,61 +78,12 @@ pub async fn run(brokers: &str, command: Command) -> anyhow::Result<()> {
 }
 
 async fn describe(admin: &Admin, group: &str, format: Format) -> anyhow::Result<()> {
-    let description = admin.describe_group(group).await?;
-    let committed = admin.group_offsets(group).await?;
-    let owner: BTreeMap<(String, u32), String> = description
-        .members
-        .iter()
-        .flat_map(|m| {
-            m.partitions
-                .iter()
-                .map(move |tp| (tp.clone(), m.member_id.clone()))
-        })
-        .collect();
-    let topics: std::collections::BTreeSet<String> = committed
-        .keys()
-        .map(|(t, _)| t.clone())
-        .chain(
-            description
-                .members
-                .iter()
-                .flat_map(|m| m.topics.iter().cloned()),
-        )
-        .collect();
-    let mut rows = Vec::new();
-    let mut total_lag = 0u64;
-    for topic in topics {
-        let Ok(ends) = admin.list_offsets(&topic, OffsetSpec::Latest).await else {
-            continue;
-        };
-        for (partition, end) in ends {
-            let key = (topic.clone(), partition);
-            let offset = committed.get(&key).copied();
-            let lag = match (offset, end) {
-                (Some(o), Some(e)) => Some(e.saturating_sub(o)),
-                (None, Some(e)) => Some(e),
-                _ => None,
-            };
-            total_lag += lag.unwrap_or(0);
-            rows.push((
-                topic.clone(),
-                partition,
-                offset,
-                end,
-                lag,
-                owner.get(&key).cloned(),
-            ));
-        }
-    }
+    let lag = admin.group_lag(group).await?;
     if format == Format::Json {
-        let partitions: Vec<_> = rows
-            .iter()
-            .map(|(t, p, o, e, l, m)| serde_json::json!({"topic": t, "partition": p, "committed": o, "log_end": e, "lag": l, "member": m}))
-            .collect();
-        let value = serde_json::json!({"group": description, "partitions": partitions, "total_lag": total_lag});
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", serde_json::to_string_pretty(&lag)?);
         return Ok(());
     }
+    let description = &lag.group;
     println!(
         "group {} ({}, epoch {}, assignor {}, {} members)",
         description.group_id,
@@ -154,17 +101,17 @@ async fn describe(admin: &Admin, group: &str, format: Format) -> anyhow::Result<
         "LAG",
         "MEMBER",
     ]);
-    for (topic, partition, offset, end, lag, member) in rows {
+    for p in &lag.partitions {
         table.add_row([
-            topic,
-            partition.to_string(),
-            crate::opt(offset),
-            crate::opt(end),
-            crate::opt(lag),
-            member.unwrap_or_else(|| "-".into()),
+            p.topic.clone(),
+            p.partition.to_string(),
+            crate::opt(p.committed),
+            crate::opt(p.log_end),
+            crate::opt(p.lag),
+            p.member.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    println!("{table}\ntotal lag: {total_lag}");
+    println!("{table}\ntotal lag: {}", lag.total_lag);
     Ok(())
 }
 

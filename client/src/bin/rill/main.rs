@@ -171,29 +171,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster {
             command: ClusterCommand::Info { out },
         } => {
-            let client = connect(&cli.brokers).await?;
-            let brokers = Admin::new(client.clone()).describe_cluster().await?;
-            let metadata = client.metadata();
-            let quorum = if metadata.controller.is_some() {
-                "leader elected"
-            } else {
-                "no active controller (quorum forming or lost)"
-            };
+            let cluster = Admin::new(connect(&cli.brokers).await?).cluster().await?;
             if out.format == Format::Json {
-                let value = serde_json::json!({ "cluster_id": metadata.cluster_id, "controller": metadata.controller, "voters": metadata.voters, "quorum": quorum, "brokers": brokers });
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                println!("{}", serde_json::to_string_pretty(&cluster)?);
                 return Ok(());
             }
             println!(
-                "cluster {}, active controller: {}, voters: {} ({quorum})",
-                metadata.cluster_id,
-                metadata.controller.map_or("none".into(), |c| c.to_string()),
-                ids(&metadata.voters),
+                "cluster {}, active controller: {}, voters: {} ({})",
+                cluster.cluster_id,
+                cluster.controller.map_or("none".into(), |c| c.to_string()),
+                ids(&cluster.voters),
+                cluster.quorum,
             );
             let mut table = Table::new();
             table.set_header(["NODE", "ADDRESS", "STATUS", "VOTER", "CONTROLLER"]);
             let mark = |yes: bool| if yes { "*".to_string() } else { String::new() };
-            for b in brokers {
+            for b in cluster.brokers {
                 table.add_row([
                     b.node_id.to_string(),
                     b.address,
@@ -298,6 +291,8 @@ async fn topic(brokers: &str, command: TopicCommand) -> anyhow::Result<()> {
                 "ISR",
                 "EARLIEST",
                 "HIGH WATERMARK",
+                "LOG END",
+                "SIZE",
             ]);
             for p in partitions {
                 table.add_row([
@@ -308,6 +303,8 @@ async fn topic(brokers: &str, command: TopicCommand) -> anyhow::Result<()> {
                     ids(&p.isr),
                     opt(p.earliest_offset),
                     opt(p.latest_offset),
+                    opt(p.log_end_offset),
+                    opt(p.size_bytes),
                 ]);
             }
             println!("topic {name}\n{table}");

@@ -7,6 +7,7 @@
 //!   metadata has caught up and its logs are recovered (it takes client requests); 503 before
 //!   and while it shuts down.
 //! - `GET /metrics`: every metric (`crate::metrics`) in Prometheus's OpenMetrics text.
+//! - `GET /v1/...`: the JSON API ([`api`]): cluster, topics, groups, records.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,6 +21,10 @@ use tokio::net::TcpListener;
 
 use crate::server::BrokerState;
 
+pub mod api;
+
+use api::Api;
+
 /// Serves the admin API on `listener` until the broker shuts down.
 pub async fn serve(state: Arc<BrokerState>, listener: TcpListener) {
     let shutdown = state.shutdown.clone();
@@ -27,7 +32,16 @@ pub async fn serve(state: Arc<BrokerState>, listener: TcpListener) {
         .route("/health/live", get(|| async { "live\n" }))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(state);
+        .route("/v1/cluster", get(api::cluster))
+        .route("/v1/topics", get(api::topics))
+        .route("/v1/topics/{topic}", get(api::topic))
+        .route(
+            "/v1/topics/{topic}/partitions/{partition}/records",
+            get(api::records),
+        )
+        .route("/v1/groups", get(api::groups))
+        .route("/v1/groups/{group}", get(api::group))
+        .with_state(Api::new(state));
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -36,7 +50,8 @@ pub async fn serve(state: Arc<BrokerState>, listener: TcpListener) {
     }
 }
 
-async fn ready(State(state): State<Arc<BrokerState>>) -> impl IntoResponse {
+async fn ready(State(api): State<Arc<Api>>) -> impl IntoResponse {
+    let state = &api.state;
     let ready = state.ready.load(Ordering::Acquire)
         && state.lease.is_valid()
         && !state.shutdown.is_cancelled();
@@ -47,7 +62,8 @@ async fn ready(State(state): State<Arc<BrokerState>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(state): State<Arc<BrokerState>>) -> impl IntoResponse {
+async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
+    let state = api.state.clone();
     // Log sizes take each log's lock, which an fsync may hold: off the async threads.
     let rendered = tokio::task::spawn_blocking(move || state.metrics.render(&state)).await;
     match rendered {
