@@ -252,21 +252,6 @@ async fn share_through_rebalances(assignor: &str) {
     c.leave().await;
 }
 
-/// The Rill CLI against `address`.
-fn rill(address: &str, args: &[&str]) -> String {
-    let output = std::process::Command::new(common::cli_binary())
-        .args(args)
-        .env("RILL_BROKERS", address)
-        .output()
-        .expect("run rill");
-    assert!(
-        output.status.success(),
-        "rill {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8")
-}
-
 /// A subscribed group member that commits only when told.
 fn manual_committer(kafka: &str, group: &str, topic: &str) -> StreamConsumer {
     let consumer: StreamConsumer = consumer_config(kafka, group)
@@ -305,11 +290,7 @@ async fn commits_from_librdkafka_survive_a_broker_crash_and_rill_shows_the_group
         .expect("offsets committed");
 
     // Rill's own CLI shows the Kafka client's group: its member and its lag.
-    let described: serde_json::Value = serde_json::from_str(&rill(
-        &broker.address,
-        &["group", "describe", "keepers", "--format", "json"],
-    ))
-    .expect("json");
+    let described = common::rill_json(&broker.address, &["group", "describe", "keepers"]);
     assert_eq!(described["total_lag"], 40, "{described}");
     // The coordinator's metrics show the same lag and member.
     let metrics = common::scrape_metrics(broker.admin_address.as_deref().expect("admin port"));
@@ -327,7 +308,7 @@ async fn commits_from_librdkafka_survive_a_broker_crash_and_rill_shows_the_group
         Some(1),
         "{described}"
     );
-    let listed = rill(&broker.address, &["group", "list"]);
+    let listed = common::rill_output(&broker.address, &["group", "list"]);
     assert!(listed.contains("keepers"), "{listed}");
 
     // One protocol per group: a Rill consumer cannot join the Kafka client's group.

@@ -488,11 +488,10 @@ pub fn http_json(address: &str, path: &str) -> (u16, serde_json::Value) {
     (status, value)
 }
 
-/// `rill args --format json` against `brokers`: its parsed output (panics if it fails).
-pub fn rill_json(brokers: &str, args: &[&str]) -> serde_json::Value {
+/// `rill args` against `brokers`: what it printed (panics if it fails).
+pub fn rill_output(brokers: &str, args: &[&str]) -> String {
     let output = std::process::Command::new(cli_binary())
         .args(args)
-        .args(["--format", "json"])
         .env("RILL_BROKERS", brokers)
         .output()
         .expect("run rill");
@@ -501,7 +500,13 @@ pub fn rill_json(brokers: &str, args: &[&str]) -> serde_json::Value {
         "rill {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_json::from_slice(&output.stdout).expect("rill printed JSON")
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// `rill args --format json` against `brokers`: its parsed output.
+pub fn rill_json(brokers: &str, args: &[&str]) -> serde_json::Value {
+    let args: Vec<&str> = args.iter().copied().chain(["--format", "json"]).collect();
+    serde_json::from_str(&rill_output(brokers, &args)).expect("rill printed JSON")
 }
 
 /// Every sample of a broker's `/metrics` (its admin address): `name{labels}` -> value.
