@@ -9,26 +9,8 @@ use std::time::Duration;
 
 use common::cluster::Cluster;
 use common::{client, http_json, rill_json, BrokerProcess};
-use rill_client::{Acks, Admin, NewTopic, Producer, ProducerConfig, Record};
+use rill_client::{Admin, NewTopic, Record};
 use serde_json::{json, Value};
-
-async fn produce(client: &rill_client::Client, records: Vec<Record>) {
-    let producer = Producer::new(
-        client.clone(),
-        ProducerConfig {
-            acks: Acks::All,
-            ..ProducerConfig::default()
-        },
-    );
-    let mut deliveries = Vec::new();
-    for record in records {
-        deliveries.push(producer.send(record).await.unwrap());
-    }
-    producer.flush().await;
-    for delivery in deliveries {
-        delivery.await.unwrap();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_broker_shows_the_figures_the_cli_shows() {
@@ -49,7 +31,7 @@ async fn every_broker_shows_the_figures_the_cli_shows() {
                 .value(format!("value {i}"))
         })
         .collect();
-    produce(&client, records).await;
+    common::produce_acked(&client, records).await;
     // A group with committed offsets (no members): its lag is known exactly.
     let committed: BTreeMap<(String, u32), u64> = (0..3)
         .map(|p| (("shown".to_string(), p), 10 * u64::from(p)))
@@ -169,7 +151,7 @@ async fn the_record_browser_keeps_its_limits() {
             .value(vec![0xffu8, 0x00, 0x10])
             .timestamp(base + 100_000),
     );
-    produce(&client, records).await;
+    common::produce_acked(&client, records).await;
     let path = |query: &str| format!("/v1/topics/browsed/partitions/0/records?{query}");
     let offsets = |page: &Value| -> Vec<u64> {
         page["records"]

@@ -572,24 +572,14 @@ async fn killing_the_active_controller_elects_another_and_metadata_changes_conti
 
 /// Produces `count` records to `topic` with acks=all, values `{tag}-{i}`.
 async fn produce_all(client: &Client, topic: &str, count: usize, tag: &str) {
-    let producer = Producer::new(
-        client.clone(),
-        ProducerConfig {
-            acks: Acks::All,
-            ..ProducerConfig::default()
-        },
-    );
-    let mut deliveries = Vec::new();
-    for i in 0..count {
-        let record = Record::new(topic)
-            .key(format!("k{i}"))
-            .value(format!("{tag}-{i}"));
-        deliveries.push(producer.send(record).await.expect("queue"));
-    }
-    producer.flush().await;
-    for d in deliveries {
-        d.await.expect("acks=all delivery");
-    }
+    let records = (0..count)
+        .map(|i| {
+            Record::new(topic)
+                .key(format!("k{i}"))
+                .value(format!("{tag}-{i}"))
+        })
+        .collect();
+    common::produce_acked(client, records).await;
 }
 
 /// Polls as a group member, committing after every poll (failures during a failover are

@@ -191,15 +191,15 @@ impl Admin {
             .topics
             .iter()
             .map(|(name, partitions)| {
-                let count = |f: &dyn Fn(&crate::client::PartitionInfo) -> bool| {
+                let count = |f: fn(&crate::client::PartitionInfo) -> bool| {
                     partitions.iter().filter(|p| f(p)).count() as u32
                 };
                 TopicSummary {
                     name: name.clone(),
                     partitions: partitions.len() as u32,
                     replication_factor: partitions.first().map_or(0, |p| p.replicas.len() as u32),
-                    under_replicated: count(&|p| p.isr.len() < p.replicas.len()),
-                    offline: count(&|p| p.leader.is_none()),
+                    under_replicated: count(|p| p.isr.len() < p.replicas.len()),
+                    offline: count(|p| p.leader.is_none()),
                     size_bytes: sizes.get(name).copied().unwrap_or(0),
                     internal: name.starts_with("__"),
                 }

@@ -455,6 +455,25 @@ pub mod cluster;
 pub mod netns;
 pub mod raw;
 
+/// Produces `records` with acks=all and waits until every one is acknowledged.
+pub async fn produce_acked(client: &rill_client::Client, records: Vec<rill_client::Record>) {
+    let producer = rill_client::Producer::new(
+        client.clone(),
+        rill_client::ProducerConfig {
+            acks: rill_client::Acks::All,
+            ..rill_client::ProducerConfig::default()
+        },
+    );
+    let mut deliveries = Vec::new();
+    for record in records {
+        deliveries.push(producer.send(record).await.expect("queue"));
+    }
+    producer.flush().await;
+    for d in deliveries {
+        d.await.expect("acks=all delivery");
+    }
+}
+
 /// `GET path` on `address`: the status code and body.
 pub fn http_get(address: &str, path: &str) -> (u16, String) {
     let mut socket = std::net::TcpStream::connect(address).expect("connect to the admin port");
