@@ -105,6 +105,49 @@ async fn metrics_count_exactly_what_was_produced_and_requested() {
         5.0
     );
     assert!(sample(&samples, "rill_produce_batch_size_bytes_count") >= produce_requests);
+    // The produce latency by acks counts the same requests (the producer's default: acks=1).
+    assert_eq!(
+        sample(&samples, r#"rill_produce_duration_seconds_count{acks="1"}"#),
+        produce_requests
+    );
+    // Per partition: the offsets and sizes add up to the topic's.
+    let per_partition = |samples: &BTreeMap<String, f64>, name: &str| -> f64 {
+        (0..2)
+            .map(|p| {
+                sample(
+                    samples,
+                    &format!(r#"{name}{{topic="metered",partition="{p}"}}"#),
+                )
+            })
+            .sum()
+    };
+    assert_eq!(
+        per_partition(&samples, "rill_partition_high_watermark"),
+        250.0
+    );
+    assert_eq!(
+        per_partition(&samples, "rill_partition_log_end_offset"),
+        250.0
+    );
+    assert_eq!(
+        per_partition(&samples, "rill_partition_log_start_offset"),
+        0.0
+    );
+    assert_eq!(
+        per_partition(&samples, "rill_partition_log_size_bytes"),
+        sample(&samples, r#"rill_log_size_bytes{topic="metered"}"#)
+    );
+    assert_eq!(per_partition(&samples, "rill_partition_segments"), 2.0);
+    assert_eq!(
+        sample(&samples, r#"rill_log_segments{topic="metered"}"#),
+        2.0
+    );
+    assert!(sample(&samples, "rill_log_mappings") >= 1.0);
+    assert_eq!(sample(&samples, "rill_log_recovery_truncations"), 0.0);
+    let applied = sample(&samples, "rill_controller_applied_index");
+    assert!(applied >= 1.0);
+    assert!(sample(&samples, "rill_controller_commit_index") >= applied);
+    assert!(sample(&samples, "rill_controller_last_log_index") >= applied);
     assert_eq!(sample(&samples, "rill_controller_active"), 1.0);
     assert_eq!(sample(&samples, "rill_leader_partitions"), 2.0 + 8.0); // + __consumer_offsets
     assert_eq!(sample(&samples, "rill_under_replicated_partitions"), 0.0);
@@ -143,6 +186,25 @@ async fn metrics_count_exactly_what_was_produced_and_requested() {
         sample(&samples, r#"rill_consumed_records_total{topic="metered"}"#),
         250.0
     );
+    // Consumer fetches are timed apart from followers' (there are none on one broker).
+    assert_eq!(
+        sample(
+            &samples,
+            r#"rill_fetch_duration_seconds_count{fetcher="consumer"}"#
+        ),
+        sample(
+            &samples,
+            r#"rill_request_duration_seconds_count{listener="rill",api="Fetch"}"#
+        )
+    );
+    assert!(!samples.contains_key(r#"rill_fetch_duration_seconds_count{fetcher="follower"}"#));
+    drop(consumer);
+    common::eventually(Duration::from_secs(10), "no request in flight", || {
+        sample(
+            &scrape(&admin),
+            r#"rill_requests_in_flight{listener="rill"}"#,
+        ) == 0.0
+    });
     assert_eq!(
         sample(&samples, r#"rill_consumed_bytes_total{topic="metered"}"#),
         sample(&samples, r#"rill_produced_bytes_total{topic="metered"}"#)
@@ -186,6 +248,48 @@ async fn exactly_one_active_controller_and_under_replication_seen_on_the_leader(
     common::eventually(Duration::from_secs(30), "fully replicated", || {
         under(&addresses) == 0.0
     });
+    // A group's lag covers partitions without a replica on its coordinator: one replica per
+    // partition, spread over the brokers, so the coordinator asks the others' leaders.
+    Admin::new(client.clone())
+        .create_topic(NewTopic::new("spread", 3))
+        .await
+        .unwrap();
+    let records = (0..90)
+        .map(|i| Record::new("spread").key(format!("k{i}")).value("v"))
+        .collect();
+    common::produce_acked(&client, records).await;
+    let committed: BTreeMap<(String, u32), u64> =
+        (0..3).map(|p| (("spread".to_string(), p), 0)).collect();
+    Admin::new(client.clone())
+        .reset_group_offsets("far", &committed)
+        .await
+        .unwrap();
+    common::eventually(
+        Duration::from_secs(30),
+        "the lag of every partition",
+        || {
+            let samples: Vec<BTreeMap<String, f64>> = addresses.iter().map(|a| scrape(a)).collect();
+            let topic_lag: f64 = samples
+                .iter()
+                .filter_map(|s| s.get(r#"rill_group_lag_records{group="far",topic="spread"}"#))
+                .sum();
+            let partition_lag: f64 = samples
+            .iter()
+            .flat_map(|s| {
+                (0..3).filter_map(move |p| {
+                    s.get(&format!(
+                        r#"rill_group_partition_lag_records{{group="far",topic="spread",partition="{p}"}}"#
+                    ))
+                })
+            })
+            .sum();
+            topic_lag == 90.0 && partition_lag == 90.0
+        },
+    );
+    // Followers' fetches are timed as such on the leaders.
+    assert!(addresses.iter().any(|a| scrape(a)
+        .get(r#"rill_fetch_duration_seconds_count{fetcher="follower"}"#)
+        .is_some_and(|n| *n > 0.0)));
     cluster.kill(3);
     let survivors = addresses[..2].to_vec();
     common::eventually(

@@ -30,6 +30,9 @@ pub struct BrokerConfig {
     pub admin_listen: String,
     /// Per-topic labels on metrics (`false`: one `topic="_all"` series, for very many topics).
     pub metrics_per_topic: bool,
+    /// Per-partition metrics (log size, segments, offsets, group lag by partition); off with
+    /// `false`, or with `metrics_per_topic = false`.
+    pub metrics_per_partition: bool,
     /// Where partition logs and the metadata Raft state live.
     pub data_dir: PathBuf,
     /// Pins the cluster's id: a data directory of another cluster is refused, and a new quorum
@@ -122,6 +125,7 @@ impl Default for BrokerConfig {
             kafka_advertised_address: None,
             admin_listen: "127.0.0.1:9644".into(),
             metrics_per_topic: true,
+            metrics_per_partition: true,
             data_dir: PathBuf::from("./rill-data"),
             cluster_id: None,
             log_level: "info,openraft=off".into(),
@@ -197,6 +201,9 @@ pub struct Flags {
     /// Per-topic labels on metrics [default: true].
     #[arg(long)]
     pub metrics_per_topic: Option<bool>,
+    /// Per-partition metrics [default: true].
+    #[arg(long)]
+    pub metrics_per_partition: Option<bool>,
     /// Data directory [default: ./rill-data].
     #[arg(long, env = "RILL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -356,6 +363,7 @@ impl BrokerConfig {
             kafka_listen,
             admin_listen,
             metrics_per_topic,
+            metrics_per_partition,
             data_dir,
             log_level,
             log_format,

@@ -7,6 +7,7 @@
 //! bounded: api names, error names and listener names are fixed sets; per-topic labels grow
 //! with the topics and `metrics_per_topic = false` turns them off (a `topic="_all"` total).
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -46,6 +47,31 @@ pub struct LatencyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub topic: String,
+    pub partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AcksLabels {
+    /// `0`, `1` or `all`.
+    pub acks: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetcherLabels {
+    /// `consumer` or `follower` (another broker's replica fetcher).
+    pub fetcher: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupPartitionLabels {
+    pub group: String,
+    pub topic: String,
+    pub partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionErrorLabels {
     pub api: &'static str,
     pub error: &'static str,
@@ -80,6 +106,7 @@ pub static FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| Histogram::new(
 pub struct Metrics {
     registry: Registry,
     per_topic: bool,
+    per_partition: bool,
     bytes_in: Family<TopicLabels, Counter>,
     records_in: Family<TopicLabels, Counter>,
     bytes_out: Family<TopicLabels, Counter>,
@@ -87,6 +114,9 @@ pub struct Metrics {
     replication_bytes_out: Counter,
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    produce_seconds: Family<AcksLabels, Histogram, fn() -> Histogram>,
+    fetch_seconds: Family<FetcherLabels, Histogram, fn() -> Histogram>,
+    requests_in_flight: Family<ListenerLabels, Gauge>,
     partition_errors: Family<PartitionErrorLabels, Counter>,
     produce_batch_bytes: Histogram,
     connections: Family<ListenerLabels, Gauge>,
@@ -94,11 +124,22 @@ pub struct Metrics {
     active_controller: Gauge,
     raft_term: Gauge,
     raft_applied_index: Gauge,
+    raft_commit_index: Gauge,
+    raft_last_log_index: Gauge,
     brokers_alive: Gauge,
     leader_partitions: Gauge,
     under_replicated_partitions: Gauge,
     offline_partitions: Gauge,
     log_size_bytes: Family<TopicLabels, Gauge>,
+    log_segments: Family<TopicLabels, Gauge>,
+    partition_log_size_bytes: Family<PartitionLabels, Gauge>,
+    partition_segments: Family<PartitionLabels, Gauge>,
+    partition_log_start: Family<PartitionLabels, Gauge>,
+    partition_high_watermark: Family<PartitionLabels, Gauge>,
+    partition_log_end: Family<PartitionLabels, Gauge>,
+    log_mappings: Gauge,
+    recovery_truncations: Gauge,
+    recovery_truncated_bytes: Gauge,
     process_resident_bytes: Gauge,
     leader_elections: Family<ElectionLabels, Counter>,
     isr_shrinks: Counter,
@@ -107,6 +148,7 @@ pub struct Metrics {
     group_members: Family<GroupLabels, Gauge>,
     group_generation: Family<GroupLabels, Gauge>,
     group_lag_records: Family<GroupTopicLabels, Gauge>,
+    group_partition_lag_records: Family<GroupPartitionLabels, Gauge>,
     process_cpu_seconds: Gauge<f64, AtomicU64>,
     process_open_fds: Gauge,
 }
@@ -117,11 +159,13 @@ pub struct ListenerLabels {
 }
 
 impl Metrics {
-    pub fn new(per_topic: bool) -> Metrics {
+    /// Per-partition series need per-topic ones: `per_partition` without `per_topic` is off.
+    pub fn new(per_topic: bool, per_partition: bool) -> Metrics {
         let mut registry = Registry::with_prefix("rill");
         let metrics = Metrics {
             registry: Registry::default(),
             per_topic,
+            per_partition: per_topic && per_partition,
             bytes_in: Family::default(),
             records_in: Family::default(),
             bytes_out: Family::default(),
@@ -129,17 +173,31 @@ impl Metrics {
             replication_bytes_out: Counter::default(),
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
+            produce_seconds: Family::new_with_constructor(latency_histogram),
+            fetch_seconds: Family::new_with_constructor(latency_histogram),
+            requests_in_flight: Family::default(),
             partition_errors: Family::default(),
             produce_batch_bytes: Histogram::new(BATCH_BUCKETS),
             connections: Family::default(),
             active_controller: Gauge::default(),
             raft_term: Gauge::default(),
             raft_applied_index: Gauge::default(),
+            raft_commit_index: Gauge::default(),
+            raft_last_log_index: Gauge::default(),
             brokers_alive: Gauge::default(),
             leader_partitions: Gauge::default(),
             under_replicated_partitions: Gauge::default(),
             offline_partitions: Gauge::default(),
             log_size_bytes: Family::default(),
+            log_segments: Family::default(),
+            partition_log_size_bytes: Family::default(),
+            partition_segments: Family::default(),
+            partition_log_start: Family::default(),
+            partition_high_watermark: Family::default(),
+            partition_log_end: Family::default(),
+            log_mappings: Gauge::default(),
+            recovery_truncations: Gauge::default(),
+            recovery_truncated_bytes: Gauge::default(),
             process_resident_bytes: Gauge::default(),
             leader_elections: Family::default(),
             isr_shrinks: Counter::default(),
@@ -148,6 +206,7 @@ impl Metrics {
             group_members: Family::default(),
             group_generation: Family::default(),
             group_lag_records: Family::default(),
+            group_partition_lag_records: Family::default(),
             process_cpu_seconds: Gauge::default(),
             process_open_fds: Gauge::default(),
         };
@@ -190,6 +249,23 @@ impl Metrics {
             Unit::Seconds,
             metrics.request_seconds.clone(),
         );
+        registry.register_with_unit(
+            "produce_duration",
+            "Time from a produce request decoded to its acknowledgement ready (acks=all: replication included), by acks",
+            Unit::Seconds,
+            metrics.produce_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "fetch_duration",
+            "Time from a fetch request decoded to its answer (long-poll wait included), by fetcher: consumer or follower",
+            Unit::Seconds,
+            metrics.fetch_seconds.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "Requests read and not yet answered, by listener",
+            metrics.requests_in_flight.clone(),
+        );
         registry.register(
             "partition_errors",
             "Per-partition errors of produce and fetch requests, by api and error",
@@ -222,6 +298,16 @@ impl Metrics {
             metrics.raft_applied_index.clone(),
         );
         registry.register(
+            "controller_commit_index",
+            "Highest metadata log index a majority of voters holds (leader); applied index on followers",
+            metrics.raft_commit_index.clone(),
+        );
+        registry.register(
+            "controller_last_log_index",
+            "Index of the last metadata log entry this voter holds",
+            metrics.raft_last_log_index.clone(),
+        );
+        registry.register(
             "brokers_alive",
             "Brokers registered and not fenced, in this broker's metadata",
             metrics.brokers_alive.clone(),
@@ -246,6 +332,53 @@ impl Metrics {
             "Bytes of partition logs on this broker's disk, by topic",
             Unit::Bytes,
             metrics.log_size_bytes.clone(),
+        );
+        registry.register(
+            "log_segments",
+            "Segments of partition logs on this broker, by topic",
+            metrics.log_segments.clone(),
+        );
+        registry.register_with_unit(
+            "partition_log_size",
+            "Bytes of one partition's log on this broker's disk (metrics_per_partition)",
+            Unit::Bytes,
+            metrics.partition_log_size_bytes.clone(),
+        );
+        registry.register(
+            "partition_segments",
+            "Segments of one partition's log on this broker (metrics_per_partition)",
+            metrics.partition_segments.clone(),
+        );
+        registry.register(
+            "partition_log_start_offset",
+            "First offset still in one partition's log on this broker (metrics_per_partition)",
+            metrics.partition_log_start.clone(),
+        );
+        registry.register(
+            "partition_high_watermark",
+            "High watermark of one partition's replica on this broker (metrics_per_partition)",
+            metrics.partition_high_watermark.clone(),
+        );
+        registry.register(
+            "partition_log_end_offset",
+            "Log end offset of one partition's replica on this broker (metrics_per_partition)",
+            metrics.partition_log_end.clone(),
+        );
+        registry.register(
+            "log_mappings",
+            "Memory mappings of segment and index files the broker process holds",
+            metrics.log_mappings.clone(),
+        );
+        registry.register(
+            "log_recovery_truncations",
+            "Invalid log tails cut when this broker's logs were last opened",
+            metrics.recovery_truncations.clone(),
+        );
+        registry.register_with_unit(
+            "log_recovery_truncated",
+            "Bytes of invalid log tails cut when this broker's logs were last opened",
+            Unit::Bytes,
+            metrics.recovery_truncated_bytes.clone(),
         );
         registry.register(
             "leader_elections",
@@ -279,8 +412,13 @@ impl Metrics {
         );
         registry.register(
             "group_lag_records",
-            "Records between each group's committed offsets and the high watermarks, by group and topic (partitions with a replica on the coordinator)",
+            "Records between each group's committed offsets and the high watermarks, by group and topic (groups coordinated here)",
             metrics.group_lag_records.clone(),
+        );
+        registry.register(
+            "group_partition_lag_records",
+            "Records between a group's committed offset and the high watermark of one partition (groups coordinated here; metrics_per_partition)",
+            metrics.group_partition_lag_records.clone(),
         );
         registry.register_with_unit(
             "fsync_duration",
@@ -377,6 +515,32 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// A produce acknowledged (or, with acks=0, appended) `took` after it was decoded.
+    pub fn produce_done(&self, acks: &'static str, took: Duration) {
+        self.produce_seconds
+            .get_or_create(&AcksLabels { acks })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A fetch answered `took` after it was decoded, to a consumer or a follower.
+    pub fn fetch_done(&self, follower: bool, took: Duration) {
+        let fetcher = if follower { "follower" } else { "consumer" };
+        self.fetch_seconds
+            .get_or_create(&FetcherLabels { fetcher })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A request read on `listener`; in flight until the guard drops (answered or abandoned).
+    pub fn request_started(self: &Arc<Self>, listener: &'static str) -> InFlightGuard {
+        self.requests_in_flight
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+        InFlightGuard {
+            metrics: self.clone(),
+            listener,
+        }
+    }
+
     /// A connection opened on `listener`; closed when the guard drops.
     pub fn connection(self: &Arc<Self>, listener: &'static str) -> ConnectionGuard {
         self.connections
@@ -389,15 +553,21 @@ impl Metrics {
     }
 
     /// The OpenMetrics text of every metric, with the state gauges computed now.
-    pub fn render(&self, state: &BrokerState) -> String {
-        self.refresh(state);
+    /// `remote_high_watermarks` holds the high watermarks, asked of their leaders, of the
+    /// partitions in [`Metrics::group_partitions_elsewhere`] (for group lag).
+    pub fn render(
+        &self,
+        state: &BrokerState,
+        remote_high_watermarks: &HashMap<TopicPartition, u64>,
+    ) -> String {
+        self.refresh(state, remote_high_watermarks);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 
-    fn refresh(&self, state: &BrokerState) {
+    fn refresh(&self, state: &BrokerState, remote_high_watermarks: &HashMap<TopicPartition, u64>) {
         let node = state.node_id;
         let controller = &state.controller;
         let active = controller.leader() == Some(node);
@@ -406,6 +576,12 @@ impl Metrics {
             .set(controller.raft_term().map_or(0, |t| t as i64));
         self.raft_applied_index
             .set(controller.applied_index() as i64);
+        let (last, committed) = controller.raft_indexes().unwrap_or_else(|| {
+            let applied = controller.applied_index();
+            (applied, applied)
+        });
+        self.raft_last_log_index.set(last as i64);
+        self.raft_commit_index.set(committed as i64);
         let metadata = controller.metadata();
         self.brokers_alive.set(metadata.alive().len() as i64);
         let (mut leading, mut under, mut offline) = (0, 0, 0);
@@ -433,14 +609,75 @@ impl Metrics {
             let gauge = self.follower_lag_records.get_or_create(&self.topic(&topic));
             gauge.set(gauge.get().max(lag as i64));
         }
-        self.refresh_groups(state);
-        self.log_size_bytes.clear();
-        for (topic, bytes) in state.logs.size_by_topic() {
-            self.log_size_bytes
-                .get_or_create(&self.topic(&topic))
-                .inc_by(bytes as i64);
-        }
+        self.refresh_groups(state, remote_high_watermarks);
+        self.refresh_logs(state);
     }
+
+    /// Sizes, segments and offsets of the logs here, per topic and (if on) per partition.
+    fn refresh_logs(&self, state: &BrokerState) {
+        self.log_size_bytes.clear();
+        self.log_segments.clear();
+        for family in [
+            &self.partition_log_size_bytes,
+            &self.partition_segments,
+            &self.partition_log_start,
+            &self.partition_high_watermark,
+            &self.partition_log_end,
+        ] {
+            family.clear();
+        }
+        let (mut truncations, mut truncated_bytes) = (0, 0);
+        for (tp, stats) in state.logs.stats() {
+            let topic = self.topic(&tp.topic);
+            self.log_size_bytes
+                .get_or_create(&topic)
+                .inc_by(stats.size_bytes as i64);
+            self.log_segments
+                .get_or_create(&topic)
+                .inc_by(stats.segments as i64);
+            truncations += stats.recovery_truncations as i64;
+            truncated_bytes += stats.recovery_truncated_bytes as i64;
+            if self.per_partition {
+                let labels = PartitionLabels {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition.to_string(),
+                };
+                for (family, value) in [
+                    (&self.partition_log_size_bytes, stats.size_bytes),
+                    (&self.partition_segments, stats.segments as u64),
+                    (&self.partition_log_start, stats.log_start_offset),
+                    (&self.partition_high_watermark, stats.high_watermark),
+                    (&self.partition_log_end, stats.log_end_offset),
+                ] {
+                    family.get_or_create(&labels).set(value as i64);
+                }
+            }
+        }
+        self.recovery_truncations.set(truncations);
+        self.recovery_truncated_bytes.set(truncated_bytes);
+        self.log_mappings.set(log_mappings(&state.config.data_dir));
+    }
+}
+
+/// Mappings in `/proc/self/maps` of files under `data_dir` (segments and indexes; 0 where
+/// there is no procfs).
+fn log_mappings(data_dir: &std::path::Path) -> i64 {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return 0;
+    };
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let Some(dir) = dir.to_str() else {
+        return 0;
+    };
+    maps.lines()
+        .filter(|line| {
+            // The path is the sixth field; it may hold spaces, so take the rest of the line.
+            line.splitn(6, char::is_whitespace)
+                .nth(5)
+                .map(str::trim_start)
+                .is_some_and(|path| path.starts_with(dir))
+        })
+        .count() as i64
 }
 
 impl Metrics {
@@ -513,6 +750,14 @@ impl Metrics {
     }
 }
 
+/// A group coordinated here, as the metrics see it.
+struct CoordinatedGroup {
+    id: String,
+    members: usize,
+    generation: i32,
+    offsets: Vec<(TopicPartition, u64)>,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupLabels {
     pub group: String,
@@ -525,39 +770,82 @@ pub struct GroupTopicLabels {
 }
 
 impl Metrics {
+    /// The groups coordinated here, with members, generation and committed offsets.
+    fn coordinated_groups(state: &BrokerState) -> Vec<CoordinatedGroup> {
+        state
+            .groups
+            .group_ids()
+            .into_iter()
+            .filter_map(|id| {
+                state.groups.with_existing(&id, |entry| {
+                    let (members, generation) = if entry.is_classic() {
+                        (entry.classic.members.len(), entry.classic.generation)
+                    } else {
+                        (entry.group.members.len(), entry.group.epoch)
+                    };
+                    let offsets: Vec<(TopicPartition, u64)> = entry
+                        .offsets
+                        .iter()
+                        .map(|(tp, committed)| (tp.clone(), committed.offset))
+                        .collect();
+                    CoordinatedGroup {
+                        id: id.clone(),
+                        members,
+                        generation,
+                        offsets,
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Partitions with offsets committed by a group coordinated here but no replica on this
+    /// broker: their high watermarks are to be asked of their leaders for group lag.
+    pub fn group_partitions_elsewhere(state: &BrokerState) -> Vec<TopicPartition> {
+        let mut elsewhere: Vec<TopicPartition> = Self::coordinated_groups(state)
+            .into_iter()
+            .flat_map(|group| group.offsets.into_iter().map(|(tp, _)| tp))
+            .filter(|tp| state.logs.get(tp).is_none())
+            .collect();
+        elsewhere.sort();
+        elsewhere.dedup();
+        elsewhere
+    }
+
     /// Members, generation and lag of the groups coordinated here. Lag is the high watermark
-    /// minus the committed offset of each partition that has a replica on this broker (its
-    /// high watermark is known here without asking another broker), summed per topic.
-    fn refresh_groups(&self, state: &BrokerState) {
+    /// minus the committed offset of each partition: the local replica's high watermark, or
+    /// the leader's (`remote_high_watermarks`); a partition whose leader did not answer is left
+    /// out. Summed per topic, and per partition if on.
+    fn refresh_groups(
+        &self,
+        state: &BrokerState,
+        remote_high_watermarks: &HashMap<TopicPartition, u64>,
+    ) {
         self.group_members.clear();
         self.group_generation.clear();
         self.group_lag_records.clear();
-        for id in state.groups.group_ids() {
-            let Some((members, generation, offsets)) = state.groups.with_existing(&id, |entry| {
-                let (members, generation) = if entry.is_classic() {
-                    (entry.classic.members.len(), entry.classic.generation)
-                } else {
-                    (entry.group.members.len(), entry.group.epoch)
-                };
-                let offsets: Vec<(TopicPartition, u64)> = entry
-                    .offsets
-                    .iter()
-                    .map(|(tp, committed)| (tp.clone(), committed.offset))
-                    .collect();
-                (members, generation, offsets)
-            }) else {
-                continue;
-            };
+        self.group_partition_lag_records.clear();
+        for CoordinatedGroup {
+            id,
+            members,
+            generation,
+            offsets,
+        } in Self::coordinated_groups(state)
+        {
             let group = GroupLabels { group: id.clone() };
             self.group_members.get_or_create(&group).set(members as i64);
             self.group_generation
                 .get_or_create(&group)
                 .set(i64::from(generation));
             for (tp, offset) in offsets {
-                let Some(log) = state.logs.get(&tp) else {
-                    continue;
+                let high_watermark = match state.logs.get(&tp) {
+                    Some(log) => log.high_watermark(),
+                    None => match remote_high_watermarks.get(&tp) {
+                        Some(hw) => *hw,
+                        None => continue,
+                    },
                 };
-                let lag = log.high_watermark().saturating_sub(offset);
+                let lag = high_watermark.saturating_sub(offset);
                 let labels = GroupTopicLabels {
                     group: id.clone(),
                     topic: self.topic(&tp.topic).topic,
@@ -565,6 +853,15 @@ impl Metrics {
                 self.group_lag_records
                     .get_or_create(&labels)
                     .inc_by(lag as i64);
+                if self.per_partition {
+                    self.group_partition_lag_records
+                        .get_or_create(&GroupPartitionLabels {
+                            group: id.clone(),
+                            topic: tp.topic.clone(),
+                            partition: tp.partition.to_string(),
+                        })
+                        .set(lag as i64);
+                }
             }
         }
     }
@@ -573,6 +870,23 @@ impl Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ElectionLabels {
     pub kind: &'static str,
+}
+
+/// Counts a request as in flight while it lives.
+pub struct InFlightGuard {
+    metrics: Arc<Metrics>,
+    listener: &'static str,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .requests_in_flight
+            .get_or_create(&ListenerLabels {
+                listener: self.listener,
+            })
+            .dec();
+    }
 }
 
 /// Counts a connection as open while it lives.

@@ -8,6 +8,7 @@
 //! coordinator's committed offsets, exactly as the CLI would print them. Topic configs are the
 //! DescribeConfigs operation's, answered from the replicated metadata here.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -20,6 +21,7 @@ use rill_protocol::ErrorCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::log::TopicPartition;
 use crate::server::BrokerState;
 
 /// Records the browser returns per call unless asked for fewer; at most [`MAX_RECORDS`].
@@ -60,6 +62,60 @@ impl Api {
             .map_err(ApiError::from)
     }
 }
+
+impl Api {
+    /// The high watermarks, asked of their leaders (one DescribeLogs per leader, all within
+    /// [`REMOTE_SCRAPE_TIMEOUT`]), of partitions whose offsets groups coordinated here
+    /// committed but that have no replica here. A leader that does not answer in time leaves
+    /// its partitions out of the group lag metrics of this scrape.
+    pub async fn remote_high_watermarks(&self) -> HashMap<TopicPartition, u64> {
+        let wanted = crate::metrics::Metrics::group_partitions_elsewhere(&self.state);
+        if wanted.is_empty() {
+            return HashMap::new();
+        }
+        let metadata = self.state.controller.metadata();
+        let mut by_leader: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
+        for tp in &wanted {
+            let leader = metadata
+                .topics
+                .get(&tp.topic)
+                .and_then(|t| t.partitions.get(tp.partition as usize))
+                .and_then(|p| p.leader);
+            if let Some(leader) = leader {
+                by_leader
+                    .entry(leader as u32)
+                    .or_default()
+                    .insert(tp.topic.clone());
+            }
+        }
+        let asked = async {
+            let Ok(admin) = self.admin().await else {
+                return Vec::new();
+            };
+            futures::future::join_all(by_leader.into_iter().map(|(leader, topics)| async move {
+                admin
+                    .describe_logs(leader, Some(topics.into_iter().collect()))
+                    .await
+                    .unwrap_or_default()
+            }))
+            .await
+        };
+        let answers = tokio::time::timeout(REMOTE_SCRAPE_TIMEOUT, asked)
+            .await
+            .unwrap_or_default();
+        answers
+            .into_iter()
+            .flatten()
+            .filter(|r| r.leader)
+            .map(|r| (TopicPartition::new(r.topic, r.partition), r.high_watermark))
+            .filter(|(tp, _)| wanted.binary_search(tp).is_ok())
+            .collect()
+    }
+}
+
+/// How long a scrape waits for other brokers' high watermarks (group lag of partitions
+/// without a replica here).
+pub const REMOTE_SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// An error answer: a status and `{"error": "..."}`.
 pub struct ApiError(StatusCode, String);

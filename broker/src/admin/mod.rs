@@ -63,9 +63,10 @@ async fn ready(State(api): State<Arc<Api>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
+    let remote = api.remote_high_watermarks().await;
     let state = api.state.clone();
     // Log sizes take each log's lock, which an fsync may hold: off the async threads.
-    let rendered = tokio::task::spawn_blocking(move || state.metrics.render(&state)).await;
+    let rendered = tokio::task::spawn_blocking(move || state.metrics.render(&state, &remote)).await;
     match rendered {
         Ok(text) => (
             StatusCode::OK,

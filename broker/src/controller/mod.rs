@@ -264,6 +264,44 @@ impl Controller {
             .map(|raft| raft.metrics().borrow().current_term)
     }
 
+    /// The metadata log's last index and commit index as this broker knows them (`None` on an
+    /// observer). The leader's commit index is the highest index a majority of voters has
+    /// (from its replication progress); a follower learns commits only by applying them, so it
+    /// reports its applied index.
+    pub fn raft_indexes(&self) -> Option<(u64, u64)> {
+        let raft = self.inner.raft.as_ref()?;
+        let metrics = raft.metrics().borrow().clone();
+        let last = metrics.last_log_index.unwrap_or(0);
+        let applied = metrics.last_applied.map_or(0, |log_id| log_id.index);
+        let committed = match &metrics.replication {
+            Some(progress) if !progress.is_empty() => {
+                let voters: Vec<NodeId> =
+                    metrics.membership_config.membership().voter_ids().collect();
+                let mut matched: Vec<u64> = voters
+                    .iter()
+                    .map(|v| {
+                        if *v == metrics.id {
+                            last
+                        } else {
+                            progress
+                                .get(v)
+                                .and_then(|m| m.as_ref())
+                                .map_or(0, |log_id| log_id.index)
+                        }
+                    })
+                    .collect();
+                matched.sort_unstable_by(|a, b| b.cmp(a));
+                matched
+                    .get(voters.len() / 2)
+                    .copied()
+                    .unwrap_or(applied)
+                    .max(applied)
+            }
+            _ => applied,
+        };
+        Some((last, committed))
+    }
+
     /// Waits until a leader is elected and its first entry applied here, or `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let Some(raft) = &self.inner.raft else {

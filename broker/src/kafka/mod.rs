@@ -140,6 +140,7 @@ async fn start(
             .unwrap_or_default(),
         host: format!("/{}", peer.ip()),
     };
+    let in_flight = state.metrics.request_started("kafka");
     let reply = handlers::start(state, request, version, &client)
         .await
         .map_err(|e| format!("{api:?} v{version}: {e}"))?;
@@ -147,6 +148,7 @@ async fn start(
     let (started, metrics) = (std::time::Instant::now(), state.metrics.clone());
     Ok(async move {
         let response = reply.await;
+        drop(in_flight);
         // Kafka answers carry their errors per partition or group (counted by the operations).
         metrics.request(
             "kafka",

@@ -190,6 +190,19 @@ impl PartitionLog {
     }
 }
 
+/// One partition log's figures for metrics ([`LogManager::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub size_bytes: u64,
+    pub segments: usize,
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+    pub log_end_offset: u64,
+    /// Invalid tails cut when the log was last opened, and their bytes.
+    pub recovery_truncations: usize,
+    pub recovery_truncated_bytes: u64,
+}
+
 /// Owns the data directory lock and the open logs. Cheap to share (`Arc`); each partition has
 /// its own lock, so partitions never wait on each other.
 pub struct LogManager {
@@ -323,20 +336,40 @@ impl LogManager {
         self.logs.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Bytes on disk of each topic's partition logs here (segments and their indexes). Takes
-    /// each log's lock in turn: blocking.
-    pub fn size_by_topic(&self) -> BTreeMap<String, u64> {
-        let logs: Vec<(String, Arc<PartitionLog>)> = self
+    /// Each partition log here with its size on disk (segments and their indexes), segment
+    /// count, offsets and what its last open repaired. Takes each log's lock in turn: blocking.
+    pub fn stats(&self) -> Vec<(TopicPartition, LogStats)> {
+        let logs: Vec<(TopicPartition, Arc<PartitionLog>)> = self
             .read_logs()
             .iter()
-            .map(|(tp, log)| (tp.topic.clone(), log.clone()))
+            .map(|(tp, log)| (tp.clone(), log.clone()))
             .collect();
-        let mut sizes = BTreeMap::new();
-        for (topic, log) in logs {
-            let size = log.with_log(|l| Ok(l.size_bytes())).unwrap_or(0);
-            *sizes.entry(topic).or_insert(0) += size;
-        }
-        sizes
+        logs.into_iter()
+            .map(|(tp, log)| {
+                let (size_bytes, segments, log_start_offset, truncations, truncated_bytes) = log
+                    .with_log(|l| {
+                        let report = l.recovery_report();
+                        Ok((
+                            l.size_bytes(),
+                            l.segment_count(),
+                            l.log_start_offset(),
+                            report.truncations.len(),
+                            report.truncated_bytes,
+                        ))
+                    })
+                    .unwrap_or_default();
+                let stats = LogStats {
+                    size_bytes,
+                    segments,
+                    log_start_offset,
+                    high_watermark: log.high_watermark(),
+                    log_end_offset: log.log_end_offset(),
+                    recovery_truncations: truncations,
+                    recovery_truncated_bytes: truncated_bytes,
+                };
+                (tp, stats)
+            })
+            .collect()
     }
 
     /// Partitions with a log, in order.

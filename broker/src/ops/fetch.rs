@@ -49,7 +49,12 @@ pub fn fetch(
     request: FetchRequest,
 ) -> BoxFuture<'static, Option<FetchResponse>> {
     let state = state.clone();
-    let task = tokio::spawn(async move { respond(&state, request).await });
+    let task = tokio::spawn(async move {
+        let (started, follower) = (std::time::Instant::now(), request.replica_id.is_some());
+        let response = respond(&state, request).await;
+        state.metrics.fetch_done(follower, started.elapsed());
+        response
+    });
     Box::pin(async move {
         match task.await {
             Ok(response) => response,

@@ -26,6 +26,7 @@ pub async fn produce(
     state: &Arc<BrokerState>,
     request: ProduceRequest,
 ) -> BoxFuture<'static, Option<ProduceResponse>> {
+    let started = std::time::Instant::now();
     if state.config.auto_create_topics {
         for topic in &request.topics {
             if !state.controller.metadata().topics.contains_key(&topic.name) {
@@ -114,6 +115,7 @@ pub async fn produce(
         }
     }
     if request.acks == Acks::None {
+        state.metrics.produce_done("0", started.elapsed());
         return futures::future::ready(None).boxed();
     }
     let timeout =
@@ -175,6 +177,7 @@ pub async fn produce(
         };
         topics[t].partitions.push(response);
     }
+    metrics.produce_done(if all { "all" } else { "1" }, started.elapsed());
     Some(ProduceResponse { topics })
     }
     .boxed()

@@ -119,10 +119,12 @@ async fn read_loop(
         let started = std::time::Instant::now();
         let api = rill_protocol::api::ApiKey::from_u16(frame.header.api_key)
             .map_or("unknown", rill_protocol::api::ApiKey::name);
+        let in_flight = state.metrics.request_started("rill");
         let reply = handlers::start(state, frame, peer).await;
         let metrics = state.metrics.clone();
         let reply: Pending = reply
             .inspect(move |answer| {
+                drop(in_flight);
                 let code = answer.as_ref().map_or(ErrorCode::NONE, |(code, _)| *code);
                 metrics.request("rill", api, code, started.elapsed());
             })

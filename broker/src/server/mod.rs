@@ -301,7 +301,10 @@ impl Broker {
         let state = Arc::new(BrokerState {
             incarnation,
             ready: std::sync::atomic::AtomicBool::new(false),
-            metrics: Arc::new(crate::metrics::Metrics::new(config.metrics_per_topic)),
+            metrics: Arc::new(crate::metrics::Metrics::new(
+                config.metrics_per_topic,
+                config.metrics_per_partition,
+            )),
             node_id: config.node_id,
             advertised,
             kafka_advertised,
