@@ -2,13 +2,17 @@
 # Installs the system tools the end-to-end tests need (README's test command runs this first):
 # iproute2 (`ip netns`, veth, bridges) and iptables, for the tests that cut real network links
 # between brokers in network namespaces; kcat (librdkafka's command-line client), for the Kafka
-# listener's tests; a C toolchain for librdkafka (the rdkafka crate). Needs root (the tests create namespaces too).
+# listener's tests; a C toolchain for librdkafka (the rdkafka crate); prometheus, which scrapes
+# a cluster for the Grafana dashboard's test; chromium, which loads the web console headless.
+# Needs root (the tests create namespaces too).
 set -euo pipefail
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v mount >/dev/null 2>&1 || missing+=(mount)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # The rdkafka crate builds librdkafka from its bundled source: a C compiler, make, perl.
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v make >/dev/null 2>&1 || missing+=(make)

@@ -102,6 +102,26 @@ pub fn eventually(deadline: Duration, what: &str, mut condition: impl FnMut() ->
     }
 }
 
+/// Polls `probe` until it gives a value or `deadline` passes (then `None`: the caller says
+/// what was missing).
+pub fn eventually_value_sync<T>(
+    deadline: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if start.elapsed() >= deadline {
+            return None;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
 /// Path of the `rill-broker` binary, built on first use.
 pub fn broker_binary() -> std::path::PathBuf {
     static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
