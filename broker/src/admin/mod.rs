@@ -8,6 +8,7 @@
 //!   and while it shuts down.
 //! - `GET /metrics`: every metric (`crate::metrics`) in Prometheus's OpenMetrics text.
 //! - `GET /v1/...`: the JSON API ([`api`]): cluster, topics, groups, records.
+//! - `GET /`: the web console ([`console`]), over the JSON API and `/metrics`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use crate::server::BrokerState;
 
 pub mod api;
+pub mod console;
 
 use api::Api;
 
@@ -41,6 +43,7 @@ pub async fn serve(state: Arc<BrokerState>, listener: TcpListener) {
         )
         .route("/v1/groups", get(api::groups))
         .route("/v1/groups/{group}", get(api::group))
+        .merge(console::routes())
         .with_state(Api::new(state));
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
