@@ -28,6 +28,12 @@ pub struct BrokerConfig {
     pub kafka_advertised_address: Option<String>,
     /// Address the admin HTTP listener binds (health probes, `/metrics`), or `off`.
     pub admin_listen: String,
+    /// Address the inter-broker listener binds: the only one that serves follower fetches
+    /// (other brokers replicating). Default: the client listener's address with any free port.
+    pub replication_listen: Option<SocketAddr>,
+    /// `host:port` other brokers replicate from; defaults to the client advertised host with
+    /// the bound inter-broker port.
+    pub replication_advertised_address: Option<String>,
     /// Per-topic labels on metrics (`false`: one `topic="_all"` series, for very many topics).
     pub metrics_per_topic: bool,
     /// Per-partition metrics (log size, segments, offsets, group lag by partition); off with
@@ -124,6 +130,8 @@ impl Default for BrokerConfig {
             kafka_listen: "127.0.0.1:9092".into(),
             kafka_advertised_address: None,
             admin_listen: "127.0.0.1:9644".into(),
+            replication_listen: None,
+            replication_advertised_address: None,
             metrics_per_topic: true,
             metrics_per_partition: true,
             data_dir: PathBuf::from("./rill-data"),
@@ -198,6 +206,12 @@ pub struct Flags {
     /// Admin HTTP listener address (health, metrics), or off [default: 127.0.0.1:9644; port 0 for any free port].
     #[arg(long)]
     pub admin_listen: Option<String>,
+    /// Inter-broker (replication) listener address [default: the listen address's host, any free port].
+    #[arg(long)]
+    pub replication_listen: Option<SocketAddr>,
+    /// host:port other brokers replicate from [default: the advertised host, the bound replication port].
+    #[arg(long)]
+    pub replication_advertised_address: Option<String>,
     /// Per-topic labels on metrics [default: true].
     #[arg(long)]
     pub metrics_per_topic: Option<bool>,
@@ -340,6 +354,12 @@ impl BrokerConfig {
         if let Some(address) = flags.kafka_advertised_address {
             config.kafka_advertised_address = Some(address);
         }
+        if let Some(address) = flags.replication_listen {
+            config.replication_listen = Some(address);
+        }
+        if let Some(address) = flags.replication_advertised_address {
+            config.replication_advertised_address = Some(address);
+        }
         if let Some(cluster_id) = flags.cluster_id {
             config.cluster_id = Some(cluster_id);
         }
@@ -443,6 +463,13 @@ impl BrokerConfig {
             )));
         }
         Ok(config)
+    }
+
+    /// Where the inter-broker listener binds: `replication_listen`, else the client listener's
+    /// host with any free port.
+    pub fn replication_listen_address(&self) -> SocketAddr {
+        self.replication_listen
+            .unwrap_or_else(|| SocketAddr::new(self.listen.ip(), 0))
     }
 
     /// Where the Kafka listener binds; `None` when `kafka_listen` is `off`.

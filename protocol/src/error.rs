@@ -96,6 +96,9 @@ error_codes! {
     BROKER_SHUTTING_DOWN = 27, retriable = true, "the broker is shutting down; retry on another broker";
     /// A record the topic does not accept (a record without a key on a compacted topic).
     INVALID_RECORD = 28, retriable = false, "a record breaks the topic's rules: a compacted topic needs a key on every record";
+    /// Broker-only traffic (a follower fetch naming a `replica_id`) on a client listener: it
+    /// is served only on the inter-broker listener (`replication_listen`).
+    CLUSTER_AUTHORIZATION_FAILED = 29, retriable = false, "only brokers may send this request, and only on the inter-broker listener (replication_listen)";
     /// This broker is not the group's coordinator.
     NOT_COORDINATOR = 100, retriable = true, "this broker is not the group's coordinator; find the coordinator again";
     /// The coordinator is loading or not elected yet.

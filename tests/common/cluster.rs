@@ -17,6 +17,8 @@ pub const REPLICA_LAG_MAX_MS: u64 = 4000;
 pub const NETWORK_CLIENT_PORT: u16 = 9292;
 /// Controller port of every broker of a [`Cluster::start_in_network`] cluster.
 pub const NETWORK_CONTROLLER_PORT: u16 = 9400;
+/// Inter-broker (replication) port of every broker of a [`Cluster::start_in_network`] cluster.
+pub const NETWORK_REPLICATION_PORT: u16 = 9393;
 
 /// Clusters of one test binary run one at a time: three brokers each on two cores would
 /// otherwise starve each other's heartbeats and replica fetches into spurious fencing.
@@ -166,6 +168,14 @@ impl Cluster {
             .collect();
         for i in overridden.into_iter().rev() {
             args.drain(i..i + 2);
+        }
+        // In a network, a fixed inter-broker port, so that faults can cut replication alone.
+        let replication = self
+            .network
+            .as_ref()
+            .map(|_| format!("{}:{NETWORK_REPLICATION_PORT}", self.hosts[i]));
+        if let Some(address) = &replication {
+            args.extend(["--replication-listen", address.as_str()]);
         }
         args.extend(self.extra.iter().map(String::as_str));
         let prefix = self

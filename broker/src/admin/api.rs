@@ -64,7 +64,7 @@ impl Api {
 }
 
 impl Api {
-    /// The high watermarks, asked of their leaders (one DescribeLogs per leader, all within
+    /// The high watermarks, asked of their leaders (one DescribeLogs per leader, each within
     /// [`REMOTE_SCRAPE_TIMEOUT`]), of partitions whose offsets groups coordinated here
     /// committed but that have no replica here. A leader that does not answer in time leaves
     /// its partitions out of the group lag metrics of this scrape.
@@ -81,28 +81,26 @@ impl Api {
                 .get(&tp.topic)
                 .and_then(|t| t.partitions.get(tp.partition as usize))
                 .and_then(|p| p.leader);
-            if let Some(leader) = leader {
+            if let Some(leader) = leader.and_then(|l| u32::try_from(l).ok()) {
                 by_leader
-                    .entry(leader as u32)
+                    .entry(leader)
                     .or_default()
                     .insert(tp.topic.clone());
             }
         }
-        let asked = async {
-            let Ok(admin) = self.admin().await else {
-                return Vec::new();
-            };
-            futures::future::join_all(by_leader.into_iter().map(|(leader, topics)| async move {
-                admin
-                    .describe_logs(leader, Some(topics.into_iter().collect()))
-                    .await
-                    .unwrap_or_default()
-            }))
-            .await
+        let Ok(Ok(admin)) = tokio::time::timeout(REMOTE_SCRAPE_TIMEOUT, self.admin()).await else {
+            return HashMap::new();
         };
-        let answers = tokio::time::timeout(REMOTE_SCRAPE_TIMEOUT, asked)
-            .await
-            .unwrap_or_default();
+        // Each leader within the timeout on its own: a slow one costs only its partitions.
+        let answers =
+            futures::future::join_all(by_leader.into_iter().map(|(leader, topics)| async move {
+                let asked = admin.describe_logs(leader, Some(topics.into_iter().collect()));
+                match tokio::time::timeout(REMOTE_SCRAPE_TIMEOUT, asked).await {
+                    Ok(Ok(replicas)) => replicas,
+                    _ => Vec::new(),
+                }
+            }))
+            .await;
         answers
             .into_iter()
             .flatten()

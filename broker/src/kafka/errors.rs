@@ -37,6 +37,7 @@ pub fn kafka_code(code: ErrorCode) -> i16 {
         // Retriable "no leader here yet" for Kafka clients: they refresh metadata and retry.
         ErrorCode::CLUSTER_NOT_READY | ErrorCode::BROKER_SHUTTING_DOWN => K::LeaderNotAvailable,
         ErrorCode::INVALID_RECORD => K::InvalidRecord,
+        ErrorCode::CLUSTER_AUTHORIZATION_FAILED => K::ClusterAuthorizationFailed,
         ErrorCode::NOT_COORDINATOR => K::NotCoordinator,
         ErrorCode::COORDINATOR_NOT_AVAILABLE => K::CoordinatorNotAvailable,
         ErrorCode::UNKNOWN_MEMBER_ID => K::UnknownMemberId,

@@ -31,7 +31,8 @@ use crate::controller::NodeId;
 use crate::error::{Error, Result};
 use crate::log::TopicPartition;
 
-/// The leader to fetch from.
+/// The leader to fetch from: its node id and client address (one fetcher per leader process;
+/// the connection goes to the inter-broker listener it registered, looked up at each connect).
 pub(super) struct Target {
     pub node_id: NodeId,
     pub address: String,
@@ -119,7 +120,9 @@ impl Pool {
 }
 
 async fn run(manager: Arc<ReplicaManager>, key: Key, fetcher: Arc<Fetcher>) {
-    let (leader, address) = key.clone();
+    let leader = key.0;
+    // Where the connection goes (the leader's registered inter-broker listener).
+    let mut address = String::new();
     let mut connection: Option<Framed<TcpStream, ResponseCodec>> = None;
     let mut correlation_id = 0u32;
     let mut failures = 0u32;
@@ -148,6 +151,27 @@ async fn run(manager: Arc<ReplicaManager>, key: Key, fetcher: Arc<Fetcher>) {
         let len = due.len();
         due.rotate_left(rotation % len);
         if connection.is_none() {
+            // Follower fetches are served only on the leader's inter-broker listener.
+            let registered = manager
+                .controller
+                .metadata()
+                .listeners
+                .get(&leader)
+                .and_then(|l| l.get(crate::server::REPLICATION_LISTENER))
+                .map(|(host, port)| format!("{host}:{port}"));
+            let Some(registered) = registered else {
+                failures += 1;
+                if failures % 50 == 1 {
+                    tracing::info!(
+                        leader,
+                        partitions = len,
+                        "the leader has not registered its inter-broker listener yet; waiting"
+                    );
+                }
+                backoff(&manager.shutdown).await;
+                continue;
+            };
+            address = registered;
             match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&address)).await {
                 Ok(Ok(socket)) => {
                     let _ = socket.set_nodelay(true);

@@ -59,13 +59,37 @@ pub(crate) async fn serve_with<F, Fut>(
     tracing::debug!(%peer, "connection closed");
 }
 
-/// A native-protocol connection.
+/// A native-protocol connection on the client listener.
 pub(super) async fn serve(state: Arc<BrokerState>, socket: TcpStream, peer: SocketAddr) {
     let _open = state.metrics.connection("rill");
     serve_with(state, socket, peer, |state, read_half, queue| async move {
-        read_loop(&state, read_half, queue, peer).await
+        read_loop(&state, read_half, queue, peer, Door::Client).await
     })
     .await
+}
+
+/// A native-protocol connection on the inter-broker listener (`replication_listen`): the
+/// same requests, and follower fetches besides.
+pub(super) async fn serve_inter_broker(
+    state: Arc<BrokerState>,
+    socket: TcpStream,
+    peer: SocketAddr,
+) {
+    let _open = state.metrics.connection("replication");
+    serve_with(state, socket, peer, |state, read_half, queue| async move {
+        read_loop(&state, read_half, queue, peer, Door::InterBroker).await
+    })
+    .await
+}
+
+/// Which listener a native connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// `listen`: clients (and brokers' own client traffic: forwarded admin calls, the admin
+    /// HTTP API's client).
+    Client,
+    /// `replication_listen`: other brokers' replica fetchers.
+    InterBroker,
 }
 
 /// The native response frame for `reply`: prefix (size, correlation id, error code) + body.
@@ -90,7 +114,12 @@ async fn read_loop(
     read_half: OwnedReadHalf,
     queue: mpsc::Sender<Outgoing>,
     peer: SocketAddr,
+    door: Door,
 ) {
+    let listener = match door {
+        Door::Client => "rill",
+        Door::InterBroker => "replication",
+    };
     let mut frames = FramedRead::new(read_half, RequestCodec::new(state.config.max_frame_bytes));
     loop {
         let Some(next) = next_frame(state, &mut frames, peer).await else {
@@ -119,14 +148,14 @@ async fn read_loop(
         let started = std::time::Instant::now();
         let api = rill_protocol::api::ApiKey::from_u16(frame.header.api_key)
             .map_or("unknown", rill_protocol::api::ApiKey::name);
-        let in_flight = state.metrics.request_started("rill");
-        let reply = handlers::start(state, frame, peer).await;
+        let in_flight = state.metrics.request_started(listener);
+        let reply = handlers::start(state, frame, peer, door).await;
         let metrics = state.metrics.clone();
         let reply: Pending = reply
             .inspect(move |answer| {
                 drop(in_flight);
                 let code = answer.as_ref().map_or(ErrorCode::NONE, |(code, _)| *code);
-                metrics.request("rill", api, code, started.elapsed());
+                metrics.request(listener, api, code, started.elapsed());
             })
             .boxed();
         if queue.send(framed(correlation_id, reply)).await.is_err() {

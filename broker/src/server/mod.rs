@@ -32,6 +32,9 @@ use crate::group::coordinator::{Coordinator, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::log::{monotonic_ms, now_ms, LogManager, TopicPartition};
 use crate::replica::{Lease, ReplicaConfig, ReplicaManager};
 
+/// The name of the inter-broker listener in the metadata's `listeners` (followers fetch there).
+pub const REPLICATION_LISTENER: &str = "replication";
+
 /// What every request handler can reach. Split by owner: logs, metadata, config.
 pub struct BrokerState {
     pub config: BrokerConfig,
@@ -40,6 +43,8 @@ pub struct BrokerState {
     pub advertised: (String, u16),
     /// Host and port Kafka clients are told to connect to (`None`: no Kafka listener).
     pub kafka_advertised: Option<(String, u16)>,
+    /// Host and port other brokers replicate from (the inter-broker listener).
+    pub replication_advertised: (String, u16),
     pub logs: Arc<LogManager>,
     pub controller: Controller,
     /// Identifies this broker process (new on every start): the controller fences an earlier
@@ -237,6 +242,32 @@ impl Broker {
             "bind the admin listener (admin_listen, --admin-listen; off disables it) on",
         )
         .await?;
+        // The inter-broker listener: follower fetches are served there and nowhere else.
+        let replication_address = config.replication_listen_address();
+        let replication_listener = TcpListener::bind(replication_address).await.map_err(|e| {
+            Error::io(
+                "bind the inter-broker listener (replication_listen, --replication-listen) on",
+                replication_address.to_string(),
+                e,
+            )
+        })?;
+        let replication_local = replication_listener
+            .local_addr()
+            .map_err(|e| Error::io("read listener address", replication_address.to_string(), e))?;
+        let replication_advertised = match config.replication_advertised_address.as_deref() {
+            Some(address) => advertised_at(
+                "replication_advertised_address",
+                Some(address),
+                replication_local,
+            )?,
+            // Other brokers reach this one where clients do, on the inter-broker port.
+            None if replication_local.ip().is_unspecified()
+                || config.advertised_address.is_some() =>
+            {
+                (advertised.0.clone(), replication_local.port())
+            }
+            None => advertised_at("replication_advertised_address", None, replication_local)?,
+        };
         let kafka_advertised = kafka_listener
             .as_ref()
             .map(|(_, local)| {
@@ -308,6 +339,7 @@ impl Broker {
             node_id: config.node_id,
             advertised,
             kafka_advertised,
+            replication_advertised,
             logs,
             controller,
             replicas,
@@ -334,6 +366,15 @@ impl Broker {
             tracker.clone(),
             slots.clone(),
             |state, socket, peer| Box::pin(connection::serve(state, socket, peer)),
+        ));
+        // Its own connection slots: a flood of client connections cannot cut replication.
+        tracing::info!(listen = %replication_local, "rill-broker inter-broker listener on {replication_local}");
+        tracker.spawn(listener::accept_loop(
+            state.clone(),
+            replication_listener,
+            tracker.clone(),
+            Arc::new(tokio::sync::Semaphore::new(state.config.max_connections)),
+            |state, socket, peer| Box::pin(connection::serve_inter_broker(state, socket, peer)),
         ));
         if let Some((listener, local)) = kafka_listener {
             tracing::info!(listen = %local, "rill-broker kafka listener on {local}");
@@ -590,11 +631,15 @@ async fn replica_tick(state: Arc<BrokerState>) {
 /// and whenever the metadata shows other addresses (a restart on another port, a broker that
 /// turned its Kafka listener off). A failed proposal is retried after a second.
 async fn register_listeners(state: Arc<BrokerState>) {
-    let wanted: BTreeMap<String, (String, u16)> = state
+    let mut wanted: BTreeMap<String, (String, u16)> = state
         .kafka_advertised
         .iter()
         .map(|address| ("kafka".to_string(), address.clone()))
         .collect();
+    wanted.insert(
+        REPLICATION_LISTENER.to_string(),
+        state.replication_advertised.clone(),
+    );
     let mut metadata = state.controller.subscribe();
     loop {
         let current = metadata

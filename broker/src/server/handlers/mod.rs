@@ -16,6 +16,7 @@ use rill_protocol::api::{RequestBody, ResponseBody};
 use rill_protocol::frame::RequestFrame;
 use rill_protocol::ErrorCode;
 
+use super::connection::Door;
 use super::BrokerState;
 use crate::ops;
 
@@ -33,8 +34,13 @@ fn reply(body: ResponseBody) -> Pending {
     futures::future::ready(Some((ErrorCode::NONE, vec![body.encode_to_bytes()]))).boxed()
 }
 
-/// Decodes and starts one request.
-pub async fn start(state: &Arc<BrokerState>, frame: RequestFrame, peer: SocketAddr) -> Pending {
+/// Decodes and starts one request that came in on `door`.
+pub async fn start(
+    state: &Arc<BrokerState>,
+    frame: RequestFrame,
+    peer: SocketAddr,
+    door: Door,
+) -> Pending {
     let header = frame.header;
     let request = match RequestBody::decode(header.api_key, header.api_version, frame.body) {
         Ok(request) => request,
@@ -65,6 +71,15 @@ pub async fn start(state: &Arc<BrokerState>, frame: RequestFrame, peer: SocketAd
                 ))
             }
             .boxed()
+        }
+        RequestBody::Fetch(request)
+            if request.replica_id.is_some() && door != Door::InterBroker =>
+        {
+            // A follower fetch reads above the high watermark and moves it and the ISR: only
+            // other brokers send one, on the inter-broker listener. On a client listener it
+            // is refused, whatever it claims (docs/PROTOCOL.md "Fetch").
+            tracing::warn!(%peer, replica_id = ?request.replica_id, client_id = %header.client_id, "refused a follower fetch on the client listener: follower fetches are served only on the inter-broker listener (replication_listen)");
+            error_reply(ErrorCode::CLUSTER_AUTHORIZATION_FAILED)
         }
         RequestBody::Fetch(request) => {
             let fetched = ops::fetch::fetch(state, request);
