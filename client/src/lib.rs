@@ -7,6 +7,7 @@
 //! - [`Consumer`]: assign partitions, seek, `poll` or use as a `Stream`; the next fetch is
 //!   prefetched while you process records.
 //! - [`Admin`]: topics, offsets, cluster.
+//! - [`bench`]: measurement for load generators (`rill bench`, the peer benchmark).
 //!
 //! ```no_run
 //! use rill_client::{Admin, Client, ClientConfig, Consumer, ConsumerConfig, NewTopic, Producer, ProducerConfig, Record};
@@ -30,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod bench;
 pub mod client;
 mod connection;
 pub mod consumer;

@@ -1,0 +1,281 @@
+//! `rill bench produce`: `--producers` producers send records, as fast as they can or open-loop
+//! at `--rate`; `--consumers` consumers, positioned at the end of the topic before the first
+//! send, read them back for end-to-end latency. The schedule, the counting and the report are
+//! [`rill_client::bench::Measure`]'s (its docs say how time and the warm-up count).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+use rill_client::bench::{histogram, Measure, Mode, SENT_HEADER};
+use rill_client::producer::DeliveryFuture;
+use rill_client::protocol::api::OffsetSpec;
+use rill_client::{
+    Admin, Client, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, SeekTo,
+};
+use tokio::time::Instant;
+
+use super::{ensure_topic, values, Keys, ProduceArgs};
+use crate::Format;
+
+/// Records a producer's acknowledgement task tracks at once (beyond it, sends wait).
+const PENDING_RECORDS_MAX: usize = 65_536;
+
+/// Once the producers are done, a consumer that receives nothing for this long stops and the
+/// records it did not receive are reported missing.
+const DRAINED_AFTER: Duration = Duration::from_secs(10);
+
+/// Records sent when `--messages` and `--duration-secs` are both absent.
+const DEFAULT_MESSAGES: u64 = 1_000_000;
+
+/// What one producer task sends.
+struct Plan {
+    producer: u64,
+    /// Records to send at most.
+    limit: Option<u64>,
+    /// Records per second, or as fast as possible.
+    rate: Option<u64>,
+    /// Stamp each record's send time in a header, for the consumers.
+    stamp: bool,
+    keys: Keys,
+    key_space: u64,
+}
+
+/// Checks what clap cannot and loads the values to send.
+pub fn check(args: &ProduceArgs) -> anyhow::Result<Vec<Bytes>> {
+    if args
+        .rate
+        .is_some_and(|rate| rate < u64::from(args.producers))
+    {
+        anyhow::bail!(
+            "--rate must be at least --producers (each producer sends at least 1 record/s)"
+        );
+    }
+    if args.consumers > 0 && matches!(args.acks, crate::produce::AcksArg::None) {
+        anyhow::bail!(
+            "--consumers counts the acknowledged records no consumer received: use --acks 1 or all"
+        );
+    }
+    values(args)
+}
+
+pub async fn run(client: Client, args: ProduceArgs, values: Vec<Bytes>) -> anyhow::Result<()> {
+    let producers = u64::from(args.producers);
+    ensure_topic(&client, &args.common).await?;
+    let values = Arc::new(values);
+    let messages = match (args.messages, args.duration_secs) {
+        (Some(m), _) => Some(m),
+        (None, Some(_)) => None,
+        (None, None) => Some(DEFAULT_MESSAGES),
+    };
+    let consumers = position_consumers(&client, &args).await?;
+    let consumer_count = consumers.len() as u32;
+    let config = ProducerConfig {
+        acks: args.acks.into(),
+        batch_size_bytes: args.batch_size,
+        linger: Duration::from_millis(args.linger_ms),
+        sticky_partition_bytes: args.sticky_partition_bytes,
+        compression: args.compression,
+        enable_idempotence: !args.no_idempotence,
+        max_in_flight_per_partition: args.max_in_flight,
+        ..ProducerConfig::default()
+    };
+    let measure = Arc::new(Measure::new(
+        Duration::from_secs_f64(args.warmup_secs),
+        args.duration_secs.map(Duration::from_secs),
+        messages,
+        args.common.format == Format::Json,
+    ));
+    let consumer_tasks: Vec<_> = consumers
+        .into_iter()
+        .map(|consumer| tokio::spawn(consume(measure.clone(), consumer)))
+        .collect();
+    let mut producer_tasks = Vec::new();
+    for p in 0..producers {
+        let plan = Plan {
+            producer: p,
+            limit: messages.map(|m| m / producers + u64::from(p < m % producers)),
+            rate: args
+                .rate
+                .map(|r| r / producers + u64::from(p < r % producers)),
+            stamp: consumer_count > 0,
+            keys: args.keys,
+            key_space: args.key_space,
+        };
+        let producer = Producer::new(client.clone(), config.clone());
+        producer_tasks.push(tokio::spawn(produce(
+            measure.clone(),
+            producer,
+            plan,
+            values.clone(),
+            args.common.topic.clone(),
+        )));
+    }
+    let mut produce_latency = histogram();
+    for task in producer_tasks {
+        produce_latency.add(task.await??)?;
+    }
+    measure.senders_done();
+    let mut e2e_latency = histogram();
+    for task in consumer_tasks {
+        e2e_latency.add(task.await??)?;
+    }
+    let mode = args.rate.map_or(Mode::Max, Mode::Rate);
+    let end_to_end = (consumer_count > 0).then_some((consumer_count, &e2e_latency));
+    measure
+        .report(
+            "produce",
+            &args.common.topic,
+            args.producers,
+            mode,
+            &produce_latency,
+            end_to_end,
+        )
+        .and_then(|report| report.print(args.common.format == Format::Json))
+        .map_err(anyhow::Error::msg)
+}
+
+/// `--consumers` consumers (at most one per partition), each assigned its share of the
+/// partitions and positioned at their current ends, before anything is sent.
+async fn position_consumers(client: &Client, args: &ProduceArgs) -> anyhow::Result<Vec<Consumer>> {
+    if args.consumers == 0 {
+        return Ok(Vec::new());
+    }
+    let partitions: Vec<u32> = Admin::new(client.clone())
+        .list_offsets(&args.common.topic, OffsetSpec::Latest)
+        .await?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    let count = (args.consumers as usize).min(partitions.len()).max(1);
+    let mut consumers = Vec::with_capacity(count);
+    for c in 0..count {
+        let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+        consumer.assign(
+            partitions
+                .iter()
+                .skip(c)
+                .step_by(count)
+                .map(|p| (args.common.topic.clone(), *p)),
+        );
+        consumer.seek_all(SeekTo::Latest).await?;
+        consumers.push(consumer);
+    }
+    Ok(consumers)
+}
+
+/// One producer's send loop; returns its send-to-acknowledgement latencies.
+async fn produce(
+    measure: Arc<Measure>,
+    producer: Producer,
+    plan: Plan,
+    values: Arc<Vec<Bytes>>,
+    topic: String,
+) -> anyhow::Result<Histogram<u64>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let acker = tokio::spawn(acknowledge(measure.clone(), rx));
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64 ^ (plan.producer + 1);
+    let mut i = 0u64;
+    while plan.limit.is_none_or(|limit| i < limit) {
+        let Some(start) = measure.schedule(i, plan.rate).await else {
+            break;
+        };
+        let value = values[(i % values.len() as u64) as usize].clone();
+        let mut bytes = value.len() as u64;
+        let mut record = Record::new(&topic).value(value);
+        let key = match plan.keys {
+            Keys::None => None,
+            Keys::Sequential => Some(i % plan.key_space),
+            Keys::Random => {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                Some(seed % plan.key_space)
+            }
+        };
+        if let Some(key) = key {
+            let key = key.to_string();
+            bytes += key.len() as u64;
+            record = record.key(key);
+        }
+        if plan.stamp {
+            record = record.header(SENT_HEADER, measure.stamp(start).to_vec());
+        }
+        let delivery = producer
+            .send(record)
+            .await
+            .map_err(|e| anyhow::anyhow!("producer {}: send: {e}", plan.producer))?;
+        if tx.send((start, bytes, delivery)).await.is_err() {
+            break;
+        }
+        i += 1;
+    }
+    producer.flush().await;
+    drop(tx);
+    acker
+        .await
+        .map_err(|e| anyhow::anyhow!("acknowledgement task failed: {e}"))
+}
+
+/// Waits for a producer's deliveries in whatever order they complete, at most
+/// [`PENDING_RECORDS_MAX`] at once; returns their latencies.
+async fn acknowledge(
+    measure: Arc<Measure>,
+    mut sent: tokio::sync::mpsc::Receiver<(Instant, u64, DeliveryFuture)>,
+) -> Histogram<u64> {
+    let mut latencies = histogram();
+    let mut pending = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            next = sent.recv(), if open && pending.len() < PENDING_RECORDS_MAX => match next {
+                Some((start, bytes, delivery)) => {
+                    pending.push(async move { (start, bytes, delivery.await) });
+                }
+                None => open = false,
+            },
+            Some((start, bytes, result)) = pending.next(), if !pending.is_empty() => {
+                measure.acknowledged(start, bytes, result.map(|_| ()), &mut latencies);
+            }
+            else => break,
+        }
+    }
+    latencies
+}
+
+/// One consumer's loop: reads until every acknowledged record has been received (or nothing
+/// arrives for [`DRAINED_AFTER`] after the producers finished); returns end-to-end latencies.
+async fn consume(measure: Arc<Measure>, mut consumer: Consumer) -> anyhow::Result<Histogram<u64>> {
+    let mut latencies = histogram();
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        if measure.all_received() {
+            break;
+        }
+        if !measure.sending()
+            && idle_since.get_or_insert_with(Instant::now).elapsed() > DRAINED_AFTER
+        {
+            break;
+        }
+        let records = consumer.poll(Duration::from_millis(100)).await?;
+        if records.is_empty() {
+            continue;
+        }
+        idle_since = None;
+        let now = Instant::now();
+        for record in &records {
+            if let Some(stamp) = record
+                .headers
+                .iter()
+                .find(|h| h.key.as_ref() == SENT_HEADER.as_bytes())
+                .and_then(|h| h.value.as_deref())
+            {
+                measure.received(stamp, now, &mut latencies);
+            }
+        }
+        measure.show_received();
+    }
+    Ok(latencies)
+}

@@ -1,0 +1,301 @@
+//! `rill bench` against a real broker: argument errors before any connection, several
+//! producers and consumers in one run with the JSON report's shape and exact counts, the
+//! open-loop schedule (`--rate`) with a warm-up, values from a payload file, and `bench consume`.
+//! These tests check what the bench does and reports, never how fast anything is.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{cli_binary, rill_json, rill_output, BrokerProcess};
+use rill_client::protocol::api::OffsetSpec;
+use rill_client::Admin;
+use serde_json::Value;
+
+/// `rill bench args` against `brokers`, as it ran.
+fn bench(brokers: &str, args: &[&str]) -> Output {
+    Command::new(cli_binary())
+        .arg("bench")
+        .args(args)
+        .env("RILL_BROKERS", brokers)
+        .output()
+        .expect("run rill bench")
+}
+
+/// `rill bench args --format json`: its report.
+fn bench_json(brokers: &str, args: &[&str]) -> Value {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    rill_json(brokers, &all)
+}
+
+/// Records in `topic`: the sum of its partitions' log end offsets.
+async fn records_in(address: &str, topic: &str) -> u64 {
+    let admin = Admin::new(common::client(address).await);
+    admin
+        .list_offsets(topic, OffsetSpec::Latest)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, end)| end.unwrap_or(0))
+        .sum()
+}
+
+fn assert_percentiles(latency: &Value, samples: u64, what: &str) {
+    assert_eq!(latency["samples"], samples, "{what}: {latency}");
+    let p = |name: &str| {
+        latency[name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{what}: {name} in {latency}"))
+    };
+    assert!(p("p50_ms") > 0.0, "{what}: {latency}");
+    assert!(p("p50_ms") <= p("p90_ms"), "{what}: {latency}");
+    assert!(p("p90_ms") <= p("p99_ms"), "{what}: {latency}");
+    assert!(p("p99_ms") <= p("p99.9_ms"), "{what}: {latency}");
+    assert!(p("p99.9_ms") <= p("max_ms"), "{what}: {latency}");
+}
+
+#[test]
+fn bench_refuses_bad_arguments_before_connecting() {
+    // Nothing listens on port 9: each mistake must be reported before a connection is tried.
+    let nowhere = "127.0.0.1:9";
+    let payload = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(payload.path(), "\n\r\n").unwrap();
+    let empty_file = payload.path().to_str().unwrap();
+    let cases: [(&[&str], &str); 8] = [
+        (&["produce", "--rate", "0"], "--rate"),
+        (&["produce", "--producers", "0"], "--producers"),
+        (&["produce", "--warmup-secs=-1"], "--warmup-secs"),
+        (&["produce", "--duration-secs", "0"], "--duration-secs"),
+        (
+            &[
+                "produce",
+                "--payload-file",
+                "/nonexistent/values",
+                "--size",
+                "8",
+            ],
+            "cannot be used with",
+        ),
+        (
+            &["produce", "--payload-file", "/nonexistent/values"],
+            "payload file /nonexistent/values",
+        ),
+        (
+            &["produce", "--payload-file", empty_file],
+            "no non-empty line",
+        ),
+        (
+            &["produce", "--rate", "2", "--producers", "3"],
+            "--rate must be at least --producers",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = bench(nowhere, args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("connect"),
+            "{args:?} tried to connect: {stderr}"
+        );
+    }
+    let output = bench(nowhere, &["produce", "--consumers", "1", "--acks", "0"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--acks 1 or all"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_producers_and_consumers_and_reports_exact_counts() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &[]);
+    let address = broker.address.clone();
+    let report = tokio::task::spawn_blocking({
+        let address = address.clone();
+        move || {
+            bench_json(
+                &address,
+                &[
+                    "produce",
+                    "--topic",
+                    "b",
+                    "--partitions",
+                    "4",
+                    "--messages",
+                    "3000",
+                    "--size",
+                    "200",
+                    "--producers",
+                    "2",
+                    "--consumers",
+                    "2",
+                    "--keys",
+                    "sequential",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(report["bench"], "produce", "{report}");
+    assert_eq!(report["topic"], "b");
+    assert_eq!(report["clients"], 2);
+    assert_eq!(report["mode"], "max");
+    assert_eq!(report["target_records_per_sec"], Value::Null);
+    assert_eq!(report["records"], 3000);
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["first_error"], Value::Null);
+    // Each producer sends 1,500 records keyed 0..999 then 0..499: 4,280 key bytes.
+    assert_eq!(report["bytes"], 3000 * 200 + 2 * 4280);
+    assert!(report["records_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(report["mb_per_sec"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["latency_of"], "send to acknowledgement");
+    assert_percentiles(&report["latency"], 3000, "produce latency");
+    let e2e = &report["end_to_end"];
+    assert_eq!(e2e["consumers"], 2, "{report}");
+    assert_eq!(e2e["records"], 3000);
+    assert_eq!(e2e["missing"], 0);
+    assert_eq!(e2e["latency_of"], "send to receipt by a consumer");
+    assert_percentiles(&e2e["latency"], 3000, "end-to-end latency");
+    assert_eq!(records_in(&address, "b").await, 3000);
+
+    // The table format says the same in words.
+    let table = tokio::task::spawn_blocking({
+        let address = address.clone();
+        move || {
+            rill_output(
+                &address,
+                &[
+                    "bench",
+                    "produce",
+                    "--topic",
+                    "b",
+                    "--messages",
+                    "500",
+                    "--consumers",
+                    "1",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(table.contains("produce b: 500 records"), "{table}");
+    assert!(
+        table.contains("end to end (1 consumers, 500 records, 0 missing)"),
+        "{table}"
+    );
+
+    // bench consume reads everything from the beginning.
+    let consumed = tokio::task::spawn_blocking(move || {
+        bench_json(&address, &["consume", "--topic", "b", "--consumers", "3"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(consumed["bench"], "consume", "{consumed}");
+    assert_eq!(consumed["clients"], 3);
+    assert_eq!(consumed["records"], 3500);
+    assert_eq!(consumed["end_to_end"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_at_a_fixed_rate_sends_exactly_its_schedule_and_skips_the_warmup() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &[]);
+    let address = broker.address.clone();
+    // 400 records/s from 2 producers for 1 s of warm-up and 2 s measured: the schedule holds
+    // records 0..1200, however fast or slow the machine, since a producer that falls behind
+    // sends late rather than skipping.
+    let report = tokio::task::spawn_blocking({
+        let address = address.clone();
+        move || {
+            bench_json(
+                &address,
+                &[
+                    "produce",
+                    "--topic",
+                    "r",
+                    "--partitions",
+                    "2",
+                    "--size",
+                    "64",
+                    "--rate",
+                    "400",
+                    "--producers",
+                    "2",
+                    "--warmup-secs",
+                    "1",
+                    "--duration-secs",
+                    "2",
+                    "--consumers",
+                    "1",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(report["mode"], "rate", "{report}");
+    assert_eq!(report["target_records_per_sec"], 400);
+    assert_eq!(report["warmup_secs"], 1.0);
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["latency_of"], "scheduled send to acknowledgement");
+    assert_eq!(records_in(&address, "r").await, 1200);
+    // Only records scheduled after the warm-up count: 800, less the one or two at its edge
+    // that may have gone a little early.
+    let samples = report["latency"]["samples"].as_u64().unwrap();
+    assert!((795..=800).contains(&samples), "{report}");
+    // Acknowledgements after the warm-up: those 800 and perhaps a few sent just before it.
+    let records = report["records"].as_u64().unwrap();
+    assert!((795..=810).contains(&records), "{report}");
+    let e2e = &report["end_to_end"];
+    assert_eq!(e2e["missing"], 0, "{report}");
+    assert_eq!(e2e["latency_of"], "scheduled send to receipt by a consumer");
+    let e2e_samples = e2e["latency"]["samples"].as_u64().unwrap();
+    assert!((795..=800).contains(&e2e_samples), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_takes_values_from_a_payload_file_in_order() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &[]);
+    let address = broker.address.clone();
+    let payload = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(payload.path(), "alpha\nbeta\r\n\n{\"n\":3}\n").unwrap();
+    let path = payload.path().to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        let report = bench_json(
+            &address,
+            &[
+                "produce",
+                "--topic",
+                "f",
+                "--messages",
+                "7",
+                "--payload-file",
+                &path,
+            ],
+        );
+        assert_eq!(report["records"], 7, "{report}");
+        assert_eq!(report["bytes"], 3 * 5 + 2 * 4 + 2 * 7);
+        rill_output(
+            &address,
+            &["consume", "f", "--from-beginning", "--count", "7"],
+        )
+    })
+    .await
+    .unwrap();
+    let values: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        values,
+        [
+            "alpha",
+            "beta",
+            "{\"n\":3}",
+            "alpha",
+            "beta",
+            "{\"n\":3}",
+            "alpha"
+        ],
+        "{out}"
+    );
+}
