@@ -299,3 +299,58 @@ async fn bench_takes_values_from_a_payload_file_in_order() {
         "{out}"
     );
 }
+
+/// The peer benchmark's script in dry-run mode (no peer installed, nothing started): it must
+/// parse its arguments and print the whole plan, every system and workload, so it does not rot
+/// between the runs that measure.
+#[test]
+fn the_peer_benchmark_script_prints_its_whole_plan_in_a_dry_run() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new("bash")
+        .arg(format!("{root}/benches/scripts/peers.sh"))
+        .args(["--dry-run", "--out"])
+        .arg(out.path())
+        .env("IGGY_SERVER", "/opt/iggy/iggy-server")
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}\n{stdout}");
+    for system in ["rill", "nats", "redis", "iggy"] {
+        for workload in ["produce-1k", "consume", "produce-100", "produce-4x1k"] {
+            let file = format!("{workload}.{system}");
+            assert!(
+                stdout.contains(&file)
+                    || (system == "iggy" && stdout.contains(&format!("/iggy/{workload}.iggy"))),
+                "no {file} in the plan:\n{stdout}"
+            );
+        }
+    }
+    for expected in [
+        "rate-half.rill.json",
+        "--rate 100000 --warmup-secs 3 --duration-secs 20 --consumers 1",
+        "replicated-1k.rill.json",
+        "--replicas 3 --acks all",
+        "replicated-1k.nats.json",
+        "--appendfsync everysec",
+        "--flush interval:1000",
+        "/opt/iggy/iggy-bench -m 1024 -P 1000 -b 1000 pinned-producer --producers 1",
+        "peers_table.py",
+        "peers.gnuplot",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "no `{expected}` in the plan:\n{stdout}"
+        );
+    }
+    // Nothing was started or written besides the output directory itself.
+    assert!(!out.path().join("results").exists());
+    let bad = Command::new("bash")
+        .arg(format!("{root}/benches/scripts/peers.sh"))
+        .args(["--dry-run", "--systems", "kafka"])
+        .output()
+        .expect("run bash");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown system kafka"));
+}

@@ -72,6 +72,17 @@ pub enum Mode {
     Rate(u64),
 }
 
+/// When a record may go ([`Measure::due`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Now; its latency counts from this instant.
+    Now(Instant),
+    /// Not before this instant.
+    At(Instant),
+    /// Never: the run's duration is over.
+    Stop,
+}
+
 /// What every sender and receiver of one run shares: the clock and the counters. Times are
 /// tokio's [`Instant`]s, so tests can run the schedule on a paused clock.
 #[derive(Debug)]
@@ -129,20 +140,35 @@ impl Measure {
         self.measure_from
     }
 
+    /// Whether record `i` of a sender at `rate` records/s (as fast as possible without a rate)
+    /// may go now, without waiting: senders that batch by hand (a pipeline) take every record
+    /// that is [`Due::Now`] and then wait for the next.
+    pub fn due(&self, i: u64, rate: Option<u64>) -> Due {
+        let now = Instant::now();
+        let scheduled = match rate {
+            Some(rate) => self.base + Duration::from_secs_f64(i as f64 / rate.max(1) as f64),
+            None => now,
+        };
+        if self.stop_at.is_some_and(|stop| scheduled >= stop) {
+            Due::Stop
+        } else if scheduled > now + EARLY_SEND_MAX {
+            Due::At(scheduled)
+        } else {
+            Due::Now(scheduled.min(now))
+        }
+    }
+
     /// Waits until record `i` of a sender at `rate` records/s is due (at once without a rate)
     /// and returns the instant its latency counts from; `None` once the duration is over.
     pub async fn schedule(&self, i: u64, rate: Option<u64>) -> Option<Instant> {
-        let scheduled = match rate {
-            Some(rate) => self.base + Duration::from_secs_f64(i as f64 / rate.max(1) as f64),
-            None => Instant::now(),
-        };
-        if self.stop_at.is_some_and(|stop| scheduled >= stop) {
-            return None;
+        match self.due(i, rate) {
+            Due::Stop => None,
+            Due::Now(start) => Some(start),
+            Due::At(scheduled) => {
+                tokio::time::sleep_until(scheduled).await;
+                Some(scheduled.min(Instant::now()))
+            }
         }
-        if scheduled > Instant::now() + EARLY_SEND_MAX {
-            tokio::time::sleep_until(scheduled).await;
-        }
-        Some(scheduled.min(Instant::now()))
     }
 
     /// The stamp for a record whose latency counts from `start` (see [`SENT_HEADER`]).

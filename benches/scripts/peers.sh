@@ -1,0 +1,293 @@
+#!/usr/bin/env bash
+# Rill next to other brokers, on this machine, in one run (docs/BENCHMARKS.md, "Peers").
+#
+# Installs and starts each peer in turn (NATS JetStream and Redis Streams from Debian's
+# packages; Apache Iggy when IGGY_SERVER names an iggy-server binary), runs the same workloads
+# against each, and writes one JSON report per workload and system, a Markdown table of the
+# figures and of Rill's ratio to each peer, and gnuplot plots, into the output directory.
+#
+# Rill is driven by `rill bench`; NATS and Redis by `peer-bench` (benches/peers), which measures
+# through the same code (rill_client::bench); Iggy by its own iggy-bench (its figures, its
+# method: closed loop, batches of 1,000 messages), and its rows say so.
+#
+# Every broker gets a fresh data directory under the output directory (one filesystem for all)
+# for each workload, so none inherits another's files. Durability settings, compared like with
+# like: Rill flush=interval:1000 (fdatasync every second), Redis appendfsync everysec, NATS
+# JetStream its default (sync every 2 minutes), Iggy its default (no fsync per write).
+#
+# Usage: benches/scripts/peers.sh [--dry-run] [--quick] [--out DIR] [--systems "rill nats redis iggy"] [--no-cluster]
+#   --dry-run   print every command instead of running it (CI runs this: tests/e2e_bench.rs)
+#   --quick     a tenth of the records (a smoke run of the whole script in a few minutes)
+#   IGGY_SERVER=/path/to/iggy-server [IGGY_BENCH=/path/to/iggy-bench] adds Iggy.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+
+DRY=0
+QUICK=0
+CLUSTER=1
+OUT=target/peers
+SYSTEMS="rill nats redis iggy"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    --quick) QUICK=1 ;;
+    --no-cluster) CLUSTER=0 ;;
+    --out) OUT=$2; shift ;;
+    --systems) SYSTEMS=$2; shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) echo "peers.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+for s in $SYSTEMS; do
+  case "$s" in rill|nats|redis|iggy) ;; *) echo "peers.sh: unknown system $s (rill nats redis iggy)" >&2; exit 2 ;; esac
+done
+
+# Workload sizes: records.
+N_1K=1000000      # 1 producer x 1 KiB (1 GiB, also what the consumer reads)
+N_100=5000000     # 1 producer x 100 B
+N_4X1K=2000000    # 4 producers x 1 KiB into 4 partitions
+RATE_SECS=20      # fixed-rate run, measured seconds
+WARMUP_SECS=3
+if [ $QUICK = 1 ]; then N_1K=100000; N_100=500000; N_4X1K=200000; RATE_SECS=5; WARMUP_SECS=1; fi
+
+OUT=$(mkdir -p "$OUT" && cd "$OUT" && pwd)
+RESULTS=$OUT/results
+DATA=$OUT/data
+RILL=$ROOT/target/release/rill
+BROKER=$ROOT/target/release/rill-broker
+PEER=$ROOT/target/release/peer-bench
+IGGY_BENCH=${IGGY_BENCH:-${IGGY_SERVER:+$(dirname "${IGGY_SERVER}")/iggy-bench}}
+PIDS=()
+
+say() { echo "peers.sh: $*" >&2; }
+run() { if [ $DRY = 1 ]; then echo "+ $*"; else "$@"; fi; }
+# `run` for a command whose stdout is a report: kept in $1.
+report() { local file=$1; shift; if [ $DRY = 1 ]; then echo "+ $* > $file"; else "$@" > "$file"; fi; }
+
+stop_all() {
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+trap stop_all EXIT
+
+# Starts a server in the background (logging to $OUT/logs), remembering its pid.
+start() {
+  local name=$1; shift
+  if [ $DRY = 1 ]; then echo "+ $* &"; return; fi
+  mkdir -p "$OUT/logs"
+  "$@" >"$OUT/logs/$name.log" 2>&1 &
+  PIDS+=($!)
+}
+
+# Waits until host:port accepts connections (30 s at most).
+wait_port() {
+  [ $DRY = 1 ] && { echo "+ wait for $1:$2"; return; }
+  for _ in $(seq 300); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  say "nothing listens on $1:$2 after 30 s; see $OUT/logs"; exit 1
+}
+
+# CPU seconds (user + system) of the servers started so far.
+cpu_secs() {
+  [ $DRY = 1 ] && { echo 0; return; }
+  local ticks=0 hz
+  hz=$(getconf CLK_TCK)
+  for pid in "${PIDS[@]}"; do
+    if [ -r "/proc/$pid/stat" ]; then
+      ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    fi
+  done
+  echo "scale=2; $ticks / $hz" | bc
+}
+
+# measure NAME CMD...: runs a workload, keeping its report and the servers' CPU seconds.
+measure() {
+  local name=$1; shift
+  local before after
+  before=$(cpu_secs)
+  report "$RESULTS/$name.json" "$@"
+  after=$(cpu_secs)
+  [ $DRY = 1 ] || echo "$before $after" | awk '{printf "%.2f\n", $2 - $1}' > "$RESULTS/$name.cpu"
+}
+
+# ---- install and build ----------------------------------------------------------------------
+need=()
+for s in $SYSTEMS; do
+  case "$s" in
+    nats) command -v nats-server >/dev/null 2>&1 || need+=(nats-server) ;;
+    redis) command -v redis-server >/dev/null 2>&1 || need+=(redis-server) ;;
+  esac
+done
+command -v gnuplot >/dev/null 2>&1 || need+=(gnuplot-nox)
+command -v bc >/dev/null 2>&1 || need+=(bc)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+run cargo build --release -q -p rill-broker -p rill-client
+if [[ " $SYSTEMS " == *" nats "* || " $SYSTEMS " == *" redis "* ]]; then
+  run cargo build --release -q --manifest-path benches/peers/Cargo.toml --target-dir target
+fi
+if [[ " $SYSTEMS " == *" iggy "* ]] && [ -z "${IGGY_SERVER:-}" ]; then
+  say "IGGY_SERVER not set: Iggy's rows say \"not run\" (docs/BENCHMARKS.md says how to build it)"
+  SYSTEMS=${SYSTEMS//iggy/}
+fi
+run rm -rf "$RESULTS" "$DATA"
+run mkdir -p "$RESULTS" "$DATA"
+
+# ---- the systems: fresh start, stop ----------------------------------------------------------
+fresh() { stop_all; run rm -rf "$DATA/$1"; run mkdir -p "$DATA/$1"; }
+
+start_rill() {
+  fresh rill
+  start rill "$BROKER" --data-dir "$DATA/rill" --listen 127.0.0.1:19292 --kafka-listen off \
+    --admin-listen off --flush interval:1000
+  wait_port 127.0.0.1 19292
+}
+start_rill_cluster() {
+  fresh rill3
+  local voters=1@127.0.0.1:19401,2@127.0.0.1:19402,3@127.0.0.1:19403
+  for i in 1 2 3; do
+    start "rill-$i" "$BROKER" --node-id $i --data-dir "$DATA/rill3/$i" --listen 127.0.0.1:1930$i \
+      --kafka-listen off --admin-listen off --controller-voters $voters --flush interval:1000
+  done
+  for i in 1 2 3; do wait_port 127.0.0.1 1930$i; done
+}
+start_nats() {
+  fresh nats
+  start nats nats-server -js -sd "$DATA/nats" -a 127.0.0.1 -p 14222
+  wait_port 127.0.0.1 14222
+}
+start_nats_cluster() {
+  fresh nats3
+  local routes=nats://127.0.0.1:16221,nats://127.0.0.1:16222,nats://127.0.0.1:16223
+  for i in 1 2 3; do
+    start "nats-$i" nats-server -js -sd "$DATA/nats3/$i" -a 127.0.0.1 -p 1422$i -n "n$i" \
+      --cluster_name bench --cluster nats://127.0.0.1:1622$i --routes $routes
+  done
+  for i in 1 2 3; do wait_port 127.0.0.1 1422$i; done
+}
+start_redis() {
+  fresh redis
+  start redis redis-server --port 16379 --bind 127.0.0.1 --dir "$DATA/redis" --save "" \
+    --appendonly yes --appendfsync everysec
+  wait_port 127.0.0.1 16379
+}
+start_iggy() {
+  fresh iggy
+  start iggy env IGGY_SYSTEM_PATH="$DATA/iggy" IGGY_TCP_ADDRESS=127.0.0.1:18090 \
+    IGGY_HTTP_ENABLED=false IGGY_QUIC_ENABLED=false "$IGGY_SERVER"
+  wait_port 127.0.0.1 18090
+}
+
+# ---- how each system runs a workload --------------------------------------------------------
+# produce SYSTEM NAME TOPIC RECORDS SIZE PRODUCERS PARTITIONS [extra...]; RECORDS - for no limit.
+rill_cmd() { echo "$RILL" --brokers "${RILL_BROKERS:-127.0.0.1:19292}" bench; }
+produce() {
+  local system=$1 name=$2 topic=$3 records=$4 size=$5 producers=$6 partitions=$7; shift 7
+  local common=(--topic "$topic" --size "$size" --producers "$producers" --partitions "$partitions")
+  [ "$records" = - ] || common+=(--messages "$records")
+  case "$system" in
+    rill) measure "$name" $(rill_cmd) produce "${common[@]}" --format json "$@" ;;
+    nats) measure "$name" "$PEER" --system nats --url nats://127.0.0.1:14222 --format json produce \
+            "${common[@]}" "$@" ;;
+    redis) measure "$name" "$PEER" --system redis --url redis://127.0.0.1:16379/ --format json produce \
+            "${common[@]}" "$@" ;;
+    iggy) iggy "$name" pinned-producer "$records" "$size" "$producers" ;;
+  esac
+}
+consume() {
+  local system=$1 name=$2 topic=$3
+  case "$system" in
+    rill) measure "$name" $(rill_cmd) consume --topic "$topic" --format json ;;
+    nats) measure "$name" "$PEER" --system nats --url nats://127.0.0.1:14222 --format json consume --topic "$topic" ;;
+    redis) measure "$name" "$PEER" --system redis --url redis://127.0.0.1:16379/ --format json consume --topic "$topic" ;;
+    iggy) iggy "$name" pinned-consumer "$N_1K" 1024 1 ;;
+  esac
+}
+# Iggy's own benchmark: batches of 1,000 messages, one stream per actor; its report.json kept.
+iggy() {
+  local name=$1 kind=$2 records=$3 size=$4 actors=$5 dir="$OUT/iggy/$1"
+  local role=--producers
+  [ "$kind" = pinned-consumer ] && role=--consumers
+  run rm -rf "$dir"
+  local before after
+  before=$(cpu_secs)
+  run "$IGGY_BENCH" -m "$size" -P 1000 -b $((records / 1000 / actors)) "$kind" "$role" "$actors" \
+    --streams "$actors" tcp --server-address 127.0.0.1:18090 output -o "$dir"
+  after=$(cpu_secs)
+  if [ $DRY = 0 ]; then
+    cp "$(find "$dir" -name report.json | head -1)" "$RESULTS/$name.iggy-report.json"
+    echo "$before $after" | awk '{printf "%.2f\n", $2 - $1}' > "$RESULTS/$name.cpu"
+  fi
+}
+
+# The rate of a system's 1 x 1 KiB run, halved: its fixed-rate workload.
+half_rate() {
+  [ $DRY = 1 ] && { echo 100000; return; }
+  python3 - "$RESULTS/produce-1k.$1.json" "$RESULTS/produce-1k.$1.iggy-report.json" <<'EOF'
+import json, os, sys
+for path in sys.argv[1:]:
+    if os.path.exists(path):
+        r = json.load(open(path))
+        if "records_per_sec" in r:
+            print(max(1, int(r["records_per_sec"] / 2))); break
+        print(max(1, int(r["group_metrics"][0]["summary"]["total_throughput_messages_per_second"] / 2))); break
+EOF
+}
+
+# ---- the runs --------------------------------------------------------------------------------
+for system in $SYSTEMS; do
+  say "== $system"
+  "start_$system"
+  produce "$system" "produce-1k.$system" p1k "$N_1K" 1024 1 1
+  consume "$system" "consume.$system" p1k
+  "start_$system"
+  produce "$system" "produce-100.$system" p100 "$N_100" 100 1 1
+  "start_$system"
+  produce "$system" "produce-4x1k.$system" p4 "$N_4X1K" 1024 4 4
+  "start_$system"
+  rate=$(half_rate "$system")
+  if [ "$system" = iggy ]; then
+    # iggy-bench limits bytes/s and measures closed-loop batches: its own method, reported as such.
+    run rm -rf "$OUT/iggy/rate"
+    run "$IGGY_BENCH" -m 1024 -P 1000 -T "$((rate * 1024 * (RATE_SECS + WARMUP_SECS)))B" \
+      -r "$((rate * 1024))B" -w "${WARMUP_SECS}s" pinned-producer --producers 1 --streams 1 tcp \
+      --server-address 127.0.0.1:18090 output -o "$OUT/iggy/rate"
+    [ $DRY = 1 ] || cp "$(find "$OUT/iggy/rate" -name report.json | head -1)" "$RESULTS/rate-half.iggy.iggy-report.json"
+  else
+    produce "$system" "rate-half.$system" rate - 1024 1 1 --rate "$rate" \
+      --warmup-secs "$WARMUP_SECS" --duration-secs "$RATE_SECS" --consumers 1
+  fi
+  stop_all
+done
+
+if [ $CLUSTER = 1 ]; then
+  for system in $SYSTEMS; do
+    case "$system" in
+      rill)
+        say "== rill, three brokers"
+        start_rill_cluster
+        RILL_BROKERS=127.0.0.1:19301,127.0.0.1:19302,127.0.0.1:19303 \
+          produce rill "replicated-1k.rill" r3 "$N_1K" 1024 1 1 --replicas 3 --acks all
+        ;;
+      nats)
+        say "== nats, three servers"
+        start_nats_cluster
+        measure "replicated-1k.nats" "$PEER" --system nats --url nats://127.0.0.1:14221 --format json \
+          produce --topic r3 --messages "$N_1K" --size 1024 --replicas 3
+        ;;
+    esac
+    stop_all
+  done
+fi
+
+# ---- table and plots ---------------------------------------------------------------------------
+run python3 benches/scripts/peers_table.py "$RESULTS" "$OUT"
+run gnuplot -e "dir='$OUT'" benches/scripts/peers.gnuplot
+say "done: $OUT/table.md, $OUT/throughput.png, $OUT/latency.png"

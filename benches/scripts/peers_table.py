@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Turns benches/scripts/peers.sh's reports into a Markdown table and gnuplot data.
+
+Usage: peers_table.py RESULTS_DIR OUT_DIR
+Reads RESULTS_DIR/<workload>.<system>.json (rill bench / peer-bench reports),
+<workload>.iggy.iggy-report.json (iggy-bench's report.json) and <workload>.<system>.cpu (broker
+CPU seconds); writes OUT_DIR/table.md, OUT_DIR/throughput.dat and OUT_DIR/latency.dat.
+Standard library only.
+"""
+import json
+import os
+import sys
+
+SYSTEMS = ["rill", "nats", "redis", "iggy"]
+NAMES = {"rill": "Rill", "nats": "NATS JetStream", "redis": "Redis Streams", "iggy": "Apache Iggy"}
+# (workload, row title, unit, short label for the plot)
+WORKLOADS = [
+    ("produce-1k", "1 producer x 1 KiB, MB/s", "mb", "produce 1 x 1 KiB"),
+    ("produce-100", "1 producer x 100 B, records/s", "rps", ""),
+    ("produce-4x1k", "4 producers x 1 KiB, 4 partitions, MB/s", "mb", "produce 4 x 1 KiB"),
+    ("consume", "consume 1 GiB from page cache, MB/s", "mb", "consume"),
+    ("replicated-1k", "3 nodes, replicated x3, 1 producer x 1 KiB, MB/s", "mb", "3 nodes, x3"),
+]
+
+
+def load(results, workload, system):
+    """A report in rill bench's shape, or None."""
+    path = os.path.join(results, f"{workload}.{system}.json")
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        with open(path) as f:
+            report = json.load(f)
+        report["method"] = "same client code"
+    else:
+        path = os.path.join(results, f"{workload}.{system}.iggy-report.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            summary = json.load(f)["group_metrics"][0]["summary"]
+        report = {
+            "records_per_sec": summary["total_throughput_messages_per_second"],
+            "mb_per_sec": summary["total_throughput_megabytes_per_second"],
+            "latency": {
+                "p50_ms": summary["average_p50_latency_ms"],
+                "p90_ms": summary["average_p90_latency_ms"],
+                "p99_ms": summary["average_p99_latency_ms"],
+                "p99.9_ms": summary["average_p999_latency_ms"],
+                "max_ms": summary.get("max_latency_ms", 0.0),
+            },
+            "end_to_end": None,
+            "method": "iggy-bench",
+        }
+    cpu = os.path.join(results, f"{workload}.{system}.cpu")
+    if os.path.exists(cpu):
+        with open(cpu) as f:
+            report["cpu_secs"] = float(f.read().strip() or 0)
+    return report
+
+
+def figure(report, unit):
+    if report is None:
+        return None
+    return report["mb_per_sec"] if unit == "mb" else report["records_per_sec"]
+
+
+def show(value, unit):
+    if value is None:
+        return "not run"
+    if unit == "rps":
+        return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.0f}k"
+    return f"{value:,.0f}"
+
+
+def main():
+    results, out = sys.argv[1], sys.argv[2]
+    lines = ["| workload | " + " | ".join(NAMES[s] for s in SYSTEMS) + " | Rill / best peer |",
+             "| --- |" + " --- |" * (len(SYSTEMS) + 1)]
+    throughput = []
+    for workload, title, unit, label in WORKLOADS:
+        figures = {s: figure(load(results, workload, s), unit) for s in SYSTEMS}
+        peers = [v for s, v in figures.items() if s != "rill" and v]
+        ratio = f"{figures['rill'] / max(peers):.2f}x" if figures["rill"] and peers else "-"
+        lines.append(f"| {title} | " + " | ".join(show(figures[s], unit) for s in SYSTEMS) + f" | {ratio} |")
+        if unit == "mb":
+            throughput.append((label, [figures[s] or 0 for s in SYSTEMS]))
+
+    lines += ["", "Broker CPU seconds per GB produced (1 producer x 1 KiB):", "",
+              "| " + " | ".join(NAMES[s] for s in SYSTEMS) + " |", "|" + " --- |" * len(SYSTEMS)]
+    cells = []
+    for s in SYSTEMS:
+        r = load(results, "produce-1k", s)
+        if r and r.get("cpu_secs") and r.get("mb_per_sec"):
+            gb = r.get("bytes", r["mb_per_sec"] * r.get("seconds", 0) * 1e6) / 1e9
+            cells.append(f"{r['cpu_secs'] / gb:.2f}" if gb else "-")
+        else:
+            cells.append("not run")
+    lines.append("| " + " | ".join(cells) + " |")
+
+    lines += ["", "Fixed rate at half of each system's own 1 x 1 KiB maximum, latency in ms "
+              "(produce: scheduled send to acknowledgement; end to end: to receipt by a consumer):", "",
+              "| system | rate, records/s | produce p50 / p99 / p99.9 / max | end to end p50 / p99 / p99.9 / max |",
+              "| --- | --- | --- | --- |"]
+    latency_rows = []
+    for s in SYSTEMS:
+        r = load(results, "rate-half", s)
+        if r is None:
+            lines.append(f"| {NAMES[s]} | not run | | |")
+            continue
+        p = r["latency"]
+        produce = f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} / {p['p99.9_ms']:.2f} / {p['max_ms']:.2f}"
+        e2e = r.get("end_to_end")
+        e = e2e["latency"] if e2e else None
+        end = (f"{e['p50_ms']:.2f} / {e['p99_ms']:.2f} / {e['p99.9_ms']:.2f} / {e['max_ms']:.2f}" if e
+               else "(iggy-bench: closed-loop batch latency)")
+        rate = r.get("target_records_per_sec") or round(r["records_per_sec"])
+        lines.append(f"| {NAMES[s]} | {rate:,} | {produce} | {end} |")
+        latency_rows.append((NAMES[s], p))
+
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(out, "throughput.dat"), "w") as f:
+        f.write('"workload" ' + " ".join(f'"{NAMES[s]}"' for s in SYSTEMS) + "\n")
+        for title, values in throughput:
+            f.write(f'"{title}" ' + " ".join(f"{v:.1f}" for v in values) + "\n")
+    with open(os.path.join(out, "latency.dat"), "w") as f:
+        for name, p in latency_rows:
+            f.write(f'"{name}"\n')
+            for x, key in enumerate(["p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms"]):
+                f.write(f"{x} {max(p[key], 0.001)}\n")
+            f.write("\n\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
