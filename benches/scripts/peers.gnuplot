@@ -1,6 +1,6 @@
 # Plots of benches/scripts/peers.sh: gnuplot -e "dir='OUT'" benches/scripts/peers.gnuplot
 # throughput.png: MB/s per workload and system; latency.png: produce latency percentiles at a
-# fixed rate (half of each system's own maximum).
+# fixed rate, the same for every system.
 set terminal pngcairo size 1100,560 font "sans,10"
 
 set output dir."/throughput.png"
@@ -16,7 +16,7 @@ set xtics scale 0 font ",9"
 plot for [i=2:5] dir."/throughput.dat" using i:xtic(1) title columnheader(i)
 
 set output dir."/latency.png"
-set title "Produce latency at half of each system's maximum rate (lower is better)"
+set title "Produce latency, every system at the same fixed rate (lower is better)"
 set style data linespoints
 set xlabel "percentile"
 set ylabel "ms (log scale)"

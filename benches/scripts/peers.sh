@@ -48,7 +48,8 @@ done
 N_1K=1000000      # 1 producer x 1 KiB (1 GiB, also what the consumer reads)
 N_100=5000000     # 1 producer x 100 B
 N_4X1K=2000000    # 4 producers x 1 KiB into 4 partitions
-RATE_SECS=20      # fixed-rate run, measured seconds
+RATE_SECS=20      # fixed-rate runs, measured seconds
+SAME_RATE=40000   # records/s of 1 KiB that every system runs at (all sustain it here)
 WARMUP_SECS=3
 if [ $QUICK = 1 ]; then N_1K=100000; N_100=500000; N_4X1K=200000; RATE_SECS=5; WARMUP_SECS=1; fi
 
@@ -180,7 +181,7 @@ start_redis() {
 }
 start_iggy() {
   fresh iggy
-  start iggy env IGGY_SYSTEM_PATH="$DATA/iggy" IGGY_TCP_ADDRESS=127.0.0.1:18090 \
+  start iggy env IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy IGGY_SYSTEM_PATH="$DATA/iggy" IGGY_TCP_ADDRESS=127.0.0.1:18090 \
     IGGY_HTTP_ENABLED=false IGGY_QUIC_ENABLED=false "$IGGY_SERVER"
   wait_port 127.0.0.1 18090
 }
@@ -251,19 +252,21 @@ for system in $SYSTEMS; do
   produce "$system" "produce-100.$system" p100 "$N_100" 100 1 1
   "start_$system"
   produce "$system" "produce-4x1k.$system" p4 "$N_4X1K" 1024 4 4
-  "start_$system"
-  rate=$(half_rate "$system")
-  if [ "$system" = iggy ]; then
-    # iggy-bench limits bytes/s and measures closed-loop batches: its own method, reported as such.
-    run rm -rf "$OUT/iggy/rate"
-    run "$IGGY_BENCH" -m 1024 -P 1000 -T "$((rate * 1024 * (RATE_SECS + WARMUP_SECS)))B" \
-      -r "$((rate * 1024))B" -w "${WARMUP_SECS}s" pinned-producer --producers 1 --streams 1 tcp \
-      --server-address 127.0.0.1:18090 output -o "$OUT/iggy/rate"
-    [ $DRY = 1 ] || cp "$(find "$OUT/iggy/rate" -name report.json | head -1)" "$RESULTS/rate-half.iggy.iggy-report.json"
-  else
-    produce "$system" "rate-half.$system" rate - 1024 1 1 --rate "$rate" \
-      --warmup-secs "$WARMUP_SECS" --duration-secs "$RATE_SECS" --consumers 1
-  fi
+  for workload in rate-half rate-same; do
+    "start_$system"
+    if [ $workload = rate-half ]; then rate=$(half_rate "$system"); else rate=$SAME_RATE; fi
+    if [ "$system" = iggy ]; then
+      # iggy-bench limits bytes/s and measures closed-loop batches: its own method, reported as such.
+      run rm -rf "$OUT/iggy/$workload"
+      run "$IGGY_BENCH" -m 1024 -P 1000 -T "$((rate * 1024 * (RATE_SECS + WARMUP_SECS)))B" \
+        -r "$((rate * 1024))B" -w "${WARMUP_SECS}s" pinned-producer --producers 1 --streams 1 tcp \
+        --server-address 127.0.0.1:18090 output -o "$OUT/iggy/$workload"
+      [ $DRY = 1 ] || cp "$(find "$OUT/iggy/$workload" -name report.json | head -1)" "$RESULTS/$workload.iggy.iggy-report.json"
+    else
+      produce "$system" "$workload.$system" rate - 1024 1 1 --rate "$rate" \
+        --warmup-secs "$WARMUP_SECS" --duration-secs "$RATE_SECS" --consumers 1
+    fi
+  done
   stop_all
 done
 
