@@ -169,3 +169,42 @@ async fn a_record_sent_after_an_idle_pause_is_acknowledged_within_a_few_lingers(
         "a record after an idle pause took {slowest:?} (linger 5 ms)"
     );
 }
+
+/// `send_when_idle`: a partition with nothing in flight sends its batch at once instead of
+/// waiting for `linger` (here a minute, so waiting could not pass); while a request is in
+/// flight, records still gather into one batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_send_when_idle_an_idle_partition_does_not_wait_for_linger() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let client = client(&broker.address).await;
+    Admin::new(client.clone())
+        .create_topic(NewTopic::new("eager", 1))
+        .await
+        .unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            linger: Duration::from_secs(60),
+            send_when_idle: true,
+            ..ProducerConfig::default()
+        },
+    );
+    let started = std::time::Instant::now();
+    let mut deliveries = Vec::new();
+    for i in 0..200 {
+        let record = Record::new("eager").partition(0).value(format!("r{i}"));
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    let mut offsets = Vec::new();
+    for delivery in deliveries {
+        offsets.push(delivery.await.unwrap().offset);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "200 records with a 60 s linger took {:?}",
+        started.elapsed()
+    );
+    let expected: Vec<Option<u64>> = (0..200).map(Some).collect();
+    assert_eq!(offsets, expected, "every record once, in order");
+}

@@ -113,6 +113,10 @@ pub struct ProduceArgs {
     batch_size: usize,
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
+    /// Send a partition's batch at once when it has no request in flight (linger only while
+    /// requests are in flight): lower latency at modest rates.
+    #[arg(long)]
+    send_when_idle: bool,
     /// Unkeyed records move to the next partition after this many bytes.
     #[arg(long, default_value_t = 16 * 1024)]
     sticky_partition_bytes: usize,

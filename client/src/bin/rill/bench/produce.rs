@@ -76,6 +76,7 @@ pub async fn run(client: Client, args: ProduceArgs, values: Vec<Bytes>) -> anyho
         acks: args.acks.into(),
         batch_size_bytes: args.batch_size,
         linger: Duration::from_millis(args.linger_ms),
+        send_when_idle: args.send_when_idle,
         sticky_partition_bytes: args.sticky_partition_bytes,
         compression: args.compression,
         enable_idempotence: !args.no_idempotence,
