@@ -86,7 +86,7 @@ pub struct ProduceArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     duration_secs: Option<u64>,
     /// Seconds at the start whose records count in no figure (connections, metadata, page
-    /// faults of fresh segments and the JIT-like warm-up of caches settle meanwhile).
+    /// faults of fresh segments and first-touch memory settle meanwhile).
     #[arg(long, default_value_t = 0.0, value_parser = parse_seconds)]
     warmup_secs: f64,
     /// Open loop: send this many records per second in total, spread over the producers, and
