@@ -244,9 +244,10 @@ async fn bench_at_a_fixed_rate_sends_exactly_its_schedule_and_skips_the_warmup()
     // that may have gone a little early.
     let samples = report["latency"]["samples"].as_u64().unwrap();
     assert!((795..=800).contains(&samples), "{report}");
-    // Acknowledgements after the warm-up: those 800 and perhaps a few sent just before it.
+    // Acknowledgements after the warm-up: those 800, and those of warm-up records that came
+    // back after it (a few, or more on a loaded machine).
     let records = report["records"].as_u64().unwrap();
-    assert!((795..=810).contains(&records), "{report}");
+    assert!((795..=1200).contains(&records), "{report}");
     let e2e = &report["end_to_end"];
     assert_eq!(e2e["missing"], 0, "{report}");
     assert_eq!(e2e["latency_of"], "scheduled send to receipt by a consumer");
