@@ -221,24 +221,29 @@ struct PartitionState {
     sent: u64,
 }
 
+/// The producer's own maps, looked up per record: foldhash instead of the standard SipHash,
+/// which took 14% of a 100-byte record's instructions (callgrind). Their keys are the
+/// application's topics and partitions, not a peer's input, so hash flooding is no concern.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Batches per topic and partition. Nested maps so that the per-record path looks topics up by
 /// `&str` and allocates nothing once a partition has a queue.
 #[derive(Default)]
 struct State {
-    queues: HashMap<String, HashMap<u32, VecDeque<Batch>>>,
-    partitions: HashMap<TopicPartition, PartitionState>,
+    queues: FastMap<String, FastMap<u32, VecDeque<Batch>>>,
+    partitions: FastMap<TopicPartition, PartitionState>,
     /// The producer id and epoch (idempotent producers), once a broker gave one.
     producer: Option<(i64, i16)>,
     /// Unkeyed records: the partition they go to per topic, and bytes sent there since it was
     /// chosen.
-    sticky: HashMap<String, (u32, usize)>,
+    sticky: FastMap<String, (u32, usize)>,
     flushing: bool,
 }
 
 impl State {
     fn queue(&mut self, topic: &str, partition: u32) -> &mut VecDeque<Batch> {
         if !self.queues.contains_key(topic) {
-            self.queues.insert(topic.to_string(), HashMap::new());
+            self.queues.insert(topic.to_string(), FastMap::default());
         }
         self.queues
             .get_mut(topic)
