@@ -171,8 +171,8 @@ async fn a_record_sent_after_an_idle_pause_is_acknowledged_within_a_few_lingers(
 }
 
 /// `send_when_idle`: a partition with nothing in flight sends its batch at once instead of
-/// waiting for `linger` (here a minute, so waiting could not pass); while a request is in
-/// flight, records still gather into one batch.
+/// waiting for `linger` (here a minute, so waiting could not pass), and every record still
+/// lands once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_send_when_idle_an_idle_partition_does_not_wait_for_linger() {
     let dir = tempfile::tempdir().unwrap();
