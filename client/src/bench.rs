@@ -32,6 +32,7 @@
 //! [`Consumer`]: crate::Consumer
 
 use std::fmt::Display;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -52,9 +53,57 @@ pub const LATENCY_MAX_US: u64 = 600_000_000;
 /// about a millisecond); its latency then counts from its actual send time.
 const EARLY_SEND_MAX: Duration = Duration::from_micros(500);
 
+/// Once the senders are done (or, draining a topic, once reads come back empty), a reader that
+/// receives nothing for this long stops.
+pub const DRAINED_AFTER: Duration = Duration::from_secs(10);
+
+/// One record a [`Reader`] received: its sent stamp, if it carries one ([`SENT_HEADER`]), and
+/// its key and value bytes.
+pub type Received = (Option<[u8; 8]>, u64);
+
+/// What a load generator reads with: Rill's consumer, or another broker's client.
+pub trait Reader: Send {
+    /// The records that arrive within about `wait` (none if nothing did).
+    fn read(
+        &mut self,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Received>, String>> + Send;
+}
+
+/// Reads until `consumed` (shared by the readers of one run) reaches `total`, or nothing
+/// arrives for [`DRAINED_AFTER`]; returns the latency of each read that returned records, and
+/// the bytes read.
+pub async fn drain<R: Reader>(
+    reader: &mut R,
+    total: u64,
+    consumed: &AtomicU64,
+    bar: &ProgressBar,
+) -> Result<(Histogram<u64>, u64), String> {
+    let mut latencies = histogram();
+    let mut bytes = 0;
+    let mut idle_since = Instant::now();
+    while consumed.load(Ordering::Relaxed) < total {
+        let polled = Instant::now();
+        let records = reader.read(Duration::from_millis(500)).await?;
+        if records.is_empty() {
+            if idle_since.elapsed() > DRAINED_AFTER {
+                break;
+            }
+            continue;
+        }
+        idle_since = Instant::now();
+        record(&mut latencies, polled.elapsed());
+        bytes += records.iter().map(|(_, b)| b).sum::<u64>();
+        consumed.fetch_add(records.len() as u64, Ordering::Relaxed);
+        bar.inc(records.len() as u64);
+    }
+    Ok((latencies, bytes))
+}
+
 /// An HDR histogram of latencies in microseconds, 3 significant digits, up to 10 minutes.
 pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("valid histogram bounds")
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+        .expect("constant bounds: 1 <= LATENCY_MAX_US, 3 significant digits")
 }
 
 /// Records one latency, clamped into the histogram's range.
@@ -221,7 +270,7 @@ impl Measure {
     }
 
     /// Updates the progress bar's note on what the receivers have.
-    pub fn show_received(&self) {
+    fn show_received(&self) {
         self.bar.set_message(format!(
             "received {}",
             self.received.load(Ordering::Relaxed)
@@ -244,9 +293,33 @@ impl Measure {
             && self.received.load(Ordering::Relaxed) >= self.acked.load(Ordering::Relaxed)
     }
 
-    /// Whether the senders are still sending.
-    pub fn sending(&self) -> bool {
-        self.sending.load(Ordering::Acquire)
+    /// A receiver for end-to-end latency: reads until every acknowledged record has arrived,
+    /// or nothing arrives for [`DRAINED_AFTER`] after the senders finished; returns the
+    /// latencies of the stamped records.
+    pub async fn receive<R: Reader>(&self, reader: &mut R) -> Result<Histogram<u64>, String> {
+        let mut latencies = histogram();
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            if self.all_received() {
+                break;
+            }
+            if !self.sending.load(Ordering::Acquire)
+                && idle_since.get_or_insert_with(Instant::now).elapsed() > DRAINED_AFTER
+            {
+                break;
+            }
+            let records = reader.read(Duration::from_millis(100)).await?;
+            if records.is_empty() {
+                continue;
+            }
+            idle_since = None;
+            let now = Instant::now();
+            for stamp in records.iter().filter_map(|(stamp, _)| stamp.as_ref()) {
+                self.received(stamp, now, &mut latencies);
+            }
+            self.show_received();
+        }
+        Ok(latencies)
     }
 
     /// The run's report; `end_to_end` is the receivers' latencies and count, if any ran.

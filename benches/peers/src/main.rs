@@ -23,15 +23,13 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::Future;
 use hdrhistogram::Histogram;
 use rill_client::bench::{
-    histogram, progress, record, Due, Measure, Mode, Percentiles, Report, SENT_HEADER,
+    drain, histogram, progress, Due, Measure, Mode, Percentiles, Reader, Received, Report,
+    SENT_HEADER,
 };
 use tokio::time::Instant;
 
 /// Records per Redis pipeline at most.
 const PIPELINE_RECORDS_MAX: usize = 1000;
-
-/// Once the producers are done, a consumer that receives nothing for this long stops.
-const DRAINED_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
 #[command(about = "rill bench's workloads against NATS JetStream and Redis Streams")]
@@ -152,14 +150,6 @@ trait Broker: Clone + Send + Sync + 'static {
     fn count(&self, topic: &str) -> impl Future<Output = anyhow::Result<(u64, Vec<u32>)>> + Send;
 }
 
-/// Reads records: each read returns the stamps (or `None` for unstamped records) and bytes.
-trait Reader: Send + 'static {
-    fn read(
-        &mut self,
-        wait: Duration,
-    ) -> impl Future<Output = anyhow::Result<Vec<(Option<[u8; 8]>, u64)>>> + Send;
-}
-
 type Pending = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// What one producer sends.
@@ -201,7 +191,10 @@ async fn produce<B: Broker>(broker: B, args: ProduceArgs, json: bool) -> anyhow:
     ));
     let reader_tasks: Vec<_> = readers
         .into_iter()
-        .map(|reader| tokio::spawn(receive(measure.clone(), reader)))
+        .map(|mut reader| {
+            let measure = measure.clone();
+            tokio::spawn(async move { measure.receive(&mut reader).await })
+        })
         .collect();
     let value = Bytes::from(vec![b'x'; args.size]);
     let mut tasks = Vec::new();
@@ -229,7 +222,7 @@ async fn produce<B: Broker>(broker: B, args: ProduceArgs, json: bool) -> anyhow:
     measure.senders_done();
     let mut e2e = histogram();
     for task in reader_tasks {
-        e2e.add(task.await??)?;
+        e2e.add(task.await?.map_err(anyhow::Error::msg)?)?;
     }
     let mode = args.rate.map_or(Mode::Max, Mode::Rate);
     measure
@@ -276,38 +269,6 @@ async fn acknowledge(
     latencies
 }
 
-/// A consumer for end-to-end latency: reads until every acknowledged record arrived.
-async fn receive<R: Reader>(
-    measure: Arc<Measure>,
-    mut reader: R,
-) -> anyhow::Result<Histogram<u64>> {
-    let mut latencies = histogram();
-    let mut idle_since: Option<Instant> = None;
-    loop {
-        if measure.all_received() {
-            break;
-        }
-        if !measure.sending()
-            && idle_since.get_or_insert_with(Instant::now).elapsed() > DRAINED_AFTER
-        {
-            break;
-        }
-        let records = reader.read(Duration::from_millis(100)).await?;
-        if records.is_empty() {
-            continue;
-        }
-        idle_since = None;
-        let now = Instant::now();
-        for (stamp, _) in records {
-            if let Some(stamp) = stamp {
-                measure.received(&stamp, now, &mut latencies);
-            }
-        }
-        measure.show_received();
-    }
-    Ok(latencies)
-}
-
 async fn consume<B: Broker>(broker: B, args: ConsumeArgs, json: bool) -> anyhow::Result<Report> {
     let (total, partitions) = broker.count(&args.topic).await?;
     if total == 0 {
@@ -331,33 +292,13 @@ async fn consume<B: Broker>(broker: B, args: ConsumeArgs, json: bool) -> anyhow:
         .into_iter()
         .map(|mut reader| {
             let (consumed, bar) = (consumed.clone(), bar.clone());
-            tokio::spawn(async move {
-                let mut latencies = histogram();
-                let mut bytes = 0u64;
-                let mut idle_since = Instant::now();
-                while consumed.load(std::sync::atomic::Ordering::Relaxed) < total {
-                    let polled = Instant::now();
-                    let records = reader.read(Duration::from_millis(500)).await?;
-                    if records.is_empty() {
-                        if idle_since.elapsed() > DRAINED_AFTER {
-                            break;
-                        }
-                        continue;
-                    }
-                    idle_since = Instant::now();
-                    record(&mut latencies, polled.elapsed());
-                    bytes += records.iter().map(|(_, b)| b).sum::<u64>();
-                    consumed.fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    bar.inc(records.len() as u64);
-                }
-                anyhow::Ok((latencies, bytes))
-            })
+            tokio::spawn(async move { drain(&mut reader, total, &consumed, &bar).await })
         })
         .collect();
     let mut latencies = histogram();
     let mut bytes = 0;
     for task in tasks {
-        let (l, b) = task.await??;
+        let (l, b) = task.await?.map_err(anyhow::Error::msg)?;
         latencies.add(l)?;
         bytes += b;
     }
@@ -534,7 +475,7 @@ mod nats {
     }
 
     impl Reader for NatsReader {
-        async fn read(&mut self, wait: Duration) -> anyhow::Result<Vec<(Option<[u8; 8]>, u64)>> {
+        async fn read(&mut self, wait: Duration) -> Result<Vec<Received>, String> {
             let mut out = Vec::new();
             let Ok(first) = tokio::time::timeout(wait, self.messages.next()).await else {
                 return Ok(out);
@@ -551,7 +492,7 @@ mod nats {
                             .map(u64::to_be_bytes);
                         out.push((stamp, message.payload.len() as u64));
                     }
-                    Some(Err(e)) => anyhow::bail!("reading: {e}"),
+                    Some(Err(e)) => return Err(format!("reading: {e}")),
                     None => break,
                 }
                 if out.len() >= 1000 {
@@ -725,7 +666,7 @@ mod redis_streams {
     }
 
     impl Reader for RedisReader {
-        async fn read(&mut self, wait: Duration) -> anyhow::Result<Vec<(Option<[u8; 8]>, u64)>> {
+        async fn read(&mut self, wait: Duration) -> Result<Vec<Received>, String> {
             let reply: Option<StreamReadReply> = redis::cmd("XREAD")
                 .arg("COUNT")
                 .arg(PIPELINE_RECORDS_MAX)
@@ -735,7 +676,8 @@ mod redis_streams {
                 .arg(&self.keys)
                 .arg(&self.ids)
                 .query_async(&mut self.connection)
-                .await?;
+                .await
+                .map_err(|e| format!("XREAD: {e}"))?;
             let mut out = Vec::new();
             for stream in reply.map(|r| r.keys).unwrap_or_default() {
                 let Some(index) = self.keys.iter().position(|k| *k == stream.key) else {

@@ -23,7 +23,8 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use clap::{Subcommand, ValueEnum};
-use rill_client::{Admin, Client, ClientError, Compression, NewTopic};
+use rill_client::bench::{Reader, Received, SENT_HEADER};
+use rill_client::{Admin, Client, ClientError, Compression, Consumer, NewTopic};
 use rill_protocol::ErrorCode;
 
 use crate::produce::AcksArg;
@@ -158,6 +159,28 @@ pub async fn run(brokers: &str, command: Command) -> anyhow::Result<()> {
             produce::run(crate::connect(brokers).await?, args, values).await
         }
         Command::Consume(args) => consume::run(crate::connect(brokers).await?, args).await,
+    }
+}
+
+/// A consumer as the measuring code reads: each record's sent stamp and key and value bytes.
+struct Reading(Consumer);
+
+impl Reader for Reading {
+    async fn read(&mut self, wait: std::time::Duration) -> Result<Vec<Received>, String> {
+        let records = self.0.poll(wait).await.map_err(|e| e.to_string())?;
+        Ok(records
+            .iter()
+            .map(|r| {
+                let stamp = r
+                    .headers
+                    .iter()
+                    .find(|h| h.key.as_ref() == SENT_HEADER.as_bytes())
+                    .and_then(|h| <[u8; 8]>::try_from(h.value.as_deref()?).ok());
+                let bytes =
+                    r.value.as_ref().map_or(0, Bytes::len) + r.key.as_ref().map_or(0, Bytes::len);
+                (stamp, bytes as u64)
+            })
+            .collect())
     }
 }
 

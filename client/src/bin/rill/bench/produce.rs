@@ -16,16 +16,12 @@ use rill_client::{
 };
 use tokio::time::Instant;
 
-use super::{ensure_topic, values, Keys, ProduceArgs};
+use super::{ensure_topic, values, Keys, ProduceArgs, Reading};
 use crate::Format;
 
 /// Records sent and not yet acknowledged that a producer's acknowledgement task holds at most
 /// (beyond it, sends wait).
 const PENDING_RECORDS_MAX: usize = 65_536;
-
-/// Once the producers are done, a consumer that receives nothing for this long stops and the
-/// records it did not receive are reported missing.
-const DRAINED_AFTER: Duration = Duration::from_secs(10);
 
 /// Records sent when `--messages` and `--duration-secs` are both absent.
 const DEFAULT_MESSAGES: u64 = 1_000_000;
@@ -237,37 +233,10 @@ async fn acknowledge(
     latencies
 }
 
-/// One consumer's loop: reads until every acknowledged record has been received (or nothing
-/// arrives for [`DRAINED_AFTER`] after the producers finished); returns end-to-end latencies.
-async fn consume(measure: Arc<Measure>, mut consumer: Consumer) -> anyhow::Result<Histogram<u64>> {
-    let mut latencies = histogram();
-    let mut idle_since: Option<Instant> = None;
-    loop {
-        if measure.all_received() {
-            break;
-        }
-        if !measure.sending()
-            && idle_since.get_or_insert_with(Instant::now).elapsed() > DRAINED_AFTER
-        {
-            break;
-        }
-        let records = consumer.poll(Duration::from_millis(100)).await?;
-        if records.is_empty() {
-            continue;
-        }
-        idle_since = None;
-        let now = Instant::now();
-        for record in &records {
-            if let Some(stamp) = record
-                .headers
-                .iter()
-                .find(|h| h.key.as_ref() == SENT_HEADER.as_bytes())
-                .and_then(|h| h.value.as_deref())
-            {
-                measure.received(stamp, now, &mut latencies);
-            }
-        }
-        measure.show_received();
-    }
-    Ok(latencies)
+/// One consumer's loop; returns end-to-end latencies.
+async fn consume(measure: Arc<Measure>, consumer: Consumer) -> anyhow::Result<Histogram<u64>> {
+    measure
+        .receive(&mut Reading(consumer))
+        .await
+        .map_err(anyhow::Error::msg)
 }
