@@ -8,61 +8,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::tmpfs::Tmpfs;
 use rill_client::{Acks, Admin, NewTopic, Producer, ProducerConfig, Record};
-
-/// A tmpfs of `size_mib` mounted on a temp directory; unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size_mib: u64) -> Tmpfs {
-        assert!(
-            rustix::process::geteuid().is_root(),
-            "the full-disk test mounts a tmpfs and must run as root"
-        );
-        let dir = tempfile::tempdir().expect("temp dir");
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("run mount (util-linux)");
-        assert!(status.success(), "mounting a tmpfs failed");
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &std::path::Path {
-        self.dir.path()
-    }
-
-    /// Writes a filler file until the filesystem is full; returns its path.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.path().join("filler");
-        let mut file = std::fs::File::create(&path).expect("create filler");
-        let chunk = vec![0xa5u8; 64 << 10];
-        loop {
-            match file.write(&chunk) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
-                Err(e) => panic!("filling the tmpfs: {e}"),
-            }
-        }
-        // Small writes too: the last partial page.
-        while file.write(&[0u8; 512]).is_ok_and(|n| n > 0) {}
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 fn producer(client: &rill_client::Client) -> Producer {
     Producer::new(
@@ -138,7 +85,7 @@ async fn a_full_disk_fails_produce_cleanly_survives_a_restart_and_resumes_when_f
     assert_eq!(produce(&producer1, "before", 2000, &mut acked).await, None);
 
     eprintln!("{:?}: 2000 acknowledged", started.elapsed());
-    let filler = fs.fill();
+    fs.fill();
     eprintln!("{:?}: filled", started.elapsed());
     // Produce into the full disk: the segment's preallocated space takes some, then every
     // append fails with a retriable storage error; the broker stays up.
@@ -166,7 +113,7 @@ async fn a_full_disk_fails_produce_cleanly_survives_a_restart_and_resumes_when_f
 
     eprintln!("{:?}: restarted on the full disk", started.elapsed());
     // Space again: producing resumes.
-    std::fs::remove_file(&filler).expect("free the filler");
+    fs.free();
     let producer2 = producer(&client);
     let mut poll = common::Poll::new(
         Duration::from_secs(60),

@@ -80,6 +80,12 @@ impl Cluster {
     /// node's own address, so faults can cut one kind of traffic of one broker. Namespace
     /// `n + 1` runs no broker: it is for client processes ([`Cluster::client_namespace`]).
     pub fn start_in_network(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_in_network_in(n, extra, &[])
+    }
+
+    /// [`Cluster::start_in_network`] with node `i + 1`'s data directory inside `parents[i]`
+    /// (e.g. its own small tmpfs), where given.
+    pub fn start_in_network_in(n: usize, extra: &[&str], parents: &[&std::path::Path]) -> Cluster {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let network = super::netns::Network::create(n + 1);
         let hosts: Vec<String> = (1..=n).map(|node| network.address(node)).collect();
@@ -92,7 +98,10 @@ impl Cluster {
         let mut cluster = Cluster {
             brokers: (0..n).map(|_| None).collect(),
             dirs: (0..n)
-                .map(|_| tempfile::tempdir().expect("temp dir"))
+                .map(|i| match parents.get(i) {
+                    Some(parent) => tempfile::tempdir_in(parent).expect("temp dir"),
+                    None => tempfile::tempdir().expect("temp dir"),
+                })
                 .collect(),
             client_ports: vec![NETWORK_CLIENT_PORT; n],
             hosts,

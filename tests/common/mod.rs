@@ -474,6 +474,7 @@ pub async fn read_positions(
 pub mod cluster;
 pub mod netns;
 pub mod raw;
+pub mod tmpfs;
 
 /// Produces `records` with acks=all and waits until every one is acknowledged.
 pub async fn produce_acked(client: &rill_client::Client, records: Vec<rill_client::Record>) {

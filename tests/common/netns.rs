@@ -205,7 +205,22 @@ impl Network {
         }
     }
 
-    /// Removes every rule `cut_port` and `cut_host` added in node `node`'s namespace.
+    /// Drops, in node `to`'s namespace, every packet that comes from node `from`'s address: a
+    /// one-way cut (what `from` sends is lost; `to` still sends, and TCP sees the same silence
+    /// both ways for connections needing replies). Both `cut_from(a, b)` and `cut_from(b, a)`
+    /// partition the two nodes. The test process still reaches both.
+    pub fn cut_from(&self, to: usize, from: usize) {
+        let ns = self.namespace(to);
+        let from = self.address(from);
+        run(
+            "ip",
+            &[
+                "netns", "exec", &ns, "iptables", "-A", "INPUT", "-s", &from, "-j", "DROP",
+            ],
+        );
+    }
+
+    /// Removes every rule `cut_port`, `cut_host` and `cut_from` added in node `node`'s namespace.
     pub fn heal(&self, node: usize) {
         let ns = self.namespace(node);
         run("ip", &["netns", "exec", &ns, "iptables", "-F"]);

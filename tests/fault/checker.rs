@@ -1,0 +1,452 @@
+//! The checker: reads only the history (`history.jsonl`) and the final logs (`final.jsonl`:
+//! every partition read through a client after the heal, each partition's high watermark, and
+//! every replica's log below it as the broker left it on disk), never the brokers' internals,
+//! and lists every anomaly. Its invariants (docs/TESTING.md):
+//!
+//! - lost: a record acknowledged at (partition, offset) is not there in the final log;
+//! - phantom: the final log or a reader holds a value no producer ever sent;
+//! - duplicate: a value is at two offsets (the producers are idempotent);
+//! - failed-but-written: a send that failed for certain is in the log;
+//! - gap: an offset below the high watermark holds no record;
+//! - reorder: one producer's records in one partition are not in the order it sent them;
+//! - vanished-read: a reader was given a record that is not at that offset in the final log
+//!   (it read above the high watermark, or the record was later truncated);
+//! - replica-divergence: a replica's log below the high watermark differs from the final log;
+//! - crash: a broker died or panicked without the nemesis killing it;
+//! - no-convergence: after the heal the cluster did not return to full health in time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+
+use crate::history::{Event, Type};
+
+/// One line of `final.jsonl`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LogLine {
+    /// `read` (through a client after the heal), `hw` (the high watermark, in `offset`), or
+    /// `node-N` (replica N's log on disk).
+    pub source: String,
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// One anomaly: its kind and what exactly was seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anomaly {
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+/// What the checker found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Faults applied, by kind.
+    pub faults: BTreeMap<String, u64>,
+    /// Send operations by outcome.
+    pub invoked: u64,
+    pub acknowledged: u64,
+    pub failed: u64,
+    pub unknown: u64,
+    /// Records given to readers during the run.
+    pub reads: u64,
+    /// Records in the final logs (all partitions).
+    pub final_records: u64,
+    pub anomalies: Vec<Anomaly>,
+}
+
+impl Report {
+    /// Anomaly counts by kind.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts = BTreeMap::new();
+        for a in &self.anomalies {
+            *counts.entry(a.kind).or_default() += 1;
+        }
+        counts
+    }
+
+    /// A one-screen summary: the first few anomalies of each kind with their offsets.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let faults: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(out, "faults:    {}", faults.join(", "));
+        let _ = writeln!(
+            out,
+            "sends:     {} invoked, {} acknowledged, {} failed, {} unknown",
+            self.invoked, self.acknowledged, self.failed, self.unknown
+        );
+        let _ = writeln!(
+            out,
+            "reads:     {} during the run; {} records in the final logs",
+            self.reads, self.final_records
+        );
+        if self.anomalies.is_empty() {
+            let _ = writeln!(out, "anomalies: none");
+            return out;
+        }
+        let counts: Vec<String> = self
+            .counts()
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(out, "anomalies: {}", counts.join(", "));
+        let mut shown: BTreeMap<&str, usize> = BTreeMap::new();
+        for a in &self.anomalies {
+            let n = shown.entry(a.kind).or_default();
+            *n += 1;
+            if *n <= 5 {
+                let _ = writeln!(out, "  {}: {}", a.kind, a.detail);
+            }
+        }
+        out
+    }
+}
+
+/// Which producer sent `value` (`P-N`), and its sequence number `N`.
+fn sender(value: &str) -> Option<(&str, u64)> {
+    let (producer, n) = value.rsplit_once('-')?;
+    Some((producer, n.parse().ok()?))
+}
+
+/// Checks `history` against the final logs `logs`.
+pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
+    let mut report = Report::default();
+    let mut anomaly = |kind: &'static str, detail: String| {
+        report.anomalies.push(Anomaly { kind, detail });
+    };
+    type Key = (String, u32);
+    // The final log read through a client, and the high watermarks.
+    let mut final_log: BTreeMap<Key, BTreeMap<u64, String>> = BTreeMap::new();
+    let mut hws: BTreeMap<Key, u64> = BTreeMap::new();
+    let mut replicas: BTreeMap<(String, Key), BTreeMap<u64, String>> = BTreeMap::new();
+    for line in logs {
+        let key = (line.topic.clone(), line.partition);
+        let value = line.value.clone().unwrap_or_default();
+        match line.source.as_str() {
+            "read" => {
+                final_log.entry(key).or_default().insert(line.offset, value);
+            }
+            "hw" => {
+                hws.insert(key, line.offset);
+            }
+            node => {
+                replicas
+                    .entry((node.to_string(), key))
+                    .or_default()
+                    .insert(line.offset, value);
+            }
+        }
+    }
+    let final_records: u64 = final_log.values().map(|l| l.len() as u64).sum();
+
+    // Sends: what was invoked, acknowledged where, failed for certain.
+    let mut invoked: HashMap<&str, u32> = HashMap::new();
+    let mut acked: Vec<(&str, Key, u64)> = Vec::new();
+    let mut failed: Vec<&str> = Vec::new();
+    let (mut n_invoked, mut n_acked, mut n_failed, mut n_unknown, mut n_reads) = (0, 0, 0, 0, 0);
+    let mut faults: BTreeMap<String, u64> = BTreeMap::new();
+    for e in history {
+        match (e.f.as_str(), e.kind) {
+            ("send", kind) => {
+                let (Some(value), Some(topic), Some(partition)) =
+                    (e.value.as_deref(), e.topic.as_ref(), e.partition)
+                else {
+                    anomaly("malformed", format!("{e:?}"));
+                    continue;
+                };
+                match kind {
+                    Type::Invoke => {
+                        n_invoked += 1;
+                        invoked.insert(value, partition);
+                    }
+                    Type::Ok => {
+                        n_acked += 1;
+                        match e.offset {
+                            Some(offset) => acked.push((value, (topic.clone(), partition), offset)),
+                            None => anomaly("malformed", format!("{e:?}")),
+                        }
+                    }
+                    Type::Fail => {
+                        n_failed += 1;
+                        failed.push(value);
+                    }
+                    Type::Info => n_unknown += 1,
+                }
+            }
+            ("read", Type::Ok) => {
+                n_reads += 1;
+                let (Some(topic), Some(partition), Some(offset), Some(value)) =
+                    (e.topic.as_ref(), e.partition, e.offset, e.value.as_deref())
+                else {
+                    anomaly("malformed", format!("{e:?}"));
+                    continue;
+                };
+                let key = (topic.clone(), partition);
+                let at = final_log.get(&key).and_then(|l| l.get(&offset));
+                if at.map(String::as_str) != Some(value) {
+                    anomaly(
+                        "vanished-read",
+                        format!(
+                            "{topic}-{partition} offset {offset}: {} read {value:?} at {:.0} ms; the final log has {at:?}",
+                            e.process, e.time_ms
+                        ),
+                    );
+                }
+                if !invoked.contains_key(value) {
+                    anomaly(
+                        "phantom",
+                        format!("{topic}-{partition} offset {offset}: read {value:?}, never sent"),
+                    );
+                }
+            }
+            ("fault", Type::Invoke) => {
+                let kind = e.value.as_deref().and_then(|v| v.split(':').next());
+                *faults.entry(kind.unwrap_or("?").to_string()).or_default() += 1;
+            }
+            ("crash", _) => anomaly(
+                "crash",
+                format!(
+                    "{} at {:.0} ms: {}",
+                    e.value.as_deref().unwrap_or("a broker"),
+                    e.time_ms,
+                    e.error.as_deref().unwrap_or("")
+                ),
+            ),
+            ("converge", Type::Fail) => {
+                anomaly("no-convergence", e.error.clone().unwrap_or_default())
+            }
+            _ => {}
+        }
+    }
+
+    // Acknowledged records are where they were acknowledged.
+    let mut where_is: BTreeMap<&str, Vec<(&Key, u64)>> = BTreeMap::new();
+    for (key, log) in &final_log {
+        for (offset, value) in log {
+            where_is
+                .entry(value.as_str())
+                .or_default()
+                .push((key, *offset));
+        }
+    }
+    for (value, key, offset) in &acked {
+        let at = final_log.get(key).and_then(|l| l.get(offset));
+        if at.map(String::as_str) != Some(*value) {
+            let elsewhere = where_is.get(value);
+            anomaly(
+                "lost",
+                format!(
+                    "{}-{} offset {offset}: {value:?} acknowledged; the final log has {at:?} there{}",
+                    key.0,
+                    key.1,
+                    elsewhere.map_or(String::new(), |w| format!(", and {value:?} at {w:?}"))
+                ),
+            );
+        }
+    }
+    for value in &failed {
+        if let Some(at) = where_is.get(value) {
+            anomaly(
+                "failed-but-written",
+                format!("{value:?} failed for certain but is at {at:?}"),
+            );
+        }
+    }
+    for (value, at) in &where_is {
+        if at.len() > 1 {
+            anomaly("duplicate", format!("{value:?} at {at:?}"));
+        }
+        if !invoked.contains_key(value) {
+            anomaly("phantom", format!("{value:?} at {at:?}, never sent"));
+        }
+    }
+    for (key, log) in &final_log {
+        let hw = hws.get(key).copied().unwrap_or(0);
+        let missing: Vec<u64> = (0..hw).filter(|o| !log.contains_key(o)).take(10).collect();
+        if !missing.is_empty() {
+            anomaly(
+                "gap",
+                format!(
+                    "{}-{} below the high watermark {hw}: no record at {missing:?}",
+                    key.0, key.1
+                ),
+            );
+        }
+        // Per producer, sequence numbers rise with the offset.
+        let mut last: HashMap<&str, (u64, u64)> = HashMap::new();
+        for (offset, value) in log {
+            let Some((producer, n)) = sender(value) else {
+                continue;
+            };
+            if let Some((prev_n, prev_offset)) = last.insert(producer, (n, *offset)) {
+                if n < prev_n {
+                    anomaly(
+                        "reorder",
+                        format!(
+                            "{}-{}: producer {producer}'s {prev_n} at offset {prev_offset} before its {n} at {offset}",
+                            key.0, key.1
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    for ((node, key), log) in &replicas {
+        let hw = hws.get(key).copied().unwrap_or(0);
+        let expected = final_log.get(key);
+        for offset in 0..hw {
+            let (theirs, ours) = (log.get(&offset), expected.and_then(|l| l.get(&offset)));
+            if theirs != ours {
+                anomaly(
+                    "replica-divergence",
+                    format!(
+                        "{node} {}-{} offset {offset} (high watermark {hw}): {theirs:?}, the read log {ours:?}",
+                        key.0, key.1
+                    ),
+                );
+                break;
+            }
+        }
+    }
+    report.faults = faults;
+    report.invoked = n_invoked;
+    report.acknowledged = n_acked;
+    report.failed = n_failed;
+    report.unknown = n_unknown;
+    report.reads = n_reads;
+    report.final_records = final_records;
+    report
+}
+
+/// Reads `final.jsonl` back.
+pub fn read_logs(path: &std::path::Path) -> Vec<LogLine> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read the final logs {}: {e}", path.display()));
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{} line {}: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(kind: Type, value: &str, partition: u32, offset: Option<u64>) -> Event {
+        let e = Event::new("producer-1", kind, "send")
+            .topic("t")
+            .partition(partition)
+            .value(value);
+        match offset {
+            Some(o) => e.offset(o),
+            None => e,
+        }
+    }
+
+    fn line(source: &str, partition: u32, offset: u64, value: Option<&str>) -> LogLine {
+        LogLine {
+            source: source.to_string(),
+            topic: "t".to_string(),
+            partition,
+            offset,
+            value: value.map(str::to_string),
+        }
+    }
+
+    /// A clean history: 1-0 and 1-1 acknowledged at 0 and 1, 1-2 unknown and written at 2.
+    fn clean() -> (Vec<Event>, Vec<LogLine>) {
+        let history = vec![
+            send(Type::Invoke, "1-0", 0, None),
+            send(Type::Invoke, "1-1", 0, None),
+            send(Type::Invoke, "1-2", 0, None),
+            send(Type::Ok, "1-0", 0, Some(0)),
+            send(Type::Ok, "1-1", 0, Some(1)),
+            send(Type::Info, "1-2", 0, None),
+            Event::new("reader", Type::Ok, "read")
+                .topic("t")
+                .partition(0)
+                .offset(1)
+                .value("1-1"),
+        ];
+        let mut logs = vec![line("hw", 0, 3, None)];
+        for source in ["read", "node-1", "node-2"] {
+            for (o, v) in ["1-0", "1-1", "1-2"].iter().enumerate() {
+                logs.push(line(source, 0, o as u64, Some(v)));
+            }
+        }
+        (history, logs)
+    }
+
+    fn kinds(report: &Report) -> Vec<&'static str> {
+        report.anomalies.iter().map(|a| a.kind).collect()
+    }
+
+    #[test]
+    fn a_clean_history_has_no_anomaly() {
+        let (history, logs) = clean();
+        let report = check(&history, &logs);
+        assert_eq!(kinds(&report), Vec::<&str>::new(), "{}", report.render());
+        assert_eq!(
+            (report.invoked, report.acknowledged, report.unknown),
+            (3, 2, 1)
+        );
+        assert_eq!((report.reads, report.final_records), (1, 3));
+    }
+
+    #[test]
+    fn each_invariant_is_caught() {
+        // An acknowledged record missing (and so a gap, and the read vanished).
+        let (history, mut logs) = clean();
+        logs.retain(|l| !(l.source == "read" && l.offset == 1));
+        let report = check(&history, &logs);
+        assert_eq!(
+            kinds(&report),
+            [
+                "vanished-read",
+                "lost",
+                "gap",
+                "replica-divergence",
+                "replica-divergence"
+            ]
+        );
+
+        // A duplicate and a phantom.
+        let (history, mut logs) = clean();
+        logs.push(line("read", 0, 3, Some("1-2")));
+        logs.push(line("read", 0, 4, Some("9-9")));
+        let report = check(&history, &logs);
+        assert_eq!(
+            kinds(&report),
+            ["duplicate", "phantom"],
+            "{}",
+            report.render()
+        );
+
+        // Reordered records, and a replica that differs below the high watermark.
+        let (history, mut logs) = clean();
+        for l in logs.iter_mut().filter(|l| l.source == "read") {
+            l.value = Some(["1-1", "1-0", "1-2"][l.offset as usize].to_string());
+        }
+        let report = check(&history, &logs);
+        let found = kinds(&report);
+        assert!(found.contains(&"reorder"), "{found:?}");
+        assert!(found.contains(&"lost"), "{found:?}");
+        assert!(found.contains(&"replica-divergence"), "{found:?}");
+
+        // A certain failure that was written, and a crash.
+        let (mut history, logs) = clean();
+        history[5] = send(Type::Fail, "1-2", 0, None);
+        history.push(Event::new("harness", Type::Info, "crash").value("node 2"));
+        let report = check(&history, &logs);
+        assert_eq!(kinds(&report), ["crash", "failed-but-written"]);
+    }
+}

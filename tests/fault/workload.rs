@@ -1,0 +1,149 @@
+//! Workloads: clients doing real work against the cluster while the nemesis runs, each writing
+//! every operation into the history.
+//!
+//! Appends (workload 1): producers (acks=all, idempotent) append unique values `P-N` (producer
+//! `P`'s `N`th record) round robin over the topic's partitions; a reader follows every
+//! partition from offset 0 and records every record it is given.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rill_client::{Acks, Client, Consumer, ConsumerConfig, Producer, ProducerConfig, Record};
+use tokio::task::JoinHandle;
+
+use crate::history::{Event, History, Type};
+
+/// The topic the append workload writes.
+pub const TOPIC: &str = "appends";
+/// Its partitions.
+pub const PARTITIONS: u32 = 3;
+
+/// A client with the retry timings of the workloads: short enough that operations resolve
+/// during a fault, long enough to ride over an election.
+pub async fn client(bootstrap: &str) -> Client {
+    let mut config = rill_client::ClientConfig::new(bootstrap);
+    config.retry_timeout = Duration::from_secs(10);
+    config.request_timeout = Duration::from_secs(3);
+    config.retry_backoff_max = Duration::from_millis(200);
+    crate::common::eventually_value(
+        Duration::from_secs(60),
+        "a workload client connects",
+        || {
+            let config = config.clone();
+            async move { Client::connect(config).await.ok() }
+        },
+    )
+    .await
+}
+
+/// One producer: sends one record every `every` until `stop`, then waits for what is in flight.
+pub fn producer(
+    id: u32,
+    bootstrap: String,
+    history: History,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let process = format!("producer-{id}");
+        let producer = Producer::new(
+            client(&bootstrap).await,
+            ProducerConfig {
+                acks: Acks::All,
+                linger: Duration::from_millis(2),
+                delivery_timeout: Duration::from_secs(15),
+                request_timeout: Some(Duration::from_secs(3)),
+                enable_idempotence: true,
+                ..ProducerConfig::default()
+            },
+        );
+        // Acknowledgements are awaited in send order by their own task.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
+            String,
+            u32,
+            rill_client::producer::DeliveryFuture,
+        )>();
+        let acker = {
+            let (history, process) = (history.clone(), process.clone());
+            tokio::spawn(async move {
+                while let Some((value, partition, delivery)) = rx.recv().await {
+                    let event = match delivery.await {
+                        Ok(meta) => match meta.offset {
+                            Some(offset) => Event::new(&process, Type::Ok, "send").offset(offset),
+                            None => Event::new(&process, Type::Info, "send")
+                                .error("acknowledged without an offset"),
+                        },
+                        // With retries, an error after a send may hide a write that happened.
+                        Err(e) => Event::new(&process, Type::Info, "send").error(e),
+                    };
+                    history.record(event.topic(TOPIC).partition(partition).value(value));
+                }
+            })
+        };
+        let mut pace = tokio::time::interval(every);
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            pace.tick().await;
+            let partition = (n % u64::from(PARTITIONS)) as u32;
+            let value = format!("{id}-{n}");
+            n += 1;
+            history.record(
+                Event::new(&process, Type::Invoke, "send")
+                    .topic(TOPIC)
+                    .partition(partition)
+                    .value(value.clone()),
+            );
+            let record = Record::new(TOPIC).partition(partition).value(value.clone());
+            match producer.send(record).await {
+                Ok(delivery) => {
+                    let _ = tx.send((value, partition, delivery));
+                }
+                // Never queued: certainly not written.
+                Err(e) => history.record(
+                    Event::new(&process, Type::Fail, "send")
+                        .topic(TOPIC)
+                        .partition(partition)
+                        .value(value)
+                        .error(e),
+                ),
+            }
+        }
+        drop(tx);
+        let _ = acker.await;
+        producer.close().await;
+    })
+}
+
+/// The reader: follows every partition from offset 0 until `stop`.
+pub fn reader(bootstrap: String, history: History, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut consumer = Consumer::new(client(&bootstrap).await, ConsumerConfig::default());
+        consumer.assign((0..PARTITIONS).map(|p| (TOPIC.to_string(), p)));
+        while !stop.load(Ordering::Relaxed) {
+            match consumer.poll(Duration::from_millis(200)).await {
+                Ok(records) => {
+                    for r in records {
+                        let value = r
+                            .value
+                            .as_ref()
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                            .unwrap_or_default();
+                        history.record(
+                            Event::new("reader", Type::Ok, "read")
+                                .topic(TOPIC)
+                                .partition(r.partition)
+                                .offset(r.offset)
+                                .value(value),
+                        );
+                    }
+                }
+                Err(e) => {
+                    history.record(Event::new("reader", Type::Info, "read").error(e));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
