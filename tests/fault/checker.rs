@@ -12,6 +12,12 @@
 //! - vanished-read: a reader was given a record that is not at that offset in the final log
 //!   (it read above the high watermark, or the record was later truncated);
 //! - replica-divergence: a replica's log below the high watermark differs from the final log;
+//! - shared-partition: a group member processed a partition after another member had been
+//!   assigned it (two members owning one partition at once);
+//! - unprocessed: a record in the final log no group member processed (at-least-once);
+//! - commit-regressed: a partition's acknowledged commits went backwards;
+//! - commit-lost: the group's final committed offset is below an acknowledged commit (or above
+//!   the log);
 //! - crash: a broker died or panicked without the nemesis killing it;
 //! - no-convergence: after the heal the cluster did not return to full health in time.
 
@@ -23,8 +29,9 @@ use crate::history::{Event, Type};
 /// One line of `final.jsonl`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LogLine {
-    /// `read` (through a client after the heal), `hw` (the high watermark, in `offset`), or
-    /// `node-N` (replica N's log on disk).
+    /// `read` (through a client after the heal), `hw` (the high watermark, in `offset`),
+    /// `committed` (the group's committed offset, in `offset`), or `node-N` (replica N's log
+    /// on disk).
     pub source: String,
     pub topic: String,
     pub partition: u32,
@@ -52,6 +59,9 @@ pub struct Report {
     pub unknown: u64,
     /// Records given to readers during the run.
     pub reads: u64,
+    /// Records processed by group members, and their acknowledged commits.
+    pub processed: u64,
+    pub commits: u64,
     /// Records in the final logs (all partitions).
     pub final_records: u64,
     pub anomalies: Vec<Anomaly>,
@@ -85,6 +95,11 @@ impl Report {
             out,
             "reads:     {} during the run; {} records in the final logs",
             self.reads, self.final_records
+        );
+        let _ = writeln!(
+            out,
+            "group:     {} records processed, {} commits acknowledged",
+            self.processed, self.commits
         );
         if self.anomalies.is_empty() {
             let _ = writeln!(out, "anomalies: none");
@@ -124,6 +139,7 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
     // The final log read through a client, and the high watermarks.
     let mut final_log: BTreeMap<Key, BTreeMap<u64, String>> = BTreeMap::new();
     let mut hws: BTreeMap<Key, u64> = BTreeMap::new();
+    let mut committed: BTreeMap<Key, u64> = BTreeMap::new();
     let mut replicas: BTreeMap<(String, Key), BTreeMap<u64, String>> = BTreeMap::new();
     for line in logs {
         let key = (line.topic.clone(), line.partition);
@@ -134,6 +150,9 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
             }
             "hw" => {
                 hws.insert(key, line.offset);
+            }
+            "committed" => {
+                committed.insert(key, line.offset);
             }
             node => {
                 replicas
@@ -151,6 +170,15 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
     let mut failed: Vec<&str> = Vec::new();
     let (mut n_invoked, mut n_acked, mut n_failed, mut n_unknown, mut n_reads) = (0, 0, 0, 0, 0);
     let mut faults: BTreeMap<String, u64> = BTreeMap::new();
+    // The group: whether it ran, what was processed, when each member was last assigned each
+    // partition, when each member last processed it, and the acknowledged commits.
+    let mut group_ran = false;
+    let mut processed: std::collections::HashSet<(Key, u64)> = Default::default();
+    let mut assigned_at: HashMap<(&str, Key), f64> = HashMap::new();
+    let mut processed_at: HashMap<Key, HashMap<&str, f64>> = HashMap::new();
+    let mut shared_reported: std::collections::HashSet<(&str, Key, u64)> = Default::default();
+    let mut last_commit: HashMap<Key, u64> = HashMap::new();
+    let mut n_commits = 0;
     for e in history {
         match (e.f.as_str(), e.kind) {
             ("send", kind) => {
@@ -179,8 +207,37 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
                     Type::Info => n_unknown += 1,
                 }
             }
-            ("read", Type::Ok) => {
-                n_reads += 1;
+            ("join", _) => group_ran = true,
+            ("assign", Type::Ok) => {
+                if let (Some(topic), Some(partition)) = (e.topic.as_ref(), e.partition) {
+                    assigned_at.insert((e.process.as_str(), (topic.clone(), partition)), e.time_ms);
+                }
+            }
+            ("commit", Type::Ok) => {
+                let (Some(topic), Some(partition), Some(offset)) =
+                    (e.topic.as_ref(), e.partition, e.offset)
+                else {
+                    anomaly("malformed", format!("{e:?}"));
+                    continue;
+                };
+                n_commits += 1;
+                let key = (topic.clone(), partition);
+                let last = last_commit.entry(key).or_default();
+                if offset < *last {
+                    anomaly(
+                        "commit-regressed",
+                        format!(
+                            "{topic}-{partition}: {} committed {offset} at {:.0} ms after a commit of {last}",
+                            e.process, e.time_ms
+                        ),
+                    );
+                }
+                *last = offset;
+            }
+            ("read" | "process", Type::Ok) => {
+                if e.f == "read" {
+                    n_reads += 1;
+                }
                 let (Some(topic), Some(partition), Some(offset), Some(value)) =
                     (e.topic.as_ref(), e.partition, e.offset, e.value.as_deref())
                 else {
@@ -188,6 +245,36 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
                     continue;
                 };
                 let key = (topic.clone(), partition);
+                if e.f == "process" {
+                    processed.insert((key.clone(), offset));
+                    let member = e.process.as_str();
+                    let since = assigned_at
+                        .get(&(member, key.clone()))
+                        .copied()
+                        .unwrap_or(f64::INFINITY);
+                    let others = processed_at.entry(key.clone()).or_default();
+                    for (other, at) in others.iter() {
+                        if *other != member
+                            && *at > since
+                            && shared_reported.insert((member, key.clone(), since as u64))
+                        {
+                            anomaly(
+                                "shared-partition",
+                                format!(
+                                    "{topic}-{partition}: {other} processed it at {at:.0} ms, after {member} was assigned it at {since:.0} ms ({member} processed offset {offset} at {:.0} ms)",
+                                    e.time_ms
+                                ),
+                            );
+                        }
+                    }
+                    if since.is_infinite() && shared_reported.insert((member, key.clone(), 0)) {
+                        anomaly(
+                            "shared-partition",
+                            format!("{topic}-{partition}: {member} processed offset {offset} without being assigned it"),
+                        );
+                    }
+                    others.insert(member, e.time_ms);
+                }
                 let at = final_log.get(&key).and_then(|l| l.get(&offset));
                 if at.map(String::as_str) != Some(value) {
                     anomaly(
@@ -297,6 +384,40 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
             }
         }
     }
+    if group_ran {
+        for (key, log) in &final_log {
+            let missing: Vec<u64> = log
+                .keys()
+                .filter(|o| !processed.contains(&(key.clone(), **o)))
+                .copied()
+                .collect();
+            if !missing.is_empty() {
+                anomaly(
+                    "unprocessed",
+                    format!(
+                        "{}-{}: {} records no member processed, first at {:?}",
+                        key.0,
+                        key.1,
+                        missing.len(),
+                        &missing[..missing.len().min(10)]
+                    ),
+                );
+            }
+        }
+        for (key, last) in &last_commit {
+            let hw = hws.get(key).copied().unwrap_or(0);
+            match committed.get(key) {
+                Some(c) if c >= last && *c <= hw => {}
+                c => anomaly(
+                    "commit-lost",
+                    format!(
+                        "{}-{}: final committed offset {c:?}, an acknowledged commit of {last}, high watermark {hw}",
+                        key.0, key.1
+                    ),
+                ),
+            }
+        }
+    }
     for ((node, key), log) in &replicas {
         let hw = hws.get(key).copied().unwrap_or(0);
         let expected = final_log.get(key);
@@ -320,6 +441,8 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
     report.failed = n_failed;
     report.unknown = n_unknown;
     report.reads = n_reads;
+    report.processed = processed.len() as u64;
+    report.commits = n_commits;
     report.final_records = final_records;
     report
 }
@@ -448,5 +571,60 @@ mod tests {
         history.push(Event::new("harness", Type::Info, "crash").value("node 2"));
         let report = check(&history, &logs);
         assert_eq!(kinds(&report), ["crash", "failed-but-written"]);
+    }
+
+    fn group_event(member: &str, f: &str, time_ms: f64, offset: Option<u64>) -> Event {
+        let mut e = Event::new(member, Type::Ok, f).topic("t").partition(0);
+        e.time_ms = time_ms;
+        match offset {
+            Some(o) => e.offset(o),
+            None => e,
+        }
+    }
+
+    fn process(member: &str, time_ms: f64, offset: u64) -> Event {
+        group_event(member, "process", time_ms, Some(offset))
+            .value(["1-0", "1-1", "1-2"][offset as usize])
+    }
+
+    #[test]
+    fn group_invariants_are_caught() {
+        let (mut history, mut logs) = clean();
+        history.extend([
+            group_event("a", "join", 10.0, None),
+            group_event("a", "assign", 11.0, None),
+            process("a", 12.0, 0),
+            group_event("a", "commit", 13.0, Some(1)),
+            group_event("b", "join", 14.0, None),
+            group_event("b", "assign", 15.0, None),
+            process("b", 16.0, 1),
+            group_event("b", "commit", 17.0, Some(2)),
+        ]);
+        logs.push(line("committed", 0, 2, None));
+        // b took over after a's last record: clean so far, except 1-2 never processed.
+        let report = check(&history, &logs);
+        assert_eq!(kinds(&report), ["unprocessed"], "{}", report.render());
+        assert_eq!((report.processed, report.commits), (2, 2));
+
+        // a processes again after b was assigned, without a new assignment; a commit goes
+        // back; the final committed offset is below an acknowledged commit.
+        history.extend([
+            process("a", 18.0, 2),
+            group_event("a", "commit", 19.0, Some(1)),
+        ]);
+        let report = check(&history, &logs);
+        assert_eq!(
+            kinds(&report),
+            ["shared-partition", "commit-regressed"],
+            "{}",
+            report.render()
+        );
+        history.push(group_event("b", "commit", 20.0, Some(3)));
+        let report = check(&history, &logs);
+        assert!(
+            kinds(&report).contains(&"commit-lost"),
+            "{}",
+            report.render()
+        );
     }
 }

@@ -41,6 +41,8 @@ const DISK_MIB: u64 = 96;
 /// Producers of the append workload, and the time between two sends of one producer.
 const PRODUCERS: u32 = 2;
 const SEND_EVERY: Duration = Duration::from_millis(2);
+/// Member slots of the group workload.
+const MEMBERS: u32 = 3;
 /// How long the cluster gets to return to full health after the last heal.
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -227,6 +229,45 @@ async fn final_read(bootstrap: &str, hws: &[u64]) -> Result<Vec<checker::LogLine
     Ok(lines)
 }
 
+/// A last group member processes everything left up to the high watermarks and commits;
+/// returns the group's committed offsets then (`committed` lines).
+async fn drain(
+    bootstrap: &str,
+    admin: &Admin,
+    history: &History,
+    hws: &[u64],
+) -> Result<Vec<checker::LogLine>, String> {
+    let client = workload::client(bootstrap).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reached = false;
+    workload::member(&client, "drain", history, |consumer| {
+        reached = (0..PARTITIONS).all(|p| {
+            consumer
+                .position(TOPIC, p)
+                .is_some_and(|o| o >= hws[p as usize])
+        });
+        reached || Instant::now() > deadline
+    })
+    .await;
+    if !reached {
+        return Err("the last group member did not reach the high watermarks in 60 s".into());
+    }
+    let committed = admin
+        .group_offsets(workload::GROUP)
+        .await
+        .map_err(|e| format!("the group's committed offsets: {e}"))?;
+    Ok(committed
+        .into_iter()
+        .map(|((topic, partition), offset)| checker::LogLine {
+            source: "committed".into(),
+            topic,
+            partition,
+            offset,
+            value: None,
+        })
+        .collect())
+}
+
 /// Replica `node`'s records of `partition` below `hw`, read from its data directory.
 fn replica_log(
     dir: &Path,
@@ -338,6 +379,15 @@ async fn run(seed: u64, duration: Duration) -> checker::Report {
         history.clone(),
         stop.clone(),
     ));
+    for slot in 1..=MEMBERS {
+        clients.push(workload::member_slot(
+            slot,
+            seed,
+            bootstrap.clone(),
+            history.clone(),
+            stop.clone(),
+        ));
+    }
 
     let steps = nemesis::schedule(seed, duration);
     // The nemesis blocks (commands, the schedule's pauses); the workload runs on meanwhile.
@@ -348,15 +398,12 @@ async fn run(seed: u64, duration: Duration) -> checker::Report {
     // Healed: the workload stops, and the cluster must return to full health by itself.
     stop.store(true, Ordering::Relaxed);
     for client in clients {
-        if tokio::time::timeout(Duration::from_secs(60), client)
-            .await
-            .is_err()
-        {
-            history.record(
-                Event::new("harness", Type::Fail, "converge")
-                    .error("a workload client did not finish within 60 s of the heal"),
-            );
-        }
+        let failure = match tokio::time::timeout(Duration::from_secs(60), client).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => format!("a workload task failed: {e}"),
+            Err(_) => "a workload client did not finish within 60 s of the heal".to_string(),
+        };
+        history.record(Event::new("harness", Type::Fail, "converge").error(failure));
     }
     let mut logs = Vec::new();
     match converge(&admin).await {
@@ -372,6 +419,10 @@ async fn run(seed: u64, duration: Duration) -> checker::Report {
             }
             match final_read(&bootstrap, &hws).await {
                 Ok(lines) => logs.extend(lines),
+                Err(e) => history.record(Event::new("harness", Type::Fail, "converge").error(e)),
+            }
+            match drain(&bootstrap, &admin, &history, &hws).await {
+                Ok(committed) => logs.extend(committed),
                 Err(e) => history.record(Event::new("harness", Type::Fail, "converge").error(e)),
             }
             stop_all(&mut cluster, &history);

@@ -52,7 +52,7 @@ pub fn producer(
             ProducerConfig {
                 acks: Acks::All,
                 linger: Duration::from_millis(2),
-                delivery_timeout: Duration::from_secs(15),
+                delivery_timeout: Duration::from_secs(6),
                 request_timeout: Some(Duration::from_secs(3)),
                 enable_idempotence: true,
                 ..ProducerConfig::default()
@@ -146,4 +146,128 @@ pub fn reader(bootstrap: String, history: History, stop: Arc<AtomicBool>) -> Joi
             }
         }
     })
+}
+
+/// The group the group workload's members join (they consume [`TOPIC`]).
+pub const GROUP: &str = "appends-group";
+
+/// Group workload (2): one member slot. A member joins, processes what it is given (a
+/// `process` event per record), commits after every poll that gave it records, and leaves
+/// after 3-10 s; 0.5-2 s later the slot's next member joins. Until `stop`.
+pub fn member_slot(
+    slot: u32,
+    seed: u64,
+    bootstrap: String,
+    history: History,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut rng = crate::common::Rng::new(
+            seed ^ (u64::from(slot) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        let client = client(&bootstrap).await;
+        let mut life = 0;
+        while !stop.load(Ordering::Relaxed) {
+            life += 1;
+            let until =
+                tokio::time::Instant::now() + Duration::from_millis(rng.range(3_000, 10_000));
+            let process = format!("member-{slot}.{life}");
+            member(&client, &process, &history, |_| {
+                stop.load(Ordering::Relaxed) || tokio::time::Instant::now() >= until
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(rng.range(500, 2_000))).await;
+        }
+    })
+}
+
+/// One member's life: joins [`GROUP`], processes and commits until `done(consumer)`, then
+/// leaves. Every assignment, revocation, processed record and commit goes into the history.
+pub async fn member<F>(client: &Client, process: &str, history: &History, mut done: F)
+where
+    F: FnMut(&Consumer) -> bool,
+{
+    use rill_client::{GroupConfig, RebalanceEvent};
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+    let mut config = GroupConfig::new(GROUP);
+    config.session_timeout = Duration::from_secs(3);
+    config.auto_commit_interval = None;
+    consumer.subscribe(config, &[TOPIC]);
+    history.record(Event::new(process, Type::Ok, "join"));
+    // Per partition: the offset after the last record processed.
+    let mut next: std::collections::BTreeMap<u32, u64> = Default::default();
+    while !done(&consumer) {
+        let records = match consumer.poll(Duration::from_millis(100)).await {
+            Ok(records) => records,
+            Err(e) => {
+                history.record(Event::new(process, Type::Info, "poll").error(e));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Assignments first: they took effect before this poll fetched its records.
+        for event in consumer.take_events() {
+            let (f, partitions) = match event {
+                RebalanceEvent::Assigned(p) => ("assign", p),
+                RebalanceEvent::Revoked(p) => ("revoke", p),
+            };
+            for (topic, partition) in partitions {
+                if f == "revoke" {
+                    next.remove(&partition);
+                }
+                history.record(
+                    Event::new(process, Type::Ok, f)
+                        .topic(&topic)
+                        .partition(partition),
+                );
+            }
+        }
+        if records.is_empty() {
+            continue;
+        }
+        for r in &records {
+            let value = r
+                .value
+                .as_ref()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            history.record(
+                Event::new(process, Type::Ok, "process")
+                    .topic(TOPIC)
+                    .partition(r.partition)
+                    .offset(r.offset)
+                    .value(value),
+            );
+            next.insert(r.partition, r.offset + 1);
+        }
+        let assigned: Vec<u32> = consumer.assignment().into_iter().map(|(_, p)| p).collect();
+        let offsets: std::collections::BTreeMap<(String, u32), u64> = next
+            .iter()
+            .filter(|(p, _)| assigned.contains(p))
+            .map(|(p, o)| ((TOPIC.to_string(), *p), *o))
+            .collect();
+        let commit = |kind: Type, error: Option<&rill_client::ClientError>| {
+            for ((topic, partition), offset) in &offsets {
+                let event = Event::new(process, kind, "commit")
+                    .topic(topic)
+                    .partition(*partition)
+                    .offset(*offset);
+                history.record(match error {
+                    Some(e) => event.error(e),
+                    None => event,
+                });
+            }
+        };
+        commit(Type::Invoke, None);
+        match consumer.commit_offsets(offsets.clone()).await {
+            Ok(()) => commit(Type::Ok, None),
+            // Even a refusal may follow a write that later counts (a timed-out append to
+            // the offsets topic): unknown.
+            Err(e) => commit(Type::Info, Some(&e)),
+        }
+    }
+    match consumer.close().await {
+        Ok(()) => history.record(Event::new(process, Type::Ok, "leave")),
+        Err(e) => history.record(Event::new(process, Type::Info, "leave").error(e)),
+    }
 }
