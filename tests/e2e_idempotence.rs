@@ -260,3 +260,99 @@ async fn producer_state_survives_restarts_and_expired_ids_are_forgotten() {
         produce(&mut raw, stamped(first, 5, 5)).0 == ErrorCode::UNKNOWN_PRODUCER_ID
     });
 }
+
+/// Found by the fault suite (seed 200): batches whose requests never reached the leader (sent
+/// into a network cut to a broker that was then restarted, so not even TCP's retransmissions
+/// arrive) expired unwritten and left a hole in the partition's sequence numbers; every
+/// later batch was refused with OUT_OF_ORDER_SEQUENCE, retried until it expired too, and the
+/// producer never delivered anything again. Now a failed batch settles its sequence range and
+/// the refusal of the next one makes the producer take a new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_that_expire_unwritten_do_not_stop_the_producer_for_good() {
+    use common::cluster::NETWORK_CLIENT_PORT;
+    let cluster = Cluster::start_in_network(1, &[]);
+    let client = cluster.client().await;
+    Admin::new(client.clone())
+        .create_topic(NewTopic::new("t", 1))
+        .await
+        .expect("create topic");
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            acks: Acks::All,
+            linger: Duration::from_millis(1),
+            delivery_timeout: Duration::from_secs(2),
+            request_timeout: Some(Duration::from_millis(500)),
+            ..ProducerConfig::default()
+        },
+    );
+    let send = |value: String| {
+        let producer = &producer;
+        async move {
+            producer
+                .send(Record::new("t").partition(0).value(value))
+                .await
+                .expect("queue a record")
+                .await
+        }
+    };
+    send("before".into())
+        .await
+        .expect("acknowledged before the cut");
+
+    let mut cluster = cluster;
+    cluster.network().cut_host(1, NETWORK_CLIENT_PORT);
+    let cut: Vec<_> = {
+        let mut deliveries = Vec::new();
+        for i in 0..20 {
+            let record = Record::new("t").partition(0).value(format!("cut-{i}"));
+            deliveries.push(producer.send(record).await.expect("queue a record"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        futures::future::join_all(deliveries).await
+    };
+    assert!(
+        cut.iter().all(Result::is_err),
+        "nothing is acknowledged through the cut"
+    );
+    // The requests sent into the cut die with the broker's sockets.
+    cluster.restart(1);
+    cluster.network().heal(1);
+
+    // Delivered again after the heal (before the fix: refused until the deadline).
+    let mut poll = common::Poll::new(
+        Duration::from_secs(20),
+        "a record is acknowledged after the heal",
+    );
+    let mut after = 0;
+    loop {
+        match send(format!("after-{after}")).await {
+            Ok(_) => break,
+            Err(e) => eprintln!("after the heal: {e}"),
+        }
+        after += 1;
+        poll.pause().await;
+    }
+    producer.flush().await;
+    let values: Vec<String> =
+        common::eventually_value(Duration::from_secs(20), "the log read back", || async {
+            let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+            consumer.assign([("t".to_string(), 0)]);
+            let records = consumer.poll(Duration::from_secs(1)).await.ok()?;
+            let values: Vec<String> = records
+                .iter()
+                .filter_map(|r| r.value.as_ref())
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            values
+                .iter()
+                .any(|v| v.starts_with("after-"))
+                .then_some(values)
+        })
+        .await;
+    assert_eq!(values[0], "before");
+    assert!(
+        values.iter().all(|v| !v.starts_with("cut-")),
+        "no record sent into the cut reached the log: {values:?}"
+    );
+}

@@ -17,10 +17,13 @@
 //! reordered: requests go out in sequence order on one connection, the broker appends a
 //! connection's requests in order, and a failed batch is re-sent only after every batch sent
 //! before it came back, in sequence order. If a partition loses the producer's state
-//! (`UNKNOWN_PRODUCER_ID`, or `OUT_OF_ORDER_SEQUENCE` for the oldest unacknowledged batch:
-//! acknowledged records were lost, e.g. acks = 1 and a failover) the producer takes a new id
-//! and re-sends what is unacknowledged under it: a batch written but never acknowledged before
-//! that may then appear twice. Without idempotence one batch per partition is in flight.
+//! (`UNKNOWN_PRODUCER_ID`, or `OUT_OF_ORDER_SEQUENCE` for the oldest unsettled batch:
+//! acknowledged records were lost, e.g. acks = 1 and a failover, or an earlier batch failed to
+//! the application, e.g. by its delivery timeout, without reaching the log) the producer takes
+//! a new id and re-sends what is unacknowledged under it: a batch written but never
+//! acknowledged before that may then appear twice. (Without the new id, a batch that expired
+//! unwritten left a hole in the sequence that every later batch of its partition was refused
+//! for, for good.) Without idempotence one batch per partition is in flight.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -216,8 +219,10 @@ struct PartitionState {
     in_flight_id: Option<i64>,
     /// Producer id and next sequence number to assign.
     next: Option<(i64, i32)>,
-    /// Producer id and the sequence after the last acknowledged batch.
-    acked: Option<(i64, i32)>,
+    /// Producer id and the sequence after the last settled batch: acknowledged, or failed to
+    /// the application (e.g. its delivery timeout passed). The next batch is the oldest one
+    /// the partition can be waiting for.
+    settled: Option<(i64, i32)>,
     sent: u64,
 }
 
@@ -645,6 +650,13 @@ async fn sender(shared: Arc<Shared>) {
 }
 
 /// `seq + delta` wrapping at `i32::MAX` to 0, as the broker counts.
+/// Whether sequence `a` comes after `b`, sequences wrapping from `i32::MAX` to 0 (at most a
+/// quarter of the range apart, far more than a producer has in flight).
+fn sequence_after(a: i32, b: i32) -> bool {
+    let distance = (i64::from(a) - i64::from(b)).rem_euclid(1 << 31);
+    distance > 0 && distance < 1 << 29
+}
+
 fn increment(seq: i32, delta: i32) -> i32 {
     if seq > i32::MAX - delta {
         delta - (i32::MAX - seq) - 1
@@ -820,8 +832,8 @@ fn sequence_error(shared: &Arc<Shared>, tp: TopicPartition, batch: Batch, error:
     };
     let oldest = {
         let state = shared.lock();
-        let acked = state.partitions.get(&tp).and_then(|p| p.acked);
-        match acked {
+        let settled = state.partitions.get(&tp).and_then(|p| p.settled);
+        match settled {
             Some((id, next)) if id == stamp.producer_id => next == stamp.sequence,
             _ => stamp.sequence == 0,
         }
@@ -851,20 +863,28 @@ fn finish(
     batch: Batch,
     outcome: std::result::Result<Option<u64>, ClientError>,
 ) {
-    let acked = match (&outcome, batch.stamp) {
-        (Ok(_), Some(stamp)) => Some((
+    // Written, or failed to the application: either way no batch of this producer id will
+    // fill this range any more. A failed one may never have reached the log, and then the
+    // partition refuses every later sequence (OUT_OF_ORDER_SEQUENCE) until the producer takes
+    // a new id (`sequence_error`): the batch after it is now the oldest one.
+    let settled = batch.stamp.map(|stamp| {
+        (
             stamp.producer_id,
             increment(stamp.sequence, batch.deliveries.len() as i32),
-        )),
-        _ => None,
-    };
+        )
+    });
     shared.complete(topic, partition, batch, outcome);
     {
         let mut state = shared.lock();
         if let Some(ps) = state.partitions.get_mut(&(topic.to_string(), partition)) {
             ps.in_flight = ps.in_flight.saturating_sub(1);
-            if acked.is_some() {
-                ps.acked = acked;
+            if let Some((id, end)) = settled {
+                // Batches may settle out of order (one fails while an earlier one is still
+                // retried): keep the furthest end.
+                match ps.settled {
+                    Some((old_id, old_end)) if old_id == id && !sequence_after(end, old_end) => {}
+                    _ => ps.settled = Some((id, end)),
+                }
             }
         }
     }
