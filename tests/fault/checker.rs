@@ -18,6 +18,12 @@
 //! - commit-regressed: a partition's acknowledged commits went backwards;
 //! - commit-lost: the group's final committed offset is below an acknowledged commit (or above
 //!   the log);
+//! - topic-state: a topic whose last operation (create, add partitions, delete) was
+//!   acknowledged is not in that state at the end;
+//! - old-incarnation: a record acknowledged before a topic's acknowledged deletion is in the
+//!   final log (the deleted topic's data came back);
+//! - no-recovery: a producer got no acknowledgement for anything it sent from 5 s after the
+//!   last heal on (the harness keeps the workload running 10 s after it);
 //! - crash: a broker died or panicked without the nemesis killing it;
 //! - no-convergence: after the heal the cluster did not return to full health in time.
 
@@ -123,6 +129,9 @@ impl Report {
     }
 }
 
+/// After the last heal, how long a cluster may take before every producer is acknowledged again.
+const RECOVERY_GRACE_MS: f64 = 5_000.0;
+
 /// Which producer sent `value` (`P-N`), and its sequence number `N`.
 fn sender(value: &str) -> Option<(&str, u64)> {
     let (producer, n) = value.rsplit_once('-')?;
@@ -166,19 +175,29 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
 
     // Sends: what was invoked, acknowledged where, failed for certain.
     let mut invoked: HashMap<&str, u32> = HashMap::new();
-    let mut acked: Vec<(&str, Key, u64)> = Vec::new();
+    let mut acked: Vec<(&str, Key, u64, f64)> = Vec::new();
+    // Topic operations: (f, topic, invoke time, outcome, value), in invoke order.
+    let mut topic_ops: Vec<(&str, &str, f64, Type, Option<&str>)> = Vec::new();
+    let mut pending_ops: HashMap<(&str, &str), f64> = HashMap::new();
     let mut failed: Vec<&str> = Vec::new();
     let (mut n_invoked, mut n_acked, mut n_failed, mut n_unknown, mut n_reads) = (0, 0, 0, 0, 0);
     let mut faults: BTreeMap<String, u64> = BTreeMap::new();
     // The group: whether it ran, what was processed, when each member was last assigned each
     // partition, when each member last processed it, and the acknowledged commits.
     let mut group_ran = false;
+    let mut group_topics: std::collections::BTreeSet<String> = Default::default();
     let mut processed: std::collections::HashSet<(Key, u64)> = Default::default();
     let mut assigned_at: HashMap<(&str, Key), f64> = HashMap::new();
     let mut processed_at: HashMap<Key, HashMap<&str, f64>> = HashMap::new();
     let mut shared_reported: std::collections::HashSet<(&str, Key, u64)> = Default::default();
     let mut last_commit: HashMap<Key, u64> = HashMap::new();
     let mut n_commits = 0;
+    let mut recovery_at: Option<f64> = None;
+    let mut late_sends: std::collections::HashSet<&str> = Default::default();
+    // Per producer: (sends invoked after the recovery grace, acknowledged among them).
+    let mut recovered: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    // Records given to readers and members: checked against the final log after the pass.
+    let mut reads: Vec<(&Event, Key, u64, &str)> = Vec::new();
     for e in history {
         match (e.f.as_str(), e.kind) {
             ("send", kind) => {
@@ -188,15 +207,25 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
                     anomaly("malformed", format!("{e:?}"));
                     continue;
                 };
+                let after_grace = recovery_at.is_some_and(|r| e.time_ms >= r + RECOVERY_GRACE_MS);
                 match kind {
                     Type::Invoke => {
                         n_invoked += 1;
                         invoked.insert(value, partition);
+                        if after_grace && e.process.starts_with("producer-") {
+                            recovered.entry(e.process.as_str()).or_default().0 += 1;
+                            late_sends.insert(value);
+                        }
                     }
                     Type::Ok => {
                         n_acked += 1;
+                        if late_sends.contains(value) {
+                            recovered.entry(e.process.as_str()).or_default().1 += 1;
+                        }
                         match e.offset {
-                            Some(offset) => acked.push((value, (topic.clone(), partition), offset)),
+                            Some(offset) => {
+                                acked.push((value, (topic.clone(), partition), offset, e.time_ms))
+                            }
                             None => anomaly("malformed", format!("{e:?}")),
                         }
                     }
@@ -207,9 +236,22 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
                     Type::Info => n_unknown += 1,
                 }
             }
+            ("create" | "delete" | "add-partitions", kind) => {
+                let Some(topic) = e.topic.as_deref() else {
+                    anomaly("malformed", format!("{e:?}"));
+                    continue;
+                };
+                if kind == Type::Invoke {
+                    pending_ops.insert((e.f.as_str(), topic), e.time_ms);
+                } else if let Some(at) = pending_ops.remove(&(e.f.as_str(), topic)) {
+                    topic_ops.push((e.f.as_str(), topic, at, kind, e.value.as_deref()));
+                }
+            }
+            ("recovery", _) => recovery_at = Some(e.time_ms),
             ("join", _) => group_ran = true,
             ("assign", Type::Ok) => {
                 if let (Some(topic), Some(partition)) = (e.topic.as_ref(), e.partition) {
+                    group_topics.insert(topic.clone());
                     assigned_at.insert((e.process.as_str(), (topic.clone(), partition)), e.time_ms);
                 }
             }
@@ -275,16 +317,7 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
                     }
                     others.insert(member, e.time_ms);
                 }
-                let at = final_log.get(&key).and_then(|l| l.get(&offset));
-                if at.map(String::as_str) != Some(value) {
-                    anomaly(
-                        "vanished-read",
-                        format!(
-                            "{topic}-{partition} offset {offset}: {} read {value:?} at {:.0} ms; the final log has {at:?}",
-                            e.process, e.time_ms
-                        ),
-                    );
-                }
+                reads.push((e, key, offset, value));
                 if !invoked.contains_key(value) {
                     anomaly(
                         "phantom",
@@ -322,7 +355,51 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
                 .push((key, *offset));
         }
     }
-    for (value, key, offset) in &acked {
+    // Deletions asked for (whatever came of them) and acknowledged, per topic.
+    let deletes = |outcome: Option<Type>| -> HashMap<&str, Vec<f64>> {
+        let mut map: HashMap<&str, Vec<f64>> = HashMap::new();
+        for (f, topic, at, kind, _) in &topic_ops {
+            if *f == "delete" && outcome.is_none_or(|o| o == *kind) {
+                map.entry(topic).or_default().push(*at);
+            }
+        }
+        map
+    };
+    let (asked, deleted) = (deletes(None), deletes(Some(Type::Ok)));
+    let deleted_after = |topic: &str, time: f64| {
+        asked
+            .get(topic)
+            .is_some_and(|ds| ds.iter().any(|d| *d > time))
+    };
+    for (e, key, offset, value) in reads {
+        let at = final_log.get(&key).and_then(|l| l.get(&offset));
+        // A record read, then deleted with its topic, is rightly gone.
+        if at.map(String::as_str) != Some(value) && !deleted_after(&key.0, e.time_ms) {
+            anomaly(
+                "vanished-read",
+                format!(
+                    "{}-{} offset {offset}: {} read {value:?} at {:.0} ms; the final log has {at:?}",
+                    key.0, key.1, e.process, e.time_ms
+                ),
+            );
+        }
+    }
+    for (value, key, offset, acked_at) in &acked {
+        // A deletion asked for after the acknowledgement may have taken the record.
+        if deleted_after(&key.0, *acked_at) {
+            if let (Some(ds), Some(at)) = (deleted.get(key.0.as_str()), where_is.get(value)) {
+                if let Some(d) = ds.iter().find(|d| *d > acked_at) {
+                    anomaly(
+                        "old-incarnation",
+                        format!(
+                            "{value:?} acknowledged at {acked_at:.0} ms, before {} was deleted (asked at {d:.0} ms, acknowledged), is in the final log at {at:?}",
+                            key.0
+                        ),
+                    );
+                }
+            }
+            continue;
+        }
         let at = final_log.get(key).and_then(|l| l.get(offset));
         if at.map(String::as_str) != Some(*value) {
             let elsewhere = where_is.get(value);
@@ -384,8 +461,48 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
             }
         }
     }
+    for (producer, (sent, acknowledged)) in &recovered {
+        if *acknowledged == 0 {
+            anomaly(
+                "no-recovery",
+                format!("{producer}: none of the {sent} records it sent from {RECOVERY_GRACE_MS} ms after the last heal on was acknowledged"),
+            );
+        }
+    }
+    // Each topic's last operation, if acknowledged, says what the end state is.
+    let mut last_op: BTreeMap<&str, (&str, Type, Option<&str>)> = BTreeMap::new();
+    for (f, topic, _, kind, value) in &topic_ops {
+        last_op.insert(topic, (f, *kind, *value));
+    }
+    for (topic, (f, kind, value)) in last_op {
+        if kind != Type::Ok {
+            continue;
+        }
+        let partitions = hws.keys().filter(|(t, _)| t == topic).count() as u64;
+        let wanted = match f {
+            "delete" => None,
+            "add-partitions" => Some(value.and_then(|v| v.parse().ok()).unwrap_or(1)),
+            _ => Some(1),
+        };
+        let fine = match wanted {
+            None => partitions == 0,
+            Some(at_least) => partitions >= at_least,
+        };
+        if !fine {
+            anomaly(
+                "topic-state",
+                format!(
+                    "{topic}: the last operation ({f} {}) was acknowledged, but at the end it has {partitions} partitions",
+                    value.unwrap_or("")
+                ),
+            );
+        }
+    }
     if group_ran {
-        for (key, log) in &final_log {
+        for (key, log) in final_log
+            .iter()
+            .filter(|(k, _)| group_topics.contains(&k.0))
+        {
             let missing: Vec<u64> = log
                 .keys()
                 .filter(|o| !processed.contains(&(key.clone(), **o)))
@@ -626,5 +743,59 @@ mod tests {
             "{}",
             report.render()
         );
+    }
+
+    fn admin_op(f: &str, kind: Type, time_ms: f64) -> Event {
+        let mut e = Event::new("admin", kind, f).topic("t");
+        e.time_ms = time_ms;
+        e
+    }
+
+    #[test]
+    fn topic_invariants_are_caught() {
+        // t is deleted (acknowledged) after 1-0 and 1-1 were acknowledged: gone at the end.
+        let (mut history, _) = clean();
+        history.extend([
+            admin_op("delete", Type::Invoke, 100.0),
+            admin_op("delete", Type::Ok, 110.0),
+        ]);
+        let report = check(&history, &[]);
+        assert_eq!(kinds(&report), Vec::<&str>::new(), "{}", report.render());
+
+        // The deleted records came back, and t exists although its deletion was the last
+        // thing acknowledged.
+        let (history2, logs) = clean();
+        let mut history = history2;
+        history.extend([
+            admin_op("delete", Type::Invoke, 100.0),
+            admin_op("delete", Type::Ok, 110.0),
+        ]);
+        let report = check(&history, &logs);
+        assert_eq!(
+            kinds(&report),
+            ["old-incarnation", "old-incarnation", "topic-state"],
+            "{}",
+            report.render()
+        );
+
+        // Re-created after the deletion: existing is right, the old records still are not.
+        history.extend([
+            admin_op("create", Type::Invoke, 120.0),
+            admin_op("create", Type::Ok, 130.0),
+        ]);
+        let report = check(&history, &logs);
+        assert_eq!(kinds(&report), ["old-incarnation", "old-incarnation"]);
+    }
+
+    #[test]
+    fn a_producer_never_acknowledged_after_the_heal_did_not_recover() {
+        let (mut history, logs) = clean();
+        let mut recovery = Event::new("harness", Type::Invoke, "recovery");
+        recovery.time_ms = 1_000.0;
+        let mut late = send(Type::Invoke, "1-3", 0, None);
+        late.time_ms = 7_000.0;
+        history.extend([recovery, late]);
+        let report = check(&history, &logs);
+        assert_eq!(kinds(&report), ["no-recovery"], "{}", report.render());
     }
 }

@@ -1,6 +1,6 @@
 //! The fault suite (docs/TESTING.md): a three-broker cluster, each broker in its own network
-//! namespace with its data directory on its own small tmpfs; workloads that record every
-//! operation in a history; a nemesis that partitions, kills, pauses and fills disks on a
+//! namespace with its data directory on its own small tmpfs; workloads (appends, a consumer
+//! group, topic creation and deletion) that record every operation in a history; a nemesis that partitions, kills, pauses and fills disks on a
 //! schedule drawn from a seed; then a heal, a final read of every partition and every replica's
 //! log, and a checker that finds anomalies from those files alone.
 //!
@@ -43,6 +43,8 @@ const PRODUCERS: u32 = 2;
 const SEND_EVERY: Duration = Duration::from_millis(2);
 /// Member slots of the group workload.
 const MEMBERS: u32 = 3;
+/// How long the workload runs on after the last heal (see `checker`'s no-recovery).
+const RECOVERY: Duration = Duration::from_secs(10);
 /// How long the cluster gets to return to full health after the last heal.
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -164,29 +166,17 @@ fn run_nemesis(
     nemesis
 }
 
-/// Waits for every partition to have a leader, all replicas in sync and the high watermark
-/// at the log end; returns the high watermarks, or why not.
-async fn converge(admin: &Admin) -> Result<Vec<u64>, String> {
+/// High watermarks at the end: topic -> one per partition.
+type Hws = std::collections::BTreeMap<String, Vec<u64>>;
+
+/// Waits for every partition of every workload topic to have a leader, all replicas in sync
+/// and the high watermark at the log end; returns the high watermarks, or why not.
+async fn converge(admin: &Admin) -> Result<Hws, String> {
     let deadline = Instant::now() + CONVERGE;
     loop {
-        let last = match admin.describe_topic(TOPIC).await {
-            Ok(partitions) => {
-                let healthy = partitions.len() == PARTITIONS as usize
-                    && partitions.iter().all(|p| {
-                        p.leader.is_some()
-                            && p.isr.len() == NODES
-                            && p.latest_offset.is_some()
-                            && p.latest_offset == p.log_end_offset
-                    });
-                if healthy {
-                    return Ok(partitions
-                        .iter()
-                        .map(|p| p.latest_offset.unwrap_or(0))
-                        .collect());
-                }
-                format!("{partitions:?}")
-            }
-            Err(e) => e.to_string(),
+        let last = match healthy(admin).await {
+            Ok(Ok(hws)) => return Ok(hws),
+            Ok(Err(why)) | Err(why) => why,
         };
         if Instant::now() > deadline {
             return Err(format!(
@@ -197,14 +187,55 @@ async fn converge(admin: &Admin) -> Result<Vec<u64>, String> {
     }
 }
 
+/// The high watermarks if every workload topic is healthy (`Ok(Err(why))` if one is not).
+async fn healthy(admin: &Admin) -> Result<Result<Hws, String>, String> {
+    let topics = admin.list_topics().await.map_err(|e| e.to_string())?;
+    let mut hws = Hws::new();
+    for topic in topics.iter().filter(|t| !t.starts_with("__")) {
+        let partitions = admin
+            .describe_topic(topic)
+            .await
+            .map_err(|e| format!("{topic}: {e}"))?;
+        let ok = partitions.iter().all(|p| {
+            p.leader.is_some()
+                && p.isr.len() == NODES
+                && p.latest_offset.is_some()
+                && p.latest_offset == p.log_end_offset
+        });
+        if !ok {
+            return Ok(Err(format!("{topic}: {partitions:?}")));
+        }
+        let mut partitions = partitions;
+        partitions.sort_by_key(|p| p.partition);
+        hws.insert(
+            topic.clone(),
+            partitions
+                .iter()
+                .map(|p| p.latest_offset.unwrap_or(0))
+                .collect(),
+        );
+    }
+    if !hws.contains_key(TOPIC) {
+        return Ok(Err(format!("{TOPIC} is missing")));
+    }
+    Ok(Ok(hws))
+}
+
 /// Reads every partition from offset 0 up to its high watermark through a client.
-async fn final_read(bootstrap: &str, hws: &[u64]) -> Result<Vec<checker::LogLine>, String> {
+async fn final_read(bootstrap: &str, hws: &Hws) -> Result<Vec<checker::LogLine>, String> {
     let mut consumer = Consumer::new(workload::client(bootstrap).await, ConsumerConfig::default());
-    consumer.assign((0..PARTITIONS).map(|p| (TOPIC.to_string(), p)));
+    consumer.assign(
+        hws.iter()
+            .flat_map(|(t, ps)| (0..ps.len() as u32).map(move |p| (t.clone(), p))),
+    );
     let mut lines = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let done = |consumer: &Consumer| {
-        (0..PARTITIONS).all(|p| consumer.position(TOPIC, p).unwrap_or(0) >= hws[p as usize])
+        hws.iter().all(|(t, ps)| {
+            ps.iter()
+                .enumerate()
+                .all(|(p, hw)| consumer.position(t, p as u32).unwrap_or(0) >= *hw)
+        })
     };
     while !done(&consumer) {
         if Instant::now() > deadline {
@@ -214,10 +245,10 @@ async fn final_read(bootstrap: &str, hws: &[u64]) -> Result<Vec<checker::LogLine
             Ok(records) => lines.extend(
                 records
                     .into_iter()
-                    .filter(|r| r.offset < hws[r.partition as usize])
+                    .filter(|r| r.offset < hws[&r.topic][r.partition as usize])
                     .map(|r| checker::LogLine {
                         source: "read".into(),
-                        topic: TOPIC.into(),
+                        topic: r.topic,
                         partition: r.partition,
                         offset: r.offset,
                         value: r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
@@ -235,8 +266,9 @@ async fn drain(
     bootstrap: &str,
     admin: &Admin,
     history: &History,
-    hws: &[u64],
+    hws: &Hws,
 ) -> Result<Vec<checker::LogLine>, String> {
+    let hws = &hws[TOPIC];
     let client = workload::client(bootstrap).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut reached = false;
@@ -272,10 +304,11 @@ async fn drain(
 fn replica_log(
     dir: &Path,
     node: u32,
+    topic: &str,
     partition: u32,
     hw: u64,
 ) -> Result<Vec<checker::LogLine>, String> {
-    let dir = dir.join(format!("{TOPIC}-{partition}"));
+    let dir = dir.join(format!("{topic}-{partition}"));
     let mut log = rill_broker::log::Log::open(&dir, rill_broker::log::LogConfig::default())
         .map_err(|e| format!("node {node}: open {}: {e}", dir.display()))?;
     let mut lines = Vec::new();
@@ -294,7 +327,7 @@ fn replica_log(
                 if record.offset < hw {
                     lines.push(checker::LogLine {
                         source: format!("node-{node}"),
-                        topic: TOPIC.into(),
+                        topic: topic.into(),
                         partition,
                         offset: record.offset,
                         value: record
@@ -379,6 +412,12 @@ async fn run(seed: u64, duration: Duration) -> checker::Report {
         history.clone(),
         stop.clone(),
     ));
+    clients.push(workload::topics(
+        seed,
+        bootstrap.clone(),
+        history.clone(),
+        stop.clone(),
+    ));
     for slot in 1..=MEMBERS {
         clients.push(workload::member_slot(
             slot,
@@ -395,7 +434,10 @@ async fn run(seed: u64, duration: Duration) -> checker::Report {
         tokio::task::block_in_place(|| run_nemesis(&mut cluster, &disks, steps, &admin, &history));
     eprintln!("nemesis done: {:?}", nemesis.applied);
 
-    // Healed: the workload stops, and the cluster must return to full health by itself.
+    // Healed: the workload runs on for a while (every producer must be acknowledged again),
+    // then stops, and the cluster must return to full health by itself.
+    history.record(Event::new("harness", Type::Invoke, "recovery"));
+    tokio::time::sleep(RECOVERY).await;
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         let failure = match tokio::time::timeout(Duration::from_secs(60), client).await {
@@ -408,14 +450,16 @@ async fn run(seed: u64, duration: Duration) -> checker::Report {
     let mut logs = Vec::new();
     match converge(&admin).await {
         Ok(hws) => {
-            for (p, hw) in hws.iter().enumerate() {
-                logs.push(checker::LogLine {
-                    source: "hw".into(),
-                    topic: TOPIC.into(),
-                    partition: p as u32,
-                    offset: *hw,
-                    value: None,
-                });
+            for (topic, partitions) in &hws {
+                for (p, hw) in partitions.iter().enumerate() {
+                    logs.push(checker::LogLine {
+                        source: "hw".into(),
+                        topic: topic.clone(),
+                        partition: p as u32,
+                        offset: *hw,
+                        value: None,
+                    });
+                }
             }
             match final_read(&bootstrap, &hws).await {
                 Ok(lines) => logs.extend(lines),
@@ -427,11 +471,12 @@ async fn run(seed: u64, duration: Duration) -> checker::Report {
             }
             stop_all(&mut cluster, &history);
             for node in 1..=NODES as u32 {
-                for (p, hw) in hws.iter().enumerate() {
-                    match replica_log(&cluster.data_dir(node), node, p as u32, *hw) {
-                        Ok(lines) => logs.extend(lines),
-                        Err(e) => {
-                            history.record(Event::new("harness", Type::Fail, "converge").error(e))
+                for (topic, partitions) in &hws {
+                    for (p, hw) in partitions.iter().enumerate() {
+                        match replica_log(&cluster.data_dir(node), node, topic, p as u32, *hw) {
+                            Ok(lines) => logs.extend(lines),
+                            Err(e) => history
+                                .record(Event::new("harness", Type::Fail, "converge").error(e)),
                         }
                     }
                 }

@@ -271,3 +271,130 @@ where
         Err(e) => history.record(Event::new(process, Type::Info, "leave").error(e)),
     }
 }
+
+/// Topic workload (3): the names it creates, deletes and grows (few, so that names are
+/// re-created often).
+pub const CHURN: [&str; 3] = ["churn-a", "churn-b", "churn-c"];
+
+/// Topic workload (3): every 0.3-1.5 s creates (2 partitions, RF 3), deletes or adds a
+/// partition to one of [`CHURN`], then sends 10 records to it, whose values name the topic's
+/// incarnation (`churn-a#3-17`: the 17th record sent after the third creation of `churn-a`
+/// was asked for). Every failed operation is recorded as unknown (`info`): a refusal such as
+/// TOPIC_ALREADY_EXISTS may answer a retry of a request that did take effect.
+pub fn topics(
+    seed: u64,
+    bootstrap: String,
+    history: History,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut rng = crate::common::Rng::new(seed ^ 0x746f_7069_6373);
+        let client = client(&bootstrap).await;
+        let admin = rill_client::Admin::new(client.clone());
+        let producer = Producer::new(
+            client.clone(),
+            ProducerConfig {
+                acks: Acks::All,
+                linger: Duration::from_millis(2),
+                delivery_timeout: Duration::from_secs(6),
+                request_timeout: Some(Duration::from_secs(3)),
+                ..ProducerConfig::default()
+            },
+        );
+        let mut incarnation: std::collections::HashMap<&str, u32> = Default::default();
+        let mut sent: u64 = 0;
+        let mut deliveries = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(rng.range(300, 1_500))).await;
+            let name = CHURN[rng.range(0, CHURN.len() as u64) as usize];
+            let op = rng.range(0, 3);
+            let (f, detail, result) = match op {
+                0 => {
+                    let k = incarnation.get(name).copied().unwrap_or(0) + 1;
+                    history.record(
+                        Event::new("admin", Type::Invoke, "create")
+                            .topic(name)
+                            .value(k.to_string()),
+                    );
+                    let mut topic = rill_client::NewTopic::new(name, 2);
+                    topic.replication_factor = 3;
+                    incarnation.insert(name, k);
+                    ("create", k.to_string(), admin.create_topic(topic).await)
+                }
+                1 => {
+                    history.record(Event::new("admin", Type::Invoke, "delete").topic(name));
+                    ("delete", String::new(), admin.delete_topic(name).await)
+                }
+                _ => {
+                    let count = match client.partition_count(name).await {
+                        Ok(n) => n + 1,
+                        Err(_) => continue,
+                    };
+                    history.record(
+                        Event::new("admin", Type::Invoke, "add-partitions")
+                            .topic(name)
+                            .value(count.to_string()),
+                    );
+                    (
+                        "add-partitions",
+                        count.to_string(),
+                        admin.create_partitions(name, count).await,
+                    )
+                }
+            };
+            let event = |kind| {
+                Event::new("admin", kind, f)
+                    .topic(name)
+                    .value(detail.clone())
+            };
+            history.record(match &result {
+                Ok(()) => event(Type::Ok),
+                Err(e) => event(Type::Info).error(e),
+            });
+            // Records into the topic as it is now, acknowledged in the background.
+            let k = incarnation.get(name).copied().unwrap_or(0);
+            let Ok(partitions) = client.partition_count(name).await else {
+                continue;
+            };
+            for _ in 0..10 {
+                let partition = (sent % u64::from(partitions)) as u32;
+                let value = format!("{name}#{k}-{sent}");
+                sent += 1;
+                history.record(
+                    Event::new("admin", Type::Invoke, "send")
+                        .topic(name)
+                        .partition(partition)
+                        .value(value.clone()),
+                );
+                let record = Record::new(name).partition(partition).value(value.clone());
+                match producer.send(record).await {
+                    Ok(delivery) => deliveries.push(tokio::spawn({
+                        let history = history.clone();
+                        async move {
+                            let event = match delivery.await {
+                                Ok(meta) => match meta.offset {
+                                    Some(o) => Event::new("admin", Type::Ok, "send").offset(o),
+                                    None => Event::new("admin", Type::Info, "send"),
+                                },
+                                Err(e) => Event::new("admin", Type::Info, "send").error(e),
+                            };
+                            history.record(event.topic(name).partition(partition).value(value));
+                        }
+                    })),
+                    Err(e) => history.record(
+                        Event::new("admin", Type::Fail, "send")
+                            .topic(name)
+                            .partition(partition)
+                            .value(value)
+                            .error(e),
+                    ),
+                }
+            }
+            deliveries.retain(|d: &JoinHandle<()>| !d.is_finished());
+        }
+        for delivery in deliveries {
+            let _ = delivery.await;
+        }
+        producer.close().await;
+    })
+}
