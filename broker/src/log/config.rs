@@ -101,7 +101,8 @@ pub struct LogConfig {
     pub index_interval_bytes: u64,
     /// Size each index file is preallocated to; a full index rolls the segment. Default 10 MiB.
     pub index_max_bytes: u64,
-    /// The active segment's file grows in steps of this size (fallocate). Default 16 MiB.
+    /// The active segment's file grows in steps of this size (fallocate), never past
+    /// `segment_bytes` unless one batch is larger. Default 16 MiB.
     pub preallocate_bytes: u64,
     /// Largest single batch accepted. Default 1 MiB.
     pub max_batch_bytes: usize,

@@ -570,8 +570,11 @@ impl Segment {
         let total: u64 = batches.iter().map(|b| b.range.len() as u64).sum();
         let end = self.size_bytes + total;
         if end > active.allocated_bytes {
+            // In steps, but never past the segment's size (a 1 MiB segment reserved 16 MiB
+            // and a handful of small-segment partitions filled a disk); a batch larger than
+            // the segment size still fits.
             let step = config.preallocate_bytes;
-            let target = end.div_ceil(step) * step;
+            let target = (end.div_ceil(step) * step).min(config.segment_bytes.max(end));
             preallocate(
                 &active.file,
                 active.allocated_bytes,

@@ -635,3 +635,40 @@ fn idempotent_batches_are_written_once_across_rolls_reopens_and_crashes() {
     assert_eq!(log.expire_producers(now_ms() + 2 * 24 * 3600 * 1000), 1);
     assert_eq!(log.producer_count(), 0);
 }
+
+/// Found by the fault suite: preallocation went in whole `preallocate_bytes` steps whatever
+/// the segment size, so each partition with 1 MiB segments reserved 16 MiB and a few of them
+/// filled a small disk. Now the active segment reserves at most its size (or one larger batch).
+#[test]
+fn preallocation_never_goes_past_the_segment_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 64 * 1024,
+        preallocate_bytes: 16 << 20,
+        ..small_config()
+    };
+    let mut log = Log::open(dir.path(), config).unwrap();
+    log.append(&batch(3, 10, 1000), 0).unwrap();
+    let allocated = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .max()
+            .unwrap()
+    };
+    assert_eq!(
+        allocated(),
+        64 * 1024,
+        "one small batch reserves the segment size, not 16 MiB"
+    );
+    // A batch larger than a segment still goes in whole.
+    let big = batch(1, 100 * 1024, 2000);
+    log.append(&big, 0).unwrap();
+    let allocated = allocated();
+    assert!(
+        allocated >= big.len() as u64 && allocated < 16 << 20,
+        "{allocated}"
+    );
+}
