@@ -13,7 +13,11 @@ impl Tmpfs {
             rustix::process::geteuid().is_root(),
             "the full-disk tests mount a tmpfs and must run as root"
         );
-        let dir = tempfile::tempdir().expect("temp dir");
+        remove_stale();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("rill-tmpfs-{}-", std::process::id()))
+            .tempdir()
+            .expect("temp dir");
         let status = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
             .arg(dir.path())
@@ -61,6 +65,35 @@ impl Tmpfs {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => panic!("freeing the tmpfs: {e}"),
+        }
+    }
+}
+
+/// Unmounts (and removes) tmpfs mounts left by test processes that no longer exist (a run
+/// killed before its drops ran), recognized by their `rill-tmpfs-<pid>-` directory names.
+fn remove_stale() {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return;
+    };
+    for mount_point in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+        let Some(name) = std::path::Path::new(mount_point)
+            .file_name()
+            .and_then(|n| n.to_str())
+        else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("rill-tmpfs-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", mount_point])
+                .status();
+            let _ = std::fs::remove_dir(mount_point);
         }
     }
 }

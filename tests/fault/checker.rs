@@ -172,6 +172,9 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
         }
     }
     let final_records: u64 = final_log.values().map(|l| l.len() as u64).sum();
+    // Without final logs (the cluster did not converge: `no-convergence`), nothing can be
+    // checked against them.
+    let have_logs = !hws.is_empty();
 
     // Sends: what was invoked, acknowledged where, failed for certain.
     let mut invoked: HashMap<&str, u32> = HashMap::new();
@@ -371,7 +374,7 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
             .get(topic)
             .is_some_and(|ds| ds.iter().any(|d| *d > time))
     };
-    for (e, key, offset, value) in reads {
+    for (e, key, offset, value) in reads.into_iter().filter(|_| have_logs) {
         let at = final_log.get(&key).and_then(|l| l.get(&offset));
         // A record read, then deleted with its topic, is rightly gone.
         if at.map(String::as_str) != Some(value) && !deleted_after(&key.0, e.time_ms) {
@@ -384,7 +387,7 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
             );
         }
     }
-    for (value, key, offset, acked_at) in &acked {
+    for (value, key, offset, acked_at) in acked.iter().filter(|_| have_logs) {
         // A deletion asked for after the acknowledgement may have taken the record.
         if deleted_after(&key.0, *acked_at) {
             if let (Some(ds), Some(at)) = (deleted.get(key.0.as_str()), where_is.get(value)) {
@@ -475,7 +478,7 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
         last_op.insert(topic, (f, *kind, *value));
     }
     for (topic, (f, kind, value)) in last_op {
-        if kind != Type::Ok {
+        if kind != Type::Ok || !have_logs {
             continue;
         }
         let partitions = hws.keys().filter(|(t, _)| t == topic).count() as u64;
@@ -521,7 +524,7 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
                 );
             }
         }
-        for (key, last) in &last_commit {
+        for (key, last) in last_commit.iter().filter(|_| have_logs) {
             let hw = hws.get(key).copied().unwrap_or(0);
             match committed.get(key) {
                 Some(c) if c >= last && *c <= hw => {}

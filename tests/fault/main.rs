@@ -63,41 +63,66 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
-/// Watches broker processes for deaths and panics the nemesis did not cause.
+/// Watches broker processes for deaths and panics the nemesis did not cause, and copies their
+/// logs into the run's directory (`node-N.log`).
 struct Watch {
     /// Per node: (pid, log lines already looked at).
     seen: Vec<(u32, usize)>,
+    dir: PathBuf,
 }
 
 impl Watch {
-    fn new() -> Watch {
+    fn new(dir: &Path) -> Watch {
         Watch {
             seen: vec![(0, 0); NODES],
+            dir: dir.to_owned(),
         }
     }
 
-    /// Records a crash event for every broker that died (and restarts it) or logged a panic
-    /// since the last look; `down` are the nodes the nemesis stopped.
+    /// Copies node `node`'s log lines since the last look into `node-N.log`, records a crash
+    /// event for a panic among them, and returns the log so far.
+    fn copy(
+        &mut self,
+        node: u32,
+        broker: &mut common::BrokerProcess,
+        history: &History,
+    ) -> Vec<String> {
+        use std::io::Write;
+        let i = node as usize - 1;
+        if self.seen[i].0 != broker.pid() {
+            self.seen[i] = (broker.pid(), 0);
+        }
+        let log = broker.drain_log().to_vec();
+        let new = &log[self.seen[i].1..];
+        let path = self.dir.join(format!("node-{node}.log"));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("open a broker log copy");
+        for line in new {
+            writeln!(file, "{line}").expect("copy a broker log line");
+            if line.contains("panicked") {
+                history.record(
+                    Event::new("harness", Type::Info, "crash")
+                        .value(format!("node {node}"))
+                        .error(format!("panic: {line}")),
+                );
+            }
+        }
+        self.seen[i].1 = log.len();
+        log
+    }
+
+    /// [`Watch::copy`] for every broker; records a crash event for every broker that died
+    /// (and restarts it); `down` are the nodes the nemesis stopped.
     fn scan(&mut self, cluster: &mut Cluster, down: &[u32], history: &History) {
         for node in 1..=NODES as u32 {
             let i = node as usize - 1;
             let Some(broker) = cluster.brokers[i].as_mut() else {
                 continue;
             };
-            if self.seen[i].0 != broker.pid() {
-                self.seen[i] = (broker.pid(), 0);
-            }
-            let log = broker.drain_log().to_vec();
-            for line in &log[self.seen[i].1..] {
-                if line.contains("panicked") {
-                    history.record(
-                        Event::new("harness", Type::Info, "crash")
-                            .value(format!("node {node}"))
-                            .error(format!("panic: {line}")),
-                    );
-                }
-            }
-            self.seen[i].1 = log.len();
+            let log = self.copy(node, broker, history);
             if !down.contains(&node) && !broker.is_running() {
                 let tail = log[log.len().saturating_sub(5)..].join(" | ");
                 history.record(
@@ -136,10 +161,10 @@ fn run_nemesis(
     steps: Vec<nemesis::Step>,
     admin: &Admin,
     history: &History,
+    watch: &mut Watch,
 ) -> nemesis::Nemesis {
     let runtime = tokio::runtime::Handle::current();
     let mut nemesis = nemesis::Nemesis::new(NODES);
-    let mut watch = Watch::new();
     for step in steps {
         std::thread::sleep(step.quiet);
         watch.scan(cluster, &nemesis.down(), history);
@@ -343,7 +368,7 @@ fn replica_log(
 }
 
 /// Stops every broker with SIGTERM (SIGKILL after 30 s, recorded as a crash).
-fn stop_all(cluster: &mut Cluster, history: &History) {
+fn stop_all(cluster: &mut Cluster, history: &History, watch: &mut Watch) {
     for node in 1..=NODES as u32 {
         let Some(broker) = cluster.brokers[node as usize - 1].as_mut() else {
             continue;
@@ -361,6 +386,7 @@ fn stop_all(cluster: &mut Cluster, history: &History) {
                     .error("did not stop within 30 s of SIGTERM"),
             );
         }
+        watch.copy(node, broker, history);
         cluster.kill(node);
     }
 }
@@ -430,8 +456,10 @@ async fn run(seed: u64, duration: Duration) -> checker::Report {
 
     let steps = nemesis::schedule(seed, duration);
     // The nemesis blocks (commands, the schedule's pauses); the workload runs on meanwhile.
-    let nemesis =
-        tokio::task::block_in_place(|| run_nemesis(&mut cluster, &disks, steps, &admin, &history));
+    let mut watch = Watch::new(&dir);
+    let nemesis = tokio::task::block_in_place(|| {
+        run_nemesis(&mut cluster, &disks, steps, &admin, &history, &mut watch)
+    });
     eprintln!("nemesis done: {:?}", nemesis.applied);
 
     // Healed: the workload runs on for a while (every producer must be acknowledged again),
@@ -469,7 +497,7 @@ async fn run(seed: u64, duration: Duration) -> checker::Report {
                 Ok(committed) => logs.extend(committed),
                 Err(e) => history.record(Event::new("harness", Type::Fail, "converge").error(e)),
             }
-            stop_all(&mut cluster, &history);
+            tokio::task::block_in_place(|| stop_all(&mut cluster, &history, &mut watch));
             for node in 1..=NODES as u32 {
                 for (topic, partitions) in &hws {
                     for (p, hw) in partitions.iter().enumerate() {
@@ -484,7 +512,7 @@ async fn run(seed: u64, duration: Duration) -> checker::Report {
         }
         Err(e) => {
             history.record(Event::new("harness", Type::Fail, "converge").error(e));
-            stop_all(&mut cluster, &history);
+            tokio::task::block_in_place(|| stop_all(&mut cluster, &history, &mut watch));
         }
     }
     history.flush();
