@@ -100,47 +100,65 @@ fn unframe(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
 /// disk the Raft state shares; a Raft write that fails then stops the Raft node (openraft
 /// treats storage errors as fatal), so the broker could not even register to serve what it
 /// holds. A write that fails for want of space releases the reserve and is tried once more
-/// (CockroachDB's "ballast" file is the model). Created (fallocated) at start when missing.
+/// (CockroachDB's "ballast" file is the model). Created (fallocated) at start when missing,
+/// and again by the first successful write once there is space: a second full disk finds it
+/// there too (found by the fault suite: with the reserve back only at the next start, a second
+/// full disk stopped the Raft node for good and the broker never led anything again).
 const RESERVE_FILE: &str = "reserve";
 const RESERVE_BYTES: u64 = 4 << 20;
 
-/// Creates the reserve if it is missing (a failure is only logged: the disk may be full).
-fn ensure_reserve(dir: &Path) {
+/// Creates the reserve if it is missing; whether it is there now. A failure (the disk may be
+/// full) is logged as `quiet` says: at start a warning, after a write only at debug level
+/// (it is tried again after every write until it works).
+fn ensure_reserve(dir: &Path, quiet: bool) -> bool {
     let path = dir.join(RESERVE_FILE);
     if path.exists() {
-        return;
+        return true;
     }
     let created = File::create(&path).and_then(|file| {
         rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES)
             .map_err(std::io::Error::from)?;
         file.sync_all()
     });
-    if let Err(e) = created {
-        let _ = fs::remove_file(&path);
-        tracing::warn!(path = %path.display(), "cannot reserve {} MiB for the metadata quorum: {e}", RESERVE_BYTES >> 20);
+    match created {
+        Ok(()) => true,
+        Err(e) => {
+            let _ = fs::remove_file(&path);
+            if quiet {
+                tracing::debug!(path = %path.display(), "cannot restore the metadata quorum's reserve yet: {e}");
+            } else {
+                tracing::warn!(path = %path.display(), "cannot reserve {} MiB for the metadata quorum: {e}", RESERVE_BYTES >> 20);
+            }
+            false
+        }
     }
 }
 
 /// Runs `write`; if it fails for want of space and the reserve is still there, releases the
-/// reserve and runs `write` once more. `write` must be safe to repeat.
+/// reserve and runs `write` once more. `write` must be safe to repeat. After a successful
+/// write, a released reserve is restored if there is room for it again.
 pub(crate) fn with_reserve<T>(
     dir: &Path,
     mut write: impl FnMut() -> std::io::Result<T>,
 ) -> std::io::Result<T> {
-    match write() {
+    let result = match write() {
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => {
             if fs::remove_file(dir.join(RESERVE_FILE)).is_err() {
                 return Err(e);
             }
             tracing::error!(
                 dir = %dir.display(),
-                "DISK FULL: released the metadata quorum's {} MiB reserve so the controller keeps working; free disk space now (the reserve is restored at the next start)",
+                "DISK FULL: released the metadata quorum's {} MiB reserve so the controller keeps working; free disk space now (the reserve is restored once there is room)",
                 RESERVE_BYTES >> 20
             );
-            write()
+            return write();
         }
         other => other,
+    };
+    if result.is_ok() && !dir.join(RESERVE_FILE).exists() && ensure_reserve(dir, true) {
+        tracing::info!(dir = %dir.display(), "disk space is back: the metadata quorum's {} MiB reserve is restored", RESERVE_BYTES >> 20);
     }
+    result
 }
 
 /// Writes `bytes` to `path` atomically and durably.
@@ -182,7 +200,7 @@ impl LogStore {
                 File::open(parent)?.sync_all()?;
             }
         }
-        ensure_reserve(dir);
+        ensure_reserve(dir, false);
         if valid < bytes.len() {
             tracing::warn!(path = %log_path.display(), cut = bytes.len() - valid, "cut a torn tail off the metadata Raft log");
             log.set_len(valid as u64)?;

@@ -255,6 +255,26 @@ impl Controller {
         }
     }
 
+    /// Resolves, with why, if this broker's Raft node stops for good while running: a storage
+    /// error openraft cannot go on after (a metadata log write failed even with the reserve
+    /// released) or a panic. Never on an observer, nor for a normal stop.
+    pub async fn raft_failed(&self) -> String {
+        let Some(raft) = &self.inner.raft else {
+            return std::future::pending().await;
+        };
+        let mut metrics = raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                    return fatal.to_string();
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// The quorum's Raft term as this broker knows it (`None` on an observer, which is not in
     /// the quorum).
     pub fn raft_term(&self) -> Option<u64> {

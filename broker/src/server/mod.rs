@@ -359,6 +359,7 @@ impl Broker {
         tracker.spawn(storage_tick(state.clone()));
         tracker.spawn(cleaner_loop(state.clone()));
         tracker.spawn(replica_tick(state.clone()));
+        tracker.spawn(watch_raft(state.clone()));
         let slots = Arc::new(tokio::sync::Semaphore::new(state.config.max_connections));
         tracker.spawn(listener::accept_loop(
             state.clone(),
@@ -613,6 +614,19 @@ async fn heartbeat_loop(state: Arc<BrokerState>) {
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// A broker whose metadata Raft node stopped for good can never follow the metadata again (it
+/// would heartbeat on, be kept as a leader, and lead nothing): it stops, saying what to do.
+async fn watch_raft(state: Arc<BrokerState>) {
+    let reason = tokio::select! {
+        _ = state.shutdown.cancelled() => return,
+        reason = state.controller.raft_failed() => reason,
+    };
+    state.fatal.send_replace(Some(format!(
+        "the metadata quorum's Raft node on this broker stopped: {reason}. If the disk is full, free space in {} and restart the broker; its partition logs are intact",
+        state.config.data_dir.display()
+    )));
 }
 
 /// Leader duties every quarter of `replica_lag_max_ms` (at most 250 ms): shrink ISRs.
