@@ -569,15 +569,7 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
 
 /// Reads `final.jsonl` back.
 pub fn read_logs(path: &std::path::Path) -> Vec<LogLine> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("read the final logs {}: {e}", path.display()));
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| {
-            serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("{} line {}: {e}", path.display(), i + 1))
-        })
-        .collect()
+    crate::history::read_lines(path)
 }
 
 #[cfg(test)]

@@ -120,8 +120,14 @@ impl History {
 
 /// Reads a history file back.
 pub fn read(path: &std::path::Path) -> Vec<Event> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("read the history {}: {e}", path.display()));
+    read_lines(path)
+}
+
+/// Reads a JSON-lines file (a history, the final logs) back; panics naming the file and line
+/// of anything malformed.
+pub fn read_lines<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Vec<T> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     text.lines()
         .enumerate()
         .map(|(i, line)| {

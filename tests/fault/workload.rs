@@ -37,6 +37,19 @@ pub async fn client(bootstrap: &str) -> Client {
     .await
 }
 
+/// The workloads' producers: acks=all and idempotent; a delivery timeout short enough that
+/// faults leave unknown outcomes (and expired batches) behind.
+fn producer_config() -> ProducerConfig {
+    ProducerConfig {
+        acks: Acks::All,
+        linger: Duration::from_millis(2),
+        delivery_timeout: Duration::from_secs(6),
+        request_timeout: Some(Duration::from_secs(3)),
+        enable_idempotence: true,
+        ..ProducerConfig::default()
+    }
+}
+
 /// One producer: sends one record every `every` until `stop`, then waits for what is in flight.
 pub fn producer(
     id: u32,
@@ -47,17 +60,7 @@ pub fn producer(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let process = format!("producer-{id}");
-        let producer = Producer::new(
-            client(&bootstrap).await,
-            ProducerConfig {
-                acks: Acks::All,
-                linger: Duration::from_millis(2),
-                delivery_timeout: Duration::from_secs(6),
-                request_timeout: Some(Duration::from_secs(3)),
-                enable_idempotence: true,
-                ..ProducerConfig::default()
-            },
-        );
+        let producer = Producer::new(client(&bootstrap).await, producer_config());
         // Acknowledgements are awaited in send order by their own task.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
             String,
@@ -116,6 +119,20 @@ pub fn producer(
     })
 }
 
+/// The event of `process` being given record `r` (`f`: `read` or `process`).
+fn consumed(process: &str, f: &str, r: &rill_client::ConsumerRecord) -> Event {
+    let value = r
+        .value
+        .as_ref()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    Event::new(process, Type::Ok, f)
+        .topic(&r.topic)
+        .partition(r.partition)
+        .offset(r.offset)
+        .value(value)
+}
+
 /// The reader: follows every partition from offset 0 until `stop`.
 pub fn reader(bootstrap: String, history: History, stop: Arc<AtomicBool>) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -124,19 +141,8 @@ pub fn reader(bootstrap: String, history: History, stop: Arc<AtomicBool>) -> Joi
         while !stop.load(Ordering::Relaxed) {
             match consumer.poll(Duration::from_millis(200)).await {
                 Ok(records) => {
-                    for r in records {
-                        let value = r
-                            .value
-                            .as_ref()
-                            .map(|v| String::from_utf8_lossy(v).into_owned())
-                            .unwrap_or_default();
-                        history.record(
-                            Event::new("reader", Type::Ok, "read")
-                                .topic(TOPIC)
-                                .partition(r.partition)
-                                .offset(r.offset)
-                                .value(value),
-                        );
+                    for r in &records {
+                        history.record(consumed("reader", "read", r));
                     }
                 }
                 Err(e) => {
@@ -226,18 +232,7 @@ where
             continue;
         }
         for r in &records {
-            let value = r
-                .value
-                .as_ref()
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
-            history.record(
-                Event::new(process, Type::Ok, "process")
-                    .topic(TOPIC)
-                    .partition(r.partition)
-                    .offset(r.offset)
-                    .value(value),
-            );
+            history.record(consumed(process, "process", r));
             next.insert(r.partition, r.offset + 1);
         }
         let assigned: Vec<u32> = consumer.assignment().into_iter().map(|(_, p)| p).collect();
@@ -291,16 +286,7 @@ pub fn topics(
         let mut rng = crate::common::Rng::new(seed ^ 0x746f_7069_6373);
         let client = client(&bootstrap).await;
         let admin = rill_client::Admin::new(client.clone());
-        let producer = Producer::new(
-            client.clone(),
-            ProducerConfig {
-                acks: Acks::All,
-                linger: Duration::from_millis(2),
-                delivery_timeout: Duration::from_secs(6),
-                request_timeout: Some(Duration::from_secs(3)),
-                ..ProducerConfig::default()
-            },
-        );
+        let producer = Producer::new(client.clone(), producer_config());
         let mut incarnation: std::collections::HashMap<&str, u32> = Default::default();
         let mut sent: u64 = 0;
         let mut deliveries = Vec::new();
