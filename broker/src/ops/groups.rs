@@ -222,7 +222,37 @@ pub async fn heartbeat(
         }
     }
     persist(state, &request.group_id).await;
+    if response.error_code == ErrorCode::NONE {
+        if let Err(code) = membership_replicated(state, &request.group_id).await {
+            response.error_code = code;
+            response.error_message = Some(
+                "the group's membership is not on every in-sync replica of its offsets partition yet; retry".into(),
+            );
+            response.assignment = Vec::new();
+        }
+    }
     response
+}
+
+/// Waits until everything appended to the group's offsets partition so far (the membership
+/// snapshot this heartbeat wrote, or one another member's heartbeat wrote) is on every in-sync
+/// replica: a member hears of an assignment only once no coordinator failover can forget it.
+/// Otherwise a new coordinator, not knowing the assignment, could give the same partitions to
+/// another member while the first still works them (the fault suite found two members on one
+/// partition at once, seed 2009). NOT_COORDINATOR if this broker stopped leading the partition,
+/// COORDINATOR_NOT_AVAILABLE if replication does not come in time (both retriable).
+async fn membership_replicated(state: &Arc<BrokerState>, group_id: &str) -> Result<(), ErrorCode> {
+    let tp = TopicPartition::new(OFFSETS_TOPIC, partition_for(group_id));
+    let replica = state.replicas.get(&tp).ok_or(ErrorCode::NOT_COORDINATOR)?;
+    let epoch = replica
+        .leader_epoch()
+        .map_err(|_| ErrorCode::NOT_COORDINATOR)?;
+    let end = replica.log.log_end_offset();
+    match replicated(state, group_id, epoch, end).await {
+        Err(ErrorCode::NOT_COORDINATOR) => Err(ErrorCode::NOT_COORDINATOR),
+        Err(_) => Err(ErrorCode::COORDINATOR_NOT_AVAILABLE),
+        Ok(()) => Ok(()),
+    }
 }
 
 /// Most bytes of a client id or host, and of a protocol name, in a classic join.
