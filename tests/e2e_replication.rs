@@ -1308,3 +1308,64 @@ async fn a_broker_that_missed_a_topic_deletion_never_serves_the_old_topic_log() 
     }
     assert_replicas_identical(&mut cluster, &hws);
 }
+
+/// Found by the fault suite (seed 2009): a heartbeat answered with an assignment whose
+/// membership snapshot was not replicated yet, so a coordinator failover could forget it and
+/// give the same partitions to a second member. Now a member hears of an assignment only once
+/// the snapshot is on every in-sync replica: with the coordinator's followers unable to fetch
+/// (their replication port cut; the controller port still works, so nobody is fenced), a new
+/// member gets nothing until they fetch again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_hears_of_an_assignment_only_once_the_membership_is_replicated() {
+    use common::cluster::NETWORK_REPLICATION_PORT;
+    const GROUP: &str = "replicated-membership";
+    let cluster = Cluster::start_in_network(3, &[]);
+    let client = cluster.client().await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic(NewTopic::new("work", 2))
+        .await
+        .expect("create the topic");
+    let coordinator_address = common::eventually_value(
+        Duration::from_secs(30),
+        "the group's coordinator",
+        || async { admin.find_coordinator(GROUP).await.ok() },
+    )
+    .await;
+    let coordinator = (1..=3u32)
+        .find(|n| cluster.address(*n) == coordinator_address)
+        .expect("the coordinator is a broker of the cluster");
+    let followers: Vec<u32> = (1..=3).filter(|n| *n != coordinator).collect();
+    for node in &followers {
+        cluster
+            .network()
+            .cut_port(*node as usize, NETWORK_REPLICATION_PORT);
+    }
+    let mut consumer = Consumer::new(cluster.client().await, ConsumerConfig::default());
+    let mut config = rill_client::GroupConfig::new(GROUP);
+    config.session_timeout = Duration::from_secs(10);
+    consumer.subscribe(config, &["work"]);
+    // Well within the replica lag limit (4 s): the followers are still in the ISR, so the
+    // snapshot cannot be on all of them.
+    let cut_at = Instant::now();
+    while cut_at.elapsed() < Duration::from_millis(2500) {
+        let _ = consumer.poll(Duration::from_millis(100)).await;
+        assert!(
+            consumer.assignment().is_empty(),
+            "assigned {:?} {:?} after the cut, before the membership could be replicated",
+            consumer.assignment(),
+            cut_at.elapsed()
+        );
+    }
+    for node in &followers {
+        cluster.network().heal(*node as usize);
+    }
+    let mut poll = common::Poll::new(
+        Duration::from_secs(60),
+        "an assignment once the followers fetch again",
+    );
+    while consumer.assignment().is_empty() {
+        let _ = consumer.poll(Duration::from_millis(100)).await;
+        poll.pause().await;
+    }
+}
