@@ -44,6 +44,10 @@ pub struct LogLine {
     pub offset: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// In replica lines: the batch's producer id, epoch and base sequence (`pid/epoch/seq`),
+    /// for reading an anomaly (the checker does not use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<String>,
 }
 
 /// One anomaly: its kind and what exactly was seen.
@@ -594,6 +598,7 @@ mod tests {
             partition,
             offset,
             value: value.map(str::to_string),
+            producer: None,
         }
     }
 

@@ -1,18 +1,20 @@
 //! The fault suite (docs/TESTING.md): a three-broker cluster, each broker in its own network
 //! namespace with its data directory on its own small tmpfs; workloads (appends, a consumer
-//! group, topic creation and deletion) that record every operation in a history; a nemesis that partitions, kills, pauses and fills disks on a
-//! schedule drawn from a seed; then a heal, a final read of every partition and every replica's
-//! log, and a checker that finds anomalies from those files alone.
+//! group, topic creation and deletion) that record every operation in a history; a nemesis
+//! that partitions, kills, pauses and fills disks on a schedule drawn from a seed; then a
+//! heal, a recovery phase, a final read of every partition and every replica's log, and a
+//! checker that finds anomalies from those files alone.
 //!
 //! - `cargo test --test fault` runs the short schedules CI runs (`RILL_FAULT_SEEDS`,
 //!   `RILL_FAULT_SECS` change them);
 //! - `RILL_FAULT_RUNS=100 RILL_FAULT_SECS=300 cargo test --release --test fault campaign --
-//!   --ignored --nocapture` runs a campaign of randomized runs (`RILL_FAULT_SEED` repeats one);
-//! - `RILL_FAULT_CHECK=<dir> cargo test --test fault recheck -- --ignored --nocapture` checks
-//!   a run's directory again.
+//!   --ignored --nocapture` runs a campaign of randomized runs (`RILL_FAULT_SEED` sets the
+//!   first seed; with `RILL_FAULT_RUNS=1` it repeats one);
+//! - `RILL_FAULT_CHECK=<dir> cargo test --test fault recheck_a_run -- --ignored --nocapture`
+//!   checks a run's directory again.
 //!
-//! Each run writes `history.jsonl`, `final.jsonl` and `report.txt` into
-//! `target/tmp/fault/seed-<seed>/` (or `$RILL_FAULT_OUT/seed-<seed>/`).
+//! Each run writes `history.jsonl`, `final.jsonl`, `report.txt`, the brokers' logs
+//! (`node-N.log`) and the clients' (`clients.log`) into `target/tmp/fault/seed-<seed>/` (or `$RILL_FAULT_OUT/seed-<seed>/`).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -61,6 +63,36 @@ fn env_u64(name: &str) -> Option<u64> {
         v.parse()
             .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
     })
+}
+
+/// Where the clients' (`rill_client`'s) log lines go: the current run's `clients.log`.
+static CLIENT_LOG: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+
+/// Sends the clients' INFO and higher log lines to `path` (from now until the next call).
+fn log_clients_to(path: &Path) {
+    struct ClientLog;
+    impl std::io::Write for ClientLog {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut file = CLIENT_LOG.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(file) = file.as_mut() {
+                file.write_all(buf)?;
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let file = std::fs::File::create(path).expect("create clients.log");
+    *CLIENT_LOG.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("rill_client=info"))
+            .with_ansi(false)
+            .with_writer(|| ClientLog)
+            .try_init();
+    });
 }
 
 /// Watches broker processes for deaths and panics the nemesis did not cause, and copies their
@@ -277,6 +309,7 @@ async fn final_read(bootstrap: &str, hws: &Hws) -> Result<Vec<checker::LogLine>,
                         partition: r.partition,
                         offset: r.offset,
                         value: r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                        producer: None,
                     }),
             ),
             Err(e) => eprintln!("final read: {e}"),
@@ -321,6 +354,7 @@ async fn drain(
             partition,
             offset,
             value: None,
+            producer: None,
         })
         .collect())
 }
@@ -358,6 +392,12 @@ fn replica_log(
                         value: record
                             .value
                             .map(|v| String::from_utf8_lossy(&v).into_owned()),
+                        producer: Some(format!(
+                            "{}/{}/{}",
+                            batch.producer_id(),
+                            batch.producer_epoch(),
+                            batch.base_sequence()
+                        )),
                     });
                 }
             }
@@ -421,6 +461,7 @@ async fn run(seed: u64, duration: Duration) -> checker::Report {
     admin.create_topic(topic).await.expect("create the topic");
 
     let history = History::create(&dir.join("history.jsonl"));
+    log_clients_to(&dir.join("clients.log"));
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients: Vec<_> = (1..=PRODUCERS)
         .map(|id| {
@@ -486,6 +527,7 @@ async fn run(seed: u64, duration: Duration) -> checker::Report {
                         partition: p as u32,
                         offset: *hw,
                         value: None,
+                        producer: None,
                     });
                 }
             }

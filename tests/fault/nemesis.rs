@@ -148,7 +148,8 @@ impl Nemesis {
 
     /// Applies `kind` with target pick `pick`; returns a description of what it did, or `None`
     /// if the fault does not apply now (e.g. its target is already stopped by another fault).
-    /// `leader_of` resolves a partition leader, `controller` the active controller.
+    /// `controller` is the active controller and `leader` the leader of the partition the pick
+    /// names, as the cluster said just before.
     pub fn apply(
         &mut self,
         cluster: &mut Cluster,
@@ -188,14 +189,14 @@ impl Nemesis {
                         let mut cut = false;
                         while !stop.load(Ordering::Relaxed) {
                             if cut {
-                                network.heal(node);
+                                network.heal_all();
                             } else {
                                 network.isolate(node);
                             }
                             cut = !cut;
                             std::thread::sleep(Duration::from_millis(rng.range(200, 800)));
                         }
-                        network.heal(node);
+                        network.heal_all();
                     })
                 };
                 self.active.push(Active::Flap { node, stop, thread });
@@ -304,8 +305,8 @@ impl NetworkHandle {
         );
     }
 
-    /// Removes the rules of every namespace `isolate(node)` touched.
-    fn heal(&self, _node: usize) {
+    /// Removes the rules of every namespace (`isolate` touches them all).
+    fn heal_all(&self) {
         for ns in &self.namespaces {
             iptables(ns, &["-F"]);
         }
