@@ -40,7 +40,7 @@ use rill_protocol::api::{
 };
 use rill_protocol::batch::{Compression, Header, RecordBatchBuilder, BATCH_HEADER_BYTES};
 use rill_protocol::ErrorCode;
-use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::client::{Client, Purpose};
 use crate::error::{ClientError, Result};
@@ -172,14 +172,70 @@ pub struct RecordMetadata {
 }
 
 /// Resolves when the record is acknowledged (or finally fails).
-pub struct DeliveryFuture(oneshot::Receiver<Result<RecordMetadata>>);
+pub struct DeliveryFuture {
+    batch: Arc<Completion>,
+    /// The record's place in its batch.
+    index: u32,
+    timestamp: i64,
+}
 
 impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.batch.lock();
+        match &state.outcome {
+            Some(Ok(base)) => Poll::Ready(Ok(RecordMetadata {
+                topic: self.batch.topic.clone(),
+                partition: self.batch.partition,
+                offset: base.map(|b| b + u64::from(self.index)),
+                timestamp: self.timestamp,
+            })),
+            Some(Err(e)) => Poll::Ready(Err(e.clone())),
+            None => {
+                if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    state.wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// One batch's outcome, shared by the [`DeliveryFuture`]s of its records: one allocation per
+/// batch instead of a channel per record (a oneshot per record was most of the producer's
+/// allocation cost per record; callgrind figures in the commit that made this).
+struct Completion {
+    topic: String,
+    partition: u32,
+    state: Mutex<CompletionState>,
+}
+
+#[derive(Default)]
+struct CompletionState {
+    /// The batch's base offset (`None` with acks = 0), or why it failed; set once.
+    outcome: Option<std::result::Result<Option<u64>, ClientError>>,
+    /// Futures waiting for the outcome.
+    wakers: Vec<std::task::Waker>,
+}
+
+impl Completion {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CompletionState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the outcome (the first one wins) and wakes every waiting future.
+    fn resolve(&self, outcome: std::result::Result<Option<u64>, ClientError>) {
+        let wakers = {
+            let mut state = self.lock();
+            if state.outcome.is_some() {
+                return;
+            }
+            state.outcome = Some(outcome);
+            std::mem::take(&mut state.wakers)
+        };
+        for waker in wakers {
+            waker.wake();
+        }
     }
 }
 
@@ -194,14 +250,29 @@ struct Batch {
     built: Option<Bytes>,
     created: Instant,
     full: bool,
-    deliveries: Vec<(oneshot::Sender<Result<RecordMetadata>>, i64)>,
-    _memory: Vec<OwnedSemaphorePermit>,
+    /// Records in the batch, and where their futures learn the outcome.
+    records: u32,
+    completion: Arc<Completion>,
+    /// The buffer memory its records hold (one permit, merged as records arrive).
+    _memory: Option<OwnedSemaphorePermit>,
     attempts: u32,
     retry_at: Option<Instant>,
+    /// The error of an earlier attempt that may have been written all the same (a timeout, a
+    /// lost connection): such a batch is never re-sent under another producer id, where the
+    /// leader could not recognize it and would write it twice.
+    maybe_written: Option<ClientError>,
     /// Producer id, epoch and base sequence, once first sent (idempotent producers).
     stamp: Option<Stamp>,
     /// Order of first sending in its partition (re-sent batches go back in this order).
     send_order: u64,
+}
+
+impl Drop for Batch {
+    /// A batch dropped without an outcome (the producer went away with it queued): its
+    /// records' futures fail with `Closed` instead of waiting for ever.
+    fn drop(&mut self) {
+        self.completion.resolve(Err(ClientError::Closed));
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,26 +345,11 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn complete(
-        &self,
-        topic: &str,
-        partition: u32,
-        batch: Batch,
-        outcome: std::result::Result<Option<u64>, ClientError>,
-    ) {
-        let n = batch.deliveries.len();
-        for (i, (reply, timestamp)) in batch.deliveries.into_iter().enumerate() {
-            let result = match &outcome {
-                Ok(base) => Ok(RecordMetadata {
-                    topic: topic.to_string(),
-                    partition,
-                    offset: base.map(|b| b + i as u64),
-                    timestamp,
-                }),
-                Err(e) => Err(e.clone()),
-            };
-            let _ = reply.send(result);
-        }
+    fn complete(&self, batch: Batch, outcome: std::result::Result<Option<u64>, ClientError>) {
+        let n = batch.records as usize;
+        batch.completion.resolve(outcome);
+        // Dropping the batch releases its buffer memory.
+        drop(batch);
         if self.outstanding.fetch_sub(n, Ordering::AcqRel) == n {
             self.idle.notify_waiters();
         }
@@ -372,7 +428,6 @@ impl Producer {
             .await
             .map_err(|_| ClientError::Closed)?;
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
-        let (reply, delivery) = oneshot::channel();
         let mut state = shared.lock();
         let partition = match (record.partition, &record.key) {
             (Some(p), _) if p < partitions => p,
@@ -420,10 +475,16 @@ impl Producer {
                 built: None,
                 created: Instant::now(),
                 full: false,
-                deliveries: Vec::new(),
-                _memory: Vec::new(),
+                records: 0,
+                completion: Arc::new(Completion {
+                    topic: record.topic.clone(),
+                    partition,
+                    state: Mutex::default(),
+                }),
+                _memory: None,
                 attempts: 0,
                 retry_at: None,
+                maybe_written: None,
                 stamp: None,
                 send_order: 0,
             });
@@ -435,8 +496,16 @@ impl Producer {
             record.value.as_deref(),
             &record.headers,
         );
-        batch.deliveries.push((reply, timestamp));
-        batch._memory.push(permit);
+        let delivery = DeliveryFuture {
+            batch: batch.completion.clone(),
+            index: batch.records,
+            timestamp,
+        };
+        batch.records += 1;
+        match &mut batch._memory {
+            Some(memory) => memory.merge(permit),
+            None => batch._memory = Some(permit),
+        }
         let became_full = batch.builder.size_bytes() >= batch_size;
         batch.full |= became_full;
         if became_full && record.partition.is_none() && record.key.is_none() {
@@ -453,7 +522,7 @@ impl Producer {
         if became_full || needs_new || shared.config.linger.is_zero() {
             shared.wake.notify_one();
         }
-        Ok(DeliveryFuture(delivery))
+        Ok(delivery)
     }
 
     /// Sends everything queued now and waits until every record sent so far is acknowledged or failed.
@@ -527,7 +596,7 @@ fn expire_queued(shared: &Shared, error: &ClientError) {
             shared.config.delivery_timeout,
             format!("delivery to {topic}-{partition}: no producer id: {error}"),
         );
-        shared.complete(&topic, partition, batch, Err(error));
+        shared.complete(batch, Err(error));
     }
 }
 
@@ -561,6 +630,7 @@ async fn sender(shared: Arc<Shared>) {
         }
         let now = Instant::now();
         let mut ready: Vec<(TopicPartition, Batch)> = Vec::new();
+        let mut abandoned: Vec<(TopicPartition, Batch)> = Vec::new();
         let mut next_wake: Option<Instant> = None;
         {
             let mut state = shared.lock();
@@ -599,12 +669,20 @@ async fn sender(shared: Arc<Shared>) {
                         continue;
                     };
                     if let Some((producer_id, epoch)) = producer.filter(|_| shared.idempotent) {
-                        if batch.stamp.map(|s| s.producer_id) != Some(producer_id) {
+                        let restamp = batch.stamp.map(|s| s.producer_id) != Some(producer_id);
+                        if restamp && batch.stamp.is_some() && batch.maybe_written.is_some() {
+                            // Sent under an earlier producer id and maybe written: under the
+                            // new id the leader would write it again. Its outcome stays
+                            // unknown (Kafka fails such batches after an epoch bump too).
+                            abandoned.push((tp, batch));
+                            continue;
+                        }
+                        if restamp {
                             let sequence = match ps.next {
                                 Some((id, next)) if id == producer_id => next,
                                 _ => 0,
                             };
-                            let records = batch.deliveries.len() as i32;
+                            let records = batch.records as i32;
                             ps.next = Some((producer_id, increment(sequence, records)));
                             batch.stamp = Some(Stamp {
                                 producer_id,
@@ -620,6 +698,12 @@ async fn sender(shared: Arc<Shared>) {
                     ready.push((tp, batch));
                 }
             }
+        }
+        for (tp, mut batch) in abandoned {
+            let error = batch.maybe_written.take().unwrap_or(ClientError::Closed);
+            tracing::warn!(topic = %tp.0, partition = tp.1, "not re-sending a batch under the new producer id: an earlier attempt may have been written ({error}); its records fail with that error");
+            shared.complete(batch, Err(error));
+            shared.wake.notify_one();
         }
         if ready.is_empty() {
             if shared.closed.load(Ordering::Acquire)
@@ -649,7 +733,6 @@ async fn sender(shared: Arc<Shared>) {
     }
 }
 
-/// `seq + delta` wrapping at `i32::MAX` to 0, as the broker counts.
 /// Whether sequence `a` comes after `b`, sequences wrapping from `i32::MAX` to 0 (at most a
 /// quarter of the range apart, far more than a producer has in flight).
 fn sequence_after(a: i32, b: i32) -> bool {
@@ -657,6 +740,7 @@ fn sequence_after(a: i32, b: i32) -> bool {
     distance > 0 && distance < 1 << 29
 }
 
+/// `seq + delta` wrapping at `i32::MAX` to 0, as the broker counts.
 fn increment(seq: i32, delta: i32) -> i32 {
     if seq > i32::MAX - delta {
         delta - (i32::MAX - seq) - 1
@@ -810,15 +894,50 @@ fn handle_response(
         };
         match outcome {
             Ok(base) => finish(shared, &tp.0, tp.1, batch, Ok(base)),
-            Err(e) => match e.code() {
-                Some(
-                    ErrorCode::OUT_OF_ORDER_SEQUENCE
-                    | ErrorCode::UNKNOWN_PRODUCER_ID
-                    | ErrorCode::INVALID_PRODUCER_EPOCH,
-                ) if batch.stamp.is_some() => sequence_error(shared, tp, batch, e),
-                _ => retry_or_fail(shared, tp, batch, e),
-            },
+            Err(e) => {
+                let mut batch = batch;
+                if batch.stamp.is_some() && batch.maybe_written.is_none() && maybe_written(&e) {
+                    batch.maybe_written = Some(e.clone());
+                }
+                dispatch_error(shared, tp, batch, e)
+            }
         }
+    }
+}
+
+/// Whether a failed produce attempt may have been written all the same: a timeout, a lost
+/// connection, an error after the append. Not the refusals a leader gives before appending.
+fn maybe_written(error: &ClientError) -> bool {
+    match error {
+        ClientError::Broker { code, .. } => !matches!(
+            *code,
+            ErrorCode::NOT_LEADER
+                | ErrorCode::LEADER_NOT_AVAILABLE
+                | ErrorCode::FENCED_LEADER_EPOCH
+                | ErrorCode::NOT_ENOUGH_REPLICAS
+                | ErrorCode::CLUSTER_NOT_READY
+                | ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
+                | ErrorCode::MESSAGE_TOO_LARGE
+                | ErrorCode::CORRUPT_MESSAGE
+                | ErrorCode::OUT_OF_ORDER_SEQUENCE
+                | ErrorCode::UNKNOWN_PRODUCER_ID
+                | ErrorCode::INVALID_PRODUCER_EPOCH
+        ),
+        ClientError::NoBrokers { .. } | ClientError::Invalid(_) | ClientError::Closed => false,
+        _ => true,
+    }
+}
+
+/// Routes a failed attempt: producer id and sequence errors to [`sequence_error`], the rest to
+/// [`retry_or_fail`].
+fn dispatch_error(shared: &Arc<Shared>, tp: TopicPartition, batch: Batch, e: ClientError) {
+    match e.code() {
+        Some(
+            ErrorCode::OUT_OF_ORDER_SEQUENCE
+            | ErrorCode::UNKNOWN_PRODUCER_ID
+            | ErrorCode::INVALID_PRODUCER_EPOCH,
+        ) if batch.stamp.is_some() => sequence_error(shared, tp, batch, e),
+        _ => retry_or_fail(shared, tp, batch, e),
     }
 }
 
@@ -870,10 +989,10 @@ fn finish(
     let settled = batch.stamp.map(|stamp| {
         (
             stamp.producer_id,
-            increment(stamp.sequence, batch.deliveries.len() as i32),
+            increment(stamp.sequence, batch.records as i32),
         )
     });
-    shared.complete(topic, partition, batch, outcome);
+    shared.complete(batch, outcome);
     {
         let mut state = shared.lock();
         if let Some(ps) = state.partitions.get_mut(&(topic.to_string(), partition)) {
@@ -940,4 +1059,47 @@ fn retry_or_fail_as(
         let _ = refresh.client.refresh_metadata().await;
         refresh.wake.notify_one();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{increment, maybe_written, sequence_after};
+    use crate::ClientError;
+    use rill_protocol::ErrorCode;
+
+    #[test]
+    fn only_refusals_before_the_append_prove_a_batch_unwritten() {
+        let broker = |code| ClientError::broker(code, "produce to t-0", None);
+        for code in [
+            ErrorCode::NOT_LEADER,
+            ErrorCode::NOT_ENOUGH_REPLICAS,
+            ErrorCode::OUT_OF_ORDER_SEQUENCE,
+            ErrorCode::UNKNOWN_PRODUCER_ID,
+        ] {
+            assert!(!maybe_written(&broker(code)), "{code:?}");
+        }
+        for code in [ErrorCode::REQUEST_TIMED_OUT, ErrorCode::STORAGE_ERROR] {
+            assert!(maybe_written(&broker(code)), "{code:?}");
+        }
+        assert!(maybe_written(&ClientError::Timeout(
+            std::time::Duration::from_secs(3),
+            "produce".into()
+        )));
+        assert!(maybe_written(&ClientError::Connection {
+            address: "b:9292".into(),
+            reason: "reset".into()
+        }));
+    }
+
+    #[test]
+    fn sequences_wrap_and_compare_across_the_wrap() {
+        assert_eq!(increment(5, 3), 8);
+        assert_eq!(increment(i32::MAX, 1), 0);
+        assert_eq!(increment(i32::MAX - 1, 3), 1);
+        assert!(sequence_after(8, 5));
+        assert!(!sequence_after(5, 8));
+        assert!(!sequence_after(5, 5));
+        assert!(sequence_after(1, i32::MAX - 1), "across the wrap");
+        assert!(!sequence_after(i32::MAX - 1, 1));
+    }
 }
