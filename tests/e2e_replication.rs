@@ -937,6 +937,19 @@ async fn a_full_cluster_restart_keeps_every_acknowledged_record() {
 /// is never consumed by two members at once. Member B is this test process, cut from the
 /// coordinator's broker only (it still reaches the data leaders); member A is the `rill` CLI in
 /// a namespace of its own that still reaches everything.
+/// The node id of `group`'s coordinator.
+async fn coordinator_node(cluster: &Cluster, admin: &Admin, group: &str) -> u32 {
+    let address = common::eventually_value(
+        Duration::from_secs(30),
+        "the group's coordinator",
+        || async { admin.find_coordinator(group).await.ok() },
+    )
+    .await;
+    (1..=3u32)
+        .find(|n| cluster.address(*n) == address)
+        .expect("the coordinator is a broker of the cluster")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cut_off_from_its_coordinator_releases_its_partitions_before_others_get_them() {
     use common::cluster::NETWORK_CLIENT_PORT;
@@ -955,15 +968,7 @@ async fn a_member_cut_off_from_its_coordinator_releases_its_partitions_before_ot
         .create_topic(NewTopic::new(SHARED, 6))
         .await
         .expect("create the topic");
-    let coordinator_address = common::eventually_value(
-        Duration::from_secs(30),
-        "the group's coordinator",
-        || async { admin.find_coordinator(GROUP).await.ok() },
-    )
-    .await;
-    let coordinator = (1..=3u32)
-        .find(|n| cluster.address(*n) == coordinator_address)
-        .expect("the coordinator is a broker of the cluster");
+    let coordinator = coordinator_node(&cluster, &admin, GROUP).await;
     // Data on the other brokers only, so the cut member still reaches every record it consumes.
     client.refresh_metadata().await.expect("metadata");
     let data: Vec<u32> = client
@@ -1326,15 +1331,7 @@ async fn a_member_hears_of_an_assignment_only_once_the_membership_is_replicated(
         .create_topic(NewTopic::new("work", 2))
         .await
         .expect("create the topic");
-    let coordinator_address = common::eventually_value(
-        Duration::from_secs(30),
-        "the group's coordinator",
-        || async { admin.find_coordinator(GROUP).await.ok() },
-    )
-    .await;
-    let coordinator = (1..=3u32)
-        .find(|n| cluster.address(*n) == coordinator_address)
-        .expect("the coordinator is a broker of the cluster");
+    let coordinator = coordinator_node(&cluster, &admin, GROUP).await;
     let followers: Vec<u32> = (1..=3).filter(|n| *n != coordinator).collect();
     for node in &followers {
         cluster
