@@ -184,7 +184,9 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
     let mut invoked: HashMap<&str, u32> = HashMap::new();
     let mut acked: Vec<(&str, Key, u64, f64)> = Vec::new();
     // Topic operations: (f, topic, invoke time, outcome, value), in invoke order.
-    let mut topic_ops: Vec<(&str, &str, f64, Type, Option<&str>)> = Vec::new();
+    // Topic operations: (f, topic, invoke time, outcome, value, completion time).
+    #[allow(clippy::type_complexity)]
+    let mut topic_ops: Vec<(&str, &str, f64, Type, Option<&str>, f64)> = Vec::new();
     let mut pending_ops: HashMap<(&str, &str), f64> = HashMap::new();
     let mut failed: Vec<&str> = Vec::new();
     let (mut n_invoked, mut n_acked, mut n_failed, mut n_unknown, mut n_reads) = (0, 0, 0, 0, 0);
@@ -251,7 +253,7 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
                 if kind == Type::Invoke {
                     pending_ops.insert((e.f.as_str(), topic), e.time_ms);
                 } else if let Some(at) = pending_ops.remove(&(e.f.as_str(), topic)) {
-                    topic_ops.push((e.f.as_str(), topic, at, kind, e.value.as_deref()));
+                    topic_ops.push((e.f.as_str(), topic, at, kind, e.value.as_deref(), e.time_ms));
                 }
             }
             ("recovery", _) => recovery_at = Some(e.time_ms),
@@ -352,6 +354,10 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
         }
     }
 
+    // Operations the run ended without an answer to: unknown, as if answered `info` at the end.
+    for ((f, topic), at) in pending_ops {
+        topic_ops.push((f, topic, at, Type::Info, None, f64::INFINITY));
+    }
     // Acknowledged records are where they were acknowledged.
     let mut where_is: BTreeMap<&str, Vec<(&Key, u64)>> = BTreeMap::new();
     for (key, log) in &final_log {
@@ -362,21 +368,27 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
                 .push((key, *offset));
         }
     }
-    // Deletions asked for (whatever came of them) and acknowledged, per topic.
-    let deletes = |outcome: Option<Type>| -> HashMap<&str, Vec<f64>> {
-        let mut map: HashMap<&str, Vec<f64>> = HashMap::new();
-        for (f, topic, at, kind, _) in &topic_ops {
-            if *f == "delete" && outcome.is_none_or(|o| o == *kind) {
-                map.entry(topic).or_default().push(*at);
-            }
+    // Acknowledged deletions (invoke time), for old-incarnation.
+    let mut deleted: HashMap<&str, Vec<f64>> = HashMap::new();
+    for (f, topic, at, kind, _, _) in &topic_ops {
+        if *f == "delete" && *kind == Type::Ok {
+            deleted.entry(topic).or_default().push(*at);
         }
-        map
-    };
-    let (asked, deleted) = (deletes(None), deletes(Some(Type::Ok)));
+    }
+    // Whether a deletion of `topic` may have taken effect after `time`: one asked for later,
+    // one acknowledged later, or one whose outcome is unknown (it may take effect at any time
+    // after it was asked for, as a metadata entry appended but not yet committed can be
+    // committed long after the client gave up: seed 3003, 45 s later).
     let deleted_after = |topic: &str, time: f64| {
-        asked
-            .get(topic)
-            .is_some_and(|ds| ds.iter().any(|d| *d > time))
+        topic_ops.iter().any(|(f, t, _, kind, _, done)| {
+            *f == "delete"
+                && *t == topic
+                && match kind {
+                    Type::Fail => false,
+                    Type::Ok => *done > time,
+                    _ => true,
+                }
+        })
     };
     for (e, key, offset, value) in reads.into_iter().filter(|_| have_logs) {
         let at = final_log.get(&key).and_then(|l| l.get(&offset));
@@ -478,7 +490,7 @@ pub fn check(history: &[Event], logs: &[LogLine]) -> Report {
     }
     // Each topic's last operation, if acknowledged, says what the end state is.
     let mut last_op: BTreeMap<&str, (&str, Type, Option<&str>)> = BTreeMap::new();
-    for (f, topic, _, kind, value) in &topic_ops {
+    for (f, topic, _, kind, value, _) in &topic_ops {
         last_op.insert(topic, (f, *kind, *value));
     }
     for (topic, (f, kind, value)) in last_op {
@@ -797,5 +809,23 @@ mod tests {
         history.extend([recovery, late]);
         let report = check(&history, &logs);
         assert_eq!(kinds(&report), ["no-recovery"], "{}", report.render());
+    }
+
+    #[test]
+    fn a_deletion_of_unknown_outcome_may_take_effect_long_after() {
+        // Asked for at 1 ms, answered with an error (unknown outcome); 1-0..1-2 acknowledged
+        // later are gone from the final log: the deletion may have been applied after them.
+        let (mut history, logs) = clean();
+        let mut asked = admin_op("delete", Type::Invoke, -10.0);
+        asked.time_ms = -10.0;
+        history.insert(0, asked);
+        history.insert(1, admin_op("delete", Type::Info, -5.0));
+        let gone: Vec<LogLine> = logs.into_iter().filter(|l| l.source == "hw").collect();
+        let report = check(&history, &gone);
+        assert!(!kinds(&report).contains(&"lost"), "{}", report.render());
+        // Had the deletion failed for certain, they would be lost.
+        history[1] = admin_op("delete", Type::Fail, -5.0);
+        let report = check(&history, &gone);
+        assert!(kinds(&report).contains(&"lost"), "{}", report.render());
     }
 }
