@@ -307,7 +307,6 @@ async fn batches_that_expire_unwritten_do_not_stop_the_producer_for_good() {
         for i in 0..20 {
             let record = Record::new("t").partition(0).value(format!("cut-{i}"));
             deliveries.push(producer.send(record).await.expect("queue a record"));
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         futures::future::join_all(deliveries).await
     };

@@ -112,27 +112,21 @@ impl Watch {
     }
 
     /// Copies node `node`'s log lines since the last look into `node-N.log`, records a crash
-    /// event for a panic among them, and returns the log so far.
-    fn copy(
-        &mut self,
-        node: u32,
-        broker: &mut common::BrokerProcess,
-        history: &History,
-    ) -> Vec<String> {
+    /// event for a panic among them.
+    fn copy(&mut self, node: u32, broker: &mut common::BrokerProcess, history: &History) {
         use std::io::Write;
         let i = node as usize - 1;
         if self.seen[i].0 != broker.pid() {
             self.seen[i] = (broker.pid(), 0);
         }
-        let log = broker.drain_log().to_vec();
-        let new = &log[self.seen[i].1..];
+        let log = broker.drain_log();
         let path = self.dir.join(format!("node-{node}.log"));
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .expect("open a broker log copy");
-        for line in new {
+        for line in &log[self.seen[i].1..] {
             writeln!(file, "{line}").expect("copy a broker log line");
             if line.contains("panicked") {
                 history.record(
@@ -143,7 +137,6 @@ impl Watch {
             }
         }
         self.seen[i].1 = log.len();
-        log
     }
 
     /// [`Watch::copy`] for every broker; records a crash event for every broker that died
@@ -154,8 +147,9 @@ impl Watch {
             let Some(broker) = cluster.brokers[i].as_mut() else {
                 continue;
             };
-            let log = self.copy(node, broker, history);
+            self.copy(node, broker, history);
             if !down.contains(&node) && !broker.is_running() {
+                let log = &broker.log;
                 let tail = log[log.len().saturating_sub(5)..].join(" | ");
                 history.record(
                     Event::new("harness", Type::Info, "crash")
