@@ -77,6 +77,21 @@ pub struct BrokerConfig {
     pub max_frame_bytes: usize,
     /// Client connections beyond this are closed at once.
     pub max_connections: usize,
+    /// Connections one source address may hold on a listener group (0: no limit); one more
+    /// is closed at once (docs/SECURITY.md "Limits").
+    pub max_connections_per_ip: usize,
+    /// Exceptions to `max_connections_per_ip`: `ip:count,ip:count` (Kafka's
+    /// `max.connections.per.ip.overrides`, addresses only).
+    pub max_connections_per_ip_overrides: String,
+    /// Bytes of request frames being read or handled at once, over all client connections
+    /// (the inter-broker listener has as much again of its own); a connection waits for budget
+    /// before it reads a frame's body (Kafka's `queued.max.request.bytes`).
+    pub request_memory_bytes: usize,
+    /// The share of `request_memory_bytes` one source address may hold.
+    pub request_memory_per_ip_bytes: usize,
+    /// A frame whose memory was granted must arrive within this (a peer stalling mid-frame
+    /// gives its budget back and is disconnected).
+    pub request_read_timeout_ms: u64,
     /// Requests read ahead of their responses per connection.
     pub in_flight_requests_max: usize,
     /// A connection with no request for this long is closed.
@@ -154,6 +169,11 @@ impl Default for BrokerConfig {
             offsets_topic_segment_bytes: 100 << 20,
             max_frame_bytes: 64 << 20,
             max_connections: 10_000,
+            max_connections_per_ip: 1000,
+            max_connections_per_ip_overrides: String::new(),
+            request_memory_bytes: 512 << 20,
+            request_memory_per_ip_bytes: 128 << 20,
+            request_read_timeout_ms: 30_000,
             in_flight_requests_max: 32,
             idle_timeout_ms: 10 * 60 * 1000,
             request_timeout_ms: 30_000,
@@ -275,6 +295,21 @@ pub struct Flags {
     /// Most client connections [default: 10000].
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Most connections from one source address; 0 = no limit [default: 1000].
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Per-address exceptions, `ip:count,...` [default: none].
+    #[arg(long)]
+    pub max_connections_per_ip_overrides: Option<String>,
+    /// Request frame bytes buffered at once over all client connections [default: 536870912].
+    #[arg(long)]
+    pub request_memory_bytes: Option<usize>,
+    /// Request frame bytes one source address may hold [default: 134217728].
+    #[arg(long)]
+    pub request_memory_per_ip_bytes: Option<usize>,
+    /// Time a granted request frame has to arrive, ms [default: 30000].
+    #[arg(long)]
+    pub request_read_timeout_ms: Option<u64>,
     /// Requests read ahead of their responses per connection [default: 32].
     #[arg(long)]
     pub in_flight_requests_max: Option<usize>,
@@ -402,6 +437,11 @@ impl BrokerConfig {
             offsets_topic_segment_bytes,
             max_frame_bytes,
             max_connections,
+            max_connections_per_ip,
+            max_connections_per_ip_overrides,
+            request_memory_bytes,
+            request_memory_per_ip_bytes,
+            request_read_timeout_ms,
             in_flight_requests_max,
             idle_timeout_ms,
             request_timeout_ms,
@@ -462,7 +502,32 @@ impl BrokerConfig {
                 config.max_frame_bytes
             )));
         }
+        config.connection_overrides()?;
+        if config.request_memory_per_ip_bytes < config.max_frame_bytes
+            || config.request_memory_bytes < config.request_memory_per_ip_bytes
+            || config.request_memory_bytes > 1 << 40
+        {
+            return Err(Error::InvalidConfig(format!(
+                "request memory: need max_frame_bytes ({}) <= request_memory_per_ip_bytes ({}) <= request_memory_bytes ({}) <= 1 TiB",
+                config.max_frame_bytes,
+                config.request_memory_per_ip_bytes,
+                config.request_memory_bytes
+            )));
+        }
+        if config.request_read_timeout_ms == 0 {
+            return Err(Error::InvalidConfig(
+                "request_read_timeout_ms must be positive".into(),
+            ));
+        }
         Ok(config)
+    }
+
+    /// `max_connections_per_ip_overrides`, parsed.
+    pub fn connection_overrides(
+        &self,
+    ) -> Result<std::collections::HashMap<std::net::IpAddr, usize>> {
+        crate::server::limits::parse_overrides(&self.max_connections_per_ip_overrides)
+            .map_err(|e| Error::InvalidConfig(format!("max_connections_per_ip_overrides: {e}")))
     }
 
     /// Where the inter-broker listener binds: `replication_listen`, else the client listener's
@@ -690,6 +755,43 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.retention_ms, Some(1000));
+    }
+
+    #[test]
+    fn request_memory_and_connection_limits_are_checked() {
+        let load = |flags: Flags| BrokerConfig::load(flags).map_err(|e| e.to_string());
+        let config = load(Flags {
+            max_connections_per_ip_overrides: Some("10.0.0.1:5000".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(config.connection_overrides().unwrap().len(), 1);
+        let err = load(Flags {
+            max_connections_per_ip_overrides: Some("gateway:5000".into()),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("max_connections_per_ip_overrides"), "{err}");
+        // A frame bigger than an address's share could never be granted.
+        let err = load(Flags {
+            max_frame_bytes: Some(64 << 20),
+            request_memory_per_ip_bytes: Some(32 << 20),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("request_memory_per_ip_bytes"), "{err}");
+        let err = load(Flags {
+            request_memory_bytes: Some(100 << 20),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("request_memory_bytes"), "{err}");
+        let err = load(Flags {
+            request_read_timeout_ms: Some(0),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("request_read_timeout_ms"), "{err}");
     }
 
     #[test]

@@ -120,7 +120,9 @@ pub struct Metrics {
     partition_errors: Family<PartitionErrorLabels, Counter>,
     produce_batch_bytes: Histogram,
     connections: Family<ListenerLabels, Gauge>,
+    connections_limited: Family<ReasonLabels, Counter>,
     // Computed at scrape time.
+    request_memory_bytes: Family<ListenerLabels, Gauge>,
     active_controller: Gauge,
     raft_term: Gauge,
     raft_applied_index: Gauge,
@@ -158,6 +160,11 @@ pub struct ListenerLabels {
     pub listener: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 impl Metrics {
     /// Per-partition series need per-topic ones: `per_partition` without `per_topic` is off.
     pub fn new(per_topic: bool, per_partition: bool) -> Metrics {
@@ -179,6 +186,8 @@ impl Metrics {
             partition_errors: Family::default(),
             produce_batch_bytes: Histogram::new(BATCH_BUCKETS),
             connections: Family::default(),
+            connections_limited: Family::default(),
+            request_memory_bytes: Family::default(),
             active_controller: Gauge::default(),
             raft_term: Gauge::default(),
             raft_applied_index: Gauge::default(),
@@ -281,6 +290,16 @@ impl Metrics {
             "connections",
             "Open client connections, by listener",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "connections_limited",
+            "Connections closed by a limit: max_connections, max_connections_per_ip (refused at accept), request_read_timeout (a granted frame did not arrive in time)",
+            metrics.connections_limited.clone(),
+        );
+        registry.register(
+            "request_memory_bytes",
+            "Request frame bytes being read or handled (budget request_memory_bytes per listener group: clients, replication)",
+            metrics.request_memory_bytes.clone(),
         );
         registry.register(
             "controller_active",
@@ -542,6 +561,13 @@ impl Metrics {
     }
 
     /// A connection opened on `listener`; closed when the guard drops.
+    /// A connection closed by a limit (`reason`: the setting).
+    pub fn connection_limited(&self, reason: &'static str) {
+        self.connections_limited
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     pub fn connection(self: &Arc<Self>, listener: &'static str) -> ConnectionGuard {
         self.connections
             .get_or_create(&ListenerLabels { listener })
@@ -568,6 +594,14 @@ impl Metrics {
     }
 
     fn refresh(&self, state: &BrokerState, remote_high_watermarks: &HashMap<TopicPartition, u64>) {
+        for (listener, limits) in [
+            ("clients", &state.client_limits),
+            ("replication", &state.inter_broker_limits),
+        ] {
+            self.request_memory_bytes
+                .get_or_create(&ListenerLabels { listener })
+                .set(limits.memory_used() as i64);
+        }
         let node = state.node_id;
         let controller = &state.controller;
         let active = controller.leader() == Some(node);

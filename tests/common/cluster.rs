@@ -206,6 +206,15 @@ impl Cluster {
         format!("{}:{}", self.hosts[i], self.client_ports[i])
     }
 
+    /// Controller (Raft) port address of voter `node` (1-based).
+    pub fn controller_address(&self, node: u32) -> String {
+        self.voters
+            .split(',')
+            .find_map(|v| v.strip_prefix(&format!("{node}@")))
+            .expect("a voter")
+            .to_string()
+    }
+
     /// The command prefix that runs a client process in the namespace without a broker
     /// ([`Cluster::start_in_network`] only).
     pub fn client_namespace(&self) -> Vec<String> {

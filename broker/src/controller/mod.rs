@@ -44,6 +44,8 @@ pub struct ControllerOptions {
     pub session_timeout: Duration,
     /// Preferred-leader election period; `None` disables it.
     pub leader_rebalance_interval: Option<Duration>,
+    /// Connections and request memory of the controller port.
+    pub port: crate::server::limits::PortLimits,
 }
 
 impl Default for ControllerOptions {
@@ -52,6 +54,7 @@ impl Default for ControllerOptions {
             heartbeat_interval: Duration::from_millis(500),
             session_timeout: Duration::from_millis(3000),
             leader_rebalance_interval: Some(Duration::from_secs(30)),
+            port: crate::server::limits::PortLimits::default(),
         }
     }
 }
@@ -144,6 +147,7 @@ impl Controller {
                 raft.clone(),
                 controller.clone(),
                 shutdown.clone(),
+                controller.inner.options.port.clone(),
             ));
         }
         tokio::spawn(controller.clone().liveness());

@@ -2,9 +2,13 @@
 //! active controller (forwarded metadata changes, heartbeats, metadata for observers). One TCP
 //! connection per peer, requests and responses as length-prefixed postcard frames (`u32`
 //! length, then `RaftRequest` / `RaftResponse`). Frames are limited to [`RAFT_FRAME_BYTES_MAX`];
-//! a peer that sends more is disconnected. A single-voter quorum never sends anything.
+//! a peer that sends more is disconnected. The port has its own limits (`PortLimits`):
+//! connections in all and per source address, and request memory granted before a frame's
+//! body is read (`server::limits`), so a flood of connections or partial frames cannot take
+//! the broker's memory or the voters' slots. A single-voter quorum never sends anything.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -17,12 +21,14 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, Raft};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::metadata::{Command, CommandResult, MetadataState, NodeId};
 use crate::controller::{Controller, TypeConfig};
+use crate::server::limits::{FrameReader, PortLimits};
 
 /// Largest Raft frame accepted (metadata snapshots are small).
 pub const RAFT_FRAME_BYTES_MAX: usize = 64 << 20;
@@ -89,7 +95,10 @@ pub(crate) enum ForwardError {
     InconsistentClusterId(String),
 }
 
-async fn write_frame(stream: &mut TcpStream, value: &impl Serialize) -> std::io::Result<()> {
+async fn write_frame(
+    stream: &mut (impl AsyncWrite + Unpin),
+    value: &impl Serialize,
+) -> std::io::Result<()> {
     let bytes = postcard::to_allocvec(value).map_err(std::io::Error::other)?;
     let mut frame = Vec::with_capacity(bytes.len() + 4);
     frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
@@ -109,15 +118,17 @@ async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std
     postcard::from_bytes(&bytes).map_err(std::io::Error::other)
 }
 
-/// Serves the controller port on `listener` until `shutdown`.
+/// Serves the controller port on `listener` until `shutdown`, within `port`'s limits.
 pub(crate) async fn serve(
     listener: TcpListener,
     raft: Raft<TypeConfig>,
     controller: Controller,
     shutdown: CancellationToken,
+    port: PortLimits,
 ) {
+    let slots = Arc::new(Semaphore::new(port.max_connections));
     loop {
-        let (mut stream, peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -128,18 +139,44 @@ pub(crate) async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = port.max_connections, "controller port connection refused: too many connections");
+            continue;
+        };
+        let peer_slot = match port.limits.admit(peer.ip()) {
+            Ok(peer_slot) => peer_slot,
+            Err(refused) => {
+                tracing::warn!(%peer, max = refused.limit, "controller port connection refused: too many connections from this address (max_connections_per_ip)");
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let raft = raft.clone();
         let controller = controller.clone();
         let shutdown = shutdown.clone();
+        let (read_half, mut stream) = stream.into_split();
+        let mut frames = FrameReader::new(
+            read_half,
+            peer_slot,
+            RAFT_FRAME_BYTES_MAX,
+            port.read_timeout,
+        );
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
-                let request = tokio::select! {
+                let frame = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    request = read_frame::<RaftRequest>(&mut stream) => request,
+                    frame = frames.next() => frame,
                 };
-                let request = match request {
-                    Ok(request) => request,
+                let request = match frame {
+                    Ok(Some(frame)) => match postcard::from_bytes::<RaftRequest>(&frame.bytes) {
+                        Ok(request) => request,
+                        Err(e) => {
+                            tracing::warn!(%peer, "undecodable controller port request, closing the connection: {e}");
+                            return;
+                        }
+                    },
+                    Ok(None) => return,
                     Err(e) => {
                         tracing::debug!(%peer, "raft connection closed: {e}");
                         return;

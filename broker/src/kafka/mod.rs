@@ -29,47 +29,48 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 pub use errors::kafka_code;
 
 use crate::server::connection::{next_frame, serve_with, Outgoing};
+use crate::server::limits::{Frame, FrameReader, PeerSlot};
 use crate::server::BrokerState;
 
 /// Serves one Kafka client connection.
-pub async fn serve(state: Arc<BrokerState>, socket: TcpStream, peer: SocketAddr) {
+pub async fn serve(state: Arc<BrokerState>, socket: TcpStream, peer: SocketAddr, slot: PeerSlot) {
     let _open = state.metrics.connection("kafka");
-    serve_with(state, socket, peer, |state, read_half, queue| async move {
-        read_loop(&state, read_half, queue, peer).await
-    })
+    serve_with(
+        state,
+        socket,
+        peer,
+        slot,
+        |state, frames, queue| async move { read_loop(&state, frames, queue, peer).await },
+    )
     .await
 }
 
 async fn read_loop(
     state: &Arc<BrokerState>,
-    read_half: OwnedReadHalf,
+    mut frames: FrameReader<OwnedReadHalf>,
     queue: mpsc::Sender<Outgoing>,
     peer: SocketAddr,
 ) {
-    // Kafka frames: a 4-byte big-endian size, then the request. The codec checks the size
-    // against the limit before it reserves room for the frame.
-    let codec = LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .max_frame_length(state.config.max_frame_bytes)
-        .new_codec();
-    let mut frames = FramedRead::new(read_half, codec);
+    // Kafka frames: a 4-byte big-endian size, then the request; the size is checked against
+    // `max_frame_bytes` and the frame's memory granted before its body is read.
     loop {
-        let Some(next) = next_frame(state, &mut frames, peer).await else {
+        let Some(next) = next_frame(state, frames.next(), peer).await else {
             return;
         };
-        let frame = match next {
-            Ok(frame) => frame.freeze(),
+        let (frame, grant) = match next {
+            Ok(Frame { bytes, grant }) => (bytes, grant),
             Err(e) => {
-                tracing::warn!(%peer, max = state.config.max_frame_bytes, "bad Kafka request frame, closing the connection: {e}");
+                tracing::warn!(%peer, "bad Kafka request frame, closing the connection: {e}");
                 return;
             }
         };
-        match start(state, frame, peer).await {
+        let started = start(state, frame, peer).await;
+        drop(grant);
+        match started {
             Ok(outgoing) => {
                 if queue.send(outgoing).await.is_err() {
                     return; // the writer failed: the peer is gone

@@ -7,6 +7,10 @@
 //! the rest (e.g. a fetch's long poll) as a task. Responses are written with vectored writes:
 //! frame prefix + body chunks, record bytes straight from the segment mapping.
 //!
+//! Frames are read within the connection's limits (`super::limits`): a frame's memory is
+//! granted before its body is read and returned once the request has done its
+//! order-sensitive part.
+//!
 //! Bad input: a frame over `max_frame_bytes` gets `REQUEST_TOO_LARGE` (when its correlation id is
 //! readable) and the connection is closed; an undecodable header closes the connection; an
 //! unknown api, unsupported version or malformed body gets an error response with an empty
@@ -20,38 +24,44 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use futures::StreamExt;
-use rill_protocol::frame::{response_prefix, RequestCodec, ResponseHeader};
-use rill_protocol::{ErrorCode, ProtocolError};
+use rill_protocol::frame::{decode_request_header, response_prefix, RequestFrame, ResponseHeader};
+use rill_protocol::ErrorCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
 
 use super::handlers::{self, Pending};
+use super::limits::{Frame, FrameError, FrameReader, PeerSlot};
 use super::BrokerState;
 
 /// A response on its way: the whole frame's chunks, still being produced (`None` = send
 /// nothing). Both protocols' connections queue these, in request order.
 pub(crate) type Outgoing = BoxFuture<'static, Option<Vec<Bytes>>>;
 
-/// Runs a connection: `read` reads requests and queues their responses (at most
-/// `in_flight_requests_max` ahead), a writer task sends them in order.
+/// Runs a connection: `read` reads requests (frames within `slot`'s limits) and queues their
+/// responses (at most `in_flight_requests_max` ahead), a writer task sends them in order.
 pub(crate) async fn serve_with<F, Fut>(
     state: Arc<BrokerState>,
     socket: TcpStream,
     peer: SocketAddr,
+    slot: PeerSlot,
     read: F,
 ) where
-    F: FnOnce(Arc<BrokerState>, OwnedReadHalf, mpsc::Sender<Outgoing>) -> Fut,
+    F: FnOnce(Arc<BrokerState>, FrameReader<OwnedReadHalf>, mpsc::Sender<Outgoing>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     tracing::debug!(%peer, "connection opened");
     let (read_half, write_half) = socket.into_split();
+    let frames = FrameReader::new(
+        read_half,
+        slot,
+        state.config.max_frame_bytes,
+        Duration::from_millis(state.config.request_read_timeout_ms),
+    );
     let (queue, pending) = mpsc::channel::<Outgoing>(state.config.in_flight_requests_max);
     let writer = tokio::spawn(write_loop(write_half, pending, peer));
-    read(state, read_half, queue).await;
+    read(state, frames, queue).await;
     // The queue is closed: the writer sends what is pending and ends.
     if let Err(e) = writer.await {
         tracing::warn!(%peer, "connection writer failed: {e}");
@@ -60,10 +70,15 @@ pub(crate) async fn serve_with<F, Fut>(
 }
 
 /// A native-protocol connection on the client listener.
-pub(super) async fn serve(state: Arc<BrokerState>, socket: TcpStream, peer: SocketAddr) {
+pub(super) async fn serve(
+    state: Arc<BrokerState>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    slot: PeerSlot,
+) {
     let _open = state.metrics.connection("rill");
-    serve_with(state, socket, peer, |state, read_half, queue| async move {
-        read_loop(&state, read_half, queue, peer, Door::Client).await
+    serve_with(state, socket, peer, slot, |state, frames, queue| async move {
+        read_loop(&state, frames, queue, peer, Door::Client).await
     })
     .await
 }
@@ -74,11 +89,18 @@ pub(super) async fn serve_inter_broker(
     state: Arc<BrokerState>,
     socket: TcpStream,
     peer: SocketAddr,
+    slot: PeerSlot,
 ) {
     let _open = state.metrics.connection("replication");
-    serve_with(state, socket, peer, |state, read_half, queue| async move {
-        read_loop(&state, read_half, queue, peer, Door::InterBroker).await
-    })
+    serve_with(
+        state,
+        socket,
+        peer,
+        slot,
+        |state, frames, queue| async move {
+            read_loop(&state, frames, queue, peer, Door::InterBroker).await
+        },
+    )
     .await
 }
 
@@ -111,7 +133,7 @@ fn framed(correlation_id: u32, reply: Pending) -> Outgoing {
 
 async fn read_loop(
     state: &Arc<BrokerState>,
-    read_half: OwnedReadHalf,
+    mut frames: FrameReader<OwnedReadHalf>,
     queue: mpsc::Sender<Outgoing>,
     peer: SocketAddr,
     door: Door,
@@ -120,14 +142,25 @@ async fn read_loop(
         Door::Client => "rill",
         Door::InterBroker => "replication",
     };
-    let mut frames = FramedRead::new(read_half, RequestCodec::new(state.config.max_frame_bytes));
     loop {
-        let Some(next) = next_frame(state, &mut frames, peer).await else {
+        let Some(next) = next_frame(state, frames.next(), peer).await else {
             return;
         };
-        let frame = match next {
-            Ok(frame) => frame,
-            Err(ProtocolError::FrameTooLarge {
+        let (frame, grant) = match next {
+            Ok(Frame { mut bytes, grant }) => match decode_request_header(&mut bytes) {
+                Ok(header) => (
+                    RequestFrame {
+                        header,
+                        body: bytes,
+                    },
+                    grant,
+                ),
+                Err(e) => {
+                    tracing::warn!(%peer, "undecodable request, closing the connection: {e}");
+                    return;
+                }
+            },
+            Err(FrameError::TooLarge {
                 len,
                 max,
                 correlation_id,
@@ -140,7 +173,7 @@ async fn read_loop(
                 return;
             }
             Err(e) => {
-                tracing::warn!(%peer, "undecodable request, closing the connection: {e}");
+                tracing::warn!(%peer, "bad request frame, closing the connection: {e}");
                 return;
             }
         };
@@ -150,6 +183,8 @@ async fn read_loop(
             .map_or("unknown", rill_protocol::api::ApiKey::name);
         let in_flight = state.metrics.request_started(listener);
         let reply = handlers::start(state, frame, peer, door).await;
+        // The request's order-sensitive part is done and its frame dropped: its memory is free.
+        drop(grant);
         let metrics = state.metrics.clone();
         let reply: Pending = reply
             .inspect(move |answer| {
@@ -164,24 +199,29 @@ async fn read_loop(
     }
 }
 
-/// A connection's next frame (or decode error), or `None` when it is to close: the broker
-/// shuts down, the peer closed it, or it was idle for `idle_timeout_ms` (logged).
-pub(crate) async fn next_frame<S: futures::Stream + Unpin>(
+/// A connection's next frame (or why it cannot be read), or `None` when the connection is to
+/// close: the broker shuts down, the peer closed it, or it was idle for `idle_timeout_ms`
+/// (logged; this includes waiting for request memory).
+pub(crate) async fn next_frame(
     state: &BrokerState,
-    frames: &mut S,
+    next: impl std::future::Future<Output = Result<Option<Frame>, FrameError>>,
     peer: SocketAddr,
-) -> Option<S::Item> {
+) -> Option<Result<Frame, FrameError>> {
     let idle = Duration::from_millis(state.config.idle_timeout_ms.max(1));
-    tokio::select! {
-        _ = state.shutdown.cancelled() => None,
-        next = tokio::time::timeout(idle, frames.next()) => match next {
+    let next = tokio::select! {
+        _ = state.shutdown.cancelled() => return None,
+        next = tokio::time::timeout(idle, next) => match next {
             Err(_) => {
                 tracing::info!(%peer, ?idle, "closing idle connection");
-                None
+                return None;
             }
             Ok(next) => next,
         },
+    };
+    if let Err(FrameError::ReadTimeout { .. }) = &next {
+        state.metrics.connection_limited("request_read_timeout");
     }
+    next.transpose()
 }
 
 async fn write_loop(

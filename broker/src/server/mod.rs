@@ -12,6 +12,7 @@
 
 pub(crate) mod connection;
 pub mod handlers;
+pub mod limits;
 pub(crate) mod listener;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -72,6 +73,10 @@ pub struct BrokerState {
     pub fatal: tokio::sync::watch::Sender<Option<String>>,
     /// This broker's unused producer ids (a block from the controller).
     pub producer_ids: tokio::sync::Mutex<std::ops::Range<u64>>,
+    /// Connections per address and request memory of the client listeners (native and Kafka).
+    pub client_limits: Arc<limits::Limits>,
+    /// The same, of the inter-broker listener (its own: a client flood cannot starve it).
+    pub inter_broker_limits: Arc<limits::Limits>,
 }
 
 impl BrokerState {
@@ -294,6 +299,10 @@ impl Broker {
             leader_rebalance_interval: config
                 .auto_leader_rebalance
                 .then(|| Duration::from_millis(config.leader_rebalance_interval_ms.max(100))),
+            port: limits::PortLimits::from_config(
+                &config,
+                crate::controller::network::RAFT_FRAME_BYTES_MAX,
+            ),
         };
         let controller = Controller::start(
             config.node_id,
@@ -329,7 +338,19 @@ impl Broker {
             .map_or(0, |d| d.as_nanos() as u64)
             ^ (u64::from(std::process::id()) << 32)
             | 1;
+        let overrides = config.connection_overrides()?;
+        let limits = || {
+            limits::Limits::new(
+                config.request_memory_bytes,
+                config.request_memory_per_ip_bytes,
+                config.max_connections_per_ip,
+                overrides.clone(),
+            )
+        };
+        let (client_limits, inter_broker_limits) = (limits(), limits());
         let state = Arc::new(BrokerState {
+            client_limits,
+            inter_broker_limits,
             incarnation,
             ready: std::sync::atomic::AtomicBool::new(false),
             metrics: Arc::new(crate::metrics::Metrics::new(
@@ -366,7 +387,8 @@ impl Broker {
             listener,
             tracker.clone(),
             slots.clone(),
-            |state, socket, peer| Box::pin(connection::serve(state, socket, peer)),
+            state.client_limits.clone(),
+            |state, socket, peer, slot| Box::pin(connection::serve(state, socket, peer, slot)),
         ));
         // Its own connection slots: a flood of client connections cannot cut replication.
         tracing::info!(listen = %replication_local, "rill-broker inter-broker listener on {replication_local}");
@@ -375,7 +397,10 @@ impl Broker {
             replication_listener,
             tracker.clone(),
             Arc::new(tokio::sync::Semaphore::new(state.config.max_connections)),
-            |state, socket, peer| Box::pin(connection::serve_inter_broker(state, socket, peer)),
+            state.inter_broker_limits.clone(),
+            |state, socket, peer, slot| {
+                Box::pin(connection::serve_inter_broker(state, socket, peer, slot))
+            },
         ));
         if let Some((listener, local)) = kafka_listener {
             tracing::info!(listen = %local, "rill-broker kafka listener on {local}");
@@ -392,9 +417,17 @@ impl Broker {
                         _ = tokio::time::sleep(Duration::from_millis(10)) => {}
                     }
                 }
-                listener::accept_loop(state, listener, tracker_, slots, |state, socket, peer| {
-                    Box::pin(crate::kafka::serve(state, socket, peer))
-                })
+                let limits = state.client_limits.clone();
+                listener::accept_loop(
+                    state,
+                    listener,
+                    tracker_,
+                    slots,
+                    limits,
+                    |state, socket, peer, slot| {
+                        Box::pin(crate::kafka::serve(state, socket, peer, slot))
+                    },
+                )
                 .await
             });
         }
