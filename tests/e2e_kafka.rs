@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::BrokerProcess;
+use common::{kcat, BrokerProcess};
 use rill_client::protocol::batch::Header;
 use rill_client::{Consumer, ConsumerConfig, Producer, ProducerConfig, Record};
 use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
@@ -342,34 +342,6 @@ fn a_kafka_port_in_use_is_one_clear_error_naming_the_setting() {
 
 /// Runs kcat (librdkafka) with `args`, feeding it `input`; its stdout. A missing kcat fails
 /// the test, naming it (tests/install-test-tools.sh installs it).
-fn kcat(args: &[&str], input: &str) -> String {
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("kcat")
-        .args(args)
-        // Cargo puts the library directories of the test's dependencies on the library path,
-        // among them the librdkafka the `rdkafka` crate built: kcat must load the system's own,
-        // the one it was built against.
-        .env_remove("LD_LIBRARY_PATH")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat is not installed: run tests/install-test-tools.sh (apt-get install kcat)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write to kcat");
-    let output = child.wait_with_output().expect("kcat runs");
-    assert!(
-        output.status.success(),
-        "kcat {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8")
-}
-
 #[test]
 fn kcat_produces_idempotently_with_every_codec_and_consumes_exactly_what_was_acknowledged() {
     let data = tempfile::tempdir().unwrap();

@@ -34,6 +34,19 @@ pub struct BrokerConfig {
     /// `host:port` other brokers replicate from; defaults to the client advertised host with
     /// the bound inter-broker port.
     pub replication_advertised_address: Option<String>,
+    /// Listeners that speak TLS, comma-separated: any of `client`, `kafka`, `admin`,
+    /// `replication`, `controller` (docs/SECURITY.md "TLS"). Empty: none.
+    pub tls_listeners: String,
+    /// Listeners (among `tls_listeners`) that require a client certificate signed by a CA of
+    /// `tls_ca_file` (mutual TLS).
+    pub tls_client_auth: String,
+    /// PEM certificate chain the TLS listeners present (also this broker's client certificate
+    /// towards other brokers).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates trusted for client certificates and other brokers' certificates.
+    pub tls_ca_file: Option<PathBuf>,
     /// Per-topic labels on metrics (`false`: one `topic="_all"` series, for very many topics).
     pub metrics_per_topic: bool,
     /// Per-partition metrics (log size, segments, offsets, group lag by partition); off with
@@ -147,6 +160,11 @@ impl Default for BrokerConfig {
             admin_listen: "127.0.0.1:9644".into(),
             replication_listen: None,
             replication_advertised_address: None,
+            tls_listeners: String::new(),
+            tls_client_auth: String::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
             metrics_per_topic: true,
             metrics_per_partition: true,
             data_dir: PathBuf::from("./rill-data"),
@@ -232,6 +250,21 @@ pub struct Flags {
     /// host:port other brokers replicate from [default: the advertised host, the bound replication port].
     #[arg(long)]
     pub replication_advertised_address: Option<String>,
+    /// Listeners that speak TLS: client,kafka,admin,replication,controller [default: none].
+    #[arg(long)]
+    pub tls_listeners: Option<String>,
+    /// TLS listeners that require a client certificate (mutual TLS) [default: none].
+    #[arg(long)]
+    pub tls_client_auth: Option<String>,
+    /// PEM certificate chain of the TLS listeners.
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long)]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates trusted for client and broker certificates.
+    #[arg(long)]
+    pub tls_ca_file: Option<PathBuf>,
     /// Per-topic labels on metrics [default: true].
     #[arg(long)]
     pub metrics_per_topic: Option<bool>,
@@ -398,6 +431,15 @@ impl BrokerConfig {
         if let Some(cluster_id) = flags.cluster_id {
             config.cluster_id = Some(cluster_id);
         }
+        for (flag, setting) in [
+            (flags.tls_cert_file, &mut config.tls_cert_file),
+            (flags.tls_key_file, &mut config.tls_key_file),
+            (flags.tls_ca_file, &mut config.tls_ca_file),
+        ] {
+            if flag.is_some() {
+                *setting = flag;
+            }
+        }
         if let Some(cluster_id) = &config.cluster_id {
             if cluster_id.is_empty()
                 || cluster_id.len() > 64
@@ -417,6 +459,8 @@ impl BrokerConfig {
             listen,
             kafka_listen,
             admin_listen,
+            tls_listeners,
+            tls_client_auth,
             metrics_per_topic,
             metrics_per_partition,
             data_dir,

@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod ops;
 pub mod replica;
 pub mod server;
+pub mod tls;
 
 pub use error::{Error, Result};

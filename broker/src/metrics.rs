@@ -121,6 +121,7 @@ pub struct Metrics {
     produce_batch_bytes: Histogram,
     connections: Family<ListenerLabels, Gauge>,
     connections_limited: Family<ReasonLabels, Counter>,
+    tls_handshake_failures: Family<ListenerLabels, Counter>,
     // Computed at scrape time.
     request_memory_bytes: Family<ListenerLabels, Gauge>,
     active_controller: Gauge,
@@ -187,6 +188,7 @@ impl Metrics {
             produce_batch_bytes: Histogram::new(BATCH_BUCKETS),
             connections: Family::default(),
             connections_limited: Family::default(),
+            tls_handshake_failures: Family::default(),
             request_memory_bytes: Family::default(),
             active_controller: Gauge::default(),
             raft_term: Gauge::default(),
@@ -295,6 +297,11 @@ impl Metrics {
             "connections_limited",
             "Connections closed by a limit: max_connections, max_connections_per_ip (refused at accept), request_read_timeout (a granted frame did not arrive in time)",
             metrics.connections_limited.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out, by listener (an untrusted or missing client certificate, a plain-TCP client on a TLS port, a scanner)",
+            metrics.tls_handshake_failures.clone(),
         );
         registry.register(
             "request_memory_bytes",
@@ -565,6 +572,13 @@ impl Metrics {
     pub fn connection_limited(&self, reason: &'static str) {
         self.connections_limited
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A TLS handshake on `listener` failed or timed out.
+    pub fn tls_handshake_failed(&self, listener: &'static str) {
+        self.tls_handshake_failures
+            .get_or_create(&ListenerLabels { listener })
             .inc();
     }
 

@@ -40,6 +40,8 @@ pub struct ClientConfig {
     /// [`Client::connect`] gives up after this long when every bootstrap address refuses the
     /// connection (nothing listens there), instead of retrying for `retry_timeout`. Default 2 s.
     pub bootstrap_refused_timeout: Duration,
+    /// TLS to every broker (`None`: plain TCP); see [`crate::TlsOptions::client_config`].
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClientConfig {
@@ -60,7 +62,17 @@ impl ClientConfig {
             in_flight_requests_max: 16,
             metadata_max_age: Duration::from_secs(300),
             bootstrap_refused_timeout: Duration::from_secs(1),
+            tls: None,
         }
+    }
+
+    /// These settings with TLS as `options` describe (errors name the file at fault).
+    pub fn with_tls(mut self, options: &crate::TlsOptions) -> Result<ClientConfig> {
+        let tls = options
+            .client_config()
+            .map_err(|reason| ClientError::Invalid(format!("TLS: {reason}")))?;
+        self.tls = Some(tls);
+        Ok(self)
     }
 }
 
@@ -203,6 +215,7 @@ impl Client {
             config.max_frame_bytes,
             config.in_flight_requests_max,
             config.request_timeout,
+            config.tls.clone(),
         )
         .await?;
         pool.insert(key, connection.clone());
@@ -215,6 +228,8 @@ impl Client {
         addresses.sort();
         addresses.extend(self.inner.config.bootstrap.iter().cloned());
         let mut last_error = None;
+        // Whether every broker refused TLS (an untrusted certificate): retrying cannot help.
+        let mut only_tls = true;
         for address in addresses {
             match self.connection(&address, Purpose::Control).await {
                 Ok(connection) => match connection
@@ -222,11 +237,20 @@ impl Client {
                     .await
                 {
                     // Unreachable, starting up or shutting down: ask the next broker.
-                    Err(e) if e.is_retriable() => last_error = Some(e),
+                    Err(e) if e.is_retriable() => {
+                        only_tls = false;
+                        last_error = Some(e);
+                    }
                     other => return other,
                 },
-                Err(e) => last_error = Some(e),
+                Err(e) => {
+                    only_tls &= matches!(e, ClientError::Tls { .. });
+                    last_error = Some(e);
+                }
             }
+        }
+        if let (true, Some(e @ ClientError::Tls { .. })) = (only_tls, &last_error) {
+            return Err(e.clone());
         }
         Err(ClientError::NoBrokers {
             addresses: self.inner.config.bootstrap.join(","),

@@ -10,7 +10,6 @@ use futures::{SinkExt, StreamExt};
 use rill_protocol::api::{RequestBody, ResponseBody};
 use rill_protocol::frame::{RequestFrame, RequestHeader, ResponseCodec, ResponseFrame};
 use rill_protocol::ErrorCode;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Framed;
 
@@ -42,16 +41,27 @@ impl Connection {
         max_frame_bytes: usize,
         in_flight_max: usize,
         timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Connection> {
-        let connect = TcpStream::connect(address);
+        let connect = async {
+            crate::tls::open(address, tls).await.map_err(|e| {
+                // rustls reports certificate and protocol failures as invalid data.
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    ClientError::Tls {
+                        address: address.into(),
+                        reason: e.to_string(),
+                    }
+                } else {
+                    ClientError::Connection {
+                        address: address.into(),
+                        reason: e.to_string(),
+                    }
+                }
+            })
+        };
         let socket = match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(socket)) => socket,
-            Ok(Err(e)) => {
-                return Err(ClientError::Connection {
-                    address: address.into(),
-                    reason: e.to_string(),
-                })
-            }
+            Ok(Err(e)) => return Err(e),
             Err(_) => {
                 return Err(ClientError::Connection {
                     address: address.into(),
@@ -59,7 +69,6 @@ impl Connection {
                 })
             }
         };
-        let _ = socket.set_nodelay(true);
         let (mut sink, mut stream) =
             Framed::new(socket, ResponseCodec::new(max_frame_bytes)).split();
         let (outbound, mut requests) = mpsc::channel::<Outbound>(in_flight_max);
@@ -79,10 +88,15 @@ impl Connection {
                     .unwrap_or_else(|e| e.into_inner())
                     .drain(..)
                     .collect();
+                // A TLS alert from the broker (TLS 1.3 sends its refusal of our certificate
+                // after the handshake, on the first read) is a refusal retrying cannot change.
+                let refused = reason.contains("received fatal alert");
                 for (_, reply, _) in drained {
-                    let _ = reply.send(Err(ClientError::Connection {
-                        address: address.clone(),
-                        reason: reason.clone(),
+                    let (address, reason) = (address.clone(), reason.clone());
+                    let _ = reply.send(Err(if refused {
+                        ClientError::Tls { address, reason }
+                    } else {
+                        ClientError::Connection { address, reason }
                     }));
                 }
             }

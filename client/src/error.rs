@@ -25,6 +25,15 @@ pub enum ClientError {
         /// What failed.
         reason: String,
     },
+    /// TLS with a broker failed for a reason retrying will not change (its certificate is
+    /// not trusted or does not name it, or it refused ours).
+    #[error("TLS with {address} failed: {reason}")]
+    Tls {
+        /// The broker's address.
+        address: String,
+        /// What failed.
+        reason: String,
+    },
     /// The broker answered with an error code.
     #[error("{context}: {code}{}", message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default())]
     Broker {

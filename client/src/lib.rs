@@ -39,6 +39,7 @@ pub mod error;
 pub mod group;
 pub mod partitioner;
 pub mod producer;
+pub mod tls;
 
 pub use admin::{Admin, NewTopic};
 pub use client::{Client, ClientConfig};
@@ -49,3 +50,4 @@ pub use producer::{Producer, ProducerConfig, Record, RecordMetadata};
 pub use rill_protocol as protocol;
 pub use rill_protocol::api::Acks;
 pub use rill_protocol::batch::Compression;
+pub use tls::TlsOptions;

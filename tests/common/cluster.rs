@@ -286,7 +286,16 @@ impl Cluster {
 
     /// A client bootstrapped with every broker, with retry timings for failover tests.
     pub async fn client(&self) -> rill_client::Client {
-        let mut config = rill_client::ClientConfig::new(&self.bootstrap());
+        self.client_with(None).await
+    }
+
+    /// [`Cluster::client`] over TLS with `tls`, when given.
+    pub async fn client_with(&self, tls: Option<&rill_client::TlsOptions>) -> rill_client::Client {
+        let with_tls = |config: rill_client::ClientConfig| match tls {
+            Some(tls) => config.with_tls(tls).expect("TLS options"),
+            None => config,
+        };
+        let mut config = with_tls(rill_client::ClientConfig::new(&self.bootstrap()));
         config.retry_timeout = Duration::from_secs(30);
         config.request_timeout = Duration::from_secs(5);
         config.retry_backoff_max = Duration::from_millis(200);
@@ -299,7 +308,7 @@ impl Cluster {
         // Every running broker's own view: all running brokers registered and unfenced (a
         // broker with a lagging view would place new replicas on fewer brokers).
         for node in &running {
-            let mut config = rill_client::ClientConfig::new(&self.address(*node));
+            let mut config = with_tls(rill_client::ClientConfig::new(&self.address(*node)));
             config.retry_timeout = Duration::from_secs(2);
             super::eventually_async(
                 Duration::from_secs(30),

@@ -471,6 +471,7 @@ pub async fn read_positions(
     stored
 }
 
+pub mod certs;
 pub mod cluster;
 pub mod netns;
 pub mod raw;
@@ -591,4 +592,39 @@ pub fn assert_port_in_use_is_refused(flag: &str, setting: &str) {
         stderr.contains(setting) && stderr.contains(&port),
         "names the setting and address: {stderr}"
     );
+}
+
+/// Runs kcat (librdkafka's command-line client) with `input` on its stdin: its output.
+pub fn kcat_output(args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("kcat")
+        .args(args)
+        // Cargo puts the library directories of the test's dependencies on the library path,
+        // among them the librdkafka the `rdkafka` crate built: kcat must load the system's own,
+        // the one it was built against.
+        .env_remove("LD_LIBRARY_PATH")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat is not installed: run tests/install-test-tools.sh (apt-get install kcat)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write to kcat");
+    child.wait_with_output().expect("kcat runs")
+}
+
+/// Runs kcat with `input` on its stdin and returns what it printed (panics if it fails).
+pub fn kcat(args: &[&str], input: &str) -> String {
+    let output = kcat_output(args, input);
+    assert!(
+        output.status.success(),
+        "kcat {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
 }

@@ -56,6 +56,7 @@ impl Api {
                 config.client_id = format!("rill-admin-http-{}", self.state.node_id);
                 config.request_timeout = std::time::Duration::from_secs(5);
                 config.retry_timeout = std::time::Duration::from_secs(5);
+                config.tls = crate::tls::connector(&self.state.tls, crate::tls::Listener::Client);
                 rill_client::Client::connect(config).await.map(Admin::new)
             })
             .await

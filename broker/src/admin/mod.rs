@@ -9,18 +9,24 @@
 //! - `GET /metrics`: every metric (`crate::metrics`) in Prometheus's OpenMetrics text.
 //! - `GET /v1/...`: the JSON API ([`api`]): cluster, topics, groups, records.
 //! - `GET /`: the web console ([`console`]), over the JSON API and `/metrics`.
+//!
+//! HTTPS when `admin` is in `tls_listeners` (docs/SECURITY.md "TLS").
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 
 use crate::server::BrokerState;
+use crate::tls::Listener;
 
 pub mod api;
 pub mod console;
@@ -44,12 +50,90 @@ pub async fn serve(state: Arc<BrokerState>, listener: TcpListener) {
         .route("/v1/groups", get(api::groups))
         .route("/v1/groups/{group}", get(api::group))
         .merge(console::routes())
-        .with_state(Api::new(state));
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    {
+        .with_state(Api::new(state.clone()));
+    let served = if state.tls.as_ref().is_some_and(|t| t.is_on(Listener::Admin)) {
+        let incoming = TlsIncoming::start(state, listener);
+        axum::serve(incoming, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    } else {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    };
+    if let Err(e) = served {
         tracing::warn!("admin listener stopped: {e}");
+    }
+}
+
+/// The admin listener's connections past their TLS handshakes (HTTPS). Handshakes run
+/// concurrently, each within `request_read_timeout_ms`, so a slow one holds up no other.
+struct TlsIncoming {
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: std::io::Result<SocketAddr>,
+}
+
+impl TlsIncoming {
+    fn start(state: Arc<BrokerState>, listener: TcpListener) -> TlsIncoming {
+        let local = listener.local_addr();
+        let (done, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let timeout = Duration::from_millis(state.config.request_read_timeout_ms);
+            loop {
+                let (socket, peer) = tokio::select! {
+                    _ = state.shutdown.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            tracing::warn!("admin accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let Some(acceptor) = state.tls.as_ref().and_then(|t| t.acceptor(Listener::Admin))
+                else {
+                    return;
+                };
+                let (state, done) = (state.clone(), done.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = done.send((stream, peer)).await;
+                        }
+                        failed => {
+                            let reason = match failed {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => format!("not finished within {timeout:?}"),
+                            };
+                            tracing::warn!(%peer, listener = "admin", "TLS handshake failed, closing the connection: {reason}");
+                            state.metrics.tls_handshake_failed("admin");
+                        }
+                    }
+                });
+            }
+        });
+        TlsIncoming { ready, local }
+    }
+}
+
+impl axum::serve::Listener for TlsIncoming {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The broker shuts down: no more connections (graceful shutdown ends the server).
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match &self.local {
+            Ok(address) => Ok(*address),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
     }
 }
 

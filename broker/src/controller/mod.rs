@@ -46,6 +46,8 @@ pub struct ControllerOptions {
     pub leader_rebalance_interval: Option<Duration>,
     /// Connections and request memory of the controller port.
     pub port: crate::server::limits::PortLimits,
+    /// TLS of the controller port and of connections to other voters' (`None`: plain).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Default for ControllerOptions {
@@ -55,6 +57,7 @@ impl Default for ControllerOptions {
             session_timeout: Duration::from_millis(3000),
             leader_rebalance_interval: Some(Duration::from_secs(30)),
             port: crate::server::limits::PortLimits::default(),
+            tls: None,
         }
     }
 }
@@ -130,7 +133,10 @@ impl Controller {
             .map_err(|e| Error::io("open metadata Raft log in", raft_dir, e))?;
         let state_machine = state_machine::StateMachine::open(raft_dir, publisher)
             .map_err(|e| Error::io("open metadata state machine in", raft_dir, e))?;
-        let raft = Raft::new(node_id, config, network::Network, log_store, state_machine)
+        let network = network::Network {
+            tls: options.tls.clone(),
+        };
+        let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
             .map_err(|e| Error::Controller(e.to_string()))?;
         let controller = Controller::new(
@@ -148,6 +154,7 @@ impl Controller {
                 controller.clone(),
                 shutdown.clone(),
                 controller.inner.options.port.clone(),
+                controller.inner.options.tls.clone(),
             ));
         }
         tokio::spawn(controller.clone().liveness());
@@ -463,9 +470,9 @@ impl Controller {
                 .cloned()
                 .ok_or(Error::ClusterNotReady)?;
             let mut peers = self.inner.heartbeat_peers.lock().await;
-            let peer = peers
-                .entry(leader)
-                .or_insert_with(|| PeerClient::new(leader, address));
+            let peer = peers.entry(leader).or_insert_with(|| {
+                PeerClient::new(leader, address, self.inner.options.tls.clone())
+            });
             match peer.call(request, timeout).await {
                 Ok(RaftResponse::Heartbeat(outcome)) => outcome,
                 Ok(_) => return Err(Error::ClusterNotReady),
@@ -656,9 +663,9 @@ impl Controller {
             let Some(address) = self.inner.voters.get(&target).cloned() else {
                 return;
             };
-            let poll = polls
-                .entry(target)
-                .or_insert_with(|| PeerClient::new(target, address));
+            let poll = polls.entry(target).or_insert_with(|| {
+                PeerClient::new(target, address, self.inner.options.tls.clone())
+            });
             let response = tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
                 response = poll.call(request, Duration::from_secs(3)) => response.ok(),
@@ -717,7 +724,13 @@ impl Controller {
         let address = self.inner.voters.get(&target)?.clone();
         let peer = lock(&self.inner.peers)
             .entry(target)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(PeerClient::new(target, address))))
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(PeerClient::new(
+                    target,
+                    address,
+                    self.inner.options.tls.clone(),
+                )))
+            })
             .clone();
         let mut peer = peer.lock().await;
         match peer.call(request, timeout).await {

@@ -7,7 +7,6 @@
 //! body is read (`server::limits`), so a flood of connections or partial frames cannot take
 //! the broker's memory or the voters' slots. A single-voter quorum never sends anything.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,14 +20,17 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, Raft};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::metadata::{Command, CommandResult, MetadataState, NodeId};
 use crate::controller::{Controller, TypeConfig};
+use crate::server::connection::Stream;
 use crate::server::limits::{FrameReader, PortLimits};
+use crate::tls::{Listener, Tls};
+use rill_client::tls::Io;
 
 /// Largest Raft frame accepted (metadata snapshots are small).
 pub const RAFT_FRAME_BYTES_MAX: usize = 64 << 20;
@@ -106,7 +108,9 @@ async fn write_frame(
     stream.write_all(&frame).await
 }
 
-async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std::io::Result<T> {
+async fn read_frame<T: for<'de> Deserialize<'de>>(
+    stream: &mut (impl AsyncRead + Unpin),
+) -> std::io::Result<T> {
     let len = stream.read_u32().await? as usize;
     if len > RAFT_FRAME_BYTES_MAX {
         return Err(std::io::Error::other(format!(
@@ -125,6 +129,7 @@ pub(crate) async fn serve(
     controller: Controller,
     shutdown: CancellationToken,
     port: PortLimits,
+    tls: Option<Arc<Tls>>,
 ) {
     let slots = Arc::new(Semaphore::new(port.max_connections));
     loop {
@@ -154,15 +159,22 @@ pub(crate) async fn serve(
         let raft = raft.clone();
         let controller = controller.clone();
         let shutdown = shutdown.clone();
-        let (read_half, mut stream) = stream.into_split();
-        let mut frames = FrameReader::new(
-            read_half,
-            peer_slot,
-            RAFT_FRAME_BYTES_MAX,
-            port.read_timeout,
-        );
+        let acceptor = tls.as_ref().and_then(|t| t.acceptor(Listener::Controller));
+        let read_timeout = port.read_timeout;
         tokio::spawn(async move {
             let _slot = slot;
+            let Stream {
+                read: read_half,
+                write: mut stream,
+            } = match Stream::accept(stream, acceptor, read_timeout).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(%peer, "controller port: {e}, closing the connection");
+                    return;
+                }
+            };
+            let mut frames =
+                FrameReader::new(read_half, peer_slot, RAFT_FRAME_BYTES_MAX, read_timeout);
             loop {
                 let frame = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -233,33 +245,35 @@ pub(crate) async fn serve(
 
 /// Creates [`PeerClient`]s.
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    /// TLS towards other voters' controller ports (`None`: plain).
+    pub tls: Option<Arc<Tls>>,
+}
 
 /// A client to one peer voter; reconnects on the next call after a failure.
 pub struct PeerClient {
     target: NodeId,
     address: String,
-    stream: Option<TcpStream>,
+    tls: Option<Arc<Tls>>,
+    stream: Option<Box<dyn Io>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient {
-            target,
-            address: node.addr.clone(),
-            stream: None,
-        }
+        PeerClient::new(target, node.addr.clone(), self.tls.clone())
     }
 }
 
 impl PeerClient {
-    /// A client of the controller port at `address`, connecting on first use.
-    pub(crate) fn new(target: NodeId, address: String) -> PeerClient {
+    /// A client of the controller port at `address`, connecting on first use (with TLS when
+    /// the controller port is a TLS listener).
+    pub(crate) fn new(target: NodeId, address: String, tls: Option<Arc<Tls>>) -> PeerClient {
         PeerClient {
             target,
             address,
+            tls,
             stream: None,
         }
     }
@@ -272,12 +286,8 @@ impl PeerClient {
     ) -> Result<RaftResponse, std::io::Error> {
         let exchange = async {
             if self.stream.is_none() {
-                let stream = match self.address.parse::<SocketAddr>() {
-                    Ok(address) => TcpStream::connect(address).await?,
-                    Err(_) => TcpStream::connect(self.address.as_str()).await?,
-                };
-                let _ = stream.set_nodelay(true);
-                self.stream = Some(stream);
+                let tls = crate::tls::connector(&self.tls, Listener::Controller);
+                self.stream = Some(rill_client::tls::open(&self.address, tls).await?);
             }
             let stream = self
                 .stream

@@ -26,18 +26,21 @@ use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 pub use errors::kafka_code;
 
-use crate::server::connection::{next_frame, serve_with, Outgoing};
+use crate::server::connection::{next_frame, serve_with, BoxRead, Outgoing, Stream};
 use crate::server::limits::{Frame, FrameReader, PeerSlot};
 use crate::server::BrokerState;
 
 /// Serves one Kafka client connection.
-pub async fn serve(state: Arc<BrokerState>, socket: TcpStream, peer: SocketAddr, slot: PeerSlot) {
+pub(crate) async fn serve(
+    state: Arc<BrokerState>,
+    socket: Stream,
+    peer: SocketAddr,
+    slot: PeerSlot,
+) {
     let _open = state.metrics.connection("kafka");
     serve_with(
         state,
@@ -51,7 +54,7 @@ pub async fn serve(state: Arc<BrokerState>, socket: TcpStream, peer: SocketAddr,
 
 async fn read_loop(
     state: &Arc<BrokerState>,
-    mut frames: FrameReader<OwnedReadHalf>,
+    mut frames: FrameReader<BoxRead>,
     queue: mpsc::Sender<Outgoing>,
     peer: SocketAddr,
 ) {

@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
+use rill_client::tls::Io;
 use rill_protocol::api::{
     ApiKey, FetchPartition, FetchPartitionResponse, FetchRequest, FetchTopic, RequestBody,
     ResponseBody,
 };
 use rill_protocol::frame::{RequestFrame, RequestHeader, ResponseCodec};
 use rill_protocol::ErrorCode;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,7 @@ use super::{Replica, ReplicaManager};
 use crate::controller::NodeId;
 use crate::error::{Error, Result};
 use crate::log::TopicPartition;
+use crate::tls::Listener;
 
 /// The leader to fetch from: its node id and client address (one fetcher per leader process;
 /// the connection goes to the inter-broker listener it registered, looked up at each connect).
@@ -123,7 +124,7 @@ async fn run(manager: Arc<ReplicaManager>, key: Key, fetcher: Arc<Fetcher>) {
     let leader = key.0;
     // Where the connection goes (the leader's registered inter-broker listener).
     let mut address = String::new();
-    let mut connection: Option<Framed<TcpStream, ResponseCodec>> = None;
+    let mut connection: Option<Framed<Box<dyn Io>, ResponseCodec>> = None;
     let mut correlation_id = 0u32;
     let mut failures = 0u32;
     let mut rotation = 0usize;
@@ -172,18 +173,23 @@ async fn run(manager: Arc<ReplicaManager>, key: Key, fetcher: Arc<Fetcher>) {
                 continue;
             };
             address = registered;
-            match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&address)).await {
+            let tls = crate::tls::connector(&manager.config.tls, Listener::Replication);
+            let connect = rill_client::tls::open(&address, tls);
+            match tokio::time::timeout(Duration::from_secs(2), connect).await {
                 Ok(Ok(socket)) => {
-                    let _ = socket.set_nodelay(true);
                     connection = Some(Framed::new(
                         socket,
                         ResponseCodec::new(manager.config.max_frame_bytes),
                     ));
                 }
-                _ => {
+                failed => {
                     failures += 1;
                     if failures % 50 == 1 {
-                        tracing::warn!(leader, %address, partitions = len, "cannot reach the partitions' leader; retrying");
+                        let reason = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "connect timed out".to_string(),
+                        };
+                        tracing::warn!(leader, %address, partitions = len, "cannot reach the partitions' leader ({reason}); retrying");
                     }
                     backoff(&manager.shutdown).await;
                     continue;
@@ -250,7 +256,7 @@ enum Step {
 async fn fetch_round(
     manager: &ReplicaManager,
     due: &[(TopicPartition, Arc<Replica>, u32)],
-    framed: &mut Framed<TcpStream, ResponseCodec>,
+    framed: &mut Framed<Box<dyn Io>, ResponseCodec>,
     correlation_id: u32,
 ) -> Result<Vec<(String, FetchPartitionResponse)>, String> {
     let config = manager.config();

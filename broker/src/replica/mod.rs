@@ -41,6 +41,8 @@ pub struct ReplicaConfig {
     pub fetch_wait_max_ms: u32,
     pub fetch_max_bytes: u32,
     pub max_frame_bytes: usize,
+    /// TLS towards leaders' inter-broker listeners (`None`: plain).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// What the leader knows of one follower.
@@ -718,6 +720,7 @@ mod tests {
                 fetch_wait_max_ms: 100,
                 fetch_max_bytes: 1 << 20,
                 max_frame_bytes: 1 << 20,
+                tls: None,
             },
             controller,
             Arc::new(Lease::unlimited()),

@@ -26,14 +26,52 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use rill_protocol::frame::{decode_request_header, response_prefix, RequestFrame, ResponseHeader};
 use rill_protocol::ErrorCode;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::handlers::{self, Pending};
 use super::limits::{Frame, FrameError, FrameReader, PeerSlot};
 use super::BrokerState;
+
+/// The reading half of an accepted connection (plain TCP or TLS).
+pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+/// Its writing half.
+pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// An accepted connection, past its TLS handshake if its listener has one.
+pub(crate) struct Stream {
+    pub read: BoxRead,
+    pub write: BoxWrite,
+}
+
+impl Stream {
+    /// `socket` as its listener speaks it: plain, or past a TLS handshake with `acceptor`
+    /// that must end within `timeout` (`Err` says why it failed).
+    pub(crate) async fn accept(
+        socket: tokio::net::TcpStream,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+        timeout: Duration,
+    ) -> Result<Stream, String> {
+        let Some(acceptor) = acceptor else {
+            let (read, write) = socket.into_split();
+            return Ok(Stream {
+                read: Box::new(read),
+                write: Box::new(write),
+            });
+        };
+        match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+            Ok(Ok(tls)) => {
+                let (read, write) = tokio::io::split(tls);
+                Ok(Stream {
+                    read: Box::new(read),
+                    write: Box::new(write),
+                })
+            }
+            Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+            Err(_) => Err(format!("TLS handshake did not finish within {timeout:?}")),
+        }
+    }
+}
 
 /// A response on its way: the whole frame's chunks, still being produced (`None` = send
 /// nothing). Both protocols' connections queue these, in request order.
@@ -43,16 +81,19 @@ pub(crate) type Outgoing = BoxFuture<'static, Option<Vec<Bytes>>>;
 /// responses (at most `in_flight_requests_max` ahead), a writer task sends them in order.
 pub(crate) async fn serve_with<F, Fut>(
     state: Arc<BrokerState>,
-    socket: TcpStream,
+    socket: Stream,
     peer: SocketAddr,
     slot: PeerSlot,
     read: F,
 ) where
-    F: FnOnce(Arc<BrokerState>, FrameReader<OwnedReadHalf>, mpsc::Sender<Outgoing>) -> Fut,
+    F: FnOnce(Arc<BrokerState>, FrameReader<BoxRead>, mpsc::Sender<Outgoing>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     tracing::debug!(%peer, "connection opened");
-    let (read_half, write_half) = socket.into_split();
+    let Stream {
+        read: read_half,
+        write: write_half,
+    } = socket;
     let frames = FrameReader::new(
         read_half,
         slot,
@@ -72,7 +113,7 @@ pub(crate) async fn serve_with<F, Fut>(
 /// A native-protocol connection on the client listener.
 pub(super) async fn serve(
     state: Arc<BrokerState>,
-    socket: TcpStream,
+    socket: Stream,
     peer: SocketAddr,
     slot: PeerSlot,
 ) {
@@ -87,7 +128,7 @@ pub(super) async fn serve(
 /// same requests, and follower fetches besides.
 pub(super) async fn serve_inter_broker(
     state: Arc<BrokerState>,
-    socket: TcpStream,
+    socket: Stream,
     peer: SocketAddr,
     slot: PeerSlot,
 ) {
@@ -133,7 +174,7 @@ fn framed(correlation_id: u32, reply: Pending) -> Outgoing {
 
 async fn read_loop(
     state: &Arc<BrokerState>,
-    mut frames: FrameReader<OwnedReadHalf>,
+    mut frames: FrameReader<BoxRead>,
     queue: mpsc::Sender<Outgoing>,
     peer: SocketAddr,
     door: Door,
@@ -224,11 +265,7 @@ pub(crate) async fn next_frame(
     next.transpose()
 }
 
-async fn write_loop(
-    mut socket: OwnedWriteHalf,
-    mut pending: mpsc::Receiver<Outgoing>,
-    peer: SocketAddr,
-) {
+async fn write_loop(mut socket: BoxWrite, mut pending: mpsc::Receiver<Outgoing>, peer: SocketAddr) {
     while let Some(outgoing) = pending.recv().await {
         let Some(mut chunks) = outgoing.await else {
             continue;
@@ -242,10 +279,7 @@ async fn write_loop(
 }
 
 /// Writes every chunk with vectored writes, handling partial writes.
-async fn write_all_chunks(
-    socket: &mut OwnedWriteHalf,
-    chunks: &mut [Bytes],
-) -> std::io::Result<()> {
+async fn write_all_chunks(socket: &mut BoxWrite, chunks: &mut [Bytes]) -> std::io::Result<()> {
     let mut first = 0;
     while first < chunks.len() {
         let slices: Vec<IoSlice<'_>> = chunks[first..]

@@ -239,7 +239,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame, `Ok(None)` when the peer closed the connection between frames.
     pub async fn next(&mut self) -> Result<Option<Frame>, FrameError> {
         while self.buf.len() < PREFIX_BYTES {
-            if self.read_ahead().await? == 0 {
+            let read = match self.read_ahead().await {
+                // A TLS peer that closes without close_notify, between frames: a plain close.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && self.buf.is_empty() => 0,
+                read => read?,
+            };
+            if read == 0 {
                 return match self.buf.len() {
                     0 => Ok(None),
                     n => Err(FrameError::Truncated(n)),

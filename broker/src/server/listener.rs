@@ -10,12 +10,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use super::connection::Stream;
 use super::limits::{Limits, PeerSlot};
 use super::BrokerState;
+use crate::tls::Listener;
 
-/// Runs one accepted connection of a protocol, within its address's slot.
+/// Runs one accepted connection of a protocol (past its TLS handshake), within its
+/// address's slot.
 pub(crate) type Serve =
-    fn(Arc<BrokerState>, TcpStream, SocketAddr, PeerSlot) -> BoxFuture<'static, ()>;
+    fn(Arc<BrokerState>, Stream, SocketAddr, PeerSlot) -> BoxFuture<'static, ()>;
 
 pub(crate) async fn accept_loop(
     state: Arc<BrokerState>,
@@ -23,6 +26,7 @@ pub(crate) async fn accept_loop(
     tracker: TaskTracker,
     slots: Arc<Semaphore>,
     limits: Arc<Limits>,
+    kind: Listener,
     serve: Serve,
 ) {
     loop {
@@ -55,8 +59,30 @@ pub(crate) async fn accept_loop(
         let _ = socket.set_nodelay(true);
         let state = state.clone();
         tracker.spawn(async move {
-            serve(state, socket, peer, peer_slot).await;
+            if let Some(stream) = handshake(&state, socket, peer, kind).await {
+                serve(state, stream, peer, peer_slot).await;
+            }
             drop(slot);
         });
+    }
+}
+
+/// The connection as its listener speaks it (`Stream::accept`); a failed TLS handshake is
+/// logged and counted, and closes the connection.
+async fn handshake(
+    state: &BrokerState,
+    socket: TcpStream,
+    peer: SocketAddr,
+    kind: Listener,
+) -> Option<Stream> {
+    let acceptor = state.tls.as_ref().and_then(|tls| tls.acceptor(kind));
+    let timeout = std::time::Duration::from_millis(state.config.request_read_timeout_ms);
+    match Stream::accept(socket, acceptor, timeout).await {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            tracing::warn!(%peer, listener = kind.name(), "{e}, closing the connection");
+            state.metrics.tls_handshake_failed(kind.name());
+            None
+        }
     }
 }

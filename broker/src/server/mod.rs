@@ -77,6 +77,8 @@ pub struct BrokerState {
     pub client_limits: Arc<limits::Limits>,
     /// The same, of the inter-broker listener (its own: a client flood cannot starve it).
     pub inter_broker_limits: Arc<limits::Limits>,
+    /// TLS of the listeners and of connections to other brokers (`None`: all plain).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl BrokerState {
@@ -214,6 +216,8 @@ impl Broker {
     /// Starts a broker: see the module docs.
     pub async fn start(config: BrokerConfig) -> Result<Broker> {
         let log_config = config.log_config()?;
+        // TLS files are read (and refused, naming the file) before anything else starts.
+        let tls = crate::tls::Tls::from_config(&config)?;
         let data_dir = config.data_dir.clone();
         let (node_id, cluster_id) = (config.node_id, config.cluster_id.clone());
         // The directory is locked and its meta.properties checked now; its logs are opened
@@ -303,6 +307,7 @@ impl Broker {
                 &config,
                 crate::controller::network::RAFT_FRAME_BYTES_MAX,
             ),
+            tls: tls.clone(),
         };
         let controller = Controller::start(
             config.node_id,
@@ -328,6 +333,7 @@ impl Broker {
                 fetch_wait_max_ms: config.replica_fetch_wait_max_ms.min(u64::from(u32::MAX)) as u32,
                 fetch_max_bytes: config.replica_fetch_max_bytes,
                 max_frame_bytes: config.max_frame_bytes,
+                tls: tls.clone(),
             },
             controller.clone(),
             lease.clone(),
@@ -349,6 +355,7 @@ impl Broker {
         };
         let (client_limits, inter_broker_limits) = (limits(), limits());
         let state = Arc::new(BrokerState {
+            tls,
             client_limits,
             inter_broker_limits,
             incarnation,
@@ -388,6 +395,7 @@ impl Broker {
             tracker.clone(),
             slots.clone(),
             state.client_limits.clone(),
+            crate::tls::Listener::Client,
             |state, socket, peer, slot| Box::pin(connection::serve(state, socket, peer, slot)),
         ));
         // Its own connection slots: a flood of client connections cannot cut replication.
@@ -398,6 +406,7 @@ impl Broker {
             tracker.clone(),
             Arc::new(tokio::sync::Semaphore::new(state.config.max_connections)),
             state.inter_broker_limits.clone(),
+            crate::tls::Listener::Replication,
             |state, socket, peer, slot| {
                 Box::pin(connection::serve_inter_broker(state, socket, peer, slot))
             },
@@ -424,6 +433,7 @@ impl Broker {
                     tracker_,
                     slots,
                     limits,
+                    crate::tls::Listener::Kafka,
                     |state, socket, peer, slot| {
                         Box::pin(crate::kafka::serve(state, socket, peer, slot))
                     },

@@ -28,9 +28,36 @@ struct Cli {
         default_value = "127.0.0.1:9292"
     )]
     brokers: String,
+    /// Connect with TLS (trusting the system's CAs, or --tls-ca).
+    #[arg(long, global = true, env = "RILL_TLS")]
+    tls: bool,
+    /// PEM file of the CA certificates to trust (implies --tls).
+    #[arg(long, global = true, env = "RILL_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// PEM certificate to present to brokers that require one (mutual TLS; implies --tls).
+    #[arg(
+        long,
+        global = true,
+        env = "RILL_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "RILL_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
+
+/// TLS settings from the command line, for every connection this run opens (`None`: plain).
+static TLS: std::sync::OnceLock<Option<rill_client::TlsOptions>> = std::sync::OnceLock::new();
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Format {
@@ -161,12 +188,23 @@ async fn main() {
 
 pub async fn connect(brokers: &str) -> anyhow::Result<Client> {
     let mut config = ClientConfig::new(brokers);
+    if let Some(Some(tls)) = TLS.get() {
+        config = config.with_tls(tls)?;
+    }
     config.client_id = "rill-cli".into();
     config.retry_timeout = std::time::Duration::from_secs(15);
     Ok(Client::connect(config).await?)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let tls = (cli.tls || cli.tls_ca.is_some() || cli.tls_cert.is_some()).then(|| {
+        rill_client::TlsOptions {
+            ca_file: cli.tls_ca.clone(),
+            cert_file: cli.tls_cert.clone(),
+            key_file: cli.tls_key.clone(),
+        }
+    });
+    let _ = TLS.set(tls);
     match cli.command {
         Command::Cluster {
             command: ClusterCommand::Info { out },

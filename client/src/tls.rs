@@ -1,0 +1,203 @@
+//! TLS (rustls, no OpenSSL): the client side of a connection to a broker, and loading PEM
+//! files, which the broker's listeners share (docs/SECURITY.md "TLS").
+//!
+//! A client trusts the CAs of `ca_file`, or the system's trusted CAs without one, and checks
+//! that the broker's certificate names the host it connected to (a DNS name or an IP address
+//! in its subject alternative names). With `cert_file` and `key_file` it presents a
+//! certificate of its own (mutual TLS).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::RootCertStore;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// What a TLS client trusts and presents.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// PEM file of the CA certificates to trust; `None`: the system's trusted CAs.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain to present (mutual TLS), with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+}
+
+/// The crypto provider every TLS configuration of Rill uses (ring).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates of a PEM file (at least one).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("{}: no PEM private key ({e})", path.display()))
+}
+
+/// The CAs of a PEM file as a trust store.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: not a usable CA certificate ({e})", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// The system's trusted CAs (those that fail to parse are skipped, as browsers do).
+fn system_roots() -> Result<RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(format!(
+            "no CA file given and no trusted CA found on this system ({:?}); give a CA file",
+            found.errors
+        ));
+    }
+    Ok(roots)
+}
+
+/// A client configuration trusting `roots` and presenting `identity` (mutual TLS), if any.
+pub fn client_config_from(
+    roots: RootCertStore,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((certs, key)) => builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| format!("client certificate and key: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+impl TlsOptions {
+    /// The rustls configuration these options describe; errors name the file at fault.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        let roots = match &self.ca_file {
+            Some(path) => load_roots(path)?,
+            None => system_roots()?,
+        };
+        let identity = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => Some((load_certs(cert)?, load_key(key)?)),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "a client certificate needs both its certificate and its key file".into(),
+                )
+            }
+        };
+        client_config_from(roots, identity)
+    }
+}
+
+/// A connection's byte stream: plain TCP or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Io for T {}
+
+/// Connects to `address` (`host:port`), with TLS when `tls` is given. Certificate and TLS
+/// protocol failures are `InvalidData` errors (retrying will not help); others are the
+/// network's.
+pub async fn open(
+    address: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> std::io::Result<Box<dyn Io>> {
+    let socket = TcpStream::connect(address).await?;
+    let _ = socket.set_nodelay(true);
+    Ok(match tls {
+        Some(config) => Box::new(connect(socket, address, config).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("TLS handshake with {address}: {e}"))
+        })?),
+        None => Box::new(socket),
+    })
+}
+
+/// Opens TLS over `socket` to `address` (`host:port`; the host is the name the broker's
+/// certificate must carry).
+pub async fn connect(
+    socket: TcpStream,
+    address: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = server_name(address)?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, socket)
+        .await
+}
+
+/// The TLS server name of `host:port` (brackets of an IPv6 address removed).
+pub fn server_name(address: &str) -> std::io::Result<ServerName<'static>> {
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    ServerName::try_from(host.to_string()).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{host:?} is not a TLS server name: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_come_from_the_host() {
+        assert_eq!(
+            server_name("broker-1.example.com:9292").unwrap(),
+            ServerName::try_from("broker-1.example.com").unwrap()
+        );
+        assert!(matches!(
+            server_name("127.0.0.1:9292").unwrap(),
+            ServerName::IpAddress(_)
+        ));
+        assert!(matches!(
+            server_name("[::1]:9292").unwrap(),
+            ServerName::IpAddress(_)
+        ));
+        assert!(server_name("bad name:1").is_err());
+    }
+
+    #[test]
+    fn missing_and_empty_files_are_named() {
+        let dir = std::env::temp_dir().join(format!("rill-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let err = load_certs(&empty).unwrap_err();
+        assert!(err.contains("empty.pem"), "{err}");
+        let err = load_key(&dir.join("missing.pem")).unwrap_err();
+        assert!(err.contains("missing.pem"), "{err}");
+        let half = TlsOptions {
+            ca_file: Some(empty.clone()),
+            cert_file: Some(empty),
+            key_file: None,
+        };
+        assert!(half.client_config().is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
