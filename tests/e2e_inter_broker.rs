@@ -145,3 +145,35 @@ async fn a_client_connection_cannot_pose_as_a_follower() {
         high_watermark(&mut raw) == 15
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_broker_with_a_taken_node_id_is_refused_loudly() {
+    // Two voters and an observer, node 3; a second process claims node id 3 elsewhere.
+    let cluster = Cluster::start_with_observers(2, 1, &[]);
+    let client = cluster.client().await;
+    let admin = Admin::new(client.clone());
+    let holder = cluster.address(3);
+    let data = tempfile::tempdir().unwrap();
+    let mut impostor = common::BrokerProcess::start(
+        data.path(),
+        &["--node-id", "3", "--controller-voters", cluster.voters()],
+    );
+    impostor.wait_for_line(
+        "the controller refused this broker: node id 3 is held by a live broker",
+        Duration::from_secs(30),
+    );
+    // The holder keeps its registration and its address, also after a few of the impostor's
+    // heartbeats; the impostor never becomes ready.
+    // (Checked repeatedly over a few seconds: a state that must hold, not one to wait for.)
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let brokers = admin.cluster().await.unwrap().brokers;
+        let three = brokers.iter().find(|b| b.node_id == 3).expect("node 3");
+        assert_eq!(three.address, holder);
+        assert!(!three.fenced, "{brokers:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let admin_address = impostor.admin_address.clone().expect("admin listener");
+    let (status, _) = common::http_get(&admin_address, "/health/ready");
+    assert_eq!(status, 503, "the refused broker is not ready");
+}

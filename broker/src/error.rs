@@ -57,6 +57,9 @@ pub enum Error {
     /// The controller quorum belongs to another cluster than this broker's data directory.
     #[error("{0}")]
     InconsistentClusterId(String),
+    /// Another live broker at another address holds this broker's node id.
+    #[error("{0}")]
+    DuplicateNodeId(String),
     /// An idempotent producer's batch refused by the partition's producer state.
     #[error("{message}")]
     ProducerState {
@@ -103,7 +106,9 @@ impl Error {
             Error::ClusterNotReady => ErrorCode::CLUSTER_NOT_READY,
             Error::Replication(_) => ErrorCode::UNKNOWN_SERVER_ERROR,
             Error::NotLeader { .. } => ErrorCode::NOT_LEADER,
-            Error::InconsistentClusterId(_) => ErrorCode::UNKNOWN_SERVER_ERROR,
+            Error::InconsistentClusterId(_) | Error::DuplicateNodeId(_) => {
+                ErrorCode::UNKNOWN_SERVER_ERROR
+            }
             Error::ProducerState { code, .. } => *code,
         }
     }

@@ -206,6 +206,11 @@ impl Cluster {
         format!("{}:{}", self.hosts[i], self.client_ports[i])
     }
 
+    /// The `--controller-voters` value the brokers were started with.
+    pub fn voters(&self) -> &str {
+        &self.voters
+    }
+
     /// Controller (Raft) port address of voter `node` (1-based).
     pub fn controller_address(&self, node: u32) -> String {
         self.voters

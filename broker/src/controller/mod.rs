@@ -415,6 +415,9 @@ impl Controller {
             Some(RaftResponse::Propose(Err(ForwardError::InconsistentClusterId(e)))) => {
                 Err(Error::InconsistentClusterId(e))
             }
+            Some(RaftResponse::Propose(Err(ForwardError::DuplicateNodeId(e)))) => {
+                Err(Error::DuplicateNodeId(e))
+            }
             _ => Err(Error::ClusterNotReady),
         }
     }
@@ -487,6 +490,7 @@ impl Controller {
             Err(ForwardError::NotLeader(leader)) => Err(Error::NotController { leader }),
             Err(ForwardError::Failed(e)) => Err(Error::Controller(e)),
             Err(ForwardError::InconsistentClusterId(e)) => Err(Error::InconsistentClusterId(e)),
+            Err(ForwardError::DuplicateNodeId(e)) => Err(Error::DuplicateNodeId(e)),
         }
     }
 
@@ -558,6 +562,25 @@ impl Controller {
             return Err(ForwardError::InconsistentClusterId(format!(
                 "the controller quorum at this address belongs to cluster {cluster}, but this broker's data directory belongs to cluster {theirs}: refusing to join (check --controller-voters and --data-dir)"
             )));
+        }
+        // Two processes with one node id: a new incarnation at another address while the
+        // registered one still heartbeats is refused (a restart at the same address, or after
+        // the old session expired, replaces the old incarnation as before).
+        if let Some(held) = self.metadata().brokers.get(&node_id) {
+            let elsewhere = !held.fenced
+                && held.incarnation != incarnation
+                && (held.host != host || held.port != port);
+            let alive = lock(&self.inner.last_heartbeat)
+                .get(&node_id)
+                .is_some_and(|at| at.elapsed() < self.inner.options.session_timeout);
+            if elsewhere && alive {
+                let reason = format!(
+                    "node id {node_id} is held by a live broker at {}:{}; this broker ({host}:{port}) is refused: give it another --node-id",
+                    held.host, held.port
+                );
+                tracing::error!(node_id, %host, port, "refused a broker registration: {reason}");
+                return Err(ForwardError::DuplicateNodeId(reason));
+            }
         }
         lock(&self.inner.last_heartbeat).insert(node_id, Instant::now());
         let stale = match self.metadata().brokers.get(&node_id) {

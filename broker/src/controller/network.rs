@@ -95,6 +95,9 @@ pub(crate) enum ForwardError {
     Failed(String),
     /// A heartbeat from a broker of another cluster (its data directory says so).
     InconsistentClusterId(String),
+    /// A heartbeat from a second process claiming a node id that a live broker at another
+    /// address holds.
+    DuplicateNodeId(String),
 }
 
 async fn write_frame(

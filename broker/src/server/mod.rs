@@ -584,6 +584,8 @@ fn advertised_at(
 async fn heartbeat_loop(state: Arc<BrokerState>) {
     let interval = Duration::from_millis(state.config.broker_heartbeat_interval_ms);
     let mut failing_since: Option<std::time::Instant> = None;
+    // When the controller refused this broker's node id last said so at ERROR.
+    let mut refused_reported: Option<std::time::Instant> = None;
     let mut leading = false;
     loop {
         let (host, port) = state.advertised.clone();
@@ -616,6 +618,15 @@ async fn heartbeat_loop(state: Arc<BrokerState>) {
                 // rill-broker prints it as its exit error.
                 state.fatal.send_replace(Some(reason));
                 return;
+            }
+            Err(Error::DuplicateNodeId(reason)) => {
+                // Kept trying (the holder may be a process that just died at another address,
+                // whose session has yet to expire), loudly: this broker serves nothing meanwhile.
+                if refused_reported.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
+                    tracing::error!("the controller refused this broker: {reason}");
+                    refused_reported = Some(std::time::Instant::now());
+                }
+                Err(reason)
             }
             Err(e) => Err(e.to_string()),
         };
