@@ -1,6 +1,7 @@
 //! The `rill-broker` binary as an operator runs it: starts on a data directory, recovers the logs
 //! in it, keeps (and reports) a log whose topic the metadata does not know, refuses a second
-//! broker on the same directory, and exits 0 on SIGTERM after closing its logs cleanly.
+//! broker on the same directory, keeps running on SIGHUP, and exits 0 on SIGTERM after closing
+//! its logs cleanly.
 
 mod common;
 
@@ -55,6 +56,15 @@ fn broker_recovers_logs_keeps_strays_refuses_a_second_broker_and_stops_cleanly()
         stderr.contains("another rill-broker") && stderr.contains(".lock"),
         "{stderr}"
     );
+
+    // SIGHUP (TLS reload) never stops a broker, with or without TLS listeners.
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &broker.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    broker.wait_for_line("SIGHUP: nothing to reload", Duration::from_secs(20));
+    assert!(broker.is_running(), "SIGHUP does not stop the broker");
 
     assert!(broker.terminate(), "exit code 0 after SIGTERM");
     let checkpoint =

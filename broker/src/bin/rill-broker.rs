@@ -28,22 +28,23 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let broker = Broker::start(config).await?;
-    if let Some(tls) = broker.state().tls.clone() {
-        // SIGHUP reads the TLS certificate, key and CA files again (docs/SECURITY.md "TLS").
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        tokio::spawn(async move {
-            while hangup.recv().await.is_some() {
-                match tls.reload() {
-                    Ok(()) => tracing::info!(
-                        "SIGHUP: TLS certificates reloaded; new connections use them"
-                    ),
-                    Err(e) => tracing::error!(
-                        "SIGHUP: reloading the TLS certificates failed, the previous ones stay in use: {e}"
-                    ),
+    // SIGHUP reads the TLS certificate, key and CA files again (docs/SECURITY.md "TLS"); it
+    // never stops the broker (its default action would).
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let tls = broker.state().tls.clone();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match tls.as_ref().map(|tls| tls.reload()) {
+                Some(Ok(())) => {
+                    tracing::info!("SIGHUP: TLS certificates reloaded; new connections use them")
                 }
+                Some(Err(e)) => tracing::error!(
+                    "SIGHUP: reloading the TLS certificates failed, the previous ones stay in use: {e}"
+                ),
+                None => tracing::info!("SIGHUP: nothing to reload (no TLS listeners)"),
             }
-        });
-    }
+        }
+    });
     tokio::select! {
         signal = shutdown_signal() => signal?,
         reason = broker.failed() => {
