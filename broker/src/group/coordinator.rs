@@ -196,10 +196,13 @@ impl Coordinator {
     }
 
     /// Removes members whose session expired and completes classic rebalances that are due,
-    /// in every group. Returns the groups where something changed.
+    /// in every group. Returns the groups where something changed. Then forgets the groups
+    /// that do not exist (no members, nothing pending, no offsets) and have nothing left to
+    /// persist: a client naming ever new group ids (a heartbeat or offset fetch for an unknown
+    /// group creates an entry) cannot grow the coordinator's memory without bound.
     pub fn tick(&self, now_ms: i64) -> Vec<GroupTick> {
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        groups
+        let ticks = groups
             .iter_mut()
             .filter_map(|(id, entry)| {
                 let mut expired = entry.group.expire(now_ms);
@@ -211,7 +214,24 @@ impl Coordinator {
                     replies,
                 })
             })
-            .collect()
+            .collect::<Vec<_>>();
+        let changed: std::collections::HashSet<&str> =
+            ticks.iter().map(|t| t.group.as_str()).collect();
+        let mut persisted = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
+        groups.retain(|id, entry| {
+            let settled = entry.version() == 0 || persisted.get(id) == Some(&entry.version());
+            let keep = entry.exists() || !settled || changed.contains(id.as_str());
+            if !keep {
+                persisted.remove(id);
+            }
+            keep
+        });
+        ticks
+    }
+
+    /// Groups held in memory (existing or not yet forgotten).
+    pub fn held(&self) -> usize {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Forgets the groups of an offsets partition this broker no longer leads: if it leads it
@@ -651,6 +671,32 @@ mod tests {
             );
         });
         assert_eq!(reloaded.group_ids(), vec!["k".to_string()]);
+    }
+
+    #[test]
+    fn groups_that_do_not_exist_are_forgotten_at_the_next_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator = Coordinator::new(offsets_logs(dir.path()), 500);
+        // Looking up unknown groups creates entries; none of them exists.
+        for i in 0..1000 {
+            coordinator.with_group(&format!("probe-{i}"), |entry| assert!(!entry.exists()));
+        }
+        coordinator
+            .store_offsets(
+                "kept",
+                &[(
+                    TopicPartition::new("orders", 0),
+                    Committed {
+                        offset: 1,
+                        metadata: None,
+                    },
+                )],
+            )
+            .unwrap();
+        assert_eq!(coordinator.held(), 1001);
+        coordinator.tick(now_ms());
+        assert_eq!(coordinator.held(), 1, "only the group with offsets is held");
+        assert_eq!(coordinator.group_ids(), vec!["kept".to_string()]);
     }
 
     #[test]
