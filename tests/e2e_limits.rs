@@ -304,3 +304,27 @@ async fn a_flood_of_partial_frames_neither_exhausts_memory_nor_stops_acks_all() 
         task.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_and_partitions_past_max_partitions_are_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &["--max-partitions", "20"]);
+    let admin = Admin::new(common::client(&broker.address).await);
+    admin
+        .create_topic(NewTopic::new("within", 4))
+        .await
+        .unwrap();
+    for refused in [
+        admin.create_topic(NewTopic::new("past", 17)).await,
+        admin.create_partitions("within", 21).await,
+    ] {
+        let err = refused.expect_err("past max_partitions").to_string();
+        assert!(
+            err.contains("INVALID_PARTITIONS") && err.contains("max_partitions (20)"),
+            "{err}"
+        );
+    }
+    admin.create_partitions("within", 6).await.unwrap();
+    let names = admin.list_topics().await.unwrap();
+    assert!(!names.iter().any(|t| t == "past"), "{names:?}");
+}

@@ -115,6 +115,9 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     /// Partitions of auto-created topics.
     pub default_partitions: u32,
+    /// Most partitions the cluster may hold (all topics, internal ones included); creating
+    /// topics or partitions past it is refused with INVALID_PARTITIONS.
+    pub max_partitions: usize,
     /// Period of the flush / age-roll / retention task (and of group session checks).
     pub tick_ms: u64,
     /// How long a Kafka classic group that was empty waits for more members before its first
@@ -197,6 +200,7 @@ impl Default for BrokerConfig {
             request_timeout_ms: 30_000,
             auto_create_topics: false,
             default_partitions: 1,
+            max_partitions: 50_000,
             tick_ms: 100,
             group_initial_rebalance_delay_ms: 3000,
             controller_voters: None,
@@ -358,6 +362,9 @@ pub struct Flags {
     /// Partitions of auto-created topics [default: 1].
     #[arg(long)]
     pub default_partitions: Option<u32>,
+    /// Most partitions the cluster may hold [default: 50000].
+    #[arg(long)]
+    pub max_partitions: Option<usize>,
     /// Period of the flush / roll / retention task, ms [default: 100].
     #[arg(long)]
     pub tick_ms: Option<u64>,
@@ -491,6 +498,7 @@ impl BrokerConfig {
             request_timeout_ms,
             auto_create_topics,
             default_partitions,
+            max_partitions,
             tick_ms,
             group_initial_rebalance_delay_ms,
             broker_heartbeat_interval_ms,

@@ -53,6 +53,9 @@ async fn grow(
             )),
         );
     }
+    if let Err(refused) = super::check_partition_limit(state, &metadata, count - current) {
+        return refused;
+    }
     let rf = topic.partitions.first().map_or(1, |p| p.replicas.len());
     let brokers = metadata.alive();
     if rf > brokers.len() {

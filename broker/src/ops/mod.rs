@@ -93,6 +93,27 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
 pub const PARTITIONS_MAX: u32 = 10_000;
 
 /// Validates and creates a topic through the controller, then creates the local logs.
+/// Refuses `added` more partitions when the cluster would then hold more than
+/// `max_partitions` (docs/SECURITY.md "Limits"). Checked against this broker's metadata view
+/// before proposing: two creations racing on different brokers may pass it together.
+pub(crate) fn check_partition_limit(
+    state: &BrokerState,
+    metadata: &crate::controller::MetadataState,
+    added: u32,
+) -> Result<(), (ErrorCode, Option<String>)> {
+    let held: usize = metadata.topics.values().map(|t| t.partitions.len()).sum();
+    let max = state.config.max_partitions;
+    if held + added as usize > max {
+        return Err((
+            ErrorCode::INVALID_PARTITIONS,
+            Some(format!(
+                "the cluster holds {held} partitions; {added} more would pass max_partitions ({max})"
+            )),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) async fn create_topic(
     state: &Arc<BrokerState>,
     name: &str,
@@ -121,6 +142,9 @@ pub(crate) async fn create_topic(
             ErrorCode::TOPIC_ALREADY_EXISTS,
             Some(format!("topic {name} already exists")),
         );
+    }
+    if let Err(refused) = check_partition_limit(state, &metadata, partitions) {
+        return refused;
     }
     let brokers: Vec<u64> = metadata.alive();
     if brokers.is_empty() {
