@@ -158,6 +158,36 @@ impl Tls {
         *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = loaded;
         Ok(())
     }
+
+    /// Whether `listener` uses TLS.
+    pub fn is_on(&self, listener: Listener) -> bool {
+        self.listeners.contains(&listener)
+    }
+
+    /// The acceptor of a TLS `listener` (the current certificate), `None` for a plain one.
+    pub fn acceptor(&self, listener: Listener) -> Option<TlsAcceptor> {
+        if !self.is_on(listener) {
+            return None;
+        }
+        let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+        let config = match (&loaded.server_mutual, self.client_auth.contains(&listener)) {
+            (Some(mutual), true) => mutual.clone(),
+            _ => loaded.server.clone(),
+        };
+        Some(TlsAcceptor::from(config))
+    }
+
+    /// The client configuration for connecting to a TLS `listener` of a broker (this one's
+    /// settings stand for the cluster's), `None` when that listener is plain.
+    pub fn connector(&self, listener: Listener) -> Option<Arc<ClientConfig>> {
+        self.is_on(listener).then(|| {
+            self.loaded
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .client
+                .clone()
+        })
+    }
 }
 
 impl Files {
@@ -206,38 +236,6 @@ impl Files {
             server: Arc::new(server),
             server_mutual,
             client,
-        })
-    }
-}
-
-impl Tls {
-    /// Whether `listener` uses TLS.
-    pub fn is_on(&self, listener: Listener) -> bool {
-        self.listeners.contains(&listener)
-    }
-
-    /// The acceptor of a TLS `listener` (the current certificate), `None` for a plain one.
-    pub fn acceptor(&self, listener: Listener) -> Option<TlsAcceptor> {
-        if !self.is_on(listener) {
-            return None;
-        }
-        let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
-        let config = match (&loaded.server_mutual, self.client_auth.contains(&listener)) {
-            (Some(mutual), true) => mutual.clone(),
-            _ => loaded.server.clone(),
-        };
-        Some(TlsAcceptor::from(config))
-    }
-
-    /// The client configuration for connecting to a TLS `listener` of a broker (this one's
-    /// settings stand for the cluster's), `None` when that listener is plain.
-    pub fn connector(&self, listener: Listener) -> Option<Arc<ClientConfig>> {
-        self.is_on(listener).then(|| {
-            self.loaded
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .client
-                .clone()
         })
     }
 }
