@@ -13,6 +13,17 @@ use crate::error::{Error, Result};
 use crate::log::{FlushPolicy, LogConfig};
 
 /// Every broker setting, with its default. Field names are the TOML keys.
+/// A setting never printed (a password): `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
@@ -47,6 +58,29 @@ pub struct BrokerConfig {
     pub tls_key_file: Option<PathBuf>,
     /// PEM CA certificates trusted for client certificates and other brokers' certificates.
     pub tls_ca_file: Option<PathBuf>,
+    /// A client certificate's principal: `User:` + its subject (`dn`, as Kafka:
+    /// `User:CN=alice,O=Example`) or + its common name (`cn`: `User:alice`).
+    pub tls_principal: String,
+    /// Listeners whose clients must authenticate with SASL before any other request,
+    /// comma-separated: `client`, `kafka` (docs/SECURITY.md "Users"). Empty: none.
+    pub sasl_listeners: String,
+    /// SASL mechanisms offered: any of `SCRAM-SHA-256`, `SCRAM-SHA-512`, `PLAIN`.
+    pub sasl_mechanisms: String,
+    /// Check every request against the ACLs (docs/SECURITY.md "ACLs"): what no ACL allows
+    /// is refused. Off: everything is allowed, as before.
+    pub authorization: bool,
+    /// Principals allowed everything (`User:admin,User:CN=ops`), whatever the ACLs say.
+    pub super_users: String,
+    /// The user the admin HTTP API's own client authenticates as when the client listener
+    /// requires SASL (its password: `admin_api_sasl_password`, or the environment variable
+    /// `RILL_ADMIN_API_SASL_PASSWORD`).
+    pub admin_api_sasl_user: Option<String>,
+    pub admin_api_sasl_password: Option<Secret>,
+    /// A user created (SCRAM-SHA-256 and -512) once the broker is registered, if no user of
+    /// that name exists: the first account of a cluster whose listeners require SASL. Its
+    /// password: `sasl_bootstrap_password` or `RILL_SASL_BOOTSTRAP_PASSWORD`.
+    pub sasl_bootstrap_user: Option<String>,
+    pub sasl_bootstrap_password: Option<Secret>,
     /// Per-topic labels on metrics (`false`: one `topic="_all"` series, for very many topics).
     pub metrics_per_topic: bool,
     /// Per-partition metrics (log size, segments, offsets, group lag by partition); off with
@@ -168,6 +202,15 @@ impl Default for BrokerConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_ca_file: None,
+            tls_principal: "dn".into(),
+            sasl_listeners: String::new(),
+            sasl_mechanisms: "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN".into(),
+            authorization: false,
+            super_users: String::new(),
+            admin_api_sasl_user: None,
+            admin_api_sasl_password: None,
+            sasl_bootstrap_user: None,
+            sasl_bootstrap_password: None,
             metrics_per_topic: true,
             metrics_per_partition: true,
             data_dir: PathBuf::from("./rill-data"),
@@ -269,6 +312,27 @@ pub struct Flags {
     /// PEM CA certificates trusted for client and broker certificates.
     #[arg(long)]
     pub tls_ca_file: Option<PathBuf>,
+    /// A client certificate's principal: dn (its subject) or cn [default: dn].
+    #[arg(long)]
+    pub tls_principal: Option<String>,
+    /// Listeners that require SASL authentication: client,kafka [default: none].
+    #[arg(long)]
+    pub sasl_listeners: Option<String>,
+    /// SASL mechanisms offered [default: SCRAM-SHA-256,SCRAM-SHA-512,PLAIN].
+    #[arg(long)]
+    pub sasl_mechanisms: Option<String>,
+    /// Check requests against the ACLs [default: false].
+    #[arg(long)]
+    pub authorization: Option<bool>,
+    /// Principals allowed everything, e.g. User:admin [default: none].
+    #[arg(long)]
+    pub super_users: Option<String>,
+    /// User of the admin HTTP API's own client when the client listener requires SASL.
+    #[arg(long)]
+    pub admin_api_sasl_user: Option<String>,
+    /// User created at first start if missing (password: RILL_SASL_BOOTSTRAP_PASSWORD).
+    #[arg(long)]
+    pub sasl_bootstrap_user: Option<String>,
     /// Per-topic labels on metrics [default: true].
     #[arg(long)]
     pub metrics_per_topic: Option<bool>,
@@ -438,6 +502,27 @@ impl BrokerConfig {
         if let Some(cluster_id) = flags.cluster_id {
             config.cluster_id = Some(cluster_id);
         }
+        if let Some(user) = flags.admin_api_sasl_user {
+            config.admin_api_sasl_user = Some(user);
+        }
+        if let Some(user) = flags.sasl_bootstrap_user {
+            config.sasl_bootstrap_user = Some(user);
+        }
+        if config.sasl_bootstrap_password.is_none() {
+            config.sasl_bootstrap_password = std::env::var("RILL_SASL_BOOTSTRAP_PASSWORD")
+                .ok()
+                .map(Secret);
+        }
+        if config.sasl_bootstrap_user.is_some() && config.sasl_bootstrap_password.is_none() {
+            return Err(Error::InvalidConfig(
+                "sasl_bootstrap_user needs its password in RILL_SASL_BOOTSTRAP_PASSWORD (or sasl_bootstrap_password)".into(),
+            ));
+        }
+        if config.admin_api_sasl_password.is_none() {
+            config.admin_api_sasl_password = std::env::var("RILL_ADMIN_API_SASL_PASSWORD")
+                .ok()
+                .map(Secret);
+        }
         for (flag, setting) in [
             (flags.tls_cert_file, &mut config.tls_cert_file),
             (flags.tls_key_file, &mut config.tls_key_file),
@@ -468,6 +553,11 @@ impl BrokerConfig {
             admin_listen,
             tls_listeners,
             tls_client_auth,
+            tls_principal,
+            sasl_listeners,
+            sasl_mechanisms,
+            authorization,
+            super_users,
             metrics_per_topic,
             metrics_per_partition,
             data_dir,

@@ -12,6 +12,7 @@ pub mod log;
 pub mod metrics;
 pub mod ops;
 pub mod replica;
+pub mod security;
 pub mod server;
 pub mod tls;
 

@@ -122,6 +122,8 @@ pub struct Metrics {
     connections: Family<ListenerLabels, Gauge>,
     connections_limited: Family<ReasonLabels, Counter>,
     tls_handshake_failures: Family<ListenerLabels, Counter>,
+    authentications: Family<AuthenticationLabels, Counter>,
+    authorization_denied: Family<ResourceLabels, Counter>,
     // Computed at scrape time.
     request_memory_bytes: Family<ListenerLabels, Gauge>,
     active_controller: Gauge,
@@ -162,6 +164,18 @@ pub struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthenticationLabels {
+    pub listener: &'static str,
+    pub mechanism: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -189,6 +203,8 @@ impl Metrics {
             connections: Family::default(),
             connections_limited: Family::default(),
             tls_handshake_failures: Family::default(),
+            authentications: Family::default(),
+            authorization_denied: Family::default(),
             request_memory_bytes: Family::default(),
             active_controller: Gauge::default(),
             raft_term: Gauge::default(),
@@ -302,6 +318,16 @@ impl Metrics {
             "tls_handshake_failures",
             "TLS handshakes that failed or timed out, by listener (an untrusted or missing client certificate, a plain-TCP client on a TLS port, a scanner)",
             metrics.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "authentications",
+            "SASL authentications by listener, mechanism and result (ok, failed)",
+            metrics.authentications.clone(),
+        );
+        registry.register(
+            "authorization_denied",
+            "Requests or parts of requests refused by the ACLs, by resource type (topic, group, cluster)",
+            metrics.authorization_denied.clone(),
         );
         registry.register(
             "request_memory_bytes",
@@ -579,6 +605,24 @@ impl Metrics {
     pub fn tls_handshake_failed(&self, listener: &'static str) {
         self.tls_handshake_failures
             .get_or_create(&ListenerLabels { listener })
+            .inc();
+    }
+
+    /// A SASL exchange on `listener` ended (`ok`: authenticated).
+    pub fn authentication(&self, listener: &'static str, mechanism: &'static str, ok: bool) {
+        self.authentications
+            .get_or_create(&AuthenticationLabels {
+                listener,
+                mechanism,
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
+    }
+
+    /// The ACLs refused an operation on a resource of `resource_type`.
+    pub fn authorization_denied(&self, resource_type: &'static str) {
+        self.authorization_denied
+            .get_or_create(&ResourceLabels { resource_type })
             .inc();
     }
 

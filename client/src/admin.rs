@@ -838,6 +838,219 @@ impl Admin {
     }
 }
 
+/// A user and the SCRAM mechanisms (with iterations) it has a credential for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserListing {
+    /// The user name.
+    pub user: String,
+    /// `(mechanism, iterations)`.
+    pub credentials: Vec<(String, u32)>,
+}
+
+/// Users and ACLs (docs/SECURITY.md): every call goes to any broker, which forwards the
+/// change to the controller quorum.
+impl Admin {
+    /// Creates `user` or sets its password, with a credential for each of `mechanisms`
+    /// (SCRAM-SHA-256/512; PLAIN logins are checked against these). The password is salted
+    /// and hashed here: only the salted password is sent, as Kafka's
+    /// AlterUserScramCredentials does.
+    pub async fn set_user(
+        &self,
+        user: &str,
+        password: &str,
+        mechanisms: &[rill_protocol::sasl::Mechanism],
+        iterations: u32,
+    ) -> Result<()> {
+        use rill_protocol::sasl;
+        let mut upsertions = Vec::new();
+        for mechanism in mechanisms {
+            let invalid = |e: sasl::SaslError| ClientError::Invalid(e.to_string());
+            let salt = sasl::new_salt().map_err(invalid)?;
+            let salted =
+                sasl::salted_password(*mechanism, password, &salt, iterations).map_err(invalid)?;
+            upsertions.push(rill_protocol::api::UserUpsertion {
+                user: user.to_string(),
+                mechanism: mechanism.name().to_string(),
+                iterations,
+                salt: salt.into(),
+                salted_password: salted.into(),
+            });
+        }
+        let request = RequestBody::AlterUsers(rill_protocol::api::AlterUsersRequest {
+            deletions: Vec::new(),
+            upsertions,
+        });
+        let results = self.alter_users("set user", request).await?;
+        for result in results {
+            check(
+                result.error_code,
+                format!("set user {user}"),
+                result.error_message,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `user` (its credentials of every mechanism).
+    pub async fn delete_user(&self, user: &str) -> Result<()> {
+        let request = RequestBody::AlterUsers(rill_protocol::api::AlterUsersRequest {
+            deletions: rill_protocol::sasl::Mechanism::SCRAM
+                .iter()
+                .map(|m| rill_protocol::api::UserDeletion {
+                    user: user.to_string(),
+                    mechanism: m.name().to_string(),
+                })
+                .collect(),
+            upsertions: Vec::new(),
+        });
+        let results = self.alter_users("delete user", request).await?;
+        let mut deleted = false;
+        for result in results {
+            match result.error_code {
+                ErrorCode::NONE => deleted = true,
+                ErrorCode::RESOURCE_NOT_FOUND => {}
+                code => check(code, format!("delete user {user}"), result.error_message)?,
+            }
+        }
+        if !deleted {
+            return Err(ClientError::broker(
+                ErrorCode::RESOURCE_NOT_FOUND,
+                format!("delete user {user}"),
+                Some(format!("there is no user {user}")),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn alter_users(
+        &self,
+        context: &str,
+        request: RequestBody,
+    ) -> Result<Vec<rill_protocol::api::UserResult>> {
+        self.client
+            .retry(context, || async {
+                let ResponseBody::AlterUsers(response) =
+                    self.client.request_any(request.clone()).await?
+                else {
+                    return Err(unexpected());
+                };
+                // A retriable refusal (no controller yet) is retried as a whole.
+                if let Some(r) = response
+                    .results
+                    .iter()
+                    .find(|r| r.error_code.is_retriable())
+                {
+                    return Err(ClientError::broker(
+                        r.error_code,
+                        context.to_string(),
+                        r.error_message.clone(),
+                    ));
+                }
+                Ok(response.results)
+            })
+            .await
+    }
+
+    /// Every user, sorted, with its mechanisms.
+    pub async fn list_users(&self) -> Result<Vec<UserListing>> {
+        let request =
+            RequestBody::DescribeUsers(rill_protocol::api::DescribeUsersRequest { users: None });
+        self.client
+            .retry("list users", || async {
+                let ResponseBody::DescribeUsers(response) =
+                    self.client.request_any(request.clone()).await?
+                else {
+                    return Err(unexpected());
+                };
+                check(
+                    response.error_code,
+                    "list users".into(),
+                    response.error_message,
+                )?;
+                Ok(response
+                    .users
+                    .into_iter()
+                    .map(|u| UserListing {
+                        user: u.user,
+                        credentials: u
+                            .credentials
+                            .into_iter()
+                            .map(|c| (c.mechanism, c.iterations))
+                            .collect(),
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    /// Adds ACLs.
+    pub async fn create_acls(&self, acls: Vec<rill_protocol::api::AclEntry>) -> Result<()> {
+        let request = RequestBody::CreateAcls(rill_protocol::api::CreateAclsRequest { acls });
+        self.client
+            .retry("create ACLs", || async {
+                let ResponseBody::CreateAcls(response) =
+                    self.client.request_any(request.clone()).await?
+                else {
+                    return Err(unexpected());
+                };
+                for result in response.results {
+                    check(result.error_code, "create ACL".into(), result.error_message)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// The ACLs `filter` names.
+    pub async fn describe_acls(
+        &self,
+        filter: rill_protocol::api::AclFilterEntry,
+    ) -> Result<Vec<rill_protocol::api::AclEntry>> {
+        let request = RequestBody::DescribeAcls(rill_protocol::api::DescribeAclsRequest { filter });
+        self.client
+            .retry("list ACLs", || async {
+                let ResponseBody::DescribeAcls(response) =
+                    self.client.request_any(request.clone()).await?
+                else {
+                    return Err(unexpected());
+                };
+                check(
+                    response.error_code,
+                    "list ACLs".into(),
+                    response.error_message,
+                )?;
+                Ok(response.acls)
+            })
+            .await
+    }
+
+    /// Deletes the ACLs `filter` names; returns them.
+    pub async fn delete_acls(
+        &self,
+        filter: rill_protocol::api::AclFilterEntry,
+    ) -> Result<Vec<rill_protocol::api::AclEntry>> {
+        let request = RequestBody::DeleteAcls(rill_protocol::api::DeleteAclsRequest {
+            filters: vec![filter],
+        });
+        self.client
+            .retry("delete ACLs", || async {
+                let ResponseBody::DeleteAcls(response) =
+                    self.client.request_any(request.clone()).await?
+                else {
+                    return Err(unexpected());
+                };
+                let result = response.results.into_iter().next().ok_or_else(unexpected)?;
+                check(
+                    result.error_code,
+                    "delete ACLs".into(),
+                    result.error_message,
+                )?;
+                Ok(result.deleted)
+            })
+            .await
+    }
+}
+
 pub(crate) fn check(code: ErrorCode, context: String, message: Option<String>) -> Result<()> {
     if code == ErrorCode::NONE {
         Ok(())

@@ -42,6 +42,8 @@ pub struct ClientConfig {
     pub bootstrap_refused_timeout: Duration,
     /// TLS to every broker (`None`: plain TCP); see [`crate::TlsOptions::client_config`].
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// SASL authentication of every connection (`None`: none).
+    pub sasl: Option<crate::SaslOptions>,
 }
 
 impl ClientConfig {
@@ -63,6 +65,7 @@ impl ClientConfig {
             metadata_max_age: Duration::from_secs(300),
             bootstrap_refused_timeout: Duration::from_secs(1),
             tls: None,
+            sasl: None,
         }
     }
 
@@ -73,6 +76,12 @@ impl ClientConfig {
             .map_err(|reason| ClientError::Invalid(format!("TLS: {reason}")))?;
         self.tls = Some(tls);
         Ok(self)
+    }
+
+    /// These settings, authenticating every connection with SASL.
+    pub fn with_sasl(mut self, options: crate::SaslOptions) -> ClientConfig {
+        self.sasl = Some(options);
+        self
     }
 }
 
@@ -218,6 +227,9 @@ impl Client {
             config.tls.clone(),
         )
         .await?;
+        if let Some(sasl) = &config.sasl {
+            crate::sasl::authenticate(&connection, address, sasl, config.request_timeout).await?;
+        }
         pool.insert(key, connection.clone());
         Ok(connection)
     }
@@ -228,8 +240,9 @@ impl Client {
         addresses.sort();
         addresses.extend(self.inner.config.bootstrap.iter().cloned());
         let mut last_error = None;
-        // Whether every broker refused TLS (an untrusted certificate): retrying cannot help.
-        let mut only_tls = true;
+        // Whether every broker refused TLS (an untrusted certificate) or our SASL
+        // credentials: retrying cannot help.
+        let mut only_refused = true;
         for address in addresses {
             match self.connection(&address, Purpose::Control).await {
                 Ok(connection) => match connection
@@ -238,18 +251,23 @@ impl Client {
                 {
                     // Unreachable, starting up or shutting down: ask the next broker.
                     Err(e) if e.is_retriable() => {
-                        only_tls = false;
+                        only_refused = false;
                         last_error = Some(e);
                     }
                     other => return other,
                 },
                 Err(e) => {
-                    only_tls &= matches!(e, ClientError::Tls { .. });
+                    only_refused &= matches!(
+                        e,
+                        ClientError::Tls { .. } | ClientError::Authentication { .. }
+                    );
                     last_error = Some(e);
                 }
             }
         }
-        if let (true, Some(e @ ClientError::Tls { .. })) = (only_tls, &last_error) {
+        if let (true, Some(e @ (ClientError::Tls { .. } | ClientError::Authentication { .. }))) =
+            (only_refused, &last_error)
+        {
             return Err(e.clone());
         }
         Err(ClientError::NoBrokers {

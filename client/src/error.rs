@@ -34,6 +34,15 @@ pub enum ClientError {
         /// What failed.
         reason: String,
     },
+    /// The broker refused this client's SASL authentication (wrong user, password or
+    /// mechanism); retrying cannot change it.
+    #[error("authentication with {address} failed: {reason}")]
+    Authentication {
+        /// The broker's address.
+        address: String,
+        /// The broker's reason.
+        reason: String,
+    },
     /// The broker answered with an error code.
     #[error("{context}: {code}{}", message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default())]
     Broker {

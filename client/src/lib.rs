@@ -39,6 +39,7 @@ pub mod error;
 pub mod group;
 pub mod partitioner;
 pub mod producer;
+pub mod sasl;
 pub mod tls;
 
 pub use admin::{Admin, NewTopic};
@@ -50,4 +51,5 @@ pub use producer::{Producer, ProducerConfig, Record, RecordMetadata};
 pub use rill_protocol as protocol;
 pub use rill_protocol::api::Acks;
 pub use rill_protocol::batch::Compression;
+pub use sasl::SaslOptions;
 pub use tls::TlsOptions;

@@ -42,12 +42,19 @@ pub enum ApiKey {
     ListGroups = 14,
     DescribeGroups = 15,
     DeleteGroups = 16,
+    SaslHandshake = 17,
+    SaslAuthenticate = 18,
+    AlterUsers = 19,
+    DescribeUsers = 20,
+    CreateAcls = 21,
+    DescribeAcls = 22,
+    DeleteAcls = 23,
     InitProducerId = 40,
 }
 
 impl ApiKey {
     /// Every API this protocol version defines.
-    pub const ALL: [ApiKey; 18] = [
+    pub const ALL: [ApiKey; 25] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -65,6 +72,13 @@ impl ApiKey {
         ApiKey::ListGroups,
         ApiKey::DescribeGroups,
         ApiKey::DeleteGroups,
+        ApiKey::SaslHandshake,
+        ApiKey::SaslAuthenticate,
+        ApiKey::AlterUsers,
+        ApiKey::DescribeUsers,
+        ApiKey::CreateAcls,
+        ApiKey::DescribeAcls,
+        ApiKey::DeleteAcls,
         ApiKey::InitProducerId,
     ];
 
@@ -93,6 +107,13 @@ impl ApiKey {
             ApiKey::ListGroups => "ListGroups",
             ApiKey::DescribeGroups => "DescribeGroups",
             ApiKey::DeleteGroups => "DeleteGroups",
+            ApiKey::SaslHandshake => "SaslHandshake",
+            ApiKey::SaslAuthenticate => "SaslAuthenticate",
+            ApiKey::AlterUsers => "AlterUsers",
+            ApiKey::DescribeUsers => "DescribeUsers",
+            ApiKey::CreateAcls => "CreateAcls",
+            ApiKey::DescribeAcls => "DescribeAcls",
+            ApiKey::DeleteAcls => "DeleteAcls",
             ApiKey::InitProducerId => "InitProducerId",
         }
     }
@@ -825,6 +846,203 @@ wire_struct! {
     }
 }
 
+// ---------------------------------------------------------------- security
+
+wire_struct! {
+    /// Chooses the SASL mechanism (docs/SECURITY.md "Users"): `SCRAM-SHA-256`,
+    /// `SCRAM-SHA-512` or `PLAIN`.
+    pub struct SaslHandshakeRequest {
+        pub mechanism: String,
+    }
+}
+
+wire_struct! {
+    /// UNSUPPORTED_SASL_MECHANISM with the ones offered, or success.
+    pub struct SaslHandshakeResponse {
+        pub error_code: ErrorCode,
+        pub mechanisms: Vec<String>,
+    }
+}
+
+wire_struct! {
+    /// One message of the mechanism's exchange (`rill_protocol::sasl`).
+    pub struct SaslAuthenticateRequest {
+        #[cfg_attr(test, proptest(strategy = "arb_bytes()"))]
+        pub auth_bytes: Bytes,
+    }
+}
+
+wire_struct! {
+    /// The server's next message, or SASL_AUTHENTICATION_FAILED (the connection is then
+    /// closed).
+    pub struct SaslAuthenticateResponse {
+        pub error_code: ErrorCode,
+        pub error_message: Option<String>,
+        #[cfg_attr(test, proptest(strategy = "arb_bytes()"))]
+        pub auth_bytes: Bytes,
+    }
+}
+
+wire_struct! {
+    /// A user's credential for one SCRAM mechanism, as Kafka's AlterUserScramCredentials
+    /// sends it: the salted password (PBKDF2), never the password.
+    pub struct UserUpsertion {
+        pub user: String,
+        pub mechanism: String,
+        pub iterations: u32,
+        #[cfg_attr(test, proptest(strategy = "arb_bytes()"))]
+        pub salt: Bytes,
+        #[cfg_attr(test, proptest(strategy = "arb_bytes()"))]
+        pub salted_password: Bytes,
+    }
+}
+
+wire_struct! {
+    pub struct UserDeletion {
+        pub user: String,
+        pub mechanism: String,
+    }
+}
+
+wire_struct! {
+    /// Creates, replaces and deletes users' SCRAM credentials.
+    pub struct AlterUsersRequest {
+        pub deletions: Vec<UserDeletion>,
+        pub upsertions: Vec<UserUpsertion>,
+    }
+}
+
+wire_struct! {
+    pub struct UserResult {
+        pub user: String,
+        pub error_code: ErrorCode,
+        pub error_message: Option<String>,
+    }
+}
+
+wire_struct! {
+    /// One result per deletion, then per upsertion.
+    pub struct AlterUsersResponse {
+        pub results: Vec<UserResult>,
+    }
+}
+
+wire_struct! {
+    /// Users and their mechanisms; absent: every user.
+    pub struct DescribeUsersRequest {
+        pub users: Option<Vec<String>>,
+    }
+}
+
+wire_struct! {
+    pub struct CredentialInfo {
+        pub mechanism: String,
+        pub iterations: u32,
+    }
+}
+
+wire_struct! {
+    pub struct UserDescription {
+        pub user: String,
+        /// RESOURCE_NOT_FOUND for a named user that does not exist.
+        pub error_code: ErrorCode,
+        pub credentials: Vec<CredentialInfo>,
+    }
+}
+
+wire_struct! {
+    pub struct DescribeUsersResponse {
+        pub error_code: ErrorCode,
+        pub error_message: Option<String>,
+        pub users: Vec<UserDescription>,
+    }
+}
+
+wire_struct! {
+    /// One ACL, with Kafka's numeric codes: resource type topic 2, group 3, cluster 4;
+    /// pattern literal 3, prefixed 4; operation all 2, read 3, write 4, create 5, delete 6,
+    /// alter 7, describe 8, cluster_action 9, describe_configs 10, alter_configs 11,
+    /// idempotent_write 12; permission deny 2, allow 3.
+    pub struct AclEntry {
+        pub resource_type: u8,
+        pub resource_name: String,
+        pub pattern_type: u8,
+        pub principal: String,
+        pub host: String,
+        pub operation: u8,
+        pub permission: u8,
+    }
+}
+
+wire_struct! {
+    /// Names ACLs: code 1 (any) or an absent string matches everything; pattern 2 (match)
+    /// names every ACL that applies to `resource_name`.
+    pub struct AclFilterEntry {
+        pub resource_type: u8,
+        pub resource_name: Option<String>,
+        pub pattern_type: u8,
+        pub principal: Option<String>,
+        pub host: Option<String>,
+        pub operation: u8,
+        pub permission: u8,
+    }
+}
+
+wire_struct! {
+    pub struct CreateAclsRequest {
+        pub acls: Vec<AclEntry>,
+    }
+}
+
+wire_struct! {
+    pub struct AclResult {
+        pub error_code: ErrorCode,
+        pub error_message: Option<String>,
+    }
+}
+
+wire_struct! {
+    /// One result per ACL, in order.
+    pub struct CreateAclsResponse {
+        pub results: Vec<AclResult>,
+    }
+}
+
+wire_struct! {
+    pub struct DescribeAclsRequest {
+        pub filter: AclFilterEntry,
+    }
+}
+
+wire_struct! {
+    pub struct DescribeAclsResponse {
+        pub error_code: ErrorCode,
+        pub error_message: Option<String>,
+        pub acls: Vec<AclEntry>,
+    }
+}
+
+wire_struct! {
+    pub struct DeleteAclsRequest {
+        pub filters: Vec<AclFilterEntry>,
+    }
+}
+
+wire_struct! {
+    /// The ACLs one filter deleted.
+    pub struct DeleteAclsResult {
+        pub error_code: ErrorCode,
+        pub error_message: Option<String>,
+        pub deleted: Vec<AclEntry>,
+    }
+}
+
+wire_struct! {
+    pub struct DeleteAclsResponse {
+        pub results: Vec<DeleteAclsResult>,
+    }
+}
+
 // ---------------------------------------------------------------- dispatch
 
 macro_rules! body_enum {
@@ -885,6 +1103,13 @@ body_enum! {
         ListGroups => ListGroupsRequest,
         DescribeGroups => DescribeGroupsRequest,
         DeleteGroups => DeleteGroupsRequest,
+        SaslHandshake => SaslHandshakeRequest,
+        SaslAuthenticate => SaslAuthenticateRequest,
+        AlterUsers => AlterUsersRequest,
+        DescribeUsers => DescribeUsersRequest,
+        CreateAcls => CreateAclsRequest,
+        DescribeAcls => DescribeAclsRequest,
+        DeleteAcls => DeleteAclsRequest,
         InitProducerId => InitProducerIdRequest,
     }
 }
@@ -909,6 +1134,13 @@ body_enum! {
         ListGroups => ListGroupsResponse,
         DescribeGroups => DescribeGroupsResponse,
         DeleteGroups => DeleteGroupsResponse,
+        SaslHandshake => SaslHandshakeResponse,
+        SaslAuthenticate => SaslAuthenticateResponse,
+        AlterUsers => AlterUsersResponse,
+        DescribeUsers => DescribeUsersResponse,
+        CreateAcls => CreateAclsResponse,
+        DescribeAcls => DescribeAclsResponse,
+        DeleteAcls => DeleteAclsResponse,
         InitProducerId => InitProducerIdResponse,
     }
 }

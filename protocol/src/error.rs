@@ -98,7 +98,20 @@ error_codes! {
     INVALID_RECORD = 28, retriable = false, "a record breaks the topic's rules: a compacted topic needs a key on every record";
     /// Broker-only traffic (a follower fetch naming a `replica_id`) on a client listener: it
     /// is served only on the inter-broker listener (`replication_listen`).
-    CLUSTER_AUTHORIZATION_FAILED = 29, retriable = false, "only brokers may send this request, and only on the inter-broker listener (replication_listen)";
+    /// Also: the principal may not do this cluster-wide operation (ACLs).
+    CLUSTER_AUTHORIZATION_FAILED = 29, retriable = false, "not authorized for this cluster operation (and follower fetches come only from brokers, on the inter-broker listener)";
+    /// The principal may not do this to the topic (ACLs).
+    TOPIC_AUTHORIZATION_FAILED = 30, retriable = false, "not authorized to access this topic; ask an operator for an ACL";
+    /// The principal may not do this to the group (ACLs).
+    GROUP_AUTHORIZATION_FAILED = 31, retriable = false, "not authorized to access this group; ask an operator for an ACL";
+    /// Wrong user or password (or a malformed SASL exchange).
+    SASL_AUTHENTICATION_FAILED = 32, retriable = false, "authentication failed: check the user name, password and mechanism";
+    /// The listener does not offer this SASL mechanism.
+    UNSUPPORTED_SASL_MECHANISM = 33, retriable = false, "the broker does not offer this SASL mechanism";
+    /// A request before authentication on a listener that requires it, or SASL out of order.
+    ILLEGAL_SASL_STATE = 34, retriable = false, "this listener requires SASL authentication first (SaslHandshake, SaslAuthenticate)";
+    /// A user (or other named resource) that does not exist.
+    RESOURCE_NOT_FOUND = 35, retriable = false, "the user or resource does not exist";
     /// This broker is not the group's coordinator.
     NOT_COORDINATOR = 100, retriable = true, "this broker is not the group's coordinator; find the coordinator again";
     /// The coordinator is loading or not elected yet.

@@ -57,6 +57,24 @@ impl Api {
                 config.request_timeout = std::time::Duration::from_secs(5);
                 config.retry_timeout = std::time::Duration::from_secs(5);
                 config.tls = crate::tls::connector(&self.state.tls, crate::tls::Listener::Client);
+                let cfg = &self.state.config;
+                if let (Some(user), Some(password)) =
+                    (&cfg.admin_api_sasl_user, &cfg.admin_api_sasl_password)
+                {
+                    let mechanism = self
+                        .state
+                        .security
+                        .mechanisms
+                        .iter()
+                        .find(|m| **m != rill_protocol::sasl::Mechanism::Plain)
+                        .or(self.state.security.mechanisms.first())
+                        .map_or("SCRAM-SHA-512", |m| m.name());
+                    config = config.with_sasl(rill_client::SaslOptions::new(
+                        mechanism,
+                        user,
+                        &password.0,
+                    )?);
+                }
                 rill_client::Client::connect(config).await.map(Admin::new)
             })
             .await

@@ -4,9 +4,11 @@
 //! the same `MetadataState`. Validation that depends on the state (does the topic exist?) happens
 //! here, at apply time, so two racing proposals cannot both succeed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+
+use crate::security::acl::{AclBinding, AclFilter};
 
 /// A node (broker) id.
 pub type NodeId = u64;
@@ -73,7 +75,34 @@ pub enum Command {
         node_id: NodeId,
         listeners: BTreeMap<String, (String, u16)>,
     },
+    /// Creates or replaces `user`'s credential for a SCRAM mechanism (`SCRAM-SHA-256` or
+    /// `SCRAM-SHA-512`): salt, iterations and the derived keys, never the password.
+    UpsertScramCredential {
+        user: String,
+        mechanism: String,
+        credential: StoredCredential,
+    },
+    /// Removes `user`'s credential for a mechanism (the user goes with its last one).
+    DeleteScramCredential { user: String, mechanism: String },
+    /// Adds ACLs (those already present stay once).
+    CreateAcls { acls: Vec<AclBinding> },
+    /// Removes every ACL each filter names; the result lists them per filter.
+    DeleteAcls { filters: Vec<AclFilter> },
 }
+
+/// A SCRAM credential as the metadata keeps it (`rill_protocol::sasl::ScramCredential`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCredential {
+    pub salt: Vec<u8>,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+    pub iterations: u32,
+}
+
+/// Most ACLs a cluster holds (each is checked by a scan on every authorized request).
+pub const ACLS_MAX: usize = 10_000;
+/// Most users a cluster holds.
+pub const USERS_MAX: usize = 100_000;
 
 /// Outcome of applying a [`Command`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -95,6 +124,10 @@ pub enum CommandResult {
         first: u64,
         count: u32,
     },
+    /// A credential to delete that does not exist.
+    UnknownUser,
+    /// Outcome of [`Command::DeleteAcls`]: the ACLs each filter removed.
+    AclsDeleted(Vec<Vec<AclBinding>>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +197,33 @@ pub struct MetadataState {
     /// Each broker's listeners besides its Rill one, by name (`"kafka"`): the address clients
     /// of that protocol reach it at ([`Command::RegisterListeners`]).
     pub listeners: BTreeMap<NodeId, BTreeMap<String, (String, u16)>>,
+    /// SCRAM credentials by user, then mechanism name ([`Command::UpsertScramCredential`]).
+    pub users: BTreeMap<String, BTreeMap<String, StoredCredential>>,
+    /// The ACLs ([`Command::CreateAcls`]).
+    pub acls: BTreeSet<AclBinding>,
+}
+
+/// The second shape of [`MetadataState`] (V2 snapshots), before `users` and `acls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MetadataStateV2 {
+    pub brokers: BTreeMap<NodeId, BrokerInfo>,
+    pub topics: BTreeMap<String, TopicInfo>,
+    pub cluster_id: Option<String>,
+    pub next_producer_id: u64,
+    pub listeners: BTreeMap<NodeId, BTreeMap<String, (String, u16)>>,
+}
+
+impl From<MetadataStateV2> for MetadataState {
+    fn from(v2: MetadataStateV2) -> MetadataState {
+        MetadataState {
+            brokers: v2.brokers,
+            topics: v2.topics,
+            cluster_id: v2.cluster_id,
+            next_producer_id: v2.next_producer_id,
+            listeners: v2.listeners,
+            ..Default::default()
+        }
+    }
 }
 
 /// The first shape of [`MetadataState`] (data format 1 snapshots), before `listeners`.
@@ -182,7 +242,7 @@ impl From<MetadataStateV1> for MetadataState {
             topics: v1.topics,
             cluster_id: v1.cluster_id,
             next_producer_id: v1.next_producer_id,
-            listeners: BTreeMap::new(),
+            ..Default::default()
         }
     }
 }
@@ -239,6 +299,67 @@ impl MetadataState {
                     },
                 );
                 CommandResult::Ok
+            }
+            Command::UpsertScramCredential {
+                user,
+                mechanism,
+                credential,
+            } => {
+                if user.is_empty() || user.len() > 255 {
+                    return CommandResult::Invalid("user names are 1-255 bytes".into());
+                }
+                if !matches!(mechanism.as_str(), "SCRAM-SHA-256" | "SCRAM-SHA-512") {
+                    return CommandResult::Invalid(format!("unknown SCRAM mechanism {mechanism}"));
+                }
+                if !self.users.contains_key(user) && self.users.len() >= USERS_MAX {
+                    return CommandResult::Invalid(format!("the cluster holds {USERS_MAX} users"));
+                }
+                self.users
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(mechanism.clone(), credential.clone());
+                CommandResult::Ok
+            }
+            Command::DeleteScramCredential { user, mechanism } => {
+                let Some(credentials) = self.users.get_mut(user) else {
+                    return CommandResult::UnknownUser;
+                };
+                if credentials.remove(mechanism).is_none() {
+                    return CommandResult::UnknownUser;
+                }
+                if credentials.is_empty() {
+                    self.users.remove(user);
+                }
+                CommandResult::Ok
+            }
+            Command::CreateAcls { acls } => {
+                let new = acls.iter().filter(|a| !self.acls.contains(a)).count();
+                if self.acls.len() + new > ACLS_MAX {
+                    return CommandResult::Invalid(format!(
+                        "the cluster holds {} ACLs; {new} more would pass {ACLS_MAX}",
+                        self.acls.len()
+                    ));
+                }
+                self.acls.extend(acls.iter().cloned());
+                CommandResult::Ok
+            }
+            Command::DeleteAcls { filters } => {
+                let deleted = filters
+                    .iter()
+                    .map(|filter| {
+                        let matched: Vec<AclBinding> = self
+                            .acls
+                            .iter()
+                            .filter(|a| filter.matches(a))
+                            .cloned()
+                            .collect();
+                        for acl in &matched {
+                            self.acls.remove(acl);
+                        }
+                        matched
+                    })
+                    .collect();
+                CommandResult::AclsDeleted(deleted)
             }
             Command::DeleteTopic { name } => match self.topics.remove(name) {
                 Some(_) => CommandResult::Ok,

@@ -169,6 +169,7 @@ pub(crate) async fn serve(
             let Stream {
                 read: read_half,
                 write: mut stream,
+                ..
             } = match Stream::accept(stream, acceptor, read_timeout).await {
                 Ok(stream) => stream,
                 Err(e) => {

@@ -14,7 +14,9 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::controller::metadata::{CommandResult, MetadataState, MetadataStateV1, NodeId};
+use crate::controller::metadata::{
+    CommandResult, MetadataState, MetadataStateV1, MetadataStateV2, NodeId,
+};
 use crate::controller::TypeConfig;
 
 /// A snapshot file. postcard is not self-describing: a change to `MetadataState`'s shape adds a
@@ -30,6 +32,11 @@ enum StoredSnapshot {
     /// And the brokers' other listeners (the Kafka addresses).
     V2 {
         meta: SnapshotMeta<NodeId, BasicNode>,
+        state: MetadataStateV2,
+    },
+    /// And users (SCRAM credentials) and ACLs.
+    V3 {
+        meta: SnapshotMeta<NodeId, BasicNode>,
         state: MetadataState,
     },
 }
@@ -38,13 +45,16 @@ impl StoredSnapshot {
     fn into_parts(self) -> (SnapshotMeta<NodeId, BasicNode>, MetadataState) {
         match self {
             StoredSnapshot::V1 { meta, state } => (meta, state.into()),
-            StoredSnapshot::V2 { meta, state } => (meta, state),
+            StoredSnapshot::V2 { meta, state } => (meta, state.into()),
+            StoredSnapshot::V3 { meta, state } => (meta, state),
         }
     }
 
     fn meta(&self) -> &SnapshotMeta<NodeId, BasicNode> {
         match self {
-            StoredSnapshot::V1 { meta, .. } | StoredSnapshot::V2 { meta, .. } => meta,
+            StoredSnapshot::V1 { meta, .. }
+            | StoredSnapshot::V2 { meta, .. }
+            | StoredSnapshot::V3 { meta, .. } => meta,
         }
     }
 }
@@ -179,7 +189,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.snapshots_built += 1;
         SnapshotBuilder {
             dir: self.dir.clone(),
-            snapshot: StoredSnapshot::V2 {
+            snapshot: StoredSnapshot::V3 {
                 meta: self.snapshot_meta(),
                 state: self.state.clone(),
             },
@@ -203,7 +213,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e))
             })?
             .into_parts();
-        let stored = StoredSnapshot::V2 {
+        let stored = StoredSnapshot::V3 {
             meta: meta.clone(),
             state: state.clone(),
         };
@@ -281,9 +291,16 @@ mod tests {
             }),
             CommandResult::Invalid(_)
         ));
+        let v2 = MetadataStateV2 {
+            brokers: state.brokers.clone(),
+            topics: state.topics.clone(),
+            cluster_id: state.cluster_id.clone(),
+            next_producer_id: state.next_producer_id,
+            listeners: state.listeners.clone(),
+        };
         let bytes = postcard::to_allocvec(&StoredSnapshot::V2 {
             meta: SnapshotMeta::default(),
-            state: state.clone(),
+            state: v2,
         })
         .unwrap();
         let (_, again) = postcard::from_bytes::<StoredSnapshot>(&bytes)
@@ -291,5 +308,78 @@ mod tests {
             .into_parts();
         assert_eq!(again, state);
         assert_eq!(again.listeners[&1], listeners);
+        assert!(again.users.is_empty() && again.acls.is_empty());
+    }
+
+    #[test]
+    fn users_and_acls_survive_a_format_3_snapshot() {
+        use crate::controller::metadata::StoredCredential;
+        use crate::security::acl::*;
+        let mut state = MetadataState::default();
+        let credential = StoredCredential {
+            salt: vec![1; 32],
+            stored_key: vec![2; 32],
+            server_key: vec![3; 32],
+            iterations: 4096,
+        };
+        for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
+            assert_eq!(
+                state.apply(&Command::UpsertScramCredential {
+                    user: "alice".into(),
+                    mechanism: mechanism.into(),
+                    credential: credential.clone(),
+                }),
+                CommandResult::Ok
+            );
+        }
+        assert!(matches!(
+            state.apply(&Command::UpsertScramCredential {
+                user: "alice".into(),
+                mechanism: "PLAIN".into(),
+                credential: credential.clone(),
+            }),
+            CommandResult::Invalid(_)
+        ));
+        let acl = AclBinding {
+            resource_type: ResourceType::Topic,
+            pattern_type: PatternType::Prefixed,
+            resource_name: "orders".into(),
+            principal: "User:alice".into(),
+            host: "*".into(),
+            operation: Operation::Write,
+            permission: Permission::Allow,
+        };
+        let create = Command::CreateAcls {
+            acls: vec![acl.clone()],
+        };
+        assert_eq!(state.apply(&create), CommandResult::Ok);
+        assert_eq!(state.apply(&create), CommandResult::Ok);
+        assert_eq!(state.acls.len(), 1);
+        let bytes = postcard::to_allocvec(&StoredSnapshot::V3 {
+            meta: SnapshotMeta::default(),
+            state: state.clone(),
+        })
+        .unwrap();
+        let (_, mut again) = postcard::from_bytes::<StoredSnapshot>(&bytes)
+            .unwrap()
+            .into_parts();
+        assert_eq!(again, state);
+        assert_eq!(
+            again.apply(&Command::DeleteAcls {
+                filters: vec![AclFilter {
+                    principal: Some("User:alice".into()),
+                    ..Default::default()
+                }]
+            }),
+            CommandResult::AclsDeleted(vec![vec![acl]])
+        );
+        assert!(again.acls.is_empty());
+        let delete = Command::DeleteScramCredential {
+            user: "alice".into(),
+            mechanism: "SCRAM-SHA-256".into(),
+        };
+        assert_eq!(again.apply(&delete), CommandResult::Ok);
+        assert_eq!(again.apply(&delete), CommandResult::UnknownUser);
+        assert_eq!(again.users["alice"].len(), 1);
     }
 }

@@ -43,8 +43,10 @@ use rill_protocol::ErrorCode;
 
 use super::errors::kafka_code;
 use super::groups;
+use super::security;
 use crate::group::coordinator::OFFSETS_TOPIC;
 use crate::ops;
+use crate::security::Session;
 use crate::server::BrokerState;
 
 /// Every API this listener serves and the versions of it, as ApiVersions advertises them
@@ -73,6 +75,15 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::DescribeConfigs, 1, 4),
+    // v0: the SASL tokens follow as bare size-prefixed frames (`kafka::start` reads them);
+    // v1: they travel in SaslAuthenticate. librdkafka asks for the range 0-1.
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 /// The version range served for `api`, if it is served.
@@ -84,7 +95,7 @@ pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
 }
 
 /// The answer to a request of an API that is not served but that a client may send anyway:
-/// transactions and SASL, which clients configured for them ask for even when ApiVersions
+/// transactions, which clients configured for them ask for even when ApiVersions
 /// does not list them. Every result carries UNSUPPORTED_VERSION, so the client gets an error
 /// naming the cause rather than a closed connection, after which it would reconnect and ask
 /// again. `None` for any other API (the connection is closed, as Kafka does).
@@ -99,8 +110,7 @@ pub fn unserved(request: RequestKind) -> Option<ResponseKind> {
     };
     use kafka_protocol::messages::{
         AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, DescribeTransactionsResponse,
-        EndTxnResponse, ListTransactionsResponse, SaslAuthenticateResponse, SaslHandshakeResponse,
-        TxnOffsetCommitResponse,
+        EndTxnResponse, ListTransactionsResponse, TxnOffsetCommitResponse,
     };
     let code = kafka_code(ErrorCode::UNSUPPORTED_API);
     let txn_topics = |topics: &[AddPartitionsToTxnTopic]| {
@@ -124,16 +134,6 @@ pub fn unserved(request: RequestKind) -> Option<ResponseKind> {
             .collect::<Vec<_>>()
     };
     Some(match request {
-        RequestKind::SaslHandshake(_) => {
-            ResponseKind::SaslHandshake(SaslHandshakeResponse::default().with_error_code(code))
-        }
-        RequestKind::SaslAuthenticate(_) => ResponseKind::SaslAuthenticate(
-            SaslAuthenticateResponse::default()
-                .with_error_code(code)
-                .with_error_message(Some(StrBytes::from_static_str(
-                    "SASL is not supported by Rill yet",
-                ))),
-        ),
         RequestKind::AddPartitionsToTxn(request) => ResponseKind::AddPartitionsToTxn(
             AddPartitionsToTxnResponse::default()
                 .with_error_code(code)
@@ -235,8 +235,34 @@ pub async fn start(
     request: RequestKind,
     version: i16,
     client: &groups::Client,
+    session: &mut Session,
 ) -> Result<Reply, String> {
     Ok(match request {
+        RequestKind::SaslHandshake(request) => ready(ResponseKind::SaslHandshake(
+            security::sasl_handshake(state, session, request, version),
+        )),
+        RequestKind::SaslAuthenticate(request) => ready(ResponseKind::SaslAuthenticate(
+            security::sasl_authenticate(state, session, request).await,
+        )),
+        RequestKind::CreateAcls(request) => ready(ResponseKind::CreateAcls(
+            security::create_acls(state, session, request).await,
+        )),
+        RequestKind::DescribeAcls(request) => ready(ResponseKind::DescribeAcls(
+            security::describe_acls(state, session, request),
+        )),
+        RequestKind::DeleteAcls(request) => ready(ResponseKind::DeleteAcls(
+            security::delete_acls(state, session, request).await,
+        )),
+        RequestKind::AlterUserScramCredentials(request) => {
+            ready(ResponseKind::AlterUserScramCredentials(
+                security::alter_user_scram_credentials(state, session, request).await,
+            ))
+        }
+        RequestKind::DescribeUserScramCredentials(request) => {
+            ready(ResponseKind::DescribeUserScramCredentials(
+                security::describe_user_scram_credentials(state, session, request),
+            ))
+        }
         RequestKind::ApiVersions(_) => ready(ResponseKind::ApiVersions(api_versions(0))),
         RequestKind::Metadata(request) => ready(ResponseKind::Metadata(
             metadata(state, request, version).await,

@@ -18,6 +18,7 @@ mod errors;
 mod fetch;
 pub mod groups;
 pub mod handlers;
+mod security;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use tokio::sync::mpsc;
 
 pub use errors::kafka_code;
 
+use crate::security::Session;
 use crate::server::connection::{next_frame, serve_with, BoxRead, Outgoing, Stream};
 use crate::server::limits::{Frame, FrameReader, PeerSlot};
 use crate::server::BrokerState;
@@ -47,7 +49,10 @@ pub(crate) async fn serve(
         socket,
         peer,
         slot,
-        |state, frames, queue| async move { read_loop(&state, frames, queue, peer).await },
+        crate::tls::Listener::Kafka,
+        |state, frames, queue, session| async move {
+            read_loop(&state, frames, queue, peer, session).await
+        },
     )
     .await
 }
@@ -57,6 +62,7 @@ async fn read_loop(
     mut frames: FrameReader<BoxRead>,
     queue: mpsc::Sender<Outgoing>,
     peer: SocketAddr,
+    mut session: Session,
 ) {
     // Kafka frames: a 4-byte big-endian size, then the request; the size is checked against
     // `max_frame_bytes` and the frame's memory granted before its body is read.
@@ -71,12 +77,15 @@ async fn read_loop(
                 return;
             }
         };
-        let started = start(state, frame, peer).await;
+        let started = start(state, frame, peer, &mut session).await;
         drop(grant);
         match started {
             Ok(outgoing) => {
                 if queue.send(outgoing).await.is_err() {
                     return; // the writer failed: the peer is gone
+                }
+                if session.failed() {
+                    return; // authentication failed: answered, then the connection closes
                 }
             }
             Err(reason) => {
@@ -92,7 +101,18 @@ async fn start(
     state: &Arc<BrokerState>,
     mut frame: Bytes,
     peer: SocketAddr,
+    session: &mut Session,
 ) -> Result<Outgoing, String> {
+    if session.awaits_bare_token() {
+        // SaslHandshake v0: this frame is a SASL token, answered by a bare size-prefixed
+        // token; a refusal closes the connection (there is no frame to carry an error).
+        let token = session
+            .authenticate(state, frame)
+            .await
+            .map_err(|(_, e)| format!("SASL authentication failed: {e}"))?;
+        let size = Bytes::copy_from_slice(&(token.len() as u32).to_be_bytes());
+        return Ok(futures::future::ready(Some(vec![size, token])).boxed());
+    }
     if frame.len() < 8 {
         return Err(format!("a {}-byte request has no header", frame.len()));
     }
@@ -135,6 +155,17 @@ async fn start(
         .map_err(|e| format!("{api:?} v{version}: undecodable request header: {e}"))?;
     let request = RequestKind::decode(api, &mut frame, version)
         .map_err(|e| format!("{api:?} v{version}: undecodable request body: {e}"))?;
+    if !session.may_serve()
+        && !matches!(
+            api,
+            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        )
+    {
+        // Kafka closes such a connection (IllegalSaslStateException).
+        return Err(format!(
+            "{api:?} before SASL authentication on a listener that requires it"
+        ));
+    }
     tracing::trace!(?api, version, correlation_id, client_id = ?header.client_id, "Kafka request");
     let client = groups::Client {
         client_id: header
@@ -145,7 +176,7 @@ async fn start(
         host: format!("/{}", peer.ip()),
     };
     let in_flight = state.metrics.request_started("kafka");
-    let reply = handlers::start(state, request, version, &client)
+    let reply = handlers::start(state, request, version, &client, session)
         .await
         .map_err(|e| format!("{api:?} v{version}: {e}"))?;
     let header_version = api.response_header_version(version);
@@ -228,6 +259,13 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeCluster => "DescribeCluster",
         ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
         ApiKey::DescribeConfigs => "DescribeConfigs",
+        ApiKey::SaslHandshake => "SaslHandshake",
+        ApiKey::SaslAuthenticate => "SaslAuthenticate",
+        ApiKey::CreateAcls => "CreateAcls",
+        ApiKey::DescribeAcls => "DescribeAcls",
+        ApiKey::DeleteAcls => "DeleteAcls",
+        ApiKey::DescribeUserScramCredentials => "DescribeUserScramCredentials",
+        ApiKey::AlterUserScramCredentials => "AlterUserScramCredentials",
         _ => "other",
     }
 }

@@ -9,6 +9,7 @@
 //! requests on one connection take effect in order, and returns the rest (waiting for
 //! replication, a fetch's long poll) as a future.
 
+pub mod acls;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_topics;
@@ -21,6 +22,7 @@ pub mod list_offsets;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod users;
 
 use std::sync::Arc;
 

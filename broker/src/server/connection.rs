@@ -32,6 +32,8 @@ use tokio::sync::mpsc;
 use super::handlers::{self, Pending};
 use super::limits::{Frame, FrameError, FrameReader, PeerSlot};
 use super::BrokerState;
+use crate::security::Session;
+use crate::tls::Listener;
 
 /// The reading half of an accepted connection (plain TCP or TLS).
 pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
@@ -42,6 +44,8 @@ pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 pub(crate) struct Stream {
     pub read: BoxRead,
     pub write: BoxWrite,
+    /// The client's certificate (DER), when it presented one in a TLS handshake.
+    pub certificate: Option<Vec<u8>>,
 }
 
 impl Stream {
@@ -57,14 +61,22 @@ impl Stream {
             return Ok(Stream {
                 read: Box::new(read),
                 write: Box::new(write),
+                certificate: None,
             });
         };
         match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
             Ok(Ok(tls)) => {
+                let certificate = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|der| der.as_ref().to_vec());
                 let (read, write) = tokio::io::split(tls);
                 Ok(Stream {
                     read: Box::new(read),
                     write: Box::new(write),
+                    certificate,
                 })
             }
             Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
@@ -84,16 +96,26 @@ pub(crate) async fn serve_with<F, Fut>(
     socket: Stream,
     peer: SocketAddr,
     slot: PeerSlot,
+    listener: Listener,
     read: F,
 ) where
-    F: FnOnce(Arc<BrokerState>, FrameReader<BoxRead>, mpsc::Sender<Outgoing>) -> Fut,
+    F: FnOnce(Arc<BrokerState>, FrameReader<BoxRead>, mpsc::Sender<Outgoing>, Session) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     tracing::debug!(%peer, "connection opened");
     let Stream {
         read: read_half,
         write: write_half,
+        certificate,
     } = socket;
+    let principal = certificate.and_then(|der| {
+        let principal = state.security.certificate_principal(&der);
+        if principal.is_none() {
+            tracing::warn!(%peer, "the client certificate's subject could not be read; the connection is anonymous");
+        }
+        principal
+    });
+    let session = Session::new(&state, listener, peer.ip(), principal);
     let frames = FrameReader::new(
         read_half,
         slot,
@@ -102,7 +124,7 @@ pub(crate) async fn serve_with<F, Fut>(
     );
     let (queue, pending) = mpsc::channel::<Outgoing>(state.config.in_flight_requests_max);
     let writer = tokio::spawn(write_loop(write_half, pending, peer));
-    read(state, frames, queue).await;
+    read(state, frames, queue, session).await;
     // The queue is closed: the writer sends what is pending and ends.
     if let Err(e) = writer.await {
         tracing::warn!(%peer, "connection writer failed: {e}");
@@ -118,9 +140,16 @@ pub(super) async fn serve(
     slot: PeerSlot,
 ) {
     let _open = state.metrics.connection("rill");
-    serve_with(state, socket, peer, slot, |state, frames, queue| async move {
-        read_loop(&state, frames, queue, peer, Door::Client).await
-    })
+    serve_with(
+        state,
+        socket,
+        peer,
+        slot,
+        Listener::Client,
+        |state, frames, queue, session| async move {
+            read_loop(&state, frames, queue, peer, Door::Client, session).await
+        },
+    )
     .await
 }
 
@@ -138,8 +167,9 @@ pub(super) async fn serve_inter_broker(
         socket,
         peer,
         slot,
-        |state, frames, queue| async move {
-            read_loop(&state, frames, queue, peer, Door::InterBroker).await
+        Listener::Replication,
+        |state, frames, queue, session| async move {
+            read_loop(&state, frames, queue, peer, Door::InterBroker, session).await
         },
     )
     .await
@@ -178,6 +208,7 @@ async fn read_loop(
     queue: mpsc::Sender<Outgoing>,
     peer: SocketAddr,
     door: Door,
+    mut session: Session,
 ) {
     let listener = match door {
         Door::Client => "rill",
@@ -223,7 +254,7 @@ async fn read_loop(
         let api = rill_protocol::api::ApiKey::from_u16(frame.header.api_key)
             .map_or("unknown", rill_protocol::api::ApiKey::name);
         let in_flight = state.metrics.request_started(listener);
-        let reply = handlers::start(state, frame, peer, door).await;
+        let reply = handlers::start(state, frame, peer, door, &mut session).await;
         // The request's order-sensitive part is done and its frame dropped: its memory is free.
         drop(grant);
         let metrics = state.metrics.clone();
@@ -236,6 +267,9 @@ async fn read_loop(
             .boxed();
         if queue.send(framed(correlation_id, reply)).await.is_err() {
             return; // the writer failed: the peer is gone
+        }
+        if session.failed() {
+            return; // authentication failed: the answer is sent, then the connection closes
         }
     }
 }

@@ -79,6 +79,8 @@ pub struct BrokerState {
     pub inter_broker_limits: Arc<limits::Limits>,
     /// TLS of the listeners and of connections to other brokers (`None`: all plain).
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// SASL, ACL and principal settings (docs/SECURITY.md).
+    pub security: crate::security::Security,
 }
 
 impl BrokerState {
@@ -218,6 +220,7 @@ impl Broker {
         let log_config = config.log_config()?;
         // TLS files are read (and refused, naming the file) before anything else starts.
         let tls = crate::tls::Tls::from_config(&config)?;
+        let security = crate::security::Security::from_config(&config)?;
         let data_dir = config.data_dir.clone();
         let (node_id, cluster_id) = (config.node_id, config.cluster_id.clone());
         // The directory is locked and its meta.properties checked now; its logs are opened
@@ -356,6 +359,7 @@ impl Broker {
         let (client_limits, inter_broker_limits) = (limits(), limits());
         let state = Arc::new(BrokerState {
             tls,
+            security,
             client_limits,
             inter_broker_limits,
             incarnation,
@@ -384,6 +388,7 @@ impl Broker {
         tracker.spawn(heartbeat_loop(state.clone()));
         tracker.spawn(register_and_reconcile(state.clone()));
         tracker.spawn(register_listeners(state.clone()));
+        tracker.spawn(crate::security::bootstrap_user(state.clone()));
         tracker.spawn(storage_tick(state.clone()));
         tracker.spawn(cleaner_loop(state.clone()));
         tracker.spawn(replica_tick(state.clone()));

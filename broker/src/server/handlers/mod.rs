@@ -12,13 +12,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use rill_protocol::api::{RequestBody, ResponseBody};
+use rill_protocol::api::{
+    RequestBody, ResponseBody, SaslAuthenticateResponse, SaslHandshakeResponse,
+};
 use rill_protocol::frame::RequestFrame;
 use rill_protocol::ErrorCode;
 
 use super::connection::Door;
 use super::BrokerState;
 use crate::ops;
+use crate::security::Session;
 
 /// A response still being produced: `None` means "send nothing" (produce with acks = 0);
 /// otherwise the request-level error code and the body's chunks.
@@ -31,15 +34,21 @@ pub fn error_reply(code: ErrorCode) -> Pending {
 
 /// A complete response body.
 fn reply(body: ResponseBody) -> Pending {
-    futures::future::ready(Some((ErrorCode::NONE, vec![body.encode_to_bytes()]))).boxed()
+    reply_with(ErrorCode::NONE, body)
 }
 
-/// Decodes and starts one request that came in on `door`.
+/// A complete response body with a request-level error code.
+fn reply_with(code: ErrorCode, body: ResponseBody) -> Pending {
+    futures::future::ready(Some((code, vec![body.encode_to_bytes()]))).boxed()
+}
+
+/// Decodes and starts one request that came in on `door`, from `session`.
 pub async fn start(
     state: &Arc<BrokerState>,
     frame: RequestFrame,
     peer: SocketAddr,
     door: Door,
+    session: &mut Session,
 ) -> Pending {
     let header = frame.header;
     let request = match RequestBody::decode(header.api_key, header.api_version, frame.body) {
@@ -49,8 +58,59 @@ pub async fn start(
             return error_reply(e.error_code());
         }
     };
+    if !session.may_serve()
+        && !matches!(
+            request,
+            RequestBody::ApiVersions(_)
+                | RequestBody::SaslHandshake(_)
+                | RequestBody::SaslAuthenticate(_)
+        )
+    {
+        tracing::warn!(%peer, api = request.api_key().name(), client_id = %header.client_id, "request before SASL authentication on a listener that requires it; closing the connection");
+        session.refuse();
+        return error_reply(ErrorCode::ILLEGAL_SASL_STATE);
+    }
     match request {
         RequestBody::ApiVersions(_) => api_versions::handle(),
+        RequestBody::SaslHandshake(request) => {
+            let (error_code, mechanisms) = session.handshake(state, &request.mechanism);
+            reply(ResponseBody::SaslHandshake(SaslHandshakeResponse {
+                error_code,
+                mechanisms,
+            }))
+        }
+        RequestBody::SaslAuthenticate(request) => {
+            match session.authenticate(state, request.auth_bytes).await {
+                Ok(auth_bytes) => reply(ResponseBody::SaslAuthenticate(SaslAuthenticateResponse {
+                    error_code: ErrorCode::NONE,
+                    error_message: None,
+                    auth_bytes,
+                })),
+                // The refusal travels in the body (with its reason), the header says success.
+                Err((error_code, message)) => {
+                    reply(ResponseBody::SaslAuthenticate(SaslAuthenticateResponse {
+                        error_code,
+                        error_message: Some(message),
+                        auth_bytes: Bytes::new(),
+                    }))
+                }
+            }
+        }
+        RequestBody::AlterUsers(request) => reply(ResponseBody::AlterUsers(
+            ops::users::alter_users(state, session, request).await,
+        )),
+        RequestBody::DescribeUsers(request) => reply(ResponseBody::DescribeUsers(
+            ops::users::describe_users(state, session, request),
+        )),
+        RequestBody::CreateAcls(request) => reply(ResponseBody::CreateAcls(
+            ops::acls::create_acls(state, session, request).await,
+        )),
+        RequestBody::DescribeAcls(request) => reply(ResponseBody::DescribeAcls(
+            ops::acls::describe_acls(state, session, request),
+        )),
+        RequestBody::DeleteAcls(request) => reply(ResponseBody::DeleteAcls(
+            ops::acls::delete_acls(state, session, request).await,
+        )),
         RequestBody::Metadata(request) => match ops::metadata::metadata(state, request).await {
             Ok(response) => reply(ResponseBody::Metadata(response)),
             Err(code) => error_reply(code),

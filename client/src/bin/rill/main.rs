@@ -6,6 +6,7 @@ mod bench;
 mod consume;
 mod group;
 mod produce;
+mod security;
 
 use std::collections::BTreeMap;
 
@@ -52,9 +53,23 @@ struct Cli {
         requires = "tls_cert"
     )]
     tls_key: Option<std::path::PathBuf>,
+    /// Authenticate with SASL as this user (the password: RILL_SASL_PASSWORD).
+    #[arg(long, global = true, env = "RILL_SASL_USER")]
+    sasl_user: Option<String>,
+    /// SASL mechanism: SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN (only over TLS).
+    #[arg(
+        long,
+        global = true,
+        env = "RILL_SASL_MECHANISM",
+        default_value = "SCRAM-SHA-512"
+    )]
+    sasl_mechanism: String,
     #[command(subcommand)]
     command: Command,
 }
+
+/// SASL settings from the command line and environment (`None`: no authentication).
+static SASL: std::sync::OnceLock<Option<rill_client::SaslOptions>> = std::sync::OnceLock::new();
 
 /// TLS settings from the command line, for every connection this run opens (`None`: plain).
 static TLS: std::sync::OnceLock<Option<rill_client::TlsOptions>> = std::sync::OnceLock::new();
@@ -101,6 +116,16 @@ enum Command {
         topic: String,
         #[command(flatten)]
         out: Output,
+    },
+    /// Users (SASL SCRAM credentials): create, delete, list.
+    User {
+        #[command(subcommand)]
+        command: security::UserCommand,
+    },
+    /// ACLs: add, remove, list.
+    Acl {
+        #[command(subcommand)]
+        command: security::AclCommand,
     },
     /// Load generator: produce or consume as fast as possible and report throughput and latency.
     Bench {
@@ -191,6 +216,9 @@ pub async fn connect(brokers: &str) -> anyhow::Result<Client> {
     if let Some(Some(tls)) = TLS.get() {
         config = config.with_tls(tls)?;
     }
+    if let Some(Some(sasl)) = SASL.get() {
+        config = config.with_sasl(sasl.clone());
+    }
     config.client_id = "rill-cli".into();
     config.retry_timeout = std::time::Duration::from_secs(15);
     Ok(Client::connect(config).await?)
@@ -205,6 +233,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     });
     let _ = TLS.set(tls);
+    let sasl = match &cli.sasl_user {
+        Some(user) => {
+            let password = std::env::var("RILL_SASL_PASSWORD").map_err(|_| {
+                anyhow::anyhow!("--sasl-user needs the password in RILL_SASL_PASSWORD")
+            })?;
+            Some(rill_client::SaslOptions::new(
+                &cli.sasl_mechanism,
+                user,
+                &password,
+            )?)
+        }
+        None => None,
+    };
+    let _ = SASL.set(sasl);
     match cli.command {
         Command::Cluster {
             command: ClusterCommand::Info { out },
@@ -269,6 +311,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench { command } => bench::run(&cli.brokers, command).await?,
         Command::Group { command } => group::run(&cli.brokers, command).await?,
+        Command::User { command } => security::user(&cli.brokers, command).await?,
+        Command::Acl { command } => security::acl(&cli.brokers, command).await?,
     }
     Ok(())
 }
