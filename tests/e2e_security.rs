@@ -230,3 +230,197 @@ async fn scram_and_plain_authenticate_on_both_protocols_and_wrong_passwords_are_
         .sum();
     assert!(failed >= 9.0, "failed authentications counted: {failed}");
 }
+
+/// `rill` as `user` failed, saying `code`.
+fn refused(output: std::process::Output, code: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "expected {code}, it succeeded");
+    assert!(stderr.contains(code), "expected {code}: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acls_allow_only_what_they_name_deny_wins_and_super_users_do_everything() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = secure_broker(
+        data.path(),
+        &["--authorization", "true", "--super-users", "User:admin"],
+    );
+    let address = broker.address.clone();
+    let kafka = broker.kafka_address.clone().expect("kafka listener");
+    let admin = |args: &[&str]| ok(rill_as(&address, "admin", ADMIN_PASSWORD, args, &[]));
+    for user in ["alice", "bob"] {
+        let password = format!("{user}-pw");
+        ok(rill_as(
+            &address,
+            "admin",
+            ADMIN_PASSWORD,
+            &["user", "create", user],
+            &[("RILL_USER_PASSWORD", password.as_str())],
+        ));
+    }
+    for topic in ["orders", "payments", "team-a.events"] {
+        admin(&["topic", "create", topic]);
+    }
+    admin(&[
+        "acl",
+        "add",
+        "--principal",
+        "User:alice",
+        "--operation",
+        "write",
+        "--topic",
+        "orders",
+    ]);
+    let alice = |args: &[&str]| rill_as(&address, "alice", "alice-pw", args, &[]);
+    let produce_as = |user: &str, topic: &str| {
+        let mut child = std::process::Command::new(cli_binary())
+            .args(["produce", topic])
+            .env("RILL_BROKERS", &address)
+            .env("RILL_SASL_USER", user)
+            .env("RILL_SASL_PASSWORD", format!("{user}-pw"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+        child.wait_with_output().unwrap()
+    };
+
+    // Alice may write orders, and nothing else.
+    ok(produce_as("alice", "orders"));
+    refused(
+        produce_as("alice", "payments"),
+        "TOPIC_AUTHORIZATION_FAILED",
+    );
+    refused(
+        produce_as("alice", "__consumer_offsets"),
+        "TOPIC_AUTHORIZATION_FAILED",
+    );
+    let consume = [
+        "consume",
+        "orders",
+        "--from-beginning",
+        "--count",
+        "1",
+        "--timeout-ms",
+        "5000",
+    ];
+    refused(alice(&consume), "TOPIC_AUTHORIZATION_FAILED");
+    refused(
+        alice(&["topic", "delete", "orders"]),
+        "TOPIC_AUTHORIZATION_FAILED",
+    );
+    refused(
+        alice(&[
+            "group",
+            "reset-offsets",
+            "g1",
+            "--topic",
+            "orders",
+            "--to-earliest",
+        ]),
+        "GROUP_AUTHORIZATION_FAILED",
+    );
+    assert_eq!(
+        ok(alice(&["topic", "list"])).trim(),
+        "orders",
+        "only what alice may describe"
+    );
+    // The same on the Kafka listener: kcat may write orders, not read it.
+    let mut args: Vec<String> = vec!["-b".into(), kafka.clone(), "-C".into(), "-t".into()];
+    args.extend([
+        "orders".into(),
+        "-e".into(),
+        "-o".into(),
+        "beginning".into(),
+    ]);
+    args.extend(kafka_sasl("SCRAM-SHA-512", "alice", "alice-pw"));
+    let output = kcat_output(&args.iter().map(String::as_str).collect::<Vec<_>>(), "");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Topic authorization failed"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Prefixed ACLs: bob reads and writes every team-a. topic, with team-a. groups.
+    for (operation, resource) in [
+        ("read", "--topic"),
+        ("write", "--topic"),
+        ("read", "--group"),
+    ] {
+        admin(&[
+            "acl",
+            "add",
+            "--principal",
+            "User:bob",
+            "--operation",
+            operation,
+            resource,
+            "team-a.",
+            "--prefixed",
+        ]);
+    }
+    ok(produce_as("bob", "team-a.events"));
+    let read = ok(rill_as(
+        &address,
+        "bob",
+        "bob-pw",
+        &[
+            "consume",
+            "team-a.events",
+            "--group",
+            "team-a.readers",
+            "--from-beginning",
+            "--count",
+            "1",
+        ],
+        &[],
+    ));
+    assert_eq!(read.trim(), "hello");
+    refused(produce_as("bob", "orders"), "TOPIC_AUTHORIZATION_FAILED");
+
+    // Deny wins: everyone may read orders, except bob.
+    admin(&[
+        "acl",
+        "add",
+        "--principal",
+        "User:*",
+        "--operation",
+        "read",
+        "--topic",
+        "orders",
+    ]);
+    admin(&[
+        "acl",
+        "add",
+        "--principal",
+        "User:bob",
+        "--operation",
+        "read",
+        "--topic",
+        "orders",
+        "--deny",
+    ]);
+    assert_eq!(ok(alice(&consume)).trim(), "hello");
+    refused(
+        rill_as(&address, "bob", "bob-pw", &consume, &[]),
+        "TOPIC_AUTHORIZATION_FAILED",
+    );
+    // Only the super user manages ACLs; removing them takes the rights back.
+    refused(alice(&["acl", "list"]), "CLUSTER_AUTHORIZATION_FAILED");
+    admin(&["acl", "remove", "--principal", "User:*"]);
+    refused(alice(&consume), "TOPIC_AUTHORIZATION_FAILED");
+
+    let mut broker = broker;
+    broker.wait_for_line("denied principal=User:alice", Duration::from_secs(10));
+    let metrics = common::scrape_metrics(broker.admin_address.as_deref().unwrap());
+    let denied: f64 = metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with("rill_authorization_denied_total"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(denied >= 8.0, "refusals counted: {denied}");
+}

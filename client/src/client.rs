@@ -394,6 +394,30 @@ impl Client {
             return Ok(partitions);
         }
         self.refresh_metadata().await?;
+        if let Some(partitions) = self.cached(|m| m.topics.get(topic).cloned()) {
+            return Ok(partitions);
+        }
+        // A listing leaves out topics the principal may not describe (ACLs): asked by name,
+        // the broker says so, and the error says why instead of "unknown topic".
+        let named = self
+            .request_any(RequestBody::Metadata(MetadataRequest {
+                topics: Some(vec![topic.to_string()]),
+            }))
+            .await?;
+        if let ResponseBody::Metadata(named) = named {
+            if named
+                .topics
+                .iter()
+                .any(|t| t.name == topic && t.error_code == ErrorCode::TOPIC_AUTHORIZATION_FAILED)
+            {
+                return Err(ClientError::broker(
+                    ErrorCode::TOPIC_AUTHORIZATION_FAILED,
+                    format!("topic {topic}"),
+                    None,
+                ));
+            }
+        }
+        self.refresh_metadata().await?;
         self.cached(|m| m.topics.get(topic).cloned())
             .ok_or_else(|| {
                 ClientError::broker(

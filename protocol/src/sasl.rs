@@ -323,7 +323,7 @@ impl ClientFirst {
 
 /// A SCRAM exchange, broker side: built from the client-first message and the user's stored
 /// credential, it answers server-first, then checks client-final.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ScramServer {
     mechanism: Mechanism,
     user: String,

@@ -180,14 +180,18 @@ pub async fn topics(State(api): State<Arc<Api>>) -> Answer {
 
 /// `GET /v1/topics/{topic}`: `rill topic describe --format json`, and the topic's configs.
 pub async fn topic(State(api): State<Arc<Api>>, Path(topic): Path<String>) -> Answer {
-    let configs =
-        crate::ops::describe_configs::topic_configs(&api.state, &topic).map_err(|code| {
-            ApiError::from(ClientError::Broker {
-                code,
-                context: format!("describe topic {topic}"),
-                message: None,
-            })
-        })?;
+    let configs = crate::ops::describe_configs::topic_configs(
+        &api.state,
+        &crate::security::Session::internal(),
+        &topic,
+    )
+    .map_err(|code| {
+        ApiError::from(ClientError::Broker {
+            code,
+            context: format!("describe topic {topic}"),
+            message: None,
+        })
+    })?;
     let partitions = api.admin().await?.describe_topic(&topic).await?;
     let configs: Vec<Value> = configs
         .into_iter()

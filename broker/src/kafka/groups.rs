@@ -29,6 +29,7 @@ use rill_protocol::ErrorCode;
 use super::errors::kafka_code;
 use crate::group::classic::{Join, Sync};
 use crate::ops;
+use crate::security::Session;
 use crate::server::BrokerState;
 
 /// Who sent a request (JoinGroup records it; DescribeGroups shows it).
@@ -68,6 +69,7 @@ pub fn kafka_address(state: &BrokerState, node: u64) -> Option<(String, u16)> {
 
 pub fn find_coordinator(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
@@ -76,7 +78,7 @@ pub fn find_coordinator(
             // Transaction coordinators (key type 1) are not served: no transactions yet.
             Err(ErrorCode::UNSUPPORTED_API)
         } else {
-            ops::groups::coordinator_node(state, key).and_then(|node| {
+            ops::groups::coordinator_node(state, session, key).and_then(|node| {
                 kafka_address(state, node)
                     .map(|address| (node, address))
                     .ok_or(ErrorCode::COORDINATOR_NOT_AVAILABLE)
@@ -114,6 +116,7 @@ pub fn find_coordinator(
 
 pub async fn join_group(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: JoinGroupRequest,
     version: i16,
     client: &Client,
@@ -139,7 +142,7 @@ pub async fn join_group(
         // KIP-394: from v4 a new member first gets its id.
         require_known_member_id: version >= 4,
     };
-    let joined = ops::groups::join_group(state, request.group_id.0.as_str(), join).await;
+    let joined = ops::groups::join_group(state, session, request.group_id.0.as_str(), join).await;
     JoinGroupResponse::default()
         .with_error_code(kafka_code(joined.error_code))
         .with_generation_id(joined.generation)
@@ -161,7 +164,11 @@ pub async fn join_group(
         )
 }
 
-pub async fn sync_group(state: &Arc<BrokerState>, request: SyncGroupRequest) -> SyncGroupResponse {
+pub async fn sync_group(
+    state: &Arc<BrokerState>,
+    session: &Session,
+    request: SyncGroupRequest,
+) -> SyncGroupResponse {
     let sync = Sync {
         member_id: request.member_id.as_str().to_string(),
         instance_id: opt(&request.group_instance_id),
@@ -174,7 +181,7 @@ pub async fn sync_group(state: &Arc<BrokerState>, request: SyncGroupRequest) -> 
             .map(|a| (a.member_id.as_str().to_string(), a.assignment.to_vec()))
             .collect(),
     };
-    let synced = ops::groups::sync_group(state, request.group_id.0.as_str(), sync).await;
+    let synced = ops::groups::sync_group(state, session, request.group_id.0.as_str(), sync).await;
     SyncGroupResponse::default()
         .with_error_code(kafka_code(synced.error_code))
         .with_protocol_type(synced.protocol_type.map(text))
@@ -182,9 +189,14 @@ pub async fn sync_group(state: &Arc<BrokerState>, request: SyncGroupRequest) -> 
         .with_assignment(Bytes::from(synced.assignment))
 }
 
-pub async fn heartbeat(state: &Arc<BrokerState>, request: HeartbeatRequest) -> HeartbeatResponse {
+pub async fn heartbeat(
+    state: &Arc<BrokerState>,
+    session: &Session,
+    request: HeartbeatRequest,
+) -> HeartbeatResponse {
     let code = ops::groups::classic_heartbeat(
         state,
+        session,
         request.group_id.0.as_str(),
         request.member_id.as_str(),
         request.group_instance_id.as_ref().map(|s| s.as_str()),
@@ -196,6 +208,7 @@ pub async fn heartbeat(state: &Arc<BrokerState>, request: HeartbeatRequest) -> H
 
 pub async fn leave_group(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: LeaveGroupRequest,
     version: i16,
 ) -> LeaveGroupResponse {
@@ -208,7 +221,7 @@ pub async fn leave_group(
     } else {
         vec![(request.member_id.as_str().to_string(), None)]
     };
-    match ops::groups::leave_group(state, request.group_id.0.as_str(), &members).await {
+    match ops::groups::leave_group(state, session, request.group_id.0.as_str(), &members).await {
         Err(code) => LeaveGroupResponse::default().with_error_code(kafka_code(code)),
         Ok(codes) if version < 3 => LeaveGroupResponse::default()
             .with_error_code(kafka_code(codes.first().copied().unwrap_or_default())),
@@ -229,6 +242,7 @@ pub async fn leave_group(
 
 pub async fn offset_commit(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     // Offsets a Kafka client cannot mean (negative) are refused per partition.
@@ -258,7 +272,7 @@ pub async fn offset_commit(
             .collect(),
     };
     let instance_id = opt(&request.group_instance_id);
-    let response = ops::groups::offset_commit_as(state, commit, instance_id).await;
+    let response = ops::groups::offset_commit_as(state, session, commit, instance_id).await;
     let answered: std::collections::HashMap<(&str, u32), ErrorCode> = response
         .topics
         .iter()
@@ -305,6 +319,7 @@ type Fetched = (i16, Vec<(String, Vec<(i32, i64, Option<String>)>)>);
 
 async fn fetch_offsets(
     state: &Arc<BrokerState>,
+    session: &Session,
     group_id: String,
     topics: Option<Vec<(String, Vec<i32>)>>,
 ) -> Fetched {
@@ -323,7 +338,7 @@ async fn fetch_offsets(
                 .collect()
         }),
     };
-    let response = ops::groups::offset_fetch(state, request).await;
+    let response = ops::groups::offset_fetch(state, session, request).await;
     let topics = response
         .topics
         .into_iter()
@@ -344,6 +359,7 @@ async fn fetch_offsets(
 
 pub async fn offset_fetch(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
@@ -356,8 +372,13 @@ pub async fn offset_fetch(
                     .map(|t| (t.name.0.as_str().to_string(), t.partition_indexes))
                     .collect()
             });
-            let (error_code, topics) =
-                fetch_offsets(state, group.group_id.0.as_str().to_string(), topics).await;
+            let (error_code, topics) = fetch_offsets(
+                state,
+                session,
+                group.group_id.0.as_str().to_string(),
+                topics,
+            )
+            .await;
             let topics = topics
                 .into_iter()
                 .map(|(name, partitions)| {
@@ -392,8 +413,13 @@ pub async fn offset_fetch(
             .map(|t| (t.name.0.as_str().to_string(), t.partition_indexes))
             .collect()
     });
-    let (error_code, topics) =
-        fetch_offsets(state, request.group_id.0.as_str().to_string(), topics).await;
+    let (error_code, topics) = fetch_offsets(
+        state,
+        session,
+        request.group_id.0.as_str().to_string(),
+        topics,
+    )
+    .await;
     let topics = topics
         .into_iter()
         .map(|(name, partitions)| {
@@ -421,14 +447,18 @@ pub async fn offset_fetch(
         .with_topics(topics)
 }
 
-pub fn list_groups(state: &Arc<BrokerState>, request: ListGroupsRequest) -> ListGroupsResponse {
+pub fn list_groups(
+    state: &Arc<BrokerState>,
+    session: &Session,
+    request: ListGroupsRequest,
+) -> ListGroupsResponse {
     let wanted = |filter: &[StrBytes], value: &str| {
         filter.is_empty()
             || filter
                 .iter()
                 .any(|f| f.as_str().eq_ignore_ascii_case(value))
     };
-    let groups = ops::groups::list_group_views(state)
+    let groups = ops::groups::list_group_views(state, session)
         .into_iter()
         .filter_map(|(listing, protocol_type, classic)| {
             // Kafka 4's group types: "classic" for JoinGroup groups, "consumer" for the
@@ -450,6 +480,7 @@ pub fn list_groups(state: &Arc<BrokerState>, request: ListGroupsRequest) -> List
 
 pub async fn describe_groups(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: DescribeGroupsRequest,
 ) -> DescribeGroupsResponse {
     let ids = request
@@ -457,7 +488,7 @@ pub async fn describe_groups(
         .iter()
         .map(|g| g.0.as_str().to_string())
         .collect();
-    let groups = ops::groups::describe_group_views(state, ids)
+    let groups = ops::groups::describe_group_views(state, session, ids)
         .await
         .into_iter()
         .map(|view| {
@@ -503,6 +534,7 @@ pub async fn describe_groups(
 
 pub async fn delete_groups(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: DeleteGroupsRequest,
 ) -> DeleteGroupsResponse {
     let request = rill::DeleteGroupsRequest {
@@ -512,7 +544,7 @@ pub async fn delete_groups(
             .map(|g| g.0.as_str().to_string())
             .collect(),
     };
-    let response = ops::groups::delete_groups(state, request).await;
+    let response = ops::groups::delete_groups(state, session, request).await;
     DeleteGroupsResponse::default().with_results(
         response
             .results

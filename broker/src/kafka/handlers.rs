@@ -265,72 +265,74 @@ pub async fn start(
         }
         RequestKind::ApiVersions(_) => ready(ResponseKind::ApiVersions(api_versions(0))),
         RequestKind::Metadata(request) => ready(ResponseKind::Metadata(
-            metadata(state, request, version).await,
+            metadata(state, session, request, version).await,
         )),
-        RequestKind::Produce(request) => produce(state, request).await,
-        RequestKind::Fetch(request) => fetch(state, request),
+        RequestKind::Produce(request) => produce(state, session, request).await,
+        RequestKind::Fetch(request) => fetch(state, session, request),
         RequestKind::ListOffsets(request) => ready(ResponseKind::ListOffsets(
-            list_offsets(state, request).await,
+            list_offsets(state, session, request).await,
         )),
         RequestKind::CreateTopics(request) => ready(ResponseKind::CreateTopics(
-            create_topics(state, request).await,
+            create_topics(state, session, request).await,
         )),
         RequestKind::DeleteTopics(request) => ready(ResponseKind::DeleteTopics(
-            delete_topics(state, request).await,
+            delete_topics(state, session, request).await,
         )),
         RequestKind::InitProducerId(request) => ready(ResponseKind::InitProducerId(
-            init_producer_id(state, request).await,
+            init_producer_id(state, session, request).await,
         )),
         RequestKind::FindCoordinator(request) => ready(ResponseKind::FindCoordinator(
-            groups::find_coordinator(state, request, version),
+            groups::find_coordinator(state, session, request, version),
         )),
         RequestKind::JoinGroup(request) => {
-            let (state, client) = (state.clone(), client.clone());
+            let (state, client, session) = (state.clone(), client.clone(), session.clone());
             deferred(async move {
-                ResponseKind::JoinGroup(groups::join_group(&state, request, version, &client).await)
+                ResponseKind::JoinGroup(
+                    groups::join_group(&state, &session, request, version, &client).await,
+                )
             })
         }
         RequestKind::SyncGroup(request) => {
-            let state = state.clone();
-            deferred(
-                async move { ResponseKind::SyncGroup(groups::sync_group(&state, request).await) },
-            )
+            let (state, session) = (state.clone(), session.clone());
+            deferred(async move {
+                ResponseKind::SyncGroup(groups::sync_group(&state, &session, request).await)
+            })
         }
         RequestKind::Heartbeat(request) => ready(ResponseKind::Heartbeat(
-            groups::heartbeat(state, request).await,
+            groups::heartbeat(state, session, request).await,
         )),
         RequestKind::LeaveGroup(request) => ready(ResponseKind::LeaveGroup(
-            groups::leave_group(state, request, version).await,
+            groups::leave_group(state, session, request, version).await,
         )),
         RequestKind::OffsetCommit(request) => {
-            let state = state.clone();
+            let (state, session) = (state.clone(), session.clone());
             deferred(async move {
-                ResponseKind::OffsetCommit(groups::offset_commit(&state, request).await)
+                ResponseKind::OffsetCommit(groups::offset_commit(&state, &session, request).await)
             })
         }
         RequestKind::OffsetFetch(request) => ready(ResponseKind::OffsetFetch(
-            groups::offset_fetch(state, request, version).await,
+            groups::offset_fetch(state, session, request, version).await,
         )),
         RequestKind::ListGroups(request) => ready(ResponseKind::ListGroups(groups::list_groups(
-            state, request,
+            state, session, request,
         ))),
         RequestKind::DescribeGroups(request) => ready(ResponseKind::DescribeGroups(
-            groups::describe_groups(state, request).await,
+            groups::describe_groups(state, session, request).await,
         )),
         RequestKind::DeleteGroups(request) => ready(ResponseKind::DeleteGroups(
-            groups::delete_groups(state, request).await,
+            groups::delete_groups(state, session, request).await,
         )),
         RequestKind::CreatePartitions(request) => ready(ResponseKind::CreatePartitions(
-            create_partitions(state, request).await,
+            create_partitions(state, session, request).await,
         )),
         RequestKind::DescribeCluster(request) => ready(ResponseKind::DescribeCluster(
-            describe_cluster(state, request).await,
+            describe_cluster(state, session, request).await,
         )),
         RequestKind::OffsetForLeaderEpoch(request) => ready(ResponseKind::OffsetForLeaderEpoch(
-            offset_for_leader_epoch(state, request).await,
+            offset_for_leader_epoch(state, session, request).await,
         )),
         RequestKind::DescribeConfigs(request) => ready(ResponseKind::DescribeConfigs(
-            describe_configs(state, request),
+            describe_configs(state, session, request),
         )),
         _ => return Err("served but without a handler".into()),
     })
@@ -404,6 +406,7 @@ fn brokers(state: &BrokerState) -> Vec<MetadataResponseBroker> {
 
 async fn metadata(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
@@ -425,6 +428,7 @@ async fn metadata(
         .with_controller_id(BrokerId(state.node_id as i32));
     let cluster = ops::metadata::metadata_of(
         state,
+        session,
         rill::MetadataRequest {
             topics: names.clone(),
         },
@@ -478,7 +482,7 @@ async fn metadata(
         .with_topics(topics)
 }
 
-async fn produce(state: &Arc<BrokerState>, request: ProduceRequest) -> Reply {
+async fn produce(state: &Arc<BrokerState>, session: &Session, request: ProduceRequest) -> Reply {
     let acks = match request.acks {
         0 => rill::Acks::None,
         1 => rill::Acks::Leader,
@@ -518,7 +522,7 @@ async fn produce(state: &Arc<BrokerState>, request: ProduceRequest) -> Reply {
             })
             .collect(),
     };
-    let acked = ops::produce::produce(state, produce).await;
+    let acked = ops::produce::produce(state, session, produce).await;
     async move {
         let response = acked.await?;
         let responses = response
@@ -587,7 +591,7 @@ fn produce_refused(request: &ProduceRequest, error_code: i16, text: &str) -> Pro
     )
 }
 
-fn fetch(state: &Arc<BrokerState>, request: FetchRequest) -> Reply {
+fn fetch(state: &Arc<BrokerState>, session: &Session, request: FetchRequest) -> Reply {
     // A Kafka client is always a consumer here: brokers replicate over Rill's own protocol,
     // and a `replica_id` from this port is not believed. No fetch sessions (KIP-227): the
     // answer's session id 0 tells clients to send full fetches. No transactions, so
@@ -616,7 +620,7 @@ fn fetch(state: &Arc<BrokerState>, request: FetchRequest) -> Reply {
             })
             .collect(),
     };
-    let fetched = ops::fetch::fetch(state, fetch);
+    let fetched = ops::fetch::fetch(state, session, fetch);
     async move {
         let Some(response) = fetched.await else {
             let code = kafka_code(ErrorCode::UNKNOWN_SERVER_ERROR);
@@ -634,14 +638,22 @@ fn fetch(state: &Arc<BrokerState>, request: FetchRequest) -> Reply {
                         t.partitions
                             .into_iter()
                             .map(|p| {
-                                let hw = p.high_watermark as i64;
+                                // Kafka answers an errored partition with -1 offsets
+                                // (a 0 high watermark reads as "end of partition").
+                                let failed = p.error_code != ErrorCode::NONE;
+                                let hw = if failed { -1 } else { p.high_watermark as i64 };
+                                let start = if failed {
+                                    -1
+                                } else {
+                                    p.log_start_offset as i64
+                                };
                                 records.push(p.records);
                                 PartitionData::default()
                                     .with_partition_index(p.partition as i32)
                                     .with_error_code(kafka_code(p.error_code))
                                     .with_high_watermark(hw)
                                     .with_last_stable_offset(hw)
-                                    .with_log_start_offset(p.log_start_offset as i64)
+                                    .with_log_start_offset(start)
                                     .with_aborted_transactions(Some(Vec::new()))
                                     .with_preferred_read_replica(BrokerId(-1))
                                     // Sent on their own, from the mapping (`fetch.rs`).
@@ -659,6 +671,7 @@ fn fetch(state: &Arc<BrokerState>, request: FetchRequest) -> Reply {
 
 async fn list_offsets(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
     // Specs Rill does not serve are answered per partition, the rest go to the operation.
@@ -692,7 +705,7 @@ async fn list_offsets(
             })
             .collect(),
     };
-    let listed = ops::list_offsets::list_offsets(state, list).await;
+    let listed = ops::list_offsets::list_offsets(state, session, list).await;
     let mut topics: Vec<ListOffsetsTopicResponse> = listed
         .topics
         .into_iter()
@@ -731,6 +744,7 @@ async fn list_offsets(
 
 async fn create_topics(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
@@ -771,7 +785,7 @@ async fn create_topics(
             timeout_ms: u32::try_from(request.timeout_ms).unwrap_or(0),
             validate_only: request.validate_only,
         };
-        let created = ops::create_topics::create_topics(state, create).await;
+        let created = ops::create_topics::create_topics(state, session, create).await;
         let (error_code, error_message) = created
             .topics
             .into_iter()
@@ -793,6 +807,7 @@ async fn create_topics(
 
 async fn delete_topics(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: DeleteTopicsRequest,
 ) -> DeleteTopicsResponse {
     // v0-5 name topics in `topic_names`, v6 in `topics` (by name; ids are not served).
@@ -813,6 +828,7 @@ async fn delete_topics(
         };
         let deleted = ops::delete_topics::delete_topics(
             state,
+            session,
             rill::DeleteTopicsRequest {
                 names: vec![topic.clone()],
                 timeout_ms: u32::try_from(request.timeout_ms).unwrap_or(0),
@@ -838,10 +854,12 @@ async fn delete_topics(
 
 async fn init_producer_id(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
     let response = ops::init_producer_id::init_producer_id(
         state,
+        session,
         rill::InitProducerIdRequest {
             transactional_id: request.transactional_id.map(|t| t.0.as_str().to_string()),
             transaction_timeout_ms: request.transaction_timeout_ms,
@@ -856,6 +874,7 @@ async fn init_producer_id(
 
 async fn create_partitions(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     // Manual assignments are refused per topic; the rest go to the operation.
@@ -881,6 +900,7 @@ async fn create_partitions(
     }
     let grown = ops::create_partitions::create_partitions(
         state,
+        session,
         rill::CreatePartitionsRequest {
             topics: grow,
             validate_only: request.validate_only,
@@ -898,6 +918,7 @@ async fn create_partitions(
 
 async fn describe_cluster(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
     let response = DescribeClusterResponse::default()
@@ -914,6 +935,7 @@ async fn describe_cluster(
     }
     let cluster = ops::metadata::metadata_of(
         state,
+        session,
         rill::MetadataRequest {
             topics: Some(Vec::new()),
         },
@@ -940,6 +962,7 @@ async fn describe_cluster(
 
 async fn offset_for_leader_epoch(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: OffsetForLeaderEpochRequest,
 ) -> OffsetForLeaderEpochResponse {
     // A Kafka client is a consumer here (brokers replicate over Rill's protocol): `replica_id`
@@ -958,9 +981,10 @@ async fn offset_for_leader_epoch(
                 })
         })
         .collect();
-    let mut answers = ops::offset_for_leader_epoch::offset_for_leader_epoch(state, &queries)
-        .await
-        .into_iter();
+    let mut answers =
+        ops::offset_for_leader_epoch::offset_for_leader_epoch(state, session, &queries)
+            .await
+            .into_iter();
     let topics = request
         .topics
         .into_iter()
@@ -1007,6 +1031,7 @@ fn broker_config_name(topic_key: &str) -> &str {
 
 fn describe_configs(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: DescribeConfigsRequest,
 ) -> DescribeConfigsResponse {
     const TOPIC: i8 = 2;
@@ -1024,22 +1049,24 @@ fn describe_configs(
                 .with_resource_name(resource.resource_name.clone());
             let name = resource.resource_name.as_str();
             let configs = match resource.resource_type {
-                TOPIC => ops::describe_configs::topic_configs(state, name).map(|configs| {
-                    configs
-                        .into_iter()
-                        .map(|c| {
-                            let source = if c.from_topic {
-                                TOPIC_CONFIG
-                            } else {
-                                DEFAULT_CONFIG
-                            };
-                            (c.name.to_string(), c.value, source, false)
-                        })
-                        .collect::<Vec<_>>()
-                }),
+                TOPIC => {
+                    ops::describe_configs::topic_configs(state, session, name).map(|configs| {
+                        configs
+                            .into_iter()
+                            .map(|c| {
+                                let source = if c.from_topic {
+                                    TOPIC_CONFIG
+                                } else {
+                                    DEFAULT_CONFIG
+                                };
+                                (c.name.to_string(), c.value, source, false)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                }
                 // Empty: the broker answering (the cluster-wide default resource).
                 BROKER if name.is_empty() || name == state.node_id.to_string() => {
-                    ops::describe_configs::broker_defaults(state).map(|configs| {
+                    ops::describe_configs::broker_defaults(state, session).map(|configs| {
                         configs
                             .into_iter()
                             .map(|c| {

@@ -9,16 +9,30 @@ use rill_protocol::ErrorCode;
 
 use super::PARTITIONS_MAX;
 use crate::controller::{metadata::assign_replicas, Command, CommandResult};
+use crate::security::acl::{Operation, ResourceType};
+use crate::security::Session;
 use crate::server::BrokerState;
 
+/// Each topic needs `Alter` on it.
 pub async fn create_partitions(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let (error_code, error_message) =
-            grow(state, &topic.name, topic.count, request.validate_only).await;
+            if !session.authorize(state, Operation::Alter, ResourceType::Topic, &topic.name) {
+                (
+                    ErrorCode::TOPIC_AUTHORIZATION_FAILED,
+                    Some(format!(
+                        "{} may not alter topic {}",
+                        session.principal, topic.name
+                    )),
+                )
+            } else {
+                grow(state, &topic.name, topic.count, request.validate_only).await
+            };
         results.push(TopicResult {
             name: topic.name,
             error_code,

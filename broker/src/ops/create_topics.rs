@@ -7,10 +7,13 @@ use std::sync::Arc;
 use rill_protocol::api::{CreateTopicsRequest, CreateTopicsResponse, TopicResult};
 
 use super::create_topic;
+use crate::security::Session;
 use crate::server::BrokerState;
 
+/// Each topic needs `Create` on the cluster or on the topic.
 pub async fn create_topics(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
@@ -22,6 +25,7 @@ pub async fn create_topics(
             .collect();
         let (error_code, error_message) = create_topic(
             state,
+            session,
             &topic.name,
             topic.partitions,
             topic.replication_factor,

@@ -7,14 +7,26 @@ use rill_protocol::api::{DeleteTopicsRequest, DeleteTopicsResponse, TopicResult}
 use rill_protocol::ErrorCode;
 
 use crate::controller::{Command, CommandResult};
+use crate::security::acl::{Operation, ResourceType};
+use crate::security::Session;
 use crate::server::BrokerState;
 
+/// Each topic needs `Delete` on it.
 pub async fn delete_topics(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: DeleteTopicsRequest,
 ) -> DeleteTopicsResponse {
     let mut results = Vec::with_capacity(request.names.len());
     for name in request.names {
+        if !session.authorize(state, Operation::Delete, ResourceType::Topic, &name) {
+            results.push(TopicResult {
+                error_message: Some(format!("{} may not delete topic {name}", session.principal)),
+                name,
+                error_code: ErrorCode::TOPIC_AUTHORIZATION_FAILED,
+            });
+            continue;
+        }
         let (error_code, error_message) = match state
             .controller
             .propose(Command::DeleteTopic { name: name.clone() })

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use rill_protocol::ErrorCode;
 
 use crate::config::TOPIC_CONFIG_KEYS;
+use crate::security::acl::{Operation, ResourceType};
+use crate::security::Session;
 use crate::server::BrokerState;
 
 /// One config's effective value.
@@ -40,8 +42,20 @@ fn broker_default(state: &BrokerState, key: &str) -> Result<String, ErrorCode> {
     })
 }
 
-/// Every topic config of `topic`, effective.
-pub fn topic_configs(state: &Arc<BrokerState>, topic: &str) -> Result<Vec<ConfigValue>, ErrorCode> {
+/// Every topic config of `topic`, effective; needs `DescribeConfigs` on the topic.
+pub fn topic_configs(
+    state: &Arc<BrokerState>,
+    session: &Session,
+    topic: &str,
+) -> Result<Vec<ConfigValue>, ErrorCode> {
+    if !session.authorize(
+        state,
+        Operation::DescribeConfigs,
+        ResourceType::Topic,
+        topic,
+    ) {
+        return Err(ErrorCode::TOPIC_AUTHORIZATION_FAILED);
+    }
     let metadata = state.controller.metadata();
     let info = metadata
         .topics
@@ -66,8 +80,13 @@ pub fn topic_configs(state: &Arc<BrokerState>, topic: &str) -> Result<Vec<Config
         .collect()
 }
 
-/// This broker's defaults for every topic config key.
-pub fn broker_defaults(state: &Arc<BrokerState>) -> Result<Vec<ConfigValue>, ErrorCode> {
+/// This broker's defaults for every topic config key; needs `DescribeConfigs` on the
+/// cluster.
+pub fn broker_defaults(
+    state: &Arc<BrokerState>,
+    session: &Session,
+) -> Result<Vec<ConfigValue>, ErrorCode> {
+    session.check_cluster(state, Operation::DescribeConfigs)?;
     TOPIC_CONFIG_KEYS
         .iter()
         .map(|key| {

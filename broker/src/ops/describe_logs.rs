@@ -6,13 +6,20 @@ use std::sync::Arc;
 
 use rill_protocol::api::{DescribeLogsRequest, DescribeLogsResponse, ReplicaLog};
 
+use crate::security::acl::{Operation, ResourceType};
+use crate::security::Session;
 use crate::server::BrokerState;
 
+/// Only replicas of topics the session may `Describe` are listed.
 pub async fn describe_logs(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: DescribeLogsRequest,
 ) -> DescribeLogsResponse {
-    let replicas = state.replicas.local_replicas(request.topics.as_deref());
+    let mut replicas = state.replicas.local_replicas(request.topics.as_deref());
+    replicas.retain(|(tp, ..)| {
+        session.allowed(state, Operation::Describe, ResourceType::Topic, &tp.topic)
+    });
     // Sizes take each log's lock, which an fsync may hold: off the async threads.
     let described = tokio::task::spawn_blocking(move || {
         replicas

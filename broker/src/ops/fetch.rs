@@ -11,6 +11,7 @@
 //! and last epoch first go through the replica manager, which records their progress and may
 //! answer with a diverging epoch instead of records.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ use tokio::sync::watch;
 use super::local_replica;
 use crate::log::TopicPartition;
 use crate::replica::{FollowerFetch, Replica};
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::server::BrokerState;
 use crate::Error;
 
@@ -43,15 +46,27 @@ struct Source {
 type Target = Result<Source, ErrorCode>;
 
 /// Starts the fetch as its own task; resolves to the response, or `None` if a blocking read
-/// task failed (logged; answered as UNKNOWN_SERVER_ERROR).
+/// task failed (logged; answered as UNKNOWN_SERVER_ERROR). A consumer needs `Read` on each
+/// topic (TOPIC_AUTHORIZATION_FAILED); a follower fetch is authorized by its door (only the
+/// inter-broker listener serves one).
 pub fn fetch(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: FetchRequest,
 ) -> BoxFuture<'static, Option<FetchResponse>> {
+    let refused = if request.replica_id.is_none() {
+        session.refused_topics(
+            state,
+            Operation::Read,
+            request.topics.iter().map(|t| t.name.as_str()),
+        )
+    } else {
+        Default::default()
+    };
     let state = state.clone();
     let task = tokio::spawn(async move {
         let (started, follower) = (std::time::Instant::now(), request.replica_id.is_some());
-        let response = respond(&state, request).await;
+        let response = respond(&state, request, &refused).await;
         state.metrics.fetch_done(follower, started.elapsed());
         response
     });
@@ -67,7 +82,11 @@ pub fn fetch(
 }
 
 /// The response; `None` if a blocking read task failed (logged).
-async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Option<FetchResponse> {
+async fn respond(
+    state: &Arc<BrokerState>,
+    request: FetchRequest,
+    refused: &HashSet<String>,
+) -> Option<FetchResponse> {
     let wait_ms = u64::from(request.max_wait_ms).min(state.config.request_timeout_ms);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     // Everything that takes a partition's log lock (held by appends across fdatasync with
@@ -77,10 +96,11 @@ async fn respond(state: &Arc<BrokerState>, request: FetchRequest) -> Option<Fetc
     let request = Arc::new(request);
     let targets = if request.replica_id.is_none() {
         // Consumers: role checks and watches only, no log lock.
-        Arc::new(resolve(state, &request))
+        Arc::new(resolve(state, &request, refused))
     } else {
         let (state, request) = (state.clone(), request.clone());
-        match tokio::task::spawn_blocking(move || resolve(&state, &request)).await {
+        let refused = refused.clone();
+        match tokio::task::spawn_blocking(move || resolve(&state, &request, &refused)).await {
             Ok(targets) => Arc::new(targets),
             Err(e) => {
                 tracing::error!("fetch task failed: {e}");
@@ -143,7 +163,11 @@ fn counted(state: &BrokerState, request: &FetchRequest, response: FetchResponse)
 
 /// Resolves each partition once; watches are taken before reading so no append is missed.
 /// Blocking for follower fetches (the divergence check reads the log under its lock).
-fn resolve(state: &Arc<BrokerState>, request: &FetchRequest) -> Vec<Vec<Target>> {
+fn resolve(
+    state: &Arc<BrokerState>,
+    request: &FetchRequest,
+    refused: &HashSet<String>,
+) -> Vec<Vec<Target>> {
     let metadata = state.controller.metadata();
     request
         .topics
@@ -152,6 +176,9 @@ fn resolve(state: &Arc<BrokerState>, request: &FetchRequest) -> Vec<Vec<Target>>
             t.partitions
                 .iter()
                 .map(|p| {
+                    if refused.contains(&t.name) {
+                        return Err(ErrorCode::TOPIC_AUTHORIZATION_FAILED);
+                    }
                     let replica = local_replica(state, &metadata, &t.name, p.partition)?;
                     let Some(follower) = request.replica_id else {
                         replica.check_leader(p.current_leader_epoch)?;

@@ -4,6 +4,11 @@
 //! FindCoordinator must reach the group's coordinator (the leader of its `__consumer_offsets`
 //! partition), or gets NOT_COORDINATOR. Limits: ids of at most 255 bytes, at most 1000
 //! subscribed topics and 100000 owned partitions per heartbeat.
+//!
+//! ACLs (docs/SECURITY.md "ACLs"): joining, heartbeats, leaving and committing need `Read` on
+//! the group (committing also `Read` on each topic), FindCoordinator, OffsetFetch and
+//! DescribeGroups `Describe` (OffsetFetch shows no offsets of topics the caller may not
+//! describe), DeleteGroups `Delete`; ListGroups lists the groups the caller may describe.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,6 +23,8 @@ use crate::group::coordinator::{
 };
 use crate::group::state::Heartbeat;
 use crate::log::{monotonic_ms, TopicPartition};
+use crate::security::acl::{Operation, ResourceType};
+use crate::security::Session;
 use crate::server::BrokerState;
 
 const SUBSCRIBED_TOPICS_MAX: usize = 1000;
@@ -27,11 +34,18 @@ fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= GROUP_ID_BYTES_MAX
 }
 
-/// Checks that this broker coordinates `group_id` and its offsets are loaded.
-async fn coordinate(state: &Arc<BrokerState>, group_id: &str) -> Result<(), ErrorCode> {
+/// Checks that `session` may do `operation` on the group, that this broker coordinates
+/// `group_id`, and that its offsets are loaded.
+async fn coordinate(
+    state: &Arc<BrokerState>,
+    session: &Session,
+    operation: Operation,
+    group_id: &str,
+) -> Result<(), ErrorCode> {
     if !valid_id(group_id) {
         return Err(ErrorCode::INVALID_GROUP_ID);
     }
+    session.check(state, operation, ResourceType::Group, group_id)?;
     let partition = partition_for(group_id);
     let metadata = state.controller.metadata();
     let info = metadata
@@ -88,11 +102,17 @@ fn from_wire(topics: Vec<TopicPartitions>) -> BTreeSet<TopicPartition> {
         .collect()
 }
 
-/// The node that coordinates `group_id` (the leader of its offsets partition).
-pub fn coordinator_node(state: &Arc<BrokerState>, group_id: &str) -> Result<u64, ErrorCode> {
+/// The node that coordinates `group_id` (the leader of its offsets partition); needs
+/// `Describe` on the group.
+pub fn coordinator_node(
+    state: &Arc<BrokerState>,
+    session: &Session,
+    group_id: &str,
+) -> Result<u64, ErrorCode> {
     if !valid_id(group_id) {
         return Err(ErrorCode::INVALID_GROUP_ID);
     }
+    session.check(state, Operation::Describe, ResourceType::Group, group_id)?;
     state
         .controller
         .metadata()
@@ -105,6 +125,7 @@ pub fn coordinator_node(state: &Arc<BrokerState>, group_id: &str) -> Result<u64,
 
 pub fn find_coordinator(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
     let mut response = FindCoordinatorResponse {
@@ -113,7 +134,7 @@ pub fn find_coordinator(
         host: String::new(),
         port: 0,
     };
-    let node = match coordinator_node(state, &request.group_id) {
+    let node = match coordinator_node(state, session, &request.group_id) {
         Ok(node) => node,
         Err(code) => {
             response.error_code = code;
@@ -133,6 +154,7 @@ pub fn find_coordinator(
 
 pub async fn heartbeat(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: ConsumerGroupHeartbeatRequest,
 ) -> ConsumerGroupHeartbeatResponse {
     let mut response = ConsumerGroupHeartbeatResponse {
@@ -144,35 +166,36 @@ pub async fn heartbeat(
         assignment: Vec::new(),
     };
     let invalid = |message: String| (ErrorCode::INVALID_REQUEST, Some(message));
-    let problem = if let Err(code) = coordinate(state, &request.group_id).await {
-        Some((code, None))
-    } else if request.member_id.len() > GROUP_ID_BYTES_MAX
-        || request.instance_id.as_ref().is_some_and(|i| !valid_id(i))
-    {
-        Some(invalid(format!(
-            "member and instance ids must be 1-{GROUP_ID_BYTES_MAX} bytes"
-        )))
-    } else if request
-        .subscribed_topics
-        .as_ref()
-        .is_some_and(|t| t.len() > SUBSCRIBED_TOPICS_MAX)
-    {
-        Some(invalid(format!(
-            "at most {SUBSCRIBED_TOPICS_MAX} subscribed topics"
-        )))
-    } else if request
-        .owned
-        .iter()
-        .map(|t| t.partitions.len())
-        .sum::<usize>()
-        > OWNED_PARTITIONS_MAX
-    {
-        Some(invalid(format!(
-            "at most {OWNED_PARTITIONS_MAX} owned partitions"
-        )))
-    } else {
-        None
-    };
+    let problem =
+        if let Err(code) = coordinate(state, session, Operation::Read, &request.group_id).await {
+            Some((code, None))
+        } else if request.member_id.len() > GROUP_ID_BYTES_MAX
+            || request.instance_id.as_ref().is_some_and(|i| !valid_id(i))
+        {
+            Some(invalid(format!(
+                "member and instance ids must be 1-{GROUP_ID_BYTES_MAX} bytes"
+            )))
+        } else if request
+            .subscribed_topics
+            .as_ref()
+            .is_some_and(|t| t.len() > SUBSCRIBED_TOPICS_MAX)
+        {
+            Some(invalid(format!(
+                "at most {SUBSCRIBED_TOPICS_MAX} subscribed topics"
+            )))
+        } else if request
+            .owned
+            .iter()
+            .map(|t| t.partitions.len())
+            .sum::<usize>()
+            > OWNED_PARTITIONS_MAX
+        {
+            Some(invalid(format!(
+                "at most {OWNED_PARTITIONS_MAX} owned partitions"
+            )))
+        } else {
+            None
+        };
     if let Some((code, message)) = problem {
         response.error_code = code;
         response.error_message = message;
@@ -273,7 +296,12 @@ async fn parked<T>(
 }
 
 /// Kafka's JoinGroup: joins (or rejoins) a classic group; answers when the rebalance completes.
-pub async fn join_group(state: &Arc<BrokerState>, group_id: &str, join: Join) -> Joined {
+pub async fn join_group(
+    state: &Arc<BrokerState>,
+    session: &Session,
+    group_id: &str,
+    join: Join,
+) -> Joined {
     let member_id = join.member_id.clone();
     let refuse = |code| Joined {
         error_code: code,
@@ -281,7 +309,7 @@ pub async fn join_group(state: &Arc<BrokerState>, group_id: &str, join: Join) ->
         member_id: member_id.clone(),
         ..Joined::default()
     };
-    if let Err(code) = coordinate(state, group_id).await {
+    if let Err(code) = coordinate(state, session, Operation::Read, group_id).await {
         return refuse(code);
     }
     let too_long = join.member_id.len() > GROUP_ID_BYTES_MAX
@@ -317,12 +345,17 @@ pub async fn join_group(state: &Arc<BrokerState>, group_id: &str, join: Join) ->
 }
 
 /// Kafka's SyncGroup: the leader's carries every assignment; each member gets its own.
-pub async fn sync_group(state: &Arc<BrokerState>, group_id: &str, sync: Sync) -> Synced {
+pub async fn sync_group(
+    state: &Arc<BrokerState>,
+    session: &Session,
+    group_id: &str,
+    sync: Sync,
+) -> Synced {
     let refuse = |code| Synced {
         error_code: code,
         ..Synced::default()
     };
-    if let Err(code) = coordinate(state, group_id).await {
+    if let Err(code) = coordinate(state, session, Operation::Read, group_id).await {
         return refuse(code);
     }
     let (rx, replies) = state
@@ -337,12 +370,13 @@ pub async fn sync_group(state: &Arc<BrokerState>, group_id: &str, sync: Sync) ->
 /// Kafka's Heartbeat (classic groups).
 pub async fn classic_heartbeat(
     state: &Arc<BrokerState>,
+    session: &Session,
     group_id: &str,
     member_id: &str,
     instance_id: Option<&str>,
     generation: i32,
 ) -> ErrorCode {
-    if let Err(code) = coordinate(state, group_id).await {
+    if let Err(code) = coordinate(state, session, Operation::Read, group_id).await {
         return code;
     }
     state.groups.with_group(group_id, |entry| {
@@ -356,10 +390,11 @@ pub async fn classic_heartbeat(
 /// group's error.
 pub async fn leave_group(
     state: &Arc<BrokerState>,
+    session: &Session,
     group_id: &str,
     members: &[(String, Option<String>)],
 ) -> Result<Vec<ErrorCode>, ErrorCode> {
-    coordinate(state, group_id).await?;
+    coordinate(state, session, Operation::Read, group_id).await?;
     let mut all = classic::Replies::default();
     let codes = state.groups.with_group(group_id, |entry| {
         members
@@ -422,15 +457,17 @@ pub(crate) async fn persist(state: &Arc<BrokerState>, group_id: &str) {
 
 pub async fn offset_commit(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
-    offset_commit_as(state, request, None).await
+    offset_commit_as(state, session, request, None).await
 }
 
 /// OffsetCommit with the committer's group instance id (Kafka's static members). In a classic
 /// group `member_epoch` is the generation.
 pub async fn offset_commit_as(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: OffsetCommitRequest,
     instance_id: Option<String>,
 ) -> OffsetCommitResponse {
@@ -438,10 +475,15 @@ pub async fn offset_commit_as(
         error_code: ErrorCode::NONE,
         topics: Vec::new(),
     };
-    if let Err(code) = coordinate(state, &request.group_id).await {
+    if let Err(code) = coordinate(state, session, Operation::Read, &request.group_id).await {
         response.error_code = code;
         return response;
     }
+    let refused = session.refused_topics(
+        state,
+        Operation::Read,
+        request.topics.iter().map(|t| t.name.as_str()),
+    );
     let metadata = state.controller.metadata();
     let mut accepted: Vec<(TopicPartition, Committed)> = Vec::new();
     let mut results: Vec<(String, Vec<(u32, ErrorCode)>)> = Vec::new();
@@ -467,6 +509,7 @@ pub async fn offset_commit_as(
                         .map_err(|e| error_code(&e))
                 };
                 let code = match count {
+                    _ if refused.contains(&topic.name) => ErrorCode::TOPIC_AUTHORIZATION_FAILED,
                     Some(n) if p.partition < n => match valid {
                         Ok(()) => {
                             accepted.push((
@@ -520,13 +563,14 @@ pub async fn offset_commit_as(
 
 pub async fn offset_fetch(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: OffsetFetchRequest,
 ) -> OffsetFetchResponse {
     let mut response = OffsetFetchResponse {
         error_code: ErrorCode::NONE,
         topics: Vec::new(),
     };
-    if let Err(code) = coordinate(state, &request.group_id).await {
+    if let Err(code) = coordinate(state, session, Operation::Describe, &request.group_id).await {
         response.error_code = code;
         return response;
     }
@@ -539,8 +583,14 @@ pub async fn offset_fetch(
         None => offsets.keys().cloned().collect(),
     };
     let mut by_topic: BTreeMap<String, Vec<OffsetFetchPartition>> = BTreeMap::new();
+    let refused = session.refused_topics(
+        state,
+        Operation::Describe,
+        wanted.iter().map(|tp| tp.topic.as_str()),
+    );
     for tp in wanted {
-        let committed = offsets.get(&tp);
+        // A topic the caller may not describe shows no offset.
+        let committed = offsets.get(&tp).filter(|_| !refused.contains(&tp.topic));
         by_topic
             .entry(tp.topic.clone())
             .or_default()
@@ -557,9 +607,9 @@ pub async fn offset_fetch(
     response
 }
 
-pub fn list_groups(state: &Arc<BrokerState>) -> ListGroupsResponse {
+pub fn list_groups(state: &Arc<BrokerState>, session: &Session) -> ListGroupsResponse {
     ListGroupsResponse {
-        groups: list_group_views(state)
+        groups: list_group_views(state, session)
             .into_iter()
             .map(|(listing, _, _)| listing)
             .collect(),
@@ -567,12 +617,17 @@ pub fn list_groups(state: &Arc<BrokerState>) -> ListGroupsResponse {
 }
 
 /// Every group hosted here, with its protocol type ("consumer" for native groups; empty for a
-/// group that only has offsets) and whether Kafka's classic protocol runs it.
-pub fn list_group_views(state: &Arc<BrokerState>) -> Vec<(GroupListing, String, bool)> {
+/// group that only has offsets) and whether Kafka's classic protocol runs it. Only groups
+/// `session` may describe.
+pub fn list_group_views(
+    state: &Arc<BrokerState>,
+    session: &Session,
+) -> Vec<(GroupListing, String, bool)> {
     state
         .groups
         .group_ids()
         .into_iter()
+        .filter(|id| session.allowed(state, Operation::Describe, ResourceType::Group, id))
         .filter_map(|id| {
             state.groups.with_existing(&id, |entry| {
                 if entry.is_classic() {
@@ -621,10 +676,11 @@ pub struct ClassicMemberView {
 
 pub async fn describe_groups(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: DescribeGroupsRequest,
 ) -> DescribeGroupsResponse {
     DescribeGroupsResponse {
-        groups: describe_group_views(state, request.group_ids)
+        groups: describe_group_views(state, session, request.group_ids)
             .await
             .into_iter()
             .map(|view| view.description)
@@ -666,6 +722,7 @@ fn classic_view(group: &classic::ClassicGroup, description: &mut GroupDescriptio
 
 pub async fn describe_group_views(
     state: &Arc<BrokerState>,
+    session: &Session,
     group_ids: Vec<String>,
 ) -> Vec<GroupView> {
     let mut groups = Vec::with_capacity(group_ids.len());
@@ -683,7 +740,7 @@ pub async fn describe_group_views(
             protocol_type: String::new(),
             classic_members: Vec::new(),
         };
-        if let Err(code) = coordinate(state, &group_id).await {
+        if let Err(code) = coordinate(state, session, Operation::Describe, &group_id).await {
             description.error_code = code;
             groups.push(unknown(description));
             continue;
@@ -730,11 +787,12 @@ pub async fn describe_group_views(
 
 pub async fn delete_groups(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: DeleteGroupsRequest,
 ) -> DeleteGroupsResponse {
     let mut results = Vec::with_capacity(request.group_ids.len());
     for group_id in request.group_ids {
-        let code = match coordinate(state, &group_id).await {
+        let code = match coordinate(state, session, Operation::Delete, &group_id).await {
             Err(code) => code,
             Ok(()) => match state.groups.with_existing(&group_id, |entry| {
                 entry.group.members.len() + entry.classic.members.len()

@@ -9,13 +9,16 @@ use rill_protocol::api::{InitProducerIdRequest, InitProducerIdResponse};
 use rill_protocol::ErrorCode;
 
 use crate::controller::{Command, CommandResult};
+use crate::security::Session;
 use crate::server::BrokerState;
 
 /// Producer ids per block taken from the controller.
 pub const BLOCK: u32 = 1000;
 
+/// Needs `IdempotentWrite` on the cluster or `Write` on some topic.
 pub async fn init_producer_id(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
     let answer = |error_code, producer_id: i64| InitProducerIdResponse {
@@ -26,6 +29,9 @@ pub async fn init_producer_id(
     if request.transactional_id.is_some() {
         // Transactions are not served: the API a transactional producer needs is missing.
         return answer(ErrorCode::UNSUPPORTED_API, -1);
+    }
+    if !session.may_produce_idempotently(state) {
+        return answer(ErrorCode::CLUSTER_AUTHORIZATION_FAILED, -1);
     }
     let mut ids = state.producer_ids.lock().await;
     if ids.is_empty() {

@@ -11,12 +11,21 @@ use rill_protocol::api::{
 use rill_protocol::ErrorCode;
 
 use super::leader_replica;
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::server::BrokerState;
 
+/// Each topic needs `Describe`.
 pub async fn list_offsets(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
+    let refused = session.refused_topics(
+        state,
+        Operation::Describe,
+        request.topics.iter().map(|t| t.name.as_str()),
+    );
     let metadata = state.controller.metadata();
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
@@ -28,7 +37,12 @@ pub async fn list_offsets(
                 timestamp: -1,
                 offset: None,
             };
-            match leader_replica(state, &metadata, &topic.name, p.partition) {
+            let replica = if refused.contains(&topic.name) {
+                Err(ErrorCode::TOPIC_AUTHORIZATION_FAILED)
+            } else {
+                leader_replica(state, &metadata, &topic.name, p.partition)
+            };
+            match replica {
                 Err(code) => response.error_code = code,
                 Ok(replica) => {
                     let log = replica.log.clone();

@@ -11,20 +11,25 @@ use rill_protocol::ErrorCode;
 
 use super::create_topic;
 use crate::controller::TopicInfo;
+use crate::security::acl::{Operation, ResourceType};
+use crate::security::Session;
 use crate::server::BrokerState;
 
 /// The cluster as applied here, or the request-level error (CLUSTER_NOT_READY).
 pub async fn metadata(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: MetadataRequest,
 ) -> Result<MetadataResponse, ErrorCode> {
-    metadata_of(state, request, true).await
+    metadata_of(state, session, request, true).await
 }
 
 /// [`metadata`]; unknown named topics are created only if `auto_create` too (a Kafka client
-/// may ask not to).
+/// may ask not to). Topics need `Describe`: a listing leaves out the others, a named one
+/// the session may not describe is TOPIC_AUTHORIZATION_FAILED (and not auto-created).
 pub async fn metadata_of(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: MetadataRequest,
     auto_create: bool,
 ) -> Result<MetadataResponse, ErrorCode> {
@@ -35,14 +40,24 @@ pub async fn metadata_of(
     if !state.ready.load(std::sync::atomic::Ordering::Acquire) || !state.lease.is_valid() {
         return Err(ErrorCode::CLUSTER_NOT_READY);
     }
+    let refused = match &request.topics {
+        Some(names) => {
+            session.refused_topics(state, Operation::Describe, names.iter().map(String::as_str))
+        }
+        None => Default::default(),
+    };
     if let (Some(names), true) = (
         &request.topics,
         state.config.auto_create_topics && auto_create,
     ) {
         let metadata = state.controller.metadata();
-        for name in names.iter().filter(|n| !metadata.topics.contains_key(*n)) {
+        for name in names
+            .iter()
+            .filter(|n| !metadata.topics.contains_key(*n) && !refused.contains(*n))
+        {
             let (code, message) = create_topic(
                 state,
+                session,
                 name,
                 state.config.default_partitions,
                 state.config.default_replication_factor,
@@ -67,10 +82,20 @@ pub async fn metadata_of(
         })
         .collect();
     let topics = match request.topics {
-        None => metadata.topics.values().map(describe).collect(),
+        None => metadata
+            .topics
+            .values()
+            .filter(|t| session.allowed(state, Operation::Describe, ResourceType::Topic, &t.name))
+            .map(describe)
+            .collect(),
         Some(names) => names
             .into_iter()
             .map(|name| match metadata.topics.get(&name) {
+                _ if refused.contains(&name) => TopicMetadata {
+                    error_code: ErrorCode::TOPIC_AUTHORIZATION_FAILED,
+                    name,
+                    partitions: Vec::new(),
+                },
                 Some(topic) => describe(topic),
                 None => TopicMetadata {
                     error_code: ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,

@@ -5,6 +5,9 @@
 //! broker operations), call the operation, and encode what it returns. Behaviour (validation,
 //! role checks, appends, long polls, error codes) lives here only.
 //!
+//! Every operation takes the caller's `Session` and checks its ACLs itself (docs/SECURITY.md
+//! "ACLs"), so each door enforces the same permissions.
+//!
 //! An operation does its order-sensitive work before returning (a produce's appends), so
 //! requests on one connection take effect in order, and returns the rest (waiting for
 //! replication, a fetch's long poll) as a future.
@@ -31,6 +34,7 @@ use rill_protocol::ErrorCode;
 use crate::controller::{metadata::assign_replicas, Command, CommandResult, MetadataState};
 use crate::log::TopicPartition;
 use crate::replica::Replica;
+use crate::security::Session;
 use crate::server::BrokerState;
 
 /// The local replica of a partition, or the error code a client should see. Callers check
@@ -118,6 +122,7 @@ pub(crate) fn check_partition_limit(
 
 pub(crate) async fn create_topic(
     state: &Arc<BrokerState>,
+    session: &Session,
     name: &str,
     partitions: u32,
     replication_factor: u16,
@@ -126,6 +131,12 @@ pub(crate) async fn create_topic(
 ) -> (ErrorCode, Option<String>) {
     if let Err(message) = validate_topic_name(name) {
         return (ErrorCode::INVALID_TOPIC, Some(message));
+    }
+    if !session.may_create_topic(state, name) {
+        return (
+            ErrorCode::TOPIC_AUTHORIZATION_FAILED,
+            Some(format!("{} may not create topic {name}", session.principal)),
+        );
     }
     if partitions == 0 || partitions > PARTITIONS_MAX {
         return (

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use rill_protocol::ErrorCode;
 
 use super::leader_replica;
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::server::BrokerState;
 
 /// One partition asked about.
@@ -27,18 +29,29 @@ pub struct EpochEnd {
     pub end: Option<(u32, u64)>,
 }
 
+/// Each topic needs `Describe`.
 pub async fn offset_for_leader_epoch(
     state: &Arc<BrokerState>,
+    session: &Session,
     queries: &[EpochQuery],
 ) -> Vec<EpochEnd> {
+    let refused = session.refused_topics(
+        state,
+        Operation::Describe,
+        queries.iter().map(|q| q.topic.as_str()),
+    );
     let metadata = state.controller.metadata();
     let mut answers = Vec::with_capacity(queries.len());
     for query in queries {
-        let replica =
-            leader_replica(state, &metadata, &query.topic, query.partition).and_then(|replica| {
-                replica.check_leader(query.current_leader_epoch)?;
-                Ok(replica)
-            });
+        let replica = if refused.contains(&query.topic) {
+            Err(ErrorCode::TOPIC_AUTHORIZATION_FAILED)
+        } else {
+            leader_replica(state, &metadata, &query.topic, query.partition)
+        }
+        .and_then(|replica| {
+            replica.check_leader(query.current_leader_epoch)?;
+            Ok(replica)
+        });
         let answer = match replica {
             Err(code) => EpochEnd {
                 error_code: code,

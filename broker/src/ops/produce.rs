@@ -18,20 +18,29 @@ use rill_protocol::api::{
 use rill_protocol::ErrorCode;
 
 use super::{create_topic, local_replica};
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::server::BrokerState;
 
 /// Appends (before returning) and returns the acknowledgement still to come: `None` for
-/// `acks = 0` (no response is sent).
+/// `acks = 0` (no response is sent). Each topic needs `Write` (TOPIC_AUTHORIZATION_FAILED).
 pub async fn produce(
     state: &Arc<BrokerState>,
+    session: &Session,
     request: ProduceRequest,
 ) -> BoxFuture<'static, Option<ProduceResponse>> {
     let started = std::time::Instant::now();
+    let refused = session.refused_topics(
+        state,
+        Operation::Write,
+        request.topics.iter().map(|t| t.name.as_str()),
+    );
     if state.config.auto_create_topics {
-        for topic in &request.topics {
+        for topic in request.topics.iter().filter(|t| !refused.contains(&t.name)) {
             if !state.controller.metadata().topics.contains_key(&topic.name) {
                 let _ = create_topic(
                     state,
+                    session,
                     &topic.name,
                     state.config.default_partitions,
                     state.config.default_replication_factor,
@@ -51,8 +60,11 @@ pub async fn produce(
             // Internal topics are written by the broker only (forged commits or membership, or
             // a batch the coordinator cannot replay, would break every group mapped there).
             let internal = topic.name == crate::group::coordinator::OFFSETS_TOPIC;
+            let denied = refused.contains(&topic.name);
             let target = (if internal {
                 Err(ErrorCode::INVALID_TOPIC)
+            } else if denied {
+                Err(ErrorCode::TOPIC_AUTHORIZATION_FAILED)
             } else {
                 local_replica(state, &metadata, &topic.name, partition.partition)
             })
@@ -67,12 +79,14 @@ pub async fn produce(
                 let outcome = match target {
                     Err(code) => Err((
                         code,
-                        internal.then(|| {
-                            format!(
+                        if internal {
+                            Some(format!(
                                 "{} is an internal topic: only brokers write to it",
                                 crate::group::coordinator::OFFSETS_TOPIC
-                            )
-                        }),
+                            ))
+                        } else {
+                            denied.then(|| format!("not authorized to write to topic {name}"))
+                        },
                     )),
                     Ok((replica, epoch)) => {
                         let log = replica.log.clone();

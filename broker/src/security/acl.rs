@@ -356,6 +356,34 @@ pub fn authorized<'a>(
     allowed
 }
 
+/// Whether some ACL allows `principal` `operation` on some resource of `resource_type`, and
+/// no deny of it covers every such resource (`*`): Kafka's `authorizeByResourceType`, which
+/// lets an idempotent producer with Write on any topic get a producer id.
+pub fn allows_some<'a>(
+    acls: impl IntoIterator<Item = &'a AclBinding> + Clone,
+    principal: &str,
+    host: &str,
+    operation: Operation,
+    resource_type: ResourceType,
+) -> bool {
+    let applies = |acl: &AclBinding| {
+        acl.resource_type == resource_type
+            && (acl.principal == principal || acl.principal == "User:*")
+            && (acl.host == "*" || acl.host == host)
+    };
+    let denied_everywhere = acls.clone().into_iter().any(|acl| {
+        applies(acl)
+            && acl.permission == Permission::Deny
+            && (acl.operation == operation || acl.operation == Operation::All)
+            && ((acl.pattern_type == PatternType::Literal && acl.resource_name == "*")
+                || (acl.pattern_type == PatternType::Prefixed && acl.resource_name.is_empty()))
+    });
+    !denied_everywhere
+        && acls.into_iter().any(|acl| {
+            applies(acl) && acl.permission == Permission::Allow && acl.operation.covers(operation)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,7 +154,7 @@ impl Security {
 }
 
 /// Where a SASL exchange stands on one connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Exchange {
     /// No handshake yet.
     Start,
@@ -168,8 +168,9 @@ enum Exchange {
     Failed,
 }
 
-/// Who is on the other end of a connection, and where it stands in authentication.
-#[derive(Debug)]
+/// Who is on the other end of a connection, and where it stands in authentication. Cloned
+/// for requests answered after the next one is read (JoinGroup, SyncGroup, OffsetCommit).
+#[derive(Debug, Clone)]
 pub struct Session {
     /// `User:<name>`; `User:ANONYMOUS` before (or without) authentication.
     pub principal: String,
@@ -352,6 +353,34 @@ impl Session {
         }
     }
 
+    /// Whether ACL checks apply to this session (authorization on, not the broker itself,
+    /// not a super user).
+    fn checked(&self, state: &BrokerState) -> bool {
+        let security = &state.security;
+        security.authorization && !self.internal && !security.super_users.contains(&self.principal)
+    }
+
+    /// Whether this session may do `operation` on the resource, without logging: for
+    /// filtering lists (Metadata of all topics, ListGroups), where what is left out is not a
+    /// refusal.
+    pub fn allowed(
+        &self,
+        state: &BrokerState,
+        operation: Operation,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> bool {
+        !self.checked(state)
+            || acl::authorized(
+                &state.controller.metadata().acls,
+                &self.principal,
+                &self.host,
+                operation,
+                resource_type,
+                name,
+            )
+    }
+
     /// Whether this session may do `operation` on the resource. With `authorization` off,
     /// always. A refusal is counted and written to the audit log (target `rill::audit`).
     pub fn authorize(
@@ -361,27 +390,80 @@ impl Session {
         resource_type: ResourceType,
         name: &str,
     ) -> bool {
-        let security = &state.security;
-        if !security.authorization
-            || self.internal
-            || security.super_users.contains(&self.principal)
-        {
+        if !self.checked(state) {
             return true;
         }
-        let metadata = state.controller.metadata();
-        let allowed = acl::authorized(
-            &metadata.acls,
-            &self.principal,
-            &self.host,
-            operation,
-            resource_type,
-            name,
-        );
+        let allowed = self.allowed(state, operation, resource_type, name);
         if !allowed {
             state.metrics.authorization_denied(resource_type.name());
             tracing::info!(target: "rill::audit", principal = %self.principal, host = %self.host, operation = operation.name(), resource_type = resource_type.name(), resource = name, "denied");
         } else {
             tracing::debug!(target: "rill::audit", principal = %self.principal, host = %self.host, operation = operation.name(), resource_type = resource_type.name(), resource = name, "allowed");
+        }
+        allowed
+    }
+
+    /// The topics among `names` this session may not do `operation` on (each refusal
+    /// logged once); empty when nothing is checked.
+    pub fn refused_topics<'a>(
+        &self,
+        state: &BrokerState,
+        operation: Operation,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> std::collections::HashSet<String> {
+        let mut refused = std::collections::HashSet::new();
+        if !self.checked(state) {
+            return refused;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for name in names {
+            if seen.insert(name) && !self.authorize(state, operation, ResourceType::Topic, name) {
+                refused.insert(name.to_string());
+            }
+        }
+        refused
+    }
+
+    /// Creating topic `name` (explicitly or by auto-creation): `Create` on the cluster or on
+    /// the topic, as Kafka.
+    pub fn may_create_topic(&self, state: &BrokerState, name: &str) -> bool {
+        self.allowed(
+            state,
+            Operation::Create,
+            ResourceType::Cluster,
+            acl::CLUSTER,
+        ) || self.authorize(state, Operation::Create, ResourceType::Topic, name)
+    }
+
+    /// InitProducerId without a transactional id: `IdempotentWrite` on the cluster, or
+    /// `Write` on some topic (Kafka 3's rule).
+    pub fn may_produce_idempotently(&self, state: &BrokerState) -> bool {
+        if !self.checked(state)
+            || self.allowed(
+                state,
+                Operation::IdempotentWrite,
+                ResourceType::Cluster,
+                acl::CLUSTER,
+            )
+        {
+            return true;
+        }
+        let metadata = state.controller.metadata();
+        let allowed = acl::allows_some(
+            &metadata.acls,
+            &self.principal,
+            &self.host,
+            Operation::Write,
+            ResourceType::Topic,
+        );
+        if !allowed {
+            // Counted and logged as the cluster refusal Kafka reports.
+            self.authorize(
+                state,
+                Operation::IdempotentWrite,
+                ResourceType::Cluster,
+                acl::CLUSTER,
+            );
         }
         allowed
     }

@@ -7,9 +7,19 @@ use rill_protocol::api::{ElectLeadersRequest, ElectLeadersResponse, ResponseBody
 
 use super::{error_reply, reply, Pending};
 use crate::controller::{Command, CommandResult};
+use crate::security::acl::Operation;
+use crate::security::Session;
 use crate::server::BrokerState;
 
-pub(super) async fn handle(state: &Arc<BrokerState>, request: ElectLeadersRequest) -> Pending {
+/// Needs `Alter` on the cluster.
+pub(super) async fn handle(
+    state: &Arc<BrokerState>,
+    session: &Session,
+    request: ElectLeadersRequest,
+) -> Pending {
+    if let Err(code) = session.check_cluster(state, Operation::Alter) {
+        return error_reply(code);
+    }
     let command = Command::ElectPreferredLeaders {
         topics: request.topics,
     };

@@ -111,18 +111,20 @@ pub async fn start(
         RequestBody::DeleteAcls(request) => reply(ResponseBody::DeleteAcls(
             ops::acls::delete_acls(state, session, request).await,
         )),
-        RequestBody::Metadata(request) => match ops::metadata::metadata(state, request).await {
-            Ok(response) => reply(ResponseBody::Metadata(response)),
-            Err(code) => error_reply(code),
-        },
+        RequestBody::Metadata(request) => {
+            match ops::metadata::metadata(state, session, request).await {
+                Ok(response) => reply(ResponseBody::Metadata(response)),
+                Err(code) => error_reply(code),
+            }
+        }
         RequestBody::CreateTopics(request) => reply(ResponseBody::CreateTopics(
-            ops::create_topics::create_topics(state, request).await,
+            ops::create_topics::create_topics(state, session, request).await,
         )),
         RequestBody::DeleteTopics(request) => reply(ResponseBody::DeleteTopics(
-            ops::delete_topics::delete_topics(state, request).await,
+            ops::delete_topics::delete_topics(state, session, request).await,
         )),
         RequestBody::Produce(request) => {
-            let acked = ops::produce::produce(state, request).await;
+            let acked = ops::produce::produce(state, session, request).await;
             async move {
                 let response = acked.await?;
                 Some((
@@ -142,7 +144,7 @@ pub async fn start(
             error_reply(ErrorCode::CLUSTER_AUTHORIZATION_FAILED)
         }
         RequestBody::Fetch(request) => {
-            let fetched = ops::fetch::fetch(state, request);
+            let fetched = ops::fetch::fetch(state, session, request);
             async move {
                 Some(match fetched.await {
                     Some(response) => (ErrorCode::NONE, response.encode_chunks()),
@@ -152,38 +154,40 @@ pub async fn start(
             .boxed()
         }
         RequestBody::ListOffsets(request) => reply(ResponseBody::ListOffsets(
-            ops::list_offsets::list_offsets(state, request).await,
+            ops::list_offsets::list_offsets(state, session, request).await,
         )),
         RequestBody::CreatePartitions(request) => reply(ResponseBody::CreatePartitions(
-            ops::create_partitions::create_partitions(state, request).await,
+            ops::create_partitions::create_partitions(state, session, request).await,
         )),
-        RequestBody::ElectLeaders(request) => elect_leaders::handle(state, request).await,
+        RequestBody::ElectLeaders(request) => elect_leaders::handle(state, session, request).await,
         RequestBody::DescribeLogs(request) => reply(ResponseBody::DescribeLogs(
-            ops::describe_logs::describe_logs(state, request).await,
+            ops::describe_logs::describe_logs(state, session, request).await,
         )),
         RequestBody::FindCoordinator(request) => reply(ResponseBody::FindCoordinator(
-            ops::groups::find_coordinator(state, request),
+            ops::groups::find_coordinator(state, session, request),
         )),
-        RequestBody::ConsumerGroupHeartbeat(request) => reply(
-            ResponseBody::ConsumerGroupHeartbeat(ops::groups::heartbeat(state, request).await),
-        ),
+        RequestBody::ConsumerGroupHeartbeat(request) => {
+            reply(ResponseBody::ConsumerGroupHeartbeat(
+                ops::groups::heartbeat(state, session, request).await,
+            ))
+        }
         RequestBody::OffsetCommit(request) => reply(ResponseBody::OffsetCommit(
-            ops::groups::offset_commit(state, request).await,
+            ops::groups::offset_commit(state, session, request).await,
         )),
         RequestBody::OffsetFetch(request) => reply(ResponseBody::OffsetFetch(
-            ops::groups::offset_fetch(state, request).await,
+            ops::groups::offset_fetch(state, session, request).await,
         )),
-        RequestBody::ListGroups(_) => {
-            reply(ResponseBody::ListGroups(ops::groups::list_groups(state)))
-        }
+        RequestBody::ListGroups(_) => reply(ResponseBody::ListGroups(ops::groups::list_groups(
+            state, session,
+        ))),
         RequestBody::DescribeGroups(request) => reply(ResponseBody::DescribeGroups(
-            ops::groups::describe_groups(state, request).await,
+            ops::groups::describe_groups(state, session, request).await,
         )),
         RequestBody::DeleteGroups(request) => reply(ResponseBody::DeleteGroups(
-            ops::groups::delete_groups(state, request).await,
+            ops::groups::delete_groups(state, session, request).await,
         )),
         RequestBody::InitProducerId(request) => reply(ResponseBody::InitProducerId(
-            ops::init_producer_id::init_producer_id(state, request).await,
+            ops::init_producer_id::init_producer_id(state, session, request).await,
         )),
     }
 }
