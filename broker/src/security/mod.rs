@@ -66,12 +66,7 @@ impl Security {
             )));
         }
         let mut mechanisms = Vec::new();
-        for name in config
-            .sasl_mechanisms
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-        {
+        for name in listed(&config.sasl_mechanisms) {
             let mechanism = Mechanism::from_name(name).ok_or_else(|| {
                 Error::InvalidConfig(format!(
                     "sasl_mechanisms: unknown mechanism {name:?} (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN)"
@@ -87,12 +82,7 @@ impl Security {
             ));
         }
         let mut super_users = BTreeSet::new();
-        for principal in config
-            .super_users
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
+        for principal in listed(&config.super_users) {
             acl::check_principal(principal)
                 .map_err(|e| Error::InvalidConfig(format!("super_users: {e}")))?;
             super_users.insert(principal.to_string());
@@ -151,6 +141,14 @@ impl Security {
         };
         (!name.is_empty()).then(|| format!("User:{name}"))
     }
+}
+
+/// The non-empty items of a comma-separated setting.
+fn listed(setting: &str) -> impl Iterator<Item = &str> {
+    setting
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
 }
 
 /// Where a SASL exchange stands on one connection.
