@@ -136,6 +136,14 @@ pub struct BrokerConfig {
     pub request_memory_bytes: usize,
     /// The share of `request_memory_bytes` one source address may hold.
     pub request_memory_per_ip_bytes: usize,
+    /// Record bytes per second each client id may produce, on this broker (0: no limit); a
+    /// client beyond it is throttled (docs/SECURITY.md "Quotas").
+    pub quota_producer_byte_rate: u64,
+    /// Record bytes per second each client id may fetch as a consumer (0: no limit).
+    pub quota_consumer_byte_rate: u64,
+    /// Per-client-id rates instead of the two defaults:
+    /// `client_id:producer_byte_rate:consumer_byte_rate,...` (empty: the default, 0: none).
+    pub quota_overrides: String,
     /// A frame whose memory was granted must arrive within this (a peer stalling mid-frame
     /// gives its budget back and is disconnected).
     pub request_read_timeout_ms: u64,
@@ -237,6 +245,9 @@ impl Default for BrokerConfig {
             max_connections_per_ip_overrides: String::new(),
             request_memory_bytes: 512 << 20,
             request_memory_per_ip_bytes: 128 << 20,
+            quota_producer_byte_rate: 0,
+            quota_consumer_byte_rate: 0,
+            quota_overrides: String::new(),
             request_read_timeout_ms: 30_000,
             in_flight_requests_max: 32,
             idle_timeout_ms: 10 * 60 * 1000,
@@ -408,6 +419,15 @@ pub struct Flags {
     /// Request frame bytes one source address may hold [default: 134217728].
     #[arg(long)]
     pub request_memory_per_ip_bytes: Option<usize>,
+    /// Produce byte rate per client id; 0 = no limit [default: 0].
+    #[arg(long)]
+    pub quota_producer_byte_rate: Option<u64>,
+    /// Consumer fetch byte rate per client id; 0 = no limit [default: 0].
+    #[arg(long)]
+    pub quota_consumer_byte_rate: Option<u64>,
+    /// Per-client-id rates, `client:producer_rate:consumer_rate,...` [default: none].
+    #[arg(long)]
+    pub quota_overrides: Option<String>,
     /// Time a granted request frame has to arrive, ms [default: 30000].
     #[arg(long)]
     pub request_read_timeout_ms: Option<u64>,
@@ -582,6 +602,9 @@ impl BrokerConfig {
             max_connections_per_ip_overrides,
             request_memory_bytes,
             request_memory_per_ip_bytes,
+            quota_producer_byte_rate,
+            quota_consumer_byte_rate,
+            quota_overrides,
             request_read_timeout_ms,
             in_flight_requests_max,
             idle_timeout_ms,
@@ -656,6 +679,7 @@ impl BrokerConfig {
                 config.request_memory_bytes
             )));
         }
+        config.quotas()?;
         if config.request_read_timeout_ms == 0 {
             return Err(Error::InvalidConfig(
                 "request_read_timeout_ms must be positive".into(),
@@ -670,6 +694,16 @@ impl BrokerConfig {
     ) -> Result<std::collections::HashMap<std::net::IpAddr, usize>> {
         crate::server::limits::parse_overrides(&self.max_connections_per_ip_overrides)
             .map_err(|e| Error::InvalidConfig(format!("max_connections_per_ip_overrides: {e}")))
+    }
+
+    /// The client quotas these settings give.
+    pub fn quotas(&self) -> Result<crate::quota::Quotas> {
+        crate::quota::Quotas::new(
+            self.quota_producer_byte_rate,
+            self.quota_consumer_byte_rate,
+            &self.quota_overrides,
+        )
+        .map_err(|e| Error::InvalidConfig(format!("quota_overrides: {e}")))
     }
 
     /// Where the inter-broker listener binds: `replication_listen`, else the client listener's

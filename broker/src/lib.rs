@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod log;
 pub mod metrics;
 pub mod ops;
+pub mod quota;
 pub mod replica;
 pub mod security;
 pub mod server;

@@ -124,6 +124,8 @@ pub struct Metrics {
     tls_handshake_failures: Family<ListenerLabels, Counter>,
     authentications: Family<AuthenticationLabels, Counter>,
     authorization_denied: Family<ResourceLabels, Counter>,
+    quota_throttled: Family<DirectionLabels, Counter>,
+    quota_throttle_seconds: Family<DirectionLabels, Counter<f64, AtomicU64>>,
     // Computed at scrape time.
     request_memory_bytes: Family<ListenerLabels, Gauge>,
     active_controller: Gauge,
@@ -171,6 +173,11 @@ pub struct AuthenticationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResourceLabels {
     pub resource_type: &'static str,
 }
@@ -205,6 +212,8 @@ impl Metrics {
             tls_handshake_failures: Family::default(),
             authentications: Family::default(),
             authorization_denied: Family::default(),
+            quota_throttled: Family::default(),
+            quota_throttle_seconds: Family::default(),
             request_memory_bytes: Family::default(),
             active_controller: Gauge::default(),
             raft_term: Gauge::default(),
@@ -328,6 +337,17 @@ impl Metrics {
             "authorization_denied",
             "Requests or parts of requests refused by the ACLs, by resource type (topic, group, cluster)",
             metrics.authorization_denied.clone(),
+        );
+        registry.register(
+            "quota_throttled",
+            "Responses whose client was throttled for exceeding its byte-rate quota, by direction (produce, fetch)",
+            metrics.quota_throttled.clone(),
+        );
+        registry.register_with_unit(
+            "quota_throttle",
+            "Time clients were throttled (their connections muted) for exceeding their quotas, by direction",
+            Unit::Seconds,
+            metrics.quota_throttle_seconds.clone(),
         );
         registry.register(
             "request_memory_bytes",
@@ -617,6 +637,15 @@ impl Metrics {
                 result: if ok { "ok" } else { "failed" },
             })
             .inc();
+    }
+
+    /// A client over its `direction` quota was throttled for `time`.
+    pub fn quota_throttled(&self, direction: &'static str, time: Duration) {
+        let labels = DirectionLabels { direction };
+        self.quota_throttled.get_or_create(&labels).inc();
+        self.quota_throttle_seconds
+            .get_or_create(&labels)
+            .inc_by(time.as_secs_f64());
     }
 
     /// The ACLs refused an operation on a resource of `resource_type`.

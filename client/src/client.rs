@@ -19,7 +19,7 @@ use crate::error::{ClientError, Result};
 pub struct ClientConfig {
     /// `host:port` of one or more brokers.
     pub bootstrap: Vec<String>,
-    /// Name sent with every request (for broker logs).
+    /// Name sent with every request (broker logs; quotas are per client id).
     pub client_id: String,
     /// Longest wait for one response. Default 30 s.
     pub request_timeout: Duration,

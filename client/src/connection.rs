@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use rill_protocol::api::{RequestBody, ResponseBody};
+use rill_protocol::api::{ApiKey, ApiVersionRange, ApiVersionsRequest, RequestBody, ResponseBody};
 use rill_protocol::frame::{RequestFrame, RequestHeader, ResponseCodec, ResponseFrame};
 use rill_protocol::ErrorCode;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -32,6 +32,27 @@ pub(crate) struct Connection {
     dead: Arc<std::sync::atomic::AtomicBool>,
     in_flight: Arc<Semaphore>,
     next_correlation_id: Arc<AtomicU32>,
+    /// The version each api is sent in, by api key (from ApiVersions; absent: 0).
+    versions: Arc<Vec<u16>>,
+}
+
+/// The newest version of each api both this client and the broker (`offered`) speak.
+fn negotiate(offered: &[ApiVersionRange]) -> Vec<u16> {
+    let mut versions = Vec::new();
+    for key in ApiKey::ALL {
+        let (ours_min, ours_max) = key.supported_versions();
+        let version = offered
+            .iter()
+            .find(|range| range.api_key == key as u16)
+            .filter(|range| range.min_version <= ours_max && ours_min <= range.max_version)
+            .map_or(ours_min, |range| range.max_version.min(ours_max));
+        let index = key as usize;
+        if versions.len() <= index {
+            versions.resize(index + 1, 0);
+        }
+        versions[index] = version;
+    }
+    versions
 }
 
 impl Connection {
@@ -166,13 +187,27 @@ impl Connection {
                 }
             }
         });
-        Ok(Connection {
+        let connection = Connection {
             address: address.into(),
             client_id: client_id.into(),
             outbound,
             dead,
             in_flight: Arc::new(Semaphore::new(in_flight_max)),
             next_correlation_id: Arc::new(AtomicU32::new(1)),
+            versions: Arc::default(),
+        };
+        // Each api at the newest version both sides speak (docs/PROTOCOL.md "Versioning").
+        let body = RequestBody::ApiVersions(ApiVersionsRequest {});
+        let ResponseBody::ApiVersions(offered) = connection.request(body, timeout).await? else {
+            return Err(ClientError::Connection {
+                address: address.into(),
+                reason: "the broker answered ApiVersions with another response".into(),
+            });
+        };
+        let versions = negotiate(&offered.apis);
+        Ok(Connection {
+            versions: Arc::new(versions),
+            ..connection
         })
     }
 
@@ -180,10 +215,15 @@ impl Connection {
         self.outbound.is_closed() || self.dead.load(Ordering::Acquire)
     }
 
+    /// The version requests of `api` are sent (and their responses read) in.
+    fn version(&self, api: ApiKey) -> u16 {
+        self.versions.get(api as usize).copied().unwrap_or(0)
+    }
+
     fn frame(&self, body: &RequestBody) -> RequestFrame {
         let header = RequestHeader {
             api_key: body.api_key() as u16,
-            api_version: 0,
+            api_version: self.version(body.api_key()),
             correlation_id: self.next_correlation_id.fetch_add(1, Ordering::Relaxed),
             client_id: self.client_id.clone(),
         };
@@ -234,7 +274,7 @@ impl Connection {
 
     async fn response(
         &self,
-        api_key: rill_protocol::api::ApiKey,
+        api_key: ApiKey,
         response: oneshot::Receiver<Result<ResponseFrame>>,
         timeout: Duration,
     ) -> Result<ResponseBody> {
@@ -255,7 +295,11 @@ impl Connection {
                 None,
             ));
         }
-        Ok(ResponseBody::decode(api_key as u16, 0, frame.body)?)
+        Ok(ResponseBody::decode(
+            api_key as u16,
+            self.version(api_key),
+            frame.body,
+        )?)
     }
 
     /// Sends a request that gets no response (produce with acks = 0).

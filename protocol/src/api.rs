@@ -118,9 +118,13 @@ impl ApiKey {
         }
     }
 
-    /// Oldest and newest body version this crate can encode and decode.
+    /// Oldest and newest body version this crate can encode and decode. Produce and Fetch
+    /// v1 responses end with `throttle_time_ms` (quotas); every other api is at version 0.
     pub fn supported_versions(self) -> (u16, u16) {
-        (0, 0)
+        match self {
+            ApiKey::Produce | ApiKey::Fetch => (0, 1),
+            _ => (0, 0),
+        }
     }
 }
 
@@ -379,8 +383,36 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// Version 1 (this encoding); version 0 is the same without `throttle_time_ms`.
     pub struct ProduceResponse {
         pub topics: Vec<ProduceTopicResponse>,
+        /// How long the client was throttled for exceeding its produce quota (the broker
+        /// reads its next request only after that long), ms; 0 when not throttled. v1+.
+        pub throttle_time_ms: u32,
+    }
+}
+
+impl ProduceResponse {
+    /// The body as version `version` encodes it.
+    pub fn encode_at(&self, version: u16) -> Bytes {
+        let mut buf = BytesMut::new();
+        if version == 0 {
+            self.topics.encode(&mut buf);
+        } else {
+            self.encode(&mut buf);
+        }
+        buf.freeze()
+    }
+
+    /// Decodes a body of version `version` (consumed exactly).
+    pub fn decode_at(version: u16, body: Bytes) -> Result<Self, ProtocolError> {
+        if version > 0 {
+            return decode_exact(body, "ProduceResponse");
+        }
+        Ok(ProduceResponse {
+            topics: decode_exact(body, "ProduceResponse")?,
+            throttle_time_ms: 0,
+        })
     }
 }
 
@@ -453,16 +485,37 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// Version 1 (this encoding); version 0 is the same without `throttle_time_ms`.
     pub struct FetchResponse {
         pub topics: Vec<FetchTopicResponse>,
+        /// How long the client was throttled for exceeding its fetch quota (the broker reads
+        /// its next request only after that long), ms; 0 when not throttled. v1+.
+        pub throttle_time_ms: u32,
     }
 }
 
 impl FetchResponse {
-    /// Encodes the response as chunks whose concatenation equals [`Wire::encode`]'s output, with
-    /// each partition's `records` as its own chunk: record bytes (slices of a segment mapping on
-    /// the broker) are handed to a vectored write instead of being copied into a buffer.
+    /// Decodes a body of version `version` (consumed exactly).
+    pub fn decode_at(version: u16, body: Bytes) -> Result<Self, ProtocolError> {
+        if version > 0 {
+            return decode_exact(body, "FetchResponse");
+        }
+        Ok(FetchResponse {
+            topics: decode_exact(body, "FetchResponse")?,
+            throttle_time_ms: 0,
+        })
+    }
+
+    /// Encodes the response (version 1) as chunks whose concatenation equals [`Wire::encode`]'s
+    /// output, with each partition's `records` as its own chunk: record bytes (slices of a
+    /// segment mapping on the broker) are handed to a vectored write instead of being copied
+    /// into a buffer.
     pub fn encode_chunks(&self) -> Vec<Bytes> {
+        self.encode_chunks_at(1)
+    }
+
+    /// [`FetchResponse::encode_chunks`] as version `version` encodes the body.
+    pub fn encode_chunks_at(&self, version: u16) -> Vec<Bytes> {
         let mut chunks = Vec::new();
         let mut buf = BytesMut::new();
         (self.topics.len() as u32).encode(&mut buf);
@@ -481,6 +534,9 @@ impl FetchResponse {
                     chunks.push(p.records.clone());
                 }
             }
+        }
+        if version > 0 {
+            self.throttle_time_ms.encode(&mut buf);
         }
         chunks.push(buf.freeze());
         chunks
@@ -1077,6 +1133,9 @@ macro_rules! body_enum {
                 if version < min || version > max {
                     return Err(ProtocolError::UnsupportedVersion { api_key, version });
                 }
+                if let Some(body) = Self::decode_versioned(key, version, &body) {
+                    return body;
+                }
                 Ok(match key { $(ApiKey::$key => $enum::$key(decode_exact(body, stringify!($ty))?),)* })
             }
         }
@@ -1145,6 +1204,48 @@ body_enum! {
     }
 }
 
+impl RequestBody {
+    /// Requests have one encoding per api (only their responses differ by version).
+    fn decode_versioned(_: ApiKey, _: u16, _: &Bytes) -> Option<Result<Self, ProtocolError>> {
+        None
+    }
+}
+
+impl ResponseBody {
+    /// The bodies whose encoding depends on the version: Produce and Fetch.
+    fn decode_versioned(
+        key: ApiKey,
+        version: u16,
+        body: &Bytes,
+    ) -> Option<Result<Self, ProtocolError>> {
+        match key {
+            ApiKey::Produce => {
+                Some(ProduceResponse::decode_at(version, body.clone()).map(ResponseBody::Produce))
+            }
+            ApiKey::Fetch => {
+                Some(FetchResponse::decode_at(version, body.clone()).map(ResponseBody::Fetch))
+            }
+            _ => None,
+        }
+    }
+
+    /// The body as version `version` of its api encodes it.
+    pub fn encode_at(&self, version: u16) -> Bytes {
+        match self {
+            ResponseBody::Produce(response) => response.encode_at(version),
+            ResponseBody::Fetch(response) => {
+                let chunks = response.encode_chunks_at(version);
+                let mut buf = BytesMut::new();
+                for chunk in chunks {
+                    buf.extend_from_slice(&chunk);
+                }
+                buf.freeze()
+            }
+            _ => self.encode_to_bytes(),
+        }
+    }
+}
+
 /// The ApiVersions answer this crate supports, for brokers to send.
 pub fn supported_api_versions() -> ApiVersionsResponse {
     ApiVersionsResponse {
@@ -1176,7 +1277,21 @@ mod tests {
 
         #[test]
         fn every_response_round_trips(body in any::<ResponseBody>()) {
+            let (_, newest) = body.api_key().supported_versions();
             let bytes = body.encode_to_bytes();
+            prop_assert_eq!(&bytes, &body.encode_at(newest));
+            prop_assert_eq!(ResponseBody::decode(body.api_key() as u16, newest, bytes).unwrap(), body);
+        }
+
+        #[test]
+        fn every_response_round_trips_at_version_0(mut body in any::<ResponseBody>()) {
+            // Version 0 has no throttle time: it reads back as 0.
+            match &mut body {
+                ResponseBody::Produce(r) => r.throttle_time_ms = 0,
+                ResponseBody::Fetch(r) => r.throttle_time_ms = 0,
+                _ => {}
+            }
+            let bytes = body.encode_at(0);
             prop_assert_eq!(ResponseBody::decode(body.api_key() as u16, 0, bytes).unwrap(), body);
         }
 
@@ -1201,6 +1316,8 @@ mod tests {
             let chunks = response.encode_chunks();
             let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
             prop_assert_eq!(&joined[..], &crate::wire::encode_to_bytes(&response)[..]);
+            let v0: Vec<u8> = response.encode_chunks_at(0).iter().flat_map(|c| c.iter().copied()).collect();
+            prop_assert_eq!(&v0[..], &crate::wire::encode_to_bytes(&response.topics)[..]);
         }
     }
 

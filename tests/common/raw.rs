@@ -26,13 +26,18 @@ impl Raw {
     }
 
     pub fn send(&mut self, api_key: u16, version: u16, body: &[u8]) {
+        self.send_as("raw", api_key, version, body);
+    }
+
+    /// A request frame naming `client_id`.
+    pub fn send_as(&mut self, client_id: &str, api_key: u16, version: u16, body: &[u8]) {
         let mut frame = BytesMut::new();
         frame.put_u32(0);
         RequestHeader {
             api_key,
             api_version: version,
             correlation_id: 42,
-            client_id: "raw".into(),
+            client_id: client_id.into(),
         }
         .encode(&mut frame);
         frame.put_slice(body);
@@ -58,5 +63,14 @@ impl Raw {
         let (header, body) = self.receive().expect("a response");
         assert_eq!(header.error_code, ErrorCode::NONE);
         ResponseBody::decode(key as u16, 0, body).unwrap()
+    }
+
+    /// `body` at `version`, as client `client_id`: its response body at that version.
+    pub fn call_as(&mut self, client_id: &str, version: u16, body: RequestBody) -> ResponseBody {
+        let key = body.api_key();
+        self.send_as(client_id, key as u16, version, &body.encode_to_bytes());
+        let (header, body) = self.receive().expect("a response");
+        assert_eq!(header.error_code, ErrorCode::NONE);
+        ResponseBody::decode(key as u16, version, body).unwrap()
     }
 }

@@ -557,10 +557,17 @@ async fn produce(state: &Arc<BrokerState>, session: &Session, request: ProduceRe
             })
             .collect();
         Some(Response::Message(ResponseKind::Produce(
-            ProduceResponse::default().with_responses(responses),
+            ProduceResponse::default()
+                .with_responses(responses)
+                .with_throttle_time_ms(throttle_ms(response.throttle_time_ms)),
         )))
     }
     .boxed()
+}
+
+/// A quota's throttle time as Kafka's responses carry it (clients back off for it, KIP-219).
+fn throttle_ms(ms: u32) -> i32 {
+    i32::try_from(ms).unwrap_or(i32::MAX)
 }
 
 /// Every partition of `request` answered with `error_code`.
@@ -628,6 +635,7 @@ fn fetch(state: &Arc<BrokerState>, session: &Session, request: FetchRequest) -> 
             return Some(Response::Message(ResponseKind::Fetch(response)));
         };
         let mut records = Vec::new();
+        let throttle_time_ms = response.throttle_time_ms;
         let responses = response
             .topics
             .into_iter()
@@ -663,7 +671,9 @@ fn fetch(state: &Arc<BrokerState>, session: &Session, request: FetchRequest) -> 
                     )
             })
             .collect();
-        let response = FetchResponse::default().with_responses(responses);
+        let response = FetchResponse::default()
+            .with_responses(responses)
+            .with_throttle_time_ms(throttle_ms(throttle_time_ms));
         Some(Response::Fetch { response, records })
     }
     .boxed()

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 pub use errors::kafka_code;
 
 use crate::security::Session;
-use crate::server::connection::{next_frame, serve_with, BoxRead, Outgoing, Stream};
+use crate::server::connection::{next_frame, serve_with, unmuted, BoxRead, Outgoing, Stream};
 use crate::server::limits::{Frame, FrameReader, PeerSlot};
 use crate::server::BrokerState;
 
@@ -67,6 +67,9 @@ async fn read_loop(
     // Kafka frames: a 4-byte big-endian size, then the request; the size is checked against
     // `max_frame_bytes` and the frame's memory granted before its body is read.
     loop {
+        if !unmuted(state, &session).await {
+            return;
+        }
         let Some(next) = next_frame(state, frames.next(), peer).await else {
             return;
         };
@@ -167,6 +170,7 @@ async fn start(
         ));
     }
     tracing::trace!(?api, version, correlation_id, client_id = ?header.client_id, "Kafka request");
+    session.set_client_id(header.client_id.as_ref().map_or("", |c| c.as_str()));
     let client = groups::Client {
         client_id: header
             .client_id

@@ -10,6 +10,9 @@
 //! it. Followers (`replica_id` set) read up to the log end and wait on it; their fetch offset
 //! and last epoch first go through the replica manager, which records their progress and may
 //! answer with a diverging epoch instead of records.
+//!
+//! A consumer's records count against its client id's fetch quota (`crate::quota`): over
+//! it, the response carries the throttle time and the connection is muted for it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -26,6 +29,7 @@ use tokio::sync::watch;
 
 use super::local_replica;
 use crate::log::TopicPartition;
+use crate::quota::{Charge, Direction};
 use crate::replica::{FollowerFetch, Replica};
 use crate::security::acl::Operation;
 use crate::security::Session;
@@ -63,12 +67,20 @@ pub fn fetch(
     } else {
         Default::default()
     };
+    let charge = match request.replica_id {
+        None => session.charge(state, Direction::Fetch),
+        Some(_) => None,
+    };
     let state = state.clone();
     let task = tokio::spawn(async move {
         let (started, follower) = (std::time::Instant::now(), request.replica_id.is_some());
         let response = respond(&state, request, &refused).await;
         state.metrics.fetch_done(follower, started.elapsed());
-        response
+        let mut response = response?;
+        if let Some(charge) = charge {
+            charged(&state, &charge, &mut response);
+        }
+        Some(counted(&state, follower, response))
     });
     Box::pin(async move {
         match task.await {
@@ -123,7 +135,7 @@ async fn respond(
             || now >= deadline
             || state.shutdown.is_cancelled()
         {
-            return Some(counted(state, &request, response));
+            return Some(response);
         }
         let mut waits: Vec<_> = targets
             .iter()
@@ -135,7 +147,7 @@ async fn respond(
             })
             .collect();
         if waits.is_empty() {
-            return Some(counted(state, &request, response));
+            return Some(response);
         }
         tokio::select! {
             _ = futures::future::select_all(waits.iter_mut()) => {}
@@ -145,9 +157,24 @@ async fn respond(
     }
 }
 
+/// A consumer's fetch under its quota: a client still in debt gets its partitions without
+/// records (as Kafka answers a throttled fetch; it fetches them again once unmuted), any
+/// other pays for the records it gets. Either way the response says for how long the
+/// connection is muted.
+fn charged(state: &BrokerState, charge: &Charge, response: &mut FetchResponse) {
+    let partitions = response.topics.iter_mut().flat_map(|t| &mut t.partitions);
+    let debt = charge.debt(&state.quotas);
+    response.throttle_time_ms = if debt.is_zero() {
+        let bytes: usize = partitions.map(|p| p.records.len()).sum();
+        charge.record(&state.quotas, &state.metrics, bytes as u64)
+    } else {
+        partitions.for_each(|p| p.records = Bytes::new());
+        charge.throttle(&state.metrics, debt)
+    };
+}
+
 /// `response`, its bytes, records and partition errors counted in the metrics.
-fn counted(state: &BrokerState, request: &FetchRequest, response: FetchResponse) -> FetchResponse {
-    let replica = request.replica_id.is_some();
+fn counted(state: &BrokerState, replica: bool, response: FetchResponse) -> FetchResponse {
     for topic in &response.topics {
         for partition in &topic.partitions {
             state.metrics.partition_error("Fetch", partition.error_code);
@@ -296,7 +323,14 @@ fn read_once(request: &FetchRequest, targets: &[Vec<Target>]) -> (FetchResponse,
             partitions,
         });
     }
-    (FetchResponse { topics }, total, any_error)
+    (
+        FetchResponse {
+            topics,
+            throttle_time_ms: 0,
+        },
+        total,
+        any_error,
+    )
 }
 
 /// The leading whole batches of `records` that lie below `hw` (which is always at a batch

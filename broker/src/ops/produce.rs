@@ -4,7 +4,9 @@
 //! answers once appended on the leader; `acks = all` first requires `min.insync.replicas`
 //! in-sync replicas (else NOT_ENOUGH_REPLICAS, nothing written) and answers once the high
 //! watermark passes the batch, i.e. every in-sync replica has it (NOT_LEADER if leadership is
-//! lost meanwhile, REQUEST_TIMED_OUT after the request's timeout).
+//! lost meanwhile, REQUEST_TIMED_OUT after the request's timeout). The bytes sent count
+//! against the client id's produce quota (`crate::quota`): over it, the response carries the
+//! throttle time and the connection is muted for it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +20,7 @@ use rill_protocol::api::{
 use rill_protocol::ErrorCode;
 
 use super::{create_topic, local_replica};
+use crate::quota::Direction;
 use crate::security::acl::Operation;
 use crate::security::Session;
 use crate::server::BrokerState;
@@ -122,6 +125,18 @@ pub async fn produce(
         }
     }
     let appended = futures::future::join_all(appends).await;
+    // Quotas count what was sent, appended or not (Kafka counts the request's size).
+    let throttle_time_ms = session
+        .charge(state, Direction::Produce)
+        .map_or(0, |charge| {
+            let bytes: usize = request
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .map(|p| p.records.len())
+                .sum();
+            charge.record(&state.quotas, &state.metrics, bytes as u64)
+        });
     // The HW advances by follower fetches (or at once with a single in-sync replica).
     for (_, _, outcome) in &appended {
         if let Ok((replica, _, _)) = outcome {
@@ -192,7 +207,10 @@ pub async fn produce(
         topics[t].partitions.push(response);
     }
     metrics.produce_done(if all { "all" } else { "1" }, started.elapsed());
-    Some(ProduceResponse { topics })
+    Some(ProduceResponse {
+        topics,
+        throttle_time_ms,
+    })
     }
     .boxed()
 }

@@ -181,6 +181,10 @@ pub struct Session {
     exchange: Exchange,
     /// Kafka's SaslHandshake v0: the exchange's tokens come as bare frames, not requests.
     pub bare_tokens: bool,
+    /// The client id of the connection's latest request (quotas are per client id).
+    pub client_id: String,
+    /// Set while the connection is throttled by a quota (`crate::quota`).
+    pub mute: crate::quota::Mute,
 }
 
 impl Session {
@@ -200,6 +204,8 @@ impl Session {
             requires_sasl: state.security.sasl_listeners.contains(&listener),
             exchange: Exchange::Start,
             bare_tokens: false,
+            client_id: String::new(),
+            mute: Default::default(),
         }
     }
 
@@ -213,7 +219,38 @@ impl Session {
             requires_sasl: false,
             exchange: Exchange::Done,
             bare_tokens: false,
+            client_id: String::new(),
+            mute: Default::default(),
         }
+    }
+
+    /// Records the client id a request names (kept without allocating while it stays).
+    pub fn set_client_id(&mut self, client_id: &str) {
+        if self.client_id != client_id {
+            self.client_id = client_id.to_string();
+        }
+    }
+
+    /// The quota this session's requests in `direction` count against, if any: clients
+    /// only (never the inter-broker listener or the broker's own calls), and only client ids
+    /// with a rate.
+    pub fn charge(
+        &self,
+        state: &BrokerState,
+        direction: crate::quota::Direction,
+    ) -> Option<crate::quota::Charge> {
+        if !state.quotas.any() || self.internal || self.listener == Listener::Replication.name() {
+            return None;
+        }
+        state
+            .quotas
+            .rates(&self.client_id)
+            .get(direction)
+            .map(|_| crate::quota::Charge {
+                direction,
+                client_id: self.client_id.clone(),
+                mute: self.mute.clone(),
+            })
     }
 
     /// Whether requests other than ApiVersions and SASL may be served.

@@ -7,6 +7,9 @@
 //! the rest (e.g. a fetch's long poll) as a task. Responses are written with vectored writes:
 //! frame prefix + body chunks, record bytes straight from the segment mapping.
 //!
+//! A connection a quota throttles (`crate::quota`) reads its next frame only once the
+//! throttle time has passed.
+//!
 //! Frames are read within the connection's limits (`super::limits`): a frame's memory is
 //! granted before its body is read and returned once the request has done its
 //! order-sensitive part.
@@ -215,6 +218,9 @@ async fn read_loop(
         Door::InterBroker => "replication",
     };
     loop {
+        if !unmuted(state, &session).await {
+            return;
+        }
         let Some(next) = next_frame(state, frames.next(), peer).await else {
             return;
         };
@@ -271,6 +277,18 @@ async fn read_loop(
         if session.failed() {
             return; // authentication failed: the answer is sent, then the connection closes
         }
+    }
+}
+
+/// Waits while a quota throttles the connection (`crate::quota`): its next request is read
+/// only once the throttle time has passed. `false` when the broker shuts down meanwhile.
+pub(crate) async fn unmuted(state: &BrokerState, session: &Session) -> bool {
+    let Some(until) = session.mute.until() else {
+        return true;
+    };
+    tokio::select! {
+        _ = state.shutdown.cancelled() => false,
+        _ = tokio::time::sleep_until(until.into()) => true,
     }
 }
 

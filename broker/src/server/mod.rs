@@ -81,6 +81,8 @@ pub struct BrokerState {
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// SASL, ACL and principal settings (docs/SECURITY.md).
     pub security: crate::security::Security,
+    /// Client id byte-rate quotas and their accounting (`crate::quota`).
+    pub quotas: crate::quota::Quotas,
 }
 
 impl BrokerState {
@@ -357,9 +359,11 @@ impl Broker {
             )
         };
         let (client_limits, inter_broker_limits) = (limits(), limits());
+        let quotas = config.quotas()?;
         let state = Arc::new(BrokerState {
             tls,
             security,
+            quotas,
             client_limits,
             inter_broker_limits,
             incarnation,

@@ -51,6 +51,8 @@ pub async fn start(
     session: &mut Session,
 ) -> Pending {
     let header = frame.header;
+    // Produce and Fetch answer in the version asked (v1 adds the throttle time).
+    let version = header.api_version;
     let request = match RequestBody::decode(header.api_key, header.api_version, frame.body) {
         Ok(request) => request,
         Err(e) => {
@@ -58,6 +60,7 @@ pub async fn start(
             return error_reply(e.error_code());
         }
     };
+    session.set_client_id(&header.client_id);
     if !session.may_serve()
         && !matches!(
             request,
@@ -127,10 +130,7 @@ pub async fn start(
             let acked = ops::produce::produce(state, session, request).await;
             async move {
                 let response = acked.await?;
-                Some((
-                    ErrorCode::NONE,
-                    vec![ResponseBody::Produce(response).encode_to_bytes()],
-                ))
+                Some((ErrorCode::NONE, vec![response.encode_at(version)]))
             }
             .boxed()
         }
@@ -147,7 +147,7 @@ pub async fn start(
             let fetched = ops::fetch::fetch(state, session, request);
             async move {
                 Some(match fetched.await {
-                    Some(response) => (ErrorCode::NONE, response.encode_chunks()),
+                    Some(response) => (ErrorCode::NONE, response.encode_chunks_at(version)),
                     None => (ErrorCode::UNKNOWN_SERVER_ERROR, Vec::new()),
                 })
             }

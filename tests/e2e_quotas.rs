@@ -1,0 +1,324 @@
+//! Client quotas (docs/SECURITY.md "Quotas") against a real broker: a client id with a produce
+//! or fetch byte rate is throttled to it (it takes at least as long as its rate allows, the
+//! responses say so in their throttle time, and its connection reads nothing meanwhile), on
+//! the native protocol and the Kafka one; other client ids are not throttled.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::raw::Raw;
+use common::{kcat, scrape_metrics, BrokerProcess};
+use rill_client::{
+    Acks, Admin, ClientConfig, Consumer, ConsumerConfig, NewTopic, Producer, ProducerConfig, Record,
+};
+use rill_protocol::api::{
+    ApiVersionsRequest, FetchPartition, FetchRequest, FetchTopic, ProducePartition, ProduceRequest,
+    ProduceTopic, RequestBody, ResponseBody,
+};
+
+/// The quota of client id `slow`, produce and fetch: 512 KiB/s (its burst: one second's worth).
+const RATE: u64 = 512 << 10;
+/// What each timed run moves: 32 records of 64 KiB.
+const RECORDS: usize = 32;
+const VALUE: usize = 64 << 10;
+
+fn start(data: &std::path::Path) -> BrokerProcess {
+    BrokerProcess::start(data, &["--quota-overrides", &format!("slow:{RATE}:{RATE}")])
+}
+
+/// The least time moving `total` bytes may take at `RATE`: all but the burst and the last
+/// request (whose throttle delays only what comes after it) are paid for by waiting.
+fn least(total: usize, last: usize) -> Duration {
+    Duration::from_secs_f64((total - RATE as usize - last) as f64 / RATE as f64)
+}
+
+async fn client_as(address: &str, client_id: &str) -> rill_client::Client {
+    let mut config = ClientConfig::new(address);
+    config.client_id = client_id.into();
+    config.request_timeout = Duration::from_secs(30);
+    rill_client::Client::connect(config).await.unwrap()
+}
+
+fn produce_request(topic: &str, value_bytes: usize) -> RequestBody {
+    RequestBody::Produce(ProduceRequest {
+        acks: rill_protocol::api::Acks::Leader,
+        timeout_ms: 10_000,
+        topics: vec![ProduceTopic {
+            name: topic.into(),
+            partitions: vec![ProducePartition {
+                partition: 0,
+                records: common::batch(1, value_bytes, 0, b'q'),
+            }],
+        }],
+    })
+}
+
+fn fetch_request(topic: &str, max_bytes: u32) -> RequestBody {
+    RequestBody::Fetch(FetchRequest {
+        replica_id: None,
+        max_wait_ms: 0,
+        min_bytes: 0,
+        max_bytes,
+        topics: vec![FetchTopic {
+            name: topic.into(),
+            partitions: vec![FetchPartition {
+                partition: 0,
+                current_leader_epoch: None,
+                fetch_offset: 0,
+                partition_max_bytes: max_bytes,
+                last_fetched_epoch: None,
+            }],
+        }],
+    })
+}
+
+fn metric(broker: &BrokerProcess, name: &str) -> f64 {
+    let admin = broker.admin_address.as_deref().expect("admin listener");
+    scrape_metrics(admin).get(name).copied().unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_over_its_quota_is_throttled_to_it_and_others_are_not() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = start(data.path());
+    let admin = Admin::new(common::client(&broker.address).await);
+    admin.create_topic(NewTopic::new("quota", 1)).await.unwrap();
+
+    // Produce v1 answers with the throttle time: 0 for a client id without a quota, more
+    // than 0 for `slow` beyond its burst (600 KiB at 512 KiB/s: about 170 ms).
+    let mut raw = Raw::connect(&broker.address);
+    let ResponseBody::Produce(free) = raw.call_as("free", 1, produce_request("quota", 600 << 10))
+    else {
+        panic!("a produce response")
+    };
+    assert_eq!(
+        free.topics[0].partitions[0].error_code,
+        rill_protocol::ErrorCode::NONE
+    );
+    assert_eq!(free.throttle_time_ms, 0);
+    let mut slow = Raw::connect(&broker.address);
+    let ResponseBody::Produce(throttled) =
+        slow.call_as("slow", 1, produce_request("quota", 600 << 10))
+    else {
+        panic!("a produce response")
+    };
+    assert_eq!(
+        throttled.topics[0].partitions[0].error_code,
+        rill_protocol::ErrorCode::NONE
+    );
+    assert!(
+        (100..=1000).contains(&throttled.throttle_time_ms),
+        "throttle time {} ms",
+        throttled.throttle_time_ms
+    );
+    // The connection reads its next request only once the throttle time has passed.
+    let asked = Instant::now();
+    slow.call_as("slow", 0, RequestBody::ApiVersions(ApiVersionsRequest {}));
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(u64::from(throttled.throttle_time_ms) - 20),
+        "answered after {waited:?}, throttled for {} ms",
+        throttled.throttle_time_ms
+    );
+    // Version 0 (no throttle time) is still served.
+    let ResponseBody::Produce(v0) = slow.call_as("slow", 0, produce_request("quota", 1000)) else {
+        panic!("a produce response")
+    };
+    assert_eq!(
+        v0.topics[0].partitions[0].error_code,
+        rill_protocol::ErrorCode::NONE
+    );
+
+    // The Rust client as `slow`: 2 MiB one record at a time takes at least what the rate
+    // allows, and every record is acknowledged.
+    let producer = Producer::new(
+        client_as(&broker.address, "slow").await,
+        ProducerConfig {
+            acks: Acks::Leader,
+            ..ProducerConfig::default()
+        },
+    );
+    let started = Instant::now();
+    for _ in 0..RECORDS {
+        let delivery = producer
+            .send(Record::new("quota").value(vec![7u8; VALUE]))
+            .await
+            .unwrap();
+        producer.flush().await;
+        delivery.await.expect("acknowledged");
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "Rust producer as slow: {} bytes in {took:?}",
+        RECORDS * VALUE
+    );
+    let floor = least(RECORDS * VALUE, VALUE);
+    assert!(
+        took >= floor,
+        "{} bytes at {RATE} B/s took {took:?}, less than {floor:?}",
+        RECORDS * VALUE
+    );
+    assert!(metric(&broker, "rill_quota_throttled_total{direction=\"produce\"}") >= 2.0);
+    assert!(
+        metric(
+            &broker,
+            "rill_quota_throttle_seconds_total{direction=\"produce\"}"
+        ) > 1.0
+    );
+
+    // The Kafka door: kcat as `slow`, one 60 KiB record per batch.
+    let kafka = broker.kafka_address.clone().expect("kafka listener");
+    let line = "k".repeat(60 << 10);
+    let lines: String = (0..RECORDS).map(|_| format!("{line}\n")).collect();
+    let started = Instant::now();
+    kcat(
+        &[
+            "-b",
+            &kafka,
+            "-P",
+            "-t",
+            "quota",
+            "-p",
+            "0",
+            "-X",
+            "client.id=slow",
+            "-X",
+            "batch.size=65536",
+        ],
+        &lines,
+    );
+    let took = started.elapsed();
+    eprintln!(
+        "kcat producer as slow: {} bytes in {took:?}",
+        RECORDS * (60 << 10)
+    );
+    let floor = least(RECORDS * (60 << 10), 64 << 10);
+    assert!(took >= floor, "kcat took {took:?}, less than {floor:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_over_its_quota_is_throttled_to_it() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = start(data.path());
+    let client = common::client(&broker.address).await;
+    Admin::new(client.clone())
+        .create_topic(NewTopic::new("quota", 1))
+        .await
+        .unwrap();
+    common::produce_acked(
+        &client,
+        (0..RECORDS)
+            .map(|_| Record::new("quota").partition(0).value(vec![3u8; VALUE]))
+            .collect(),
+    )
+    .await;
+
+    // A fetch beyond the burst is answered with its records and a throttle time (up to 1 MiB
+    // at 512 KiB/s: up to a second); fetched again while in debt (a new connection is not
+    // muted), the answer holds no records, only the throttle time.
+    let mut first = Raw::connect(&broker.address);
+    let ResponseBody::Fetch(fetched) = first.call_as("slow", 1, fetch_request("quota", 1 << 20))
+    else {
+        panic!("a fetch response")
+    };
+    let partition = &fetched.topics[0].partitions[0];
+    assert!(
+        partition.records.len() >= 768 << 10,
+        "{} bytes",
+        partition.records.len()
+    );
+    assert!(
+        fetched.throttle_time_ms >= 400,
+        "{} ms",
+        fetched.throttle_time_ms
+    );
+    let mut second = Raw::connect(&broker.address);
+    let ResponseBody::Fetch(empty) = second.call_as("slow", 1, fetch_request("quota", 1 << 20))
+    else {
+        panic!("a fetch response")
+    };
+    let partition = &empty.topics[0].partitions[0];
+    assert!(partition.records.is_empty());
+    assert_eq!(partition.high_watermark, RECORDS as u64);
+    assert!(empty.throttle_time_ms > 0);
+    // Another client id fetches everything at once.
+    let mut third = Raw::connect(&broker.address);
+    let ResponseBody::Fetch(free) = third.call_as("free", 1, fetch_request("quota", 4 << 20))
+    else {
+        panic!("a fetch response")
+    };
+    assert_eq!(free.throttle_time_ms, 0);
+    assert!(free.topics[0].partitions[0].records.len() >= RECORDS * VALUE);
+
+    // The Rust consumer as `slow`, 128 KiB per fetch: at least what the rate allows.
+    let mut consumer = Consumer::new(
+        client_as(&broker.address, "slow").await,
+        ConsumerConfig {
+            fetch_max_bytes: 128 << 10,
+            partition_max_bytes: 128 << 10,
+            ..ConsumerConfig::default()
+        },
+    );
+    consumer.assign([("quota".to_string(), 0)]);
+    let started = Instant::now();
+    let mut read = 0;
+    while read < RECORDS {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "read {read} records"
+        );
+        read += consumer
+            .poll(Duration::from_millis(500))
+            .await
+            .unwrap()
+            .len();
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "Rust consumer as slow: {} bytes in {took:?}",
+        RECORDS * VALUE
+    );
+    let floor = least(RECORDS * VALUE, 128 << 10);
+    assert!(
+        took >= floor,
+        "consuming took {took:?}, less than {floor:?}"
+    );
+    assert!(metric(&broker, "rill_quota_throttled_total{direction=\"fetch\"}") >= 2.0);
+
+    // The Kafka door: kcat as `slow`, at most 128 KiB per fetch.
+    let kafka = broker.kafka_address.clone().expect("kafka listener");
+    let started = Instant::now();
+    let consumed = kcat(
+        &[
+            "-b",
+            &kafka,
+            "-C",
+            "-t",
+            "quota",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%o\n",
+            "-X",
+            "client.id=slow",
+            "-X",
+            "fetch.max.bytes=131072",
+            "-X",
+            "message.max.bytes=131072",
+            "-X",
+            "max.partition.fetch.bytes=131072",
+        ],
+        "",
+    );
+    let took = started.elapsed();
+    eprintln!(
+        "kcat consumer as slow: {} bytes in {took:?}",
+        RECORDS * VALUE
+    );
+    assert_eq!(consumed.lines().count(), RECORDS);
+    let floor = least(RECORDS * VALUE, 128 << 10);
+    assert!(took >= floor, "kcat took {took:?}, less than {floor:?}");
+}
