@@ -1,7 +1,8 @@
 //! Consumer groups against a real broker: three members share a 12-partition topic and consume
 //! every record exactly once with synchronous commits; a member that dies without leaving loses
 //! its partitions after the session timeout and nothing is skipped; committed offsets survive a
-//! broker restart; an offset reset is refused while members are active.
+//! broker restart; an offset reset is refused while members are active; an empty group expires
+//! after `offsets_retention_ms`, a live one does not.
 
 mod common;
 
@@ -629,4 +630,95 @@ async fn committed_offsets_survive_broker_wide_size_retention_and_a_restart() {
         "the first commit survives retention: {committed:?}"
     );
     assert_eq!(committed.get(&("kept".to_string(), 1)), Some(&399));
+}
+
+/// Group ids the broker lists.
+async fn listed(admin: &Admin) -> Vec<String> {
+    admin
+        .list_groups()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.group)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_group_expires_after_the_offsets_retention_and_a_live_one_does_not() {
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(data.path(), &["--offsets-retention-ms", "3000"]);
+    let address = broker.address.clone();
+    let client = client(&address).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic(NewTopic::new("ledger", 2))
+        .await
+        .unwrap();
+    produce(&client, "ledger", 20, "x").await;
+
+    // "done" consumes everything, commits and leaves; "live" does the same and stays.
+    let seen: Seen = Arc::default();
+    let done = member(client.clone(), "done", "ledger", seen, |n| n >= 20).await;
+    done.close().await.unwrap();
+    assert_eq!(
+        admin
+            .group_offsets("done")
+            .await
+            .unwrap()
+            .values()
+            .sum::<u64>(),
+        20
+    );
+    let seen: Seen = Arc::default();
+    let mut live = member(client.clone(), "live", "ledger", seen, |n| n >= 20).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let polling = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                live.poll(Duration::from_millis(200)).await.unwrap();
+            }
+            live
+        })
+    };
+
+    // "done" is deleted once empty for the retention: gone from the listing, its offsets too.
+    common::eventually_async(Duration::from_secs(30), "group done expired", || async {
+        !listed(&admin).await.contains(&"done".to_string())
+    })
+    .await;
+    assert!(admin.group_offsets("done").await.unwrap().is_empty());
+    broker.wait_for_line("group expired", Duration::from_secs(5));
+    // "live" has a member: it stays, with its offsets, for well over the retention since its
+    // last commit.
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(4) {
+        assert!(listed(&admin).await.contains(&"live".to_string()));
+        // Watching that nothing happens for a while: the pause between looks.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Once its member leaves it is empty, and the retention counts from then (not from its
+    // last commit, longer ago than the retention): its offsets are still there.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    polling.await.unwrap().close().await.unwrap();
+    assert_eq!(
+        admin
+            .group_offsets("live")
+            .await
+            .unwrap()
+            .values()
+            .sum::<u64>(),
+        20
+    );
+    common::eventually_async(Duration::from_secs(30), "group live expired", || async {
+        !listed(&admin).await.contains(&"live".to_string())
+    })
+    .await;
+
+    // The deletions are in the offsets log: a restarted broker does not bring them back.
+    assert!(broker.terminate());
+    drop(broker);
+    let broker = BrokerProcess::start_on(data.path(), &address, &["--offsets-retention-ms", "0"]);
+    let admin = Admin::new(common::client(&broker.address).await);
+    assert!(listed(&admin).await.is_empty());
 }

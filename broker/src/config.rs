@@ -120,6 +120,9 @@ pub struct BrokerConfig {
     pub log_cleaner_backoff_ms: u64,
     /// Segment size of `__consumer_offsets` (compacted).
     pub offsets_topic_segment_bytes: u64,
+    /// A group with no members keeps its committed offsets this long after its last commit
+    /// or membership change, then is deleted (Kafka's `offsets.retention.minutes`); 0: forever.
+    pub offsets_retention_ms: u64,
     /// Largest request frame accepted.
     pub max_frame_bytes: usize,
     /// Client connections beyond this are closed at once.
@@ -239,6 +242,7 @@ impl Default for BrokerConfig {
             log_cleaner_io_max_bytes_per_second: 0,
             log_cleaner_backoff_ms: 15_000,
             offsets_topic_segment_bytes: 100 << 20,
+            offsets_retention_ms: 7 * 24 * 3600 * 1000,
             max_frame_bytes: 64 << 20,
             max_connections: 10_000,
             max_connections_per_ip: 1000,
@@ -401,6 +405,9 @@ pub struct Flags {
     /// Segment size of the compacted __consumer_offsets topic, bytes [default: 104857600].
     #[arg(long)]
     pub offsets_topic_segment_bytes: Option<u64>,
+    /// Delete an empty group's offsets this long after its last activity, ms; 0 = never [default: 604800000].
+    #[arg(long)]
+    pub offsets_retention_ms: Option<u64>,
     /// Largest request frame accepted, bytes [default: 67108864].
     #[arg(long)]
     pub max_frame_bytes: Option<usize>,
@@ -596,6 +603,7 @@ impl BrokerConfig {
             log_cleaner_io_max_bytes_per_second,
             log_cleaner_backoff_ms,
             offsets_topic_segment_bytes,
+            offsets_retention_ms,
             max_frame_bytes,
             max_connections,
             max_connections_per_ip,

@@ -86,9 +86,20 @@ pub struct GroupEntry {
     pub group: Group,
     pub classic: ClassicGroup,
     pub offsets: BTreeMap<TopicPartition, Committed>,
+    /// Wall-clock ms of the group's latest offset commit or membership change (replayed from
+    /// its records' timestamps): an empty group expires `offsets_retention_ms` after it.
+    pub active_ms: i64,
 }
 
 impl GroupEntry {
+    /// Whether the group is empty (no member of either protocol, nothing pending) and was
+    /// last active `retention_ms` or longer before `now_ms`.
+    fn expired(&self, now_ms: i64, retention_ms: i64) -> bool {
+        self.group.members.is_empty()
+            && !self.classic.is_live()
+            && now_ms.saturating_sub(self.active_ms) >= retention_ms
+    }
+
     /// Whether the group exists: has members (of either protocol) or committed offsets.
     pub fn exists(&self) -> bool {
         !self.group.members.is_empty() || self.classic.is_live() || !self.offsets.is_empty()
@@ -135,7 +146,13 @@ pub struct Coordinator {
     loaded: Mutex<HashMap<u32, u32>>,
     /// Group version last written to the offsets topic, per group.
     persisted: Mutex<HashMap<String, u64>>,
+    /// How long an empty group keeps its offsets (Kafka's `offsets.retention.minutes`); 0:
+    /// forever.
+    offsets_retention_ms: i64,
 }
+
+/// Most groups expired in one tick (each is one append).
+const EXPIRIES_PER_TICK: usize = 100;
 
 /// Maps a group error to its protocol code.
 pub fn error_code(error: &GroupError) -> ErrorCode {
@@ -157,7 +174,14 @@ impl Coordinator {
             groups: Mutex::default(),
             loaded: Mutex::default(),
             persisted: Mutex::default(),
+            offsets_retention_ms: 0,
         }
+    }
+
+    /// Empty groups expire `ms` after they were last active (0: never).
+    pub fn with_offsets_retention_ms(mut self, ms: u64) -> Coordinator {
+        self.offsets_retention_ms = i64::try_from(ms).unwrap_or(i64::MAX);
+        self
     }
 
     /// Runs `f` on the group (created empty if unknown).
@@ -169,6 +193,7 @@ impl Coordinator {
                 group: Group::new(group_id, self.heartbeat_interval_ms),
                 classic: ClassicGroup::new(group_id),
                 offsets: BTreeMap::new(),
+                active_ms: now_ms(),
             });
         f(entry)
     }
@@ -291,7 +316,11 @@ impl Coordinator {
                     for record in batch.records()? {
                         let record = record?;
                         records += 1;
-                        self.apply_record(record.key.as_deref(), record.value.as_deref());
+                        self.apply_record(
+                            record.key.as_deref(),
+                            record.value.as_deref(),
+                            record.timestamp,
+                        );
                     }
                 }
             }
@@ -305,7 +334,7 @@ impl Coordinator {
         Ok(())
     }
 
-    fn apply_record(&self, key: Option<&[u8]>, value: Option<&[u8]>) {
+    fn apply_record(&self, key: Option<&[u8]>, value: Option<&[u8]>, timestamp_ms: i64) {
         let Some(Ok(key)) = key.map(postcard::from_bytes::<RecordKey>) else {
             tracing::warn!("skipping an undecodable record in {OFFSETS_TOPIC}");
             return;
@@ -334,6 +363,7 @@ impl Coordinator {
                     return;
                 };
                 self.with_group(&group, |entry| {
+                    entry.active_ms = timestamp_ms;
                     entry.offsets.insert(
                         TopicPartition::new(topic, partition),
                         Committed { offset, metadata },
@@ -359,6 +389,7 @@ impl Coordinator {
                 let now = monotonic_ms();
                 let heartbeat_interval_ms = self.heartbeat_interval_ms;
                 let version = self.with_group(&group, |entry| {
+                    entry.active_ms = timestamp_ms;
                     match stored {
                         GroupValue::V1(native) => {
                             entry.group = native.restored(now);
@@ -404,6 +435,9 @@ impl Coordinator {
             };
             builder.append(now, Some(&encode(&key)?), Some(&encode(&value)?), &[]);
         }
+        // Active before the records are written: an expiry that looks at the group after
+        // this sees it active, and one before it is written before these records.
+        self.with_group(group, |entry| entry.active_ms = now);
         let appended = self.append(group, builder)?;
         self.with_group(group, |entry| {
             for (tp, committed) in offsets {
@@ -437,6 +471,14 @@ impl Coordinator {
             &[],
         );
         self.append(group_id, builder)?;
+        if let Some(entry) = self
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(group_id)
+        {
+            entry.active_ms = now_ms();
+        }
         let mut persisted = self.persisted.lock().unwrap_or_else(|e| e.into_inner());
         let entry = persisted.entry(group_id.to_string()).or_insert(0);
         *entry = (*entry).max(version);
@@ -454,34 +496,52 @@ impl Coordinator {
             .get(group)
             .map(|entry| entry.offsets.keys().cloned().collect())
             .unwrap_or_default();
-        let mut builder = RecordBatchBuilder::new();
-        let now = now_ms();
-        for tp in committed {
-            let key = RecordKey::Offset {
-                group: group.to_string(),
-                topic: tp.topic,
-                partition: tp.partition,
-            };
-            builder.append(now, Some(&encode(&key)?), None, &[]);
-        }
-        let metadata = RecordKey::GroupMetadata {
-            group: group.to_string(),
-        };
-        builder.append(now, Some(&encode(&metadata)?), None, &[]);
-        builder.append(
-            now,
-            Some(&encode(&RecordKey::GroupDeleted {
-                group: group.to_string(),
-            })?),
-            None,
-            &[],
-        );
-        self.append(group, builder)?;
+        self.append(group, deletion(group, committed)?)?;
         self.groups
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(group);
         Ok(())
+    }
+
+    /// Deletes (as [`Coordinator::delete_group`]) the empty groups whose last commit or
+    /// membership change is `offsets_retention_ms` old, at most `EXPIRIES_PER_TICK` at a
+    /// time; returns the ones deleted. Each is checked and deleted under the groups lock, so
+    /// a commit or join either comes first (and the group stays) or after (on a new group).
+    /// Blocking (appends).
+    pub fn expire(&self, now_ms: i64) -> Vec<String> {
+        if self.offsets_retention_ms <= 0 {
+            return Vec::new();
+        }
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let due: Vec<String> = groups
+            .iter()
+            .filter(|(_, entry)| !entry.offsets.is_empty())
+            .filter(|(_, entry)| entry.expired(now_ms, self.offsets_retention_ms))
+            .map(|(id, _)| id.clone())
+            .take(EXPIRIES_PER_TICK)
+            .collect();
+        let mut expired = Vec::new();
+        for id in due {
+            let committed = groups
+                .get(&id)
+                .map(|entry| entry.offsets.keys().cloned().collect())
+                .unwrap_or_default();
+            match deletion(&id, committed).and_then(|batch| self.append(&id, batch)) {
+                Ok(_) => {
+                    groups.remove(&id);
+                    self.persisted
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                    expired.push(id);
+                }
+                Err(e) => {
+                    tracing::warn!(group = %id, "expiring an empty group failed (retried next tick): {e}");
+                }
+            }
+        }
+        expired
     }
 
     /// Appends to the group's offsets partition as its leader; returns the leader epoch it was
@@ -498,6 +558,35 @@ impl Coordinator {
         log.append(&builder.build(), epoch)
             .map(|info| (epoch, info.last_offset + 1))
     }
+}
+
+/// The records that delete `group`: a tombstone per committed offset (`committed`) and for its
+/// membership (so compaction removes every record of the group), then the group's own
+/// deletion record (a tombstone too).
+fn deletion(group: &str, committed: Vec<TopicPartition>) -> crate::Result<RecordBatchBuilder> {
+    let mut builder = RecordBatchBuilder::new();
+    let now = now_ms();
+    for tp in committed {
+        let key = RecordKey::Offset {
+            group: group.to_string(),
+            topic: tp.topic,
+            partition: tp.partition,
+        };
+        builder.append(now, Some(&encode(&key)?), None, &[]);
+    }
+    let metadata = RecordKey::GroupMetadata {
+        group: group.to_string(),
+    };
+    builder.append(now, Some(&encode(&metadata)?), None, &[]);
+    builder.append(
+        now,
+        Some(&encode(&RecordKey::GroupDeleted {
+            group: group.to_string(),
+        })?),
+        None,
+        &[],
+    );
+    Ok(builder)
 }
 
 fn encode<T: Serialize>(value: &T) -> crate::Result<Vec<u8>> {
@@ -580,6 +669,56 @@ mod tests {
             "a deleted group stays deleted"
         );
         assert_eq!(reloaded.group_ids(), vec!["g1".to_string()]);
+    }
+
+    #[test]
+    fn empty_groups_expire_after_the_retention_and_stay_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = offsets_logs(dir.path());
+        let coordinator = Coordinator::new(logs.clone(), 500).with_offsets_retention_ms(60_000);
+        let tp = TopicPartition::new("orders", 0);
+        let commit = |group: &str| {
+            let committed = Committed {
+                offset: 5,
+                metadata: None,
+            };
+            coordinator
+                .store_offsets(group, &[(tp.clone(), committed)])
+                .unwrap();
+        };
+        for group in ["old", "new", "busy"] {
+            commit(group);
+        }
+        // "busy" has a member: it never expires, however old its last commit.
+        let topics = std::collections::BTreeMap::from([("orders".to_string(), 1)]);
+        let join = crate::group::state::Heartbeat {
+            subscriptions: Some(["orders".to_string()].into()),
+            session_timeout_ms: 10_000,
+            ..Default::default()
+        };
+        coordinator
+            .with_group("busy", |e| e.group.heartbeat(join, 0, &topics))
+            .unwrap();
+        let now = now_ms();
+        assert!(coordinator.expire(now).is_empty(), "nothing is due yet");
+        for group in ["old", "busy"] {
+            coordinator.with_group(group, |e| e.active_ms = now - 61_000);
+        }
+        assert_eq!(coordinator.expire(now), vec!["old".to_string()]);
+        assert!(coordinator.with_existing("old", |_| ()).is_none());
+
+        // Replayed, the deletion holds, and the others' activity comes from their records'
+        // timestamps: a minute later "new" is due too.
+        let reloaded = Coordinator::new(logs, 500).with_offsets_retention_ms(60_000);
+        for p in 0..OFFSETS_PARTITIONS {
+            reloaded.ensure_loaded(p, 0).unwrap();
+        }
+        assert!(reloaded.with_existing("old", |_| ()).is_none());
+        assert!(reloaded.expire(now).is_empty());
+        let mut later = reloaded.expire(now + 61_000);
+        later.sort();
+        assert_eq!(later, vec!["busy".to_string(), "new".to_string()]);
+        assert!(reloaded.group_ids().is_empty());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::group::coordinator::{
     error_code, partition_for, Committed, GROUP_ID_BYTES_MAX, OFFSETS_TOPIC,
 };
 use crate::group::state::Heartbeat;
-use crate::log::{monotonic_ms, TopicPartition};
+use crate::log::{monotonic_ms, now_ms, TopicPartition};
 use crate::security::acl::{Operation, ResourceType};
 use crate::security::Session;
 use crate::server::BrokerState;
@@ -452,6 +452,26 @@ pub(crate) async fn persist(state: &Arc<BrokerState>, group_id: &str) {
         }
         Ok(Err(e)) => tracing::error!(group = group_id, "persisting group membership failed (a coordinator failover will rebalance this group; a snapshot over max_batch_bytes needs fewer members or partitions per group, or a larger max_batch_bytes): {e}"),
         Err(e) => tracing::error!(group = group_id, "persisting group membership failed: {e}"),
+    }
+}
+
+/// Deletes the groups that stayed empty for `offsets_retention_ms` (their offsets, membership
+/// and the group itself, as DeleteGroups does), logged one line each.
+pub(crate) async fn expire(state: &Arc<BrokerState>) {
+    let expirer = state.clone();
+    let expired = match tokio::task::spawn_blocking(move || expirer.groups.expire(now_ms())).await {
+        Ok(expired) => expired,
+        Err(e) => {
+            tracing::error!("expiring groups failed: {e}");
+            return;
+        }
+    };
+    for group in expired {
+        tracing::info!(group = %group, retention_ms = state.config.offsets_retention_ms, "group expired: no members and no commit or membership change for offsets_retention_ms; its offsets are deleted");
+        let tp = TopicPartition::new(OFFSETS_TOPIC, partition_for(&group));
+        if let Some(replica) = state.replicas.get(&tp) {
+            state.replicas.appended(&replica);
+        }
     }
 }
 

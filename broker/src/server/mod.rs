@@ -323,7 +323,8 @@ impl Broker {
         )
         .await?;
         let logs = Arc::new(logs);
-        let groups = Coordinator::new(logs.clone(), 500);
+        let groups = Coordinator::new(logs.clone(), 500)
+            .with_offsets_retention_ms(config.offsets_retention_ms);
         let shutdown = CancellationToken::new();
         let lease_ms = config
             .broker_session_timeout_ms
@@ -934,6 +935,10 @@ async fn cleaner_loop(state: Arc<BrokerState>) {
 async fn storage_tick(state: Arc<BrokerState>) {
     let mut interval = tokio::time::interval(Duration::from_millis(state.config.tick_ms.max(1)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Group expiry scans every group: a tenth of the retention, at most once a minute.
+    let retention = Duration::from_millis(state.config.offsets_retention_ms);
+    let expiry_every = (retention / 10).min(Duration::from_secs(60));
+    let mut expiry_checked = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -945,6 +950,10 @@ async fn storage_tick(state: Arc<BrokerState>) {
             }
             crate::ops::groups::persist(&state, &tick.group).await;
             tick.replies.deliver();
+        }
+        if !retention.is_zero() && expiry_checked.elapsed() >= expiry_every {
+            expiry_checked = tokio::time::Instant::now();
+            crate::ops::groups::expire(&state).await;
         }
         let logs = state.logs.clone();
         match tokio::task::spawn_blocking(move || logs.tick(now_ms())).await {
