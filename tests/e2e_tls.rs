@@ -1,7 +1,8 @@
 //! TLS on every listener (docs/SECURITY.md "TLS"), against real brokers: the Rust client, the
 //! `rill` CLI, kcat (librdkafka) and an HTTPS client; untrusted certificates and missing
 //! client certificates are refused; SIGHUP reloads the certificate; a three-broker cluster
-//! replicates and runs its metadata quorum over mutual TLS.
+//! replicates and runs its metadata quorum over mutual TLS; a client certificate is the
+//! principal ACLs name.
 
 mod common;
 
@@ -454,5 +455,155 @@ async fn a_cluster_replicates_and_keeps_its_quorum_over_mutual_tls() {
             .await
             .is_ok_and(|r| r.is_err()),
         "no client certificate, no controller port"
+    );
+}
+
+/// Fails unless `output` failed naming `code`.
+fn refused(output: std::process::Output, code: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "expected {code}, it succeeded");
+    assert!(stderr.contains(code), "expected {code}: {stderr}");
+}
+
+#[test]
+fn a_client_certificate_is_the_principal_acls_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "good");
+    let broker_identity = ca.issue("broker");
+    let data = tempfile::tempdir().unwrap();
+    let mut flags = tls_flags("client,kafka", &broker_identity, Some(&ca.file()));
+    flags.extend(
+        [
+            "--tls-client-auth",
+            "client,kafka",
+            "--tls-principal",
+            "cn",
+            "--authorization",
+            "true",
+            "--super-users",
+            "User:admin",
+        ]
+        .map(String::from),
+    );
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let broker = BrokerProcess::start(data.path(), &flags);
+    let address = broker.address.clone();
+    let ca_file = ca.file();
+    let identities: Vec<(&str, Identity)> = ["admin", "alice", "bob"]
+        .into_iter()
+        .map(|cn| (cn, ca.issue(cn)))
+        .collect();
+    // `rill` as the holder of certificate `cn`.
+    let rill_as = |cn: &str, args: &[&str], stdin: &str| {
+        let (_, identity) = identities.iter().find(|(name, _)| *name == cn).unwrap();
+        let mut all = vec![
+            "--tls-ca",
+            path(&ca_file),
+            "--tls-cert",
+            path(&identity.cert),
+            "--tls-key",
+            path(&identity.key),
+        ];
+        all.extend_from_slice(args);
+        rill(&address, &all, stdin)
+    };
+    let ok = |output: std::process::Output| {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    // The super user (User:admin, its certificate's CN) sets up topics and alice's ACL.
+    ok(rill_as("admin", &["topic", "create", "orders"], ""));
+    ok(rill_as("admin", &["topic", "create", "payments"], ""));
+    ok(rill_as(
+        "admin",
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "write",
+            "--topic",
+            "orders",
+        ],
+        "",
+    ));
+
+    // alice may write orders and nothing else; bob may do nothing.
+    ok(rill_as("alice", &["produce", "orders"], "from-alice\n"));
+    refused(
+        rill_as("alice", &["produce", "payments"], "x\n"),
+        "TOPIC_AUTHORIZATION_FAILED",
+    );
+    let consume = [
+        "consume",
+        "orders",
+        "--from-beginning",
+        "--count",
+        "1",
+        "--timeout-ms",
+        "5000",
+    ];
+    refused(rill_as("alice", &consume, ""), "TOPIC_AUTHORIZATION_FAILED");
+    refused(
+        rill_as("bob", &["produce", "orders"], "x\n"),
+        "TOPIC_AUTHORIZATION_FAILED",
+    );
+
+    // The same certificate on the Kafka listener: kcat as alice writes orders, cannot read it.
+    let kafka = broker.kafka_address.clone().expect("kafka listener");
+    let (_, alice) = &identities[1];
+    let ssl = [
+        "-X".to_string(),
+        "security.protocol=ssl".into(),
+        "-X".into(),
+        format!("ssl.ca.location={}", path(&ca_file)),
+        "-X".into(),
+        format!("ssl.certificate.location={}", path(&alice.cert)),
+        "-X".into(),
+        format!("ssl.key.location={}", path(&alice.key)),
+    ];
+    let with_ssl = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string())
+            .chain(ssl.iter().cloned())
+            .collect()
+    };
+    let args = with_ssl(&["-b", &kafka, "-P", "-t", "orders", "-p", "0"]);
+    kcat(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "from-kcat\n",
+    );
+    let args = with_ssl(&["-b", &kafka, "-C", "-t", "orders", "-o", "beginning", "-e"]);
+    let read = kcat_output(&args.iter().map(String::as_str).collect::<Vec<_>>(), "");
+    assert!(!read.status.success());
+    assert!(
+        String::from_utf8_lossy(&read.stderr).contains("Topic authorization failed"),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+
+    // What alice wrote, read by the super user.
+    let read = ok(rill_as(
+        "admin",
+        &[
+            "consume",
+            "orders",
+            "--from-beginning",
+            "--count",
+            "2",
+            "--timeout-ms",
+            "10000",
+        ],
+        "",
+    ));
+    assert!(
+        read.contains("from-alice") && read.contains("from-kcat"),
+        "{read}"
     );
 }
