@@ -1,7 +1,8 @@
 //! Client quotas (docs/SECURITY.md "Quotas") against a real broker: a client id with a produce
 //! or fetch byte rate is throttled to it (it takes at least as long as its rate allows, the
 //! responses say so in their throttle time, and its connection reads nothing meanwhile), on
-//! the native protocol and the Kafka one; other client ids are not throttled.
+//! the native protocol and the Kafka one; other client ids are not throttled. Quotas set at run
+//! time (`rill quota`, Kafka's AlterClientQuotas) apply at once and win over the settings.
 
 mod common;
 
@@ -321,4 +322,172 @@ async fn a_consumer_over_its_quota_is_throttled_to_it() {
     assert_eq!(consumed.lines().count(), RECORDS);
     let floor = least(RECORDS * VALUE, 128 << 10);
     assert!(took >= floor, "kcat took {took:?}, less than {floor:?}");
+}
+
+/// A Kafka request (header v1: no tagged fields; the APIs used here at version 0) on a new
+/// connection to `address`: the response body after its correlation id.
+fn kafka_call(address: &str, api_key: i16, body: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&api_key.to_be_bytes());
+    frame.extend_from_slice(&0i16.to_be_bytes());
+    frame.extend_from_slice(&7i32.to_be_bytes());
+    kafka_string(&mut frame, "kafka-admin");
+    frame.extend_from_slice(body);
+    let mut socket = std::net::TcpStream::connect(address).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    socket
+        .write_all(&(frame.len() as u32).to_be_bytes())
+        .unwrap();
+    socket.write_all(&frame).unwrap();
+    let mut size = [0u8; 4];
+    socket.read_exact(&mut size).unwrap();
+    let mut response = vec![0u8; u32::from_be_bytes(size) as usize];
+    socket.read_exact(&mut response).unwrap();
+    response.split_off(4)
+}
+
+fn kafka_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as i16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_set_at_run_time_apply_at_once_and_win_over_the_settings() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = start(data.path());
+    let address = broker.address.clone();
+    let admin = Admin::new(common::client(&address).await);
+    admin.create_topic(NewTopic::new("quota", 1)).await.unwrap();
+    let throttle_of = |client: &str| {
+        let mut raw = Raw::connect(&address);
+        let ResponseBody::Produce(response) =
+            raw.call_as(client, 1, produce_request("quota", 600 << 10))
+        else {
+            panic!("a produce response")
+        };
+        assert_eq!(
+            response.topics[0].partitions[0].error_code,
+            rill_protocol::ErrorCode::NONE
+        );
+        response.throttle_time_ms
+    };
+
+    // `rill quota set`: a client id without any quota gets one, at once.
+    assert_eq!(throttle_of("dyn"), 0);
+    common::rill_output(
+        &address,
+        &[
+            "quota",
+            "set",
+            "--client-id",
+            "dyn",
+            "--producer-byte-rate",
+            "262144",
+        ],
+    );
+    assert!(throttle_of("dyn") > 0, "throttled by the quota just set");
+    // Over the broker's own setting for `slow`: 0 is no limit.
+    common::rill_output(
+        &address,
+        &[
+            "quota",
+            "set",
+            "--client-id",
+            "slow",
+            "--producer-byte-rate",
+            "0",
+        ],
+    );
+    assert_eq!(throttle_of("slow"), 0);
+    // The default of every client id without its own.
+    common::rill_output(
+        &address,
+        &[
+            "quota",
+            "set",
+            "--default",
+            "--producer-byte-rate",
+            "262144",
+        ],
+    );
+    assert!(throttle_of("anyone") > 0);
+    let listed = common::rill_json(&address, &["quota", "list"]);
+    let rows = listed.as_array().expect("a list");
+    assert_eq!(rows.len(), 3, "{listed}");
+    assert!(
+        rows.iter()
+            .any(|r| r["client_id"] == "dyn" && r["producer_byte_rate"] == 262144),
+        "{listed}"
+    );
+    assert!(rows.iter().any(|r| r["default"] == true), "{listed}");
+    common::rill_output(&address, &["quota", "remove", "--default"]);
+    common::rill_output(&address, &["quota", "remove", "--client-id", "dyn"]);
+    assert_eq!(throttle_of("someone-else"), 0);
+    let listed = common::rill_json(&address, &["quota", "list"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    // Removing a quota that is not there is no error.
+    common::rill_output(
+        &address,
+        &[
+            "quota",
+            "remove",
+            "--client-id",
+            "x",
+            "--consumer-byte-rate",
+        ],
+    );
+
+    // The Kafka door: AlterClientQuotas and DescribeClientQuotas v0 (kafka-configs.sh).
+    let kafka = broker.kafka_address.clone().expect("kafka listener");
+    let mut alter = Vec::new();
+    alter.extend_from_slice(&1i32.to_be_bytes()); // entries
+    alter.extend_from_slice(&1i32.to_be_bytes()); // entity components
+    kafka_string(&mut alter, "client-id");
+    kafka_string(&mut alter, "kdyn");
+    alter.extend_from_slice(&1i32.to_be_bytes()); // ops
+    kafka_string(&mut alter, "producer_byte_rate");
+    alter.extend_from_slice(&262144f64.to_be_bytes());
+    alter.push(0); // remove
+    alter.push(0); // validate_only
+    let answer = kafka_call(&kafka, 49, &alter);
+    // throttle_time_ms, one entry, its error code.
+    assert_eq!(&answer[4..8], &1i32.to_be_bytes());
+    assert_eq!(&answer[8..10], &0i16.to_be_bytes(), "{answer:?}");
+    assert!(
+        throttle_of("kdyn") > 0,
+        "throttled by the quota Kafka's API set"
+    );
+    let mut describe = Vec::new();
+    describe.extend_from_slice(&1i32.to_be_bytes()); // components
+    kafka_string(&mut describe, "client-id");
+    describe.push(0); // match exactly
+    kafka_string(&mut describe, "kdyn");
+    describe.push(0); // strict
+    let answer = kafka_call(&kafka, 48, &describe);
+    assert_eq!(&answer[4..6], &0i16.to_be_bytes(), "{answer:?}");
+    let needle = 262144f64.to_be_bytes();
+    assert!(
+        answer.windows(needle.len()).any(|w| w == needle),
+        "the quota's value in {answer:?}"
+    );
+    assert!(
+        answer.windows("kdyn".len()).any(|w| w == b"kdyn"),
+        "only the entity asked for"
+    );
+    // A user quota is not served: refused per entry.
+    let mut user = Vec::new();
+    user.extend_from_slice(&1i32.to_be_bytes());
+    user.extend_from_slice(&1i32.to_be_bytes());
+    kafka_string(&mut user, "user");
+    kafka_string(&mut user, "alice");
+    user.extend_from_slice(&1i32.to_be_bytes());
+    kafka_string(&mut user, "producer_byte_rate");
+    user.extend_from_slice(&1024f64.to_be_bytes());
+    user.push(0);
+    user.push(0);
+    let answer = kafka_call(&kafka, 49, &user);
+    assert_ne!(&answer[8..10], &0i16.to_be_bytes(), "{answer:?}");
 }

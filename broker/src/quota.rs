@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::controller::metadata::ClientQuotas;
 use crate::metrics::Metrics;
 
 /// The longest one response throttles its connection.
@@ -43,16 +44,16 @@ impl Direction {
     }
 }
 
-/// One client id's rates, bytes per second; `None` is unlimited.
+/// One layer of settings for a client id: a rate per direction, bytes per second; `None`:
+/// not set in this layer (the next one applies), `Some(0)`: no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Rates {
-    pub producer: Option<u64>,
-    pub consumer: Option<u64>,
+struct Layer {
+    producer: Option<u64>,
+    consumer: Option<u64>,
 }
 
-impl Rates {
-    /// The rate in `direction`.
-    pub fn get(&self, direction: Direction) -> Option<u64> {
+impl Layer {
+    fn get(&self, direction: Direction) -> Option<u64> {
         match direction {
             Direction::Produce => self.producer,
             Direction::Fetch => self.consumer,
@@ -65,20 +66,27 @@ struct Bucket {
     /// Bytes that may be used now; negative is debt.
     tokens: f64,
     refilled: Instant,
+    /// The rate it was last counted at (a quota set at run time may change it).
+    rate: f64,
 }
 
 /// The broker's quotas and their accounting.
 #[derive(Debug, Default)]
 pub struct Quotas {
-    default: Rates,
-    overrides: HashMap<String, Rates>,
+    default: Layer,
+    overrides: HashMap<String, Layer>,
     any: bool,
     buckets: Mutex<HashMap<(String, Direction), Bucket>>,
 }
 
-/// A rate setting: 0 is unlimited.
-fn rate(value: u64) -> Option<u64> {
-    (value > 0).then_some(value)
+impl Direction {
+    /// The quota key of this direction (Kafka's name).
+    pub fn key(self) -> &'static str {
+        match self {
+            Direction::Produce => "producer_byte_rate",
+            Direction::Fetch => "consumer_byte_rate",
+        }
+    }
 }
 
 impl Quotas {
@@ -86,9 +94,9 @@ impl Quotas {
     /// `overrides`, `client:producer_rate:consumer_rate,...` (an empty rate is the default,
     /// 0 unlimited; the client id is everything before the last two colons).
     pub fn new(producer: u64, consumer: u64, overrides: &str) -> Result<Quotas, String> {
-        let default = Rates {
-            producer: rate(producer),
-            consumer: rate(consumer),
+        let default = Layer {
+            producer: (producer > 0).then_some(producer),
+            consumer: (consumer > 0).then_some(consumer),
         };
         let mut parsed = HashMap::new();
         for entry in overrides
@@ -104,24 +112,29 @@ impl Quotas {
                     "{entry:?}: expected client_id:producer_byte_rate:consumer_byte_rate"
                 ));
             };
-            let field = |text: &str, fallback: Option<u64>| -> Result<Option<u64>, String> {
+            let field = |text: &str| -> Result<Option<u64>, String> {
                 if text.trim().is_empty() {
-                    return Ok(fallback);
+                    return Ok(None);
                 }
                 text.trim()
                     .parse::<u64>()
-                    .map(rate)
+                    .map(Some)
                     .map_err(|e| format!("{entry:?}: rate {text:?}: {e}"))
             };
-            let rates = Rates {
-                producer: field(producer, default.producer)?,
-                consumer: field(consumer, default.consumer)?,
+            let layer = Layer {
+                producer: field(producer)?,
+                consumer: field(consumer)?,
             };
-            if parsed.insert(client.to_string(), rates).is_some() {
+            if parsed.insert(client.to_string(), layer).is_some() {
                 return Err(format!("client id {client:?} is listed twice"));
             }
         }
-        let any = default != Rates::default() || parsed.values().any(|r| *r != Rates::default());
+        let limited = |l: &Layer| {
+            [l.producer, l.consumer]
+                .iter()
+                .any(|r| r.is_some_and(|r| r > 0))
+        };
+        let any = limited(&default) || parsed.values().any(limited);
         Ok(Quotas {
             default,
             overrides: parsed,
@@ -130,43 +143,68 @@ impl Quotas {
         })
     }
 
-    /// Whether any client id has a rate at all.
-    pub fn any(&self) -> bool {
-        self.any
+    /// Whether any client id may have a rate at all (with `dynamic`, the quotas set at run
+    /// time in the metadata).
+    pub fn any(&self, dynamic: &ClientQuotas) -> bool {
+        self.any || !dynamic.is_empty()
     }
 
-    /// `client_id`'s rates.
-    pub fn rates(&self, client_id: &str) -> Rates {
-        self.overrides
-            .get(client_id)
-            .copied()
-            .unwrap_or(self.default)
-    }
-
-    /// Counts `bytes` against `client_id`'s rate in `direction`; returns how long the client
-    /// is throttled for it (zero while within its rate).
-    pub fn record(&self, direction: Direction, client_id: &str, bytes: u64) -> Duration {
-        self.account(direction, client_id, bytes, Instant::now())
-    }
-
-    /// How long `client_id` is still throttled in `direction` (its debt), without using
-    /// anything.
-    pub fn throttled(&self, direction: Direction, client_id: &str) -> Duration {
-        self.account(direction, client_id, 0, Instant::now())
-    }
-
-    fn account(&self, direction: Direction, client_id: &str, bytes: u64, now: Instant) -> Duration {
-        let Some(rate) = self.rates(client_id).get(direction) else {
-            return Duration::ZERO;
+    /// `client_id`'s rate in `direction` (`None`: no limit): the first of its quota set at
+    /// run time (`dynamic`), its `quota_overrides` entry, the default set at run time, the
+    /// broker's default setting.
+    pub fn rate(
+        &self,
+        direction: Direction,
+        client_id: &str,
+        dynamic: &ClientQuotas,
+    ) -> Option<u64> {
+        let from_metadata = |client: Option<String>| {
+            dynamic
+                .get(&client)
+                .and_then(|values| values.get(direction.key()).copied())
         };
-        let rate = rate as f64;
+        let specific = || {
+            if dynamic.is_empty() {
+                None
+            } else {
+                from_metadata(Some(client_id.to_string()))
+            }
+        };
+        specific()
+            .or_else(|| self.overrides.get(client_id).and_then(|l| l.get(direction)))
+            .or_else(|| from_metadata(None))
+            .or_else(|| self.default.get(direction))
+            .filter(|rate| *rate > 0)
+    }
+
+    /// Counts `bytes` against `client_id`'s `rate` in `direction`; returns how long the
+    /// client is throttled for it (zero while within its rate).
+    pub fn record(&self, direction: Direction, client_id: &str, rate: u64, bytes: u64) -> Duration {
+        self.account(direction, client_id, rate, bytes, Instant::now())
+    }
+
+    /// How long `client_id` is still throttled in `direction` at `rate` (its debt), without
+    /// using anything.
+    pub fn throttled(&self, direction: Direction, client_id: &str, rate: u64) -> Duration {
+        self.account(direction, client_id, rate, 0, Instant::now())
+    }
+
+    fn account(
+        &self,
+        direction: Direction,
+        client_id: &str,
+        rate: u64,
+        bytes: u64,
+        now: Instant,
+    ) -> Duration {
+        let rate = rate.max(1) as f64;
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let key = (client_id.to_string(), direction);
         if !buckets.contains_key(&key) && buckets.len() >= BUCKETS_MAX {
             // Full buckets are as good as absent; in debt ones are kept while there is room.
             buckets.retain(|_, bucket| {
                 let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
-                bucket.tokens + elapsed * rate < rate
+                bucket.tokens + elapsed * bucket.rate < bucket.rate
             });
             if buckets.len() >= BUCKETS_MAX {
                 tracing::warn!(
@@ -179,7 +217,9 @@ impl Quotas {
         let bucket = buckets.entry(key).or_insert(Bucket {
             tokens: rate,
             refilled: now,
+            rate,
         });
+        bucket.rate = rate;
         let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(rate) - bytes as f64;
         bucket.refilled = now;
@@ -222,13 +262,15 @@ impl Mute {
 pub struct Charge {
     pub direction: Direction,
     pub client_id: String,
+    /// The client id's rate, bytes per second.
+    pub rate: u64,
     pub mute: Mute,
 }
 
 impl Charge {
     /// How long the client is still throttled (its debt), using nothing.
     pub fn debt(&self, quotas: &Quotas) -> Duration {
-        quotas.throttled(self.direction, &self.client_id)
+        quotas.throttled(self.direction, &self.client_id, self.rate)
     }
 
     /// Counts `bytes`; if that throttles the client, mutes its connection for that long and
@@ -236,7 +278,7 @@ impl Charge {
     pub fn record(&self, quotas: &Quotas, metrics: &Metrics, bytes: u64) -> u32 {
         self.throttle(
             metrics,
-            quotas.record(self.direction, &self.client_id, bytes),
+            quotas.record(self.direction, &self.client_id, self.rate, bytes),
         )
     }
 
@@ -257,59 +299,78 @@ mod tests {
 
     #[test]
     fn overrides_parse_and_fall_back_to_the_default() {
+        let none = ClientQuotas::new();
         let quotas = Quotas::new(1000, 0, "a:10:20, b::5 ,c:0:,host:1:2:3").unwrap();
-        assert!(quotas.any());
-        assert_eq!(
-            quotas.rates("a"),
-            Rates {
-                producer: Some(10),
-                consumer: Some(20)
-            }
-        );
-        assert_eq!(
-            quotas.rates("b"),
-            Rates {
-                producer: Some(1000),
-                consumer: Some(5)
-            }
-        );
-        assert_eq!(quotas.rates("c"), Rates::default());
-        assert_eq!(quotas.rates("host:1").producer, Some(2));
-        assert_eq!(quotas.rates("other").producer, Some(1000));
-        assert!(!Quotas::new(0, 0, "").unwrap().any());
+        assert!(quotas.any(&none));
+        let rate = |d, client: &str| quotas.rate(d, client, &none);
+        assert_eq!(rate(Direction::Produce, "a"), Some(10));
+        assert_eq!(rate(Direction::Fetch, "a"), Some(20));
+        assert_eq!(rate(Direction::Produce, "b"), Some(1000));
+        assert_eq!(rate(Direction::Fetch, "b"), Some(5));
+        assert_eq!(rate(Direction::Produce, "c"), None);
+        assert_eq!(rate(Direction::Fetch, "c"), None);
+        assert_eq!(rate(Direction::Produce, "host:1"), Some(2));
+        assert_eq!(rate(Direction::Produce, "other"), Some(1000));
+        assert!(!Quotas::new(0, 0, "").unwrap().any(&none));
         assert!(Quotas::new(0, 0, "a:1").is_err());
         assert!(Quotas::new(0, 0, "a:x:1").is_err());
         assert!(Quotas::new(0, 0, "a:1:1,a:2:2").is_err());
     }
 
     #[test]
+    fn quotas_set_at_run_time_win_over_the_settings_at_their_level() {
+        let quotas = Quotas::new(1000, 0, "a:10:").unwrap();
+        let dynamic = ClientQuotas::from([
+            (
+                Some("a".to_string()),
+                [("producer_byte_rate".to_string(), 77)].into(),
+            ),
+            (
+                Some("free".to_string()),
+                [("producer_byte_rate".to_string(), 0)].into(),
+            ),
+            (None, [("consumer_byte_rate".to_string(), 500)].into()),
+        ]);
+        assert!(Quotas::new(0, 0, "").unwrap().any(&dynamic));
+        let rate = |d, client: &str| quotas.rate(d, client, &dynamic);
+        // The client's own run-time quota, then its override, then the run-time default,
+        // then the setting; 0 is no limit.
+        assert_eq!(rate(Direction::Produce, "a"), Some(77));
+        assert_eq!(rate(Direction::Fetch, "a"), Some(500));
+        assert_eq!(rate(Direction::Produce, "b"), Some(1000));
+        assert_eq!(rate(Direction::Fetch, "b"), Some(500));
+        assert_eq!(rate(Direction::Produce, "free"), None);
+    }
+
+    #[test]
     fn a_client_over_its_rate_is_throttled_until_it_repays() {
         let quotas = Quotas::new(1000, 0, "").unwrap();
+        let rate = 1000;
         let start = Instant::now();
         // One second of burst is free.
         assert_eq!(
-            quotas.account(Direction::Produce, "p", 1000, start),
+            quotas.account(Direction::Produce, "p", rate, 1000, start),
             Duration::ZERO
         );
         // 500 bytes beyond it: half a second.
-        let throttle = quotas.account(Direction::Produce, "p", 500, start);
+        let throttle = quotas.account(Direction::Produce, "p", rate, 500, start);
         assert!((throttle.as_secs_f64() - 0.5).abs() < 1e-6, "{throttle:?}");
         // A quarter second later a quarter of it is repaid.
         let later = start + Duration::from_millis(250);
-        let left = quotas.account(Direction::Produce, "p", 0, later);
+        let left = quotas.account(Direction::Produce, "p", rate, 0, later);
         assert!((left.as_secs_f64() - 0.25).abs() < 1e-6, "{left:?}");
         // Other client ids and the other direction are not affected.
         assert_eq!(
-            quotas.account(Direction::Produce, "q", 1000, start),
+            quotas.account(Direction::Produce, "q", rate, 1000, start),
             Duration::ZERO
         );
         assert_eq!(
-            quotas.account(Direction::Fetch, "p", 1 << 30, start),
+            quotas.account(Direction::Fetch, "p", rate, 1000, start),
             Duration::ZERO
         );
         // A huge debt throttles at most MAX_THROTTLE at a time.
         assert_eq!(
-            quotas.account(Direction::Produce, "p", 1 << 40, later),
+            quotas.account(Direction::Produce, "p", rate, 1 << 40, later),
             MAX_THROTTLE
         );
     }
@@ -319,7 +380,7 @@ mod tests {
         let quotas = Quotas::new(1, 0, "").unwrap();
         let now = Instant::now();
         for i in 0..BUCKETS_MAX + 10 {
-            quotas.account(Direction::Produce, &i.to_string(), 10, now);
+            quotas.account(Direction::Produce, &i.to_string(), 1, 10, now);
         }
         assert!(quotas.buckets.lock().unwrap().len() <= BUCKETS_MAX);
     }

@@ -1051,6 +1051,79 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// Sets (`Some`) or removes (`None`) client quotas (`producer_byte_rate`,
+    /// `consumer_byte_rate`, bytes per second; 0 is no limit) of each client id (`None`: the
+    /// default of every client id), all together.
+    pub async fn alter_client_quotas(&self, entries: QuotaAlterations) -> Result<()> {
+        use rill_protocol::api::{AlterClientQuotasRequest, ClientQuotaAlteration, QuotaOp};
+        let request = RequestBody::AlterClientQuotas(AlterClientQuotasRequest {
+            entries: entries
+                .into_iter()
+                .map(|(client_id, ops)| ClientQuotaAlteration {
+                    client_id,
+                    ops: ops
+                        .into_iter()
+                        .map(|(key, value)| QuotaOp { key, value })
+                        .collect(),
+                })
+                .collect(),
+        });
+        self.client
+            .retry("alter client quotas", || async {
+                let ResponseBody::AlterClientQuotas(response) =
+                    self.client.request_any(request.clone()).await?
+                else {
+                    return Err(unexpected());
+                };
+                for result in response.results {
+                    check(
+                        result.error_code,
+                        "alter client quotas".into(),
+                        result.error_message,
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Every client id's quotas set at run time (`None`: the default of every client id):
+    /// key -> bytes per second.
+    pub async fn describe_client_quotas(
+        &self,
+    ) -> Result<BTreeMap<Option<String>, BTreeMap<String, u64>>> {
+        let request =
+            RequestBody::DescribeClientQuotas(rill_protocol::api::DescribeClientQuotasRequest {});
+        self.client
+            .retry("list client quotas", || async {
+                let ResponseBody::DescribeClientQuotas(response) =
+                    self.client.request_any(request.clone()).await?
+                else {
+                    return Err(unexpected());
+                };
+                check(
+                    response.error_code,
+                    "list client quotas".into(),
+                    response.error_message,
+                )?;
+                Ok(response
+                    .entries
+                    .into_iter()
+                    .map(|e| {
+                        let values = e.values.into_iter().map(|v| (v.key, v.value)).collect();
+                        (e.client_id, values)
+                    })
+                    .collect())
+            })
+            .await
+    }
+}
+
+/// Client quota changes: per client id (`None`: the default of every client id), quota key
+/// -> bytes per second (`None`: remove it).
+pub type QuotaAlterations = Vec<(Option<String>, Vec<(String, Option<u64>)>)>;
+
 pub(crate) fn check(code: ErrorCode, context: String, message: Option<String>) -> Result<()> {
     if code == ErrorCode::NONE {
         Ok(())

@@ -49,12 +49,14 @@ pub enum ApiKey {
     CreateAcls = 21,
     DescribeAcls = 22,
     DeleteAcls = 23,
+    AlterClientQuotas = 24,
+    DescribeClientQuotas = 25,
     InitProducerId = 40,
 }
 
 impl ApiKey {
     /// Every API this protocol version defines.
-    pub const ALL: [ApiKey; 25] = [
+    pub const ALL: [ApiKey; 27] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -79,6 +81,8 @@ impl ApiKey {
         ApiKey::CreateAcls,
         ApiKey::DescribeAcls,
         ApiKey::DeleteAcls,
+        ApiKey::AlterClientQuotas,
+        ApiKey::DescribeClientQuotas,
         ApiKey::InitProducerId,
     ];
 
@@ -114,6 +118,8 @@ impl ApiKey {
             ApiKey::CreateAcls => "CreateAcls",
             ApiKey::DescribeAcls => "DescribeAcls",
             ApiKey::DeleteAcls => "DeleteAcls",
+            ApiKey::AlterClientQuotas => "AlterClientQuotas",
+            ApiKey::DescribeClientQuotas => "DescribeClientQuotas",
             ApiKey::InitProducerId => "InitProducerId",
         }
     }
@@ -1099,6 +1105,73 @@ wire_struct! {
     }
 }
 
+// ---------------------------------------------------------------- client quotas (24, 25)
+
+wire_struct! {
+    /// One quota of an entity: `producer_byte_rate` or `consumer_byte_rate`, bytes per
+    /// second (0: no limit); `None` removes it (the next layer applies again).
+    pub struct QuotaOp {
+        pub key: String,
+        pub value: Option<u64>,
+    }
+}
+
+wire_struct! {
+    /// Changes to one client id's quotas; `client_id` `None` is the default of every client id.
+    pub struct ClientQuotaAlteration {
+        pub client_id: Option<String>,
+        pub ops: Vec<QuotaOp>,
+    }
+}
+
+wire_struct! {
+    pub struct AlterClientQuotasRequest {
+        pub entries: Vec<ClientQuotaAlteration>,
+    }
+}
+
+wire_struct! {
+    /// The outcome of one alteration, in request order.
+    pub struct ClientQuotaResult {
+        pub error_code: ErrorCode,
+        pub error_message: Option<String>,
+    }
+}
+
+wire_struct! {
+    pub struct AlterClientQuotasResponse {
+        pub results: Vec<ClientQuotaResult>,
+    }
+}
+
+wire_struct! {
+    pub struct DescribeClientQuotasRequest {}
+}
+
+wire_struct! {
+    /// A quota as the metadata holds it.
+    pub struct QuotaValue {
+        pub key: String,
+        pub value: u64,
+    }
+}
+
+wire_struct! {
+    /// One client id's quotas (`None`: the default of every client id).
+    pub struct ClientQuotaEntry {
+        pub client_id: Option<String>,
+        pub values: Vec<QuotaValue>,
+    }
+}
+
+wire_struct! {
+    pub struct DescribeClientQuotasResponse {
+        pub error_code: ErrorCode,
+        pub error_message: Option<String>,
+        pub entries: Vec<ClientQuotaEntry>,
+    }
+}
+
 // ---------------------------------------------------------------- dispatch
 
 macro_rules! body_enum {
@@ -1169,6 +1242,8 @@ body_enum! {
         CreateAcls => CreateAclsRequest,
         DescribeAcls => DescribeAclsRequest,
         DeleteAcls => DeleteAclsRequest,
+        AlterClientQuotas => AlterClientQuotasRequest,
+        DescribeClientQuotas => DescribeClientQuotasRequest,
         InitProducerId => InitProducerIdRequest,
     }
 }
@@ -1200,6 +1275,8 @@ body_enum! {
         CreateAcls => CreateAclsResponse,
         DescribeAcls => DescribeAclsResponse,
         DeleteAcls => DeleteAclsResponse,
+        AlterClientQuotas => AlterClientQuotasResponse,
+        DescribeClientQuotas => DescribeClientQuotasResponse,
         InitProducerId => InitProducerIdResponse,
     }
 }

@@ -88,7 +88,20 @@ pub enum Command {
     CreateAcls { acls: Vec<AclBinding> },
     /// Removes every ACL each filter names; the result lists them per filter.
     DeleteAcls { filters: Vec<AclFilter> },
+    /// Sets (`Some`) or removes (`None`) client quotas: per client id (`None`: the default of
+    /// every client id), quota key (`QUOTA_KEYS`) -> bytes per second. All or nothing.
+    AlterClientQuotas { entries: QuotaAlterations },
 }
+
+/// The quota keys a client id may have (Kafka's names).
+pub const QUOTA_KEYS: [&str; 2] = ["producer_byte_rate", "consumer_byte_rate"];
+/// Most client ids with quotas a cluster holds.
+pub const CLIENT_QUOTAS_MAX: usize = 10_000;
+/// Client quota changes: per client id (`None`: the default), quota key -> bytes per second
+/// (`None`: remove it).
+pub type QuotaAlterations = Vec<(Option<String>, Vec<(String, Option<u64>)>)>;
+/// Dynamic client quotas: client id (`None`: every client id's default) -> key -> bytes/s.
+pub type ClientQuotas = BTreeMap<Option<String>, BTreeMap<String, u64>>;
 
 /// A SCRAM credential as the metadata keeps it (`rill_protocol::sasl::ScramCredential`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +214,9 @@ pub struct MetadataState {
     pub users: BTreeMap<String, BTreeMap<String, StoredCredential>>,
     /// The ACLs ([`Command::CreateAcls`]).
     pub acls: BTreeSet<AclBinding>,
+    /// Client quotas set at run time ([`Command::AlterClientQuotas`]); they win over the
+    /// brokers' quota settings (docs/SECURITY.md "Quotas").
+    pub client_quotas: ClientQuotas,
 }
 
 /// The second shape of [`MetadataState`] (V2 snapshots), before `users` and `acls`.
@@ -341,6 +357,41 @@ impl MetadataState {
                     ));
                 }
                 self.acls.extend(acls.iter().cloned());
+                CommandResult::Ok
+            }
+            Command::AlterClientQuotas { entries } => {
+                let mut quotas = self.client_quotas.clone();
+                for (client, ops) in entries {
+                    if let Some(id) = client {
+                        if id.len() > 255 {
+                            return CommandResult::Invalid(
+                                "a client id has at most 255 bytes".into(),
+                            );
+                        }
+                    }
+                    let values = quotas.entry(client.clone()).or_default();
+                    for (key, value) in ops {
+                        if !QUOTA_KEYS.contains(&key.as_str()) {
+                            return CommandResult::Invalid(format!(
+                                "unknown quota {key:?}: expected one of {}",
+                                QUOTA_KEYS.join(", ")
+                            ));
+                        }
+                        match value {
+                            Some(value) => values.insert(key.clone(), *value),
+                            None => values.remove(key),
+                        };
+                    }
+                    if values.is_empty() {
+                        quotas.remove(client);
+                    }
+                }
+                if quotas.len() > CLIENT_QUOTAS_MAX {
+                    return CommandResult::Invalid(format!(
+                        "the cluster holds quotas for at most {CLIENT_QUOTAS_MAX} client ids"
+                    ));
+                }
+                self.client_quotas = quotas;
                 CommandResult::Ok
             }
             Command::DeleteAcls { filters } => {

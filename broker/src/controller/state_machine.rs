@@ -34,7 +34,7 @@ enum StoredSnapshot {
         meta: SnapshotMeta<NodeId, BasicNode>,
         state: MetadataStateV2,
     },
-    /// And users (SCRAM credentials) and ACLs.
+    /// And users (SCRAM credentials), ACLs and client quotas.
     V3 {
         meta: SnapshotMeta<NodeId, BasicNode>,
         state: MetadataState,

@@ -83,6 +83,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeAcls, 1, 3),
     (ApiKey::DeleteAcls, 1, 3),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::DescribeClientQuotas, 0, 1),
+    (ApiKey::AlterClientQuotas, 0, 1),
     (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
@@ -252,6 +254,12 @@ pub async fn start(
         )),
         RequestKind::DeleteAcls(request) => ready(ResponseKind::DeleteAcls(
             security::delete_acls(state, session, request).await,
+        )),
+        RequestKind::AlterClientQuotas(request) => ready(ResponseKind::AlterClientQuotas(
+            security::alter_client_quotas(state, session, request).await,
+        )),
+        RequestKind::DescribeClientQuotas(request) => ready(ResponseKind::DescribeClientQuotas(
+            security::describe_client_quotas(state, session, request),
         )),
         RequestKind::AlterUserScramCredentials(request) => {
             ready(ResponseKind::AlterUserScramCredentials(

@@ -17,9 +17,10 @@ use kafka_protocol::messages::{
     describe_user_scram_credentials_response::{
         CredentialInfo, DescribeUserScramCredentialsResult,
     },
-    AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse, CreateAclsRequest,
-    CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse, DescribeAclsRequest,
-    DescribeAclsResponse, DescribeUserScramCredentialsRequest,
+    AlterClientQuotasRequest, AlterClientQuotasResponse, AlterUserScramCredentialsRequest,
+    AlterUserScramCredentialsResponse, CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest,
+    DeleteAclsResponse, DescribeAclsRequest, DescribeAclsResponse, DescribeClientQuotasRequest,
+    DescribeClientQuotasResponse, DescribeUserScramCredentialsRequest,
     DescribeUserScramCredentialsResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
     SaslHandshakeRequest, SaslHandshakeResponse,
 };
@@ -321,4 +322,172 @@ pub async fn delete_acls(
             })
             .collect(),
     )
+}
+
+/// Kafka's quota entity type Rill serves (no `user` or `ip` quotas).
+const CLIENT_ID: &str = "client-id";
+
+/// AlterClientQuotas (what `kafka-configs.sh --alter --entity-type clients` sends): each
+/// entry must name one `client-id` entity (null: the default) and quotas of
+/// `producer_byte_rate` / `consumer_byte_rate` with a whole, non-negative value (0: no
+/// limit); the valid entries are altered together.
+pub async fn alter_client_quotas(
+    state: &Arc<BrokerState>,
+    session: &Session,
+    request: AlterClientQuotasRequest,
+) -> AlterClientQuotasResponse {
+    use kafka_protocol::messages::alter_client_quotas_response::{EntityData, EntryData};
+    let entity_of = |e: &kafka_protocol::messages::alter_client_quotas_request::EntryData| {
+        e.entity
+            .iter()
+            .map(|c| {
+                EntityData::default()
+                    .with_entity_type(c.entity_type.clone())
+                    .with_entity_name(c.entity_name.clone())
+            })
+            .collect::<Vec<_>>()
+    };
+    // Each entry: its alteration, or why Kafka's form of it cannot be served.
+    let parsed: Vec<Result<rill::ClientQuotaAlteration, String>> = request
+        .entries
+        .iter()
+        .map(|entry| {
+            let [component] = entry.entity.as_slice() else {
+                return Err("name exactly one entity: client-id".to_string());
+            };
+            if component.entity_type.as_str() != CLIENT_ID {
+                return Err(format!(
+                    "{} quotas are not supported: only client-id",
+                    component.entity_type.as_str()
+                ));
+            }
+            let ops = entry
+                .ops
+                .iter()
+                .map(|op| {
+                    let value = if op.remove {
+                        None
+                    } else if op.value.is_finite()
+                        && op.value >= 0.0
+                        && op.value.fract() == 0.0
+                        && op.value < u64::MAX as f64
+                    {
+                        Some(op.value as u64)
+                    } else {
+                        return Err(format!(
+                            "quota {}: {} is not a whole number of bytes per second",
+                            op.key.as_str(),
+                            op.value
+                        ));
+                    };
+                    Ok(rill::QuotaOp {
+                        key: op.key.to_string(),
+                        value,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok(rill::ClientQuotaAlteration {
+                client_id: component.entity_name.as_ref().map(|n| n.to_string()),
+                ops,
+            })
+        })
+        .collect();
+    let valid: Vec<rill::ClientQuotaAlteration> =
+        parsed.iter().filter_map(|p| p.clone().ok()).collect();
+    let mut results = ops::quotas::alter_client_quotas(
+        state,
+        session,
+        rill::AlterClientQuotasRequest { entries: valid },
+        request.validate_only,
+    )
+    .await
+    .results
+    .into_iter();
+    let entries = request
+        .entries
+        .iter()
+        .zip(parsed)
+        .map(|(entry, parsed)| {
+            let (code, text) = match parsed {
+                Err(e) => (
+                    kafka_code(rill_protocol::ErrorCode::INVALID_REQUEST),
+                    Some(e),
+                ),
+                Ok(_) => match results.next() {
+                    Some(r) => (kafka_code(r.error_code), r.error_message),
+                    None => (
+                        kafka_code(rill_protocol::ErrorCode::UNKNOWN_SERVER_ERROR),
+                        Some("no result for this entry".to_string()),
+                    ),
+                },
+            };
+            EntryData::default()
+                .with_error_code(code)
+                .with_error_message(message(text))
+                .with_entity(entity_of(entry))
+        })
+        .collect();
+    AlterClientQuotasResponse::default().with_entries(entries)
+}
+
+/// DescribeClientQuotas: the client-id quotas its filter matches (a component on another
+/// entity type matches nothing; `strict` with no client-id component matches nothing).
+pub fn describe_client_quotas(
+    state: &Arc<BrokerState>,
+    session: &Session,
+    request: DescribeClientQuotasRequest,
+) -> DescribeClientQuotasResponse {
+    use kafka_protocol::messages::describe_client_quotas_response::{
+        EntityData, EntryData, ValueData,
+    };
+    let response = ops::quotas::describe_client_quotas(state, session);
+    if response.error_code != rill_protocol::ErrorCode::NONE {
+        return DescribeClientQuotasResponse::default()
+            .with_error_code(kafka_code(response.error_code))
+            .with_error_message(message(response.error_message))
+            .with_entries(None);
+    }
+    let other_types = request
+        .components
+        .iter()
+        .any(|c| c.entity_type.as_str() != CLIENT_ID);
+    let client_filter = request
+        .components
+        .iter()
+        .find(|c| c.entity_type.as_str() == CLIENT_ID);
+    let matches = |client: &Option<String>| -> bool {
+        if other_types {
+            return false;
+        }
+        match client_filter {
+            None => !request.strict,
+            Some(c) => match c.match_type {
+                0 => client.as_deref() == c._match.as_ref().map(|m| m.as_str()),
+                1 => client.is_none(),
+                _ => client.is_some(),
+            },
+        }
+    };
+    let entries = response
+        .entries
+        .into_iter()
+        .filter(|e| matches(&e.client_id))
+        .map(|e| {
+            EntryData::default()
+                .with_entity(vec![EntityData::default()
+                    .with_entity_type(text(CLIENT_ID))
+                    .with_entity_name(e.client_id.map(StrBytes::from_string))])
+                .with_values(
+                    e.values
+                        .into_iter()
+                        .map(|v| {
+                            ValueData::default()
+                                .with_key(StrBytes::from_string(v.key))
+                                .with_value(v.value as f64)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    DescribeClientQuotasResponse::default().with_entries(Some(entries))
 }

@@ -25,6 +25,7 @@ pub mod list_offsets;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod quotas;
 pub mod users;
 
 use std::sync::Arc;

@@ -239,16 +239,20 @@ impl Session {
         state: &BrokerState,
         direction: crate::quota::Direction,
     ) -> Option<crate::quota::Charge> {
-        if !state.quotas.any() || self.internal || self.listener == Listener::Replication.name() {
+        if self.internal || self.listener == Listener::Replication.name() {
+            return None;
+        }
+        let metadata = state.controller.metadata();
+        if !state.quotas.any(&metadata.client_quotas) {
             return None;
         }
         state
             .quotas
-            .rates(&self.client_id)
-            .get(direction)
-            .map(|_| crate::quota::Charge {
+            .rate(direction, &self.client_id, &metadata.client_quotas)
+            .map(|rate| crate::quota::Charge {
                 direction,
                 client_id: self.client_id.clone(),
+                rate,
                 mute: self.mute.clone(),
             })
     }

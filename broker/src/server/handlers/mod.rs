@@ -114,6 +114,12 @@ pub async fn start(
         RequestBody::DeleteAcls(request) => reply(ResponseBody::DeleteAcls(
             ops::acls::delete_acls(state, session, request).await,
         )),
+        RequestBody::AlterClientQuotas(request) => reply(ResponseBody::AlterClientQuotas(
+            ops::quotas::alter_client_quotas(state, session, request, false).await,
+        )),
+        RequestBody::DescribeClientQuotas(_) => reply(ResponseBody::DescribeClientQuotas(
+            ops::quotas::describe_client_quotas(state, session),
+        )),
         RequestBody::Metadata(request) => {
             match ops::metadata::metadata(state, session, request).await {
                 Ok(response) => reply(ResponseBody::Metadata(response)),

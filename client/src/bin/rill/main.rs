@@ -6,6 +6,7 @@ mod bench;
 mod consume;
 mod group;
 mod produce;
+mod quota;
 mod security;
 
 use std::collections::BTreeMap;
@@ -126,6 +127,11 @@ enum Command {
     Acl {
         #[command(subcommand)]
         command: security::AclCommand,
+    },
+    /// Client quotas (byte rates per client id): set, remove, list.
+    Quota {
+        #[command(subcommand)]
+        command: quota::Command,
     },
     /// Load generator: produce or consume as fast as possible and report throughput and latency.
     Bench {
@@ -313,6 +319,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group { command } => group::run(&cli.brokers, command).await?,
         Command::User { command } => security::user(&cli.brokers, command).await?,
         Command::Acl { command } => security::acl(&cli.brokers, command).await?,
+        Command::Quota { command } => quota::run(&cli.brokers, command).await?,
     }
     Ok(())
 }
