@@ -312,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn users_and_acls_survive_a_format_3_snapshot() {
+    fn users_acls_and_client_quotas_survive_a_format_3_snapshot() {
         use crate::controller::metadata::StoredCredential;
         use crate::security::acl::*;
         let mut state = MetadataState::default();
@@ -355,6 +355,24 @@ mod tests {
         assert_eq!(state.apply(&create), CommandResult::Ok);
         assert_eq!(state.apply(&create), CommandResult::Ok);
         assert_eq!(state.acls.len(), 1);
+        let quota = |client: Option<&str>, value: Option<u64>| Command::AlterClientQuotas {
+            entries: vec![(
+                client.map(str::to_string),
+                vec![("producer_byte_rate".to_string(), value)],
+            )],
+        };
+        assert_eq!(
+            state.apply(&quota(Some("etl"), Some(1000))),
+            CommandResult::Ok
+        );
+        assert_eq!(state.apply(&quota(None, Some(50))), CommandResult::Ok);
+        assert!(matches!(
+            state.apply(&Command::AlterClientQuotas {
+                entries: vec![(None, vec![("request_percentage".to_string(), Some(1))])],
+            }),
+            CommandResult::Invalid(_)
+        ));
+        assert_eq!(state.client_quotas.len(), 2);
         let bytes = postcard::to_allocvec(&StoredSnapshot::V3 {
             meta: SnapshotMeta::default(),
             state: state.clone(),
@@ -364,6 +382,13 @@ mod tests {
             .unwrap()
             .into_parts();
         assert_eq!(again, state);
+        assert_eq!(
+            again.client_quotas[&Some("etl".to_string())]["producer_byte_rate"],
+            1000
+        );
+        // Removing a client id's last quota forgets the client id.
+        assert_eq!(again.apply(&quota(None, None)), CommandResult::Ok);
+        assert_eq!(again.client_quotas.len(), 1);
         assert_eq!(
             again.apply(&Command::DeleteAcls {
                 filters: vec![AclFilter {
