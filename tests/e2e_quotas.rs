@@ -223,6 +223,7 @@ async fn a_consumer_over_its_quota_is_throttled_to_it() {
     else {
         panic!("a fetch response")
     };
+    let answered = Instant::now();
     let partition = &fetched.topics[0].partitions[0];
     assert!(
         partition.records.len() >= 768 << 10,
@@ -243,6 +244,15 @@ async fn a_consumer_over_its_quota_is_throttled_to_it() {
     assert!(partition.records.is_empty());
     assert_eq!(partition.high_watermark, RECORDS as u64);
     assert!(empty.throttle_time_ms > 0);
+    // The first connection's next fetch is read at once but served only after its throttle
+    // time.
+    first.call_as("slow", 1, fetch_request("quota", 1));
+    let waited = answered.elapsed();
+    assert!(
+        waited >= Duration::from_millis(u64::from(fetched.throttle_time_ms) - 20),
+        "served {waited:?} after a fetch throttled for {} ms",
+        fetched.throttle_time_ms
+    );
     // Another client id fetches everything at once.
     let mut third = Raw::connect(&broker.address);
     let ResponseBody::Fetch(free) = third.call_as("free", 1, fetch_request("quota", 4 << 20))

@@ -80,6 +80,10 @@ async fn read_loop(
                 return;
             }
         };
+        // A fetch answered meanwhile may have muted the connection after this frame was read.
+        if !unmuted(state, &session).await {
+            return;
+        }
         let started = start(state, frame, peer, &mut session).await;
         drop(grant);
         match started {

@@ -7,8 +7,8 @@
 //! the rest (e.g. a fetch's long poll) as a task. Responses are written with vectored writes:
 //! frame prefix + body chunks, record bytes straight from the segment mapping.
 //!
-//! A connection a quota throttles (`crate::quota`) reads its next frame only once the
-//! throttle time has passed.
+//! A connection a quota throttles (`crate::quota`) reads and starts its next request only once
+//! the throttle time has passed.
 //!
 //! Frames are read within the connection's limits (`super::limits`): a frame's memory is
 //! granted before its body is read and returned once the request has done its
@@ -255,6 +255,11 @@ async fn read_loop(
                 return;
             }
         };
+        // A fetch answered meanwhile may have muted the connection after this frame was
+        // read (its client sent it on receiving that answer): it waits too.
+        if !unmuted(state, &session).await {
+            return;
+        }
         let correlation_id = frame.header.correlation_id;
         let started = std::time::Instant::now();
         let api = rill_protocol::api::ApiKey::from_u16(frame.header.api_key)
