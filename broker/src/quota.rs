@@ -1,6 +1,8 @@
 //! Client quotas (Kafka's model): a produce and a fetch byte rate per client id, from the
 //! broker's settings (`quota_producer_byte_rate`, `quota_consumer_byte_rate` for every client
-//! id, `quota_overrides` for named ones). A client over its rate is not refused: the broker
+//! id, `quota_overrides` for named ones) and from the quotas set at run time in the cluster's
+//! metadata (`MetadataState::client_quotas`, which win at their level: see
+//! [`Quotas::rate`]). A client over its rate is not refused: the broker
 //! answers, says in the response how long the client is throttled (`throttle_time_ms`), and
 //! reads nothing more from that connection until then (the connection is muted), so even a
 //! client that ignores the throttle time gets no more than its rate.

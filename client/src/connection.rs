@@ -311,3 +311,27 @@ impl Connection {
             .map_err(|_| self.closed())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_api_goes_at_the_newest_version_both_sides_speak() {
+        let range = |key: ApiKey, min, max| ApiVersionRange {
+            api_key: key as u16,
+            min_version: min,
+            max_version: max,
+        };
+        // A broker of this version: Produce at 1.
+        let versions = negotiate(&[range(ApiKey::Produce, 0, 1), range(ApiKey::Fetch, 0, 1)]);
+        assert_eq!(versions[ApiKey::Produce as usize], 1);
+        assert_eq!(versions[ApiKey::Fetch as usize], 1);
+        // An older broker (version 0 only), a newer one (up to 5), one that does not list the
+        // api (it will refuse it, whatever the version): 0, 1, 0.
+        let versions = negotiate(&[range(ApiKey::Produce, 0, 0), range(ApiKey::Fetch, 0, 5)]);
+        assert_eq!(versions[ApiKey::Produce as usize], 0);
+        assert_eq!(versions[ApiKey::Fetch as usize], 1);
+        assert_eq!(versions[ApiKey::Metadata as usize], 0);
+    }
+}
