@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{cli_binary, kcat_output, BrokerProcess};
+use common::{cli_binary, kcat_output, refused, BrokerProcess};
 use rill_client::{Admin, Client, ClientConfig, ClientError, NewTopic, Record, SaslOptions};
 
 const ADMIN_PASSWORD: &str = "admin-secret";
@@ -229,13 +229,6 @@ async fn scram_and_plain_authenticate_on_both_protocols_and_wrong_passwords_are_
         .map(|(_, v)| v)
         .sum();
     assert!(failed >= 9.0, "failed authentications counted: {failed}");
-}
-
-/// `rill` as `user` failed, saying `code`.
-fn refused(output: std::process::Output, code: &str) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "expected {code}, it succeeded");
-    assert!(stderr.contains(code), "expected {code}: {stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::certs::{Ca, Identity};
 use common::cluster::Cluster;
-use common::{cli_binary, kcat, kcat_output, BrokerProcess, Poll};
+use common::{cli_binary, kcat, kcat_output, refused, BrokerProcess, Poll};
 use rill_client::{Admin, Client, ClientConfig, ClientError, NewTopic, Record, TlsOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -456,13 +456,6 @@ async fn a_cluster_replicates_and_keeps_its_quorum_over_mutual_tls() {
             .is_ok_and(|r| r.is_err()),
         "no client certificate, no controller port"
     );
-}
-
-/// Fails unless `output` failed naming `code`.
-fn refused(output: std::process::Output, code: &str) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "expected {code}, it succeeded");
-    assert!(stderr.contains(code), "expected {code}: {stderr}");
 }
 
 #[test]

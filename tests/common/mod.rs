@@ -618,6 +618,13 @@ pub fn kcat_output(args: &[&str], input: &str) -> std::process::Output {
     child.wait_with_output().expect("kcat runs")
 }
 
+/// Fails unless a command's `output` says it failed, naming `code` on stderr.
+pub fn refused(output: std::process::Output, code: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "expected {code}, it succeeded");
+    assert!(stderr.contains(code), "expected {code}: {stderr}");
+}
+
 /// Runs kcat with `input` on its stdin and returns what it printed (panics if it fails).
 pub fn kcat(args: &[&str], input: &str) -> String {
     let output = kcat_output(args, input);

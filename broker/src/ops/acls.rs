@@ -39,18 +39,13 @@ pub async fn create_acls(
     let proposed = if valid.is_empty() {
         Ok(())
     } else {
-        match state
-            .controller
-            .propose(Command::CreateAcls {
+        super::propose_change(
+            state,
+            Command::CreateAcls {
                 acls: valid.clone(),
-            })
-            .await
-        {
-            Ok(CommandResult::Ok) => Ok(()),
-            Ok(CommandResult::Invalid(e)) => Err((ErrorCode::INVALID_REQUEST, e)),
-            Ok(other) => Err((ErrorCode::UNKNOWN_SERVER_ERROR, format!("{other:?}"))),
-            Err(e) => Err((e.error_code(), e.to_string())),
-        }
+            },
+        )
+        .await
     };
     for binding in &valid {
         if proposed.is_ok() {

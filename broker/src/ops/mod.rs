@@ -96,6 +96,24 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Proposes a metadata change whose only outcomes are done or refused (users, ACLs, client
+/// quotas): the refusal as an error code and message.
+pub(crate) async fn propose_change(
+    state: &BrokerState,
+    command: Command,
+) -> Result<(), (ErrorCode, String)> {
+    match state.controller.propose(command).await {
+        Ok(CommandResult::Ok) => Ok(()),
+        Ok(CommandResult::UnknownUser) => Err((
+            ErrorCode::RESOURCE_NOT_FOUND,
+            "the user has no credential for this mechanism".into(),
+        )),
+        Ok(CommandResult::Invalid(e)) => Err((ErrorCode::INVALID_REQUEST, e)),
+        Ok(other) => Err((ErrorCode::UNKNOWN_SERVER_ERROR, format!("{other:?}"))),
+        Err(e) => Err((e.error_code(), e.to_string())),
+    }
+}
+
 /// Most partitions a topic may have.
 pub const PARTITIONS_MAX: u32 = 10_000;
 

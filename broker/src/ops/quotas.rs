@@ -12,7 +12,7 @@ use rill_protocol::api::{
 use rill_protocol::ErrorCode;
 
 use crate::controller::metadata::{QuotaAlterations, QUOTA_KEYS};
-use crate::controller::{Command, CommandResult};
+use crate::controller::Command;
 use crate::group::coordinator::GROUP_ID_BYTES_MAX;
 use crate::security::acl::Operation;
 use crate::security::Session;
@@ -79,18 +79,13 @@ pub async fn alter_client_quotas(
     } else if entries.is_empty() || validate_only {
         Ok(())
     } else {
-        match state
-            .controller
-            .propose(Command::AlterClientQuotas {
+        super::propose_change(
+            state,
+            Command::AlterClientQuotas {
                 entries: entries.clone(),
-            })
-            .await
-        {
-            Ok(CommandResult::Ok) => Ok(()),
-            Ok(CommandResult::Invalid(e)) => Err((ErrorCode::INVALID_REQUEST, e)),
-            Ok(other) => Err((ErrorCode::UNKNOWN_SERVER_ERROR, format!("{other:?}"))),
-            Err(e) => Err((e.error_code(), e.to_string())),
-        }
+            },
+        )
+        .await
     };
     if outcome.is_ok() && !validate_only {
         for (client, ops) in &entries {

@@ -13,7 +13,7 @@ use rill_protocol::sasl::{self, Mechanism};
 use rill_protocol::ErrorCode;
 
 use crate::controller::metadata::StoredCredential;
-use crate::controller::{Command, CommandResult};
+use crate::controller::Command;
 use crate::security::acl::Operation;
 use crate::security::Session;
 use crate::server::BrokerState;
@@ -55,7 +55,7 @@ pub async fn alter_users(
         let outcome = match scram(&deletion.mechanism) {
             Err(e) => Err((ErrorCode::INVALID_REQUEST, e)),
             Ok(mechanism) => {
-                propose(
+                super::propose_change(
                     state,
                     Command::DeleteScramCredential {
                         user: deletion.user.clone(),
@@ -87,7 +87,7 @@ pub async fn alter_users(
         let outcome = match credential {
             Err(e) => Err((ErrorCode::INVALID_REQUEST, e)),
             Ok((mechanism, c)) => {
-                propose(
+                super::propose_change(
                     state,
                     Command::UpsertScramCredential {
                         user: upsertion.user.clone(),
@@ -109,19 +109,6 @@ pub async fn alter_users(
         results.push(to_result(upsertion.user, outcome));
     }
     AlterUsersResponse { results }
-}
-
-async fn propose(state: &BrokerState, command: Command) -> Result<(), (ErrorCode, String)> {
-    match state.controller.propose(command).await {
-        Ok(CommandResult::Ok) => Ok(()),
-        Ok(CommandResult::UnknownUser) => Err((
-            ErrorCode::RESOURCE_NOT_FOUND,
-            "the user has no credential for this mechanism".into(),
-        )),
-        Ok(CommandResult::Invalid(e)) => Err((ErrorCode::INVALID_REQUEST, e)),
-        Ok(other) => Err((ErrorCode::UNKNOWN_SERVER_ERROR, format!("{other:?}"))),
-        Err(e) => Err((e.error_code(), e.to_string())),
-    }
 }
 
 fn to_result(user: String, outcome: Result<(), (ErrorCode, String)>) -> UserResult {
