@@ -121,8 +121,9 @@ pub struct ClusterMetadata {
     pub fenced: Vec<u32>,
     /// Node ids of the metadata quorum's voters.
     pub voters: Vec<u32>,
-    /// Topic name -> partitions, in partition order.
-    pub topics: HashMap<String, Vec<PartitionInfo>>,
+    /// Topic name -> partitions, in partition order. Looked up per record by the producer:
+    /// foldhash, not the standard SipHash (164 of a 100-byte record's 3,715 instructions).
+    pub topics: HashMap<String, Vec<PartitionInfo>, foldhash::quality::RandomState>,
 }
 
 struct Inner {
