@@ -50,6 +50,18 @@ async fn answers(stream: &mut TcpStream) -> bool {
     matches!(read, Ok(Ok(_)))
 }
 
+/// Whether the admin listener answers a keep-alive `GET /health/live` on `stream` (`false`:
+/// it closed it).
+async fn http_answers(stream: &mut TcpStream) -> bool {
+    let request = b"GET /health/live HTTP/1.1\r\nHost: rill\r\n\r\n";
+    if stream.write_all(request).await.is_err() {
+        return false;
+    }
+    let mut answer = [0u8; 12];
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut answer)).await;
+    matches!(read, Ok(Ok(_))) && answer.starts_with(b"HTTP/1.1 200")
+}
+
 /// A connection from `from` that the broker serves (it may take a moment for a closed one's
 /// slot to be given back).
 async fn admitted(from: &str, to: &str) -> TcpStream {
@@ -108,6 +120,24 @@ async fn connections_beyond_the_per_address_limit_are_refused_and_others_still_c
         .create_topic(NewTopic::new("limits", 1))
         .await
         .unwrap();
+
+    // The admin HTTP listener counts its own connections, with the same limit.
+    let admin = broker.admin_address.clone().expect("admin listener");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect_from("127.0.0.2", &admin).await;
+        assert!(
+            http_answers(&mut stream).await,
+            "an admin connection within the limit"
+        );
+        held.push(stream);
+    }
+    let mut third_admin = connect_from("127.0.0.2", &admin).await;
+    assert!(
+        !http_answers(&mut third_admin).await,
+        "a third admin connection from one address is closed"
+    );
+    drop(held);
 
     // A closed connection gives its slot back.
     drop(first);

@@ -10,7 +10,9 @@
 //! - `GET /v1/...`: the JSON API ([`api`]): cluster, topics, groups, records.
 //! - `GET /`: the web console ([`console`]), over the JSON API and `/metrics`.
 //!
-//! HTTPS when `admin` is in `tls_listeners` (docs/SECURITY.md "TLS").
+//! HTTPS when `admin` is in `tls_listeners` (docs/SECURITY.md "TLS"). Connections are limited
+//! as on the other listeners (`max_connections`, `max_connections_per_ip`), with counts of
+//! their own (docs/SECURITY.md "Limits").
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -22,9 +24,14 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::server::limits::PeerSlot;
 use crate::server::BrokerState;
 use crate::tls::Listener;
 
@@ -51,32 +58,70 @@ pub async fn serve(state: Arc<BrokerState>, listener: TcpListener) {
         .route("/v1/groups/{group}", get(api::group))
         .merge(console::routes())
         .with_state(Api::new(state.clone()));
-    let served = if state.tls.as_ref().is_some_and(|t| t.is_on(Listener::Admin)) {
-        let incoming = TlsIncoming::start(state, listener);
-        axum::serve(incoming, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-    } else {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-    };
+    let incoming = Incoming::start(state, listener);
+    let served = axum::serve(incoming, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
     if let Err(e) = served {
         tracing::warn!("admin listener stopped: {e}");
     }
 }
 
-/// The admin listener's connections past their TLS handshakes (HTTPS). Handshakes run
-/// concurrently, each within `request_read_timeout_ms`, so a slow one holds up no other.
-struct TlsIncoming {
-    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+/// A stream the admin listener serves: plain TCP or past a TLS handshake.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// An admitted admin connection: its stream, holding its place in the listener's connection
+/// count and its address's for as long as it is open.
+struct Admitted {
+    io: Box<dyn Io>,
+    _slot: OwnedSemaphorePermit,
+    _peer: PeerSlot,
+}
+
+impl AsyncRead for Admitted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Admitted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.io).poll_shutdown(cx)
+    }
+}
+
+/// The admin listener's connections, admitted within its limits (at most `max_connections`
+/// at once, at most `max_connections_per_ip` from one address: one more is closed at once,
+/// logged and counted, as on the other listeners) and past their TLS handshakes when it
+/// speaks HTTPS. Handshakes run concurrently, each within `request_read_timeout_ms`, so a slow
+/// one holds up no other.
+struct Incoming {
+    ready: tokio::sync::mpsc::Receiver<(Admitted, SocketAddr)>,
     local: std::io::Result<SocketAddr>,
 }
 
-impl TlsIncoming {
-    fn start(state: Arc<BrokerState>, listener: TcpListener) -> TlsIncoming {
+impl Incoming {
+    fn start(state: Arc<BrokerState>, listener: TcpListener) -> Incoming {
         let local = listener.local_addr();
         let (done, ready) = tokio::sync::mpsc::channel(64);
+        let slots = Arc::new(Semaphore::new(state.config.max_connections));
         tokio::spawn(async move {
             let timeout = Duration::from_millis(state.config.request_read_timeout_ms);
             loop {
@@ -91,15 +136,43 @@ impl TlsIncoming {
                         }
                     },
                 };
-                let Some(acceptor) = state.tls.as_ref().and_then(|t| t.acceptor(Listener::Admin))
-                else {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, listener = "admin", max = state.config.max_connections, "connection refused: too many connections");
+                    state.metrics.connection_limited("max_connections");
+                    continue;
+                };
+                let peer_slot = match state.admin_limits.admit(peer.ip()) {
+                    Ok(peer_slot) => peer_slot,
+                    Err(refused) => {
+                        tracing::warn!(%peer, listener = "admin", max = refused.limit, "connection refused: too many connections from this address (max_connections_per_ip)");
+                        state.metrics.connection_limited("max_connections_per_ip");
+                        continue;
+                    }
+                };
+                let tls = state
+                    .tls
+                    .as_ref()
+                    .filter(|t| t.is_on(Listener::Admin))
+                    .map(|t| t.acceptor(Listener::Admin));
+                let admitted = |io: Box<dyn Io>| Admitted {
+                    io,
+                    _slot: slot,
+                    _peer: peer_slot,
+                };
+                let Some(acceptor) = tls else {
+                    if done.send((admitted(Box::new(socket)), peer)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                };
+                let Some(acceptor) = acceptor else {
                     return;
                 };
                 let (state, done) = (state.clone(), done.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
                         Ok(Ok(stream)) => {
-                            let _ = done.send((stream, peer)).await;
+                            let _ = done.send((admitted(Box::new(stream)), peer)).await;
                         }
                         failed => {
                             let reason = match failed {
@@ -113,12 +186,12 @@ impl TlsIncoming {
                 });
             }
         });
-        TlsIncoming { ready, local }
+        Incoming { ready, local }
     }
 }
 
-impl axum::serve::Listener for TlsIncoming {
-    type Io = TlsStream<TcpStream>;
+impl axum::serve::Listener for Incoming {
+    type Io = Admitted;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -77,6 +77,8 @@ pub struct BrokerState {
     pub client_limits: Arc<limits::Limits>,
     /// The same, of the inter-broker listener (its own: a client flood cannot starve it).
     pub inter_broker_limits: Arc<limits::Limits>,
+    /// Connections per address of the admin HTTP listener (its own count).
+    pub admin_limits: Arc<limits::Limits>,
     /// TLS of the listeners and of connections to other brokers (`None`: all plain).
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// SASL, ACL and principal settings (docs/SECURITY.md).
@@ -359,7 +361,7 @@ impl Broker {
                 overrides.clone(),
             )
         };
-        let (client_limits, inter_broker_limits) = (limits(), limits());
+        let (client_limits, inter_broker_limits, admin_limits) = (limits(), limits(), limits());
         let quotas = config.quotas()?;
         let state = Arc::new(BrokerState {
             tls,
@@ -367,6 +369,7 @@ impl Broker {
             quotas,
             client_limits,
             inter_broker_limits,
+            admin_limits,
             incarnation,
             ready: std::sync::atomic::AtomicBool::new(false),
             metrics: Arc::new(crate::metrics::Metrics::new(
