@@ -6,19 +6,23 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use bytes::Bytes;
+use futures::StreamExt;
 use rill_protocol::api::{ApiKey, ApiVersionRange, ApiVersionsRequest, RequestBody, ResponseBody};
-use rill_protocol::frame::{RequestFrame, RequestHeader, ResponseCodec, ResponseFrame};
+use rill_protocol::frame::{request_prefix, RequestHeader, ResponseCodec, ResponseFrame};
 use rill_protocol::ErrorCode;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
-use tokio_util::codec::Framed;
+use tokio_util::codec::FramedRead;
 
 use crate::error::{ClientError, Result};
 
 type Reply = oneshot::Sender<Result<ResponseFrame>>;
 
+/// A request on its way: the frame as chunks for one vectored write (record batches shared
+/// with the producer, not copied).
 struct Outbound {
-    frame: RequestFrame,
+    correlation_id: u32,
+    chunks: Vec<Bytes>,
     reply: Option<(Reply, OwnedSemaphorePermit)>,
 }
 
@@ -27,6 +31,7 @@ struct Outbound {
 pub(crate) struct Connection {
     address: String,
     client_id: String,
+    max_frame_bytes: usize,
     outbound: mpsc::Sender<Outbound>,
     /// Set when the connection failed; the pool then opens a new one.
     dead: Arc<std::sync::atomic::AtomicBool>,
@@ -90,8 +95,8 @@ impl Connection {
                 })
             }
         };
-        let (mut sink, mut stream) =
-            Framed::new(socket, ResponseCodec::new(max_frame_bytes)).split();
+        let (read_half, mut write_half) = tokio::io::split(socket);
+        let mut stream = FramedRead::new(read_half, ResponseCodec::new(max_frame_bytes));
         let (outbound, mut requests) = mpsc::channel::<Outbound>(in_flight_max);
         let waiting: Arc<Mutex<VecDeque<(u32, Reply, OwnedSemaphorePermit)>>> = Arc::default();
         let address_owned = address.to_string();
@@ -126,12 +131,12 @@ impl Connection {
         let writer_fail = fail_all.clone();
         let writer_dead = dead.clone();
         tokio::spawn(async move {
-            while let Some(request) = requests.recv().await {
+            while let Some(mut request) = requests.recv().await {
                 if let Some((reply, permit)) = request.reply {
                     writer_waiting
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push_back((request.frame.header.correlation_id, reply, permit));
+                        .push_back((request.correlation_id, reply, permit));
                 }
                 if writer_dead.load(Ordering::Acquire) {
                     requests.close();
@@ -146,7 +151,9 @@ impl Connection {
                     }
                     return;
                 }
-                if let Err(e) = sink.send(request.frame).await {
+                let written =
+                    crate::tls::write_all_chunks(&mut write_half, &mut request.chunks).await;
+                if let Err(e) = written {
                     writer_fail(format!("write failed: {e}"));
                     return;
                 }
@@ -190,6 +197,7 @@ impl Connection {
         let connection = Connection {
             address: address.into(),
             client_id: client_id.into(),
+            max_frame_bytes,
             outbound,
             dead,
             in_flight: Arc::new(Semaphore::new(in_flight_max)),
@@ -220,17 +228,21 @@ impl Connection {
         self.versions.get(api as usize).copied().unwrap_or(0)
     }
 
-    fn frame(&self, body: &RequestBody) -> RequestFrame {
+    /// The request's frame as chunks, and its correlation id; a frame over `max_frame_bytes`
+    /// (or a client id over its limit) fails here, alone, instead of on the connection.
+    fn frame(&self, body: &RequestBody) -> Result<(u32, Vec<Bytes>)> {
         let header = RequestHeader {
             api_key: body.api_key() as u16,
             api_version: self.version(body.api_key()),
             correlation_id: self.next_correlation_id.fetch_add(1, Ordering::Relaxed),
             client_id: self.client_id.clone(),
         };
-        RequestFrame {
-            header,
-            body: body.encode_to_bytes(),
-        }
+        let body = body.encode_chunks();
+        let body_bytes = body.iter().map(Bytes::len).sum();
+        let mut chunks = Vec::with_capacity(body.len() + 1);
+        chunks.push(request_prefix(&header, body_bytes, self.max_frame_bytes)?);
+        chunks.extend(body);
+        Ok((header.correlation_id, chunks))
     }
 
     fn closed(&self) -> ClientError {
@@ -260,10 +272,11 @@ impl Connection {
             .await
             .map_err(|_| self.closed())?;
         let (reply, response) = oneshot::channel();
-        let frame = self.frame(&body);
+        let (correlation_id, chunks) = self.frame(&body)?;
         self.outbound
             .send(Outbound {
-                frame,
+                correlation_id,
+                chunks,
                 reply: Some((reply, permit)),
             })
             .await
@@ -304,9 +317,13 @@ impl Connection {
 
     /// Sends a request that gets no response (produce with acks = 0).
     pub async fn send_only(&self, body: RequestBody) -> Result<()> {
-        let frame = self.frame(&body);
+        let (correlation_id, chunks) = self.frame(&body)?;
         self.outbound
-            .send(Outbound { frame, reply: None })
+            .send(Outbound {
+                correlation_id,
+                chunks,
+                reply: None,
+            })
             .await
             .map_err(|_| self.closed())
     }

@@ -5,14 +5,17 @@
 //! that the broker's certificate names the host it connected to (a DNS name or an IP address
 //! in its subject alternative names). With `cert_file` and `key_file` it presents a
 //! certificate of its own (mutual TLS).
+//!
+//! Also the byte stream both sides write frames to ([`Io`], [`write_all_chunks`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::{Buf, Bytes};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::RootCertStore;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// What a TLS client trusts and presents.
@@ -115,6 +118,43 @@ impl TlsOptions {
 /// A connection's byte stream: plain TCP or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Io for T {}
+
+/// Writes every chunk with vectored writes (at most 64 slices a call), handling partial
+/// writes, then flushes: TLS may hold the end of a write in its buffer until flushed (tokio-rustls
+/// returns a partial write once the socket would block, with its record already sealed).
+/// Clients write requests and brokers responses through it: a frame's record batches go to
+/// the socket from where they already are (a producer's batch, a segment mapping), uncopied.
+pub async fn write_all_chunks<W: AsyncWrite + Unpin + ?Sized>(
+    socket: &mut W,
+    chunks: &mut [Bytes],
+) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < chunks.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = chunks[first..]
+            .iter()
+            .take(64)
+            .map(|c| std::io::IoSlice::new(c))
+            .collect();
+        let mut written = socket.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 && first < chunks.len() {
+            let len = chunks[first].len();
+            if written >= len {
+                written -= len;
+                first += 1;
+            } else {
+                chunks[first].advance(written);
+                written = 0;
+            }
+        }
+        while first < chunks.len() && chunks[first].is_empty() {
+            first += 1;
+        }
+    }
+    socket.flush().await
+}
 
 /// Connects to `address` (`host:port`), with TLS when `tls` is given. Certificate and TLS
 /// protocol failures are `InvalidData` errors (retrying will not help); others are the

@@ -19,7 +19,7 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::error::{ErrorCode, ProtocolError};
-use crate::wire::{decode_exact, wire_struct, Wire};
+use crate::wire::{decode_exact, wire_struct, Chunks, Wire};
 
 /// The API a request calls. Numbers are stable.
 #[derive(Debug, Copy, Clone, PartialEq, Eq, Hash)]
@@ -209,7 +209,12 @@ impl Wire for OffsetSpec {
 #[cfg(test)]
 fn arb_bytes() -> impl proptest::strategy::Strategy<Value = Bytes> {
     use proptest::prelude::*;
-    proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
+    // Now and then one large enough to be shared by `Wire::encode_chunks` instead of copied.
+    prop_oneof![
+        8 => proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from),
+        1 => (crate::wire::Chunks::SHARE_BYTES_MIN - 2..crate::wire::Chunks::SHARE_BYTES_MIN + 2)
+            .prop_map(|n| Bytes::from(vec![0xab; n])),
+    ]
 }
 
 // ---------------------------------------------------------------- ApiVersions (0)
@@ -513,39 +518,20 @@ impl FetchResponse {
     }
 
     /// Encodes the response (version 1) as chunks whose concatenation equals [`Wire::encode`]'s
-    /// output, with each partition's `records` as its own chunk: record bytes (slices of a
-    /// segment mapping on the broker) are handed to a vectored write instead of being copied
-    /// into a buffer.
+    /// output, large `records` (slices of a segment mapping on the broker) as chunks of their
+    /// own ([`Chunks`]): handed to a vectored write instead of being copied into a buffer.
     pub fn encode_chunks(&self) -> Vec<Bytes> {
         self.encode_chunks_at(1)
     }
 
     /// [`FetchResponse::encode_chunks`] as version `version` encodes the body.
     pub fn encode_chunks_at(&self, version: u16) -> Vec<Bytes> {
-        let mut chunks = Vec::new();
-        let mut buf = BytesMut::new();
-        (self.topics.len() as u32).encode(&mut buf);
-        for topic in &self.topics {
-            topic.name.encode(&mut buf);
-            (topic.partitions.len() as u32).encode(&mut buf);
-            for p in &topic.partitions {
-                p.partition.encode(&mut buf);
-                p.error_code.encode(&mut buf);
-                p.high_watermark.encode(&mut buf);
-                p.log_start_offset.encode(&mut buf);
-                p.diverging_epoch.encode(&mut buf);
-                (p.records.len() as u32).encode(&mut buf);
-                if !p.records.is_empty() {
-                    chunks.push(buf.split().freeze());
-                    chunks.push(p.records.clone());
-                }
-            }
-        }
+        let mut out = Chunks::default();
+        self.topics.encode_chunks(&mut out);
         if version > 0 {
-            self.throttle_time_ms.encode(&mut buf);
+            self.throttle_time_ms.encode(out.buf());
         }
-        chunks.push(buf.freeze());
-        chunks
+        out.finish()
     }
 }
 
@@ -1199,6 +1185,14 @@ macro_rules! body_enum {
                 buf.freeze()
             }
 
+            /// The body's encoding as chunks for a vectored write, large byte strings (record
+            /// batches) shared instead of copied ([`Chunks`]).
+            pub fn encode_chunks(&self) -> Vec<Bytes> {
+                let mut out = Chunks::default();
+                match self { $($enum::$key(body) => Wire::encode_chunks(body, &mut out),)* }
+                out.finish()
+            }
+
             /// Decodes a body of api `api_key`, version `version`; the body must be consumed exactly.
             pub fn decode(api_key: u16, version: u16, body: Bytes) -> Result<Self, ProtocolError> {
                 let key = ApiKey::from_u16(api_key).ok_or(ProtocolError::UnknownApiKey(api_key))?;
@@ -1387,7 +1381,40 @@ mod tests {
         }
     }
 
+    /// The chunks' concatenation.
+    fn joined(chunks: &[Bytes]) -> Vec<u8> {
+        chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
     proptest! {
+        #[test]
+        fn body_chunks_concatenate_to_the_encoding(request in any::<RequestBody>(), response in any::<ResponseBody>()) {
+            prop_assert_eq!(&joined(&request.encode_chunks())[..], &request.encode_to_bytes()[..]);
+            prop_assert_eq!(&joined(&response.encode_chunks())[..], &response.encode_to_bytes()[..]);
+        }
+
+        #[test]
+        fn large_records_are_shared_not_copied(sizes in proptest::collection::vec(0usize..10_000, 1..6)) {
+            let batches: Vec<Bytes> = sizes.iter().map(|n| Bytes::from(vec![7u8; *n])).collect();
+            let request = RequestBody::Produce(ProduceRequest {
+                acks: Acks::Leader,
+                timeout_ms: 1000,
+                topics: vec![ProduceTopic {
+                    name: "t".into(),
+                    partitions: batches.iter().enumerate().map(|(i, records)| ProducePartition {
+                        partition: i as u32,
+                        records: records.clone(),
+                    }).collect(),
+                }],
+            });
+            let chunks = request.encode_chunks();
+            prop_assert_eq!(&joined(&chunks)[..], &request.encode_to_bytes()[..]);
+            for batch in &batches {
+                let shared = chunks.iter().any(|c| c.as_ptr() == batch.as_ptr() && c.len() == batch.len());
+                prop_assert_eq!(shared, batch.len() >= crate::wire::Chunks::SHARE_BYTES_MIN);
+            }
+        }
+
         #[test]
         fn fetch_response_chunks_concatenate_to_the_encoding(response in any::<FetchResponse>()) {
             let chunks = response.encode_chunks();

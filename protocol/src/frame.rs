@@ -145,16 +145,18 @@ fn put_frame(
 /// Decodes a request header from the front of a frame, checking the client id limit.
 pub fn decode_request_header(frame: &mut Bytes) -> Result<RequestHeader, ProtocolError> {
     let header = RequestHeader::decode(frame)?;
-    if header.client_id.len() > CLIENT_ID_BYTES_MAX {
+    check_client_id(&header.client_id)?;
+    Ok(header)
+}
+
+fn check_client_id(client_id: &str) -> Result<(), ProtocolError> {
+    if client_id.len() > CLIENT_ID_BYTES_MAX {
         return Err(ProtocolError::invalid(
             "client id",
-            format!(
-                "{} bytes, limit {CLIENT_ID_BYTES_MAX}",
-                header.client_id.len()
-            ),
+            format!("{} bytes, limit {CLIENT_ID_BYTES_MAX}", client_id.len()),
         ));
     }
-    Ok(header)
+    Ok(())
 }
 
 /// Writes the frame length and response header in front of a body that will be sent separately
@@ -164,6 +166,30 @@ pub fn response_prefix(header: &ResponseHeader, body_bytes: usize) -> Bytes {
     buf.put_u32((RESPONSE_HEADER_BYTES + body_bytes) as u32);
     header.encode(&mut buf);
     buf.freeze()
+}
+
+/// The frame length and request header to write in front of a body sent separately (as the
+/// chunks of [`crate::api::RequestBody::encode_chunks`]) of `body_bytes` in all. Fails, writing
+/// nothing, when the client id or the frame is over its limit.
+pub fn request_prefix(
+    header: &RequestHeader,
+    body_bytes: usize,
+    max_frame_bytes: usize,
+) -> Result<Bytes, ProtocolError> {
+    check_client_id(&header.client_id)?;
+    let mut buf = BytesMut::with_capacity(LENGTH_PREFIX_BYTES + 10 + header.client_id.len());
+    buf.put_u32(0);
+    header.encode(&mut buf);
+    let len = buf.len() - LENGTH_PREFIX_BYTES + body_bytes;
+    if len > max_frame_bytes {
+        return Err(ProtocolError::FrameTooLarge {
+            len,
+            max: max_frame_bytes,
+            correlation_id: None,
+        });
+    }
+    buf[..LENGTH_PREFIX_BYTES].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(buf.freeze())
 }
 
 /// The broker's codec: decodes [`RequestFrame`]s, encodes [`ResponseFrame`]s.
@@ -236,15 +262,7 @@ impl Encoder<RequestFrame> for ResponseCodec {
     type Error = ProtocolError;
 
     fn encode(&mut self, item: RequestFrame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        if item.header.client_id.len() > CLIENT_ID_BYTES_MAX {
-            return Err(ProtocolError::invalid(
-                "client id",
-                format!(
-                    "{} bytes, limit {CLIENT_ID_BYTES_MAX}",
-                    item.header.client_id.len()
-                ),
-            ));
-        }
+        check_client_id(&item.header.client_id)?;
         put_frame(dst, &item.header, &item.body, self.max_frame_bytes)
     }
 }
@@ -293,6 +311,19 @@ mod tests {
                 }
             }
             prop_assert_eq!(decoded, frames);
+        }
+
+        #[test]
+        fn a_request_prefix_and_its_body_are_the_encoded_frame(frame in arb_request_frame()) {
+            let mut wire = BytesMut::new();
+            ResponseCodec::new(1 << 16).encode(frame.clone(), &mut wire).unwrap();
+            let prefix = request_prefix(&frame.header, frame.body.len(), 1 << 16).unwrap();
+            prop_assert_eq!(&wire[..prefix.len()], &prefix[..]);
+            prop_assert_eq!(&wire[prefix.len()..], &frame.body[..]);
+            // One byte over the limit is refused, as the codec refuses it.
+            let len = wire.len() - LENGTH_PREFIX_BYTES;
+            let over = request_prefix(&frame.header, frame.body.len(), len - 1);
+            prop_assert!(matches!(over, Err(ProtocolError::FrameTooLarge { .. })), "{:?}", over);
         }
 
         #[test]

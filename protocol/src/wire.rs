@@ -32,6 +32,52 @@ pub trait Wire: Sized {
     fn encode(&self, buf: &mut BytesMut);
     /// Decodes a value from the front of `buf`, advancing it.
     fn decode(buf: &mut Bytes) -> Result<Self, ProtocolError>;
+    /// Appends the encoding of `self` to `out`, sharing large byte strings instead of copying
+    /// them (see [`Chunks`]). The chunks' concatenation equals [`Wire::encode`]'s output.
+    fn encode_chunks(&self, out: &mut Chunks) {
+        self.encode(&mut out.buf);
+    }
+}
+
+/// An encoding in pieces, for a vectored write: fields are copied into a buffer, but byte
+/// strings of at least [`Chunks::SHARE_BYTES_MIN`] (record batches) become chunks of their own
+/// that share the caller's memory. A producer's batch or a fetched segment slice then goes to
+/// the socket without being copied into a frame buffer first.
+#[derive(Debug, Default)]
+pub struct Chunks {
+    buf: BytesMut,
+    chunks: Vec<Bytes>,
+}
+
+impl Chunks {
+    /// Byte strings shorter than this are copied: below it a copy costs less than another
+    /// slice in the write.
+    pub const SHARE_BYTES_MIN: usize = 4096;
+
+    /// The buffer small fields are encoded into.
+    pub fn buf(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Appends `bytes`: shared as a chunk of its own when large, copied when small.
+    pub fn put_bytes(&mut self, bytes: &Bytes) {
+        if bytes.len() < Self::SHARE_BYTES_MIN {
+            self.buf.put_slice(bytes);
+            return;
+        }
+        if !self.buf.is_empty() {
+            self.chunks.push(self.buf.split().freeze());
+        }
+        self.chunks.push(bytes.clone());
+    }
+
+    /// The chunks, in order; empty for an empty encoding.
+    pub fn finish(mut self) -> Vec<Bytes> {
+        if !self.buf.is_empty() {
+            self.chunks.push(self.buf.freeze());
+        }
+        self.chunks
+    }
 }
 
 /// Fails with [`ProtocolError::Truncated`] unless `buf` holds at least `needed` bytes.
@@ -123,6 +169,11 @@ impl Wire for Bytes {
         ensure(buf, len, "bytes")?;
         Ok(buf.split_to(len))
     }
+    fn encode_chunks(&self, out: &mut Chunks) {
+        debug_assert!(self.len() <= u32::MAX as usize);
+        out.buf.put_u32(self.len() as u32);
+        out.put_bytes(self);
+    }
 }
 
 impl<T: Wire> Wire for Option<T> {
@@ -132,6 +183,15 @@ impl<T: Wire> Wire for Option<T> {
             Some(value) => {
                 buf.put_u8(1);
                 value.encode(buf);
+            }
+        }
+    }
+    fn encode_chunks(&self, out: &mut Chunks) {
+        match self {
+            None => out.buf.put_u8(0),
+            Some(value) => {
+                out.buf.put_u8(1);
+                value.encode_chunks(out);
             }
         }
     }
@@ -153,6 +213,13 @@ impl<T: Wire> Wire for Vec<T> {
         buf.put_u32(self.len() as u32);
         for item in self {
             item.encode(buf);
+        }
+    }
+    fn encode_chunks(&self, out: &mut Chunks) {
+        debug_assert!(self.len() <= ARRAY_ELEMENTS_MAX);
+        out.buf.put_u32(self.len() as u32);
+        for item in self {
+            item.encode_chunks(out);
         }
     }
     fn decode(buf: &mut Bytes) -> Result<Self, ProtocolError> {
@@ -204,6 +271,10 @@ macro_rules! wire_struct {
             #[allow(unused_variables)]
             fn encode(&self, buf: &mut bytes::BytesMut) {
                 $($crate::wire::Wire::encode(&self.$field, buf);)*
+            }
+            #[allow(unused_variables)]
+            fn encode_chunks(&self, out: &mut $crate::wire::Chunks) {
+                $($crate::wire::Wire::encode_chunks(&self.$field, out);)*
             }
             #[allow(unused_variables)]
             fn decode(buf: &mut bytes::Bytes) -> Result<Self, $crate::error::ProtocolError> {

@@ -19,12 +19,11 @@
 //! unknown api, unsupported version or malformed body gets an error response with an empty
 //! body. Every case logs a line. Nothing a client sends panics the broker.
 
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use rill_protocol::frame::{decode_request_header, response_prefix, RequestFrame, ResponseHeader};
@@ -327,40 +326,10 @@ async fn write_loop(mut socket: BoxWrite, mut pending: mpsc::Receiver<Outgoing>,
         let Some(mut chunks) = outgoing.await else {
             continue;
         };
-        if let Err(e) = write_all_chunks(&mut socket, &mut chunks).await {
+        if let Err(e) = rill_client::tls::write_all_chunks(&mut socket, &mut chunks).await {
             tracing::debug!(%peer, "writing a response failed, closing: {e}");
             return;
         }
     }
     let _ = socket.shutdown().await;
-}
-
-/// Writes every chunk with vectored writes, handling partial writes.
-async fn write_all_chunks(socket: &mut BoxWrite, chunks: &mut [Bytes]) -> std::io::Result<()> {
-    let mut first = 0;
-    while first < chunks.len() {
-        let slices: Vec<IoSlice<'_>> = chunks[first..]
-            .iter()
-            .take(64)
-            .map(|c| IoSlice::new(c))
-            .collect();
-        let mut written = socket.write_vectored(&slices).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 && first < chunks.len() {
-            let len = chunks[first].len();
-            if written >= len {
-                written -= len;
-                first += 1;
-            } else {
-                chunks[first].advance(written);
-                written = 0;
-            }
-        }
-        while first < chunks.len() && chunks[first].is_empty() {
-            first += 1;
-        }
-    }
-    Ok(())
 }
