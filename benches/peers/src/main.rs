@@ -41,6 +41,9 @@ struct Cli {
     url: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Worker threads; default as `rill bench` (`rill_client::bench::default_threads`).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -101,9 +104,24 @@ struct ConsumeArgs {
     consumers: u32,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let clients = match &cli.command {
+        Command::Produce(args) => args.producers + args.consumers,
+        Command::Consume(args) => args.consumers,
+    };
+    let threads = cli.threads.map_or_else(
+        || rill_client::bench::default_threads(clients),
+        |n| n as usize,
+    );
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.format == Format::Json;
     let url = cli.url.clone().unwrap_or_else(|| match cli.system {
         System::Nats => "nats://127.0.0.1:4222".into(),

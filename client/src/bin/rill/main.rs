@@ -198,8 +198,7 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     // Output piped into `head` and the like: end quietly when the reader goes away (SIGPIPE's
     // default action, which Rust replaces with ignoring it and panicking in `println!`).
     // SAFETY: `signal` only sets how this process handles SIGPIPE; nothing else here sets it.
@@ -207,6 +206,22 @@ async fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Command::Bench { command } = &cli.command {
+        runtime.worker_threads(command.threads());
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("rill: starting the runtime failed: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(cli_main(cli));
+}
+
+async fn cli_main(cli: Cli) {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("RILL_LOG"))
         .with_writer(std::io::stderr)

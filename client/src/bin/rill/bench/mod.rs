@@ -54,6 +54,11 @@ pub struct Common {
     replicas: u16,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Threads the bench's clients run on. Default: one per producer and consumer, at most
+    /// half the machine's cores (at least one), leaving the rest to a broker on the same
+    /// machine (`rill_client::bench::default_threads`).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -149,6 +154,20 @@ pub struct ConsumeArgs {
     /// Consumers in parallel, partitions split between them.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     consumers: u32,
+}
+
+impl Command {
+    /// The worker threads to run the bench on (`--threads`, or its default).
+    pub fn threads(&self) -> usize {
+        let (common, clients) = match self {
+            Command::Produce(args) => (&args.common, args.producers + args.consumers),
+            Command::Consume(args) => (&args.common, args.consumers),
+        };
+        common.threads.map_or_else(
+            || rill_client::bench::default_threads(clients),
+            |n| n as usize,
+        )
+    }
 }
 
 pub async fn run(brokers: &str, command: Command) -> anyhow::Result<()> {
