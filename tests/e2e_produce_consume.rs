@@ -208,3 +208,55 @@ async fn with_send_when_idle_an_idle_partition_does_not_wait_for_linger() {
     let expected: Vec<Option<u64>> = (0..200).map(Some).collect();
     assert_eq!(offsets, expected, "every record once, in order");
 }
+
+/// The producer keeps each topic's partition count between records and reads it again once the
+/// client's metadata changes: after partitions are added, keyed records spread over all of
+/// them and the new partitions take records, where before they were refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_producer_sees_partitions_added_to_a_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let client = client(&broker.address).await;
+    let admin = Admin::new(client.clone());
+    admin.create_topic(NewTopic::new("grows", 1)).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let first = producer
+        .send(Record::new("grows").key("k0").value("v"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(first.partition, 0);
+    let refused = producer
+        .send(Record::new("grows").partition(3).value("v"))
+        .await
+        .err()
+        .expect("partition 3 of a one-partition topic is refused");
+    assert!(refused.to_string().contains("does not exist"), "{refused}");
+
+    admin.create_partitions("grows", 4).await.unwrap();
+    let mut deliveries = Vec::new();
+    for i in 0..64 {
+        let key = format!("k{i}");
+        let delivery = producer
+            .send(Record::new("grows").key(key.clone()).value("v"))
+            .await
+            .unwrap();
+        deliveries.push((key, delivery));
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for (key, delivery) in deliveries {
+        let written = delivery.await.unwrap();
+        assert_eq!(written.partition, partition_for_key(key.as_bytes(), 4));
+        used.insert(written.partition);
+    }
+    assert_eq!(used.len(), 4, "64 keys over 4 partitions: {used:?}");
+    let third = producer
+        .send(Record::new("grows").partition(3).value("v"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(&*third.topic, "grows");
+    assert_eq!(third.partition, 3);
+}

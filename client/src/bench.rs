@@ -243,9 +243,9 @@ impl Measure {
         latencies: &mut Histogram<u64>,
     ) {
         let now = Instant::now();
-        match result {
+        let done = match result {
             Ok(()) => {
-                self.acked.fetch_add(1, Ordering::Relaxed);
+                let acked = self.acked.fetch_add(1, Ordering::Relaxed) + 1;
                 if now >= self.measure_from {
                     self.acked_measured.fetch_add(1, Ordering::Relaxed);
                     self.bytes_measured.fetch_add(bytes, Ordering::Relaxed);
@@ -253,16 +253,21 @@ impl Measure {
                 if start >= self.measure_from {
                     record(latencies, now - start);
                 }
+                acked + self.errors.load(Ordering::Relaxed)
             }
             Err(e) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
                 self.first_error
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .get_or_insert_with(|| e.to_string());
+                self.errors.fetch_add(1, Ordering::Relaxed) + 1 + self.acked.load(Ordering::Relaxed)
             }
+        };
+        // The bar every 256 records: each update reads the clock (1% of a 1 KiB producer's
+        // CPU when it was every record, perf).
+        if done % 256 == 0 {
+            self.bar.set_position(done);
         }
-        self.bar.inc(1);
     }
 
     /// A receiver got a record carrying `stamp` (ignored if it is not 8 bytes) at `now`.

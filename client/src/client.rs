@@ -129,6 +129,9 @@ pub struct ClusterMetadata {
 struct Inner {
     config: ClientConfig,
     metadata: RwLock<ClusterMetadata>,
+    /// Counts the metadata's replacements, so a reader may keep what it derived from it
+    /// until it changes (`Client::metadata_version`).
+    metadata_version: std::sync::atomic::AtomicU64,
     connections: Mutex<HashMap<(String, Purpose), Connection>>,
 }
 
@@ -150,6 +153,7 @@ impl Client {
             inner: Arc::new(Inner {
                 config,
                 metadata: RwLock::default(),
+                metadata_version: Default::default(),
                 connections: Mutex::default(),
             }),
         };
@@ -365,7 +369,18 @@ impl Client {
             .metadata
             .write()
             .unwrap_or_else(|e| e.into_inner()) = metadata;
+        self.inner
+            .metadata_version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Goes up each time the cached metadata is replaced: what was read from the cache at
+    /// version `v` is still what the cache says while this returns `v`.
+    pub(crate) fn metadata_version(&self) -> u64 {
+        self.inner
+            .metadata_version
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Reads the cached metadata under its lock, without copying it (hot paths use this).

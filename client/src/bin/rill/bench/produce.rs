@@ -107,7 +107,7 @@ pub async fn run(client: Client, args: ProduceArgs, values: Vec<Bytes>) -> anyho
             producer,
             plan,
             values.clone(),
-            args.common.topic.clone(),
+            Arc::from(args.common.topic.as_str()),
         )));
     }
     let mut produce_latency = histogram();
@@ -169,7 +169,7 @@ async fn produce(
     producer: Producer,
     plan: Plan,
     values: Arc<Vec<Bytes>>,
-    topic: String,
+    topic: Arc<str>,
 ) -> anyhow::Result<Histogram<u64>> {
     let (tx, rx) = tokio::sync::mpsc::channel(PENDING_RECORDS_MAX);
     let acker = tokio::spawn(acknowledge(measure.clone(), rx));
@@ -204,8 +204,16 @@ async fn produce(
             .send(record)
             .await
             .map_err(|e| anyhow::anyhow!("producer {}: send: {e}", plan.producer))?;
-        if tx.send((start, bytes, delivery)).await.is_err() {
-            break;
+        // A try first: an awaited send builds a future that takes the channel's lock.
+        let pending = match tx.try_send((start, bytes, delivery)) {
+            Ok(()) => None,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(pending)) => Some(pending),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => break,
+        };
+        if let Some(pending) = pending {
+            if tx.send(pending).await.is_err() {
+                break;
+            }
         }
         i += 1;
     }
