@@ -34,6 +34,12 @@ use crate::log::index::{
     TIME_ENTRY_BYTES,
 };
 
+/// Writeback of appended data is started every this many bytes (as RocksDB's
+/// `bytes_per_sync`), so that dirty pages never pile up in a segment: the sync when it is
+/// sealed then has little left to write. Without it a 1 GiB segment's roll synced up to a
+/// gigabyte inline, and every producer of the partition waited (a 450 ms stall at 150 MB/s).
+const WRITE_BEHIND_BYTES: u64 = 4 << 20;
+
 /// File name of a segment's data file.
 pub fn log_file_name(base_offset: u64) -> String {
     format!("{base_offset:020}.log")
@@ -225,6 +231,8 @@ struct ActiveState {
     file: File,
     data: Bytes,
     allocated_bytes: u64,
+    /// Bytes before this have had their writeback started (`start_writeback`).
+    written_back: u64,
     offset_index: IndexFile,
     time_index: IndexFile,
     indexer: Indexer,
@@ -348,6 +356,7 @@ impl Segment {
                 file,
                 data,
                 allocated_bytes,
+                written_back: scan.valid_bytes,
                 offset_index,
                 time_index,
                 indexer: scan.indexer,
@@ -612,6 +621,10 @@ impl Segment {
         }
         debug_assert_eq!(position, end);
         self.size_bytes = end;
+        if end - active.written_back >= WRITE_BEHIND_BYTES {
+            start_writeback(&active.file, active.written_back, end - active.written_back);
+            active.written_back = end;
+        }
         self.first_append_ms.get_or_insert(now_ms);
         self.next_offset = batches
             .last()
@@ -854,6 +867,27 @@ fn preallocate(file: &File, offset: u64, len: u64, path: &Path) -> Result<()> {
             file.set_len(offset + len).context("extend segment", path)
         }
         Err(e) => Err(Error::io("preallocate segment", path, e.into())),
+    }
+}
+
+/// Starts writeback of `len` bytes at `offset` of `file` without waiting for it
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`; the durable syncs stay `fdatasync`). A failure
+/// only logs: a write error shows again in the next sync, which decides.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range reads and writes no memory of this process; the descriptor is
+    // open (borrowed from `file`) for the whole call.
+    let rc = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "starting writeback failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
