@@ -100,13 +100,17 @@ pub async fn drain<R: Reader>(
     Ok((latencies, bytes))
 }
 
-/// The worker threads a load generator with `clients` producers and consumers runs on by
-/// default: one per client, at most half the machine's cores (at least one), leaving the rest
-/// to a broker on the same machine. On 2 cores, one thread did a 1 KiB producer's work with a
-/// quarter less CPU than two (no wake-ups across threads), CPU the broker then had.
-pub fn default_threads(clients: u32) -> usize {
+/// The worker threads a load generator with `clients` producers and consumers runs on:
+/// `requested` (its `--threads`), or by default one per client, at most half the machine's
+/// cores (at least one), leaving the rest to a broker on the same machine. On 2 cores, one
+/// thread did a 1 KiB producer's work with a quarter less CPU than two (no wake-ups across
+/// threads), CPU the broker then had.
+pub fn threads(requested: Option<u32>, clients: u32) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (clients as usize).clamp(1, (cores / 2).max(1))
+    requested.map_or_else(
+        || (clients as usize).clamp(1, (cores / 2).max(1)),
+        |n| n as usize,
+    )
 }
 
 /// An HDR histogram of latencies in microseconds, 3 significant digits, up to 10 minutes.

@@ -262,8 +262,10 @@ impl Encoder<RequestFrame> for ResponseCodec {
     type Error = ProtocolError;
 
     fn encode(&mut self, item: RequestFrame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        check_client_id(&item.header.client_id)?;
-        put_frame(dst, &item.header, &item.body, self.max_frame_bytes)
+        let prefix = request_prefix(&item.header, item.body.len(), self.max_frame_bytes)?;
+        dst.extend_from_slice(&prefix);
+        dst.extend_from_slice(&item.body);
+        Ok(())
     }
 }
 

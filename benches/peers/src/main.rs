@@ -41,7 +41,7 @@ struct Cli {
     url: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
-    /// Worker threads; default as `rill bench` (`rill_client::bench::default_threads`).
+    /// Worker threads; default as `rill bench` (`rill_client::bench::threads`).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     threads: Option<u32>,
     #[command(subcommand)]
@@ -110,10 +110,7 @@ fn main() -> anyhow::Result<()> {
         Command::Produce(args) => args.producers + args.consumers,
         Command::Consume(args) => args.consumers,
     };
-    let threads = cli.threads.map_or_else(
-        || rill_client::bench::default_threads(clients),
-        |n| n as usize,
-    );
+    let threads = rill_client::bench::threads(cli.threads, clients);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()

@@ -56,7 +56,7 @@ pub struct Common {
     format: Format,
     /// Threads the bench's clients run on. Default: one per producer and consumer, at most
     /// half the machine's cores (at least one), leaving the rest to a broker on the same
-    /// machine (`rill_client::bench::default_threads`).
+    /// machine (`rill_client::bench::threads`).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     threads: Option<u32>,
 }
@@ -163,10 +163,7 @@ impl Command {
             Command::Produce(args) => (&args.common, args.producers + args.consumers),
             Command::Consume(args) => (&args.common, args.consumers),
         };
-        common.threads.map_or_else(
-            || rill_client::bench::default_threads(clients),
-            |n| n as usize,
-        )
+        rill_client::bench::threads(common.threads, clients)
     }
 }
 
