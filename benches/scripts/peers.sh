@@ -49,9 +49,10 @@ N_1K=1000000      # 1 producer x 1 KiB (1 GiB, also what the consumer reads)
 N_100=5000000     # 1 producer x 100 B
 N_4X1K=2000000    # 4 producers x 1 KiB into 4 partitions
 RATE_SECS=20      # fixed-rate runs, measured seconds
+SUSTAIN_SECS=20   # the sustained full-speed run, measured seconds
 SAME_RATE=40000   # records/s of 1 KiB that every system runs at (all sustain it here)
 WARMUP_SECS=3
-if [ $QUICK = 1 ]; then N_1K=100000; N_100=500000; N_4X1K=200000; RATE_SECS=5; WARMUP_SECS=1; fi
+if [ $QUICK = 1 ]; then N_1K=100000; N_100=500000; N_4X1K=200000; RATE_SECS=5; SUSTAIN_SECS=5; WARMUP_SECS=1; fi
 
 OUT=$(mkdir -p "$OUT" && cd "$OUT" && pwd)
 RESULTS=$OUT/results
@@ -228,10 +229,12 @@ iggy() {
   fi
 }
 
-# The rate of a system's 1 x 1 KiB run, halved: its fixed-rate workload.
+# Half the rate of a system's run $2 (its sustained 1 x 1 KiB run by default; Iggy's burst run,
+# iggy-bench has no duration mode): its fixed-rate workload.
 half_rate() {
   [ $DRY = 1 ] && { echo 100000; return; }
-  python3 - "$RESULTS/produce-1k.$1.json" "$RESULTS/produce-1k.$1.iggy-report.json" <<'EOF'
+  local workload=${2:-sustain-1k}
+  python3 - "$RESULTS/$workload.$1.json" "$RESULTS/produce-1k.$1.iggy-report.json" <<'EOF'
 import json, os, sys
 for path in sys.argv[1:]:
     if os.path.exists(path):
@@ -242,12 +245,23 @@ for path in sys.argv[1:]:
 EOF
 }
 
+# Latency runs: NATS's and Redis's clients send each record at once; Rill's producer does too
+# with --send-when-idle (it lingers only while a request is in flight), compared like with like.
+latency_args() { [ "$1" = rill ] && echo --send-when-idle; true; }
+
 # ---- the runs --------------------------------------------------------------------------------
 for system in $SYSTEMS; do
   say "== $system"
   "start_$system"
   produce "$system" "produce-1k.$system" p1k "$N_1K" 1024 1 1
   consume "$system" "consume.$system" p1k
+  if [ "$system" != iggy ]; then
+    # Full speed for a while: once the page cache's dirty limit is reached this is what the
+    # disk sustains, and half of it is the fixed-rate workload's rate.
+    "start_$system"
+    produce "$system" "sustain-1k.$system" sustain - 1024 1 1 --warmup-secs "$WARMUP_SECS" \
+      --duration-secs "$SUSTAIN_SECS"
+  fi
   "start_$system"
   produce "$system" "produce-100.$system" p100 "$N_100" 100 1 1
   "start_$system"
@@ -264,7 +278,7 @@ for system in $SYSTEMS; do
       [ $DRY = 1 ] || cp "$(find "$OUT/iggy/$workload" -name report.json | head -1)" "$RESULTS/$workload.iggy.iggy-report.json"
     else
       produce "$system" "$workload.$system" rate - 1024 1 1 --rate "$rate" \
-        --warmup-secs "$WARMUP_SECS" --duration-secs "$RATE_SECS" --consumers 1
+        --warmup-secs "$WARMUP_SECS" --duration-secs "$RATE_SECS" --consumers 1 $(latency_args "$system")
     fi
   done
   stop_all
@@ -278,12 +292,21 @@ if [ $CLUSTER = 1 ]; then
         start_rill_cluster
         RILL_BROKERS=127.0.0.1:19301,127.0.0.1:19302,127.0.0.1:19303 \
           produce rill "replicated-1k.rill" r3 "$N_1K" 1024 1 1 --replicas 3 --acks all
+        start_rill_cluster
+        RILL_BROKERS=127.0.0.1:19301,127.0.0.1:19302,127.0.0.1:19303 \
+          produce rill "replicated-rate.rill" r3 - 1024 1 1 --replicas 3 --acks all \
+          --rate "$(half_rate rill replicated-1k)" --warmup-secs "$WARMUP_SECS" \
+          --duration-secs "$RATE_SECS" --consumers 1 $(latency_args rill)
         ;;
       nats)
         say "== nats, three servers"
         start_nats_cluster
         measure "replicated-1k.nats" "$PEER" --system nats --url nats://127.0.0.1:14221 --format json \
           produce --topic r3 --messages "$N_1K" --size 1024 --replicas 3
+        start_nats_cluster
+        measure "replicated-rate.nats" "$PEER" --system nats --url nats://127.0.0.1:14221 --format json \
+          produce --topic r3 --size 1024 --replicas 3 --rate "$(half_rate nats replicated-1k)" \
+          --warmup-secs "$WARMUP_SECS" --duration-secs "$RATE_SECS" --consumers 1
         ;;
     esac
     stop_all

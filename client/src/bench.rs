@@ -246,7 +246,19 @@ impl Measure {
         result: Result<(), E>,
         latencies: &mut Histogram<u64>,
     ) {
-        let now = Instant::now();
+        self.acknowledged_at(start, bytes, result, Instant::now(), latencies);
+    }
+
+    /// [`Measure::acknowledged`], the acknowledgement seen at `now` (a caller that sees a
+    /// batch's records complete together reads the clock once for them).
+    pub fn acknowledged_at<E: Display>(
+        &self,
+        start: Instant,
+        bytes: u64,
+        result: Result<(), E>,
+        now: Instant,
+        latencies: &mut Histogram<u64>,
+    ) {
         let done = match result {
             Ok(()) => {
                 let acked = self.acked.fetch_add(1, Ordering::Relaxed) + 1;

@@ -281,7 +281,9 @@ impl Completion {
 type TopicPartition = (Arc<str>, u32);
 
 /// A new batch reserves this much and grows as records arrive, so idle partitions do not hold
-/// `batch_size_bytes` each.
+/// `batch_size_bytes` each. (Reserving as much as the topic's last batch instead saved the
+/// regrowth's copies, 8% of a 1 KiB record's instructions by callgrind, but no time: three
+/// alternating rounds each, 1.02-1.08M records/s with it, 1.04-1.09M without.)
 const INITIAL_BATCH_BYTES: usize = 16 << 10;
 
 struct Batch {
@@ -357,7 +359,11 @@ struct TopicState {
 
 #[derive(Default)]
 struct State {
-    topics: FastMap<Arc<str>, TopicState>,
+    /// Every topic sent to, in first-use order, and where each is in it.
+    topics: Vec<(Arc<str>, TopicState)>,
+    topic_index: FastMap<Arc<str>, usize>,
+    /// Index of the topic looked up last.
+    last_topic: usize,
     partitions: FastMap<TopicPartition, PartitionState>,
     /// The producer id and epoch (idempotent producers), once a broker gave one.
     producer: Option<(i64, i16)>,
@@ -365,10 +371,27 @@ struct State {
 }
 
 impl State {
-    /// The topic's state, created on first use (one lookup: the entry API with a cloned
-    /// `Arc`, not a lookup and then an insert).
+    /// The topic's state, created on first use. The last topic looked up is checked first,
+    /// by pointer or by name, before the map (hashing the name and probing took 100
+    /// instructions of a record's 2,600, callgrind; a producer mostly sends to one topic).
     fn topic(&mut self, topic: &Arc<str>) -> &mut TopicState {
-        self.topics.entry(topic.clone()).or_default()
+        let last = self.last_topic;
+        let hit = self
+            .topics
+            .get(last)
+            .is_some_and(|(name, _)| Arc::ptr_eq(name, topic) || **name == **topic);
+        let index = if hit {
+            last
+        } else {
+            let next = self.topics.len();
+            let index = *self.topic_index.entry(topic.clone()).or_insert(next);
+            if index == next {
+                self.topics.push((topic.clone(), TopicState::default()));
+            }
+            self.last_topic = index;
+            index
+        };
+        &mut self.topics[index].1
     }
 
     fn queue(&mut self, topic: &Arc<str>, partition: u32) -> &mut VecDeque<Batch> {
@@ -1148,9 +1171,27 @@ fn retry_or_fail_as(
 
 #[cfg(test)]
 mod tests {
-    use super::{increment, maybe_written, sequence_after};
+    use super::{increment, maybe_written, sequence_after, State};
     use crate::ClientError;
     use rill_protocol::ErrorCode;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_topic_has_one_state_whichever_name_it_is_looked_up_by() {
+        let mut state = State::default();
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        state.topic(&a).sticky = Some((1, 0));
+        state.topic(&b).sticky = Some((2, 0));
+        // The last topic by another `Arc` of the same name, then back and forth via the map.
+        assert_eq!(state.topic(&Arc::from("b")).sticky, Some((2, 0)));
+        assert_eq!(state.topic(&a).sticky, Some((1, 0)));
+        assert_eq!(state.topic(&Arc::from("a")).sticky, Some((1, 0)));
+        assert_eq!(state.topic(&b).sticky, Some((2, 0)));
+        assert_eq!(state.topic(&Arc::from("c")).sticky, None);
+        assert_eq!(state.topics.len(), 3);
+        assert_eq!(state.topic_index.len(), 3);
+    }
 
     #[test]
     fn only_refusals_before_the_append_prove_a_batch_unwritten() {

@@ -197,6 +197,7 @@ impl RecordBatchBuilder {
     }
 
     /// Size one more record with these parts would add (for batch-size limits).
+    #[inline]
     pub fn record_size_bytes(
         key_len: Option<usize>,
         value_len: Option<usize>,
@@ -206,6 +207,7 @@ impl RecordBatchBuilder {
         varlong_len(body as i64) + body
     }
 
+    #[inline]
     fn record_body_bytes(
         timestamp_delta: i64,
         offset_delta: i32,

@@ -288,11 +288,13 @@ pub(crate) use wire_struct;
 // ---- Zig-zag varints, as in Kafka's record format (used inside record batches). ----
 
 /// Appends `value` as a zig-zag varint (at most 5 bytes).
+#[inline]
 pub fn put_varint(buf: &mut impl BufMut, value: i32) {
     put_varlong(buf, i64::from(value));
 }
 
 /// Appends `value` as a zig-zag varlong (at most 10 bytes).
+#[inline]
 pub fn put_varlong(buf: &mut impl BufMut, value: i64) {
     let mut v = ((value << 1) ^ (value >> 63)) as u64;
     while v >= 0x80 {
@@ -303,6 +305,7 @@ pub fn put_varlong(buf: &mut impl BufMut, value: i64) {
 }
 
 /// Bytes that `put_varlong(value)` writes.
+#[inline]
 pub fn varlong_len(value: i64) -> usize {
     let v = ((value << 1) ^ (value >> 63)) as u64;
     let bits = 64 - v.leading_zeros() as usize;
