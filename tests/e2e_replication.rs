@@ -1366,3 +1366,39 @@ async fn a_member_hears_of_an_assignment_only_once_the_membership_is_replicated(
         poll.pause().await;
     }
 }
+
+/// A follower whose first fetch of a new topic reaches the leader before the leader created
+/// the partition backs off (100 ms), and is fetched again then: not after the long poll its
+/// other partitions' fetch is waiting out. With a 5 s long poll, every topic's first
+/// `acks=all` record must be acknowledged well within it (it waited the whole poll before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_acks_all_record_of_a_new_topic_does_not_wait_out_a_follower_long_poll() {
+    let cluster = Cluster::start(3, &["--replica-fetch-wait-max-ms", "5000"]);
+    let client = cluster.client().await;
+    let admin = Admin::new(client.clone());
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            acks: Acks::All,
+            linger: Duration::ZERO,
+            ..ProducerConfig::default()
+        },
+    );
+    for i in 0..4 {
+        let name = format!("fresh-{i}");
+        let mut topic = NewTopic::new(&name, 1);
+        topic.replication_factor = 3;
+        admin.create_topic(topic).await.expect("create topic");
+        let started = Instant::now();
+        let delivery = producer
+            .send(Record::new(&name).value("first"))
+            .await
+            .expect("send");
+        delivery.await.expect("acknowledged");
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(2_500),
+            "{name}: the first acks=all record took {took:?} (a 5 s follower long poll held it)"
+        );
+    }
+}

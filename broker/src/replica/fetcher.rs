@@ -135,11 +135,21 @@ async fn run(manager: Arc<ReplicaManager>, key: Key, fetcher: Arc<Fetcher>) {
         // The partitions to fetch now, in a rotating order so none is always last in line for
         // the response's byte budget.
         let now = Instant::now();
-        let mut due: Vec<(TopicPartition, Arc<Replica>, u32)> = lock(&fetcher.partitions)
-            .iter()
-            .filter(|(_, e)| e.retry_at.is_none_or(|at| at <= now))
-            .map(|(tp, e)| (tp.clone(), e.replica.clone(), e.epoch))
-            .collect();
+        let (mut due, next_retry) = {
+            let partitions = lock(&fetcher.partitions);
+            let due: Vec<(TopicPartition, Arc<Replica>, u32)> = partitions
+                .iter()
+                .filter(|(_, e)| e.retry_at.is_none_or(|at| at <= now))
+                .map(|(tp, e)| (tp.clone(), e.replica.clone(), e.epoch))
+                .collect();
+            let next_retry = partitions.values().filter_map(|e| e.retry_at).min();
+            (due, next_retry)
+        };
+        // A partition backing off is fetched again once its backoff ends, not after the other
+        // partitions' long poll (up to `replica_fetch_wait_max_ms`): a follower whose first
+        // fetch of a new topic raced the leader's creating it held every `acks=all` produce
+        // to it for the whole long poll, 500 ms.
+        let wait_cap = next_retry.map(|at| at.saturating_duration_since(now));
         if due.is_empty() {
             tokio::select! {
                 _ = manager.shutdown.cancelled() => return,
@@ -208,7 +218,7 @@ async fn run(manager: Arc<ReplicaManager>, key: Key, fetcher: Arc<Fetcher>) {
                 connection = None;
                 continue;
             }
-            outcome = fetch_round(&manager, &due, framed, correlation_id) => outcome,
+            outcome = fetch_round(&manager, &due, framed, correlation_id, wait_cap) => outcome,
         };
         match outcome {
             Ok(responses) => {
@@ -258,8 +268,14 @@ async fn fetch_round(
     due: &[(TopicPartition, Arc<Replica>, u32)],
     framed: &mut Framed<Box<dyn Io>, ResponseCodec>,
     correlation_id: u32,
+    wait_cap: Option<Duration>,
 ) -> Result<Vec<(String, FetchPartitionResponse)>, String> {
     let config = manager.config();
+    let max_wait_ms = wait_cap.map_or(config.fetch_wait_max_ms, |cap| {
+        config
+            .fetch_wait_max_ms
+            .min(u32::try_from(cap.as_millis()).unwrap_or(u32::MAX))
+    });
     // Each log's end and last epoch, read under its lock on the blocking pool (an append may
     // hold that lock across an fdatasync).
     let replicas: Vec<Arc<Replica>> = due.iter().map(|(_, r, _)| r.clone()).collect();
@@ -294,7 +310,7 @@ async fn fetch_round(
     }
     let request = RequestBody::Fetch(FetchRequest {
         replica_id: Some(config.node_id as u32),
-        max_wait_ms: config.fetch_wait_max_ms,
+        max_wait_ms,
         min_bytes: 1,
         max_bytes: config.fetch_max_bytes,
         topics,
@@ -309,7 +325,7 @@ async fn fetch_round(
         body: request.encode_to_bytes(),
     };
     framed.send(frame).await.map_err(|e| e.to_string())?;
-    let wait = Duration::from_millis(u64::from(config.fetch_wait_max_ms)) + Duration::from_secs(5);
+    let wait = Duration::from_millis(u64::from(max_wait_ms)) + Duration::from_secs(5);
     let response = match tokio::time::timeout(wait, framed.next()).await {
         Ok(Some(Ok(response))) => response,
         Ok(Some(Err(e))) => return Err(e.to_string()),
