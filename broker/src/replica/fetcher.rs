@@ -142,7 +142,13 @@ async fn run(manager: Arc<ReplicaManager>, key: Key, fetcher: Arc<Fetcher>) {
                 .filter(|(_, e)| e.retry_at.is_none_or(|at| at <= now))
                 .map(|(tp, e)| (tp.clone(), e.replica.clone(), e.epoch))
                 .collect();
-            let next_retry = partitions.values().filter_map(|e| e.retry_at).min();
+            // Only backoffs still running: a past `retry_at` (due now, in this request) would
+            // turn the long poll into a busy loop.
+            let next_retry = partitions
+                .values()
+                .filter_map(|e| e.retry_at)
+                .filter(|at| *at > now)
+                .min();
             (due, next_retry)
         };
         // A partition backing off is fetched again once its backoff ends, not after the other
