@@ -247,35 +247,23 @@ async fn acknowledge(
     let mut latencies = histogram();
     let mut chunk = Vec::with_capacity(ACK_CHUNK);
     let mut now = Instant::now();
-    let mut shared_clock;
     while sent.recv_many(&mut chunk, ACK_CHUNK).await > 0 {
         // The channel may have been waited on: no reading from before it counts.
-        shared_clock = SHARED_CLOCK_MAX;
+        let mut shared_clock = SHARED_CLOCK_MAX;
         for (start, bytes, mut delivery) in chunk.drain(..) {
             let result = match (&mut delivery).now_or_never() {
-                Some(result) if shared_clock < SHARED_CLOCK_MAX => {
-                    shared_clock += 1;
-                    result
-                }
-                Some(result) => {
-                    now = Instant::now();
-                    shared_clock = 0;
-                    result
-                }
+                Some(result) => result,
                 None => {
-                    let result = delivery.await;
-                    now = Instant::now();
-                    shared_clock = 0;
-                    result
+                    shared_clock = SHARED_CLOCK_MAX;
+                    delivery.await
                 }
             };
-            measure.acknowledged_at(
-                start,
-                bytes,
-                result.map(|_| ()),
-                now.max(start),
-                &mut latencies,
-            );
+            if shared_clock == SHARED_CLOCK_MAX {
+                now = Instant::now();
+                shared_clock = 0;
+            }
+            shared_clock += 1;
+            measure.acknowledged_at(start, bytes, result.map(|_| ()), now, &mut latencies);
         }
     }
     latencies
