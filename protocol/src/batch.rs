@@ -335,7 +335,7 @@ fn put_opt_bytes(buf: &mut BytesMut, bytes: Option<&[u8]>) {
 /// The batch checksum: CRC-32C (Castagnoli), as in Kafka's v2 batches, over `bytes` (a batch's
 /// bytes from [`CRC_START`] to its end).
 pub fn checksum(bytes: &[u8]) -> u32 {
-    crc32c::crc32c(bytes)
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32
 }
 
 /// Reads the base offset and total size (including the 12-byte overhead) of the batch at the front
@@ -1075,6 +1075,20 @@ mod tests {
         let bytes = build(&[(1, None, Some(b"a".to_vec()), vec![])]);
         let batch = RecordBatch::parse(bytes.clone()).unwrap();
         assert_eq!(batch.crc(), crc32c::crc32c(&bytes[CRC_START..]));
+    }
+
+    proptest::proptest! {
+        /// The folding (carry-less multiply) checksum agrees with the crc32c crate's on any bytes,
+        /// at any alignment and at lengths around the 16/64/256-byte block boundaries its SIMD
+        /// paths switch at.
+        #[test]
+        fn the_checksum_agrees_with_the_crc32c_crate(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..1100),
+            skip in 0usize..64,
+        ) {
+            let bytes = &bytes[skip.min(bytes.len())..];
+            proptest::prop_assert_eq!(checksum(bytes), crc32c::crc32c(bytes));
+        }
     }
 
     #[test]
