@@ -62,8 +62,9 @@ fn bench_refuses_bad_arguments_before_connecting() {
     let payload = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(payload.path(), "\n\r\n").unwrap();
     let empty_file = payload.path().to_str().unwrap();
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 10] = [
         (&["produce", "--rate", "0"], "--rate"),
+        (&["produce", "--buffer-memory", "0"], "--buffer-memory"),
         (&["produce", "--threads", "0"], "--threads"),
         (&["produce", "--producers", "0"], "--producers"),
         (&["produce", "--warmup-secs=-1"], "--warmup-secs"),
@@ -133,6 +134,8 @@ async fn bench_runs_producers_and_consumers_and_reports_exact_counts() {
                     "sequential",
                     "--threads",
                     "3",
+                    "--buffer-memory",
+                    "1048576",
                 ],
             )
         }

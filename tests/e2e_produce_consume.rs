@@ -170,6 +170,72 @@ async fn a_record_sent_after_an_idle_pause_is_acknowledged_within_a_few_lingers(
     );
 }
 
+/// Backpressure per partition: while a partition's batches cannot go (its broker is stopped),
+/// `send` accepts records until two full batches wait behind the one in flight and then waits,
+/// long before the 32 MiB of buffer memory is used; once the broker runs again every record
+/// lands once, in order. (Before the cap, all 40 records were accepted at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_waits_while_its_partition_has_two_full_batches_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let client = client(&broker.address).await;
+    Admin::new(client.clone())
+        .create_topic(NewTopic::new("capped", 1))
+        .await
+        .unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            // A second 600-byte record closes a batch; one batch in flight.
+            batch_size_bytes: 1024,
+            max_in_flight_per_partition: 1,
+            request_timeout: Some(Duration::from_secs(60)),
+            ..ProducerConfig::default()
+        },
+    );
+    let record = |i: usize| {
+        Record::new("capped")
+            .partition(0)
+            .value(format!("{i:0>600}"))
+    };
+    // Takes a producer id and learns the leader before the broker stops.
+    producer.send(record(0)).await.unwrap().await.unwrap();
+    broker.signal_pause(true);
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sending = tokio::spawn({
+        let producer = producer.clone();
+        let accepted = accepted.clone();
+        async move {
+            let mut deliveries = Vec::new();
+            for i in 1..=40 {
+                deliveries.push(producer.send(record(i)).await.unwrap());
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            deliveries
+        }
+    });
+    common::eventually_async(Duration::from_secs(10), "three records accepted", || {
+        let accepted = accepted.clone();
+        async move { accepted.load(std::sync::atomic::Ordering::SeqCst) >= 3 }
+    })
+    .await;
+    // A window in which nothing may change: sends stay blocked while the broker is stopped.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let blocked_at = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        blocked_at <= 4,
+        "{blocked_at} records accepted while the partition's batches could not go"
+    );
+    broker.signal_pause(false);
+    let deliveries = sending.await.unwrap();
+    let mut offsets = Vec::new();
+    for delivery in deliveries {
+        offsets.push(delivery.await.unwrap().offset);
+    }
+    let expected: Vec<Option<u64>> = (1..=40).map(Some).collect();
+    assert_eq!(offsets, expected, "every record once, in order");
+}
+
 /// `send_when_idle`: a partition with nothing in flight sends its batch at once instead of
 /// waiting for `linger` (here a minute, so waiting could not pass), and every record still
 /// lands once, in order.

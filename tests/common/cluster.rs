@@ -279,14 +279,7 @@ impl Cluster {
 
     /// SIGSTOP (`pause = true`) or SIGCONT node `node`.
     pub fn signal_pause(&mut self, node: u32, pause: bool) {
-        let pid = self.broker(node).pid();
-        let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
-        let signal = if pause {
-            rustix::process::Signal::STOP
-        } else {
-            rustix::process::Signal::CONT
-        };
-        rustix::process::kill_process(pid, signal).expect("signal the broker");
+        self.broker(node).signal_pause(pause);
     }
 
     /// A client bootstrapped with every broker, with retry timings for failover tests.

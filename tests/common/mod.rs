@@ -342,6 +342,17 @@ impl BrokerProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// SIGSTOP (`pause = true`) or SIGCONT the broker.
+    pub fn signal_pause(&self, pause: bool) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("pid");
+        let signal = if pause {
+            rustix::process::Signal::STOP
+        } else {
+            rustix::process::Signal::CONT
+        };
+        rustix::process::kill_process(pid, signal).expect("signal the broker");
+    }
 }
 
 impl Drop for BrokerProcess {

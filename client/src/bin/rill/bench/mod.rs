@@ -142,6 +142,10 @@ pub struct ProduceArgs {
     /// Batches in flight per partition with idempotence.
     #[arg(long, default_value_t = 5)]
     max_in_flight: usize,
+    /// Bytes of records a producer buffers (queued or in flight) before `send` waits (Kafka's
+    /// `buffer.memory`).
+    #[arg(long, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    buffer_memory: u64,
 }
 
 #[derive(Debug, clap::Args)]

@@ -77,6 +77,7 @@ pub async fn run(client: Client, args: ProduceArgs, values: Vec<Bytes>) -> anyho
         compression: args.compression,
         enable_idempotence: !args.no_idempotence,
         max_in_flight_per_partition: args.max_in_flight,
+        buffer_memory_bytes: usize::try_from(args.buffer_memory).unwrap_or(usize::MAX),
         ..ProducerConfig::default()
     };
     let measure = Arc::new(Measure::new(
