@@ -5,7 +5,7 @@
 //!   cargo run --release --example librdkafka_bench -- produce 127.0.0.1:9092 topic 200000 1024
 //!   cargo run --release --example librdkafka_bench -- consume 127.0.0.1:9092 topic 200000
 //!
-//! Produce: one idempotent acks=all producer (linger.ms 5, batch.size 512 KiB: `rill bench`'s
+//! Produce: one idempotent acks=all producer (linger.ms 5, batch.size 256 KiB: `rill bench`'s
 //! defaults; librdkafka's own queue limit of 100,000 records), unkeyed values of `size` bytes,
 //! timed from the first send to the last acknowledgement. Consume: one consumer assigned every partition from the beginning (no
 //! group), timed until `records` arrived. Prints one JSON line.
@@ -56,7 +56,7 @@ fn produce(brokers: &str, topic: &str, records: u64, size: usize) -> Result<(), 
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("batch.size", "524288")
+        .set("batch.size", "262144")
         .create_with_context(Counting::default())?;
     let value = vec![b'x'; size];
     let start = Instant::now();

@@ -53,7 +53,7 @@ use crate::partitioner::partition_for_key;
 pub struct ProducerConfig {
     /// Default: leader acknowledgement.
     pub acks: Acks,
-    /// A batch is sent once it reaches this size. Default 512 KiB (keep it under the broker's
+    /// A batch is sent once it reaches this size. Default 256 KiB (keep it under the broker's
     /// `max_batch_bytes`, 1 MiB by default). With one batch in flight per partition, this is
     /// the main throughput lever: see docs/OPERATIONS.md, "Benchmarking".
     pub batch_size_bytes: usize,
@@ -93,7 +93,7 @@ impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
             acks: Acks::Leader,
-            batch_size_bytes: 512 << 10,
+            batch_size_bytes: 256 << 10,
             linger: Duration::from_millis(5),
             send_when_idle: false,
             buffer_memory_bytes: 32 << 20,

@@ -115,7 +115,7 @@ pub struct ProduceArgs {
     consumers: u32,
     #[arg(long, value_enum, default_value = "1")]
     acks: AcksArg,
-    #[arg(long, default_value_t = 512 * 1024)]
+    #[arg(long, default_value_t = 256 * 1024)]
     batch_size: usize,
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
