@@ -227,7 +227,7 @@ async fn a_dead_member_loses_its_partitions_and_offsets_survive_a_restart() {
         {
             victim_partitions.insert(r.partition);
             *seen.entry((r.partition, r.offset)).or_default() += 1;
-            processed.insert((r.topic.clone(), r.partition), r.offset + 1);
+            processed.insert((r.topic.to_string(), r.partition), r.offset + 1);
         }
     }
     victim.commit_offsets(processed).await.unwrap();

@@ -79,8 +79,9 @@ impl Default for ConsumerConfig {
 /// A consumed record. Key, value and header bytes are slices of the fetched response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
-    /// Topic of the record.
-    pub topic: String,
+    /// Topic of the record (shared by the records of one fetch: a `String` each was a
+    /// allocation and copy per record, about 9% of a 1 KiB consumer's CPU with the frees).
+    pub topic: Arc<str>,
     /// Partition of the record.
     pub partition: u32,
     /// Offset of the record in its partition.
@@ -523,7 +524,7 @@ impl Consumer {
                 fetched.records.retain(|r| {
                     !gone
                         .iter()
-                        .any(|(topic, partition)| *partition == r.partition && *topic == r.topic)
+                        .any(|(topic, partition)| *partition == r.partition && **topic == *r.topic)
                 });
                 fetched.positions.retain(|tp, _| !gone.contains(tp));
             }
@@ -674,6 +675,7 @@ async fn fetch(
                 let Some(position) = fetched.positions.get_mut(&key) else {
                     continue;
                 };
+                let name: Arc<str> = Arc::from(topic.name.as_str());
                 for batch in batches(p.records) {
                     let batch = batch?;
                     for record in batch.records()? {
@@ -684,7 +686,7 @@ async fn fetch(
                         }
                         *position = record.offset + 1;
                         fetched.records.push(ConsumerRecord {
-                            topic: topic.name.clone(),
+                            topic: name.clone(),
                             partition: p.partition,
                             offset: record.offset,
                             timestamp: record.timestamp,

@@ -296,10 +296,10 @@ async fn final_read(bootstrap: &str, hws: &Hws) -> Result<Vec<checker::LogLine>,
             Ok(records) => lines.extend(
                 records
                     .into_iter()
-                    .filter(|r| r.offset < hws[&r.topic][r.partition as usize])
+                    .filter(|r| r.offset < hws[&*r.topic][r.partition as usize])
                     .map(|r| checker::LogLine {
                         source: "read".into(),
-                        topic: r.topic,
+                        topic: r.topic.to_string(),
                         partition: r.partition,
                         offset: r.offset,
                         value: r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),

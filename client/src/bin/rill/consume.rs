@@ -106,7 +106,10 @@ pub async fn run(brokers: &str, args: Args) -> anyhow::Result<()> {
             }
             print(&mut stdout, &record, args.format)?;
             printed += 1;
-            printed_positions.insert((record.topic.clone(), record.partition), record.offset + 1);
+            printed_positions.insert(
+                (record.topic.to_string(), record.partition),
+                record.offset + 1,
+            );
         }
         stdout.flush()?;
         if args.group.is_some() && !printed_positions.is_empty() {
@@ -143,7 +146,7 @@ fn print(
         ),
         RecordFormat::Json => {
             let value = serde_json::json!({
-                "topic": record.topic, "partition": record.partition, "offset": record.offset,
+                "topic": &*record.topic, "partition": record.partition, "offset": record.offset,
                 "timestamp": record.timestamp, "key": text(&record.key), "value": text(&record.value),
             });
             writeln!(out, "{value}")
