@@ -58,7 +58,10 @@ pub struct ConsumerConfig {
     pub fetch_min_bytes: u32,
     /// Default 50 MiB per fetch response.
     pub fetch_max_bytes: u32,
-    /// Default 1 MiB per partition per fetch.
+    /// Default 4 MiB per partition per fetch (Kafka's `max.partition.fetch.bytes` is 1 MiB:
+    /// one partition read from the page cache, 1 MiB vs 4 MiB, one run alternating, three
+    /// rounds of two 1 GiB reads, 1,767-2,108 vs 1,948-2,352 MB/s: a quarter of the round trips).
+    /// `fetch_max_bytes` still bounds a whole response.
     pub partition_max_bytes: u32,
     /// Default `Earliest`; also applies when a position falls out of the log (retention).
     pub offset_reset: OffsetReset,
@@ -70,7 +73,7 @@ impl Default for ConsumerConfig {
             fetch_max_wait: Duration::from_millis(500),
             fetch_min_bytes: 1,
             fetch_max_bytes: 50 << 20,
-            partition_max_bytes: 1 << 20,
+            partition_max_bytes: 4 << 20,
             offset_reset: OffsetReset::Earliest,
         }
     }
