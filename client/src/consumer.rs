@@ -82,7 +82,7 @@ impl Default for ConsumerConfig {
 /// A consumed record. Key, value and header bytes are slices of the fetched response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
-    /// Topic of the record (shared by the records of one fetch: a `String` each was a
+    /// Topic of the record (shared by the records of one fetch: a `String` each was an
     /// allocation and copy per record, about 9% of a 1 KiB consumer's CPU with the frees).
     pub topic: Arc<str>,
     /// Partition of the record.
