@@ -201,33 +201,25 @@ async fn send_waits_while_its_partition_has_two_full_batches_queued() {
     // Takes a producer id and learns the leader before the broker stops.
     producer.send(record(0)).await.unwrap().await.unwrap();
     broker.signal_pause(true);
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let sending = tokio::spawn({
-        let producer = producer.clone();
-        let accepted = accepted.clone();
-        async move {
-            let mut deliveries = Vec::new();
-            for i in 1..=40 {
-                deliveries.push(producer.send(record(i)).await.unwrap());
-                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-            deliveries
-        }
-    });
-    common::eventually_async(Duration::from_secs(10), "three records accepted", || {
-        let accepted = accepted.clone();
-        async move { accepted.load(std::sync::atomic::Ordering::SeqCst) >= 3 }
-    })
-    .await;
-    // A window in which nothing may change: sends stay blocked while the broker is stopped.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let blocked_at = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    // Record 1 opens batch A; 2 closes it (A goes in flight, the only slot) and opens B; 3
+    // closes B (A has left the queue: sends wait until it has) and opens C. Nothing can leave
+    // the queue now: A's response cannot come while the broker is stopped.
+    let mut deliveries = Vec::new();
+    for i in 1..=3 {
+        let send = tokio::time::timeout(Duration::from_secs(10), producer.send(record(i)));
+        deliveries.push(send.await.expect("accepted").unwrap());
+    }
+    // Record 4 would close C: two full batches (B, C) would wait, so its send waits.
+    let mut fourth = Box::pin(producer.send(record(4)));
     assert!(
-        blocked_at <= 4,
-        "{blocked_at} records accepted while the partition's batches could not go"
+        futures::FutureExt::now_or_never(&mut fourth).is_none(),
+        "a fourth record was accepted while the partition's batches could not go"
     );
     broker.signal_pause(false);
-    let deliveries = sending.await.unwrap();
+    deliveries.push(fourth.await.unwrap());
+    for i in 5..=40 {
+        deliveries.push(producer.send(record(i)).await.unwrap());
+    }
     let mut offsets = Vec::new();
     for delivery in deliveries {
         offsets.push(delivery.await.unwrap().offset);
