@@ -160,6 +160,22 @@ impl PartitionLog {
         result
     }
 
+    /// [`Self::with_log`] if the lock is free now, `None` if someone holds it (an append, maybe
+    /// across an fdatasync). For short reads of in-memory state from an async task: the
+    /// caller falls back to [`Self::with_log`] on the blocking pool, and when the lock is free
+    /// saves that thread hop (a wake-up and a context switch each way).
+    pub fn try_with_log<T>(&self, f: impl FnOnce(&mut Log) -> Result<T>) -> Option<Result<T>> {
+        let mut log = match self.log.try_lock() {
+            Ok(log) => log,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let result = f(&mut log);
+        self.end_offset
+            .send_if_modified(|end| std::mem::replace(end, log.log_end_offset()) != *end);
+        Some(result)
+    }
+
     /// Appends as leader at `leader_epoch` (see [`Log::append`]) and wakes fetchers waiting
     /// for new data. Refused with [`crate::Error::NotLeader`] unless this broker still leads
     /// at that epoch (checked under the log lock).
@@ -577,6 +593,27 @@ mod tests {
         assert_eq!(TopicPartition::from_dir_name("orders"), None);
         assert_eq!(TopicPartition::from_dir_name("-3"), None);
         assert_eq!(TopicPartition::from_dir_name("x-y"), None);
+    }
+
+    #[test]
+    fn try_with_log_runs_only_while_the_lock_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = LogManager::open(dir.path(), LogConfig::default()).unwrap();
+        let log = manager
+            .get_or_create(&TopicPartition::new("t", 0), None, 1)
+            .unwrap();
+        let mut batch = rill_protocol::batch::RecordBatchBuilder::new();
+        batch.append(0, None, Some(b"v"), &[]);
+        log.append(&batch.build(), 0).unwrap();
+        let end = |l: &mut Log| Ok(l.log_end_offset());
+        assert_eq!(log.try_with_log(end).unwrap().unwrap(), 1);
+        let held = log.log.lock().unwrap();
+        assert!(
+            log.try_with_log(end).is_none(),
+            "ran while the lock was held"
+        );
+        drop(held);
+        assert_eq!(log.try_with_log(end).unwrap().unwrap(), 1);
     }
 
     #[test]

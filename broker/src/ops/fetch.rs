@@ -106,14 +106,21 @@ async fn respond(
     // pool: a slow disk must not stall the async workers that run heartbeats, Raft and every
     // other partition's requests.
     let request = Arc::new(request);
-    let targets = if request.replica_id.is_none() {
+    // A follower's fetch is resolved and first read in one trip to the blocking pool.
+    let (targets, mut first) = if request.replica_id.is_none() {
         // Consumers: role checks and watches only, no log lock.
-        Arc::new(resolve(state, &request, refused))
+        (Arc::new(resolve(state, &request, refused)), None)
     } else {
         let (state, request) = (state.clone(), request.clone());
         let refused = refused.clone();
-        match tokio::task::spawn_blocking(move || resolve(&state, &request, &refused)).await {
-            Ok(targets) => Arc::new(targets),
+        let resolved = tokio::task::spawn_blocking(move || {
+            let targets = Arc::new(resolve(&state, &request, &refused));
+            let pass = read_once(&request, &targets);
+            (targets, pass)
+        })
+        .await;
+        match resolved {
+            Ok((targets, pass)) => (targets, Some(pass)),
             Err(e) => {
                 tracing::error!("fetch task failed: {e}");
                 return None;
@@ -121,9 +128,12 @@ async fn respond(
         }
     };
     loop {
-        let pass = {
-            let (request, targets) = (request.clone(), targets.clone());
-            tokio::task::spawn_blocking(move || read_once(&request, &targets)).await
+        let pass = match first.take() {
+            Some(pass) => Ok(pass),
+            None => {
+                let (request, targets) = (request.clone(), targets.clone());
+                tokio::task::spawn_blocking(move || read_once(&request, &targets)).await
+            }
         };
         let Ok((response, bytes, any_error)) = pass else {
             tracing::error!("fetch read task failed");

@@ -282,20 +282,28 @@ async fn fetch_round(
             .fetch_wait_max_ms
             .min(u32::try_from(cap.as_millis()).unwrap_or(u32::MAX))
     });
-    // Each log's end and last epoch, read under its lock on the blocking pool (an append may
-    // hold that lock across an fdatasync).
-    let replicas: Vec<Arc<Replica>> = due.iter().map(|(_, r, _)| r.clone()).collect();
-    let positions = tokio::task::spawn_blocking(move || {
-        replicas
-            .iter()
-            .map(|r| {
-                r.log
-                    .with_log(|log| Ok((log.log_end_offset(), log.last_epoch())))
+    // Each log's end and last epoch, read under its lock: here when the lock is free (the
+    // usual case: this fetcher is the log's only writer), else on the blocking pool (a tick
+    // or a roll may hold it across an fdatasync).
+    let position = |log: &mut crate::log::Log| Ok((log.log_end_offset(), log.last_epoch()));
+    let inline: Option<Vec<_>> = due
+        .iter()
+        .map(|(_, r, _)| r.log.try_with_log(position))
+        .collect();
+    let positions = match inline {
+        Some(positions) => positions.into_iter().collect::<Result<Vec<_>, _>>(),
+        None => {
+            let replicas: Vec<Arc<Replica>> = due.iter().map(|(_, r, _)| r.clone()).collect();
+            tokio::task::spawn_blocking(move || {
+                replicas
+                    .iter()
+                    .map(|r| r.log.with_log(position))
+                    .collect::<Result<Vec<_>, _>>()
             })
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| format!("log position task failed: {e}"))?
+            .await
+            .map_err(|e| format!("log position task failed: {e}"))?
+        }
+    }
     .map_err(|e| e.to_string())?;
     let mut topics: Vec<FetchTopic> = Vec::new();
     for ((tp, _, epoch), (fetch_offset, last_epoch)) in due.iter().zip(positions) {
