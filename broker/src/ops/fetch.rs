@@ -101,10 +101,10 @@ async fn respond(
 ) -> Option<FetchResponse> {
     let wait_ms = u64::from(request.max_wait_ms).min(state.config.request_timeout_ms);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
-    // Everything that takes a partition's log lock (held by appends across fdatasync with
-    // flush=always, by rolls and truncation) or faults in mapped pages runs on the blocking
-    // pool: a slow disk must not stall the async workers that run heartbeats, Raft and every
-    // other partition's requests.
+    // Everything that waits for a partition's log lock (held by appends across fdatasync
+    // with flush=always, by rolls and truncation) or may fault in mapped pages from the disk
+    // runs on the blocking pool: a slow disk must not stall the async workers that run
+    // heartbeats, Raft and every other partition's requests.
     let request = Arc::new(request);
     // A follower's fetch is resolved and first read in one trip to the blocking pool.
     let (targets, mut first) = if request.replica_id.is_none() {
@@ -115,27 +115,40 @@ async fn respond(
         let refused = refused.clone();
         let resolved = tokio::task::spawn_blocking(move || {
             let targets = Arc::new(resolve(&state, &request, &refused));
-            let pass = read_once(&request, &targets);
+            let pass = read_once(&request, &targets, Lock::Wait);
             (targets, pass)
         })
         .await;
         match resolved {
-            Ok((targets, pass)) => (targets, Some(pass)),
+            Ok((targets, pass)) => (targets, pass),
             Err(e) => {
                 tracing::error!("fetch task failed: {e}");
                 return None;
             }
         }
     };
+    // After a wake-up the new records were just appended (the fetch waited at or near the
+    // log end), so they are in the page cache: read them here when every log lock is free,
+    // saving the blocking pool's wake-up; a held lock (an append across an fdatasync) sends
+    // the pass to the blocking pool as before.
+    let mut woken = false;
     loop {
-        let pass = match first.take() {
-            Some(pass) => Ok(pass),
+        let inline = if woken {
+            read_once(&request, &targets, Lock::IfFree)
+        } else {
+            first.take()
+        };
+        let pass = match inline {
+            Some(pass) => Some(pass),
             None => {
                 let (request, targets) = (request.clone(), targets.clone());
-                tokio::task::spawn_blocking(move || read_once(&request, &targets)).await
+                tokio::task::spawn_blocking(move || read_once(&request, &targets, Lock::Wait))
+                    .await
+                    .ok()
+                    .flatten()
             }
         };
-        let Ok((response, bytes, any_error)) = pass else {
+        let Some((response, bytes, any_error)) = pass else {
             tracing::error!("fetch read task failed");
             return None;
         };
@@ -160,7 +173,7 @@ async fn respond(
             return Some(response);
         }
         tokio::select! {
-            _ = futures::future::select_all(waits.iter_mut()) => {}
+            _ = futures::future::select_all(waits.iter_mut()) => woken = true,
             _ = tokio::time::sleep_until(deadline) => {}
             _ = state.shutdown.cancelled() => {}
         }
@@ -252,9 +265,23 @@ fn resolve(
         .collect()
 }
 
+/// How a read pass takes each partition's log lock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    /// Waits for it (on the blocking pool).
+    Wait,
+    /// Only if it is free now; the pass gives up (`None`) at the first held lock.
+    IfFree,
+}
+
 /// One pass over every partition: returns the response, the record bytes in it, and whether a
-/// partition failed (errors are answered at once).
-fn read_once(request: &FetchRequest, targets: &[Vec<Target>]) -> (FetchResponse, usize, bool) {
+/// partition failed (errors are answered at once); `None` only with [`Lock::IfFree`] when a
+/// log lock was held.
+fn read_once(
+    request: &FetchRequest,
+    targets: &[Vec<Target>],
+    lock: Lock,
+) -> Option<(FetchResponse, usize, bool)> {
     let mut budget = request.max_bytes as usize;
     let mut total = 0;
     let mut any_error = false;
@@ -289,13 +316,17 @@ fn read_once(request: &FetchRequest, targets: &[Vec<Target>]) -> (FetchResponse,
                     } else {
                         budget
                     });
-                    let read = log.with_log(|l| {
+                    let read_log = |l: &mut crate::log::Log| {
                         Ok((
                             l.read(p.fetch_offset, limit.max(1)),
                             l.log_end_offset(),
                             l.log_start_offset(),
                         ))
-                    });
+                    };
+                    let read = match lock {
+                        Lock::Wait => log.with_log(read_log),
+                        Lock::IfFree => log.try_with_log(read_log)?,
+                    };
                     match read {
                         Ok((Ok(records), _, start)) => {
                             let records = if source.follower {
@@ -333,14 +364,14 @@ fn read_once(request: &FetchRequest, targets: &[Vec<Target>]) -> (FetchResponse,
             partitions,
         });
     }
-    (
+    Some((
         FetchResponse {
             topics,
             throttle_time_ms: 0,
         },
         total,
         any_error,
-    )
+    ))
 }
 
 /// The leading whole batches of `records` that lie below `hw` (which is always at a batch
