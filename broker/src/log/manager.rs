@@ -79,6 +79,16 @@ pub struct PartitionLog {
     topic_id: std::sync::atomic::AtomicU64,
 }
 
+/// How a caller takes a partition's log lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locking {
+    /// Waits for it: blocking, so from a blocking thread.
+    Wait,
+    /// Only if it is free now; the caller gives up (`None`) when it is held. From an async
+    /// task, for work that touches only memory or pages just written.
+    IfFree,
+}
+
 /// File in a partition directory naming the topic id the log belongs to.
 pub const TOPIC_ID_FILE: &str = "topic-id";
 
@@ -158,6 +168,19 @@ impl PartitionLog {
         self.end_offset
             .send_if_modified(|end| std::mem::replace(end, log.log_end_offset()) != *end);
         result
+    }
+
+    /// [`Self::with_log`] or [`Self::try_with_log`], as `locking` says (`None` only from the
+    /// latter, when the lock is held).
+    pub fn with_log_as<T>(
+        &self,
+        locking: Locking,
+        f: impl FnOnce(&mut Log) -> Result<T>,
+    ) -> Option<Result<T>> {
+        match locking {
+            Locking::Wait => Some(self.with_log(f)),
+            Locking::IfFree => self.try_with_log(f),
+        }
     }
 
     /// [`Self::with_log`] if the lock is free now, `None` if someone holds it (an append, maybe

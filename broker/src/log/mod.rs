@@ -32,7 +32,7 @@ pub(crate) mod segment;
 
 pub use cleaner::{CleanStats, CleanerConfig};
 pub use config::{CleanupPolicy, FlushPolicy, LogConfig};
-pub use manager::{LogManager, LogStats, PartitionLog, TopicPartition};
+pub use manager::{Locking, LogManager, LogStats, PartitionLog, TopicPartition};
 pub use partition::{
     monotonic_ms, now_ms, AppendInfo, Log, PendingFlush, RecoveryReport, RetentionOutcome,
     RECOVERY_POINT_FILE,

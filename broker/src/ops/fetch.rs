@@ -28,7 +28,7 @@ use rill_protocol::ErrorCode;
 use tokio::sync::watch;
 
 use super::local_replica;
-use crate::log::TopicPartition;
+use crate::log::{Locking, TopicPartition};
 use crate::quota::{Charge, Direction};
 use crate::replica::{FollowerFetch, Replica};
 use crate::security::acl::Operation;
@@ -106,24 +106,39 @@ async fn respond(
     // runs on the blocking pool: a slow disk must not stall the async workers that run
     // heartbeats, Raft and every other partition's requests.
     let request = Arc::new(request);
-    // A follower's fetch is resolved and first read in one trip to the blocking pool.
-    let (targets, mut first) = if request.replica_id.is_none() {
-        // Consumers: role checks and watches only, no log lock.
-        (Arc::new(resolve(state, &request, refused)), None)
-    } else {
-        let (state, request) = (state.clone(), request.clone());
-        let refused = refused.clone();
-        let resolved = tokio::task::spawn_blocking(move || {
-            let targets = Arc::new(resolve(&state, &request, &refused));
-            let pass = read_once(&request, &targets, Lock::Wait);
-            (targets, pass)
-        })
-        .await;
-        match resolved {
-            Ok((targets, pass)) => (targets, pass),
-            Err(e) => {
-                tracing::error!("fetch task failed: {e}");
-                return None;
+    // Resolved here when every log lock is free (a consumer's fetch takes none); and when every
+    // partition is caught up (nothing to read before an append) the first pass runs here too,
+    // so a follower's fetch moves the HW and starts its long poll without a trip to the
+    // blocking pool. Otherwise the first pass, which may reach cold data, runs there.
+    let (targets, mut first) = match resolve(state, &request, refused, Locking::IfFree) {
+        Some(targets) => {
+            let targets = Arc::new(targets);
+            let first = if caught_up(&request, &targets) {
+                read_once(&request, &targets, Locking::IfFree)
+            } else {
+                None
+            };
+            (targets, first)
+        }
+        None => {
+            let (state, request) = (state.clone(), request.clone());
+            let refused = refused.clone();
+            let resolved = tokio::task::spawn_blocking(move || {
+                let targets = Arc::new(resolve(&state, &request, &refused, Locking::Wait)?);
+                let pass = read_once(&request, &targets, Locking::Wait);
+                Some((targets, pass))
+            })
+            .await;
+            match resolved {
+                Ok(Some((targets, pass))) => (targets, pass),
+                Ok(None) => {
+                    tracing::error!("fetch could not resolve its partitions");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::error!("fetch task failed: {e}");
+                    return None;
+                }
             }
         }
     };
@@ -134,7 +149,7 @@ async fn respond(
     let mut woken = false;
     loop {
         let inline = if woken {
-            read_once(&request, &targets, Lock::IfFree)
+            read_once(&request, &targets, Locking::IfFree)
         } else {
             first.take()
         };
@@ -142,7 +157,7 @@ async fn respond(
             Some(pass) => Some(pass),
             None => {
                 let (request, targets) = (request.clone(), targets.clone());
-                tokio::task::spawn_blocking(move || read_once(&request, &targets, Lock::Wait))
+                tokio::task::spawn_blocking(move || read_once(&request, &targets, Locking::Wait))
                     .await
                     .ok()
                     .flatten()
@@ -212,75 +227,108 @@ fn counted(state: &BrokerState, replica: bool, response: FetchResponse) -> Fetch
 }
 
 /// Resolves each partition once; watches are taken before reading so no append is missed.
-/// Blocking for follower fetches (the divergence check reads the log under its lock).
+/// A follower's fetch takes each log lock (its divergence check reads the log) as `locking`
+/// says: `None` if one was held ([`Locking::IfFree`]; the partitions before it have recorded
+/// the follower's progress, which the retry on the blocking pool records again, unchanged).
 fn resolve(
     state: &Arc<BrokerState>,
     request: &FetchRequest,
     refused: &HashSet<String>,
-) -> Vec<Vec<Target>> {
+    locking: Locking,
+) -> Option<Vec<Vec<Target>>> {
     let metadata = state.controller.metadata();
-    request
-        .topics
-        .iter()
-        .map(|t| {
-            t.partitions
-                .iter()
-                .map(|p| {
-                    if refused.contains(&t.name) {
-                        return Err(ErrorCode::TOPIC_AUTHORIZATION_FAILED);
-                    }
-                    let replica = local_replica(state, &metadata, &t.name, p.partition)?;
-                    let Some(follower) = request.replica_id else {
-                        replica.check_leader(p.current_leader_epoch)?;
-                        let watch = replica.log.subscribe_high_watermark();
-                        return Ok(Source {
-                            replica,
-                            watch,
-                            follower: false,
-                            diverging: None,
-                        });
-                    };
-                    let watch = replica.log.subscribe();
-                    let tp = TopicPartition::new(t.name.clone(), p.partition);
-                    let decision = state.replicas.on_follower_fetch(
-                        &tp,
-                        &replica,
-                        u64::from(follower),
-                        p.current_leader_epoch,
-                        p.fetch_offset,
-                        p.last_fetched_epoch,
-                    )?;
-                    Ok(Source {
-                        replica,
-                        watch,
-                        follower: true,
-                        diverging: match decision {
-                            FollowerFetch::Read => None,
-                            FollowerFetch::Diverging(d) => Some(d),
-                        },
-                    })
-                })
-                .collect()
-        })
-        .collect()
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for t in &request.topics {
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in &t.partitions {
+            let target = if refused.contains(&t.name) {
+                Err(ErrorCode::TOPIC_AUTHORIZATION_FAILED)
+            } else {
+                match local_replica(state, &metadata, &t.name, p.partition) {
+                    Ok(replica) => source(state, request, &t.name, p, replica, locking)?,
+                    Err(code) => Err(code),
+                }
+            };
+            partitions.push(target);
+        }
+        topics.push(partitions);
+    }
+    Some(topics)
 }
 
-/// How a read pass takes each partition's log lock.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Lock {
-    /// Waits for it (on the blocking pool).
-    Wait,
-    /// Only if it is free now; the pass gives up (`None`) at the first held lock.
-    IfFree,
+/// One partition's source (see [`resolve`]).
+fn source(
+    state: &Arc<BrokerState>,
+    request: &FetchRequest,
+    topic: &str,
+    p: &rill_protocol::api::FetchPartition,
+    replica: Arc<Replica>,
+    locking: Locking,
+) -> Option<Target> {
+    let Some(follower) = request.replica_id else {
+        if let Err(code) = replica.check_leader(p.current_leader_epoch) {
+            return Some(Err(code));
+        }
+        let watch = replica.log.subscribe_high_watermark();
+        return Some(Ok(Source {
+            replica,
+            watch,
+            follower: false,
+            diverging: None,
+        }));
+    };
+    let watch = replica.log.subscribe();
+    let tp = TopicPartition::new(topic, p.partition);
+    let decision = state.replicas.on_follower_fetch(
+        &tp,
+        &replica,
+        u64::from(follower),
+        p.current_leader_epoch,
+        p.fetch_offset,
+        p.last_fetched_epoch,
+        locking,
+    )?;
+    Some(decision.map(|decision| Source {
+        replica,
+        watch,
+        follower: true,
+        diverging: match decision {
+            FollowerFetch::Read => None,
+            FollowerFetch::Diverging(d) => Some(d),
+        },
+    }))
+}
+
+/// Whether every partition that reads records is at its end (the log end for a follower, the
+/// HW for a consumer), checked without locks: a pass then reads only what was appended since
+/// the fetch arrived, which is in the page cache, so it may run on an async task.
+fn caught_up(request: &FetchRequest, targets: &[Vec<Target>]) -> bool {
+    let partitions = request
+        .topics
+        .iter()
+        .zip(targets)
+        .flat_map(|(topic, targets)| topic.partitions.iter().zip(targets));
+    partitions.into_iter().all(|(p, target)| match target {
+        Ok(source) if source.diverging.is_none() => {
+            let log = &source.replica.log;
+            let end = if source.follower {
+                log.log_end_offset()
+            } else {
+                log.high_watermark()
+            };
+            p.fetch_offset >= end
+        }
+        _ => true,
+    })
 }
 
 /// One pass over every partition: returns the response, the record bytes in it, and whether a
-/// partition failed (errors are answered at once); `None` only with [`Lock::IfFree`] when a
+/// partition failed (errors are answered at once); `None` only with [`Locking::IfFree`] when a
 /// log lock was held.
 fn read_once(
     request: &FetchRequest,
     targets: &[Vec<Target>],
-    lock: Lock,
+    locking: Locking,
 ) -> Option<(FetchResponse, usize, bool)> {
     let mut budget = request.max_bytes as usize;
     let mut total = 0;
@@ -323,10 +371,7 @@ fn read_once(
                             l.log_start_offset(),
                         ))
                     };
-                    let read = match lock {
-                        Lock::Wait => log.with_log(read_log),
-                        Lock::IfFree => log.try_with_log(read_log)?,
-                    };
+                    let read = log.with_log_as(locking, read_log)?;
                     match read {
                         Ok((Ok(records), _, start)) => {
                             let records = if source.follower {

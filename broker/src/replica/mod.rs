@@ -27,7 +27,7 @@ use rill_protocol::ErrorCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::{Command, CommandResult, Controller, MetadataState, NodeId, PartitionInfo};
-use crate::log::{PartitionLog, TopicPartition};
+use crate::log::{Locking, PartitionLog, TopicPartition};
 pub use lease::Lease;
 
 /// Settings of replication on this broker.
@@ -469,7 +469,9 @@ impl ReplicaManager {
 
     /// Leader side of a follower's fetch: checks epochs, detects divergence, records the
     /// follower's progress, advances the HW and proposes adding the follower to the ISR once it
-    /// has caught up.
+    /// has caught up. Takes the log lock as `locking` says: `None` when it was held
+    /// ([`Locking::IfFree`]), before anything was recorded.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_follower_fetch(
         self: &Arc<Self>,
         tp: &TopicPartition,
@@ -478,31 +480,43 @@ impl ReplicaManager {
         current_leader_epoch: Option<u32>,
         fetch_offset: u64,
         last_fetched_epoch: Option<u32>,
-    ) -> Result<FollowerFetch, ErrorCode> {
+        locking: Locking,
+    ) -> Option<Result<FollowerFetch, ErrorCode>> {
         // The role only, not the lease: a leader that lost its lease still serves its
         // followers until the metadata moves them, so that what it wrote before the lease
         // ended reaches them (it acknowledges nothing new meanwhile).
-        replica.check_role(current_leader_epoch)?;
-        let (leader_end, diverging) = replica
-            .log
-            .with_log(|log| {
-                let end = log.log_end_offset();
-                let diverging =
-                    last_fetched_epoch.and_then(|last| match log.end_offset_for_epoch(last) {
-                        Some((epoch, end_offset))
-                            if epoch == last && end_offset >= fetch_offset =>
-                        {
-                            None
-                        }
-                        Some((epoch, end_offset)) => Some(EpochEndOffset { epoch, end_offset }),
-                        None => Some(EpochEndOffset {
-                            epoch: last,
-                            end_offset: log.log_start_offset(),
-                        }),
-                    });
-                Ok((end, diverging))
-            })
-            .map_err(|e| e.error_code())?;
+        if let Err(code) = replica.check_role(current_leader_epoch) {
+            return Some(Err(code));
+        }
+        let positions = replica.log.with_log_as(locking, |log| {
+            let end = log.log_end_offset();
+            let diverging =
+                last_fetched_epoch.and_then(|last| match log.end_offset_for_epoch(last) {
+                    Some((epoch, end_offset)) if epoch == last && end_offset >= fetch_offset => {
+                        None
+                    }
+                    Some((epoch, end_offset)) => Some(EpochEndOffset { epoch, end_offset }),
+                    None => Some(EpochEndOffset {
+                        epoch: last,
+                        end_offset: log.log_start_offset(),
+                    }),
+                });
+            Ok((end, diverging))
+        })?;
+        Some(self.follower_progress(tp, replica, follower, fetch_offset, positions))
+    }
+
+    /// The rest of [`Self::on_follower_fetch`], given the leader's log end and the
+    /// follower's divergence as read under the log lock.
+    fn follower_progress(
+        self: &Arc<Self>,
+        tp: &TopicPartition,
+        replica: &Arc<Replica>,
+        follower: NodeId,
+        fetch_offset: u64,
+        positions: crate::Result<(u64, Option<EpochEndOffset>)>,
+    ) -> Result<FollowerFetch, ErrorCode> {
+        let (leader_end, diverging) = positions.map_err(|e| e.error_code())?;
         if let Some(diverging) = diverging {
             return Ok(FollowerFetch::Diverging(diverging));
         }
@@ -762,7 +776,8 @@ mod tests {
         );
         // Past the HW (0) but below the log end at election (10): not in sync.
         manager
-            .on_follower_fetch(&tp, &replica, 3, Some(1), 5, Some(0))
+            .on_follower_fetch(&tp, &replica, 3, Some(1), 5, Some(0), Locking::Wait)
+            .unwrap()
             .unwrap();
         {
             let state = replica.state();
@@ -773,7 +788,8 @@ mod tests {
         }
         // At the log end at election: it joins (a proposal is made).
         manager
-            .on_follower_fetch(&tp, &replica, 3, Some(1), 10, Some(0))
+            .on_follower_fetch(&tp, &replica, 3, Some(1), 10, Some(0), Locking::Wait)
+            .unwrap()
             .unwrap();
         let state = replica.state();
         assert!(
