@@ -163,7 +163,15 @@ impl PartitionLog {
 
     /// Runs `f` with the log locked. Blocking (file I/O): call from a blocking thread.
     pub fn with_log<T>(&self, f: impl FnOnce(&mut Log) -> Result<T>) -> Result<T> {
-        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        self.locked(self.log.lock().unwrap_or_else(|e| e.into_inner()), f)
+    }
+
+    /// Runs `f` under `log`'s guard, then publishes the log end if it moved.
+    fn locked<T>(
+        &self,
+        mut log: std::sync::MutexGuard<'_, Log>,
+        f: impl FnOnce(&mut Log) -> Result<T>,
+    ) -> Result<T> {
         let result = f(&mut log);
         self.end_offset
             .send_if_modified(|end| std::mem::replace(end, log.log_end_offset()) != *end);
@@ -188,15 +196,12 @@ impl PartitionLog {
     /// caller falls back to [`Self::with_log`] on the blocking pool, and when the lock is free
     /// saves that thread hop (a wake-up and a context switch each way).
     pub fn try_with_log<T>(&self, f: impl FnOnce(&mut Log) -> Result<T>) -> Option<Result<T>> {
-        let mut log = match self.log.try_lock() {
+        let log = match self.log.try_lock() {
             Ok(log) => log,
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        let result = f(&mut log);
-        self.end_offset
-            .send_if_modified(|end| std::mem::replace(end, log.log_end_offset()) != *end);
-        Some(result)
+        Some(self.locked(log, f))
     }
 
     /// Appends as leader at `leader_epoch` (see [`Log::append`]) and wakes fetchers waiting
