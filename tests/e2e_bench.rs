@@ -344,6 +344,8 @@ fn the_peer_benchmark_script_prints_its_whole_plan_in_a_dry_run() {
         "sustain-1k.nats.json",
         "--warmup-secs 3 --duration-secs 20 > ",
         "--consumers 1 --send-when-idle > ",
+        "replicated-sustain.rill.json",
+        "replicated-sustain.nats.json",
         "replicated-rate.rill.json",
         "replicated-rate.nats.json",
         "--appendfsync everysec",

@@ -294,8 +294,12 @@ if [ $CLUSTER = 1 ]; then
           produce rill "replicated-1k.rill" r3 "$N_1K" 1024 1 1 --replicas 3 --acks all
         start_rill_cluster
         RILL_BROKERS=127.0.0.1:19301,127.0.0.1:19302,127.0.0.1:19303 \
+          produce rill "replicated-sustain.rill" r3 - 1024 1 1 --replicas 3 --acks all \
+          --warmup-secs "$WARMUP_SECS" --duration-secs "$SUSTAIN_SECS"
+        start_rill_cluster
+        RILL_BROKERS=127.0.0.1:19301,127.0.0.1:19302,127.0.0.1:19303 \
           produce rill "replicated-rate.rill" r3 - 1024 1 1 --replicas 3 --acks all \
-          --rate "$(half_rate rill replicated-1k)" --warmup-secs "$WARMUP_SECS" \
+          --rate "$(half_rate rill replicated-sustain)" --warmup-secs "$WARMUP_SECS" \
           --duration-secs "$RATE_SECS" --consumers 1 $(latency_args rill)
         ;;
       nats)
@@ -304,8 +308,12 @@ if [ $CLUSTER = 1 ]; then
         measure "replicated-1k.nats" "$PEER" --system nats --url nats://127.0.0.1:14221 --format json \
           produce --topic r3 --messages "$N_1K" --size 1024 --replicas 3
         start_nats_cluster
+        measure "replicated-sustain.nats" "$PEER" --system nats --url nats://127.0.0.1:14221 --format json \
+          produce --topic r3 --size 1024 --replicas 3 --warmup-secs "$WARMUP_SECS" \
+          --duration-secs "$SUSTAIN_SECS"
+        start_nats_cluster
         measure "replicated-rate.nats" "$PEER" --system nats --url nats://127.0.0.1:14221 --format json \
-          produce --topic r3 --size 1024 --replicas 3 --rate "$(half_rate nats replicated-1k)" \
+          produce --topic r3 --size 1024 --replicas 3 --rate "$(half_rate nats replicated-sustain)" \
           --warmup-secs "$WARMUP_SECS" --duration-secs "$RATE_SECS" --consumers 1
         ;;
     esac
