@@ -465,24 +465,11 @@ impl Shared {
                 )))
             }
             (None, Some(key)) => partition_for_key(key, partitions),
-            (None, None) => {
-                let sticky_bytes = self.config.sticky_partition_bytes;
-                match &mut topic.sticky {
-                    Some((p, sent)) => {
-                        if *sent >= sticky_bytes {
-                            *p = (*p + 1) % partitions;
-                            *sent = 0;
-                        }
-                        *sent += size;
-                        *p % partitions
-                    }
-                    None => {
-                        let p = (now_ms() as u32) % partitions;
-                        topic.sticky = Some((p, size));
-                        p
-                    }
-                }
-            }
+            (None, None) => sticky_partition(
+                &mut topic.sticky,
+                partitions,
+                self.config.sticky_partition_bytes,
+            ),
         };
         let batch_size = self.config.batch_size_bytes;
         let queue = topic.queues.entry(partition).or_default();
@@ -543,9 +530,15 @@ impl Shared {
         }
         let became_full = batch.builder.size_bytes() >= batch_size;
         batch.full |= became_full;
-        if became_full && record.partition.is_none() && record.key.is_none() {
-            // Sticky partitioning: move unkeyed records on once a batch is full.
-            topic.sticky = Some(((partition + 1) % partitions, 0));
+        if record.partition.is_none() && record.key.is_none() {
+            if became_full {
+                // Sticky partitioning: move unkeyed records on once a batch is full.
+                topic.sticky = Some(((partition + 1) % partitions, 0));
+            } else if let Some((_, sent)) = &mut topic.sticky {
+                // Counted once appended: a `send` that found the queue full and comes back
+                // counts its record once.
+                *sent += size;
+            }
         }
         drop(state);
         self.outstanding.fetch_add(1, Ordering::AcqRel);
@@ -894,6 +887,23 @@ async fn sender(shared: Arc<Shared>) {
     }
 }
 
+/// The partition for an unkeyed record without one: the sticky partition (`None`: one picked
+/// by the clock), moved on to the next once `sticky_bytes` were sent to it. The caller counts
+/// the record's bytes once it is appended.
+fn sticky_partition(
+    sticky: &mut Option<(u32, usize)>,
+    partitions: u32,
+    sticky_bytes: usize,
+) -> u32 {
+    let (partition, sent) = match *sticky {
+        Some((p, sent)) if sent >= sticky_bytes => ((p + 1) % partitions, 0),
+        Some((p, sent)) => (p % partitions, sent),
+        None => ((now_ms() as u32) % partitions, 0),
+    };
+    *sticky = Some((partition, sent));
+    partition
+}
+
 /// Whether sequence `a` comes after `b`, sequences wrapping from `i32::MAX` to 0 (at most a
 /// quarter of the range apart, far more than a producer has in flight).
 fn sequence_after(a: i32, b: i32) -> bool {
@@ -1224,7 +1234,7 @@ fn retry_or_fail_as(
 
 #[cfg(test)]
 mod tests {
-    use super::{increment, maybe_written, sequence_after, State};
+    use super::{increment, maybe_written, sequence_after, sticky_partition, State};
     use crate::ClientError;
     use rill_protocol::ErrorCode;
     use std::sync::Arc;
@@ -1268,6 +1278,32 @@ mod tests {
             address: "b:9292".into(),
             reason: "reset".into()
         }));
+    }
+
+    #[test]
+    fn the_sticky_partition_moves_on_after_its_bytes_and_choosing_counts_nothing() {
+        let mut sticky = Some((2, 0));
+        // Choosing again (a `send` retried after a full queue) does not count the record.
+        for _ in 0..3 {
+            assert_eq!(sticky_partition(&mut sticky, 4, 100), 2);
+        }
+        assert_eq!(sticky, Some((2, 0)));
+        sticky = Some((2, 99));
+        assert_eq!(sticky_partition(&mut sticky, 4, 100), 2);
+        sticky = Some((3, 100));
+        assert_eq!(
+            sticky_partition(&mut sticky, 4, 100),
+            0,
+            "wraps to the first"
+        );
+        assert_eq!(sticky, Some((0, 0)));
+        // Fewer partitions than the remembered one (metadata changed): still in range.
+        sticky = Some((7, 0));
+        assert_eq!(sticky_partition(&mut sticky, 4, 100), 3);
+        let mut none = None;
+        let p = sticky_partition(&mut none, 4, 100);
+        assert!(p < 4);
+        assert_eq!(none, Some((p, 0)));
     }
 
     #[test]
