@@ -62,7 +62,7 @@ fn bench_refuses_bad_arguments_before_connecting() {
     let payload = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(payload.path(), "\n\r\n").unwrap();
     let empty_file = payload.path().to_str().unwrap();
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 11] = [
         (&["produce", "--rate", "0"], "--rate"),
         (&["produce", "--buffer-memory", "0"], "--buffer-memory"),
         (&["produce", "--threads", "0"], "--threads"),
@@ -90,6 +90,10 @@ fn bench_refuses_bad_arguments_before_connecting() {
         (
             &["produce", "--rate", "2", "--producers", "3"],
             "--rate must be at least --producers",
+        ),
+        (
+            &["produce", "--pinned", "--keys", "random"],
+            "cannot be used with",
         ),
     ];
     for (args, expected) in cases {
@@ -261,6 +265,48 @@ async fn bench_at_a_fixed_rate_sends_exactly_its_schedule_and_skips_the_warmup()
     assert!((795..=800).contains(&e2e_samples), "{report}");
 }
 
+/// `--pinned`: producer i writes only to partition i modulo the partitions (iggy-bench's
+/// pinned producers), here 3 producers into 4 partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_producers_each_write_their_own_partition() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &[]);
+    let address = broker.address.clone();
+    let report = tokio::task::spawn_blocking({
+        let address = address.clone();
+        move || {
+            bench_json(
+                &address,
+                &[
+                    "produce",
+                    "--topic",
+                    "pinned",
+                    "--partitions",
+                    "4",
+                    "--messages",
+                    "3001",
+                    "--size",
+                    "100",
+                    "--producers",
+                    "3",
+                    "--pinned",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(report["records"], 3001, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    let mut ends = Admin::new(common::client(&address).await)
+        .list_offsets("pinned", OffsetSpec::Latest)
+        .await
+        .unwrap();
+    ends.sort();
+    let ends: Vec<u64> = ends.into_iter().map(|(_, end)| end.unwrap_or(0)).collect();
+    assert_eq!(ends, [1001, 1000, 1000, 0]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_takes_values_from_a_payload_file_in_order() {
     let data = tempfile::tempdir().unwrap();
@@ -344,6 +390,7 @@ fn the_peer_benchmark_script_prints_its_whole_plan_in_a_dry_run() {
         "sustain-1k.nats.json",
         "--warmup-secs 3 --duration-secs 20 > ",
         "--consumers 1 --send-when-idle > ",
+        "--producers 4 --partitions 4 --messages 2000000 --format json --pinned > ",
         "replicated-sustain.rill.json",
         "replicated-sustain.nats.json",
         "replicated-rate.rill.json",

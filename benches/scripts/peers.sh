@@ -47,7 +47,7 @@ done
 # Workload sizes: records.
 N_1K=1000000      # 1 producer x 1 KiB (1 GiB, also what the consumer reads)
 N_100=5000000     # 1 producer x 100 B
-N_4X1K=2000000    # 4 producers x 1 KiB into 4 partitions
+N_4X1K=2000000    # 4 producers x 1 KiB, each into its own of 4 partitions
 RATE_SECS=20      # fixed-rate runs, measured seconds
 SUSTAIN_SECS=20   # the sustained full-speed run, measured seconds
 SAME_RATE=40000   # records/s of 1 KiB that every system runs at (all sustain it here)
@@ -265,7 +265,8 @@ for system in $SYSTEMS; do
   "start_$system"
   produce "$system" "produce-100.$system" p100 "$N_100" 100 1 1
   "start_$system"
-  produce "$system" "produce-4x1k.$system" p4 "$N_4X1K" 1024 4 4
+  # Each producer pinned to a partition of its own, as iggy-bench's pinned-producer does.
+  produce "$system" "produce-4x1k.$system" p4 "$N_4X1K" 1024 4 4 --pinned
   for workload in rate-half rate-same; do
     "start_$system"
     if [ $workload = rate-half ]; then rate=$(half_rate "$system"); else rate=$SAME_RATE; fi

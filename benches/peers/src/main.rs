@@ -94,6 +94,10 @@ struct ProduceArgs {
     /// Records a producer has outstanding (sent, not yet acknowledged) at most.
     #[arg(long, default_value_t = 4096)]
     in_flight: usize,
+    /// Each producer sends to one partition only (producer i to partition i modulo
+    /// `--partitions`), as `rill bench produce --pinned` and iggy-bench's pinned producers.
+    #[arg(long)]
+    pinned: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -177,6 +181,16 @@ struct Plan {
     rate: Option<u64>,
     stamp: bool,
     value: Bytes,
+    pinned: bool,
+}
+
+impl Plan {
+    /// The partition of the producer's `n`th record (or pipeline): its own with `--pinned`,
+    /// otherwise the next one round the topic.
+    fn partition(&self, n: u64) -> usize {
+        let step = if self.pinned { 0 } else { n };
+        ((self.producer + step) % u64::from(self.partitions)) as usize
+    }
 }
 
 async fn produce<B: Broker>(broker: B, args: ProduceArgs, json: bool) -> anyhow::Result<Report> {
@@ -224,6 +238,7 @@ async fn produce<B: Broker>(broker: B, args: ProduceArgs, json: bool) -> anyhow:
                 .map(|r| (r / producers + u64::from(p < r % producers)).max(1)),
             stamp: consumers > 0,
             value: value.clone(),
+            pinned: args.pinned,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let acker = tokio::spawn(acknowledge(measure.clone(), rx, args.in_flight.max(1)));
@@ -411,9 +426,7 @@ mod nats {
                     let Some(start) = measure.schedule(i, plan.rate).await else {
                         break;
                     };
-                    let subject = subjects
-                        [((plan.producer + i) % u64::from(plan.partitions)) as usize]
-                        .clone();
+                    let subject = subjects[plan.partition(i)].clone();
                     let mut headers = async_nats::HeaderMap::new();
                     if plan.stamp {
                         let micros = u64::from_be_bytes(measure.stamp(start));
@@ -572,8 +585,7 @@ mod redis_streams {
                 let mut pipelines = 0u64;
                 let mut stop = false;
                 while !stop {
-                    let key =
-                        &keys[((plan.producer + pipelines) % u64::from(plan.partitions)) as usize];
+                    let key = &keys[plan.partition(pipelines)];
                     let mut pipe = redis::pipe();
                     let mut records = Vec::new();
                     while records.len() < PIPELINE_RECORDS_MAX {

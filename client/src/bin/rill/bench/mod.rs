@@ -128,6 +128,11 @@ pub struct ProduceArgs {
     sticky_partition_bytes: usize,
     #[arg(long, value_enum, default_value_t = Keys::None)]
     keys: Keys,
+    /// Each producer sends to one partition only: producer i to partition i modulo the
+    /// topic's partitions (iggy-bench's pinned producers), instead of spreading its records
+    /// over every partition.
+    #[arg(long, conflicts_with = "keys")]
+    pinned: bool,
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     key_space: u64,
     /// Batch compression: none, gzip, snappy, lz4, zstd.

@@ -37,6 +37,8 @@ struct Plan {
     stamp: bool,
     keys: Keys,
     key_space: u64,
+    /// The one partition it sends to (`--pinned`).
+    partition: Option<u32>,
 }
 
 /// Checks what clap cannot and loads the values to send.
@@ -60,6 +62,8 @@ pub fn check(args: &ProduceArgs) -> anyhow::Result<Vec<Bytes>> {
 pub async fn run(client: Client, args: ProduceArgs, values: Vec<Bytes>) -> anyhow::Result<()> {
     let producers = u64::from(args.producers);
     ensure_topic(&client, &args.common).await?;
+    // The topic's own count: it may have existed before the run.
+    let partitions = client.partition_count(&args.common.topic).await?;
     let values = Arc::new(values);
     let messages = match (args.messages, args.duration_secs) {
         (Some(m), _) => Some(m),
@@ -101,6 +105,7 @@ pub async fn run(client: Client, args: ProduceArgs, values: Vec<Bytes>) -> anyho
             stamp: consumer_count > 0,
             keys: args.keys,
             key_space: args.key_space,
+            partition: args.pinned.then(|| (p % u64::from(partitions)) as u32),
         };
         let producer = Producer::new(client.clone(), config.clone());
         producer_tasks.push(tokio::spawn(produce(
@@ -183,6 +188,9 @@ async fn produce(
         let value = values[(i % values.len() as u64) as usize].clone();
         let mut bytes = value.len() as u64;
         let mut record = Record::new(&topic).value(value);
+        if let Some(partition) = plan.partition {
+            record = record.partition(partition);
+        }
         let key = match plan.keys {
             Keys::None => None,
             Keys::Sequential => Some(i % plan.key_space),
