@@ -318,3 +318,91 @@ async fn the_producer_sees_partitions_added_to_a_topic() {
     assert_eq!(&*third.topic, "grows");
     assert_eq!(third.partition, 3);
 }
+
+/// `send_batch`: many records in one call, through every wait a `send` has (the topic's
+/// partition count unknown, buffer memory full, full batches queued), land once each and in
+/// order, and their deliveries give each record's offset; a record refused part-way leaves the
+/// ones before it queued and delivered, and none after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_batch_queues_records_in_order_through_every_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let client = client(&broker.address).await;
+    Admin::new(client.clone())
+        .create_topic(NewTopic::new("bulk", 3))
+        .await
+        .unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            // 3,000 records of 200 bytes are 600 KB: the call waits for memory and queues.
+            batch_size_bytes: 4096,
+            buffer_memory_bytes: 64 << 10,
+            ..ProducerConfig::default()
+        },
+    );
+    // The first half into partition 0, the rest round the partitions.
+    let partition_of = |i: usize| if i < 1500 { 0 } else { (i % 3) as u32 };
+    let records = (0..3000).map(|i| {
+        Record::new("bulk")
+            .partition(partition_of(i))
+            .value(format!("{i:0>200}"))
+    });
+    let mut deliveries = rill_client::Deliveries::new();
+    producer.send_batch(records, &mut deliveries).await.unwrap();
+    assert_eq!(deliveries.len(), 3000);
+    let outcomes = deliveries.wait().await;
+    let mut next = [0u64; 3];
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let metadata = outcome.unwrap();
+        let p = partition_of(i);
+        assert_eq!(metadata.partition, p, "record {i}");
+        assert_eq!(metadata.offset, Some(next[p as usize]), "record {i}");
+        next[p as usize] += 1;
+    }
+
+    // Record 2 names a partition the topic does not have.
+    let records = (0..5).map(|i| {
+        Record::new("bulk")
+            .partition(if i == 2 { 7 } else { 1 })
+            .value(format!("late-{i}"))
+    });
+    let mut deliveries = rill_client::Deliveries::new();
+    let refused = producer.send_batch(records, &mut deliveries).await;
+    assert!(
+        matches!(&refused, Err(rill_client::ClientError::Invalid(m)) if m.contains("partition 7")),
+        "{refused:?}"
+    );
+    assert_eq!(deliveries.len(), 2, "the records before the refused one");
+    let offsets: Vec<_> = deliveries
+        .wait()
+        .await
+        .into_iter()
+        .map(|o| o.unwrap().offset)
+        .collect();
+    assert_eq!(offsets, [Some(next[1]), Some(next[1] + 1)]);
+
+    // Every record once, in its partition's order; nothing after the refused one.
+    let records = consume_all(client, "bulk", 3002).await;
+    let mut values: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for r in &records {
+        values
+            .entry(r.partition)
+            .or_default()
+            .push(String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap());
+    }
+    for p in 0..3u32 {
+        let mut expected: Vec<String> = (0..3000)
+            .filter(|i| partition_of(*i) == p)
+            .map(|i| format!("{i:0>200}"))
+            .collect();
+        if p == 1 {
+            expected.extend(["late-0".to_string(), "late-1".to_string()]);
+        }
+        assert_eq!(
+            values.remove(&p).unwrap_or_default(),
+            expected,
+            "partition {p}"
+        );
+    }
+}

@@ -47,7 +47,7 @@ pub use client::{Client, ClientConfig};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, SeekTo};
 pub use error::{ClientError, Result};
 pub use group::{GroupConfig, RebalanceEvent};
-pub use producer::{IntoTopic, Producer, ProducerConfig, Record, RecordMetadata};
+pub use producer::{Deliveries, IntoTopic, Producer, ProducerConfig, Record, RecordMetadata};
 pub use rill_protocol as protocol;
 pub use rill_protocol::api::Acks;
 pub use rill_protocol::batch::Compression;
