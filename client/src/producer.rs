@@ -621,7 +621,9 @@ impl Producer {
     /// replay), where the per-record hand-over is a large part of the client's CPU. Their
     /// deliveries are added to `deliveries`, one per producer batch the records went into.
     /// On an error (a record refused, the producer closed), the records before the failing
-    /// one are queued and their deliveries are in `deliveries`; none after it is.
+    /// one are queued and their deliveries are in `deliveries`; none after it is. `records`
+    /// is advanced while the producer's lock is held (its sender waits meanwhile): pass
+    /// records at hand (a `Vec`, its `drain(..)`), not an iterator that does work per item.
     pub async fn send_batch(
         &self,
         records: impl IntoIterator<Item = Record>,
