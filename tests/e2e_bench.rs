@@ -62,7 +62,7 @@ fn bench_refuses_bad_arguments_before_connecting() {
     let payload = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(payload.path(), "\n\r\n").unwrap();
     let empty_file = payload.path().to_str().unwrap();
-    let cases: [(&[&str], &str); 11] = [
+    let cases: [(&[&str], &str); 12] = [
         (&["produce", "--rate", "0"], "--rate"),
         (&["produce", "--buffer-memory", "0"], "--buffer-memory"),
         (&["produce", "--threads", "0"], "--threads"),
@@ -94,6 +94,10 @@ fn bench_refuses_bad_arguments_before_connecting() {
         (
             &["produce", "--pinned", "--keys", "random"],
             "cannot be used with",
+        ),
+        (
+            &["consume", "--partition-max-bytes", "0"],
+            "--partition-max-bytes",
         ),
     ];
     for (args, expected) in cases {
@@ -195,9 +199,21 @@ async fn bench_runs_producers_and_consumers_and_reports_exact_counts() {
         "{table}"
     );
 
-    // bench consume reads everything from the beginning.
+    // bench consume reads everything from the beginning, here 4 KiB per partition per fetch
+    // (about 20 of these records).
     let consumed = tokio::task::spawn_blocking(move || {
-        bench_json(&address, &["consume", "--topic", "b", "--consumers", "3"])
+        bench_json(
+            &address,
+            &[
+                "consume",
+                "--topic",
+                "b",
+                "--consumers",
+                "3",
+                "--partition-max-bytes",
+                "4096",
+            ],
+        )
     })
     .await
     .unwrap();

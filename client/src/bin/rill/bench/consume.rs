@@ -48,8 +48,13 @@ pub async fn run(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
             .map(|p| (args.common.topic.clone(), *p))
             .collect();
         let (client, consumed, bar) = (client.clone(), consumed.clone(), bar.clone());
+        let config = ConsumerConfig {
+            fetch_max_bytes: args.fetch_max_bytes,
+            partition_max_bytes: args.partition_max_bytes,
+            ..ConsumerConfig::default()
+        };
         tasks.push(tokio::spawn(async move {
-            let mut consumer = Consumer::new(client, ConsumerConfig::default());
+            let mut consumer = Consumer::new(client, config);
             consumer.assign(mine);
             consumer.seek_all(SeekTo::Earliest).await?;
             drain(&mut Reading(consumer), total, &consumed, &bar)

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use clap::{Subcommand, ValueEnum};
 use rill_client::bench::{Reader, Received, SENT_HEADER};
-use rill_client::{Admin, Client, ClientError, Compression, Consumer, NewTopic};
+use rill_client::{Admin, Client, ClientError, Compression, Consumer, ConsumerConfig, NewTopic};
 use rill_protocol::ErrorCode;
 
 use crate::produce::AcksArg;
@@ -163,6 +163,13 @@ pub struct ConsumeArgs {
     /// Consumers in parallel, partitions split between them.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     consumers: u32,
+    /// Bytes a fetch response holds at most (Kafka's `fetch.max.bytes`).
+    #[arg(long, default_value_t = ConsumerConfig::default().fetch_max_bytes, value_parser = clap::value_parser!(u32).range(1..))]
+    fetch_max_bytes: u32,
+    /// Bytes a fetch returns per partition at most (Kafka's `max.partition.fetch.bytes`); at
+    /// least one batch comes back whatever its size.
+    #[arg(long, default_value_t = ConsumerConfig::default().partition_max_bytes, value_parser = clap::value_parser!(u32).range(1..))]
+    partition_max_bytes: u32,
 }
 
 impl Command {
