@@ -406,3 +406,35 @@ async fn send_batch_queues_records_in_order_through_every_wait() {
         );
     }
 }
+
+/// A send to a topic that does not exist fails with the broker's answer, and the producer
+/// goes on serving the topics that do (it keeps no state for the missing one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_to_a_missing_topic_fails_and_the_producer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let client = client(&broker.address).await;
+    Admin::new(client.clone())
+        .create_topic(NewTopic::new("present", 1))
+        .await
+        .unwrap();
+    let producer = Producer::new(client, ProducerConfig::default());
+    for round in 0..3 {
+        let missing = producer
+            .send(Record::new(format!("missing-{round}")).value("x"))
+            .await;
+        assert!(
+            matches!(&missing, Err(rill_client::ClientError::Broker { code, .. })
+                if *code == rill_client::protocol::ErrorCode::UNKNOWN_TOPIC_OR_PARTITION),
+            "{:?}",
+            missing.map(|_| ())
+        );
+        let sent = producer
+            .send(Record::new("present").value(format!("v{round}")))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(sent.offset, Some(round));
+    }
+}

@@ -406,6 +406,26 @@ impl State {
         &mut self.topics[index].1
     }
 
+    /// Forgets `topic` if nothing of it is queued: sends to names that turn out not to exist
+    /// leave no state behind (an application sending to many wrong names would grow it for
+    /// ever). The others keep their order.
+    fn forget(&mut self, topic: &str) {
+        let Some(&index) = self.topic_index.get(topic) else {
+            return;
+        };
+        if self.topics[index].1.queues.values().any(|q| !q.is_empty()) {
+            return;
+        }
+        self.topics.remove(index);
+        self.topic_index.remove(topic);
+        for i in self.topic_index.values_mut() {
+            if *i > index {
+                *i -= 1;
+            }
+        }
+        self.last_topic = 0;
+    }
+
     fn queue(&mut self, topic: &Arc<str>, partition: u32) -> &mut VecDeque<Batch> {
         self.topic(topic).queues.entry(partition).or_default()
     }
@@ -742,7 +762,13 @@ impl Producer {
                 }
                 Step::Partitions(mut next) => {
                     // Not known at the metadata's current version.
-                    let count = shared.client.partition_count(&next.record.topic).await?;
+                    let count = match shared.client.partition_count(&next.record.topic).await {
+                        Ok(count) => count,
+                        Err(e) => {
+                            shared.lock().forget(&next.record.topic);
+                            return Err(e);
+                        }
+                    };
                     next.known = Some((shared.client.metadata_version(), count));
                     waiting = Some(next);
                 }
@@ -1446,6 +1472,29 @@ mod tests {
         assert_eq!(state.topic(&Arc::from("c")).sticky, None);
         assert_eq!(state.topics.len(), 3);
         assert_eq!(state.topic_index.len(), 3);
+    }
+
+    #[test]
+    fn a_forgotten_topic_leaves_the_others_in_order_and_reachable() {
+        let mut state = State::default();
+        let names: Vec<Arc<str>> = ["a", "b", "c"].into_iter().map(Arc::from).collect();
+        for (i, name) in names.iter().enumerate() {
+            state.topic(name).sticky = Some((i as u32, 0));
+        }
+        state.forget("b");
+        state.forget("nope");
+        let order: Vec<&str> = state.topics.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(order, ["a", "c"]);
+        assert_eq!(state.topic_index.len(), 2);
+        assert_eq!(state.topic(&names[2]).sticky, Some((2, 0)));
+        assert_eq!(state.topic(&names[0]).sticky, Some((0, 0)));
+        // Back as new, at the end.
+        assert_eq!(state.topic(&names[1]).sticky, None);
+        assert_eq!(state.topics.len(), 3);
+        // Only queued batches keep a topic, not a partition's empty queue.
+        state.topic(&names[0]).queues.entry(0).or_default();
+        state.forget("a");
+        assert_eq!(state.topics.len(), 2, "an empty queue does not keep it");
     }
 
     #[test]
