@@ -29,6 +29,18 @@ fn bench_json(brokers: &str, args: &[&str]) -> Value {
     rill_json(brokers, &all)
 }
 
+/// [`bench_json`] off the test's runtime threads (the bench blocks until its run is over).
+async fn bench_report(brokers: &str, args: &[&str]) -> Value {
+    let brokers = brokers.to_string();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bench_json(&brokers, &args)
+    })
+    .await
+    .expect("rill bench ran")
+}
+
 /// Records in `topic`: the sum of its partitions' log end offsets.
 async fn records_in(address: &str, topic: &str) -> u64 {
     let admin = Admin::new(common::client(address).await);
@@ -119,37 +131,31 @@ async fn bench_runs_producers_and_consumers_and_reports_exact_counts() {
     let data = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(data.path(), &[]);
     let address = broker.address.clone();
-    let report = tokio::task::spawn_blocking({
-        let address = address.clone();
-        move || {
-            bench_json(
-                &address,
-                &[
-                    "produce",
-                    "--topic",
-                    "b",
-                    "--partitions",
-                    "4",
-                    "--messages",
-                    "3000",
-                    "--size",
-                    "200",
-                    "--producers",
-                    "2",
-                    "--consumers",
-                    "2",
-                    "--keys",
-                    "sequential",
-                    "--threads",
-                    "3",
-                    "--buffer-memory",
-                    "1048576",
-                ],
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let report = bench_report(
+        &address,
+        &[
+            "produce",
+            "--topic",
+            "b",
+            "--partitions",
+            "4",
+            "--messages",
+            "3000",
+            "--size",
+            "200",
+            "--producers",
+            "2",
+            "--consumers",
+            "2",
+            "--keys",
+            "sequential",
+            "--threads",
+            "3",
+            "--buffer-memory",
+            "1048576",
+        ],
+    )
+    .await;
     assert_eq!(report["bench"], "produce", "{report}");
     assert_eq!(report["topic"], "b");
     assert_eq!(report["clients"], 2);
@@ -201,22 +207,19 @@ async fn bench_runs_producers_and_consumers_and_reports_exact_counts() {
 
     // bench consume reads everything from the beginning, here 4 KiB per partition per fetch
     // (about 20 of these records).
-    let consumed = tokio::task::spawn_blocking(move || {
-        bench_json(
-            &address,
-            &[
-                "consume",
-                "--topic",
-                "b",
-                "--consumers",
-                "3",
-                "--partition-max-bytes",
-                "4096",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let consumed = bench_report(
+        &address,
+        &[
+            "consume",
+            "--topic",
+            "b",
+            "--consumers",
+            "3",
+            "--partition-max-bytes",
+            "4096",
+        ],
+    )
+    .await;
     assert_eq!(consumed["bench"], "consume", "{consumed}");
     assert_eq!(consumed["clients"], 3);
     assert_eq!(consumed["records"], 3500);
@@ -231,35 +234,29 @@ async fn bench_at_a_fixed_rate_sends_exactly_its_schedule_and_skips_the_warmup()
     // 400 records/s from 2 producers for 1 s of warm-up and 2 s measured: the schedule holds
     // records 0..1200, however fast or slow the machine, since a producer that falls behind
     // sends late rather than skipping.
-    let report = tokio::task::spawn_blocking({
-        let address = address.clone();
-        move || {
-            bench_json(
-                &address,
-                &[
-                    "produce",
-                    "--topic",
-                    "r",
-                    "--partitions",
-                    "2",
-                    "--size",
-                    "64",
-                    "--rate",
-                    "400",
-                    "--producers",
-                    "2",
-                    "--warmup-secs",
-                    "1",
-                    "--duration-secs",
-                    "2",
-                    "--consumers",
-                    "1",
-                ],
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let report = bench_report(
+        &address,
+        &[
+            "produce",
+            "--topic",
+            "r",
+            "--partitions",
+            "2",
+            "--size",
+            "64",
+            "--rate",
+            "400",
+            "--producers",
+            "2",
+            "--warmup-secs",
+            "1",
+            "--duration-secs",
+            "2",
+            "--consumers",
+            "1",
+        ],
+    )
+    .await;
     assert_eq!(report["mode"], "rate", "{report}");
     assert_eq!(report["target_records_per_sec"], 400);
     assert_eq!(report["warmup_secs"], 1.0);
@@ -288,30 +285,24 @@ async fn pinned_producers_each_write_their_own_partition() {
     let data = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(data.path(), &[]);
     let address = broker.address.clone();
-    let report = tokio::task::spawn_blocking({
-        let address = address.clone();
-        move || {
-            bench_json(
-                &address,
-                &[
-                    "produce",
-                    "--topic",
-                    "pinned",
-                    "--partitions",
-                    "4",
-                    "--messages",
-                    "3001",
-                    "--size",
-                    "100",
-                    "--producers",
-                    "3",
-                    "--pinned",
-                ],
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let report = bench_report(
+        &address,
+        &[
+            "produce",
+            "--topic",
+            "pinned",
+            "--partitions",
+            "4",
+            "--messages",
+            "3001",
+            "--size",
+            "100",
+            "--producers",
+            "3",
+            "--pinned",
+        ],
+    )
+    .await;
     assert_eq!(report["records"], 3001, "{report}");
     assert_eq!(report["errors"], 0, "{report}");
     let mut ends = Admin::new(common::client(&address).await)
