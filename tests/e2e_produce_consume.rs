@@ -361,6 +361,33 @@ async fn send_batch_queues_records_in_order_through_every_wait() {
         next[p as usize] += 1;
     }
 
+    // Records with timestamps of their own, into one batch: each delivery gives its own.
+    let records = (0..4).map(|i| {
+        Record::new("bulk")
+            .partition(2)
+            .timestamp(1_000 + i64::from(i / 2))
+            .value("t")
+    });
+    let mut deliveries = rill_client::Deliveries::new();
+    producer.send_batch(records, &mut deliveries).await.unwrap();
+    let stamped: Vec<_> = deliveries
+        .wait()
+        .await
+        .into_iter()
+        .map(|o| o.map(|m| (m.offset, m.timestamp)).unwrap())
+        .collect();
+    let base = next[2];
+    assert_eq!(
+        stamped,
+        [
+            (Some(base), 1_000),
+            (Some(base + 1), 1_000),
+            (Some(base + 2), 1_001),
+            (Some(base + 3), 1_001)
+        ]
+    );
+    next[2] += 4;
+
     // Record 2 names a partition the topic does not have.
     let records = (0..5).map(|i| {
         Record::new("bulk")
@@ -383,7 +410,7 @@ async fn send_batch_queues_records_in_order_through_every_wait() {
     assert_eq!(offsets, [Some(next[1]), Some(next[1] + 1)]);
 
     // Every record once, in its partition's order; nothing after the refused one.
-    let records = consume_all(client, "bulk", 3002).await;
+    let records = consume_all(client, "bulk", 3006).await;
     let mut values: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for r in &records {
         values
@@ -398,6 +425,9 @@ async fn send_batch_queues_records_in_order_through_every_wait() {
             .collect();
         if p == 1 {
             expected.extend(["late-0".to_string(), "late-1".to_string()]);
+        }
+        if p == 2 {
+            expected.extend(std::iter::repeat_n("t".to_string(), 4));
         }
         assert_eq!(
             values.remove(&p).unwrap_or_default(),

@@ -251,24 +251,12 @@ impl Measure {
         result: Result<(), E>,
         latencies: &mut Histogram<u64>,
     ) {
-        self.acknowledged_at(start, bytes, result, Instant::now(), latencies);
-    }
-
-    /// [`Measure::acknowledged`], the acknowledgement seen at `now` (a caller that sees a
-    /// batch's records complete together reads the clock once for them).
-    pub fn acknowledged_at<E: Display>(
-        &self,
-        start: Instant,
-        bytes: u64,
-        result: Result<(), E>,
-        now: Instant,
-        latencies: &mut Histogram<u64>,
-    ) {
-        self.acknowledged_many(start, 1, bytes, result, now, latencies);
+        self.acknowledged_many(start, 1, bytes, result, Instant::now(), latencies);
     }
 
     /// `records` records sent at `start` with `bytes` of keys and values in all, which share
-    /// one outcome (they went in one batch), were acknowledged (or failed) at `now`.
+    /// one outcome (they went in one batch), were acknowledged (or failed) at `now` (a caller
+    /// that sees a batch's records complete together reads the clock once for them).
     pub fn acknowledged_many<E: Display>(
         &self,
         start: Instant,

@@ -630,7 +630,7 @@ impl Producer {
     /// Queues a record; waits only for buffer memory. Await the returned future for its offset.
     pub async fn send(&self, record: Record) -> Result<DeliveryFuture> {
         let mut delivery = None;
-        self.queue(std::iter::once(record), |d, _| delivery = Some(d))
+        self.queue(std::iter::once(record), |d| delivery = Some(d))
             .await?;
         delivery.ok_or(ClientError::Closed)
     }
@@ -649,31 +649,23 @@ impl Producer {
         records: impl IntoIterator<Item = Record>,
         deliveries: &mut Deliveries,
     ) -> Result<()> {
-        self.queue(records.into_iter(), |delivery, fresh| {
-            match deliveries.runs.last_mut() {
-                Some((_, count)) if !fresh => *count += 1,
-                _ => deliveries.runs.push((delivery, 1)),
-            }
-        })
-        .await
+        self.queue(records.into_iter(), |delivery| deliveries.push(delivery))
+            .await
     }
 
-    /// Queues `records` in order, handing each one's delivery to `queued` with whether it is
-    /// the first of its batch from this call (`true`) or follows the one before it in the
-    /// same batch. The lock is held across records until one needs a wait (buffer memory,
+    /// Queues `records` in order, handing each one's delivery to `queued`. The lock is held
+    /// across records until one needs a wait (buffer memory,
     /// the topic's partition count, a full queue), and `outstanding` and the sender's
     /// wake-up are updated once per hold.
     async fn queue(
         &self,
         mut records: impl Iterator<Item = Record>,
-        mut queued: impl FnMut(DeliveryFuture, bool),
+        mut queued: impl FnMut(DeliveryFuture),
     ) -> Result<()> {
         let shared = &self.shared;
         let mut now = None;
         // A record that waits, with what it already holds.
         let mut waiting: Option<Waiting> = None;
-        // The batch the last record went into, to tell whether the next one joins it.
-        let mut last: Option<Arc<Completion>> = None;
         loop {
             if shared.closed.load(Ordering::Acquire) {
                 return Err(ClientError::Closed);
@@ -725,13 +717,7 @@ impl Producer {
                         Ok(Enqueued::Delivery { delivery, wake: w }) => {
                             added += 1;
                             wake |= w;
-                            let fresh = last
-                                .as_ref()
-                                .is_none_or(|l| !Arc::ptr_eq(l, &delivery.batch));
-                            if fresh {
-                                last = Some(delivery.batch.clone());
-                            }
-                            queued(delivery, fresh);
+                            queued(delivery);
                         }
                         Ok(Enqueued::PartitionsUnknown) => break Step::Partitions(next),
                         Ok(Enqueued::QueueFull) => {
@@ -813,9 +799,9 @@ impl Producer {
 }
 
 /// The deliveries of records sent with [`Producer::send_batch`]: one [`DeliveryFuture`] per
-/// producer batch the records went into (that of its first record there), with how many of
-/// them it holds, instead of one per record. A batch's records succeed or fail together, and
-/// their offsets follow its first record's.
+/// run of records that went into one producer batch one after the other with one timestamp
+/// (that of the run's first record), with how many they are, instead of one per record. A
+/// batch's records succeed or fail together, and a run's offsets follow its first record's.
 #[derive(Default)]
 pub struct Deliveries {
     runs: Vec<(DeliveryFuture, u32)>,
@@ -825,6 +811,22 @@ impl Deliveries {
     /// None yet.
     pub fn new() -> Deliveries {
         Deliveries::default()
+    }
+
+    /// Adds a record's delivery: to the last run if it follows that run's last record in the
+    /// same batch with the same timestamp (another sender's record may have gone in between
+    /// while this call waited, and a record may carry its own timestamp), else as a new run.
+    fn push(&mut self, delivery: DeliveryFuture) {
+        if let Some((first, count)) = self.runs.last_mut() {
+            if Arc::ptr_eq(&first.batch, &delivery.batch)
+                && first.index + *count == delivery.index
+                && first.timestamp == delivery.timestamp
+            {
+                *count += 1;
+                return;
+            }
+        }
+        self.runs.push((delivery, 1));
     }
 
     /// Records in it.
@@ -837,8 +839,8 @@ impl Deliveries {
         self.runs.is_empty()
     }
 
-    /// Records that went into one batch, in the order sent: the first one's delivery and
-    /// how many they are. The others' offsets follow the first one's.
+    /// Runs of records that went into one batch, in the order sent: the first one's delivery
+    /// and how many they are. The others' offsets follow the first one's.
     pub fn runs(self) -> impl Iterator<Item = (DeliveryFuture, u32)> {
         self.runs.into_iter()
     }
