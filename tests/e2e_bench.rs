@@ -407,6 +407,7 @@ fn the_peer_benchmark_script_prints_its_whole_plan_in_a_dry_run() {
         "/opt/iggy/iggy-bench -m 1024 -P 1000 -b 1000 pinned-producer --producers 1",
         "peers_table.py",
         "peers.gnuplot",
+        "/rill-peers-recycle bs=1M count=",
     ] {
         assert!(
             stdout.contains(expected),
@@ -415,6 +416,21 @@ fn the_peer_benchmark_script_prints_its_whole_plan_in_a_dry_run() {
     }
     // Nothing was started or written besides the output directory itself.
     assert!(!out.path().join("results").exists());
+    // Every measured workload meets recycled memory, unless told otherwise.
+    let measured = stdout.matches(" > ").count() + stdout.matches("iggy-bench -m").count();
+    assert_eq!(
+        stdout.matches("/rill-peers-recycle bs=1M").count(),
+        measured,
+        "{stdout}"
+    );
+    let cold = Command::new("bash")
+        .arg(format!("{root}/benches/scripts/peers.sh"))
+        .args(["--dry-run", "--cold-memory", "--out"])
+        .arg(out.path())
+        .output()
+        .expect("run bash");
+    assert!(cold.status.success());
+    assert!(!String::from_utf8_lossy(&cold.stdout).contains("recycle"));
     let bad = Command::new("bash")
         .arg(format!("{root}/benches/scripts/peers.sh"))
         .args(["--dry-run", "--systems", "kafka"])

@@ -15,9 +15,17 @@
 # like: Rill flush=interval:1000 (fdatasync every second), Redis appendfsync everysec, NATS
 # JetStream its default (sync every 2 minutes), Iggy its default (no fsync per write).
 #
-# Usage: benches/scripts/peers.sh [--dry-run] [--quick] [--out DIR] [--systems "rill nats redis iggy"] [--no-cluster]
-#   --dry-run   print every command instead of running it (CI runs this: tests/e2e_bench.rs)
-#   --quick     a tenth of the records (a smoke run of the whole script in a few minutes)
+# Before every measured workload the script writes and deletes a scratch file of RECYCLE_MIB
+# (default 6144) in /dev/shm, so that each system writes into recently used memory,
+# as on a host whose page cache is full and recycled. A VM with free page reporting hands free
+# memory back to its host, and the first write into such a page costs about ten times a write
+# into a recycled one (this VM: `dd` 330-390 MB/s against 2.8-4.5 GB/s); without this step a
+# workload's figures depend on how much memory the one before it happened to free.
+#
+# Usage: benches/scripts/peers.sh [--dry-run] [--quick] [--cold-memory] [--out DIR] [--systems "rill nats redis iggy"] [--no-cluster]
+#   --dry-run      print every command instead of running it (CI runs this: tests/e2e_bench.rs)
+#   --quick        a tenth of the records (a smoke run of the whole script in a few minutes)
+#   --cold-memory  skip the scratch file: each workload meets memory as the last one left it
 #   IGGY_SERVER=/path/to/iggy-server [IGGY_BENCH=/path/to/iggy-bench] adds Iggy.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,6 +34,7 @@ ROOT=$PWD
 DRY=0
 QUICK=0
 CLUSTER=1
+RECYCLE=1
 OUT=target/peers
 SYSTEMS="rill nats redis iggy"
 while [ $# -gt 0 ]; do
@@ -33,9 +42,10 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY=1 ;;
     --quick) QUICK=1 ;;
     --no-cluster) CLUSTER=0 ;;
+    --cold-memory) RECYCLE=0 ;;
     --out) OUT=$2; shift ;;
     --systems) SYSTEMS=$2; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "peers.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -73,7 +83,12 @@ stop_all() {
   for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && wait "$pid" 2>/dev/null || true; done
   PIDS=()
 }
-trap stop_all EXIT
+# Stops the servers and removes recycle_memory's scratch file, should a run stop inside it.
+cleanup() {
+  stop_all
+  [ $DRY = 1 ] || rm -f /dev/shm/rill-peers-recycle "$DATA/rill-peers-recycle"
+}
+trap cleanup EXIT
 
 # Starts a server in the background (logging to $OUT/logs), remembering its pid.
 start() {
@@ -107,10 +122,27 @@ cpu_secs() {
   echo "scale=2; $ticks / $hz" | bc
 }
 
+# Writes and deletes RECYCLE_MIB of scratch file (see the top), at most a third of the memory
+# available, right before a workload: in /dev/shm, so that no disk write of its own competes
+# with the workload (on the data filesystem where /dev/shm is missing or too small).
+recycle_memory() {
+  [ $RECYCLE = 1 ] || return 0
+  local mib=${RECYCLE_MIB:-6144} avail dir=/dev/shm
+  avail=$(awk '/^MemAvailable:/ {print int($2 / 1024 / 3)}' /proc/meminfo)
+  [ "$mib" -le "$avail" ] || mib=$avail
+  if ! [ -d "$dir" ] || ! [ -w "$dir" ] || \
+     [ "$(df -Pm "$dir" | awk 'NR == 2 {print $4}')" -lt "$mib" ]; then
+    dir=$DATA
+  fi
+  run dd if=/dev/zero of="$dir/rill-peers-recycle" bs=1M count="$mib" status=none
+  run rm -f "$dir/rill-peers-recycle"
+}
+
 # measure NAME CMD...: runs a workload, keeping its report and the servers' CPU seconds.
 measure() {
   local name=$1; shift
   local before after
+  recycle_memory
   before=$(cpu_secs)
   report "$RESULTS/$name.json" "$@"
   after=$(cpu_secs)
@@ -219,6 +251,7 @@ iggy() {
   [ "$kind" = pinned-consumer ] && role=--consumers
   run rm -rf "$dir"
   local before after
+  recycle_memory
   before=$(cpu_secs)
   run "$IGGY_BENCH" -m "$size" -P 1000 -b $((records / 1000 / actors)) "$kind" "$role" "$actors" \
     --streams "$actors" tcp --server-address 127.0.0.1:18090 output -o "$dir"
@@ -273,6 +306,7 @@ for system in $SYSTEMS; do
     if [ "$system" = iggy ]; then
       # iggy-bench limits bytes/s and measures closed-loop batches: its own method, reported as such.
       run rm -rf "$OUT/iggy/$workload"
+      recycle_memory
       run "$IGGY_BENCH" -m 1024 -P 1000 -T "$((rate * 1024 * (RATE_SECS + WARMUP_SECS)))B" \
         -r "$((rate * 1024))B" -w "${WARMUP_SECS}s" pinned-producer --producers 1 --streams 1 tcp \
         --server-address 127.0.0.1:18090 output -o "$OUT/iggy/$workload"
