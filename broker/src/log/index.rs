@@ -181,6 +181,11 @@ impl IndexFile {
         self.entries
     }
 
+    /// Whether [`IndexFile::reserve`] of `more` entries has nothing to allocate.
+    pub fn has_room(&self, more: usize) -> bool {
+        (self.entries + more).min(self.capacity) <= self.allocated || self.file.is_none()
+    }
+
     /// Makes sure disk space is reserved for `more` entries after the current ones (or up to
     /// the capacity), before the data they will index is written.
     pub fn reserve(&mut self, more: usize) -> Result<()> {

@@ -223,6 +223,30 @@ impl PartitionLog {
         })
     }
 
+    /// [`Self::append`] on the caller's thread, when it costs no wait: the lock is free and
+    /// the append only writes into the page cache ([`Log::append_in_page_cache`]); with the
+    /// log start offset after it. `None` (nothing written) otherwise: the caller appends on
+    /// the blocking pool. Saves a produce request the trip there and back (a futex wake-up and
+    /// a context switch each way).
+    pub fn try_append_in_page_cache(
+        &self,
+        batches: &bytes::Bytes,
+        leader_epoch: u32,
+    ) -> Option<Result<(crate::log::AppendInfo, u64)>> {
+        self.try_with_log(|log| {
+            if self.leader_epoch() != Some(leader_epoch) {
+                return Err(crate::Error::NotLeader {
+                    partition: self.tp.to_string(),
+                    epoch: leader_epoch,
+                });
+            }
+            Ok(log
+                .append_in_page_cache(batches, leader_epoch as i32)?
+                .map(|info| (info, log.log_start_offset())))
+        })
+        .and_then(Result::transpose)
+    }
+
     /// The log end offset as last published (cheap, no lock).
     pub fn log_end_offset(&self) -> u64 {
         *self.end_offset.borrow()

@@ -530,6 +530,36 @@ impl Log {
     }
 
     fn append_stamped(&mut self, input: &Bytes, stamp: Stamp, now_ms: i64) -> Result<AppendInfo> {
+        self.append_gated(input, stamp, now_ms, false)?
+            .ok_or_else(|| Error::Replication("an append was put off that may not be".into()))
+    }
+
+    /// [`Log::append`], but only if it writes into the page cache and nothing else: no flush
+    /// (policy `always`), no new leader epoch to record, no roll, no preallocation step, no
+    /// index space to allocate, no write-behind to start. `Ok(None)`, with nothing written,
+    /// when it would do any of those; the caller then appends on a blocking thread. So an
+    /// async task may append without blocking on the disk (see `ops::produce`).
+    pub fn append_in_page_cache(
+        &mut self,
+        input: &Bytes,
+        leader_epoch: i32,
+    ) -> Result<Option<AppendInfo>> {
+        if matches!(self.config.flush, FlushPolicy::Always) {
+            return Ok(None);
+        }
+        self.append_gated(input, Stamp::Leader(leader_epoch), now_ms(), true)
+    }
+
+    /// The append behind [`Log::append_stamped`] and [`Log::append_in_page_cache`]: with
+    /// `page_cache_only`, `Ok(None)` (nothing written, nothing changed) when it would do more
+    /// than write into the page cache.
+    fn append_gated(
+        &mut self,
+        input: &Bytes,
+        stamp: Stamp,
+        now_ms: i64,
+        page_cache_only: bool,
+    ) -> Result<Option<AppendInfo>> {
         self.check_usable()?;
         if input.len() > (1 << 30) {
             return Err(Error::BatchTooLarge {
@@ -541,7 +571,7 @@ impl Log {
         let plan = self.plan_append(input, stamp)?;
         if let Stamp::Leader(_) = stamp {
             if let Some(duplicate) = self.check_producers(input, plan.len())? {
-                return Ok(duplicate);
+                return Ok(Some(duplicate));
             }
         }
         // A new epoch is recorded (durably) before its records are written.
@@ -561,6 +591,11 @@ impl Log {
                     epochs.last_epoch()
                 )));
             }
+        }
+        if page_cache_only
+            && (epochs != self.epochs || !self.writes_in_page_cache(&plan, now_ms)?)
+        {
+            return Ok(None);
         }
         let previous_epochs = (epochs != self.epochs).then(|| self.epochs.clone());
         if previous_epochs.is_some() {
@@ -616,7 +651,20 @@ impl Log {
             // and with replication every acks=all write waiting on it.
             FlushPolicy::Interval { .. } | FlushPolicy::Os => {}
         }
-        Ok(info)
+        Ok(Some(info))
+    }
+
+    /// Whether writing `plan` (see [`Log::write_planned`]) touches the active segment's page
+    /// cache only: no roll or restart, and room already allocated in its files.
+    fn writes_in_page_cache(&self, plan: &[AppendBatch], now_ms: i64) -> Result<bool> {
+        let total: u64 = plan.iter().map(|b| b.range.len() as u64).sum();
+        let (first, last) = (plan[0].base_offset, plan[plan.len() - 1].last_offset);
+        let active = self.active()?;
+        let far = last.saturating_sub(active.base_offset) > u64::from(u32::MAX / 2);
+        Ok(first == self.log_end_offset()
+            && !far
+            && !active.needs_roll(total, &self.config, now_ms)
+            && active.appends_in_page_cache(total, plan.len()))
     }
 
     /// A leader's check of an idempotent producer's batch (which must come alone): `Some` with

@@ -558,6 +558,20 @@ impl Segment {
         too_big || index_full || too_old || offsets_exhausted
     }
 
+    /// Whether [`Segment::append`] of `bytes` in `batches` batches would only write into the
+    /// page cache: within the preallocated space and the index space already allocated, and
+    /// short of the next write-behind start.
+    pub fn appends_in_page_cache(&self, bytes: u64, batches: usize) -> bool {
+        let State::Active(active) = &self.state else {
+            return false;
+        };
+        let end = self.size_bytes + bytes;
+        end <= active.allocated_bytes
+            && end - active.written_back < WRITE_BEHIND_BYTES
+            && active.offset_index.has_room(batches)
+            && active.time_index.has_room(batches + 1)
+    }
+
     /// Writes already-validated batches at the end of the active segment. `batches` gives, for
     /// each batch, its byte range in `input`, assigned base and last offset, and max timestamp.
     /// Base offsets and leader epochs are written from `headers` (12 + 4 bytes per batch) so the

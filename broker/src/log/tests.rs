@@ -672,3 +672,76 @@ fn preallocation_never_goes_past_the_segment_size() {
         "{allocated}"
     );
 }
+
+/// `append_in_page_cache` appends only what needs no file operation besides the write into the
+/// page cache, and otherwise writes and changes nothing (the caller appends the usual way).
+#[test]
+fn an_append_in_the_page_cache_is_put_off_when_it_needs_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 64 * 1024,
+        index_interval_bytes: 512,
+        preallocate_bytes: 16 * 1024,
+        retention_ms: None,
+        flush: FlushPolicy::Os,
+        ..LogConfig::default()
+    };
+    let mut log = Log::open(dir.path(), config.clone()).unwrap();
+    let small = batch(2, 100, 1000);
+    // The first append records epoch 3 (a file write): put off.
+    assert!(log.append_in_page_cache(&small, 3).unwrap().is_none());
+    assert_eq!(log.log_end_offset(), 0);
+    assert_eq!(log.last_epoch(), None);
+    log.append(&small, 3).unwrap();
+    // Within the preallocated space, same epoch: appended here.
+    let info = log.append_in_page_cache(&small, 3).unwrap().unwrap();
+    assert_eq!((info.base_offset, info.last_offset), (2, 3));
+    // A new epoch: put off.
+    assert!(log.append_in_page_cache(&small, 4).unwrap().is_none());
+    assert_eq!(log.log_end_offset(), 4);
+    // Past the preallocated 16 KiB: put off; the usual append preallocates, then it fits.
+    let big = batch(1, 16 * 1024, 1000);
+    assert!(log.append_in_page_cache(&big, 3).unwrap().is_none());
+    assert_eq!(log.log_end_offset(), 4);
+    log.append(&big, 3).unwrap();
+    assert!(log.append_in_page_cache(&small, 3).unwrap().is_some());
+    // Filling the segment: what is put off (a preallocation step, then the roll past 64 KiB)
+    // leaves the log as it was, and the usual append then does it.
+    let mut rolled = false;
+    for _ in 0..20 {
+        let (end, segments) = (log.log_end_offset(), log.segment_count());
+        if log.append_in_page_cache(&big, 3).unwrap().is_none() {
+            assert_eq!((log.log_end_offset(), log.segment_count()), (end, segments));
+            log.append(&big, 3).unwrap();
+            if log.segment_count() > segments {
+                rolled = true;
+                break;
+            }
+        }
+    }
+    assert!(rolled, "the segment never rolled");
+    // Bad input is refused as by `append`, with nothing written.
+    let end = log.log_end_offset();
+    let mut corrupt = small.to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    assert!(log.append_in_page_cache(&Bytes::from(corrupt), 3).is_err());
+    assert_eq!(log.log_end_offset(), end);
+    // Every batch reads back, in order.
+    let all = read_all(&mut log);
+    assert_eq!(all.last().unwrap().last_offset() as u64 + 1, end);
+    drop(log);
+    // With flush = always (an fdatasync per append): always put off.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(
+        dir.path(),
+        LogConfig {
+            flush: FlushPolicy::Always,
+            ..config
+        },
+    )
+    .unwrap();
+    log.append(&small, 3).unwrap();
+    assert!(log.append_in_page_cache(&small, 3).unwrap().is_none());
+    assert_eq!(log.log_end_offset(), 2);
+}

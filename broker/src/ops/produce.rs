@@ -1,6 +1,9 @@
 //! Produce: validates and appends each partition's batches on the partition leader, in
-//! parallel across partitions (each on a blocking thread: appends do file I/O and may fsync),
-//! before the next request of the connection is read. `acks = 0` sends no response; `acks = 1`
+//! parallel across partitions, before the next request of the connection is read. An append
+//! that only writes into the page cache (the log lock free, no flush, roll, preallocation or
+//! write-behind due; at most `INLINE_APPEND_MAX_BYTES`) runs on the connection's task; any
+//! other goes to a blocking thread, since it may wait on the disk or on a lock held across an
+//! fsync. `acks = 0` sends no response; `acks = 1`
 //! answers once appended on the leader; `acks = all` first requires `min.insync.replicas`
 //! in-sync replicas (else NOT_ENOUGH_REPLICAS, nothing written) and answers once the high
 //! watermark passes the batch, i.e. every in-sync replica has it (NOT_LEADER if leadership is
@@ -24,6 +27,11 @@ use crate::quota::Direction;
 use crate::security::acl::Operation;
 use crate::security::Session;
 use crate::server::BrokerState;
+
+/// The most bytes of one partition's batches appended on the connection's task (a copy into
+/// the page cache of about 0.1-0.3 ms here); more go to a blocking thread, so that one large
+/// request does not hold a runtime worker for long.
+const INLINE_APPEND_MAX_BYTES: usize = 1 << 20;
 
 /// Appends (before returning) and returns the acknowledgement still to come: `None` for
 /// `acks = 0` (no response is sent). Each topic needs `Write` (TOPIC_AUTHORIZATION_FAILED).
@@ -94,13 +102,24 @@ pub async fn produce(
                     Ok((replica, epoch)) => {
                         let log = replica.log.clone();
                         let records_len = records.len();
-                        match tokio::task::spawn_blocking(move || {
-                            let info = log.append(&records, epoch);
-                            let start = log.with_log(|l| Ok(l.log_start_offset())).unwrap_or(0);
-                            info.map(|info| (info, start))
-                        })
-                        .await
-                        {
+                        // On this task when it cannot wait on the disk or a lock (and is
+                        // small enough to copy at once), else on the blocking pool.
+                        let here = (records_len <= INLINE_APPEND_MAX_BYTES)
+                            .then(|| log.try_append_in_page_cache(&records, epoch))
+                            .flatten();
+                        let appended = match here {
+                            Some(result) => Ok(result),
+                            None => {
+                                tokio::task::spawn_blocking(move || {
+                                    let info = log.append(&records, epoch);
+                                    let start =
+                                        log.with_log(|l| Ok(l.log_start_offset())).unwrap_or(0);
+                                    info.map(|info| (info, start))
+                                })
+                                .await
+                            }
+                        };
+                        match appended {
                             Ok(Ok(ok)) => {
                                 // A repeat of an idempotent producer's batch writes nothing.
                                 if ok.0.batches > 0 {
