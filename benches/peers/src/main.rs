@@ -167,6 +167,9 @@ trait Broker: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = anyhow::Result<Self::Reader>> + Send;
     /// Records in the topic and its partitions.
     fn count(&self, topic: &str) -> impl Future<Output = anyhow::Result<(u64, Vec<u32>)>> + Send;
+    /// Another client of the same broker, on connections of its own: each producer and reader
+    /// gets one, as separate applications (and `rill bench`'s and iggy-bench's clients) do.
+    fn another(&self) -> impl Future<Output = anyhow::Result<Self>> + Send;
 }
 
 type Pending = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -210,7 +213,13 @@ async fn produce<B: Broker>(broker: B, args: ProduceArgs, json: bool) -> anyhow:
             .skip(c)
             .step_by(consumers)
             .collect();
-        readers.push(broker.reader(&args.topic, mine, true).await?);
+        readers.push(
+            broker
+                .another()
+                .await?
+                .reader(&args.topic, mine, true)
+                .await?,
+        );
     }
     let measure = Arc::new(Measure::new(
         Duration::from_secs_f64(args.warmup_secs),
@@ -242,7 +251,8 @@ async fn produce<B: Broker>(broker: B, args: ProduceArgs, json: bool) -> anyhow:
         };
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let acker = tokio::spawn(acknowledge(measure.clone(), rx, args.in_flight.max(1)));
-        tasks.push((broker.send_loop(measure.clone(), plan, tx), acker));
+        let own = broker.another().await?;
+        tasks.push((own.send_loop(measure.clone(), plan, tx), acker));
     }
     let mut latencies = histogram();
     for (sender, acker) in tasks {
@@ -315,7 +325,13 @@ async fn consume<B: Broker>(broker: B, args: ConsumeArgs, json: bool) -> anyhow:
             .skip(c)
             .step_by(consumers)
             .collect();
-        readers.push(broker.reader(&args.topic, mine, false).await?);
+        readers.push(
+            broker
+                .another()
+                .await?
+                .reader(&args.topic, mine, false)
+                .await?,
+        );
     }
     let started = Instant::now();
     let tasks: Vec<_> = readers
@@ -362,6 +378,7 @@ mod nats {
     #[derive(Clone)]
     pub struct Nats {
         js: jetstream::Context,
+        url: String,
     }
 
     impl Nats {
@@ -399,6 +416,7 @@ mod nats {
                 .with_context(|| format!("connecting to NATS at {url}"))?;
             Ok(Nats {
                 js: jetstream::new(client),
+                url: url.to_string(),
             })
         }
     }
@@ -499,6 +517,10 @@ mod nats {
             let info = stream.info().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             let subjects = info.state.subjects_count.max(1) as u32;
             Ok((info.state.messages, (0..subjects).collect()))
+        }
+
+        async fn another(&self) -> anyhow::Result<Nats> {
+            Nats::connect_existing(&self.url).await
         }
     }
 
@@ -689,6 +711,18 @@ mod redis_streams {
                 partitions.push(p);
             }
             Ok((total, partitions))
+        }
+
+        async fn another(&self) -> anyhow::Result<Redis> {
+            let connection = self
+                .client
+                .get_multiplexed_async_connection()
+                .await
+                .context("connecting to Redis")?;
+            Ok(Redis {
+                client: self.client.clone(),
+                connection,
+            })
         }
     }
 

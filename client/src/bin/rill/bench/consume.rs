@@ -8,12 +8,14 @@ use std::time::Instant;
 
 use rill_client::bench::{drain, histogram, progress, Percentiles, Report};
 use rill_client::protocol::api::OffsetSpec;
-use rill_client::{Admin, Client, Consumer, ConsumerConfig, SeekTo};
+use rill_client::{Admin, Consumer, ConsumerConfig, SeekTo};
 
 use super::{ensure_topic, ConsumeArgs, Reading};
 use crate::Format;
 
-pub async fn run(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
+/// Every consumer is a client of its own, with its own connections (see `produce::run`).
+pub async fn run(brokers: &str, args: ConsumeArgs) -> anyhow::Result<()> {
+    let client = crate::connect(brokers).await?;
     ensure_topic(&client, &args.common).await?;
     let admin = Admin::new(client.clone());
     let earliest = admin
@@ -47,7 +49,8 @@ pub async fn run(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
             .step_by(consumers)
             .map(|p| (args.common.topic.clone(), *p))
             .collect();
-        let (client, consumed, bar) = (client.clone(), consumed.clone(), bar.clone());
+        let client = crate::connect(brokers).await?;
+        let (consumed, bar) = (consumed.clone(), bar.clone());
         let config = ConsumerConfig {
             fetch_max_bytes: args.fetch_max_bytes,
             partition_max_bytes: args.partition_max_bytes,

@@ -188,9 +188,9 @@ pub async fn run(brokers: &str, command: Command) -> anyhow::Result<()> {
         Command::Produce(args) => {
             // Arguments and payload first: a mistake fails before any connection is tried.
             let values = produce::check(&args)?;
-            produce::run(crate::connect(brokers).await?, args, values).await
+            produce::run(brokers, args, values).await
         }
-        Command::Consume(args) => consume::run(crate::connect(brokers).await?, args).await,
+        Command::Consume(args) => consume::run(brokers, args).await,
     }
 }
 

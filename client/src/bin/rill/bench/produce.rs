@@ -58,7 +58,11 @@ pub fn check(args: &ProduceArgs) -> anyhow::Result<Vec<Bytes>> {
     values(args)
 }
 
-pub async fn run(client: Client, args: ProduceArgs, values: Vec<Bytes>) -> anyhow::Result<()> {
+/// Every producer and consumer is a client of its own, with its own connections, as separate
+/// applications (and iggy-bench's actors) are: on one shared connection the broker serves their
+/// requests one after another, whatever the cores.
+pub async fn run(brokers: &str, args: ProduceArgs, values: Vec<Bytes>) -> anyhow::Result<()> {
+    let client = crate::connect(brokers).await?;
     let producers = u64::from(args.producers);
     ensure_topic(&client, &args.common).await?;
     // The topic's own count: it may have existed before the run.
@@ -69,7 +73,7 @@ pub async fn run(client: Client, args: ProduceArgs, values: Vec<Bytes>) -> anyho
         (None, Some(_)) => None,
         (None, None) => Some(DEFAULT_MESSAGES),
     };
-    let consumers = position_consumers(&client, &args).await?;
+    let consumers = position_consumers(brokers, &client, &args).await?;
     let consumer_count = consumers.len() as u32;
     let config = ProducerConfig {
         acks: args.acks.into(),
@@ -106,7 +110,7 @@ pub async fn run(client: Client, args: ProduceArgs, values: Vec<Bytes>) -> anyho
             key_space: args.key_space,
             partition: args.pinned.then(|| (p % u64::from(partitions)) as u32),
         };
-        let producer = Producer::new(client.clone(), config.clone());
+        let producer = Producer::new(crate::connect(brokers).await?, config.clone());
         producer_tasks.push(tokio::spawn(produce(
             measure.clone(),
             producer,
@@ -141,7 +145,11 @@ pub async fn run(client: Client, args: ProduceArgs, values: Vec<Bytes>) -> anyho
 
 /// `--consumers` consumers (at most one per partition), each assigned its share of the
 /// partitions and positioned at their current ends, before anything is sent.
-async fn position_consumers(client: &Client, args: &ProduceArgs) -> anyhow::Result<Vec<Consumer>> {
+async fn position_consumers(
+    brokers: &str,
+    client: &Client,
+    args: &ProduceArgs,
+) -> anyhow::Result<Vec<Consumer>> {
     if args.consumers == 0 {
         return Ok(Vec::new());
     }
@@ -154,7 +162,7 @@ async fn position_consumers(client: &Client, args: &ProduceArgs) -> anyhow::Resu
     let count = (args.consumers as usize).min(partitions.len()).max(1);
     let mut consumers = Vec::with_capacity(count);
     for c in 0..count {
-        let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default());
+        let mut consumer = Consumer::new(crate::connect(brokers).await?, ConsumerConfig::default());
         consumer.assign(
             partitions
                 .iter()
