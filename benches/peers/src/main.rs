@@ -252,12 +252,15 @@ async fn produce<B: Broker>(broker: B, args: ProduceArgs, json: bool) -> anyhow:
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let acker = tokio::spawn(acknowledge(measure.clone(), rx, args.in_flight.max(1)));
         let own = broker.another().await?;
-        tasks.push((own.send_loop(measure.clone(), plan, tx), acker));
+        tasks.push((own.send_loop(measure.clone(), plan, tx), acker, own));
     }
     let mut latencies = histogram();
-    for (sender, acker) in tasks {
+    for (sender, acker, own) in tasks {
         sender.await??;
         latencies.add(acker.await?)?;
+        // Only now: the producer's connection closes with its last client handle (NATS), and
+        // acknowledgements still on their way would fail with it.
+        drop(own);
     }
     measure.senders_done();
     let mut e2e = histogram();
@@ -423,6 +426,8 @@ mod nats {
 
     pub struct NatsReader {
         messages: futures::stream::SelectAll<consumer::pull::Ordered>,
+        /// The reader's connection stays open as long as it (it may be its only client).
+        _js: jetstream::Context,
     }
 
     impl Broker for Nats {
@@ -505,6 +510,7 @@ mod nats {
             }
             Ok(NatsReader {
                 messages: futures::stream::select_all(all),
+                _js: self.js.clone(),
             })
         }
 
