@@ -544,10 +544,24 @@ impl Log {
         input: &Bytes,
         leader_epoch: i32,
     ) -> Result<Option<AppendInfo>> {
+        self.append_page_cache_only(input, Stamp::Leader(leader_epoch))
+    }
+
+    /// [`Log::append_replica`] on the same terms as [`Log::append_in_page_cache`] (a
+    /// follower's fetcher task appends what it fetched without a trip to a blocking thread).
+    pub fn append_replica_in_page_cache(&mut self, input: &Bytes) -> Result<Option<AppendInfo>> {
+        self.append_page_cache_only(input, Stamp::Replica)
+    }
+
+    fn append_page_cache_only(
+        &mut self,
+        input: &Bytes,
+        stamp: Stamp,
+    ) -> Result<Option<AppendInfo>> {
         if matches!(self.config.flush, FlushPolicy::Always) {
             return Ok(None);
         }
-        self.append_gated(input, Stamp::Leader(leader_epoch), now_ms(), true)
+        self.append_gated(input, stamp, now_ms(), true)
     }
 
     /// The append behind [`Log::append_stamped`] and [`Log::append_in_page_cache`]: with

@@ -745,3 +745,52 @@ fn an_append_in_the_page_cache_is_put_off_when_it_needs_more() {
     assert!(log.append_in_page_cache(&small, 3).unwrap().is_none());
     assert_eq!(log.log_end_offset(), 2);
 }
+
+/// A follower's `append_replica_in_page_cache` takes the leader's batches on the same terms:
+/// appended when they only go into the page cache, put off (nothing written) when they start
+/// a new epoch or need a file operation; what it wrote is the leader's log byte for byte.
+#[test]
+fn a_replica_append_in_the_page_cache_is_put_off_when_it_needs_more() {
+    let config = LogConfig {
+        segment_bytes: 64 * 1024,
+        index_interval_bytes: 512,
+        preallocate_bytes: 16 * 1024,
+        retention_ms: None,
+        flush: FlushPolicy::Os,
+        ..LogConfig::default()
+    };
+    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut leader = Log::open(leader_dir.path(), config.clone()).unwrap();
+    let mut follower = Log::open(follower_dir.path(), config).unwrap();
+    for epoch in [3, 3, 3, 4, 4] {
+        for _ in 0..6 {
+            leader.append(&batch(4, 700, 1000), epoch).unwrap();
+        }
+    }
+    let (mut inline, mut put_off) = (0, 0);
+    while follower.log_end_offset() < leader.log_end_offset() {
+        let fetched = leader.read(follower.log_end_offset(), 8 * 1024).unwrap();
+        let end = follower.log_end_offset();
+        match follower.append_replica_in_page_cache(&fetched).unwrap() {
+            Some(info) => {
+                assert_eq!(info.base_offset, end);
+                inline += 1;
+            }
+            None => {
+                assert_eq!(follower.log_end_offset(), end, "put off, yet written");
+                follower.append_replica(&fetched).unwrap();
+                put_off += 1;
+            }
+        }
+    }
+    assert!(
+        inline > 0 && put_off >= 2,
+        "inline {inline}, put off {put_off}"
+    );
+    assert_eq!(follower.epochs(), leader.epochs());
+    let (ours, theirs) = (read_all(&mut follower), read_all(&mut leader));
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert_eq!(a.as_bytes(), b.as_bytes());
+    }
+}

@@ -23,15 +23,11 @@ use rill_protocol::api::{
 use rill_protocol::ErrorCode;
 
 use super::{create_topic, local_replica};
+use crate::log::INLINE_APPEND_MAX_BYTES;
 use crate::quota::Direction;
 use crate::security::acl::Operation;
 use crate::security::Session;
 use crate::server::BrokerState;
-
-/// The most bytes of one partition's batches appended on the connection's task (a copy into
-/// the page cache of about 0.1-0.3 ms here); more go to a blocking thread, so that one large
-/// request does not hold a runtime worker for long.
-const INLINE_APPEND_MAX_BYTES: usize = 1 << 20;
 
 /// Appends (before returning) and returns the acknowledgement still to come: `None` for
 /// `acks = 0` (no response is sent). Each topic needs `Write` (TOPIC_AUTHORIZATION_FAILED).

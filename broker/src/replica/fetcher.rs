@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Replica, ReplicaManager};
 use crate::controller::NodeId;
 use crate::error::{Error, Result};
-use crate::log::TopicPartition;
+use crate::log::{TopicPartition, INLINE_APPEND_MAX_BYTES};
 use crate::tls::Listener;
 
 /// The leader to fetch from: its node id and client address (one fetcher per leader process;
@@ -439,10 +439,28 @@ async fn apply_partition(
     }
     if !p.records.is_empty() {
         let records = p.records.clone();
-        blocking(replica, epoch, move |log| {
-            log.append_replica(&records).map(|_| ())
-        })
-        .await?;
+        // On this task when it only copies into the page cache and the log lock is free (as a
+        // leader's produce does), else on the blocking pool.
+        let here = (records.len() <= INLINE_APPEND_MAX_BYTES)
+            .then(|| {
+                replica.log.try_with_log(|log| {
+                    if !replica.following(epoch) {
+                        return Ok(true);
+                    }
+                    Ok(log.append_replica_in_page_cache(&records)?.is_some())
+                })
+            })
+            .flatten();
+        match here {
+            Some(Ok(true)) => {}
+            Some(Err(e)) => return Err(write_failed(replica, e)),
+            Some(Ok(false)) | None => {
+                blocking(replica, epoch, move |log| {
+                    log.append_replica(&records).map(|_| ())
+                })
+                .await?;
+            }
+        }
     }
     if replica.following(epoch) {
         replica.follower_high_watermark(p.high_watermark);
@@ -471,8 +489,11 @@ async fn blocking<T: Send + 'static>(
     })
     .await
     .map_err(|e| e.to_string())?;
-    outcome.map_err(|e| {
-        tracing::error!(partition = %replica.log.topic_partition(), "follower could not write fetched data: {e}");
-        e.to_string()
-    })
+    outcome.map_err(|e| write_failed(replica, e))
+}
+
+/// Logs a failed local write of fetched data (see [`blocking`]) and says why.
+fn write_failed(replica: &Replica, e: Error) -> String {
+    tracing::error!(partition = %replica.log.topic_partition(), "follower could not write fetched data: {e}");
+    e.to_string()
 }
