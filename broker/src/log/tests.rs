@@ -673,19 +673,25 @@ fn preallocation_never_goes_past_the_segment_size() {
     );
 }
 
-/// `append_in_page_cache` appends only what needs no file operation besides the write into the
-/// page cache, and otherwise writes and changes nothing (the caller appends the usual way).
-#[test]
-fn an_append_in_the_page_cache_is_put_off_when_it_needs_more() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
+/// Small segments and preallocation steps, so that appends in the page cache meet every
+/// reason to be put off within a few batches.
+fn page_cache_test_config() -> LogConfig {
+    LogConfig {
         segment_bytes: 64 * 1024,
         index_interval_bytes: 512,
         preallocate_bytes: 16 * 1024,
         retention_ms: None,
         flush: FlushPolicy::Os,
         ..LogConfig::default()
-    };
+    }
+}
+
+/// `append_in_page_cache` appends only what needs no file operation besides the write into the
+/// page cache, and otherwise writes and changes nothing (the caller appends the usual way).
+#[test]
+fn an_append_in_the_page_cache_is_put_off_when_it_needs_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = page_cache_test_config();
     let mut log = Log::open(dir.path(), config.clone()).unwrap();
     let small = batch(2, 100, 1000);
     // The first append records epoch 3 (a file write): put off.
@@ -751,14 +757,7 @@ fn an_append_in_the_page_cache_is_put_off_when_it_needs_more() {
 /// a new epoch or need a file operation; what it wrote is the leader's log byte for byte.
 #[test]
 fn a_replica_append_in_the_page_cache_is_put_off_when_it_needs_more() {
-    let config = LogConfig {
-        segment_bytes: 64 * 1024,
-        index_interval_bytes: 512,
-        preallocate_bytes: 16 * 1024,
-        retention_ms: None,
-        flush: FlushPolicy::Os,
-        ..LogConfig::default()
-    };
+    let config = page_cache_test_config();
     let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut leader = Log::open(leader_dir.path(), config.clone()).unwrap();
     let mut follower = Log::open(follower_dir.path(), config).unwrap();
