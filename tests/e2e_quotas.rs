@@ -198,6 +198,65 @@ async fn a_producer_over_its_quota_is_throttled_to_it_and_others_are_not() {
     assert!(took >= floor, "kcat took {took:?}, less than {floor:?}");
 }
 
+/// The Rust client honours throttle times: a producer with five batches in flight past its
+/// quota, and a request timeout shorter than the throttles its later batches wait behind, has
+/// every record acknowledged at the first attempt. (A client that counted a request's timeout
+/// from when it was queued would time out the batches waiting behind the muted connection and
+/// send them again, spending more of its quota on copies the broker drops.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_producer_waits_out_its_throttle_instead_of_timing_out() {
+    const BIG: usize = 256 << 10;
+    const COUNT: usize = 12;
+    let data = tempfile::tempdir().unwrap();
+    let broker = start(data.path());
+    let admin = Admin::new(common::client(&broker.address).await);
+    admin
+        .create_topic(NewTopic::new("pipelined", 1))
+        .await
+        .unwrap();
+    let produce_requests = || {
+        metric(
+            &broker,
+            r#"rill_requests_total{listener="rill",api="Produce",error="NONE"}"#,
+        )
+    };
+    let before = produce_requests();
+
+    // Each record is a batch of its own, and a request of its own (one partition): each
+    // throttles the connection for half a second, and the fifth in flight waits two seconds
+    // behind the four before it, twice the request timeout.
+    let mut config = ClientConfig::new(&broker.address);
+    config.client_id = "slow".into();
+    config.request_timeout = Duration::from_secs(1);
+    let producer = Producer::new(
+        rill_client::Client::connect(config).await.unwrap(),
+        ProducerConfig {
+            acks: Acks::Leader,
+            batch_size_bytes: BIG,
+            max_in_flight_per_partition: 5,
+            ..ProducerConfig::default()
+        },
+    );
+    let started = Instant::now();
+    let mut deliveries = Vec::new();
+    for i in 0..COUNT {
+        let value = vec![i as u8; BIG];
+        let record = Record::new("pipelined").partition(0).value(value);
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    producer.flush().await;
+    for (i, delivery) in deliveries.into_iter().enumerate() {
+        let metadata = delivery.await.expect("acknowledged");
+        assert_eq!(metadata.offset, Some(i as u64), "record {i}");
+    }
+    let took = started.elapsed();
+    eprintln!("{COUNT} pipelined records of {BIG} bytes as slow: {took:?}");
+    let floor = least(COUNT * BIG, BIG);
+    assert!(took >= floor, "took {took:?}, less than {floor:?}");
+    // One produce request per record: none timed out and went again.
+    assert_eq!(produce_requests() - before, COUNT as f64);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_over_its_quota_is_throttled_to_it() {
     let data = tempfile::tempdir().unwrap();

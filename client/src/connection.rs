@@ -1,5 +1,11 @@
 //! One multiplexed connection to a broker: many requests in flight (up to a limit), responses
 //! matched to requests in order (the broker answers each connection in request order).
+//!
+//! Quotas: a produce or fetch response that says the client is throttled (`throttle_time_ms`,
+//! Kafka's KIP-219) holds the connection's next writes until the throttle time has passed, as
+//! the broker holds its reads; and every request on the connection waits its full timeout
+//! after that time, not from when it was queued, so requests held back by a throttle (here or
+//! in the broker) are not timed out and retried, which would only spend more of the quota.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,11 +18,47 @@ use rill_protocol::api::{ApiKey, ApiVersionRange, ApiVersionsRequest, RequestBod
 use rill_protocol::frame::{request_prefix, RequestHeader, ResponseCodec, ResponseFrame};
 use rill_protocol::ErrorCode;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
 use crate::error::{ClientError, Result};
 
 type Reply = oneshot::Sender<Result<ResponseFrame>>;
+
+/// The longest throttle one response holds the connection for. The broker never asks for
+/// more than 10 s at once (`quota::MAX_THROTTLE`); a larger figure is taken as this.
+const MAX_THROTTLE: Duration = Duration::from_secs(30);
+
+/// Until when a quota throttles the connection (set from responses, read by the writer and by
+/// requests' timeouts).
+#[derive(Default)]
+struct Throttle(Mutex<Option<Instant>>);
+
+impl Throttle {
+    fn until(&self) -> Option<Instant> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a response's throttle time (ms; 0: not throttled), counted from now.
+    fn note(&self, throttle_time_ms: u32) {
+        if throttle_time_ms == 0 {
+            return;
+        }
+        let time = Duration::from_millis(u64::from(throttle_time_ms)).min(MAX_THROTTLE);
+        let until = Instant::now() + time;
+        let mut current = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if current.is_none_or(|current| current < until) {
+            *current = Some(until);
+        }
+    }
+
+    /// Waits until the connection is no longer throttled.
+    async fn wait(&self) {
+        while let Some(until) = self.until().filter(|until| *until > Instant::now()) {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+}
 
 /// A request on its way: the frame as chunks for one vectored write (record batches shared
 /// with the producer, not copied).
@@ -39,6 +81,7 @@ pub(crate) struct Connection {
     next_correlation_id: Arc<AtomicU32>,
     /// The version each api is sent in, by api key (from ApiVersions; absent: 0).
     versions: Arc<Vec<u16>>,
+    throttle: Arc<Throttle>,
 }
 
 /// The newest version of each api both this client and the broker (`offered`) speak.
@@ -130,8 +173,11 @@ impl Connection {
         let writer_waiting = waiting.clone();
         let writer_fail = fail_all.clone();
         let writer_dead = dead.clone();
+        let throttle: Arc<Throttle> = Arc::default();
+        let writer_throttle = throttle.clone();
         tokio::spawn(async move {
             while let Some(mut request) = requests.recv().await {
+                writer_throttle.wait().await;
                 if let Some((reply, permit)) = request.reply {
                     writer_waiting
                         .lock()
@@ -203,6 +249,7 @@ impl Connection {
             in_flight: Arc::new(Semaphore::new(in_flight_max)),
             next_correlation_id: Arc::new(AtomicU32::new(1)),
             versions: Arc::default(),
+            throttle,
         };
         // Each api at the newest version both sides speak (docs/PROTOCOL.md "Versioning").
         let body = RequestBody::ApiVersions(ApiVersionsRequest {});
@@ -291,14 +338,25 @@ impl Connection {
         response: oneshot::Receiver<Result<ResponseFrame>>,
         timeout: Duration,
     ) -> Result<ResponseBody> {
-        let frame = match tokio::time::timeout(timeout, response).await {
-            Ok(Ok(result)) => result?,
-            Ok(Err(_)) => return Err(self.closed()),
-            Err(_) => {
-                return Err(ClientError::Timeout(
-                    timeout,
-                    format!("{api_key:?} request to {}", self.address),
-                ))
+        tokio::pin!(response);
+        let mut deadline = Instant::now() + timeout;
+        let frame = loop {
+            match tokio::time::timeout_at(deadline, &mut response).await {
+                Ok(Ok(result)) => break result?,
+                Ok(Err(_)) => return Err(self.closed()),
+                Err(_) => {
+                    // A throttle since the request was queued delays it (the writer held
+                    // it, or the broker read it late): it gets its timeout after that.
+                    match self.throttle.until().map(|until| until + timeout) {
+                        Some(later) if later > deadline => deadline = later,
+                        _ => {
+                            return Err(ClientError::Timeout(
+                                timeout,
+                                format!("{api_key:?} request to {}", self.address),
+                            ))
+                        }
+                    }
+                }
             }
         };
         if frame.header.error_code != ErrorCode::NONE {
@@ -308,11 +366,13 @@ impl Connection {
                 None,
             ));
         }
-        Ok(ResponseBody::decode(
-            api_key as u16,
-            self.version(api_key),
-            frame.body,
-        )?)
+        let body = ResponseBody::decode(api_key as u16, self.version(api_key), frame.body)?;
+        match &body {
+            ResponseBody::Produce(r) => self.throttle.note(r.throttle_time_ms),
+            ResponseBody::Fetch(r) => self.throttle.note(r.throttle_time_ms),
+            _ => {}
+        }
+        Ok(body)
     }
 
     /// Sends a request that gets no response (produce with acks = 0).
