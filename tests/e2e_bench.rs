@@ -360,6 +360,54 @@ async fn bench_takes_values_from_a_payload_file_in_order() {
     );
 }
 
+/// The peer table from several rounds: each figure is the median of the rounds that have it
+/// (three rounds: the middle one; two: their mean), and the ratio is taken between medians.
+#[test]
+fn the_peer_table_takes_the_median_of_the_rounds() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let report = |mb: f64| {
+        format!(
+            r#"{{"bench": "produce", "records": 1000, "bytes": 1000000, "records_per_sec": {}, "mb_per_sec": {mb}}}"#,
+            mb * 1000.0
+        )
+    };
+    let mut rounds = Vec::new();
+    for (round, rill, nats) in [
+        (1, 100.0, Some(50.0)),
+        (2, 300.0, None),
+        (3, 200.0, Some(150.0)),
+    ] {
+        let results = dir.path().join(format!("round-{round}"));
+        std::fs::create_dir(&results).unwrap();
+        std::fs::write(results.join("produce-1k.rill.json"), report(rill)).unwrap();
+        if let Some(nats) = nats {
+            std::fs::write(results.join("produce-1k.nats.json"), report(nats)).unwrap();
+        }
+        rounds.push(results);
+    }
+    let output = Command::new("python3")
+        .arg(format!("{root}/benches/scripts/peers_table.py"))
+        .args(&rounds)
+        .arg(dir.path())
+        .output()
+        .expect("python3 is not installed: run tests/install-test-tools.sh");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
+    assert!(
+        table.starts_with("Every figure is the median of 3 rounds"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| 1 producer x 1 KiB, MB/s | 200 | 100 | not run | not run | 2.00x |"),
+        "{table}"
+    );
+}
+
 /// The peer benchmark's script in dry-run mode (no peer installed, nothing started): it must
 /// parse its arguments and print the whole plan, every system and workload, so it does not rot
 /// between the runs that measure.
@@ -431,6 +479,45 @@ fn the_peer_benchmark_script_prints_its_whole_plan_in_a_dry_run() {
         .expect("run bash");
     assert!(cold.status.success());
     assert!(!String::from_utf8_lossy(&cold.stdout).contains("recycle"));
+    // Rounds: every system measured once per round, each round's reports in a directory of
+    // its own, and the table made from all of them (the median of each figure).
+    let rounds = Command::new("bash")
+        .arg(format!("{root}/benches/scripts/peers.sh"))
+        .args(["--dry-run", "--rounds", "2", "--no-cluster", "--out"])
+        .arg(out.path())
+        .output()
+        .expect("run bash");
+    assert!(rounds.status.success());
+    let plan = String::from_utf8_lossy(&rounds.stdout);
+    let results = out.path().join("results");
+    for round in ["round-1", "round-2"] {
+        for system in ["rill", "nats", "redis"] {
+            let report = results
+                .join(round)
+                .join(format!("produce-1k.{system}.json"));
+            assert!(
+                plan.contains(&format!("> {}", report.display())),
+                "no {} in the plan:\n{plan}",
+                report.display()
+            );
+        }
+    }
+    let table = format!(
+        "peers_table.py {} {} {}",
+        results.join("round-1").display(),
+        results.join("round-2").display(),
+        out.path().display()
+    );
+    assert!(plan.contains(&table), "no `{table}` in the plan:\n{plan}");
+    for rounds in ["0", "two"] {
+        let refused = Command::new("bash")
+            .arg(format!("{root}/benches/scripts/peers.sh"))
+            .args(["--dry-run", "--rounds", rounds])
+            .output()
+            .expect("run bash");
+        assert_eq!(refused.status.code(), Some(2), "--rounds {rounds}");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("--rounds wants a whole number"));
+    }
     let bad = Command::new("bash")
         .arg(format!("{root}/benches/scripts/peers.sh"))
         .args(["--dry-run", "--systems", "kafka"])

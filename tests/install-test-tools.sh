@@ -3,7 +3,8 @@
 # iproute2 (`ip netns`, veth, bridges) and iptables, for the tests that cut real network links
 # between brokers in network namespaces; kcat (librdkafka's command-line client), for the Kafka
 # listener's tests; a C toolchain for librdkafka (the rdkafka crate); prometheus, which scrapes
-# a cluster for the Grafana dashboard's test; chromium, which loads the web console headless.
+# a cluster for the Grafana dashboard's test; chromium, which loads the web console headless;
+# python3, which makes the peer benchmark's table (its test feeds it reports).
 # Needs root (the tests create namespaces too).
 set -euo pipefail
 missing=()
@@ -13,6 +14,7 @@ command -v mount >/dev/null 2>&1 || missing+=(mount)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # The rdkafka crate builds librdkafka from its bundled source: a C compiler, make, perl.
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v make >/dev/null 2>&1 || missing+=(make)

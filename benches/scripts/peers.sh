@@ -22,10 +22,14 @@
 # into a recycled one (this VM: `dd` 330-390 MB/s against 2.8-4.5 GB/s); without this step a
 # workload's figures depend on how much memory the one before it happened to free.
 #
-# Usage: benches/scripts/peers.sh [--dry-run] [--quick] [--cold-memory] [--out DIR] [--systems "rill nats redis iggy"] [--no-cluster]
+# Usage: benches/scripts/peers.sh [--dry-run] [--quick] [--cold-memory] [--rounds N] [--out DIR] [--systems "rill nats redis iggy"] [--no-cluster]
 #   --dry-run      print every command instead of running it (CI runs this: tests/e2e_bench.rs)
 #   --quick        a tenth of the records (a smoke run of the whole script in a few minutes)
 #   --cold-memory  skip the scratch file: each workload meets memory as the last one left it
+#   --rounds N     measure everything N times, every system once per round, in turn, and put
+#                  the median of each figure in the table (default 1; the reports of round k
+#                  are in results/round-k). On a machine whose speed drifts, more than one round
+#                  keeps a slow quarter of an hour from landing on one system alone.
 #   IGGY_SERVER=/path/to/iggy-server [IGGY_BENCH=/path/to/iggy-bench] adds Iggy.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,6 +39,7 @@ DRY=0
 QUICK=0
 CLUSTER=1
 RECYCLE=1
+ROUNDS=1
 OUT=target/peers
 SYSTEMS="rill nats redis iggy"
 while [ $# -gt 0 ]; do
@@ -44,8 +49,9 @@ while [ $# -gt 0 ]; do
     --no-cluster) CLUSTER=0 ;;
     --cold-memory) RECYCLE=0 ;;
     --out) OUT=$2; shift ;;
+    --rounds) ROUNDS=${2:-}; shift ;;
     --systems) SYSTEMS=$2; shift ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "peers.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -53,6 +59,9 @@ done
 for s in $SYSTEMS; do
   case "$s" in rill|nats|redis|iggy) ;; *) echo "peers.sh: unknown system $s (rill nats redis iggy)" >&2; exit 2 ;; esac
 done
+case "$ROUNDS" in
+  ''|*[!0-9]*|0*) echo "peers.sh: --rounds wants a whole number of at least 1, not '$ROUNDS'" >&2; exit 2 ;;
+esac
 
 # Workload sizes: records.
 N_1K=1000000      # 1 producer x 1 KiB (1 GiB, also what the consumer reads)
@@ -283,80 +292,94 @@ EOF
 latency_args() { [ "$1" = rill ] && echo --send-when-idle; true; }
 
 # ---- the runs --------------------------------------------------------------------------------
-for system in $SYSTEMS; do
-  say "== $system"
-  "start_$system"
-  produce "$system" "produce-1k.$system" p1k "$N_1K" 1024 1 1
-  consume "$system" "consume.$system" p1k
-  if [ "$system" != iggy ]; then
-    # Full speed for a while: once the page cache's dirty limit is reached this is what the
-    # disk sustains, and half of it is the fixed-rate workload's rate.
-    "start_$system"
-    produce "$system" "sustain-1k.$system" sustain - 1024 1 1 --warmup-secs "$WARMUP_SECS" \
-      --duration-secs "$SUSTAIN_SECS"
-  fi
-  "start_$system"
-  produce "$system" "produce-100.$system" p100 "$N_100" 100 1 1
-  "start_$system"
-  # Each producer pinned to a partition of its own, as iggy-bench's pinned-producer does.
-  produce "$system" "produce-4x1k.$system" p4 "$N_4X1K" 1024 4 4 --pinned
-  for workload in rate-half rate-same; do
-    "start_$system"
-    if [ $workload = rate-half ]; then rate=$(half_rate "$system"); else rate=$SAME_RATE; fi
-    if [ "$system" = iggy ]; then
-      # iggy-bench limits bytes/s and measures closed-loop batches: its own method, reported as such.
-      run rm -rf "$OUT/iggy/$workload"
-      recycle_memory
-      run "$IGGY_BENCH" -m 1024 -P 1000 -T "$((rate * 1024 * (RATE_SECS + WARMUP_SECS)))B" \
-        -r "$((rate * 1024))B" -w "${WARMUP_SECS}s" pinned-producer --producers 1 --streams 1 tcp \
-        --server-address 127.0.0.1:18090 output -o "$OUT/iggy/$workload"
-      [ $DRY = 1 ] || cp "$(find "$OUT/iggy/$workload" -name report.json | head -1)" "$RESULTS/$workload.iggy.iggy-report.json"
-    else
-      produce "$system" "$workload.$system" rate - 1024 1 1 --rate "$rate" \
-        --warmup-secs "$WARMUP_SECS" --duration-secs "$RATE_SECS" --consumers 1 $(latency_args "$system")
-    fi
-  done
-  stop_all
-done
-
-if [ $CLUSTER = 1 ]; then
+# Every workload against every system, reports into $RESULTS.
+one_round() {
   for system in $SYSTEMS; do
-    case "$system" in
-      rill)
-        say "== rill, three brokers"
-        start_rill_cluster
-        RILL_BROKERS=127.0.0.1:19301,127.0.0.1:19302,127.0.0.1:19303 \
-          produce rill "replicated-1k.rill" r3 "$N_1K" 1024 1 1 --replicas 3 --acks all
-        start_rill_cluster
-        RILL_BROKERS=127.0.0.1:19301,127.0.0.1:19302,127.0.0.1:19303 \
-          produce rill "replicated-sustain.rill" r3 - 1024 1 1 --replicas 3 --acks all \
-          --warmup-secs "$WARMUP_SECS" --duration-secs "$SUSTAIN_SECS"
-        start_rill_cluster
-        RILL_BROKERS=127.0.0.1:19301,127.0.0.1:19302,127.0.0.1:19303 \
-          produce rill "replicated-rate.rill" r3 - 1024 1 1 --replicas 3 --acks all \
-          --rate "$(half_rate rill replicated-sustain)" --warmup-secs "$WARMUP_SECS" \
-          --duration-secs "$RATE_SECS" --consumers 1 $(latency_args rill)
-        ;;
-      nats)
-        say "== nats, three servers"
-        start_nats_cluster
-        measure "replicated-1k.nats" "$PEER" --system nats --url nats://127.0.0.1:14221 --format json \
-          produce --topic r3 --messages "$N_1K" --size 1024 --replicas 3
-        start_nats_cluster
-        measure "replicated-sustain.nats" "$PEER" --system nats --url nats://127.0.0.1:14221 --format json \
-          produce --topic r3 --size 1024 --replicas 3 --warmup-secs "$WARMUP_SECS" \
-          --duration-secs "$SUSTAIN_SECS"
-        start_nats_cluster
-        measure "replicated-rate.nats" "$PEER" --system nats --url nats://127.0.0.1:14221 --format json \
-          produce --topic r3 --size 1024 --replicas 3 --rate "$(half_rate nats replicated-sustain)" \
-          --warmup-secs "$WARMUP_SECS" --duration-secs "$RATE_SECS" --consumers 1
-        ;;
-    esac
+    say "== $system"
+    "start_$system"
+    produce "$system" "produce-1k.$system" p1k "$N_1K" 1024 1 1
+    consume "$system" "consume.$system" p1k
+    if [ "$system" != iggy ]; then
+      # Full speed for a while: once the page cache's dirty limit is reached this is what the
+      # disk sustains, and half of it is the fixed-rate workload's rate.
+      "start_$system"
+      produce "$system" "sustain-1k.$system" sustain - 1024 1 1 --warmup-secs "$WARMUP_SECS" \
+        --duration-secs "$SUSTAIN_SECS"
+    fi
+    "start_$system"
+    produce "$system" "produce-100.$system" p100 "$N_100" 100 1 1
+    "start_$system"
+    # Each producer pinned to a partition of its own, as iggy-bench's pinned-producer does.
+    produce "$system" "produce-4x1k.$system" p4 "$N_4X1K" 1024 4 4 --pinned
+    for workload in rate-half rate-same; do
+      "start_$system"
+      if [ $workload = rate-half ]; then rate=$(half_rate "$system"); else rate=$SAME_RATE; fi
+      if [ "$system" = iggy ]; then
+        # iggy-bench limits bytes/s and measures closed-loop batches: its own method, reported as such.
+        run rm -rf "$OUT/iggy/$workload"
+        recycle_memory
+        run "$IGGY_BENCH" -m 1024 -P 1000 -T "$((rate * 1024 * (RATE_SECS + WARMUP_SECS)))B" \
+          -r "$((rate * 1024))B" -w "${WARMUP_SECS}s" pinned-producer --producers 1 --streams 1 tcp \
+          --server-address 127.0.0.1:18090 output -o "$OUT/iggy/$workload"
+        [ $DRY = 1 ] || cp "$(find "$OUT/iggy/$workload" -name report.json | head -1)" "$RESULTS/$workload.iggy.iggy-report.json"
+      else
+        produce "$system" "$workload.$system" rate - 1024 1 1 --rate "$rate" \
+          --warmup-secs "$WARMUP_SECS" --duration-secs "$RATE_SECS" --consumers 1 $(latency_args "$system")
+      fi
+    done
     stop_all
   done
-fi
+
+  if [ $CLUSTER = 1 ]; then
+    for system in $SYSTEMS; do
+      case "$system" in
+        rill)
+          say "== rill, three brokers"
+          start_rill_cluster
+          RILL_BROKERS=127.0.0.1:19301,127.0.0.1:19302,127.0.0.1:19303 \
+            produce rill "replicated-1k.rill" r3 "$N_1K" 1024 1 1 --replicas 3 --acks all
+          start_rill_cluster
+          RILL_BROKERS=127.0.0.1:19301,127.0.0.1:19302,127.0.0.1:19303 \
+            produce rill "replicated-sustain.rill" r3 - 1024 1 1 --replicas 3 --acks all \
+            --warmup-secs "$WARMUP_SECS" --duration-secs "$SUSTAIN_SECS"
+          start_rill_cluster
+          RILL_BROKERS=127.0.0.1:19301,127.0.0.1:19302,127.0.0.1:19303 \
+            produce rill "replicated-rate.rill" r3 - 1024 1 1 --replicas 3 --acks all \
+            --rate "$(half_rate rill replicated-sustain)" --warmup-secs "$WARMUP_SECS" \
+            --duration-secs "$RATE_SECS" --consumers 1 $(latency_args rill)
+          ;;
+        nats)
+          say "== nats, three servers"
+          start_nats_cluster
+          measure "replicated-1k.nats" "$PEER" --system nats --url nats://127.0.0.1:14221 --format json \
+            produce --topic r3 --messages "$N_1K" --size 1024 --replicas 3
+          start_nats_cluster
+          measure "replicated-sustain.nats" "$PEER" --system nats --url nats://127.0.0.1:14221 --format json \
+            produce --topic r3 --size 1024 --replicas 3 --warmup-secs "$WARMUP_SECS" \
+            --duration-secs "$SUSTAIN_SECS"
+          start_nats_cluster
+          measure "replicated-rate.nats" "$PEER" --system nats --url nats://127.0.0.1:14221 --format json \
+            produce --topic r3 --size 1024 --replicas 3 --rate "$(half_rate nats replicated-sustain)" \
+            --warmup-secs "$WARMUP_SECS" --duration-secs "$RATE_SECS" --consumers 1
+          ;;
+      esac
+      stop_all
+    done
+  fi
+}
+
+ROUND_RESULTS=()
+for round in $(seq "$ROUNDS"); do
+  if [ "$ROUNDS" -gt 1 ]; then
+    RESULTS=$OUT/results/round-$round
+    run mkdir -p "$RESULTS"
+    say "==== round $round of $ROUNDS"
+  fi
+  ROUND_RESULTS+=("$RESULTS")
+  one_round
+done
 
 # ---- table and plots ---------------------------------------------------------------------------
-run python3 benches/scripts/peers_table.py "$RESULTS" "$OUT"
+run python3 benches/scripts/peers_table.py "${ROUND_RESULTS[@]}" "$OUT"
 run gnuplot -e "dir='$OUT'" benches/scripts/peers.gnuplot
 say "done: $OUT/table.md, $OUT/throughput.png, $OUT/latency.png"

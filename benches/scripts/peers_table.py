@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Turns benches/scripts/peers.sh's reports into a Markdown table and gnuplot data.
 
-Usage: peers_table.py RESULTS_DIR OUT_DIR
+Usage: peers_table.py RESULTS_DIR [RESULTS_DIR...] OUT_DIR
 Reads RESULTS_DIR/<workload>.<system>.json (rill bench / peer-bench reports),
 <workload>.iggy.iggy-report.json (iggy-bench's report.json) and <workload>.<system>.cpu (broker
 CPU seconds); writes OUT_DIR/table.md, OUT_DIR/throughput.dat and OUT_DIR/latency.dat (the same-rate run).
+With several RESULTS_DIRs (one per round of peers.sh --rounds), every figure is the median of
+that figure over the rounds that have it.
 Standard library only.
 """
 import json
 import os
+import statistics
 import sys
 
 SYSTEMS = ["rill", "nats", "redis", "iggy"]
@@ -30,8 +33,24 @@ REPLICATION_RATIOS = [("burst", "replicated-1k", "produce-1k"),
                       ("sustained", "replicated-sustain", "sustain-1k")]
 
 
+def median(values):
+    """The median of each number in reports of one shape (`values`), recursively; other values
+    from the first report. Whole numbers stay whole."""
+    first = values[0]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        m = statistics.median(values)
+        return round(m) if all(isinstance(v, int) for v in values) else m
+    if all(isinstance(v, dict) for v in values):
+        return {k: median([v[k] for v in values if k in v]) for k in first}
+    return first
+
+
 def load(results, workload, system):
-    """A report in rill bench's shape, or None."""
+    """A report in rill bench's shape, or None; the median over the rounds when `results` is a
+    list of directories."""
+    if isinstance(results, list):
+        reports = [r for r in (load(d, workload, system) for d in results) if r is not None]
+        return median(reports) if reports else None
     path = os.path.join(results, f"{workload}.{system}.json")
     if os.path.exists(path) and os.path.getsize(path) > 0:
         with open(path) as f:
@@ -82,8 +101,14 @@ def show(value, unit):
 
 
 def main():
-    results, out = sys.argv[1], sys.argv[2]
-    lines = ["| workload | " + " | ".join(NAMES[s] for s in SYSTEMS) + " | Rill / best peer |",
+    if len(sys.argv) < 3:
+        sys.exit("usage: peers_table.py RESULTS_DIR [RESULTS_DIR...] OUT_DIR")
+    results, out = sys.argv[1:-1], sys.argv[-1]
+    lines = []
+    if len(results) > 1:
+        lines += [f"Every figure is the median of {len(results)} rounds (each round measures "
+                  "every system once, in turn).", ""]
+    lines += ["| workload | " + " | ".join(NAMES[s] for s in SYSTEMS) + " | Rill / best peer |",
              "| --- |" + " --- |" * (len(SYSTEMS) + 1)]
     throughput = []
     for workload, title, unit, label in WORKLOADS:
