@@ -4,7 +4,7 @@
 set terminal pngcairo size 1100,560 font "sans,10"
 
 set output dir."/throughput.png"
-set title "Throughput, one run on one machine (higher is better)"
+set title "Throughput on one machine, all systems in one run (higher is better)"
 set ylabel "MB/s"
 set style data histograms
 set style histogram clustered gap 1
