@@ -259,15 +259,19 @@ consume() {
   esac
 }
 # Iggy's own benchmark: batches of 1,000 messages, one stream per actor; its report.json kept.
+# iggy NAME KIND RECORDS SIZE ACTORS [iggy-bench options...]; the length as a count of batches
+# (-b), never as bytes (-T): given bytes, iggy-bench reserves 48 bytes of bookkeeping per 20
+# bytes to send up front (26.8 GB for a 23 s run at 474k records/s, which aborted a run here).
 iggy() {
   local name=$1 kind=$2 records=$3 size=$4 actors=$5 dir="$OUT/iggy/$1"
+  shift 5
   local role=--producers
   [ "$kind" = pinned-consumer ] && role=--consumers
   run rm -rf "$dir"
   local before after
   recycle_memory
   before=$(cpu_secs)
-  if ! run "$IGGY_BENCH" -m "$size" -P 1000 -b $((records / 1000 / actors)) "$kind" "$role" "$actors" \
+  if ! run "$IGGY_BENCH" -m "$size" -P 1000 -b $((records / 1000 / actors)) "$@" "$kind" "$role" "$actors" \
     --streams "$actors" tcp --server-address 127.0.0.1:18090 output -o "$dir"; then
     say "$name failed (exit status above); its cell says not run"
     return 0
@@ -324,18 +328,8 @@ one_round() {
       if [ $workload = rate-half ]; then rate=$(half_rate "$system"); else rate=$SAME_RATE; fi
       if [ "$system" = iggy ]; then
         # iggy-bench limits bytes/s and measures closed-loop batches: its own method, reported as such.
-        # Its length as a count of batches of 1,000, not as bytes (-T): given bytes, iggy-bench
-        # reserves 48 bytes of bookkeeping per 20 bytes to send up front (26.8 GB for the 11 GB
-        # of a 23 s run at 474k records/s, which aborted a run here).
-        run rm -rf "$OUT/iggy/$workload"
-        recycle_memory
-        if run "$IGGY_BENCH" -m 1024 -P 1000 -b "$((rate * (RATE_SECS + WARMUP_SECS) / 1000))" \
-          -r "$((rate * 1024))B" -w "${WARMUP_SECS}s" pinned-producer --producers 1 --streams 1 tcp \
-          --server-address 127.0.0.1:18090 output -o "$OUT/iggy/$workload"; then
-          [ $DRY = 1 ] || cp "$(find "$OUT/iggy/$workload" -name report.json | head -1)" "$RESULTS/$workload.iggy.iggy-report.json"
-        else
-          say "$workload.iggy failed (exit status above); its cell says not run"
-        fi
+        iggy "$workload.iggy" pinned-producer "$((rate * (RATE_SECS + WARMUP_SECS)))" 1024 1 \
+          -r "$((rate * 1024))B" -w "${WARMUP_SECS}s"
       else
         produce "$system" "$workload.$system" rate - 1024 1 1 --rate "$rate" \
           --warmup-secs "$WARMUP_SECS" --duration-secs "$RATE_SECS" --consumers 1 $(latency_args "$system")
