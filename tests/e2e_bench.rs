@@ -280,6 +280,51 @@ async fn bench_at_a_fixed_rate_sends_exactly_its_schedule_and_skips_the_warmup()
 
 /// `--pinned`: producer i writes only to partition i modulo the partitions (iggy-bench's
 /// pinned producers), here 3 producers into 4 partitions.
+/// A record the brokers refuse ends the run: no sender offers another record after the first
+/// failure (here every one would fail: 100 kB records against a 64 KiB batch limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_stops_sending_at_the_first_failed_record() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(data.path(), &["--max-batch-bytes", "65536"]);
+    let address = broker.address.clone();
+    let run = {
+        let address = address.clone();
+        tokio::task::spawn_blocking(move || {
+            bench(
+                &address,
+                &[
+                    "produce",
+                    "--topic",
+                    "refused",
+                    "--messages",
+                    "20000",
+                    "--size",
+                    "100000",
+                    "--format",
+                    "json",
+                ],
+            )
+        })
+        .await
+        .unwrap()
+    };
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success(),
+        "a failed record fails the run: {stderr}"
+    );
+    assert!(stderr.contains("records failed"), "{stderr}");
+    let report: Value = serde_json::from_slice(&run.stdout).expect("the report is printed");
+    let errors = report["errors"].as_u64().unwrap();
+    // What was queued or in flight when the first failure came back (32 MiB of buffer
+    // memory: about 330 records), not the 20,000 asked for.
+    assert!((1..=1000).contains(&errors), "{report}");
+    let first = report["first_error"].as_str().unwrap();
+    assert!(first.contains("MESSAGE_TOO_LARGE"), "{report}");
+    assert_eq!(report["records"], 0, "{report}");
+    assert_eq!(records_in(&address, "refused").await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_producers_each_write_their_own_partition() {
     let data = tempfile::tempdir().unwrap();

@@ -146,7 +146,7 @@ pub enum Due {
     Now(Instant),
     /// Not before this instant.
     At(Instant),
-    /// Never: the run's duration is over.
+    /// Never: the run's duration is over, or a record failed.
     Stop,
 }
 
@@ -209,14 +209,19 @@ impl Measure {
 
     /// Whether record `i` of a sender at `rate` records/s (as fast as possible without a rate)
     /// may go now, without waiting: senders that batch by hand (a pipeline) take every record
-    /// that is [`Due::Now`] and then wait for the next.
+    /// that is [`Due::Now`] and then wait for the next. After the first failed record every
+    /// sender stops ([`Due::Stop`]): the run fails anyway, and a cluster that refuses records
+    /// or has gone would otherwise be offered every remaining one, each failing on its own
+    /// (after its delivery timeout, if the brokers are gone).
     pub fn due(&self, i: u64, rate: Option<u64>) -> Due {
         let now = Instant::now();
         let scheduled = match rate {
             Some(rate) => self.base + Duration::from_secs_f64(i as f64 / rate.max(1) as f64),
             None => now,
         };
-        if self.stop_at.is_some_and(|stop| scheduled >= stop) {
+        if self.errors.load(Ordering::Relaxed) > 0
+            || self.stop_at.is_some_and(|stop| scheduled >= stop)
+        {
             Due::Stop
         } else if scheduled > now + EARLY_SEND_MAX {
             Due::At(scheduled)
@@ -653,7 +658,13 @@ mod tests {
         measure.acknowledged(late, 20, Ok::<(), String>(()), &mut latencies);
         assert_eq!(latencies.len(), 1);
         assert!(latencies.max() >= 600_000, "{}", latencies.max());
+        assert!(matches!(measure.due(2, Some(1)), Due::At(_)));
         measure.acknowledged(late, 20, Err("refused"), &mut latencies);
+        assert!(
+            matches!(measure.due(2, Some(1)), Due::Stop),
+            "no record is sent after one failed"
+        );
+        assert_eq!(measure.schedule(2, None).await, None);
         measure.senders_done();
         let report = measure
             .report("produce", "t", 1, Mode::Rate(1), &latencies, None)
