@@ -8,8 +8,11 @@
 //!
 //! Also the byte stream both sides write frames to ([`Io`], [`write_all_chunks`]).
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use rustls::pki_types::pem::PemObject;
@@ -165,6 +168,7 @@ pub async fn open(
 ) -> std::io::Result<Box<dyn Io>> {
     let socket = TcpStream::connect(address).await?;
     let _ = socket.set_nodelay(true);
+    let socket = NoSigPipe(socket);
     Ok(match tls {
         Some(config) => Box::new(connect(socket, address, config).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("TLS handshake with {address}: {e}"))
@@ -175,15 +179,94 @@ pub async fn open(
 
 /// Opens TLS over `socket` to `address` (`host:port`; the host is the name the broker's
 /// certificate must carry).
-pub async fn connect(
-    socket: TcpStream,
+pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: S,
     address: &str,
     config: Arc<rustls::ClientConfig>,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+) -> std::io::Result<tokio_rustls::client::TlsStream<S>> {
     let name = server_name(address)?;
     tokio_rustls::TlsConnector::from(config)
         .connect(name, socket)
         .await
+}
+
+/// A client's TCP stream whose writes never raise SIGPIPE. A vectored write on a tokio
+/// `TcpStream` is a `writev`, and `writev` on a connection the broker has reset raises SIGPIPE,
+/// which kills a process that has not ignored it (the `rill` CLI takes SIGPIPE's default action
+/// so that `rill consume | head` ends quietly; it was killed by signal 13 when a broker went
+/// away in the middle of a write). Vectored writes go out as `sendmsg` with `MSG_NOSIGNAL`
+/// instead, which fails with `EPIPE` like any other broken connection; plain writes already
+/// do (std's `send` sets the flag).
+pub struct NoSigPipe(pub TcpStream);
+
+impl AsyncRead for NoSigPipe {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for NoSigPipe {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            let fd = self.0.as_raw_fd();
+            // A `WouldBlock` from the closure clears the readiness: the next poll waits.
+            match self
+                .0
+                .try_io(tokio::io::Interest::WRITABLE, || send_vectored(fd, bufs))
+            {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// `sendmsg(fd, bufs, MSG_NOSIGNAL)`: a `writev` that reports a broken connection as `EPIPE`
+/// without raising SIGPIPE.
+fn send_vectored(fd: std::os::fd::RawFd, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid (no address, no control data); `IoSlice` is
+    // guaranteed ABI-compatible with `iovec` on Unix, and `bufs` outlives the call, which
+    // only reads from it.
+    let sent = unsafe {
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        message.msg_iovlen = bufs.len().min(1024) as _;
+        libc::sendmsg(fd, &message, libc::MSG_NOSIGNAL)
+    };
+    if sent < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
 }
 
 /// The TLS server name of `host:port` (brackets of an IPv6 address removed).
@@ -220,6 +303,59 @@ mod tests {
             ServerName::IpAddress(_)
         ));
         assert!(server_name("bad name:1").is_err());
+    }
+
+    /// Writes to a connection the peer closed, with SIGPIPE's default action (as the `rill`
+    /// CLI sets it), in a child process: the parent checks that the child was not killed.
+    #[test]
+    fn writes_to_a_closed_connection_fail_without_sigpipe() {
+        const NAME: &str = "tls::tests::writes_to_a_closed_connection_fail_without_sigpipe";
+        if std::env::var_os("RILL_TEST_SIGPIPE_CHILD").is_none() {
+            let output = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
+                .env("RILL_TEST_SIGPIPE_CHILD", "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(output.status.success(), "{:?}: {stdout}", output.status);
+            assert!(
+                stdout.contains("1 passed"),
+                "the child ran the test: {stdout}"
+            );
+            return;
+        }
+        // SAFETY: sets how this child process handles SIGPIPE; it runs this one test only.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap().to_string();
+            let mut client = open(&address, None).await.unwrap();
+            drop(listener.accept().await.unwrap());
+            // The first writes may still be taken; once the peer's reset is back every write
+            // fails, and a writev would raise SIGPIPE.
+            let mut failures = Vec::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while failures.len() < 3 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "writes kept succeeding"
+                );
+                let mut chunks = vec![Bytes::from(vec![7u8; 4096]); 4];
+                if let Err(e) = write_all_chunks(&mut client, &mut chunks).await {
+                    failures.push(e.kind());
+                }
+            }
+            assert!(
+                failures.contains(&std::io::ErrorKind::BrokenPipe),
+                "{failures:?}"
+            );
+        });
     }
 
     #[test]
