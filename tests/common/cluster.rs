@@ -42,18 +42,25 @@ pub struct Cluster {
 
 /// A port nothing listens on right now, chosen below the kernel's ephemeral range (32768 and
 /// up): a port from that range can be taken by any outgoing connection between choosing it
-/// and the broker binding it.
+/// and the broker binding it. Never one this test process was given before: a cluster's
+/// brokers bind their ports only after all were chosen, so a port could otherwise come out
+/// twice (it failed CI once: a broker's controller port was another's client port), and a
+/// stopped cluster's ports may still be held while its brokers exit.
 fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64)
         ^ u64::from(std::process::id()) << 20;
     let mut rng = super::Rng::new(seed.wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed)));
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         let port = rng.range(20_000, 32_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
