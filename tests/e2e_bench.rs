@@ -278,8 +278,6 @@ async fn bench_at_a_fixed_rate_sends_exactly_its_schedule_and_skips_the_warmup()
     assert!((795..=800).contains(&e2e_samples), "{report}");
 }
 
-/// `--pinned`: producer i writes only to partition i modulo the partitions (iggy-bench's
-/// pinned producers), here 3 producers into 4 partitions.
 /// A record the brokers refuse ends the run: no sender offers another record after the first
 /// failure (here every one would fail: 100 kB records against a 64 KiB batch limit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,6 +323,8 @@ async fn bench_stops_sending_at_the_first_failed_record() {
     assert_eq!(records_in(&address, "refused").await, 0);
 }
 
+/// `--pinned`: producer i writes only to partition i modulo the partitions (iggy-bench's
+/// pinned producers), here 3 producers into 4 partitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_producers_each_write_their_own_partition() {
     let data = tempfile::tempdir().unwrap();
