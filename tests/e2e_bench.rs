@@ -451,6 +451,68 @@ fn the_peer_table_takes_the_median_of_the_rounds() {
         table.contains("| 1 producer x 1 KiB, MB/s | 200 | 100 | not run | not run | 2.00x |"),
         "{table}"
     );
+    // No loopback measurement: the targets say so rather than inventing a ratio.
+    assert!(table.contains("loopback TCP not measured"), "{table}");
+}
+
+/// Issue 14's targets in the peer table: Rill's figures against loopback TCP (the median of
+/// iperf3's measurements over the rounds), its own single-node rate and fixed limits, each
+/// marked met or not.
+#[test]
+fn the_peer_table_checks_the_targets_against_loopback_tcp() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    std::fs::create_dir(&results).unwrap();
+    let report = |mb: f64, rps: f64, p99: f64| {
+        format!(
+            r#"{{"bench": "produce", "records": 1000, "bytes": 1000000, "records_per_sec": {rps}, "mb_per_sec": {mb},
+               "latency": {{"p50_ms": 1.0, "p90_ms": 1.5, "p99_ms": {p99}, "p99.9_ms": 30.0, "max_ms": 40.0}}}}"#
+        )
+    };
+    let iperf3 = |gbit: f64| {
+        format!(
+            r#"{{"end": {{"sum_received": {{"bits_per_second": {}}}}}}}"#,
+            gbit * 1e9
+        )
+    };
+    for (name, text) in [
+        ("loopback-start.json", iperf3(19.0)),
+        ("loopback-end.json", iperf3(21.0)),
+        ("produce-1k.rill.json", report(1300.0, 1.3e6, 3.0)),
+        ("produce-1k.nats.json", report(1400.0, 1.4e6, 3.0)),
+        ("produce-100.rill.json", report(400.0, 4.0e6, 3.0)),
+        ("consume.rill.json", report(2000.0, 2.0e6, 3.0)),
+        ("rate-half.rill.json", report(150.0, 1.5e5, 4.0)),
+        ("replicated-1k.rill.json", report(650.0, 6.5e5, 8.0)),
+    ] {
+        std::fs::write(results.join(name), text).unwrap();
+    }
+    let output = Command::new("python3")
+        .arg(format!("{root}/benches/scripts/peers_table.py"))
+        .arg(&results)
+        .arg(dir.path())
+        .output()
+        .expect("python3 is not installed: run tests/install-test-tools.sh");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
+    for line in [
+        "against loopback TCP at 2,500 MB/s",
+        "| 1 producer x 1 KiB, at least 0.5x loopback TCP | 1,300 MB/s = 0.52x | met |",
+        "| 1 producer x 100 B, at least 2M records/s | 4.00M records/s | met |",
+        "| consume from the page cache, at least 0.7x loopback TCP | 2,000 MB/s = 0.80x | met |",
+        "produce p99 under 5 ms | 4.00 ms | met |",
+        "produce p99.9 under 20 ms | 30.00 ms | **not met** |",
+        "| 3 brokers, x3, acks=all, burst: at least 0.4x one broker | 0.50x | met |",
+        "| 3 brokers, x3, acks=all, sustained: at least 0.4x one broker | - | not run |",
+        "| ahead of the best peer on every throughput row | behind on 1 of 1: produce 1 x 1 KiB 0.93x | **not met** |",
+    ] {
+        assert!(table.contains(line), "no `{line}` in:\n{table}");
+    }
 }
 
 /// The peer benchmark's script in dry-run mode (no peer installed, nothing started): it must
@@ -501,6 +563,9 @@ fn the_peer_benchmark_script_prints_its_whole_plan_in_a_dry_run() {
         "peers_table.py",
         "peers.gnuplot",
         "/rill-peers-recycle bs=1M count=",
+        "iperf3 -s -p 15201 &",
+        "results/loopback-start.json",
+        "results/loopback-end.json",
     ] {
         assert!(
             stdout.contains(expected),
@@ -509,8 +574,10 @@ fn the_peer_benchmark_script_prints_its_whole_plan_in_a_dry_run() {
     }
     // Nothing was started or written besides the output directory itself.
     assert!(!out.path().join("results").exists());
-    // Every measured workload meets recycled memory, unless told otherwise.
-    let measured = stdout.matches(" > ").count() + stdout.matches("iggy-bench -m").count();
+    // Every measured workload meets recycled memory, unless told otherwise (loopback TCP
+    // is not a workload).
+    let measured = stdout.matches(" > ").count() + stdout.matches("iggy-bench -m").count()
+        - stdout.matches("/loopback-").count();
     assert_eq!(
         stdout.matches("/rill-peers-recycle bs=1M").count(),
         measured,

@@ -4,7 +4,9 @@
 # Installs and starts each peer in turn (NATS JetStream and Redis Streams from Debian's
 # packages; Apache Iggy when IGGY_SERVER names an iggy-server binary), runs the same workloads
 # against each, and writes one JSON report per workload and system, a Markdown table of the
-# figures and of Rill's ratio to each peer, and gnuplot plots, into the output directory.
+# figures, of Rill's ratio to each peer and of issue 14's targets (against loopback TCP, which
+# iperf3 measures at the start and end of every round), and gnuplot plots, into the output
+# directory.
 #
 # Rill is driven by `rill bench`; NATS and Redis by `peer-bench` (benches/peers), which measures
 # through the same code (rill_client::bench); Iggy by its own iggy-bench (its figures, its
@@ -51,7 +53,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift ;;
     --rounds) ROUNDS=${2:-}; shift ;;
     --systems) SYSTEMS=$2; shift ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "peers.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -171,6 +173,7 @@ for s in $SYSTEMS; do
     redis) command -v redis-server >/dev/null 2>&1 || need+=(redis-server) ;;
   esac
 done
+command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v gnuplot >/dev/null 2>&1 || need+=(gnuplot-nox)
 command -v bc >/dev/null 2>&1 || need+=(bc)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
@@ -231,6 +234,20 @@ start_iggy() {
   start iggy env IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy IGGY_SYSTEM_PATH="$DATA/iggy" IGGY_TCP_ADDRESS=127.0.0.1:18090 \
     IGGY_HTTP_ENABLED=false IGGY_QUIC_ENABLED=false "$IGGY_SERVER"
   wait_port 127.0.0.1 18090
+}
+
+# The machine's limit that issue 14's targets are stated against (../shared/PERF.md): one TCP
+# stream over loopback, iperf3 for 5 s; measured at the start and at the end of every round,
+# with no server of ours running, into $RESULTS/loopback-$1.json.
+loopback() {
+  stop_all
+  start iperf3 iperf3 -s -p 15201
+  wait_port 127.0.0.1 15201
+  if ! report "$RESULTS/loopback-$1.json" iperf3 -c 127.0.0.1 -p 15201 -t 5 -J; then
+    say "loopback TCP ($1) could not be measured; the table's ratios to it say so"
+    rm -f "$RESULTS/loopback-$1.json"
+  fi
+  stop_all
 }
 
 # ---- how each system runs a workload --------------------------------------------------------
@@ -306,6 +323,7 @@ latency_args() { [ "$1" = rill ] && echo --send-when-idle; true; }
 # ---- the runs --------------------------------------------------------------------------------
 # Every workload against every system, reports into $RESULTS.
 one_round() {
+  loopback start
   for system in $SYSTEMS; do
     say "== $system"
     "start_$system"
@@ -374,6 +392,7 @@ one_round() {
       stop_all
     done
   fi
+  loopback end
 }
 
 ROUND_RESULTS=()

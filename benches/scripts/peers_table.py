@@ -3,8 +3,10 @@
 
 Usage: peers_table.py RESULTS_DIR [RESULTS_DIR...] OUT_DIR
 Reads RESULTS_DIR/<workload>.<system>.json (rill bench / peer-bench reports),
-<workload>.iggy.iggy-report.json (iggy-bench's report.json) and <workload>.<system>.cpu (broker
-CPU seconds); writes OUT_DIR/table.md, OUT_DIR/throughput.dat and OUT_DIR/latency.dat (the same-rate run).
+<workload>.iggy.iggy-report.json (iggy-bench's report.json), <workload>.<system>.cpu (broker
+CPU seconds) and loopback-*.json (iperf3 -J: loopback TCP, the machine's limit); writes
+OUT_DIR/table.md (the figures, Rill's ratio to the best peer, and issue 14's targets),
+OUT_DIR/throughput.dat and OUT_DIR/latency.dat (the same-rate run).
 With several RESULTS_DIRs (one per round of peers.sh --rounds), every figure is the median of
 that figure over the rounds that have it.
 Standard library only.
@@ -86,6 +88,59 @@ def load(results, workload, system):
     return report
 
 
+def loopback_mb(results):
+    """Loopback TCP in MB/s: the median of every iperf3 measurement in `results` (one directory
+    per round), or None when there is none."""
+    figures = []
+    for d in results:
+        for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+            if name.startswith("loopback-") and name.endswith(".json"):
+                with open(os.path.join(d, name)) as f:
+                    try:
+                        bits = json.load(f)["end"]["sum_received"]["bits_per_second"]
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                figures.append(bits / 8e6)
+    return statistics.median(figures) if figures else None
+
+
+def targets(results, loopback):
+    """Issue 14's targets for Rill, each with its figure and whether it is met: table lines."""
+    rows = []
+
+    def row(target, value, shown, met):
+        verdict = "not run" if value is None else ("met" if met(value) else "**not met**")
+        rows.append(f"| {target} | {shown if value is not None else '-'} | {verdict} |")
+
+    def against_loopback(target, workload, least):
+        mb = figure(load(results, workload, "rill"), "mb")
+        ratio = mb / loopback if mb and loopback else None
+        shown = f"{mb:,.0f} MB/s = {ratio:.2f}x" if ratio else "(no loopback measurement)"
+        row(target, ratio if mb else None, shown, lambda r: r >= least)
+
+    def latency(target, workload, key, below):
+        r = load(results, workload, "rill")
+        value = r["latency"][key] if r else None
+        row(target, value, f"{value:.2f} ms" if value is not None else "", lambda v: v < below)
+
+    against_loopback("1 producer x 1 KiB, at least 0.5x loopback TCP", "produce-1k", 0.5)
+    rps = figure(load(results, "produce-100", "rill"), "rps")
+    row("1 producer x 100 B, at least 2M records/s", rps, f"{rps / 1e6:.2f}M records/s" if rps else "",
+        lambda v: v >= 2e6)
+    against_loopback("consume from the page cache, at least 0.7x loopback TCP", "consume", 0.7)
+    latency("fixed rate at half of the sustained maximum, produce p99 under 5 ms", "rate-half", "p99_ms", 5)
+    latency("fixed rate at half of the sustained maximum, produce p99.9 under 20 ms", "rate-half",
+            "p99.9_ms", 20)
+    for name, replicated, single in REPLICATION_RATIOS:
+        r, one = figure(load(results, replicated, "rill"), "mb"), figure(load(results, single, "rill"), "mb")
+        ratio = r / one if r and one else None
+        row(f"3 brokers, x3, acks=all, {name}: at least 0.4x one broker", ratio,
+            f"{ratio:.2f}x" if ratio else "", lambda v: v >= 0.4)
+    latency("3 brokers at half their sustained maximum, produce p99 under 10 ms", "replicated-rate",
+            "p99_ms", 10)
+    return rows
+
+
 def figure(report, unit):
     if report is None:
         return None
@@ -111,13 +166,27 @@ def main():
     lines += ["| workload | " + " | ".join(NAMES[s] for s in SYSTEMS) + " | Rill / best peer |",
              "| --- |" + " --- |" * (len(SYSTEMS) + 1)]
     throughput = []
+    behind, compared = [], 0
     for workload, title, unit, label in WORKLOADS:
         figures = {s: figure(load(results, workload, s), unit) for s in SYSTEMS}
         peers = [v for s, v in figures.items() if s != "rill" and v]
         ratio = f"{figures['rill'] / max(peers):.2f}x" if figures["rill"] and peers else "-"
+        if figures["rill"] and peers:
+            compared += 1
+            if figures["rill"] < max(peers):
+                behind.append(f"{label or title} {ratio}")
         lines.append(f"| {title} | " + " | ".join(show(figures[s], unit) for s in SYSTEMS) + f" | {ratio} |")
         if unit == "mb":
             throughput.append((label, [figures[s] or 0 for s in SYSTEMS]))
+
+    loopback = loopback_mb(results)
+    lines += ["", "Issue 14's targets for Rill" + (f", against loopback TCP at {loopback:,.0f} MB/s "
+              "(iperf3, one stream, the median of the measurements at the start and end of every "
+              "round):" if loopback else " (loopback TCP not measured: no ratios to it):"), "",
+              "| target | Rill | |", "| --- | --- | --- |"] + targets(results, loopback)
+    lines.append(f"| ahead of the best peer on every throughput row | behind on {len(behind)} of "
+                 f"{compared}{': ' + ', '.join(behind) if behind else ''} | "
+                 + ("not run" if not compared else "met" if not behind else "**not met**") + " |")
 
     ratios = []
     for name, replicated, single in REPLICATION_RATIOS:
