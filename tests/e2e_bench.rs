@@ -5,7 +5,8 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{cli_binary, rill_json, rill_output, BrokerProcess};
 use rill_client::protocol::api::OffsetSpec;
@@ -321,6 +322,69 @@ async fn bench_stops_sending_at_the_first_failed_record() {
     assert!(first.contains("MESSAGE_TOO_LARGE"), "{report}");
     assert_eq!(report["records"], 0, "{report}");
     assert_eq!(records_in(&address, "refused").await, 0);
+}
+
+/// A broker that vanishes mid-run: the bench fails once the first record's delivery timeout
+/// has passed, and gives up at once on what it had queued (`Producer::abort`). Before, the
+/// batches it queued after that first failure waited out a delivery timeout of their own, so
+/// the run took at least two (243 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_gives_up_on_a_vanished_broker_after_one_delivery_timeout() {
+    const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+    let data = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(data.path(), &[]);
+    let address = broker.address.clone();
+    let run = Command::new(cli_binary())
+        .args([
+            "bench",
+            "produce",
+            "--topic",
+            "vanish",
+            "--messages",
+            "100000000",
+            "--size",
+            "1024",
+            "--format",
+            "json",
+            "--delivery-timeout-ms",
+            &DELIVERY_TIMEOUT.as_millis().to_string(),
+        ])
+        .env("RILL_BROKERS", &address)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run rill bench");
+    let admin = Admin::new(common::client(&address).await);
+    let admin = &admin;
+    common::eventually_async(
+        Duration::from_secs(60),
+        "records written",
+        move || async move {
+            admin
+                .list_offsets("vanish", OffsetSpec::Latest)
+                .await
+                .is_ok_and(|ends| ends.iter().any(|(_, end)| end.unwrap_or(0) > 0))
+        },
+    )
+    .await;
+    broker.kill9();
+    let killed = Instant::now();
+    let out = tokio::task::spawn_blocking(move || run.wait_with_output())
+        .await
+        .unwrap()
+        .expect("rill bench ran");
+    let took = killed.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("the report is printed");
+    assert!(report["errors"].as_u64().unwrap() > 0, "{report}");
+    let first = report["first_error"].as_str().unwrap();
+    assert!(first.contains("timed out after 5s"), "{report}");
+    // One delivery timeout and the retry backoff, not two timeouts.
+    assert!(
+        took < DELIVERY_TIMEOUT * 2 - Duration::from_millis(500),
+        "the bench ended {took:?} after the broker was killed: {report}"
+    );
 }
 
 /// `--pinned`: producer i writes only to partition i modulo the partitions (iggy-bench's

@@ -468,3 +468,49 @@ async fn a_send_to_a_missing_topic_fails_and_the_producer_goes_on() {
         assert_eq!(sent.offset, Some(round));
     }
 }
+
+/// `Producer::abort` against a broker that vanished: records queued behind the dead
+/// connection fail at once instead of after their delivery timeout (a minute here), later
+/// sends fail with `Closed`, and `flush` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_fails_what_is_queued_for_a_vanished_broker_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), &[]);
+    let client = client(&broker.address).await;
+    Admin::new(client.clone())
+        .create_topic(NewTopic::new("abort", 1))
+        .await
+        .unwrap();
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            linger: Duration::from_millis(1),
+            delivery_timeout: Duration::from_secs(60),
+            ..ProducerConfig::default()
+        },
+    );
+    let first = producer.send(Record::new("abort").value("before")).await;
+    first.unwrap().await.unwrap();
+    broker.kill9();
+    let mut deliveries = Vec::new();
+    for i in 0..100 {
+        let record = Record::new("abort").value(format!("after-{i:0>500}"));
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    producer.abort();
+    let outcomes = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures::future::join_all(deliveries),
+    )
+    .await
+    .expect("every delivery failed well before its delivery timeout");
+    assert!(outcomes.iter().all(Result::is_err));
+    assert!(outcomes
+        .iter()
+        .any(|o| matches!(o, Err(rill_client::ClientError::Closed))));
+    let later = producer.send(Record::new("abort").value("later")).await;
+    assert!(matches!(later, Err(rill_client::ClientError::Closed)));
+    tokio::time::timeout(Duration::from_secs(20), producer.flush())
+        .await
+        .expect("flush returns once nothing is outstanding");
+}

@@ -219,9 +219,7 @@ impl Measure {
             Some(rate) => self.base + Duration::from_secs_f64(i as f64 / rate.max(1) as f64),
             None => now,
         };
-        if self.errors.load(Ordering::Relaxed) > 0
-            || self.stop_at.is_some_and(|stop| scheduled >= stop)
-        {
+        if self.failed() || self.stop_at.is_some_and(|stop| scheduled >= stop) {
             Due::Stop
         } else if scheduled > now + EARLY_SEND_MAX {
             Due::At(scheduled)
@@ -319,6 +317,11 @@ impl Measure {
             "received {}",
             self.received.load(Ordering::Relaxed)
         ));
+    }
+
+    /// Whether a record has failed (the run fails, and senders stop: [`Due::Stop`]).
+    pub fn failed(&self) -> bool {
+        self.errors.load(Ordering::Relaxed) > 0
     }
 
     /// The senders are done (every record acknowledged or failed): the throughput window ends.

@@ -444,6 +444,8 @@ struct Shared {
     memory: Arc<Semaphore>,
     outstanding: AtomicUsize,
     closed: AtomicBool,
+    /// Set by [`Producer::abort`]: a failed attempt fails its records instead of a retry.
+    aborted: AtomicBool,
 }
 
 impl Shared {
@@ -619,6 +621,7 @@ impl Producer {
             memory,
             outstanding: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
         });
         tokio::spawn(sender(shared.clone()));
         Producer {
@@ -795,6 +798,37 @@ impl Producer {
         self.flush().await;
         self.shared.closed.store(true, Ordering::Release);
         self.shared.wake.notify_one();
+    }
+
+    /// Gives up without waiting (Kafka's `close(Duration.ZERO)`): every record queued and not
+    /// in flight fails at once with `Closed`, an attempt in flight that comes back failed
+    /// fails its records instead of a retry, and later `send`s fail with `Closed`. Requests in
+    /// flight still complete (against a broker that vanished, within the request timeout);
+    /// [`flush`](Self::flush) waits for them. For an application that has given up on the
+    /// cluster (`rill bench` after its first failed record), where each queued batch would
+    /// otherwise wait out its own delivery timeout.
+    pub fn abort(&self) {
+        let shared = &self.shared;
+        shared.aborted.store(true, Ordering::Release);
+        shared.closed.store(true, Ordering::Release);
+        let queued: Vec<Batch> = {
+            let mut state = shared.lock();
+            state
+                .topics
+                .iter_mut()
+                .flat_map(|(_, topic)| topic.queues.values_mut())
+                .flat_map(|queue| queue.drain(..))
+                .collect()
+        };
+        // Not in flight (a batch waiting for a retry is not counted as such): nothing of its
+        // partition's in-flight count or sequences to settle, and nothing is sent any more.
+        for batch in queued {
+            shared.complete(batch, Err(ClientError::Closed));
+        }
+        // `send`s waiting for buffer memory or queue room give up too.
+        shared.memory.close();
+        shared.dequeued.notify_waiters();
+        shared.wake.notify_one();
     }
 }
 
@@ -1417,7 +1451,7 @@ fn retry_or_fail_as(
     retriable: bool,
 ) {
     let expired = batch.created.elapsed() >= shared.config.delivery_timeout;
-    if !retriable || expired {
+    if !retriable || expired || shared.aborted.load(Ordering::Acquire) {
         let error = if expired && retriable {
             ClientError::Timeout(
                 shared.config.delivery_timeout,

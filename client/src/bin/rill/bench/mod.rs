@@ -151,6 +151,10 @@ pub struct ProduceArgs {
     /// `buffer.memory`).
     #[arg(long, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     buffer_memory: u64,
+    /// How long a record may take to be acknowledged, retries included, before it fails
+    /// (Kafka's `delivery.timeout.ms`).
+    #[arg(long, default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(1..))]
+    delivery_timeout_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]

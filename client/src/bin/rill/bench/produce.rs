@@ -85,6 +85,7 @@ pub async fn run(brokers: &str, args: ProduceArgs, values: Vec<Bytes>) -> anyhow
         enable_idempotence: !args.no_idempotence,
         max_in_flight_per_partition: args.max_in_flight,
         buffer_memory_bytes: usize::try_from(args.buffer_memory).unwrap_or(usize::MAX),
+        delivery_timeout: Duration::from_millis(args.delivery_timeout_ms),
         ..ProducerConfig::default()
     };
     let measure = Arc::new(Measure::new(
@@ -261,6 +262,11 @@ async fn produce(
         }
         sent.map_err(|e| anyhow::anyhow!("producer {}: send: {e}", plan.producer))?;
         i += queued;
+    }
+    if measure.failed() {
+        // The run has failed: what is queued would only wait out its own delivery timeout
+        // (a broker that vanished: each batch queued after the first failure, another 120 s).
+        producer.abort();
     }
     producer.flush().await;
     drop(tx);
