@@ -469,11 +469,27 @@ async fn bench_takes_values_from_a_payload_file_in_order() {
     );
 }
 
+/// `peers_table.py` over the rounds' report directories, writing into `out`: the table.
+fn peer_table(rounds: &[std::path::PathBuf], out: &std::path::Path) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let output = Command::new("python3")
+        .arg(format!("{root}/benches/scripts/peers_table.py"))
+        .args(rounds)
+        .arg(out)
+        .output()
+        .expect("python3 is not installed: run tests/install-test-tools.sh");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::read_to_string(out.join("table.md")).unwrap()
+}
+
 /// The peer table from several rounds: each figure is the median of the rounds that have it
 /// (three rounds: the middle one; two: their mean), and the ratio is taken between medians.
 #[test]
 fn the_peer_table_takes_the_median_of_the_rounds() {
-    let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     let report = |mb: f64| {
         format!(
@@ -495,18 +511,7 @@ fn the_peer_table_takes_the_median_of_the_rounds() {
         }
         rounds.push(results);
     }
-    let output = Command::new("python3")
-        .arg(format!("{root}/benches/scripts/peers_table.py"))
-        .args(&rounds)
-        .arg(dir.path())
-        .output()
-        .expect("python3 is not installed: run tests/install-test-tools.sh");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let table = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
+    let table = peer_table(&rounds, dir.path());
     assert!(
         table.starts_with("Every figure is the median of 3 rounds"),
         "{table}"
@@ -524,7 +529,6 @@ fn the_peer_table_takes_the_median_of_the_rounds() {
 /// marked met or not.
 #[test]
 fn the_peer_table_checks_the_targets_against_loopback_tcp() {
-    let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results");
     std::fs::create_dir(&results).unwrap();
@@ -552,18 +556,7 @@ fn the_peer_table_checks_the_targets_against_loopback_tcp() {
     ] {
         std::fs::write(results.join(name), text).unwrap();
     }
-    let output = Command::new("python3")
-        .arg(format!("{root}/benches/scripts/peers_table.py"))
-        .arg(&results)
-        .arg(dir.path())
-        .output()
-        .expect("python3 is not installed: run tests/install-test-tools.sh");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let table = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
+    let table = peer_table(&[results], dir.path());
     for line in [
         "against loopback TCP at 2,500 MB/s",
         "| 1 producer x 1 KiB, at least 0.5x loopback TCP | 1,300 MB/s = 0.52x | met |",
