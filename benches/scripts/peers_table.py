@@ -88,6 +88,13 @@ def load(results, workload, system):
     return report
 
 
+def replication(results):
+    """Rill's three-broker MB/s and its single-broker MB/s (None when not run), for each of
+    REPLICATION_RATIOS: (name, replicated, single)."""
+    return [(name, figure(load(results, replicated, "rill"), "mb"), figure(load(results, single, "rill"), "mb"))
+            for name, replicated, single in REPLICATION_RATIOS]
+
+
 def loopback_mb(results):
     """Loopback TCP in MB/s: the median of every iperf3 measurement in `results` (one directory
     per round), or None when there is none."""
@@ -131,8 +138,7 @@ def targets(results, loopback):
     latency("fixed rate at half of the sustained maximum, produce p99 under 5 ms", "rate-half", "p99_ms", 5)
     latency("fixed rate at half of the sustained maximum, produce p99.9 under 20 ms", "rate-half",
             "p99.9_ms", 20)
-    for name, replicated, single in REPLICATION_RATIOS:
-        r, one = figure(load(results, replicated, "rill"), "mb"), figure(load(results, single, "rill"), "mb")
+    for name, r, one in replication(results):
         ratio = r / one if r and one else None
         row(f"3 brokers, x3, acks=all, {name}: at least 0.4x one broker", ratio,
             f"{ratio:.2f}x" if ratio else "", lambda v: v >= 0.4)
@@ -189,8 +195,7 @@ def main():
                  + ("not run" if not compared else "met" if not behind else "**not met**") + " |")
 
     ratios = []
-    for name, replicated, single in REPLICATION_RATIOS:
-        r, one = figure(load(results, replicated, "rill"), "mb"), figure(load(results, single, "rill"), "mb")
+    for name, r, one in replication(results):
         if r and one:
             ratios.append(f"{name} {r:,.0f} / {one:,.0f} MB/s = {r / one:.2f}x")
     if ratios:
