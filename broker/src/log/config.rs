@@ -12,8 +12,8 @@ pub enum FlushPolicy {
     /// not acknowledge before durability wait for [`crate::log::Log::flushed_offset`] to pass
     /// their batch (group commit).
     Interval { interval_ms: u64 },
-    /// Never fdatasync'ed by the log except when a segment is sealed and on close; the kernel
-    /// writes pages back when it likes.
+    /// Never fdatasync'ed by the log except after a segment is sealed (by the next tick, off
+    /// the log lock) and on close; the kernel writes pages back when it likes.
     Os,
 }
 

@@ -235,12 +235,11 @@ impl IndexFile {
         low.checked_sub(1)
     }
 
-    /// Flushes, trims the file to its entries and maps it read-only. The writable mapping is dropped
-    /// before the file is shortened.
-    pub fn seal(&mut self) -> Result<()> {
-        if let Mapping::Writable(map) = &self.map {
-            map.flush().context("flush index", &self.path)?;
-        }
+    /// Trims the file to its entries and maps it read-only, without syncing: returns a handle
+    /// to the file for the caller to fsync (a roll leaves that to the next flush, off the log
+    /// lock). The writable mapping is dropped before the file is shortened; the entries written
+    /// through it stay in the page cache until that fsync writes them.
+    pub fn seal(&mut self) -> Result<File> {
         // Until the sealed file is mapped again, lookups read a copy (a failure below leaves
         // a consistent, read-only index).
         let entries = self.bytes().to_vec();
@@ -252,12 +251,10 @@ impl IndexFile {
             .context("open index", &self.path)?;
         file.set_len((self.entries * self.entry_bytes) as u64)
             .context("trim index", &self.path)?;
-        file.sync_data().context("sync index", &self.path)?;
-        drop(file);
         let sealed = Self::open_sealed(&self.path, self.entry_bytes)?
             .ok_or_else(|| partial_entry(&self.path))?;
         *self = sealed;
-        Ok(())
+        Ok(file)
     }
 }
 
@@ -321,7 +318,7 @@ mod tests {
         let key = |e: &[u8]| i64::from(read_offset_entry(e).0);
         assert_eq!(index.last_at_or_below(35, key), Some(3));
         assert_eq!(index.last_at_or_below(-1, key), None);
-        index.seal().unwrap();
+        index.seal().unwrap().sync_all().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 8 * 8);
         let reopened = IndexFile::open_sealed(&path, OFFSET_ENTRY_BYTES)
             .unwrap()

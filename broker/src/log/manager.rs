@@ -620,7 +620,7 @@ impl LogManager {
                 // snapshot its producer state; the drop will not lose data.
                 Err(shared) => shared.with_log(|log| {
                     log.flush()?;
-                    log.snapshot_producers();
+                    log.snapshot_producers(true);
                     Ok(())
                 }),
             };

@@ -34,7 +34,7 @@ pub use cleaner::{CleanStats, CleanerConfig};
 pub use config::{CleanupPolicy, FlushPolicy, LogConfig};
 pub use manager::{Locking, LogManager, LogStats, PartitionLog, TopicPartition};
 pub use partition::{
-    monotonic_ms, now_ms, AppendInfo, Log, PendingFlush, RecoveryReport, RetentionOutcome,
+    monotonic_ms, now_ms, AppendInfo, Flushed, Log, PendingFlush, RecoveryReport, RetentionOutcome,
     RECOVERY_POINT_FILE,
 };
 

@@ -3,8 +3,9 @@
 //! Owns the partition directory. Invariants: segments are keyed by base offset and the last one
 //! is the only active (writable) segment; offsets are assigned densely from the log end offset
 //! and never reused unless `truncate_to` removed them; the recovery point file never names an
-//! offset beyond the start of the active segment, and every segment before it was fdatasync'ed
-//! and trimmed when it was sealed.
+//! offset beyond the start of the active segment, nor beyond the first sealed segment whose
+//! files are not yet synced (a roll leaves those fsyncs to the next flush, off the log lock):
+//! every segment before it was trimmed when it was sealed and fsynced since.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs;
@@ -21,7 +22,9 @@ use crate::log::cleaner::{CleanableSegment, CleaningView};
 use crate::log::config::{FlushPolicy, LogConfig};
 use crate::log::epochs::EpochCache;
 use crate::log::producers::{self, ProducerBatch, ProducerEntry, ProducerStates, Verdict};
-use crate::log::segment::{header_max_timestamp, AppendBatch, CleanedSegment, Segment};
+use crate::log::segment::{
+    header_max_timestamp, AppendBatch, CleanedSegment, SealedFiles, Segment,
+};
 
 /// Name of the recovery point checkpoint in a partition directory.
 pub const RECOVERY_POINT_FILE: &str = "recovery-point";
@@ -60,19 +63,57 @@ pub struct RetentionOutcome {
     pub deleted_bytes: u64,
 }
 
-/// An interval flush in progress, detached from the log's lock. See [`Log::begin_flush_if_due`].
+/// A flush in progress, detached from the log's lock: the files of segments sealed since the
+/// last flush, the directory that gained their successors, and (an `interval` flush that is
+/// due) the active segment. See [`Log::begin_flush_if_due`].
 pub struct PendingFlush {
-    file: fs::File,
-    end_offset: u64,
-    path: PathBuf,
+    active: Option<(fs::File, PathBuf)>,
+    sealed: Vec<SealedFiles>,
+    dir: Option<PathBuf>,
+    done: Flushed,
+}
+
+/// What a [`PendingFlush`] made durable, for [`Log::flush_completed`].
+#[derive(Debug, Clone, Copy)]
+pub struct Flushed {
+    /// The log end when the flush began, if it synced the active segment.
+    end_offset: Option<u64>,
+    /// The active segment's base when the flush began: every offset before it is durable.
+    sealed_through: u64,
+    /// Rolls counted when the flush began: their sealed segments are synced, and the
+    /// directory too if `dir_synced`.
+    rolls: u64,
+    dir_synced: bool,
+    /// The log's layout when the flush began (a truncation meanwhile voids `end_offset`).
+    layout_version: u64,
 }
 
 impl PendingFlush {
-    /// fdatasync; returns the offset now durable, for [`Log::flush_completed`].
-    pub fn sync(self) -> Result<u64> {
-        self.file.sync_data().context("sync segment", &self.path)?;
-        Ok(self.end_offset)
+    /// fsyncs the sealed segments' files, the active segment's data and the directory, in that
+    /// order; returns what is now durable.
+    pub fn sync(self) -> Result<Flushed> {
+        for sealed in &self.sealed {
+            sealed.sync()?;
+        }
+        if let Some((file, path)) = &self.active {
+            let started = Instant::now();
+            let synced = file.sync_data();
+            crate::metrics::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
+            synced.context("sync segment", path)?;
+        }
+        if let Some(dir) = &self.dir {
+            sync_dir(dir)?;
+        }
+        Ok(self.done)
     }
+}
+
+/// A sealed segment whose files a flush has yet to sync (see [`SealedFiles`]).
+struct Unsynced {
+    /// The roll that sealed it (the log's `rolls` then).
+    roll: u64,
+    base_offset: u64,
+    files: SealedFiles,
 }
 
 /// A partition log. See the module docs.
@@ -102,6 +143,14 @@ pub struct Log {
     /// Compaction has cleaned every offset below this (`cleaner-checkpoint`); the log is
     /// *dirty* from here.
     cleaned_to: u64,
+    /// Rolls since the log opened.
+    rolls: u64,
+    /// Segments sealed by rolls and not yet synced, oldest first: the next flush syncs them off
+    /// the lock. The recovery point stays at or before the first.
+    unsynced: Vec<Unsynced>,
+    /// The directory was last synced after this many rolls; while it is behind `rolls`, the
+    /// newest segments' entries may not be durable yet.
+    dir_synced_rolls: u64,
 }
 
 /// How an append sets offsets and leader epochs.
@@ -233,8 +282,15 @@ impl Log {
             producers: ProducerStates::default(),
             layout_version: 0,
             cleaned_to: read_cleaner_checkpoint(dir),
+            rolls: 0,
+            unsynced: Vec::new(),
+            dir_synced_rolls: 0,
         };
         log.load_epochs()?;
+        // A snapshot past the recovered end describes records a crash took (a roll writes its
+        // snapshot before its segment is synced): never let it stand for later ones.
+        let end = log.log_end_offset();
+        producers::delete_snapshots(dir, |at| at > end)?;
         log.load_producers()?;
         log.active()?.sync()?;
         log.flushed_offset = log.log_end_offset();
@@ -366,11 +422,13 @@ impl Log {
             }
         }
         self.open_sealed.clear();
+        self.unsynced.clear();
         self.layout_version += 1;
         let config = self.config.clone();
         self.segments
             .insert(offset, Segment::create(&self.dir, offset, &config)?);
         sync_dir(&self.dir)?;
+        self.dir_synced_rolls = self.rolls;
         self.flushed_offset = offset;
         self.epochs.clear();
         self.epochs.save(&self.dir)?;
@@ -474,11 +532,11 @@ impl Log {
         expired
     }
 
-    /// Writes a producer state snapshot as of the log end (a shortcut for the next open: a
-    /// failure is only logged).
-    pub fn snapshot_producers(&self) {
+    /// Writes a producer state snapshot as of the log end, fsynced if `sync` (a shortcut for
+    /// the next open: a failure is only logged).
+    pub fn snapshot_producers(&self, sync: bool) {
         let end = self.log_end_offset();
-        if let Err(e) = producers::write_snapshot(&self.dir, end, &self.producers) {
+        if let Err(e) = producers::write_snapshot(&self.dir, end, &self.producers, sync) {
             tracing::warn!(dir = %self.dir.display(), "could not write a producer state snapshot (the next start scans more): {e}");
         }
     }
@@ -820,7 +878,10 @@ impl Log {
         Ok(plan)
     }
 
-    /// Seals the active segment (if it holds data) and starts a new one at the log end.
+    /// Seals the active segment (if it holds data) and starts a new one at the log end. No
+    /// fsync here (a roll happens inside an append, under the log lock): the next flush syncs
+    /// the sealed segment and the directory (`begin_flush_if_due`, or `flush`), and only then
+    /// does the recovery point move past it.
     pub fn roll(&mut self) -> Result<()> {
         let end = self.log_end_offset();
         self.roll_to(end)
@@ -832,15 +893,20 @@ impl Log {
         if active.size_bytes == 0 {
             return Ok(());
         }
-        active.seal()?;
+        let started = Instant::now();
+        let sealed_base = active.base_offset;
+        let files = active.seal()?;
         let base = base.max(active.next_offset);
         let segment = Segment::create(&self.dir, base, &self.config)?;
         self.segments.insert(base, segment);
-        sync_dir(&self.dir)?;
-        self.flushed_offset = self.flushed_offset.max(base);
-        self.write_recovery_point()?;
-        self.snapshot_producers();
-        tracing::debug!(dir = %self.dir.display(), base, "rolled to a new segment");
+        self.rolls += 1;
+        self.unsynced.push(Unsynced {
+            roll: self.rolls,
+            base_offset: sealed_base,
+            files,
+        });
+        self.snapshot_producers(false);
+        tracing::debug!(dir = %self.dir.display(), base, took_us = started.elapsed().as_micros() as u64, "rolled to a new segment");
         Ok(())
     }
 
@@ -978,6 +1044,8 @@ impl Log {
         }
         self.layout_version += 1;
         let doomed: Vec<u64> = self.segments.range(offset..).map(|(b, _)| *b).collect();
+        // Deleted files need no sync.
+        self.unsynced.retain(|u| u.base_offset < offset);
         for base in doomed {
             if let Some(segment) = self.segments.remove(&base) {
                 self.open_sealed.retain(|b| *b != base);
@@ -1002,6 +1070,7 @@ impl Log {
             }
         }
         sync_dir(&self.dir)?;
+        self.dir_synced_rolls = self.rolls;
         let end = self.log_end_offset();
         self.flushed_offset = self.flushed_offset.min(end);
         if self.epochs.truncate_from(end) {
@@ -1053,10 +1122,12 @@ impl Log {
         Ok(outcome)
     }
 
-    /// fdatasync of the active segment; returns the new flushed offset.
+    /// Syncs what rolls left unsynced (sealed segments, the directory), then fdatasyncs the
+    /// active segment, all under the lock; returns the new flushed offset.
     pub fn flush(&mut self) -> Result<u64> {
         self.check_usable()?;
-        if let Err(e) = self.active()?.sync() {
+        let synced = self.sync_rolls().and_then(|()| self.active()?.sync());
+        if let Err(e) = synced {
             self.flush_failed(&e);
             return Err(e);
         }
@@ -1065,39 +1136,89 @@ impl Log {
         Ok(self.flushed_offset)
     }
 
-    /// Starts an `interval` flush if one is due, without doing the slow part: returns a handle
-    /// to the active segment's file and the offset the flush covers. The caller fdatasyncs it
-    /// with the log unlocked ([`PendingFlush::sync`], a disk sync can take 100 ms) and then
-    /// reports back with [`Log::flush_completed`], so appends never wait behind an interval flush.
+    /// [`Log::flush`]'s first part: syncs the segments sealed since the last flush and the
+    /// directory, then moves the recovery point past them.
+    fn sync_rolls(&mut self) -> Result<()> {
+        if self.unsynced.is_empty() && self.dir_synced_rolls == self.rolls {
+            return Ok(());
+        }
+        for unsynced in &self.unsynced {
+            unsynced.files.sync()?;
+        }
+        self.unsynced.clear();
+        sync_dir(&self.dir)?;
+        self.dir_synced_rolls = self.rolls;
+        self.write_recovery_point()
+    }
+
+    /// Starts a flush if one is due, without doing the slow part: the files of segments that
+    /// rolls sealed since the last flush (any flush policy), and the active segment if an
+    /// `interval` flush is due. The caller fsyncs them with the log unlocked
+    /// ([`PendingFlush::sync`], a disk sync can take 100 ms) and then reports back with
+    /// [`Log::flush_completed`], so appends never wait behind a flush.
     pub fn begin_flush_if_due(&mut self) -> Result<Option<PendingFlush>> {
-        let FlushPolicy::Interval { interval_ms } = self.config.flush else {
-            return Ok(None);
-        };
         if self.failed.is_some() {
             return Ok(None);
         }
-        if self.flushed_offset == self.log_end_offset()
-            || self.last_flush.elapsed().as_millis() < u128::from(interval_ms)
-        {
+        let active_due = match self.config.flush {
+            FlushPolicy::Interval { interval_ms } => {
+                self.flushed_offset != self.log_end_offset()
+                    && self.last_flush.elapsed().as_millis() >= u128::from(interval_ms)
+            }
+            FlushPolicy::Always | FlushPolicy::Os => false,
+        };
+        let dir_due = self.dir_synced_rolls != self.rolls;
+        if !active_due && self.unsynced.is_empty() && !dir_due {
             return Ok(None);
         }
-        self.last_flush = Instant::now();
-        let Some(file) = self.active()?.clone_file()? else {
-            return Ok(None);
+        let active = if active_due {
+            self.last_flush = Instant::now();
+            let active = self.active()?;
+            active.clone_file()?.map(|file| (file, active.path()))
+        } else {
+            None
         };
+        let sealed = self
+            .unsynced
+            .iter()
+            .map(|u| u.files.try_clone())
+            .collect::<Result<Vec<_>>>()?;
+        let end_offset = self.log_end_offset();
         Ok(Some(PendingFlush {
-            file,
-            end_offset: self.log_end_offset(),
-            path: self.active()?.path(),
+            done: Flushed {
+                end_offset: active.is_some().then_some(end_offset),
+                sealed_through: self.active()?.base_offset,
+                rolls: self.rolls,
+                dir_synced: dir_due,
+                layout_version: self.layout_version,
+            },
+            active,
+            sealed,
+            dir: dir_due.then(|| self.dir.clone()),
         }))
     }
 
-    /// Records a flush done with [`Log::begin_flush_if_due`].
-    pub fn flush_completed(&mut self, end_offset: u64) {
-        // A truncation meanwhile may have lowered the end: never claim more than the log holds.
-        self.flushed_offset = self
-            .flushed_offset
-            .max(end_offset.min(self.log_end_offset()));
+    /// Records a flush done with [`Log::begin_flush_if_due`]: the flushed offset moves up to
+    /// what it made durable, and past segments it synced the recovery point does too.
+    pub fn flush_completed(&mut self, done: Flushed) {
+        let synced_seals = self.unsynced.first().is_some_and(|u| u.roll <= done.rolls);
+        self.unsynced.retain(|u| u.roll > done.rolls);
+        if done.dir_synced {
+            self.dir_synced_rolls = self.dir_synced_rolls.max(done.rolls);
+        }
+        // A truncation meanwhile may have cut what the flush covered and appends written other
+        // records at those offsets since: claim nothing then (the next flush covers them).
+        if done.layout_version == self.layout_version {
+            let durable = done.end_offset.unwrap_or(done.sealed_through);
+            self.flushed_offset = self.flushed_offset.max(durable.min(self.log_end_offset()));
+        }
+        if synced_seals {
+            // Not fsynced itself: a point that does not survive a crash leaves an older one (or
+            // none), which only means more scanning at the next open.
+            if let Err(e) = self.store_recovery_point(false) {
+                tracing::warn!(dir = %self.dir.display(), "could not update the recovery point (the next start scans more): {e}");
+            }
+        }
     }
 
     /// Flushes if the `interval` flush policy's interval has passed since the last flush.
@@ -1118,7 +1239,7 @@ impl Log {
     pub fn close(mut self) -> Result<()> {
         self.flush()?;
         self.active_mut()?.trim()?;
-        self.snapshot_producers();
+        self.snapshot_producers(true);
         self.write_recovery_point()
     }
 
@@ -1129,17 +1250,31 @@ impl Log {
         fs::remove_dir_all(&dir).context("delete log directory", &dir)
     }
 
-    /// Writes the start of the active segment as the recovery point, atomically.
+    /// Writes the recovery point durably, atomically: the start of the active segment, or of
+    /// the first sealed segment not yet synced.
     fn write_recovery_point(&self) -> Result<()> {
-        let point = self.active()?.base_offset;
+        self.store_recovery_point(true)
+    }
+
+    /// [`Log::write_recovery_point`], fsynced only if `sync`.
+    fn store_recovery_point(&self, sync: bool) -> Result<()> {
+        let point = match self.unsynced.first() {
+            Some(unsynced) => unsynced.base_offset,
+            None => self.active()?.base_offset,
+        };
         let path = self.dir.join(RECOVERY_POINT_FILE);
         let tmp = self.dir.join(format!("{RECOVERY_POINT_FILE}.tmp"));
         let mut file = fs::File::create(&tmp).context("create checkpoint", &tmp)?;
         file.write_all(format!("1 {point}\n").as_bytes())
             .context("write checkpoint", &tmp)?;
-        file.sync_all().context("sync checkpoint", &tmp)?;
+        if sync {
+            file.sync_all().context("sync checkpoint", &tmp)?;
+        }
         fs::rename(&tmp, &path).context("rename checkpoint", &path)?;
-        sync_dir(&self.dir)
+        if sync {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 }
 

@@ -360,14 +360,18 @@ pub fn list_snapshots(dir: &Path) -> Result<Vec<u64>> {
     Ok(offsets)
 }
 
-/// Writes the state as of `offset` (it covers every batch before it): write new, fsync, rename.
-pub fn write_snapshot(dir: &Path, offset: u64, states: &ProducerStates) -> Result<()> {
+/// Writes the state as of `offset` (it covers every batch before it): write new, fsync if
+/// `sync`, rename. Unsynced (a roll, which must not wait on the disk), a crash may leave the
+/// file empty or torn: its CRC then fails and the next open falls back to an older snapshot.
+pub fn write_snapshot(dir: &Path, offset: u64, states: &ProducerStates, sync: bool) -> Result<()> {
     let path = snapshot_path(dir, offset);
     let tmp = path.with_extension(format!("{SNAPSHOT_SUFFIX}.tmp"));
     let mut file = fs::File::create(&tmp).context("create producer snapshot", &tmp)?;
     file.write_all(&states.encode())
         .context("write producer snapshot", &tmp)?;
-    file.sync_all().context("sync producer snapshot", &tmp)?;
+    if sync {
+        file.sync_all().context("sync producer snapshot", &tmp)?;
+    }
     fs::rename(&tmp, &path).context("rename producer snapshot", &path)
 }
 
@@ -486,7 +490,7 @@ mod tests {
                 100,
             );
         }
-        write_snapshot(dir.path(), 60, &s).unwrap();
+        write_snapshot(dir.path(), 60, &s, true).unwrap();
         assert_eq!(
             read_latest_snapshot(dir.path(), 100).unwrap(),
             Some((60, s.clone()))

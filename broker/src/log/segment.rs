@@ -245,15 +245,47 @@ struct OpenSealed {
 
 impl ActiveState {
     /// Drops the segment's own mapping, then shortens the file to `size_bytes` (only bytes past
-    /// the valid end, which no reader holds) and syncs data and length. The one place a data file
-    /// is shortened while the broker runs.
+    /// the valid end, which no reader holds); the caller syncs data and length. The one place a
+    /// data file is shortened while the broker runs.
     fn cut_to(&mut self, size_bytes: u64, path: &Path) -> Result<()> {
         self.data = Bytes::new();
         self.file
             .set_len(size_bytes)
             .context("trim segment", path)?;
-        self.file.sync_all().context("sync segment", path)?;
         self.allocated_bytes = size_bytes;
+        Ok(())
+    }
+}
+
+/// A sealed segment's files (data and both indexes), trimmed but not yet synced: a roll leaves
+/// the fsyncs to the next flush, which runs them off the log lock, so no append or replica
+/// fetch waits on the disk for a roll (Kafka's roll defers its flush the same way).
+pub(crate) struct SealedFiles {
+    files: Vec<(File, PathBuf)>,
+}
+
+impl SealedFiles {
+    /// Second handles to the same files, for a flush that runs without the log.
+    pub fn try_clone(&self) -> Result<SealedFiles> {
+        let files = self
+            .files
+            .iter()
+            .map(|(file, path)| {
+                let file = file.try_clone().context("duplicate segment handle", path)?;
+                Ok((file, path.clone()))
+            })
+            .collect::<Result<_>>()?;
+        Ok(SealedFiles { files })
+    }
+
+    /// fsync of each file, data and length (the trim shortened them).
+    pub fn sync(&self) -> Result<()> {
+        for (file, path) in &self.files {
+            let started = std::time::Instant::now();
+            let synced = file.sync_all();
+            crate::metrics::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
+            synced.context("sync sealed segment", path)?;
+        }
         Ok(())
     }
 }
@@ -670,12 +702,12 @@ impl Segment {
         Ok(())
     }
 
-    /// Writes the closing time-index entry, trims data and index files, syncs, and turns the
-    /// segment read-only.
-    pub fn seal(&mut self) -> Result<()> {
+    /// Writes the closing time-index entry, trims data and index files, and turns the segment
+    /// read-only; returns the files for the caller to sync (see [`SealedFiles`]).
+    pub fn seal(&mut self) -> Result<SealedFiles> {
         let path = self.path();
         let State::Active(active) = &mut self.state else {
-            return Ok(());
+            return Ok(SealedFiles { files: Vec::new() });
         };
         if self.size_bytes > 0 {
             let pushed = active.time_index.push(&time_entry(
@@ -684,11 +716,21 @@ impl Segment {
             ));
             debug_assert!(pushed, "needs_roll keeps a slot for the closing time entry");
         }
-        active.offset_index.seal()?;
-        active.time_index.seal()?;
+        let offset_index = active.offset_index.seal()?;
+        let time_index = active.time_index.seal()?;
         active.cut_to(self.size_bytes, &path)?;
+        let data = active
+            .file
+            .try_clone()
+            .context("duplicate segment handle", &path)?;
         self.state = State::Sealed(None);
-        Ok(())
+        Ok(SealedFiles {
+            files: vec![
+                (data, path),
+                (offset_index, index_path(&self.dir, self.base_offset)),
+                (time_index, time_index_path(&self.dir, self.base_offset)),
+            ],
+        })
     }
 
     /// Syncs and trims the active segment's preallocated tail (clean shutdown); it stays active,
@@ -702,6 +744,7 @@ impl Segment {
             return active.file.sync_data().context("sync segment", &path);
         }
         active.cut_to(self.size_bytes, &path)?;
+        active.file.sync_all().context("sync segment", &path)?;
         active.data = map_bytes(&active.file, &path)?;
         Ok(())
     }

@@ -438,6 +438,121 @@ fn interval_flush_can_run_without_the_log() {
     assert_eq!(log.log_end_offset(), unflushed_end + 1);
 }
 
+/// The base offset of the active segment: the newest data file's name.
+fn active_base(log: &mut Log) -> u64 {
+    std::fs::read_dir(log.dir())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".log")?.parse::<u64>().ok()
+        })
+        .max()
+        .unwrap()
+}
+
+fn recovery_point(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join(RECOVERY_POINT_FILE)).unwrap()
+}
+
+#[test]
+fn a_roll_leaves_its_syncs_to_the_next_flush_and_the_recovery_point_waits_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // An interval that never passes in this test: only the rolls make a flush due.
+    let config = LogConfig {
+        flush: FlushPolicy::Interval {
+            interval_ms: 3_600_000,
+        },
+        ..small_config()
+    };
+    let mut log = Log::open(dir.path(), config.clone()).unwrap();
+    assert_eq!(recovery_point(dir.path()), "1 0\n");
+    while log.segment_count() < 3 {
+        log.append(&batch(3, 80, 0), 1).unwrap();
+    }
+    // Two rolls inside appends, nothing synced by them: the recovery point has not moved.
+    assert_eq!(recovery_point(dir.path()), "1 0\n");
+    assert_eq!(log.flushed_offset(), 0);
+    let sealed_through = active_base(&mut log);
+    let pending = log
+        .begin_flush_if_due()
+        .unwrap()
+        .expect("a roll makes a flush due before the interval passes");
+    // Appends go on while the sealed segments sync elsewhere.
+    log.append(&batch(1, 10, 0), 1).unwrap();
+    log.flush_completed(pending.sync().unwrap());
+    assert_eq!(recovery_point(dir.path()), format!("1 {sealed_through}\n"));
+    assert_eq!(log.flushed_offset(), sealed_through);
+    assert!(
+        log.begin_flush_if_due().unwrap().is_none(),
+        "nothing is left to sync until the interval passes"
+    );
+    // A crash now (no close): only the active segment needs a scan, and nothing is lost.
+    let (end, all) = (log.log_end_offset(), read_all(&mut log).len());
+    drop(log);
+    let mut log = Log::open(dir.path(), config).unwrap();
+    assert_eq!(log.recovery_report().scanned_segments, 1);
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(read_all(&mut log).len(), all);
+}
+
+#[test]
+fn a_crash_before_the_flush_after_a_roll_scans_the_unsynced_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    while log.segment_count() < 3 {
+        log.append(&batch(3, 80, 0), 1).unwrap();
+    }
+    let (end, all) = (log.log_end_offset(), read_all(&mut log).len());
+    drop(log);
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(
+        log.recovery_report().scanned_segments,
+        3,
+        "the recovery point stayed before both sealed segments"
+    );
+    assert_eq!(log.recovery_report().truncated_bytes, 0);
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(read_all(&mut log).len(), all);
+    // Open synced everything: the point now names the active segment.
+    let base = active_base(&mut log);
+    assert_eq!(recovery_point(dir.path()), format!("1 {base}\n"));
+}
+
+#[test]
+fn a_full_flush_syncs_what_rolls_left_and_moves_the_recovery_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    while log.segment_count() < 2 {
+        log.append(&batch(3, 80, 0), 1).unwrap();
+    }
+    assert_eq!(recovery_point(dir.path()), "1 0\n");
+    assert_eq!(log.flush().unwrap(), log.log_end_offset());
+    let base = active_base(&mut log);
+    assert_eq!(recovery_point(dir.path()), format!("1 {base}\n"));
+}
+
+#[test]
+fn open_deletes_producer_snapshots_past_the_recovered_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config()).unwrap();
+    log.append(&batch(3, 10, 0), 1).unwrap();
+    drop(log);
+    // A roll's snapshot that outlived the unsynced records it was taken after.
+    producers::write_snapshot(
+        dir.path(),
+        1000,
+        &producers::ProducerStates::default(),
+        true,
+    )
+    .unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.log_end_offset(), 3);
+    assert!(producers::list_snapshots(dir.path())
+        .unwrap()
+        .iter()
+        .all(|at| *at <= 3));
+}
+
 #[test]
 fn replicas_keep_the_leaders_offsets_and_epochs_and_truncate_divergent_tails() {
     let leader_dir = tempfile::tempdir().unwrap();
