@@ -23,7 +23,7 @@ use crate::log::config::{FlushPolicy, LogConfig};
 use crate::log::epochs::EpochCache;
 use crate::log::producers::{self, ProducerBatch, ProducerEntry, ProducerStates, Verdict};
 use crate::log::segment::{
-    header_max_timestamp, AppendBatch, CleanedSegment, SealedFiles, Segment,
+    header_max_timestamp, timed_sync, AppendBatch, CleanedSegment, Durable, SealedFiles, Segment,
 };
 
 /// Name of the recovery point checkpoint in a partition directory.
@@ -96,10 +96,7 @@ impl PendingFlush {
             sealed.sync()?;
         }
         if let Some((file, path)) = &self.active {
-            let started = Instant::now();
-            let synced = file.sync_data();
-            crate::metrics::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
-            synced.context("sync segment", path)?;
+            timed_sync(file, path, Durable::Data)?;
         }
         if let Some(dir) = &self.dir {
             sync_dir(dir)?;

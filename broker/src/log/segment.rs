@@ -36,8 +36,9 @@ use crate::log::index::{
 
 /// Writeback of appended data is started every this many bytes (as RocksDB's
 /// `bytes_per_sync`; by the write-behind thread, see [`WritebackQueue`]), so that dirty pages
-/// never pile up in a segment: the sync after it is sealed then has little left to write. Without it a 1 GiB segment's roll synced up to a gigabyte inline, and every
-/// producer of the partition waited (a 450 ms stall at 150 MB/s).
+/// never pile up in a segment: the sync after it is sealed then has little left to write.
+/// Without it a 1 GiB segment's roll synced up to a gigabyte inline, and every producer of the
+/// partition waited (a 450 ms stall at 150 MB/s).
 const WRITE_BEHIND_BYTES: u64 = 4 << 20;
 
 /// File name of a segment's data file.
@@ -281,13 +282,29 @@ impl SealedFiles {
     /// fsync of each file, data and length (the trim shortened them).
     pub fn sync(&self) -> Result<()> {
         for (file, path) in &self.files {
-            let started = std::time::Instant::now();
-            let synced = file.sync_all();
-            crate::metrics::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
-            synced.context("sync sealed segment", path)?;
+            timed_sync(file, path, Durable::All)?;
         }
         Ok(())
     }
+}
+
+/// What [`timed_sync`] makes durable.
+pub(crate) enum Durable {
+    /// fdatasync: the data (and the length only if reading it needs it).
+    Data,
+    /// fsync: data and metadata (a trimmed file's new length).
+    All,
+}
+
+/// Syncs a segment file, its latency going to `rill_fsync_duration_seconds`.
+pub(crate) fn timed_sync(file: &File, path: &Path, what: Durable) -> Result<()> {
+    let started = std::time::Instant::now();
+    let synced = match what {
+        Durable::Data => file.sync_data(),
+        Durable::All => file.sync_all(),
+    };
+    crate::metrics::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
+    synced.context("sync segment", path)
 }
 
 enum State {
@@ -675,7 +692,7 @@ impl Segment {
                 Err(_) => false,
             };
             if !queued {
-                tracing::debug!(path = %path.display(), "write-behind skipped a range (its thread is behind)");
+                tracing::debug!(path = %path.display(), "write-behind skipped a range");
             }
             active.written_back = end;
         }
@@ -702,10 +719,7 @@ impl Segment {
     /// fdatasync of the active data file (its latency goes to `rill_fsync_duration_seconds`).
     pub fn sync(&self) -> Result<()> {
         if let State::Active(active) = &self.state {
-            let started = std::time::Instant::now();
-            let synced = active.file.sync_data();
-            crate::metrics::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
-            synced.context("sync segment", &self.path())?;
+            timed_sync(&active.file, &self.path(), Durable::Data)?;
         }
         Ok(())
     }
