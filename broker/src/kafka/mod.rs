@@ -27,12 +27,13 @@ use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tokio::sync::mpsc;
 
 pub use errors::kafka_code;
 
 use crate::security::Session;
-use crate::server::connection::{next_frame, serve_with, unmuted, BoxRead, Outgoing, Stream};
+use crate::server::connection::{
+    next_frame, serve_with, unmuted, BoxRead, Outgoing, Replies, Stream,
+};
 use crate::server::limits::{Frame, FrameReader, PeerSlot};
 use crate::server::BrokerState;
 
@@ -60,7 +61,7 @@ pub(crate) async fn serve(
 async fn read_loop(
     state: &Arc<BrokerState>,
     mut frames: FrameReader<BoxRead>,
-    queue: mpsc::Sender<Outgoing>,
+    queue: Replies,
     peer: SocketAddr,
     mut session: Session,
 ) {
