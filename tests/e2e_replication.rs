@@ -1402,3 +1402,30 @@ async fn the_first_acks_all_record_of_a_new_topic_does_not_wait_out_a_follower_l
         );
     }
 }
+
+/// A follower's fetch returns at least one whole batch, however small its byte limit: batches
+/// of about 200 KiB reach every replica through fetches capped at 64 KiB, and the replicas'
+/// logs end up identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_larger_than_a_follower_fetch_still_replicate() {
+    let mut cluster = Cluster::start(3, &["--replica-fetch-max-bytes", "65536"]);
+    let client = cluster.client().await;
+    create_replicated_topic(&client).await;
+    let value = "x".repeat(200 << 10);
+    let records = (0..12u32)
+        .map(|i| {
+            Record::new(TOPIC)
+                .partition(i % PARTITIONS)
+                .value(format!("{i}-{value}"))
+        })
+        .collect();
+    common::produce_acked(&client, records).await;
+    wait_for_isr(&client, 3).await;
+    let hws = high_watermarks(&client).await;
+    assert_eq!(
+        hws.iter().sum::<u64>(),
+        12,
+        "every record is below a high watermark"
+    );
+    assert_replicas_identical(&mut cluster, &hws);
+}
