@@ -62,6 +62,8 @@ pub struct PartitionLog {
     tp: TopicPartition,
     log: Mutex<Log>,
     end_offset: watch::Sender<u64>,
+    /// [`Log::recent_from`] as of the last time the lock was released.
+    recent_from: std::sync::atomic::AtomicU64,
     /// Set by the replica manager; also notified (unchanged) when leadership changes, so
     /// waiters re-check their conditions.
     high_watermark: watch::Sender<u64>,
@@ -107,10 +109,12 @@ impl PartitionLog {
         let (end_offset, _) = watch::channel(log.log_end_offset());
         let (high_watermark, _) = watch::channel(0);
         let epoch = log.last_epoch().unwrap_or(0);
+        let recent_from = std::sync::atomic::AtomicU64::new(log.recent_from());
         Arc::new(PartitionLog {
             tp,
             log: Mutex::new(log),
             end_offset,
+            recent_from,
             high_watermark,
             leading_epoch: std::sync::atomic::AtomicU64::new(u64::from(epoch)),
             configured: std::sync::atomic::AtomicBool::new(false),
@@ -166,13 +170,16 @@ impl PartitionLog {
         self.locked(self.log.lock().unwrap_or_else(|e| e.into_inner()), f)
     }
 
-    /// Runs `f` under `log`'s guard, then publishes the log end if it moved.
+    /// Runs `f` under `log`'s guard, then publishes the log end if it moved (and where its
+    /// recent appends begin).
     fn locked<T>(
         &self,
         mut log: std::sync::MutexGuard<'_, Log>,
         f: impl FnOnce(&mut Log) -> Result<T>,
     ) -> Result<T> {
         let result = f(&mut log);
+        self.recent_from
+            .store(log.recent_from(), std::sync::atomic::Ordering::Release);
         self.end_offset
             .send_if_modified(|end| std::mem::replace(end, log.log_end_offset()) != *end);
         result
@@ -250,6 +257,14 @@ impl PartitionLog {
     /// The log end offset as last published (cheap, no lock).
     pub fn log_end_offset(&self) -> u64 {
         *self.end_offset.borrow()
+    }
+
+    /// [`Log::recent_from`] as last published (cheap, no lock): reading from here on touches
+    /// only pages this process wrote lately. A hint for where a read may run, not a bound:
+    /// a value read while the lock is held is one operation old, and what it names was
+    /// still written lately.
+    pub fn recent_from(&self) -> u64 {
+        self.recent_from.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A receiver that changes whenever the log end offset does.

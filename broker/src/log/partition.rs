@@ -113,6 +113,21 @@ struct Unsynced {
     files: SealedFiles,
 }
 
+/// Bytes of the active segment between two marks of [`Recent`]: the last 4-8 MiB this process
+/// wrote count as recent.
+pub(crate) const RECENT_STEP_BYTES: u64 = 4 << 20;
+
+/// Where the active segment's recent appends begin: two marks (first offset, position), at
+/// least [`RECENT_STEP_BYTES`] apart; everything from `older` on was written by this process
+/// within the last two steps' worth of appends, so it is in the page cache (it was just
+/// written, and the kernel evicts least recently used pages first).
+#[derive(Debug, Clone, Copy)]
+struct Recent {
+    segment_base: u64,
+    older: (u64, u64),
+    newer: (u64, u64),
+}
+
 /// A partition log. See the module docs.
 pub struct Log {
     dir: PathBuf,
@@ -148,6 +163,9 @@ pub struct Log {
     /// The directory was last synced after this many rolls; while it is behind `rolls`, the
     /// newest segments' entries may not be durable yet.
     dir_synced_rolls: u64,
+    /// The active segment's recent appends (`None` until the first append after an open,
+    /// roll, truncation or reset): see [`Log::recent_from`].
+    recent: Option<Recent>,
 }
 
 /// How an append sets offsets and leader epochs.
@@ -282,6 +300,7 @@ impl Log {
             rolls: 0,
             unsynced: Vec::new(),
             dir_synced_rolls: 0,
+            recent: None,
         };
         log.load_epochs()?;
         // A snapshot past the recovered end describes records a crash took (a roll writes its
@@ -332,6 +351,44 @@ impl Log {
             .values()
             .next_back()
             .map_or(0, |s| s.next_offset)
+    }
+
+    /// The first offset of the recent appends: every batch from here to the log end is in the
+    /// active segment and was written by this process within its last 4-8 MiB of appends
+    /// (`RECENT_STEP_BYTES`), so reading it touches only the page cache and the active
+    /// segment's mapping. The log end itself when nothing was appended since the log opened,
+    /// rolled, or was truncated or reset. Lets a fetch that is a little behind the end read on
+    /// an async task, as one at the end does (`ops::fetch`).
+    pub fn recent_from(&self) -> u64 {
+        let end = self.log_end_offset();
+        match (self.recent, self.segments.values().next_back()) {
+            (Some(recent), Some(active)) if recent.segment_base == active.base_offset => {
+                recent.older.0.min(end)
+            }
+            _ => end,
+        }
+    }
+
+    /// Records an append of `first` at `position` of the active segment (see [`Recent`]).
+    fn note_recent(&mut self, first: u64, position: u64) {
+        let Some(segment_base) = self.segments.values().next_back().map(|s| s.base_offset) else {
+            return;
+        };
+        match &mut self.recent {
+            Some(recent) if recent.segment_base == segment_base && position >= recent.newer.1 => {
+                if position - recent.newer.1 >= RECENT_STEP_BYTES {
+                    recent.older = recent.newer;
+                    recent.newer = (first, position);
+                }
+            }
+            _ => {
+                self.recent = Some(Recent {
+                    segment_base,
+                    older: (first, position),
+                    newer: (first, position),
+                })
+            }
+        }
     }
 
     /// Every offset below this has been fdatasync'ed.
@@ -421,6 +478,7 @@ impl Log {
         self.open_sealed.clear();
         self.unsynced.clear();
         self.layout_version += 1;
+        self.recent = None;
         let config = self.config.clone();
         self.segments
             .insert(offset, Segment::create(&self.dir, offset, &config)?);
@@ -798,7 +856,10 @@ impl Log {
             self.restart_empty_active_at(first)?;
         }
         let config = self.config.clone();
-        self.active_mut()?.append(input, plan, &config, now_ms)
+        let position = self.active()?.size_bytes;
+        self.active_mut()?.append(input, plan, &config, now_ms)?;
+        self.note_recent(first, position);
+        Ok(())
     }
 
     fn plan_append(&self, input: &Bytes, stamp: Stamp) -> Result<Vec<AppendBatch>> {
@@ -897,6 +958,7 @@ impl Log {
         let segment = Segment::create(&self.dir, base, &self.config)?;
         self.segments.insert(base, segment);
         self.rolls += 1;
+        self.recent = None;
         self.unsynced.push(Unsynced {
             roll: self.rolls,
             base_offset: sealed_base,
@@ -915,6 +977,7 @@ impl Log {
         debug_assert_eq!(segment.size_bytes, 0);
         segment.delete_files()?;
         self.layout_version += 1;
+        self.recent = None;
         let config = self.config.clone();
         self.segments
             .insert(base, Segment::create(&self.dir, base, &config)?);
@@ -1040,6 +1103,7 @@ impl Log {
             return Ok(self.log_end_offset());
         }
         self.layout_version += 1;
+        self.recent = None;
         let doomed: Vec<u64> = self.segments.range(offset..).map(|(b, _)| *b).collect();
         // Deleted files need no sync.
         self.unsynced.retain(|u| u.base_offset < offset);

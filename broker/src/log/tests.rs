@@ -908,3 +908,66 @@ fn a_replica_append_in_the_page_cache_is_put_off_when_it_needs_more() {
         assert_eq!(a.as_bytes(), b.as_bytes());
     }
 }
+
+/// `recent_from` names where the last 4-8 MiB of appends to the active segment begin: the log
+/// end until something is appended, then the first of them, moving up in steps as more is
+/// appended, and back to the log end after a roll, a truncation or a reset (what was written
+/// before is no longer known to be recent there) and after a reopen.
+#[test]
+fn recent_appends_start_within_the_last_steps_of_the_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        flush: FlushPolicy::Os,
+        retention_ms: None,
+        ..LogConfig::default()
+    };
+    let mut log = Log::open(dir.path(), config.clone()).unwrap();
+    assert_eq!(log.recent_from(), 0);
+    // 64 KiB batches of one record each: offset n starts at about n * 64 KiB.
+    let big = batch(1, 64 << 10, 1000);
+    log.append(&big, 1).unwrap();
+    assert_eq!(log.recent_from(), 0);
+    let step = partition::RECENT_STEP_BYTES;
+    for _ in 0..400 {
+        log.append(&big, 1).unwrap();
+        let end = log.log_end_offset();
+        let from = log.recent_from();
+        assert!(from < end, "the last append is recent");
+        // Never more than two steps and one append behind the end, never less than one
+        // step once that much was written.
+        let behind = (end - from) * big.len() as u64;
+        assert!(
+            behind <= 2 * step + big.len() as u64,
+            "{behind} bytes behind"
+        );
+        if end * big.len() as u64 >= 2 * step {
+            assert!(behind >= step, "only {behind} bytes behind");
+        }
+        // What it names reads back.
+        assert!(!log.read(from, 1).unwrap().is_empty());
+    }
+    // A roll: nothing in the new segment yet.
+    log.roll().unwrap();
+    let end = log.log_end_offset();
+    assert_eq!(log.recent_from(), end);
+    log.append(&big, 1).unwrap();
+    assert_eq!(log.recent_from(), end);
+    for _ in 0..100 {
+        log.append(&big, 1).unwrap();
+    }
+    // A truncation: back to the end.
+    let end = log.truncate_to(log.log_end_offset() - 10).unwrap();
+    assert_eq!(log.recent_from(), end);
+    log.append(&big, 1).unwrap();
+    assert_eq!(log.recent_from(), end);
+    // A reset: back to the new end.
+    log.reset_to(5_000).unwrap();
+    assert_eq!(log.recent_from(), 5_000);
+    log.append(&big, 1).unwrap();
+    assert_eq!(log.recent_from(), 5_000);
+    log.append(&big, 1).unwrap();
+    drop(log);
+    // Reopened: nothing this process wrote.
+    let log = Log::open(dir.path(), config).unwrap();
+    assert_eq!(log.recent_from(), log.log_end_offset());
+}

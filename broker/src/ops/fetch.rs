@@ -107,13 +107,15 @@ async fn respond(
     // heartbeats, Raft and every other partition's requests.
     let request = Arc::new(request);
     // Resolved here when every log lock is free (a consumer's fetch takes none); and when every
-    // partition is caught up (nothing to read before an append) the first pass runs here too,
-    // so a follower's fetch moves the HW and starts its long poll without a trip to the
-    // blocking pool. Otherwise the first pass, which may reach cold data, runs there.
+    // partition reads only what was appended lately (at its end, or a little behind it, as a
+    // follower or consumer keeping up with a stream of appends is) the first pass runs here
+    // too, so a follower's fetch moves the HW, gets the records and starts its long poll
+    // without a trip to the blocking pool. Otherwise the first pass, which may reach cold
+    // data, runs there.
     let (targets, mut first) = match resolve(state, &request, refused, Locking::IfFree) {
         Some(targets) => {
             let targets = Arc::new(targets);
-            let first = if caught_up(&request, &targets) {
+            let first = if reads_recent(&request, &targets) {
                 read_once(&request, &targets, Locking::IfFree)
             } else {
                 None
@@ -299,10 +301,12 @@ fn source(
     }))
 }
 
-/// Whether every partition that reads records is at its end (the log end for a follower, the
-/// HW for a consumer), checked without locks: a pass then reads only what was appended since
-/// the fetch arrived, which is in the page cache, so it may run on an async task.
-fn caught_up(request: &FetchRequest, targets: &[Vec<Target>]) -> bool {
+/// Whether every partition that reads records reads only recent appends, checked without
+/// locks: it is at its end (the log end for a follower, the HW for a consumer), so a pass
+/// reads only what is appended after the fetch arrived, or at or past the log's
+/// [`recent_from`](crate::log::PartitionLog::recent_from), pages this broker wrote lately. Either
+/// way the pass touches the page cache only, so it may run on an async task.
+fn reads_recent(request: &FetchRequest, targets: &[Vec<Target>]) -> bool {
     let partitions = request
         .topics
         .iter()
@@ -316,7 +320,7 @@ fn caught_up(request: &FetchRequest, targets: &[Vec<Target>]) -> bool {
             } else {
                 log.high_watermark()
             };
-            p.fetch_offset >= end
+            p.fetch_offset >= end || p.fetch_offset >= log.recent_from()
         }
         _ => true,
     })
