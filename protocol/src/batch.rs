@@ -504,9 +504,18 @@ impl RecordBatch {
         i64::from(self.last_offset_delta()) == i64::from(self.record_count()) - 1
     }
 
+    /// Checks the CRC and that the codec is known, without walking the records: what a
+    /// follower checks of a batch its leader has already validated. The CRC covers every
+    /// record byte, so a batch damaged on the way fails here; Kafka's followers check the
+    /// same (`ensureValid`). The walk was 7% of a follower's CPU samples (perf, RF=3).
+    pub fn validate_crc(&self) -> Result<(), ProtocolError> {
+        self.check_crc()?;
+        self.compression().map(|_| ())
+    }
+
     /// Checks the CRC; for uncompressed batches also walks every record, checking its
     /// structure and that offset deltas increase within the batch's range (compressed ones:
-    /// the codec is known). What recovery and replicas check: compacted batches pass.
+    /// the codec is known). What recovery checks: compacted batches pass.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         self.check_crc()?;
         match self.compression()? {

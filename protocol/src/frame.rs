@@ -41,6 +41,9 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 << 20;
 pub const CLIENT_ID_BYTES_MAX: usize = 256;
 /// Bytes of a response header.
 pub const RESPONSE_HEADER_BYTES: usize = 6;
+/// Room for the start of the next frame after a frame is split off (tokio-util's own initial
+/// read buffer size).
+const NEXT_FRAME_START_BYTES: usize = 8 * 1024;
 
 wire_struct! {
     /// Precedes every request body.
@@ -116,7 +119,17 @@ fn split_frame(
         return Ok(None);
     }
     src.advance(LENGTH_PREFIX_BYTES);
-    Ok(Some(src.split_to(len).freeze()))
+    let frame = src.split_to(len).freeze();
+    if src.is_empty() && len >= NEXT_FRAME_START_BYTES {
+        // Start the next frame in a small buffer of its own. Left as it is, `src` would take
+        // this frame's whole allocation back once the frame is dropped, the next read would
+        // fill it with as much of the next frame as had arrived, and the reservation above
+        // would copy all of that when the next frame is longer (up to a whole frame per frame:
+        // 4.5% of a follower's samples, perf). Now at most `NEXT_FRAME_START_BYTES` are read
+        // before a frame's length is known, and copied once when its buffer is reserved.
+        *src = BytesMut::with_capacity(NEXT_FRAME_START_BYTES);
+    }
+    Ok(Some(frame))
 }
 
 fn put_frame(
@@ -370,6 +383,24 @@ mod tests {
         );
         assert_eq!(err.error_code(), ErrorCode::REQUEST_TOO_LARGE);
         assert_eq!(input.capacity(), capacity_before);
+    }
+
+    #[test]
+    fn a_long_frame_does_not_hand_its_buffer_to_the_next_read() {
+        let mut input = BytesMut::new();
+        input.put_u32((RESPONSE_HEADER_BYTES + (1 << 20)) as u32);
+        input.put_u32(9);
+        input.put_i16(0);
+        input.put_bytes(7, 1 << 20);
+        let mut codec = ResponseCodec::new(2 << 20);
+        let frame = codec.decode(&mut input).unwrap().unwrap();
+        assert_eq!(frame.header.correlation_id, 9);
+        assert_eq!(frame.body.len(), 1 << 20);
+        drop(frame);
+        // tokio-util reserves one byte before each read: that must not take the megabyte back,
+        // or the next read fills it and the next frame's reservation copies all of it.
+        input.reserve(1);
+        assert!(input.capacity() <= NEXT_FRAME_START_BYTES);
     }
 
     #[test]

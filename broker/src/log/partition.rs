@@ -887,7 +887,7 @@ impl Log {
                 Stamp::Leader(_) => {
                     batch.validate_records(self.config.max_batch_decompressed_bytes)?
                 }
-                Stamp::Replica => batch.validate()?,
+                Stamp::Replica => batch.validate_crc()?,
             }
             // (A replicated batch may be a compacted producer batch's bare header.)
             if batch.record_count() == 0 && matches!(stamp, Stamp::Leader(_)) {

@@ -596,6 +596,33 @@ fn replicas_keep_the_leaders_offsets_and_epochs_and_truncate_divergent_tails() {
     assert_eq!(follower.last_epoch(), None);
 }
 
+/// A follower checks a replicated batch's CRC (which covers every record byte), not its
+/// records one by one: the leader walked them when it took the batch from the producer.
+#[test]
+fn a_replica_refuses_a_batch_damaged_on_the_way_and_writes_nothing() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut leader = Log::open(leader_dir.path(), small_config()).unwrap();
+    let mut follower = Log::open(follower_dir.path(), small_config()).unwrap();
+    leader.append(&batch(3, 10, 0), 0).unwrap();
+    leader.append(&batch(2, 10, 0), 0).unwrap();
+    let all = leader.read(0, usize::MAX).unwrap();
+    let first_len = batches(all.clone()).next().unwrap().unwrap().size_bytes();
+    for at in [first_len - 1, all.len() - 1] {
+        let mut damaged = all.to_vec();
+        damaged[at] ^= 0x40;
+        let err = follower.append_replica(&Bytes::from(damaged)).unwrap_err();
+        assert!(err.to_string().contains("CRC"), "{err}");
+        assert_eq!(
+            follower.log_end_offset(),
+            0,
+            "nothing of the fetch is written"
+        );
+    }
+    follower.append_replica(&all).unwrap();
+    assert_eq!(follower.read(0, usize::MAX).unwrap(), all);
+}
+
 #[test]
 fn a_failed_fsync_takes_the_log_offline_until_it_is_reopened() {
     let dir = tempfile::tempdir().unwrap();
