@@ -553,15 +553,39 @@ fn open_deletes_producer_snapshots_past_the_recovered_end() {
         .all(|at| *at <= 3));
 }
 
+/// A leader's log with two batches (3 and 2 records, appended at `epochs`), an empty
+/// follower's, and the leader's batches as a fetch returns them (the directories come first
+/// so that they outlive the logs).
+struct LeaderAndFollower {
+    _dirs: [tempfile::TempDir; 2],
+    leader: Log,
+    follower: Log,
+    fetched: Bytes,
+}
+
+fn leader_and_follower(epochs: [i32; 2]) -> LeaderAndFollower {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut leader = Log::open(dirs[0].path(), small_config()).unwrap();
+    let follower = Log::open(dirs[1].path(), small_config()).unwrap();
+    leader.append(&batch(3, 10, 0), epochs[0]).unwrap();
+    leader.append(&batch(2, 10, 0), epochs[1]).unwrap();
+    let fetched = leader.read(0, usize::MAX).unwrap();
+    LeaderAndFollower {
+        _dirs: dirs,
+        leader,
+        follower,
+        fetched,
+    }
+}
+
 #[test]
 fn replicas_keep_the_leaders_offsets_and_epochs_and_truncate_divergent_tails() {
-    let leader_dir = tempfile::tempdir().unwrap();
-    let follower_dir = tempfile::tempdir().unwrap();
-    let mut leader = Log::open(leader_dir.path(), small_config()).unwrap();
-    let mut follower = Log::open(follower_dir.path(), small_config()).unwrap();
-    leader.append(&batch(3, 10, 0), 0).unwrap();
-    leader.append(&batch(2, 10, 0), 2).unwrap();
-    let all = leader.read(0, usize::MAX).unwrap();
+    let LeaderAndFollower {
+        _dirs: [_leader_dir, follower_dir],
+        mut leader,
+        mut follower,
+        fetched: all,
+    } = leader_and_follower([0, 2]);
     follower.append_replica(&all).unwrap();
     assert_eq!(follower.read(0, usize::MAX).unwrap(), all, "byte for byte");
     assert_eq!(follower.epochs(), &[(0, 0), (2, 3)]);
@@ -600,13 +624,12 @@ fn replicas_keep_the_leaders_offsets_and_epochs_and_truncate_divergent_tails() {
 /// records one by one: the leader walked them when it took the batch from the producer.
 #[test]
 fn a_replica_refuses_a_batch_damaged_on_the_way_and_writes_nothing() {
-    let leader_dir = tempfile::tempdir().unwrap();
-    let follower_dir = tempfile::tempdir().unwrap();
-    let mut leader = Log::open(leader_dir.path(), small_config()).unwrap();
-    let mut follower = Log::open(follower_dir.path(), small_config()).unwrap();
-    leader.append(&batch(3, 10, 0), 0).unwrap();
-    leader.append(&batch(2, 10, 0), 0).unwrap();
-    let all = leader.read(0, usize::MAX).unwrap();
+    let LeaderAndFollower {
+        _dirs,
+        mut follower,
+        fetched: all,
+        ..
+    } = leader_and_follower([0, 0]);
     let first_len = batches(all.clone()).next().unwrap().unwrap().size_bytes();
     for at in [first_len - 1, all.len() - 1] {
         let mut damaged = all.to_vec();
