@@ -554,13 +554,13 @@ fn open_deletes_producer_snapshots_past_the_recovered_end() {
 }
 
 /// A leader's log with two batches (3 and 2 records, appended at `epochs`), an empty
-/// follower's, and the leader's batches as a fetch returns them (the directories come first
-/// so that they outlive the logs).
+/// follower's, and the leader's batches as a fetch returns them (the directories last: fields
+/// drop in order, so they outlive the logs).
 struct LeaderAndFollower {
-    _dirs: [tempfile::TempDir; 2],
     leader: Log,
     follower: Log,
     fetched: Bytes,
+    _dirs: [tempfile::TempDir; 2],
 }
 
 fn leader_and_follower(epochs: [i32; 2]) -> LeaderAndFollower {
@@ -571,15 +571,16 @@ fn leader_and_follower(epochs: [i32; 2]) -> LeaderAndFollower {
     leader.append(&batch(2, 10, 0), epochs[1]).unwrap();
     let fetched = leader.read(0, usize::MAX).unwrap();
     LeaderAndFollower {
-        _dirs: dirs,
         leader,
         follower,
         fetched,
+        _dirs: dirs,
     }
 }
 
 #[test]
 fn replicas_keep_the_leaders_offsets_and_epochs_and_truncate_divergent_tails() {
+    // Bound first, so dropped last.
     let LeaderAndFollower {
         _dirs: [_leader_dir, follower_dir],
         mut leader,
