@@ -75,8 +75,9 @@ fn bench_refuses_bad_arguments_before_connecting() {
     let payload = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(payload.path(), "\n\r\n").unwrap();
     let empty_file = payload.path().to_str().unwrap();
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 13] = [
         (&["produce", "--rate", "0"], "--rate"),
+        (&["produce", "--max-in-flight", "6"], "--max-in-flight"),
         (&["produce", "--buffer-memory", "0"], "--buffer-memory"),
         (&["produce", "--threads", "0"], "--threads"),
         (&["produce", "--producers", "0"], "--producers"),

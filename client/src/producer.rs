@@ -40,7 +40,9 @@ use rill_protocol::api::{
     Acks, InitProducerIdRequest, ProducePartition, ProduceRequest, ProduceTopic, RequestBody,
     ResponseBody,
 };
-use rill_protocol::batch::{Compression, Header, RecordBatchBuilder, BATCH_HEADER_BYTES};
+use rill_protocol::batch::{
+    Compression, Header, RecordBatchBuilder, BATCH_HEADER_BYTES, IDEMPOTENT_MAX_IN_FLIGHT,
+};
 use rill_protocol::ErrorCode;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -82,7 +84,10 @@ pub struct ProducerConfig {
     /// docs). Default true, as in Kafka since 3.0; ignored with acks = 0.
     pub enable_idempotence: bool,
     /// Batches in flight per partition with idempotence (without: 1). Default 5, Kafka's
-    /// `max.in.flight.requests.per.connection`.
+    /// `max.in.flight.requests.per.connection`, and at most
+    /// [`IDEMPOTENT_MAX_IN_FLIGHT`] (5): a leader recognises retries only among a producer's
+    /// last five batches, so a larger value is held to five (with a warning), as Kafka's
+    /// producer refuses it.
     pub max_in_flight_per_partition: usize,
     /// How long one produce request may take before it is retried (Kafka's
     /// `request.timeout.ms`). Default: the client's `request_timeout`.
@@ -607,12 +612,19 @@ pub struct Producer {
 impl Producer {
     /// A producer on `client` (spawns its sender task on the current runtime).
     pub fn new(client: Client, config: ProducerConfig) -> Producer {
+        let idempotent = config.enable_idempotence && config.acks != Acks::None;
+        if idempotent && config.max_in_flight_per_partition > IDEMPOTENT_MAX_IN_FLIGHT {
+            tracing::warn!(
+                "max_in_flight_per_partition {} is more than an idempotent producer may have in flight; using {IDEMPOTENT_MAX_IN_FLIGHT}",
+                config.max_in_flight_per_partition
+            );
+        }
         let memory = Arc::new(Semaphore::new(
             config.buffer_memory_bytes.min(Semaphore::MAX_PERMITS),
         ));
         let shared = Arc::new(Shared {
             client,
-            idempotent: config.enable_idempotence && config.acks != Acks::None,
+            idempotent,
             config,
             state: Mutex::default(),
             wake: Notify::new(),
@@ -1007,13 +1019,21 @@ fn expire_queued(shared: &Shared, error: &ClientError) {
     }
 }
 
-/// Takes sendable batches, groups them by leader, and queues one request per leader, in order.
-async fn sender(shared: Arc<Shared>) {
-    let max_in_flight = if shared.idempotent {
-        shared.config.max_in_flight_per_partition.max(1)
+/// Batches a partition may have in flight: one without idempotence, else the configured number
+/// held to 1..=[`IDEMPOTENT_MAX_IN_FLIGHT`].
+fn max_in_flight(config: &ProducerConfig, idempotent: bool) -> usize {
+    if idempotent {
+        config
+            .max_in_flight_per_partition
+            .clamp(1, IDEMPOTENT_MAX_IN_FLIGHT)
     } else {
         1
-    };
+    }
+}
+
+/// Takes sendable batches, groups them by leader, and queues one request per leader, in order.
+async fn sender(shared: Arc<Shared>) {
+    let max_in_flight = max_in_flight(&shared.config, shared.idempotent);
     loop {
         if shared.idempotent
             && shared.lock().producer.is_none()
@@ -1488,10 +1508,28 @@ fn retry_or_fail_as(
 
 #[cfg(test)]
 mod tests {
-    use super::{increment, maybe_written, sequence_after, sticky_partition, State};
+    use super::{
+        increment, max_in_flight, maybe_written, sequence_after, sticky_partition, ProducerConfig,
+        State,
+    };
     use crate::ClientError;
     use rill_protocol::ErrorCode;
     use std::sync::Arc;
+
+    #[test]
+    fn an_idempotent_producer_keeps_no_more_in_flight_than_a_leader_remembers() {
+        let with = |n| ProducerConfig {
+            max_in_flight_per_partition: n,
+            ..ProducerConfig::default()
+        };
+        assert_eq!(max_in_flight(&with(5), true), 5);
+        assert_eq!(max_in_flight(&with(3), true), 3);
+        // More than the leader's memory of a producer's batches: a retry of the oldest would
+        // be refused as out of order and re-sent under a new id.
+        assert_eq!(max_in_flight(&with(10), true), 5);
+        assert_eq!(max_in_flight(&with(0), true), 1);
+        assert_eq!(max_in_flight(&with(10), false), 1);
+    }
 
     #[test]
     fn a_topic_has_one_state_whichever_name_it_is_looked_up_by() {

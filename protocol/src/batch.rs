@@ -59,6 +59,12 @@ pub const LEADER_EPOCH_OFFSET: usize = 12;
 pub const COMPRESSION_MASK: i16 = 0x07;
 /// Attribute bit: timestamps are the broker's append time rather than the producer's.
 pub const TIMESTAMP_TYPE_LOG_APPEND: i16 = 0x08;
+/// Most batches an idempotent producer may have in flight to one partition: a leader remembers
+/// this many of each producer's last batches to recognise a retry of one it already wrote
+/// (Kafka's limit of 5 on `max.in.flight.requests.per.connection` with idempotence). A retry of
+/// an older batch is refused as out of order, and the producer re-sends it under a new id,
+/// possibly twice.
+pub const IDEMPOTENT_MAX_IN_FLIGHT: usize = 5;
 
 /// Compression codec of a batch (attribute bits 0-2). Brokers store batches as compressed.
 #[derive(Debug, Copy, Clone, PartialEq, Eq)]

@@ -28,8 +28,9 @@ use rill_protocol::ErrorCode;
 
 use crate::error::{Error, IoContext, Result};
 
-/// Batches remembered per producer: a producer keeps at most this many in flight.
-pub const BATCHES_KEPT: usize = 5;
+/// Batches remembered per producer: a producer keeps at most this many in flight (the client
+/// holds to the same limit).
+pub const BATCHES_KEPT: usize = rill_protocol::batch::IDEMPOTENT_MAX_IN_FLIGHT;
 const MAGIC: &[u8; 4] = b"RPS1";
 /// File name suffix of producer state snapshots.
 pub const SNAPSHOT_SUFFIX: &str = "producers";

@@ -144,9 +144,10 @@ pub struct ProduceArgs {
     /// Turn the idempotent producer off (one batch per partition in flight).
     #[arg(long)]
     no_idempotence: bool,
-    /// Batches in flight per partition with idempotence.
-    #[arg(long, default_value_t = 5)]
-    max_in_flight: usize,
+    /// Batches in flight per partition with idempotence: at most 5, the last batches of a
+    /// producer a leader remembers to recognise a retry.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=5))]
+    max_in_flight: u64,
     /// Bytes of records a producer buffers (queued or in flight) before `send` waits (Kafka's
     /// `buffer.memory`).
     #[arg(long, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..))]

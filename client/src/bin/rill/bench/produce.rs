@@ -83,7 +83,7 @@ pub async fn run(brokers: &str, args: ProduceArgs, values: Vec<Bytes>) -> anyhow
         sticky_partition_bytes: args.sticky_partition_bytes,
         compression: args.compression,
         enable_idempotence: !args.no_idempotence,
-        max_in_flight_per_partition: args.max_in_flight,
+        max_in_flight_per_partition: args.max_in_flight as usize,
         buffer_memory_bytes: usize::try_from(args.buffer_memory).unwrap_or(usize::MAX),
         delivery_timeout: Duration::from_millis(args.delivery_timeout_ms),
         ..ProducerConfig::default()
