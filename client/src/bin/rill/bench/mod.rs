@@ -146,7 +146,12 @@ pub struct ProduceArgs {
     no_idempotence: bool,
     /// Batches in flight per partition with idempotence: at most 5, the last batches of a
     /// producer a leader remembers to recognise a retry.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=5))]
+    #[arg(
+        long,
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64)
+            .range(1..=rill_protocol::batch::IDEMPOTENT_MAX_IN_FLIGHT as u64)
+    )]
     max_in_flight: u64,
     /// Bytes of records a producer buffers (queued or in flight) before `send` waits (Kafka's
     /// `buffer.memory`).
