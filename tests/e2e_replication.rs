@@ -512,6 +512,60 @@ async fn a_leader_cut_off_from_the_controller_stops_leading_and_no_acks_1_write_
     check_acknowledged_and_replicas(&mut cluster, &client, &acked).await;
 }
 
+/// Found by CI: openraft restarts a node that was the Raft leader as leader at once, in its old
+/// term. A restarted active controller timed its brokers' sessions from that restart; when it
+/// then won a new term from a voter that had gone on electing alone, it fenced that live voter
+/// at once (its heartbeats had had no controller to go to), moving its leaderships to a broker
+/// that was down: the partitions went offline. Sessions now run from the election of the term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_fences_no_live_broker_when_it_wins_a_new_term() {
+    let mut cluster = Cluster::start(3, &[]);
+    let client = cluster.client().await;
+    let admin = Admin::new(client.clone());
+    let controller = admin
+        .describe_cluster()
+        .await
+        .expect("cluster")
+        .into_iter()
+        .find(|b| b.is_controller)
+        .expect("an active controller")
+        .node_id;
+    let others: Vec<u32> = (1..=3).filter(|n| *n != controller).collect();
+    let (survivor, down) = (others[0], others[1]);
+    cluster.kill(controller);
+    cluster.kill(down);
+    eprintln!("killed nodes {controller} (the active controller) and {down}; {survivor} is left");
+    // Alone, the survivor loses its lease and keeps calling elections (higher terms).
+    cluster
+        .broker(survivor)
+        .wait_for_line("leadership lease EXPIRED", Duration::from_secs(30));
+    cluster.restart(controller);
+    // The broker still down is fenced after a full session of the new active controller's;
+    // the survivor, which heartbeats, never is.
+    let fenced_down = format!("moving its leaderships node_id={down} ");
+    let fenced_survivor = format!("moving its leaderships node_id={survivor} ");
+    common::eventually(
+        Duration::from_secs(60),
+        "the broker still down fenced by the active controller",
+        || {
+            (1..=3).filter(|n| *n != down).any(|n| {
+                cluster
+                    .broker(n)
+                    .drain_log()
+                    .iter()
+                    .any(|line| line.contains(&fenced_down))
+            })
+        },
+    );
+    for node in [controller, survivor] {
+        let log = cluster.broker(node).drain_log();
+        assert!(
+            !log.iter().any(|line| line.contains(&fenced_survivor)),
+            "node {node} fenced the live node {survivor}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_active_controller_elects_another_and_metadata_changes_continue() {
     let mut cluster = Cluster::start(3, &[]);

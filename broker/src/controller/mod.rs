@@ -608,7 +608,8 @@ impl Controller {
         let options = self.inner.options.clone();
         let mut tick = tokio::time::interval(options.heartbeat_interval / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut leader_since: Option<Instant> = None;
+        // When this broker became the active controller, and in which Raft term.
+        let mut leader_since: Option<(Instant, u64)> = None;
         let mut last_rebalance = Instant::now();
         let mut known_leader = None;
         loop {
@@ -631,8 +632,21 @@ impl Controller {
                 leader_since = None;
                 continue;
             }
-            // A new active controller gives every broker a full session from its election.
-            let since = *leader_since.get_or_insert_with(Instant::now);
+            // A new active controller gives every broker a full session from its election. By
+            // term, not by the first tick that saw this broker lead: a leader restarted by
+            // openraft in its old term (it resumes as leader at once) then loses that term to a
+            // voter that moved on, and wins a later one, maybe between two ticks. Timed from
+            // its start, it fenced every live broker whose heartbeats had gone elsewhere
+            // meanwhile, moving their leaderships (to brokers that might be down).
+            let term = self.raft_term().unwrap_or_default();
+            let since = match leader_since {
+                Some((since, in_term)) if in_term == term => since,
+                _ => {
+                    let now = Instant::now();
+                    leader_since = Some((now, term));
+                    now
+                }
+            };
             let sessions = self.inner.sessions.lock().await;
             let metadata = self.metadata();
             let expired: Vec<NodeId> = {
