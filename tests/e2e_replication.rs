@@ -512,6 +512,18 @@ async fn a_leader_cut_off_from_the_controller_stops_leading_and_no_acks_1_write_
     check_acknowledged_and_replicas(&mut cluster, &client, &acked).await;
 }
 
+/// The node id of the active controller.
+async fn active_controller(admin: &Admin) -> u32 {
+    admin
+        .describe_cluster()
+        .await
+        .expect("cluster")
+        .into_iter()
+        .find(|b| b.is_controller)
+        .expect("an active controller")
+        .node_id
+}
+
 /// Found by CI: openraft restarts a node that was the Raft leader as leader at once, in its old
 /// term. A restarted active controller timed its brokers' sessions from that restart; when it
 /// then won a new term from a voter that had gone on electing alone, it fenced that live voter
@@ -522,14 +534,7 @@ async fn a_restarted_controller_fences_no_live_broker_when_it_wins_a_new_term() 
     let mut cluster = Cluster::start(3, &[]);
     let client = cluster.client().await;
     let admin = Admin::new(client.clone());
-    let controller = admin
-        .describe_cluster()
-        .await
-        .expect("cluster")
-        .into_iter()
-        .find(|b| b.is_controller)
-        .expect("an active controller")
-        .node_id;
+    let controller = active_controller(&admin).await;
     let others: Vec<u32> = (1..=3).filter(|n| *n != controller).collect();
     let (survivor, down) = (others[0], others[1]);
     cluster.kill(controller);
@@ -571,14 +576,7 @@ async fn killing_the_active_controller_elects_another_and_metadata_changes_conti
     let mut cluster = Cluster::start(3, &[]);
     let client = cluster.client().await;
     let admin = Admin::new(client.clone());
-    let controller = admin
-        .describe_cluster()
-        .await
-        .expect("cluster")
-        .into_iter()
-        .find(|b| b.is_controller)
-        .expect("an active controller")
-        .node_id;
+    let controller = active_controller(&admin).await;
     cluster.kill(controller);
     eprintln!("killed node {controller}, the active controller");
     let new_controller = common::eventually_value(
