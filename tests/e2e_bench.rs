@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cli_binary, rill_json, rill_output, BrokerProcess};
+use common::{cli_binary, example_binary, rill_json, rill_output, BrokerProcess};
 use rill_client::protocol::api::OffsetSpec;
 use rill_client::Admin;
 use serde_json::Value;
@@ -695,4 +695,43 @@ fn the_peer_benchmark_script_prints_its_whole_plan_in_a_dry_run() {
         .expect("run bash");
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown system kafka"));
+}
+
+/// The machine's bound for three brokers (`examples/replication_bound.rs`), on 16 MB: it runs
+/// every pipeline, each with every process it needs, and reports each one's rate, CPU and
+/// ratio to the single node; a bad argument fails before anything starts.
+#[test]
+fn the_replication_bound_runs_every_pipeline_and_reports_it() {
+    let exe = example_binary("replication_bound");
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(&exe)
+        .args(["--bytes", "16000000", "--format", "json", "--dir"])
+        .arg(dir.path().join("scratch"))
+        .output()
+        .expect("run replication_bound");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(report["bytes"], 16_000_000);
+    for pipeline in [
+        "single",
+        "three",
+        "three-zero-copy",
+        "three-splice",
+        "three-sendfile",
+    ] {
+        let p = &report[pipeline];
+        assert!(p["mb_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(p["cpu_secs_per_gb"].as_f64().unwrap() > 0.0, "{report}");
+    }
+    assert_eq!(report["single"]["ratio_to_single"], 1.0);
+    // Each pipeline's files are removed after it.
+    assert!(!dir.path().join("scratch").exists());
+
+    let refused = Command::new(&exe)
+        .args(["--chunk", "0"])
+        .output()
+        .expect("run replication_bound");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--chunk"));
 }

@@ -136,9 +136,19 @@ pub fn cli_binary() -> std::path::PathBuf {
         .clone()
 }
 
+/// An example of the root package (`examples/NAME.rs`), built in the test's profile.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    build(&["--example", name], &format!("examples/{name}"))
+}
+
 /// `cargo test` builds only the binaries of packages that have their own integration tests, so
 /// the root package's tests build the ones they run (a no-op when fresh), in the test's profile.
 fn build_binary(package: &str, bin: &str) -> std::path::PathBuf {
+    build(&["-p", package, "--bin", bin], bin)
+}
+
+/// `cargo build --quiet TARGET` in the test's profile; the path `built` under target/<profile>.
+fn build(target: &[&str], built: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>
     let profile_dir = exe
@@ -149,7 +159,7 @@ fn build_binary(package: &str, bin: &str) -> std::path::PathBuf {
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = std::process::Command::new(cargo);
-    command.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    command.args(["build", "--quiet"]).args(target);
     if release {
         command.arg("--release");
     }
@@ -157,8 +167,8 @@ fn build_binary(package: &str, bin: &str) -> std::path::PathBuf {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("run cargo build");
-    assert!(status.success(), "building {bin} failed");
-    profile_dir.join(bin)
+    assert!(status.success(), "building {built} failed");
+    profile_dir.join(built)
 }
 
 /// A real `rill-broker` process on 127.0.0.1 with a temp data directory. Killed when dropped.
