@@ -554,6 +554,14 @@ fn the_peer_table_checks_the_targets_against_loopback_tcp() {
         ("consume.rill.json", report(2000.0, 2.0e6, 3.0)),
         ("rate-half.rill.json", report(150.0, 1.5e5, 4.0)),
         ("replicated-1k.rill.json", report(650.0, 6.5e5, 8.0)),
+        (
+            "replication-bound.json",
+            r#"{"bytes": 1000000, "chunk": 262144, "rounds": 1,
+                "single": {"mb_per_sec": 1500.0, "cpu_secs_per_gb": 0.8, "ratio_to_single": 1.0},
+                "three": {"mb_per_sec": 600.0, "cpu_secs_per_gb": 2.4, "ratio_to_single": 0.4},
+                "three-zero-copy": {"mb_per_sec": 750.0, "cpu_secs_per_gb": 1.7, "ratio_to_single": 0.5}}"#
+                .to_string(),
+        ),
     ] {
         std::fs::write(results.join(name), text).unwrap();
     }
@@ -568,6 +576,7 @@ fn the_peer_table_checks_the_targets_against_loopback_tcp() {
         "| 3 brokers, x3, acks=all, burst: at least 0.4x one broker | 0.50x | met |",
         "| 3 brokers, x3, acks=all, sustained: at least 0.4x one broker | - | not run |",
         "| ahead of the best peer on every throughput row | behind on 1 of 1: produce 1 x 1 KiB 0.93x | **not met** |",
+        "one node 1,500 MB/s, three 600 MB/s copying (0.40x) and 750 MB/s with sendfile + splice (0.50x)",
     ] {
         assert!(table.contains(line), "no `{line}` in:\n{table}");
     }
@@ -624,6 +633,9 @@ fn the_peer_benchmark_script_prints_its_whole_plan_in_a_dry_run() {
         "iperf3 -s -p 15201 &",
         "results/loopback-start.json",
         "results/loopback-end.json",
+        "cargo build --release -q --example replication_bound",
+        "--rounds 1 --recycle-mib 6144 --dir ",
+        "results/replication-bound.json",
     ] {
         assert!(
             stdout.contains(expected),
@@ -633,9 +645,10 @@ fn the_peer_benchmark_script_prints_its_whole_plan_in_a_dry_run() {
     // Nothing was started or written besides the output directory itself.
     assert!(!out.path().join("results").exists());
     // Every measured workload meets recycled memory, unless told otherwise (loopback TCP
-    // is not a workload).
+    // is not a workload; the replication bound recycles before each of its pipelines).
     let measured = stdout.matches(" > ").count() + stdout.matches("iggy-bench -m").count()
-        - stdout.matches("/loopback-").count();
+        - stdout.matches("/loopback-").count()
+        - stdout.matches("/replication-bound.json").count();
     assert_eq!(
         stdout.matches("/rill-peers-recycle bs=1M").count(),
         measured,
@@ -648,7 +661,9 @@ fn the_peer_benchmark_script_prints_its_whole_plan_in_a_dry_run() {
         .output()
         .expect("run bash");
     assert!(cold.status.success());
-    assert!(!String::from_utf8_lossy(&cold.stdout).contains("recycle"));
+    let cold = String::from_utf8_lossy(&cold.stdout);
+    assert!(!cold.contains("rill-peers-recycle"), "{cold}");
+    assert!(cold.contains("--recycle-mib 0 "), "{cold}");
     // Rounds: every system measured once per round, each round's reports in a directory of
     // its own, and the table made from all of them (the median of each figure).
     let rounds = Command::new("bash")
@@ -659,6 +674,7 @@ fn the_peer_benchmark_script_prints_its_whole_plan_in_a_dry_run() {
         .expect("run bash");
     assert!(rounds.status.success());
     let plan = String::from_utf8_lossy(&rounds.stdout);
+    assert!(!plan.contains("replication_bound"), "{plan}");
     let results = out.path().join("results");
     for round in ["round-1", "round-2"] {
         for system in ["rill", "nats", "redis"] {

@@ -5,8 +5,9 @@
 # packages; Apache Iggy when IGGY_SERVER names an iggy-server binary), runs the same workloads
 # against each, and writes one JSON report per workload and system, a Markdown table of the
 # figures, of Rill's ratio to each peer and of issue 14's targets (against loopback TCP, which
-# iperf3 measures at the start and end of every round), and gnuplot plots, into the output
-# directory.
+# iperf3 measures at the start and end of every round, and, for three brokers, against the
+# same bytes moved with no broker: examples/replication_bound.rs), and gnuplot plots, into the
+# output directory.
 #
 # Rill is driven by `rill bench`; NATS and Redis by `peer-bench` (benches/peers), which measures
 # through the same code (rill_client::bench); Iggy by its own iggy-bench (its figures, its
@@ -181,6 +182,7 @@ if [ ${#need[@]} -gt 0 ]; then
   run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 run cargo build --release -q -p rill-broker -p rill-client
+[ $CLUSTER = 0 ] || run cargo build --release -q --example replication_bound
 if [[ " $SYSTEMS " == *" nats "* || " $SYSTEMS " == *" redis "* ]]; then
   run cargo build --release -q --manifest-path benches/peers/Cargo.toml --target-dir target
 fi
@@ -248,6 +250,21 @@ loopback() {
     rm -f "$RESULTS/loopback-$1.json"
   fi
   stop_all
+}
+
+# What the machine gives three brokers with no broker logic (examples/replication_bound.rs): the
+# same bytes through one node and through a leader and two followers that only write and
+# forward, copying or with sendfile + splice; once per round, before the three-node runs, into
+# $RESULTS/replication-bound.json. The table sets Rill's three-to-one ratio next to it.
+replication_bound() {
+  stop_all
+  local recycle=0
+  [ $RECYCLE = 1 ] && recycle=${RECYCLE_MIB:-6144}
+  if ! report "$RESULTS/replication-bound.json" "$ROOT/target/release/examples/replication_bound" \
+      --rounds 1 --recycle-mib "$recycle" --dir "$DATA/replication-bound" --format json; then
+    say "the replication bound could not be measured; the table says so"
+    rm -f "$RESULTS/replication-bound.json"
+  fi
 }
 
 # ---- how each system runs a workload --------------------------------------------------------
@@ -357,6 +374,7 @@ one_round() {
   done
 
   if [ $CLUSTER = 1 ]; then
+    replication_bound
     for system in $SYSTEMS; do
       case "$system" in
         rill)

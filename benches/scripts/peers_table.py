@@ -4,7 +4,8 @@
 Usage: peers_table.py RESULTS_DIR [RESULTS_DIR...] OUT_DIR
 Reads RESULTS_DIR/<workload>.<system>.json (rill bench / peer-bench reports),
 <workload>.iggy.iggy-report.json (iggy-bench's report.json), <workload>.<system>.cpu (broker
-CPU seconds) and loopback-*.json (iperf3 -J: loopback TCP, the machine's limit); writes
+CPU seconds), loopback-*.json (iperf3 -J: loopback TCP, the machine's limit) and
+replication-bound.json (examples/replication_bound.rs: three nodes against one, no broker); writes
 OUT_DIR/table.md (the figures, Rill's ratio to the best peer, and issue 14's targets),
 OUT_DIR/throughput.dat and OUT_DIR/latency.dat (the same-rate run).
 With several RESULTS_DIRs (one per round of peers.sh --rounds), every figure is the median of
@@ -111,6 +112,27 @@ def loopback_mb(results):
     return statistics.median(figures) if figures else None
 
 
+def replication_bound(results):
+    """examples/replication_bound.rs's figures, the median over the rounds that have them:
+    {pipeline: (MB/s, ratio to its single node)}, or {} when not measured."""
+    runs = []
+    for d in results:
+        path = os.path.join(d, "replication-bound.json")
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            with open(path) as f:
+                try:
+                    runs.append(json.load(f))
+                except ValueError:
+                    continue
+    figures = {}
+    for pipeline in ("single", "three", "three-zero-copy"):
+        have = [r[pipeline] for r in runs if isinstance(r.get(pipeline), dict)]
+        if have:
+            figures[pipeline] = (statistics.median(p["mb_per_sec"] for p in have),
+                                 statistics.median(p["ratio_to_single"] for p in have))
+    return figures
+
+
 def targets(results, loopback):
     """Issue 14's targets for Rill, each with its figure and whether it is met: table lines."""
     rows = []
@@ -200,6 +222,16 @@ def main():
             ratios.append(f"{name} {r:,.0f} / {one:,.0f} MB/s = {r / one:.2f}x")
     if ratios:
         lines += ["", "Rill, three brokers (x3, acks=all) against one: " + "; ".join(ratios) + "."]
+    bound = replication_bound(results)
+    if {"single", "three", "three-zero-copy"} <= bound.keys():
+        lines += ["", "The same machine with no broker (examples/replication_bound.rs: the same bytes through one "
+                  "node and through a leader and two followers that only write into the page cache "
+                  f"and forward, in the same rounds): one node {bound['single'][0]:,.0f} MB/s, three "
+                  f"{bound['three'][0]:,.0f} MB/s copying ({bound['three'][1]:.2f}x) and "
+                  f"{bound['three-zero-copy'][0]:,.0f} MB/s with sendfile + splice "
+                  f"({bound['three-zero-copy'][1]:.2f}x)."]
+    elif ratios:
+        lines += ["", "The replication bound (examples/replication_bound.rs) was not measured."]
 
     lines += ["", "Broker CPU seconds per GB produced (1 producer x 1 KiB):", "",
               "| " + " | ".join(NAMES[s] for s in SYSTEMS) + " |", "|" + " --- |" * len(SYSTEMS)]
