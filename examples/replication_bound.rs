@@ -231,54 +231,71 @@ fn recycle(mib: u64) -> Result<()> {
 /// A started role: its process and the port it listens on (nodes).
 struct Started {
     name: String,
-    child: Child,
+    child: Option<Child>,
     port: u16,
+}
+
+impl Drop for Started {
+    /// A role not waited for (its pipeline failed on the way) is killed, never left behind.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 fn start(name: &str, args: &[String]) -> Result<Started> {
     let exe = std::env::current_exe().map_err(|e| format!("no executable: {e}"))?;
-    let mut child = Command::new(exe)
+    let child = Command::new(exe)
         .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start {name}: {e}"))?;
-    let mut port = 0;
-    if args[0] == "node" {
-        let stdout = child.stdout.as_mut().ok_or("no stdout")?;
+    let mut started = Started {
+        name: name.to_string(),
+        child: Some(child),
+        port: 0,
+    };
+    if args.first().is_some_and(|role| role == "node") {
+        let stdout = started
+            .child
+            .as_mut()
+            .and_then(|c| c.stdout.as_mut())
+            .ok_or("no stdout")?;
         let mut line = String::new();
         // The node's first line is its port; read byte by byte so nothing after it is taken.
         let mut byte = [0u8; 1];
         while stdout.read(&mut byte).map_err(|e| e.to_string())? == 1 && byte[0] != b'\n' {
             line.push(byte[0] as char);
         }
-        port = line
+        started.port = line
             .strip_prefix("port ")
             .and_then(|p| p.parse().ok())
             .ok_or(format!("{name} did not say its port: {line:?}"))?;
     }
-    Ok(Started {
-        name: name.to_string(),
-        child,
-        port,
-    })
+    Ok(started)
 }
 
-/// Waits for a role and reads the CPU seconds it reported (its last line: `cpu SECONDS`).
-fn finish(started: Started) -> Result<(String, f64)> {
-    let Started {
-        name, mut child, ..
-    } = started;
+/// Waits for a role and reads the CPU seconds it reported (`cpu SECONDS`); a node must also
+/// have written all `bytes` (`bytes N`).
+fn finish(mut started: Started, bytes: u64) -> Result<(String, f64)> {
+    let name = started.name.clone();
+    let mut child = started.child.take().ok_or("waited for twice")?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut cpu = None;
+    let (mut cpu, mut written) = (None, None);
     for line in BufReader::new(stdout).lines() {
         let line = line.map_err(|e| e.to_string())?;
         if let Some(secs) = line.strip_prefix("cpu ") {
             cpu = secs.parse().ok();
+        } else if let Some(n) = line.strip_prefix("bytes ") {
+            written = n.parse::<u64>().ok();
         }
     }
     let status = child.wait().map_err(|e| e.to_string())?;
-    match (status.success(), cpu) {
-        (true, Some(cpu)) => Ok((name, cpu)),
+    match (status.success(), cpu, written) {
+        (true, _, Some(n)) if n != bytes => Err(format!("{name} wrote {n} of {bytes} bytes")),
+        (true, Some(cpu), _) => Ok((name, cpu)),
         _ => Err(format!("{name} failed ({status})")),
     }
 }
@@ -326,7 +343,7 @@ fn pipeline(
     let mut cpu = Vec::new();
     let mut failed = None;
     for started in nodes.into_iter().rev() {
-        match finish(started) {
+        match finish(started, options.bytes) {
             Ok(c) => cpu.push(c),
             Err(e) => failed = failed.or(Some(e)),
         }
