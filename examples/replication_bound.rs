@@ -25,9 +25,9 @@
 //!
 //! Prints one line per pipeline and round (MB/s, CPU seconds per GB of each process, summed),
 //! then the medians; `--format json` prints one JSON object instead. The processes are this
-//! program started again in a role (`node`, `source`); `--dir` holds their files (removed after
-//! each pipeline; by default a temporary directory on the filesystem of the working directory,
-//! where the brokers' data would be). `--recycle-mib` writes and deletes that many MiB in
+//! program started again in a role (`node`, `source`). Their files go into a directory of its
+//! own (`replication-bound-<pid>`, removed after each pipeline) inside `--dir`, by default the
+//! working directory: put it on the filesystem where the brokers' data would be. `--recycle-mib` writes and deletes that many MiB in
 //! /dev/shm before each pipeline, as `benches/scripts/peers.sh` does before each workload.
 
 use std::fs::File;
@@ -96,7 +96,13 @@ fn parse(args: &[String]) -> Result<Options> {
             "--rounds" => options.rounds = number(value()?)? as usize,
             "--dir" => options.dir = Some(PathBuf::from(value()?)),
             "--recycle-mib" => options.recycle_mib = number(value()?)?,
-            "--format" => options.json = value()? == "json",
+            "--format" => {
+                options.json = match value()?.as_str() {
+                    "json" => true,
+                    "text" => false,
+                    other => return Err(format!("--format is text or json, not {other}")),
+                }
+            }
             other => {
                 return Err(format!(
                     "unknown argument {other}; usage: [--bytes N] [--chunk N] [--rounds N] \
@@ -126,12 +132,12 @@ struct Measured {
 
 fn run(args: &[String]) -> Result<()> {
     let options = parse(args)?;
+    // A directory of its own inside --dir, the only thing it removes.
     let scratch = match &options.dir {
         Some(dir) => dir.clone(),
-        None => std::env::current_dir()
-            .map_err(|e| format!("no working directory: {e}"))?
-            .join(format!("replication-bound-{}", std::process::id())),
-    };
+        None => std::env::current_dir().map_err(|e| format!("no working directory: {e}"))?,
+    }
+    .join(format!("replication-bound-{}", std::process::id()));
     let mut results: Vec<(&str, Vec<Measured>)> = PIPELINES
         .iter()
         .map(|(name, ..)| (*name, Vec::new()))

@@ -741,8 +741,11 @@ fn the_replication_bound_runs_every_pipeline_and_reports_it() {
         assert!(p["cpu_secs_per_gb"].as_f64().unwrap() > 0.0, "{report}");
     }
     assert_eq!(report["single"]["ratio_to_single"], 1.0);
-    // Each pipeline's files are removed after it.
-    assert!(!dir.path().join("scratch").exists());
+    // Each pipeline's files are removed after it, and nothing else.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("scratch"))
+        .expect("--dir itself stays")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 
     let refused = Command::new(&exe)
         .args(["--chunk", "0"])
@@ -750,4 +753,10 @@ fn the_replication_bound_runs_every_pipeline_and_reports_it() {
         .expect("run replication_bound");
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--chunk"));
+    let refused = Command::new(&exe)
+        .args(["--format", "yaml"])
+        .output()
+        .expect("run replication_bound");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--format is text or json"));
 }
