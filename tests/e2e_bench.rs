@@ -747,16 +747,18 @@ fn the_replication_bound_runs_every_pipeline_and_reports_it() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 
-    let refused = Command::new(&exe)
-        .args(["--chunk", "0"])
-        .output()
-        .expect("run replication_bound");
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--chunk"));
-    let refused = Command::new(&exe)
-        .args(["--format", "yaml"])
-        .output()
-        .expect("run replication_bound");
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--format is text or json"));
+    for (args, says) in [
+        (["--chunk", "0"], "--chunk"),
+        (["--format", "yaml"], "--format is text or json"),
+    ] {
+        let refused = Command::new(&exe)
+            .args(args)
+            .output()
+            .expect("run replication_bound");
+        assert!(!refused.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains(says),
+            "{args:?}"
+        );
+    }
 }
